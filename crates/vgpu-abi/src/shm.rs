@@ -48,7 +48,7 @@ impl ShmView {
     #[inline]
     fn check(&self, off: usize, size: usize, align: usize) {
         assert!(
-            off.checked_add(size).is_some_and(|end| end <= self.len) && off % align == 0,
+            off.checked_add(size).is_some_and(|end| end <= self.len) && off.is_multiple_of(align),
             "shared-memory access out of range: off={off} size={size} len={}",
             self.len
         );

@@ -1,0 +1,300 @@
+//! The cpu reference backend: device memory is host memory it owns, kernels are the reference
+//! implementations in [`super::kernels`]. It defines the semantics every backend must match.
+
+use super::kernels;
+use super::{Backend, BackendError, DeviceInfo, Staging, VmKey};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use vgpu_abi::cmd::{
+    Builtin, BusyParams, LaunchBody, ReduceParams, SaxpyParams, SgemmParams, VectorAddParams,
+};
+use vgpu_abi::regs::BACKEND_CPU;
+use vgpu_abi::Status;
+use zerocopy::FromBytes;
+
+/// Device addresses start here (never 0, so a zero pointer is always invalid).
+const ADDR_BASE: u64 = 0x0000_7f00_0000_0000;
+/// Allocations are aligned to this and separated by a guard gap, so an off-by-one pointer never
+/// lands in a neighbour.
+const ALIGN: u64 = 256;
+const GUARD: u64 = 64 * 1024;
+
+struct Ctx {
+    staging: Staging,
+    bufs: BTreeMap<u64, Vec<u8>>,
+}
+
+/// The cpu backend.
+pub struct CpuBackend {
+    ctxs: HashMap<VmKey, Ctx>,
+    next_addr: u64,
+    total_mem: u64,
+    used_mem: u64,
+}
+
+impl CpuBackend {
+    /// A device with `total_mem` bytes of "device" memory.
+    pub fn new(total_mem: u64) -> Self {
+        Self {
+            ctxs: HashMap::new(),
+            next_addr: ADDR_BASE,
+            total_mem,
+            used_mem: 0,
+        }
+    }
+
+    fn ctx(&mut self, vm: VmKey) -> Result<&mut Ctx, Status> {
+        self.ctxs.get_mut(&vm).ok_or(Status::Internal)
+    }
+}
+
+impl Ctx {
+    /// The bytes `[ptr, ptr+len)` if they lie inside one allocation.
+    fn range(&mut self, ptr: u64, len: u64) -> Result<&mut [u8], Status> {
+        let (&base, buf) = self
+            .bufs
+            .range_mut(..=ptr)
+            .next_back()
+            .ok_or(Status::InvalidAddress)?;
+        let start = ptr - base;
+        let end = start.checked_add(len).ok_or(Status::InvalidAddress)?;
+        if end > buf.len() as u64 {
+            return Err(Status::InvalidAddress);
+        }
+        Ok(&mut buf[start as usize..end as usize])
+    }
+
+    /// Reads `n` f32s at `ptr`; a bad pointer inside a kernel is an illegal-address fault.
+    fn load(&mut self, ptr: u64, n: u32) -> Result<Vec<f32>, Status> {
+        let b = self
+            .range(ptr, n as u64 * 4)
+            .map_err(|_| Status::KernelFault)?;
+        Ok(kernels::to_f32s(b))
+    }
+
+    fn store(&mut self, ptr: u64, v: &[f32]) -> Result<(), Status> {
+        let b = self
+            .range(ptr, v.len() as u64 * 4)
+            .map_err(|_| Status::KernelFault)?;
+        kernels::from_f32s(v, b);
+        Ok(())
+    }
+}
+
+fn params<T: FromBytes>(l: &LaunchBody, b: Builtin) -> Result<T, Status> {
+    if l.params().len() != b.params_len() {
+        return Err(Status::InvalidArgument);
+    }
+    T::read_from_bytes(l.params()).map_err(|_| Status::InvalidArgument)
+}
+
+impl Backend for CpuBackend {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            kind: BACKEND_CPU,
+            backend: "cpu",
+            name: "vgpu cpu reference device".into(),
+            total_mem: self.total_mem,
+        }
+    }
+
+    fn create_context(&mut self, vm: VmKey, staging: Staging) -> Result<(), BackendError> {
+        if self.ctxs.contains_key(&vm) {
+            return Err(BackendError::Context(format!("vm {vm} already has a context")));
+        }
+        self.ctxs.insert(
+            vm,
+            Ctx {
+                staging,
+                bufs: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn destroy_context(&mut self, vm: VmKey) {
+        if let Some(ctx) = self.ctxs.remove(&vm) {
+            let freed: u64 = ctx.bufs.values().map(|b| b.len() as u64).sum();
+            self.used_mem -= freed;
+        }
+    }
+
+    fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
+        if self.used_mem.saturating_add(size) > self.total_mem {
+            return Err(Status::OutOfMemory);
+        }
+        let len = usize::try_from(size).map_err(|_| Status::OutOfMemory)?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len).map_err(|_| Status::OutOfMemory)?;
+        buf.resize(len, 0u8);
+        let addr = self.next_addr;
+        let span = size.div_ceil(ALIGN) * ALIGN + GUARD;
+        self.next_addr = self.next_addr.checked_add(span).ok_or(Status::OutOfMemory)?;
+        self.ctx(vm)?.bufs.insert(addr, buf);
+        self.used_mem += size;
+        Ok(addr)
+    }
+
+    fn free(&mut self, vm: VmKey, ptr: u64) -> Result<(), Status> {
+        let buf = self
+            .ctx(vm)?
+            .bufs
+            .remove(&ptr)
+            .ok_or(Status::InvalidAddress)?;
+        self.used_mem -= buf.len() as u64;
+        Ok(())
+    }
+
+    fn memset(&mut self, vm: VmKey, dst: u64, len: u64, value: u32, width: u32) -> Result<(), Status> {
+        let b = self.ctx(vm)?.range(dst, len)?;
+        match width {
+            1 => b.fill(value as u8),
+            4 => b
+                .chunks_exact_mut(4)
+                .for_each(|c| c.copy_from_slice(&value.to_le_bytes())),
+            _ => return Err(Status::InvalidArgument),
+        }
+        Ok(())
+    }
+
+    fn copy_h2d(&mut self, vm: VmKey, dst: u64, staging_off: u64, len: u64) -> Result<(), Status> {
+        let ctx = self.ctx(vm)?;
+        let staging = ctx.staging;
+        let b = ctx.range(dst, len)?;
+        staging.view.read_bytes(staging.abs(staging_off), b);
+        Ok(())
+    }
+
+    fn copy_d2h(&mut self, vm: VmKey, src: u64, staging_off: u64, len: u64) -> Result<(), Status> {
+        let ctx = self.ctx(vm)?;
+        let staging = ctx.staging;
+        let b = ctx.range(src, len)?;
+        staging.view.write_bytes(staging.abs(staging_off), b);
+        Ok(())
+    }
+
+    fn copy_d2d(&mut self, vm: VmKey, dst: u64, src: u64, len: u64) -> Result<(), Status> {
+        let ctx = self.ctx(vm)?;
+        let tmp = ctx.range(src, len)?.to_vec();
+        ctx.range(dst, len)?.copy_from_slice(&tmp);
+        Ok(())
+    }
+
+    fn launch(&mut self, vm: VmKey, l: &LaunchBody) -> Result<(), Status> {
+        let b = Builtin::from_handle(l.func).ok_or(Status::InvalidFunction)?;
+        let ctx = self.ctx(vm)?;
+        match b {
+            Builtin::VectorAddF32 => {
+                let p: VectorAddParams = params(l, b)?;
+                let (a, bb) = (ctx.load(p.a, p.n)?, ctx.load(p.b, p.n)?);
+                let mut c = ctx.load(p.c, p.n)?;
+                kernels::vector_add(&a, &bb, &mut c);
+                ctx.store(p.c, &c)
+            }
+            Builtin::Saxpy => {
+                let p: SaxpyParams = params(l, b)?;
+                let x = ctx.load(p.x, p.n)?;
+                let mut y = ctx.load(p.y, p.n)?;
+                kernels::saxpy(p.alpha, &x, &mut y);
+                ctx.store(p.y, &y)
+            }
+            Builtin::Sgemm => {
+                let p: SgemmParams = params(l, b)?;
+                let count = |r: u32, c: u32| r.checked_mul(c).ok_or(Status::InvalidArgument);
+                let a = ctx.load(p.a, count(p.m, p.k)?)?;
+                let bm = ctx.load(p.b, count(p.k, p.n)?)?;
+                let mut c = ctx.load(p.c, count(p.m, p.n)?)?;
+                let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+                kernels::sgemm(m, n, k, p.alpha, &a, &bm, p.beta, &mut c);
+                ctx.store(p.c, &c)
+            }
+            Builtin::ReduceSumF32 => {
+                let p: ReduceParams = params(l, b)?;
+                let x = ctx.load(p.x, p.n)?;
+                ctx.store(p.out, &[kernels::reduce_sum(&x)])
+            }
+            Builtin::Busy => {
+                let p: BusyParams = params(l, b)?;
+                // A timed wait: the device is occupied, the host CPU is not.
+                let until = Instant::now() + Duration::from_micros(p.duration_us as u64);
+                while let Some(left) = until.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(left);
+                }
+                Ok(())
+            }
+            Builtin::Fault => {
+                let _: [u8; 0] = params(l, b)?;
+                Err(Status::KernelFault)
+            }
+        }
+    }
+
+    fn synchronize(&mut self, vm: VmKey) -> Result<(), Status> {
+        // Every command ran to completion when it was executed.
+        self.ctx(vm).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::IntoBytes;
+
+    fn with_backend(f: impl FnOnce(&mut CpuBackend, Staging)) {
+        let mut mem = vec![0u64; 1024];
+        // SAFETY: `mem` outlives the view and is 8 KiB, 8-aligned.
+        let view = unsafe { vgpu_abi::ShmView::new(mem.as_mut_ptr().cast(), 8192) };
+        let staging = Staging {
+            view,
+            offset: 4096,
+            size: 4096,
+        };
+        let mut b = CpuBackend::new(1 << 20);
+        b.create_context(0, staging).unwrap();
+        b.create_context(1, staging).unwrap();
+        f(&mut b, staging);
+        drop(mem);
+    }
+
+    fn launch(b: Builtin, p: &[u8]) -> LaunchBody {
+        LaunchBody::new(b.handle(), [1; 3], [1; 3], p).unwrap()
+    }
+
+    #[test]
+    fn copies_and_kernels() {
+        with_backend(|be, st| {
+            let x = be.alloc(0, 16).unwrap();
+            let y = be.alloc(0, 16).unwrap();
+            let mut bytes = [0u8; 16];
+            kernels::from_f32s(&[1., 2., 3., 4.], &mut bytes);
+            st.view.write_bytes(st.abs(0), &bytes);
+            be.copy_h2d(0, x, 0, 16).unwrap();
+            be.memset(0, y, 16, 1.0f32.to_bits(), 4).unwrap();
+            let p = SaxpyParams { x, y, n: 4, alpha: 2.0 };
+            be.launch(0, &launch(Builtin::Saxpy, p.as_bytes())).unwrap();
+            be.copy_d2h(0, y, 100, 16).unwrap();
+            let mut out = [0u8; 16];
+            st.view.read_bytes(st.abs(100), &mut out);
+            assert_eq!(kernels::to_f32s(&out), vec![3., 5., 7., 9.]);
+            // another VM cannot see this VM's memory
+            assert_eq!(be.copy_d2h(1, y, 0, 16), Err(Status::InvalidAddress));
+            assert_eq!(be.free(1, y), Err(Status::InvalidAddress));
+            // kernels fault on bad pointers
+            let p = SaxpyParams { x, y: y + 8, n: 4, alpha: 2.0 };
+            assert_eq!(be.launch(0, &launch(Builtin::Saxpy, p.as_bytes())), Err(Status::KernelFault));
+            assert_eq!(be.launch(0, &launch(Builtin::Fault, &[])), Err(Status::KernelFault));
+            assert_eq!(be.launch(0, &launch(Builtin::Saxpy, &[0; 3])), Err(Status::InvalidArgument));
+            let mut l = launch(Builtin::Busy, &[0; 8]);
+            l.func = 77;
+            assert_eq!(be.launch(0, &l), Err(Status::InvalidFunction));
+            // out of range of one allocation
+            assert_eq!(be.copy_d2d(0, x, y, 17), Err(Status::InvalidAddress));
+            be.copy_d2d(0, x, y, 16).unwrap();
+            be.free(0, x).unwrap();
+            assert_eq!(be.free(0, x), Err(Status::InvalidAddress));
+            assert_eq!(be.alloc(0, 2 << 20), Err(Status::OutOfMemory));
+            be.destroy_context(0);
+            assert_eq!(be.used_mem, 0);
+        });
+    }
+}

@@ -1,0 +1,292 @@
+//! One channel per connected VM: reads its submission ring, validates each entry (copied out of
+//! shared memory exactly once), hands valid commands to the queue, answers invalid ones with an
+//! error completion, writes completions, and fences a VM that breaks the ring protocol.
+
+use crate::backend::{DeviceInfo, Staging};
+use crate::config::VmConfig;
+use crate::queue::Job;
+use crate::stats::VmStats;
+use crate::transport::SharedRegion;
+use rustix::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{info, warn};
+use vgpu_abi::cmd::{Command, Cqe};
+use vgpu_abi::regs::{self, put_str, RegisterPage};
+use vgpu_abi::ring::{reset_rings, CqProducer, FenceReason, SqConsumer};
+use vgpu_abi::{abi_version, DeviceStatus, Layout, ShmView, Status, MAGIC};
+
+/// Static facts the register page publishes.
+#[derive(Debug, Clone)]
+pub struct ChannelParams {
+    /// The device behind the vGPU.
+    pub device: DeviceInfo,
+    /// `CAP_*` bits.
+    pub capabilities: u64,
+    /// Longest busy kernel.
+    pub max_kernel_us: u32,
+}
+
+/// A connected VM's channel.
+pub struct Channel {
+    vm: usize,
+    name: String,
+    region: Arc<SharedRegion>,
+    view: ShmView,
+    layout: Layout,
+    sq: SqConsumer,
+    cq: CqProducer,
+    doorbell: OwnedFd,
+    irq: OwnedFd,
+    regs: RegisterPage,
+    /// Commands taken from the SQ whose completion is not yet written (CQ slots reserved).
+    outstanding: u32,
+    /// Last reset-request counter acted on.
+    reset_seen: u32,
+    fenced: bool,
+    irq_due: bool,
+    stats: Arc<VmStats>,
+}
+
+impl Channel {
+    /// Initialises the VM's BAR2 (register page, empty rings) and wraps it.
+    pub fn new(
+        vm: usize,
+        cfg: &VmConfig,
+        region: Arc<SharedRegion>,
+        doorbell: OwnedFd,
+        irq: OwnedFd,
+        params: &ChannelParams,
+        stats: Arc<VmStats>,
+    ) -> Result<Self, vgpu_abi::LayoutError> {
+        let layout = cfg.layout()?;
+        let view = region.view();
+        let mut r = RegisterPage {
+            magic: MAGIC,
+            abi_version: abi_version(),
+            device_status: DeviceStatus::Ready as u32,
+            vm_id: cfg.vm_id,
+            pool_id: cfg.pool_id,
+            priority: cfg.priority,
+            capabilities: params.capabilities,
+            mem_quota: cfg.mem_quota.0,
+            max_kernel_us: params.max_kernel_us,
+            host_peer_id: vgpu_abi::ivshmem::MEDIATOR_PEER_ID as u32,
+            doorbell_vector: 0,
+            generation: 1,
+            backend: params.device.kind,
+            device_total_mem: params.device.total_mem,
+            vm_name: put_str(&cfg.name),
+            device_name: put_str(&params.device.name),
+            ..RegisterPage::default()
+        };
+        layout.fill(&mut r);
+        reset_rings(&view, &layout);
+        view.write_obj(0, &r);
+        stats.status.store(DeviceStatus::Ready as u32, Relaxed);
+        stats.last_error.store(0, Relaxed);
+        Ok(Self {
+            vm,
+            name: cfg.name.clone(),
+            region,
+            view,
+            sq: SqConsumer::new(view, layout),
+            cq: CqProducer::new(view, layout),
+            layout,
+            doorbell,
+            irq,
+            regs: r,
+            outstanding: 0,
+            reset_seen: view.load_u32(regs::REG_RESET_REQUEST),
+            fenced: false,
+            irq_due: false,
+            stats,
+        })
+    }
+
+    /// VM index.
+    pub fn vm(&self) -> usize {
+        self.vm
+    }
+
+    /// VM name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The staging area, for the backend.
+    pub fn staging(&self) -> Staging {
+        Staging {
+            view: self.view,
+            offset: self.layout.staging_offset,
+            size: self.layout.staging_size,
+        }
+    }
+
+    /// The region (kept alive while the backend may DMA from it).
+    pub fn region(&self) -> &Arc<SharedRegion> {
+        &self.region
+    }
+
+    /// The doorbell eventfd (for epoll).
+    pub fn doorbell_fd(&self) -> BorrowedFd<'_> {
+        use rustix::fd::AsFd;
+        self.doorbell.as_fd()
+    }
+
+    /// Consumes pending doorbell rings (they are hints; the ring is the truth).
+    pub fn drain_doorbell(&self) {
+        let mut b = [0u8; 8];
+        let _ = rustix::io::read(&self.doorbell, &mut b);
+    }
+
+    /// Whether the VM is fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    fn set_status(&mut self, s: DeviceStatus, err: u32) {
+        self.regs.device_status = s as u32;
+        self.regs.last_error = err;
+        self.view.store_u32(regs::off::LAST_ERROR, err);
+        self.view.store_u32(regs::off::DEVICE_STATUS, s as u32);
+        self.stats.status.store(s as u32, Relaxed);
+        self.stats.last_error.store(err, Relaxed);
+    }
+
+    /// Fences the VM: its rings are no longer read until it resets or reconnects.
+    pub fn fence(&mut self, reason: FenceReason) {
+        if self.fenced {
+            return;
+        }
+        warn!(vm = %self.name, "fencing VM: {reason}");
+        self.fenced = true;
+        self.sq.set_polling(false);
+        self.set_status(DeviceStatus::Fenced, reason as u32);
+        VmStats::bump(&self.stats.fences, 1);
+    }
+
+    /// Marks the device context broken (a kernel faulted).
+    pub fn set_broken(&mut self) {
+        self.set_status(DeviceStatus::Error, Status::KernelFault as u32);
+    }
+
+    /// Whether the guest asked for a reset since the last one acted on.
+    pub fn reset_requested(&self) -> bool {
+        self.view.load_u32(regs::REG_RESET_REQUEST) != self.reset_seen
+    }
+
+    /// Re-initialises the rings and status after a reset (the caller reset the context).
+    pub fn finish_reset(&mut self) {
+        self.reset_seen = self.view.load_u32(regs::REG_RESET_REQUEST);
+        reset_rings(&self.view, &self.layout);
+        self.sq = SqConsumer::new(self.view, self.layout);
+        self.cq = CqProducer::new(self.view, self.layout);
+        self.outstanding = 0;
+        self.fenced = false;
+        self.irq_due = false;
+        // Rewrite the whole host half: a hostile guest may have scribbled over it.
+        self.regs.generation = self.regs.generation.wrapping_add(1);
+        self.regs.device_status = DeviceStatus::Reset as u32;
+        self.regs.last_error = 0;
+        self.view.write_obj(0, &self.regs);
+        self.set_status(DeviceStatus::Ready, 0);
+        VmStats::bump(&self.stats.resets, 1);
+        info!(vm = %self.name, generation = self.regs.generation, "device reset");
+    }
+
+    /// Entries waiting in the SQ (0 when fenced; fences on a broken index).
+    pub fn pending(&mut self) -> u32 {
+        if self.fenced {
+            return 0;
+        }
+        match self.sq.available() {
+            Ok(n) => n,
+            Err(r) => {
+                self.fence(r);
+                0
+            }
+        }
+    }
+
+    /// Takes up to `budget` entries: valid ones go to `sink`, invalid ones complete with an error
+    /// right away. Returns how many entries were taken.
+    pub fn poll(&mut self, budget: u32, sink: &mut dyn FnMut(Job)) -> u32 {
+        let avail = self.pending();
+        if avail == 0 {
+            return 0;
+        }
+        let cq_free = match self.cq.free() {
+            Ok(n) => n,
+            Err(r) => {
+                self.fence(r);
+                return 0;
+            }
+        };
+        // Never take more than the CQ can hold once every taken command completes.
+        let room = cq_free.saturating_sub(self.outstanding);
+        let n = avail.min(room).min(budget);
+        let staging = self.layout.staging_size;
+        for _ in 0..n {
+            let sqe = self.sq.pop();
+            self.outstanding += 1;
+            match Command::decode(&sqe, staging) {
+                Ok(cmd) => {
+                    VmStats::bump(&self.stats.queued, 1);
+                    sink(Job {
+                        vm: self.vm,
+                        tag: sqe.tag,
+                        stream: sqe.stream,
+                        cmd,
+                        enqueued: Instant::now(),
+                    })
+                }
+                Err(status) => self.complete(sqe.tag, Err(status)),
+            }
+        }
+        n
+    }
+
+    /// Writes a completion for a command taken earlier.
+    pub fn complete(&mut self, tag: u64, outcome: Result<(u64, u64), Status>) {
+        if self.fenced || self.outstanding == 0 {
+            return;
+        }
+        self.outstanding -= 1;
+        let (status, r0, r1) = match outcome {
+            Ok((a, b)) => (Status::Ok, a, b),
+            Err(s) => (s, 0, 0),
+        };
+        if status != Status::Ok {
+            VmStats::bump(&self.stats.errors, 1);
+            self.regs.last_error = status as u32;
+            self.view.store_u32(regs::off::LAST_ERROR, status as u32);
+            self.stats.last_error.store(status as u32, Relaxed);
+        }
+        VmStats::bump(&self.stats.commands, 1);
+        self.cq.push(&Cqe {
+            tag,
+            status: status as u32,
+            flags: 0,
+            result0: r0,
+            result1: r1,
+        });
+        self.irq_due = true;
+    }
+
+    /// Signals the VM's interrupt vector once for all completions posted since the last call,
+    /// if the guest asked for interrupts.
+    pub fn flush_irq(&mut self) {
+        if std::mem::take(&mut self.irq_due) && self.cq.irq_wanted() {
+            let _ = rustix::io::write(&self.irq, &1u64.to_le_bytes());
+        }
+    }
+
+    /// Publishes whether vgpud is polling this VM's SQ.
+    pub fn set_polling(&self, on: bool) {
+        if !self.fenced {
+            self.sq.set_polling(on);
+        }
+    }
+}

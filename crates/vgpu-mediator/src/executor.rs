@@ -1,0 +1,307 @@
+//! The executor: one thread per device. It owns the channels, the queue and the backend.
+//!
+//! Loop: take new entries from every channel (round-robin, bounded per channel), run queued
+//! jobs on the backend, post completions. After the last work it keeps polling for
+//! `poll_us` (guests see `SQ_FLAG_HOST_POLLING` and skip the doorbell); then it clears the
+//! flag, re-checks every ring, and sleeps on the doorbell eventfds — no CPU burnt while idle.
+
+use crate::backend::Backend;
+use crate::channel::{Channel, ChannelParams};
+use crate::config::Config;
+use crate::device::VirtualDevice;
+use crate::queue::WorkQueue;
+use crate::stats::{StatsRegistry, VmStats};
+use crate::transport::Event;
+use rustix::event::epoll;
+use rustix::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+use vgpu_abi::regs::{CAP_BUILTIN_KERNELS, CAP_COMPLETION_IRQ, CAP_HOST_POLLING, CAP_RESET};
+use vgpu_abi::Status;
+
+/// Entries taken from one channel per round (keeps one VM from hogging ingestion).
+const POLL_BUDGET: u32 = 32;
+/// Jobs run per round before the channels are polled again.
+const RUN_BUDGET: usize = 64;
+/// epoll key of the control eventfd.
+const CONTROL_KEY: u64 = u64::MAX;
+
+struct Slot {
+    ch: Channel,
+    dev: VirtualDevice,
+}
+
+/// Executor errors (start-up only; at run time every failure is contained to one VM).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// epoll could not be set up.
+    #[error("epoll: {0}")]
+    Epoll(#[from] rustix::io::Errno),
+}
+
+/// The executor of one device.
+pub struct Executor<B: Backend, Q: WorkQueue> {
+    backend: B,
+    queue: Q,
+    cfg: Arc<Config>,
+    stats: Vec<Arc<VmStats>>,
+    slots: Vec<Option<Slot>>,
+    events: Receiver<Event>,
+    control: Arc<OwnedFd>,
+    epoll: OwnedFd,
+    shutdown: Arc<AtomicBool>,
+    params: ChannelParams,
+    poll_window: Duration,
+}
+
+impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
+    /// Builds an executor. `control` is the eventfd the transport writes after each event.
+    pub fn new(
+        backend: B,
+        queue: Q,
+        cfg: Arc<Config>,
+        stats: &StatsRegistry,
+        events: Receiver<Event>,
+        control: Arc<OwnedFd>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, ExecutorError> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &epoll,
+            &*control,
+            epoll::EventData::new_u64(CONTROL_KEY),
+            epoll::EventFlags::IN,
+        )?;
+        let params = ChannelParams {
+            device: backend.info(),
+            capabilities: CAP_BUILTIN_KERNELS | CAP_COMPLETION_IRQ | CAP_HOST_POLLING | CAP_RESET,
+            max_kernel_us: cfg.mediator.max_kernel_us,
+        };
+        Ok(Self {
+            backend,
+            queue,
+            poll_window: Duration::from_micros(cfg.mediator.poll_us),
+            slots: (0..cfg.vms.len()).map(|_| None).collect(),
+            stats: stats.vms.iter().map(|(_, s)| s.clone()).collect(),
+            cfg,
+            events,
+            control,
+            epoll,
+            shutdown,
+            params,
+        })
+    }
+
+    fn handle_events(&mut self) {
+        while let Ok(ev) = self.events.try_recv() {
+            match ev {
+                Event::Connected(s) => self.attach(s),
+                Event::Disconnected(vm) => self.detach(vm),
+            }
+        }
+    }
+
+    fn attach(&mut self, s: crate::transport::Setup) {
+        let vm = s.vm;
+        self.detach(vm);
+        let cfg = &self.cfg.vms[vm];
+        let stats = self.stats[vm].clone();
+        let ch = match Channel::new(vm, cfg, s.region, s.doorbell, s.irq, &self.params, stats.clone()) {
+            Ok(ch) => ch,
+            Err(e) => {
+                error!(vm = %cfg.name, "cannot set up channel: {e}");
+                return;
+            }
+        };
+        let mut ch = ch;
+        if let Err(e) = self.backend.create_context(vm, ch.staging()) {
+            error!(vm = %cfg.name, "{e}");
+            ch.set_broken();
+        }
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            ch.doorbell_fd(),
+            epoll::EventData::new_u64(vm as u64),
+            epoll::EventFlags::IN,
+        ) {
+            error!(vm = %cfg.name, "epoll add: {e}");
+        }
+        stats.connected.store(true, Relaxed);
+        VmStats::bump(&stats.connects, 1);
+        stats.mem_used.store(0, Relaxed);
+        info!(vm = %cfg.name, vm_id = cfg.vm_id, pool_id = cfg.pool_id, priority = cfg.priority,
+              shm = cfg.shm_size.0, backend = self.params.device.backend, "VM attached");
+        ch.set_polling(true);
+        self.slots[vm] = Some(Slot {
+            ch,
+            dev: VirtualDevice::new(vm, cfg.mem_quota.0, self.cfg.mediator.max_kernel_us),
+        });
+        let _ = s.ready.send(());
+    }
+
+    fn detach(&mut self, vm: usize) {
+        let Some(slot) = self.slots[vm].take() else {
+            return;
+        };
+        let _ = epoll::delete(&self.epoll, slot.ch.doorbell_fd());
+        let dropped = self.queue.remove_vm(vm);
+        self.backend.destroy_context(vm);
+        let st = &self.stats[vm];
+        st.connected.store(false, Relaxed);
+        st.mem_used.store(0, Relaxed);
+        st.queued.store(0, Relaxed);
+        info!(vm = %slot.ch.name(), dropped_jobs = dropped, "VM detached; context and memory freed");
+    }
+
+    fn reset(&mut self, vm: usize) {
+        let dropped = self.queue.remove_vm(vm);
+        self.backend.destroy_context(vm);
+        let Some(slot) = self.slots[vm].as_mut() else {
+            return;
+        };
+        let cfg = &self.cfg.vms[vm];
+        slot.ch.finish_reset();
+        slot.dev = VirtualDevice::new(vm, cfg.mem_quota.0, self.cfg.mediator.max_kernel_us);
+        if let Err(e) = self.backend.create_context(vm, slot.ch.staging()) {
+            error!(vm = %cfg.name, "{e}");
+            slot.ch.set_broken();
+        }
+        self.stats[vm].mem_used.store(0, Relaxed);
+        self.stats[vm].queued.store(0, Relaxed);
+        info!(vm = %cfg.name, dropped_jobs = dropped, "reset done");
+    }
+
+    /// One ingestion pass over every channel. Returns entries taken.
+    fn poll_channels(&mut self) -> u32 {
+        let mut taken = 0;
+        for vm in 0..self.slots.len() {
+            let reset = matches!(&self.slots[vm], Some(s) if s.ch.reset_requested());
+            if reset {
+                self.reset(vm);
+                taken += 1;
+            }
+            if let Some(slot) = self.slots[vm].as_mut() {
+                let q = &mut self.queue;
+                taken += slot.ch.poll(POLL_BUDGET, &mut |job| q.push(job));
+            }
+        }
+        taken
+    }
+
+    fn run_jobs(&mut self) -> usize {
+        let mut ran = 0;
+        while ran < RUN_BUDGET {
+            let Some(job) = self.queue.pop() else { break };
+            ran += 1;
+            let Some(slot) = self.slots[job.vm].as_mut() else {
+                continue;
+            };
+            let st = &self.stats[job.vm];
+            st.queued.fetch_sub(1, Relaxed);
+            if slot.ch.is_fenced() {
+                continue;
+            }
+            let t0 = Instant::now();
+            let out = slot.dev.execute(&mut self.backend, &job.cmd);
+            st.device_ns.fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+            if out.is_ok() {
+                use vgpu_abi::cmd::Command::*;
+                match job.cmd {
+                    CopyH2D { len, .. } => VmStats::bump(&st.bytes_in, len),
+                    CopyD2H { len, .. } => VmStats::bump(&st.bytes_out, len),
+                    MemAlloc { .. } | MemFree { .. } => st.mem_used.store(slot.dev.used(), Relaxed),
+                    _ => {}
+                }
+            }
+            if out == Err(Status::KernelFault) {
+                warn!(vm = %slot.ch.name(), "kernel fault: context broken until the guest resets");
+                slot.ch.set_broken();
+            }
+            slot.ch.complete(job.tag, out);
+        }
+        ran
+    }
+
+    fn flush_irqs(&mut self) {
+        for slot in self.slots.iter_mut().flatten() {
+            slot.ch.flush_irq();
+        }
+    }
+
+    fn set_polling(&self, on: bool) {
+        for slot in self.slots.iter().flatten() {
+            slot.ch.set_polling(on);
+        }
+    }
+
+    fn anything_pending(&mut self) -> bool {
+        !self.queue.is_empty()
+            || self
+                .slots
+                .iter_mut()
+                .flatten()
+                .any(|s| s.ch.reset_requested() || s.ch.pending() > 0)
+    }
+
+    fn sleep(&mut self) {
+        let mut events = Vec::with_capacity(64);
+        match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => return,
+            Err(e) => {
+                warn!("epoll_wait: {e}");
+                std::thread::sleep(Duration::from_millis(1));
+                return;
+            }
+        }
+        for ev in &events {
+            let key = ev.data.u64();
+            if key == CONTROL_KEY {
+                let mut b = [0u8; 8];
+                let _ = rustix::io::read(&*self.control, &mut b);
+            } else if let Some(Some(slot)) = self.slots.get(key as usize) {
+                slot.ch.drain_doorbell();
+            }
+        }
+    }
+
+    /// Runs until shutdown; then frees every VM.
+    pub fn run(mut self) {
+        info!(backend = self.params.device.backend, device = %self.params.device.name, "executor running");
+        let mut last_work = Instant::now();
+        loop {
+            if self.shutdown.load(Relaxed) {
+                break;
+            }
+            self.handle_events();
+            let taken = self.poll_channels();
+            let ran = self.run_jobs();
+            self.flush_irqs();
+            if taken > 0 || ran > 0 {
+                last_work = Instant::now();
+                continue;
+            }
+            if last_work.elapsed() < self.poll_window {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Idle: stop advertising polling, then re-check (pairs with the guest's
+            // publish-then-check-flag), then sleep on the doorbells.
+            self.set_polling(false);
+            if self.anything_pending() {
+                self.set_polling(true);
+                continue;
+            }
+            self.sleep();
+            self.set_polling(true);
+            last_work = Instant::now();
+        }
+        for vm in 0..self.slots.len() {
+            self.detach(vm);
+        }
+        info!("executor stopped");
+    }
+}

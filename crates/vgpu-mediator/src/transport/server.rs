@@ -1,0 +1,269 @@
+//! The listening side: binds every VM's socket at start-up, accepts one client per VM, sets it
+//! up, and notices when it leaves.
+
+use super::{send_setup, SharedRegion, TransportError};
+use crate::config::VmConfig;
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+use rustix::fd::{AsFd, OwnedFd};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// What a new connection brings to the executor.
+#[derive(Debug)]
+pub struct Setup {
+    /// Index of the VM in the config.
+    pub vm: usize,
+    /// The shared memory.
+    pub region: Arc<SharedRegion>,
+    /// vgpud reads this: the VM rang its doorbell.
+    pub doorbell: OwnedFd,
+    /// vgpud writes this to interrupt the VM.
+    pub irq: OwnedFd,
+    /// The executor acknowledges once the device is initialised (registers written, context
+    /// created), so the client never sees an uninitialised BAR.
+    pub ready: SyncSender<()>,
+}
+
+/// Transport → executor.
+#[derive(Debug)]
+pub enum Event {
+    /// A client connected.
+    Connected(Setup),
+    /// The client of VM `vm` left; free everything.
+    Disconnected(usize),
+}
+
+struct Vm {
+    name: String,
+    path: PathBuf,
+    shm_size: u64,
+    listener: UnixListener,
+    client: Option<UnixStream>,
+}
+
+/// The transport thread's state.
+pub struct Server {
+    vms: Vec<Vm>,
+    events: Sender<Event>,
+    wake: Arc<OwnedFd>,
+    stop: Arc<OwnedFd>,
+}
+
+fn bind(vm: &VmConfig) -> Result<UnixListener, TransportError> {
+    let path = &vm.socket;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(TransportError::MissingDir {
+            vm: vm.name.clone(),
+            dir: dir.to_owned(),
+        });
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(TransportError::NotASocket {
+                vm: vm.name.clone(),
+                path: path.clone(),
+            });
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(TransportError::InUse {
+                vm: vm.name.clone(),
+                path: path.clone(),
+            });
+        }
+        // A stale socket left by a server that died: nobody listens, replace it.
+        std::fs::remove_file(path)
+            .map_err(|e| TransportError::io(format!("removing stale socket {}", path.display()), e))?;
+    }
+    let l = UnixListener::bind(path)
+        .map_err(|e| TransportError::io(format!("vm {:?}: binding {}", vm.name, path.display()), e))?;
+    l.set_nonblocking(true)
+        .map_err(|e| TransportError::io("set_nonblocking", e))?;
+    Ok(l)
+}
+
+fn drain(fd: &OwnedFd) {
+    let mut b = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut b);
+}
+
+impl Server {
+    /// Binds every VM's socket. Fails (and removes what it bound) on the first error.
+    pub fn bind_all(
+        vms: &[VmConfig],
+        events: Sender<Event>,
+        wake: Arc<OwnedFd>,
+    ) -> Result<Self, TransportError> {
+        let mut bound: Vec<Vm> = Vec::new();
+        for vm in vms {
+            match bind(vm) {
+                Ok(listener) => bound.push(Vm {
+                    name: vm.name.clone(),
+                    path: vm.socket.clone(),
+                    shm_size: vm.shm_size.0,
+                    listener,
+                    client: None,
+                }),
+                Err(e) => {
+                    for b in &bound {
+                        let _ = std::fs::remove_file(&b.path);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| TransportError::io("eventfd", e))?;
+        Ok(Self {
+            vms: bound,
+            events,
+            wake,
+            stop: Arc::new(stop),
+        })
+    }
+
+    /// An eventfd that stops [`Server::run`] when written.
+    pub fn stop_handle(&self) -> Arc<OwnedFd> {
+        self.stop.clone()
+    }
+
+    fn notify(&self, ev: Event) -> bool {
+        if self.events.send(ev).is_err() {
+            return false;
+        }
+        let _ = rustix::io::write(&*self.wake, &1u64.to_le_bytes());
+        true
+    }
+
+    /// Serves until stopped. Removes the socket files on the way out.
+    pub fn run(mut self) {
+        loop {
+            // Index map: [stop, listeners..., clients...]
+            let mut map: Vec<(bool, usize)> = Vec::new();
+            let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(&*self.stop, PollFlags::IN)];
+            for (i, vm) in self.vms.iter().enumerate() {
+                fds.push(PollFd::new(&vm.listener, PollFlags::IN));
+                map.push((false, i));
+            }
+            for (i, vm) in self.vms.iter().enumerate() {
+                if let Some(c) = &vm.client {
+                    fds.push(PollFd::new(c, PollFlags::IN));
+                    map.push((true, i));
+                }
+            }
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    warn!("transport: poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+            let stop = !fds[0].revents().is_empty();
+            let ready: Vec<(bool, usize)> = fds[1..]
+                .iter()
+                .zip(&map)
+                .filter(|(f, _)| !f.revents().is_empty())
+                .map(|(_, m)| *m)
+                .collect();
+            drop(fds);
+            if stop {
+                drain(&self.stop);
+                break;
+            }
+            for (is_client, i) in ready {
+                if is_client {
+                    self.client_readable(i);
+                } else {
+                    self.accept(i);
+                }
+            }
+        }
+        for i in 0..self.vms.len() {
+            if self.vms[i].client.take().is_some() {
+                self.notify(Event::Disconnected(i));
+            }
+            let _ = std::fs::remove_file(&self.vms[i].path);
+        }
+        info!("transport: stopped");
+    }
+
+    fn client_readable(&mut self, i: usize) {
+        let vm = &mut self.vms[i];
+        let Some(c) = vm.client.as_mut() else { return };
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => info!(vm = %vm.name, "client disconnected"),
+            Ok(n) => warn!(vm = %vm.name, bytes = n, "client sent data (the ivshmem protocol has none); disconnecting it"),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => return,
+            Err(e) => info!(vm = %vm.name, "client connection error: {e}; treating as disconnect"),
+        }
+        vm.client = None;
+        self.notify(Event::Disconnected(i));
+    }
+
+    fn accept(&mut self, i: usize) {
+        let (stream, _) = match self.vms[i].listener.accept() {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) => {
+                warn!(vm = %self.vms[i].name, "accept failed: {e}");
+                return;
+            }
+        };
+        if self.vms[i].client.is_some() {
+            warn!(vm = %self.vms[i].name, "a second client connected while one is attached; refusing it (one QEMU per VM)");
+            return;
+        }
+        match self.setup(i, &stream) {
+            Ok(()) => {
+                let _ = stream.set_nonblocking(true);
+                info!(vm = %self.vms[i].name, "client connected and set up");
+                self.vms[i].client = Some(stream);
+            }
+            Err(e) => {
+                warn!(vm = %self.vms[i].name, "setting up client failed: {e}");
+                // The executor may already hold the channel: tell it to free it.
+                self.notify(Event::Disconnected(i));
+            }
+        }
+    }
+
+    fn setup(&mut self, i: usize, stream: &UnixStream) -> Result<(), TransportError> {
+        let vm = &self.vms[i];
+        let region = SharedRegion::create(&vm.name, vm.shm_size)
+            .map_err(|e| TransportError::io(format!("creating {} bytes of shared memory", vm.shm_size), e))?;
+        let region = Arc::new(region);
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        let doorbell = eventfd(0, flags).map_err(|e| TransportError::io("eventfd", e))?;
+        let irq = eventfd(0, flags).map_err(|e| TransportError::io("eventfd", e))?;
+        let doorbell_client = doorbell
+            .try_clone()
+            .map_err(|e| TransportError::io("dup eventfd", e))?;
+        let irq_client = irq.try_clone().map_err(|e| TransportError::io("dup eventfd", e))?;
+        let (ready_tx, ready_rx): (_, Receiver<()>) = sync_channel(1);
+        let sent = self.notify(Event::Connected(Setup {
+            vm: i,
+            region: region.clone(),
+            doorbell,
+            irq,
+            ready: ready_tx,
+        }));
+        if !sent {
+            return Err(TransportError::io("executor", std::io::Error::other("executor is gone")));
+        }
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| TransportError::io("waiting for the executor", std::io::Error::from(ErrorKind::TimedOut)))?;
+        send_setup(stream.as_fd(), region.fd(), doorbell_client.as_fd(), irq_client.as_fd())
+            .map_err(|e| TransportError::io("sending ivshmem set-up", e))?;
+        Ok(())
+    }
+}
