@@ -1,0 +1,65 @@
+//! `vgpu-bench`: benchmarks with their baselines measured side by side in one run.
+
+mod channel;
+mod pingpong;
+mod stats;
+mod vgpud;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "vgpu-bench", about = "vgpu benchmarks")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The channel: null round trip vs raw shared-memory ping-pong, async throughput, copies.
+    Channel {
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Round trips per latency measurement.
+        #[arg(long, default_value_t = 100_000)]
+        iters: usize,
+        /// Commands in the throughput run.
+        #[arg(long, default_value_t = 500_000)]
+        async_cmds: usize,
+        /// Bytes per copy (bandwidth run).
+        #[arg(long, default_value_t = 64 << 20)]
+        copy_bytes: usize,
+    },
+    /// Internal: the other process of the raw ping-pong.
+    #[command(hide = true)]
+    PingpongChild {
+        /// The shared page.
+        path: String,
+    },
+}
+
+fn main() -> Result<()> {
+    match Args::parse().cmd {
+        Cmd::Channel {
+            json,
+            iters,
+            async_cmds,
+            copy_bytes,
+        } => {
+            let v = channel::run(&channel::Opts {
+                iters,
+                async_cmds,
+                copy_bytes,
+            })?;
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&v)? + "\n")?;
+                println!("wrote {}", p.display());
+            }
+            Ok(())
+        }
+        Cmd::PingpongChild { path } => pingpong::child(&path),
+    }
+}
