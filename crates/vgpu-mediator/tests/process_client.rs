@@ -1,0 +1,194 @@
+//! Process clients against a real vgpud: the same protocol QEMU speaks, on the cpu backend.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use vgpu_abi::cmd::{Builtin, Command, LaunchBody, Opcode, Sqe};
+use vgpu_abi::{DeviceStatus, Status};
+use vgpu_guest::{Device, Error};
+
+fn status_of(e: Error) -> Status {
+    match e {
+        Error::Command { status, .. } => status,
+        other => panic!("expected a command error, got {other:?}"),
+    }
+}
+
+#[test]
+fn ids_workload_and_accounting() {
+    let mut vm = Vm::new("alpha", 42);
+    vm.pool_id = 3;
+    vm.priority = 5;
+    let d = start(&[vm]);
+    let dev = Device::connect(&d.socket("alpha")).unwrap();
+    let info = dev.info();
+    assert_eq!((info.vm_id, info.pool_id, info.priority), (42, 3, 5));
+    assert_eq!(info.vm_name, "alpha");
+    workload(&dev, &mut Rng(7));
+    assert_eq!(dev.mem_info().unwrap(), (0, 256 << 20));
+    // Copies larger than staging are chunked.
+    let big: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 251) as u8).collect();
+    let p = dev.alloc(big.len() as u64).unwrap();
+    dev.copy_htod(p, &big).unwrap();
+    let mut back = vec![0u8; big.len()];
+    dev.copy_dtoh(&mut back, p).unwrap();
+    assert!(back == big, "chunked copy");
+    let s = d.vm_stats("alpha");
+    assert!(s["commands"].as_u64().unwrap() > 20);
+    assert_eq!(s["errors"], 0);
+    assert_eq!(s["mem_used"].as_u64().unwrap(), big.len() as u64);
+    assert!(s["bytes_in"].as_u64().unwrap() >= big.len() as u64);
+    assert_eq!(s["connected"], true);
+    drop(dev);
+    d.stop();
+}
+
+#[test]
+fn bad_commands_get_error_completions() {
+    let mut small = Vm::new("small", 1);
+    small.quota = 1 << 20;
+    let d = start(&[small, Vm::new("other", 2)]);
+    let dev = Device::connect(&d.socket("small")).unwrap();
+    let other = Device::connect(&d.socket("other")).unwrap();
+    let raw = |sqe: Sqe| Status::from_raw(dev.submit(&sqe).unwrap().status).unwrap();
+
+    let mut s = Command::Nop.encode(0, 1);
+    s.opcode = 0x7777;
+    assert_eq!(raw(s), Status::UnknownOpcode);
+    let stg = dev.staging_size();
+    let p = dev.alloc(4096).unwrap();
+    assert_eq!(
+        raw(Command::CopyH2D { dst: p, staging_offset: stg - 10, len: 11 }.encode(0, 2)),
+        Status::StagingOutOfRange
+    );
+    assert_eq!(
+        raw(Command::CopyH2D { dst: p + 4000, staging_offset: 0, len: 97 }.encode(0, 3)),
+        Status::InvalidAddress
+    );
+    assert_eq!(raw(Command::MemFree { ptr: 12345 }.encode(0, 4)), Status::InvalidAddress);
+    // Another VM's pointer is not ours.
+    let theirs = other.alloc(4096).unwrap();
+    assert_eq!(status_of(dev.copy_dtod(p, theirs, 16).unwrap_err()), Status::InvalidAddress);
+    assert_eq!(status_of(dev.free(theirs).unwrap_err()), Status::InvalidAddress);
+    // Quota.
+    assert_eq!(status_of(dev.alloc(2 << 20).unwrap_err()), Status::QuotaExceeded);
+    // Wrong parameter sizes and unknown functions.
+    let l = LaunchBody::new(Builtin::Saxpy.handle(), [1; 3], [1; 3], &[0; 5]).unwrap();
+    assert_eq!(raw(Command::Launch(l).encode(0, 5)), Status::InvalidArgument);
+    let l = LaunchBody::new(0x1234, [1; 3], [1; 3], &[]).unwrap();
+    assert_eq!(raw(Command::Launch(l).encode(0, 6)), Status::InvalidFunction);
+    // A busy kernel longer than the device limit.
+    assert_eq!(status_of(dev.busy(5_000_000).unwrap_err()), Status::InvalidArgument);
+    // The device still works, and the other VM was never disturbed.
+    dev.nop().unwrap();
+    other.free(theirs).unwrap();
+    assert_eq!(d.vm_stats("other")["errors"], 0);
+    assert!(d.vm_stats("small")["errors"].as_u64().unwrap() >= 9);
+    assert_eq!(dev.info().status, DeviceStatus::Ready);
+    drop((dev, other));
+    d.stop();
+}
+
+#[test]
+fn fault_breaks_only_this_context_until_reset() {
+    let d = start(&[Vm::new("a", 1), Vm::new("b", 2)]);
+    let a = Device::connect(&d.socket("a")).unwrap();
+    let b = Device::connect(&d.socket("b")).unwrap();
+    let pa = a.alloc(64).unwrap();
+    assert_eq!(status_of(a.fault().unwrap_err()), Status::KernelFault);
+    assert_eq!(a.info().status, DeviceStatus::Error);
+    assert_eq!(status_of(a.memset_d8(pa, 1, 64).unwrap_err()), Status::ContextLost);
+    workload(&b, &mut Rng(3));
+    a.reset().unwrap();
+    assert_eq!(a.info().status, DeviceStatus::Ready);
+    assert_eq!(a.mem_info().unwrap().0, 0, "allocations are gone after reset");
+    workload(&a, &mut Rng(4));
+    assert_eq!(d.vm_stats("a")["resets"], 1);
+    drop((a, b));
+    d.stop();
+}
+
+#[test]
+fn completion_interrupts_reach_the_client() {
+    let d = start(&[Vm::new("irq", 1)]);
+    let dev = Device::connect(&d.socket("irq")).unwrap();
+    assert!(!dev.wait_irq(Duration::from_millis(50)).unwrap(), "no interrupt before asking");
+    dev.enable_irq(true);
+    dev.nop().unwrap();
+    assert!(dev.wait_irq(Duration::from_secs(5)).unwrap(), "completion interrupt");
+    drop(dev);
+    d.stop();
+}
+
+#[test]
+fn disconnect_frees_everything_and_the_socket_serves_the_next_boot() {
+    let mut vm = Vm::new("cycle", 9);
+    vm.quota = 8 << 20;
+    let d = start(&[vm]);
+    for round in 0..3 {
+        let dev = Device::connect(&d.socket("cycle")).unwrap();
+        assert_eq!(dev.mem_info().unwrap().0, 0, "round {round}: fresh device");
+        // Take most of the quota and leave without freeing.
+        dev.alloc(6 << 20).unwrap();
+        let batch: Vec<Sqe> = (0..50)
+            .map(|i| {
+                let l = LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], &[100, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+                Command::Launch(l).encode(0, i)
+            })
+            .collect();
+        let _ = batch; // queued work in flight when the client leaves is dropped
+        drop(dev);
+        let t0 = Instant::now();
+        while d.vm_stats("cycle")["connected"] == true {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(d.vm_stats("cycle")["mem_used"], 0);
+    }
+    assert_eq!(d.vm_stats("cycle")["connects"], 3);
+    // A second client while one is attached is refused; the first keeps working.
+    let first = Device::connect(&d.socket("cycle")).unwrap();
+    assert!(Device::connect(&d.socket("cycle")).is_err());
+    first.nop().unwrap();
+    drop(first);
+    let st = d.stop();
+    assert!(st.success(), "clean exit on SIGTERM: {st:?}");
+}
+
+#[test]
+fn async_batches_complete_in_order_per_stream() {
+    let d = start(&[Vm::new("batch", 1)]);
+    let dev = Device::connect(&d.socket("batch")).unwrap();
+    let sqes: Vec<Sqe> = (0..5000u64).map(|i| Command::Nop.encode((i % 3) as u32, i)).collect();
+    let cqes = dev.submit_batch(&sqes).unwrap();
+    assert_eq!(cqes.len(), 5000);
+    for s in 0..3u64 {
+        let tags: Vec<u64> = cqes.iter().map(|c| c.tag).filter(|t| t % 3 == s).collect();
+        assert!(tags.windows(2).all(|w| w[0] < w[1]), "stream {s} out of order");
+        assert_eq!(tags.len(), sqes.iter().filter(|q| q.tag % 3 == s).count());
+    }
+    assert!(cqes.iter().all(|c| c.status == 0));
+    let _ = Opcode::Nop;
+    drop(dev);
+    d.stop();
+}
+
+#[test]
+fn idle_vgpud_burns_no_cpu() {
+    let d = start(&[Vm::new("idle", 1)]);
+    let dev = Device::connect(&d.socket("idle")).unwrap();
+    dev.nop().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let ticks = || {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", d.child.id())).unwrap();
+        let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let t0 = ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = ticks() - t0;
+    assert!(used <= 3, "idle vgpud used {used} clock ticks in 1 s");
+    drop(dev);
+    d.stop();
+}

@@ -1,0 +1,53 @@
+//! vgpud refuses bad start-up conditions with a clear message and exit code 2.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn run_vgpud(cfg_text: &str, dir: &std::path::Path) -> (i32, String) {
+    let cfg = dir.join("cfg.toml");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_config_missing_dir_socket_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run_vgpud("[[vm]]\nname = \"a\"\n", dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("missing field"), "{err}");
+
+    let (code, err) = run_vgpud(
+        "[[vm]]\nname = \"a\"\nsocket = \"/nonexistent-dir/a.sock\"\nvm_id = 1\n",
+        dir.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("does not exist"), "{err}");
+
+    let (code, err) = run_vgpud(
+        &config_text(dir.path(), &[Vm::new("x", 1), Vm::new("y", 1)], ""),
+        dir.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("duplicate vm_id"), "{err}");
+
+    let mut bad = Vm::new("z", 1);
+    bad.shm = 3 << 20;
+    let (code, err) = run_vgpud(&config_text(dir.path(), &[bad], ""), dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("power of two"), "{err}");
+
+    // A socket already served by a running vgpud.
+    let d = start(&[Vm::new("busy", 1)]);
+    let text = std::fs::read_to_string(d.dir.path().join("vgpud.toml")).unwrap();
+    let (code, err) = run_vgpud(&text.replace("admin.sock", "admin2.sock"), dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("already in use"), "{err}");
+    d.stop();
+}
