@@ -1,1 +1,130 @@
-fn main() {}
+//! Project automation: `cargo xtask <command>`.
+//!
+//! - `deps`: install the host tools the VM tests need (QEMU, busybox-static, cpio).
+//! - `demo`: build everything, start vgpud, boot two VMs under QEMU and check what they saw.
+//! - `test`: `cargo test --workspace --all-targets`, then the VM end-to-end test.
+//! - `bench`: build and run `vgpu-bench`.
+//! - `vm-smoke`: boot the guest kernel with a busybox-only initramfs (no vgpud needed).
+
+mod bench;
+mod build;
+mod demo;
+mod deps;
+mod elf;
+mod initramfs;
+mod kernel;
+mod paths;
+mod qemu;
+mod test;
+mod vgpud;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "vgpu project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by every command that boots VMs.
+#[derive(clap::Args, Clone, Debug)]
+pub struct VmOpts {
+    /// QEMU accelerator. KVM on the project's machines is KVM-PVM, which cannot boot stock kernels.
+    #[arg(long, value_enum, default_value_t = qemu::Accel::Tcg)]
+    pub accel: qemu::Accel,
+    /// Per-VM timeout in seconds; a VM still running after it is killed.
+    #[arg(long, default_value_t = 120)]
+    pub vm_timeout: u64,
+}
+
+impl VmOpts {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.vm_timeout)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install (as root) or check the host tools the VM tests need.
+    Deps,
+    /// Build, start vgpud, boot two VMs and check that each sees its own vGPU.
+    Demo {
+        #[command(flatten)]
+        vm: VmOpts,
+    },
+    /// Run the workspace tests, then the VM end-to-end test.
+    Test {
+        /// Skip the VM end-to-end test.
+        #[arg(long)]
+        no_vm: bool,
+        #[command(flatten)]
+        vm: VmOpts,
+    },
+    /// Build and run a benchmark of `vgpu-bench` (e.g. `channel`).
+    Bench {
+        /// Benchmark name.
+        name: String,
+        /// Write machine-readable results to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// Further arguments passed to `vgpu-bench` unchanged.
+        #[arg(last = true)]
+        rest: Vec<String>,
+    },
+    /// Boot the guest kernel with a busybox-only initramfs (checks the VM tooling, no vgpud), or
+    /// with any static guest binary as /bin/vgpu-smi, optionally on a vgpud socket.
+    VmSmoke {
+        /// Static binary to put in the initramfs as /bin/vgpu-smi (its exit status must be 0).
+        #[arg(long)]
+        guest_bin: Option<std::path::PathBuf>,
+        /// Attach an ivshmem-doorbell device on this (already listening) socket.
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
+        /// Arguments for the guest binary, comma-separated (kernel `vgpu.args=`).
+        #[arg(long)]
+        args: Option<String>,
+        #[command(flatten)]
+        vm: VmOpts,
+    },
+    /// GPU conformance checks (not yet implemented).
+    GpuCheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Deps => report(deps::ensure_host_tools()),
+        Command::Demo { vm } => demo::main(&vm),
+        Command::Test { no_vm, vm } => test::main(no_vm, &vm),
+        Command::Bench { name, json, rest } => bench::main(&name, json.as_deref(), &rest),
+        Command::VmSmoke {
+            guest_bin,
+            socket,
+            args,
+            vm,
+        } => report(demo::vm_smoke(
+            guest_bin.as_deref(),
+            socket.as_deref(),
+            args.as_deref(),
+            &vm,
+        )),
+        Command::GpuCheck => {
+            eprintln!("xtask gpu-check: not yet implemented: see issue 4");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -46,12 +46,12 @@ pub fn run(o: &Opts) -> Result<serde_json::Value> {
         dev.nop()?;
         rtt.push(t0.elapsed().as_nanos() as u64);
     }
-    let null = summarize(&mut rtt);
-    line("null command round trip", &null);
+    let nul = summarize(&mut rtt);
+    line("null command round trip", &nul);
     println!(
         "  null − raw at p50: {:+.3} µs   (ratio {:.2}×)",
-        null.p50_us - raw.p50_us,
-        null.p50_us / raw.p50_us
+        nul.p50_us - raw.p50_us,
+        nul.p50_us / raw.p50_us
     );
 
     // Batched asynchronous throughput: one doorbell (at most) per batch.
@@ -91,7 +91,7 @@ pub fn run(o: &Opts) -> Result<serde_json::Value> {
     drop(dev);
     drop(d);
 
-    let delta = null.p50_us - raw.p50_us;
+    let delta = nul.p50_us - raw.p50_us;
     let verdict = if delta <= 2.0 { "MET" } else { "NOT MET" };
     println!("  goal null_rtt_p50 within 2 µs of raw_pingpong_p50: {verdict} ({delta:+.3} µs)");
     Ok(json!({
@@ -99,9 +99,9 @@ pub fn run(o: &Opts) -> Result<serde_json::Value> {
         "cores": cores,
         "raw_pingpong_p50_us": raw.p50_us,
         "raw_pingpong_p99_us": raw.p99_us,
-        "null_rtt_p50_us": null.p50_us,
-        "null_rtt_p99_us": null.p99_us,
-        "null_rtt_mean_us": null.mean_us,
+        "null_rtt_p50_us": nul.p50_us,
+        "null_rtt_p99_us": nul.p99_us,
+        "null_rtt_mean_us": nul.mean_us,
         "null_minus_raw_p50_us": delta,
         "async_cmds_per_s": cmds_per_s,
         "staging_copy_gbps": h2d,

@@ -100,7 +100,7 @@ fn hostile_client_cannot_disturb_another() {
 
     // The hostile VM can recover by resetting its device.
     evil.reset().unwrap();
-    assert_eq!(evil.info().status, DeviceStatus::Ready);
+    assert_eq!(evil.info().status, Some(DeviceStatus::Ready));
     workload(&evil, &mut Rng(5));
     workload(&good_dev, &mut Rng(6));
     drop((evil, good_dev));

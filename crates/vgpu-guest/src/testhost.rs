@@ -1,0 +1,508 @@
+//! Test support: a tiny in-process stand-in for vgpud (an ivshmem server speaking the set-up
+//! protocol, and a host loop that serves the rings with CPU semantics), so that the guest
+//! library is tested without the real mediator.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use vgpu_abi::cmd::{BusyParams, Command, ReduceParams, SaxpyParams, SgemmParams, VectorAddParams};
+use vgpu_abi::regs::{self, off};
+use vgpu_abi::ring::{reset_rings, CqProducer, SqConsumer};
+use vgpu_abi::{Builtin, Cqe, DeviceStatus, Layout, RegisterPage, ShmView, Status};
+use zerocopy::FromBytes;
+
+/// Sends one ivshmem message: an i64 and optionally one fd.
+pub(crate) fn send_msg(sock: BorrowedFd<'_>, v: i64, fd: Option<BorrowedFd<'_>>) {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd];
+        assert!(anc.push(SendAncillaryMessage::ScmRights(&fds)));
+    }
+    let bytes = v.to_le_bytes();
+    let n = rustix::net::sendmsg(sock, &[IoSlice::new(&bytes)], &mut anc, SendFlags::empty())
+        .expect("sendmsg");
+    assert_eq!(n, 8);
+}
+
+/// A register page as vgpud would publish it for a region of `size` bytes.
+pub(crate) fn register_page(size: u64, sq: u32, cq: u32) -> RegisterPage {
+    let layout = Layout::compute(size, sq, cq).expect("layout");
+    let mut r = RegisterPage {
+        magic: vgpu_abi::MAGIC,
+        abi_version: vgpu_abi::abi_version(),
+        device_status: DeviceStatus::Ready as u32,
+        vm_id: 7,
+        pool_id: 2,
+        priority: 3,
+        capabilities: regs::CAP_BUILTIN_KERNELS | regs::CAP_RESET | regs::CAP_COMPLETION_IRQ,
+        mem_quota: 64 << 20,
+        max_kernel_us: 1_000_000,
+        host_peer_id: 1,
+        doorbell_vector: 0,
+        generation: 1,
+        backend: regs::BACKEND_CPU,
+        device_total_mem: 1 << 30,
+        vm_name: regs::put_str("test-vm"),
+        device_name: regs::put_str("fake cpu device"),
+        ..RegisterPage::default()
+    };
+    layout.fill(&mut r);
+    r
+}
+
+/// A memfd of `size` bytes holding a register page.
+pub(crate) fn memfd_device(size: u64, sq: u32, cq: u32) -> File {
+    let fd = rustix::fs::memfd_create("vgpu-test", rustix::fs::MemfdFlags::CLOEXEC)
+        .expect("memfd_create");
+    let f = File::from(fd);
+    f.set_len(size).expect("set_len");
+    write_regs(&f, &register_page(size, sq, cq));
+    f
+}
+
+/// Writes a register page at the start of a file.
+pub(crate) fn write_regs(f: &File, r: &RegisterPage) {
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(zerocopy::IntoBytes::as_bytes(r), 0)
+        .expect("write regs");
+}
+
+/// An owned shared mapping of a file, for the fake host.
+pub(crate) struct Mapping {
+    map: MmapRaw,
+}
+
+impl Mapping {
+    pub(crate) fn new(f: &File) -> Self {
+        let len = f.metadata().unwrap().len() as usize;
+        Self {
+            map: MmapOptions::new().len(len).map_raw(f).expect("map"),
+        }
+    }
+    pub(crate) fn view(&self) -> ShmView {
+        // SAFETY: the mapping is page-aligned, `len` bytes, and lives as long as `self`; the
+        // test keeps `self` alive while the view is used.
+        unsafe { ShmView::new(self.map.as_mut_ptr(), self.map.len()) }
+    }
+}
+
+/// Knobs of the fake host.
+#[derive(Default)]
+pub(crate) struct HostOpts {
+    /// Signalled (eventfd write) when the guest asks for completion interrupts.
+    pub irq: Option<OwnedFd>,
+    /// Set the host-polling flag (the guest then skips the doorbell).
+    pub polling: bool,
+    /// Complete kernel launches with `Ok` without running them (a broken device).
+    pub lazy_kernels: bool,
+}
+
+/// Shared controls and counters of a running fake host.
+#[derive(Default)]
+pub(crate) struct HostCtl {
+    pub stop: AtomicBool,
+    /// While set, the host does not consume the submission ring.
+    pub paused: AtomicBool,
+    /// Commands executed.
+    pub executed: AtomicU64,
+    /// Largest number of entries found published at once.
+    pub max_batch: AtomicU64,
+}
+
+/// A fake vgpud serving one VM's rings on a thread.
+pub(crate) struct FakeHost {
+    pub ctl: Arc<HostCtl>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl FakeHost {
+    pub(crate) fn start(f: &File, opts: HostOpts) -> Self {
+        let map = Mapping::new(f);
+        // Set the rings up before the guest can attach (as vgpud does before it hands out
+        // the memory), not racing with it on the host thread.
+        let view = map.view();
+        let regs: RegisterPage = view.read_obj(0);
+        let layout = Layout::from_regs(&regs, view.len() as u64).expect("host layout");
+        reset_rings(&view, &layout);
+        SqConsumer::new(view, layout).set_polling(opts.polling);
+        let ctl = Arc::new(HostCtl::default());
+        let c = ctl.clone();
+        let handle = std::thread::spawn(move || host_loop(map, opts, c));
+        Self {
+            ctl,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        self.ctl.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Mem {
+    allocs: BTreeMap<u64, Vec<u8>>,
+    next: u64,
+    used: u64,
+    quota: u64,
+}
+
+impl Mem {
+    fn find(&mut self, ptr: u64, len: u64) -> Result<&mut [u8], Status> {
+        let (&base, buf) = self
+            .allocs
+            .range_mut(..=ptr)
+            .next_back()
+            .ok_or(Status::InvalidAddress)?;
+        let o = (ptr - base) as usize;
+        let end = o.checked_add(len as usize).ok_or(Status::InvalidAddress)?;
+        if end > buf.len() {
+            return Err(Status::InvalidAddress);
+        }
+        Ok(&mut buf[o..end])
+    }
+    fn f32s(&mut self, ptr: u64, n: u32) -> Result<Vec<f32>, Status> {
+        let b = self.find(ptr, n as u64 * 4)?;
+        Ok(b.chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect())
+    }
+    fn put_f32s(&mut self, ptr: u64, v: &[f32]) -> Result<(), Status> {
+        let b = self.find(ptr, v.len() as u64 * 4)?;
+        for (c, x) in b.chunks_mut(4).zip(v) {
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        Ok(())
+    }
+}
+
+fn params<T: FromBytes>(p: &[u8]) -> Result<T, Status> {
+    T::read_from_bytes(p).map_err(|_| Status::InvalidArgument)
+}
+
+fn run_kernel(k: Builtin, p: &[u8], mem: &mut Mem) -> Result<(), Status> {
+    match k {
+        Builtin::VectorAddF32 => {
+            let p: VectorAddParams = params(p)?;
+            let a = mem.f32s(p.a, p.n)?;
+            let b = mem.f32s(p.b, p.n)?;
+            let c: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+            mem.put_f32s(p.c, &c)
+        }
+        Builtin::Saxpy => {
+            let p: SaxpyParams = params(p)?;
+            let x = mem.f32s(p.x, p.n)?;
+            let mut y = mem.f32s(p.y, p.n)?;
+            for (yi, xi) in y.iter_mut().zip(&x) {
+                *yi += p.alpha * xi;
+            }
+            mem.put_f32s(p.y, &y)
+        }
+        Builtin::Sgemm => {
+            let p: SgemmParams = params(p)?;
+            let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+            let a = mem.f32s(p.a, p.m * p.k)?;
+            let b = mem.f32s(p.b, p.k * p.n)?;
+            let mut c = mem.f32s(p.c, p.m * p.n)?;
+            let mut acc = vec![0f32; m * n];
+            for i in 0..m {
+                for kk in 0..k {
+                    for j in 0..n {
+                        acc[i * n + j] += a[i * k + kk] * b[kk * n + j];
+                    }
+                }
+            }
+            for (ci, ai) in c.iter_mut().zip(&acc) {
+                *ci = p.alpha * ai + p.beta * *ci;
+            }
+            mem.put_f32s(p.c, &c)
+        }
+        Builtin::ReduceSumF32 => {
+            let p: ReduceParams = params(p)?;
+            let s: f32 = mem.f32s(p.x, p.n)?.iter().sum();
+            mem.put_f32s(p.out, &[s])
+        }
+        Builtin::Busy => {
+            let p: BusyParams = params(p)?;
+            std::thread::sleep(Duration::from_micros(p.duration_us as u64));
+            Ok(())
+        }
+        Builtin::Fault => Err(Status::KernelFault),
+    }
+}
+
+fn execute(
+    cmd: Command,
+    view: &ShmView,
+    layout: &Layout,
+    mem: &mut Mem,
+    broken: &mut bool,
+    lazy: bool,
+) -> Result<(u64, u64), Status> {
+    let st = layout.staging_offset as usize;
+    match cmd {
+        Command::Nop | Command::Synchronize { .. } => Ok((0, 0)),
+        Command::GetInfo => Ok((mem.used, mem.quota)),
+        Command::MemAlloc { size } => {
+            if mem.used + size > mem.quota {
+                return Err(Status::QuotaExceeded);
+            }
+            let ptr = mem.next;
+            mem.next += size.next_multiple_of(256) + 256;
+            mem.allocs.insert(ptr, vec![0; size as usize]);
+            mem.used += size;
+            Ok((ptr, 0))
+        }
+        Command::MemFree { ptr } => {
+            let b = mem.allocs.remove(&ptr).ok_or(Status::InvalidAddress)?;
+            mem.used -= b.len() as u64;
+            Ok((0, 0))
+        }
+        Command::Memset {
+            dst,
+            len,
+            value,
+            width,
+        } => {
+            let b = mem.find(dst, len)?;
+            if width == 1 {
+                b.fill(value as u8);
+            } else {
+                for c in b.chunks_mut(4) {
+                    c.copy_from_slice(&value.to_le_bytes());
+                }
+            }
+            Ok((0, 0))
+        }
+        Command::CopyH2D {
+            dst,
+            staging_offset,
+            len,
+        } => {
+            let b = mem.find(dst, len)?;
+            view.read_bytes(st + staging_offset as usize, b);
+            Ok((0, 0))
+        }
+        Command::CopyD2H {
+            src,
+            staging_offset,
+            len,
+        } => {
+            let b = mem.find(src, len)?;
+            view.write_bytes(st + staging_offset as usize, b);
+            Ok((0, 0))
+        }
+        Command::CopyD2D { dst, src, len } => {
+            let tmp = mem.find(src, len)?.to_vec();
+            mem.find(dst, len)?.copy_from_slice(&tmp);
+            Ok((0, 0))
+        }
+        Command::Launch(l) => {
+            let k = Builtin::from_handle(l.func).ok_or(Status::InvalidFunction)?;
+            if l.params().len() != k.params_len() {
+                return Err(Status::InvalidArgument);
+            }
+            if *broken {
+                return Err(Status::ContextLost);
+            }
+            if lazy {
+                return Ok((0, 0));
+            }
+            let r = run_kernel(k, l.params(), mem);
+            if r == Err(Status::KernelFault) {
+                *broken = true;
+                view.store_u32(off::DEVICE_STATUS, DeviceStatus::Error as u32);
+                view.store_u32(off::LAST_ERROR, Status::KernelFault as u32);
+            }
+            r.map(|_| (0, 0))
+        }
+    }
+}
+
+fn fence(view: &ShmView, reason: vgpu_abi::ring::FenceReason) {
+    view.store_u32(off::LAST_ERROR, reason as u32);
+    view.store_u32(off::DEVICE_STATUS, DeviceStatus::Fenced as u32);
+}
+
+fn host_loop(map: Mapping, opts: HostOpts, ctl: Arc<HostCtl>) {
+    let view = map.view();
+    let regs: RegisterPage = view.read_obj(0);
+    let layout = Layout::from_regs(&regs, view.len() as u64).expect("host layout");
+    let new_mem = || Mem {
+        allocs: BTreeMap::new(),
+        next: 0x7000_0000_0000,
+        used: 0,
+        quota: regs.mem_quota,
+    };
+    let mut sqc = SqConsumer::new(view, layout);
+    let mut cqp = CqProducer::new(view, layout);
+    let mut mem = new_mem();
+    let mut broken = false;
+    let mut last_reset = view.load_u32(regs::REG_RESET_REQUEST);
+    let idle = || std::thread::sleep(Duration::from_micros(50));
+    while !ctl.stop.load(Ordering::SeqCst) {
+        let rr = view.load_u32(regs::REG_RESET_REQUEST);
+        if rr != last_reset {
+            last_reset = rr;
+            view.store_u32(off::DEVICE_STATUS, DeviceStatus::Reset as u32);
+            reset_rings(&view, &layout);
+            sqc = SqConsumer::new(view, layout);
+            cqp = CqProducer::new(view, layout);
+            sqc.set_polling(opts.polling);
+            mem = new_mem();
+            broken = false;
+            view.store_u32(off::LAST_ERROR, 0);
+            let g = view.load_u32(off::GENERATION);
+            view.store_u32(off::GENERATION, g.wrapping_add(1));
+            view.store_u32(off::DEVICE_STATUS, DeviceStatus::Ready as u32);
+            continue;
+        }
+        if ctl.paused.load(Ordering::SeqCst)
+            || view.load_u32(off::DEVICE_STATUS) == DeviceStatus::Fenced as u32
+        {
+            idle();
+            continue;
+        }
+        let n = match sqc.available() {
+            Ok(0) => {
+                idle();
+                continue;
+            }
+            Ok(n) => n,
+            Err(r) => {
+                fence(&view, r);
+                continue;
+            }
+        };
+        ctl.max_batch.fetch_max(n as u64, Ordering::SeqCst);
+        'entries: for _ in 0..n {
+            loop {
+                match cqp.free() {
+                    Ok(0) if ctl.stop.load(Ordering::SeqCst) => return,
+                    Ok(0) => idle(),
+                    Ok(_) => break,
+                    Err(r) => {
+                        fence(&view, r);
+                        break 'entries;
+                    }
+                }
+            }
+            let sqe = sqc.pop();
+            let r = Command::decode(&sqe, layout.staging_size)
+                .and_then(|c| execute(c, &view, &layout, &mut mem, &mut broken, opts.lazy_kernels));
+            let cqe = match r {
+                Ok((r0, r1)) => Cqe {
+                    tag: sqe.tag,
+                    result0: r0,
+                    result1: r1,
+                    ..Cqe::default()
+                },
+                Err(s) => Cqe {
+                    tag: sqe.tag,
+                    status: s as u32,
+                    ..Cqe::default()
+                },
+            };
+            cqp.push(&cqe);
+            ctl.executed.fetch_add(1, Ordering::SeqCst);
+            if cqp.irq_wanted() {
+                if let Some(fd) = &opts.irq {
+                    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// A fake ivshmem server on a UNIX socket in a temp dir: accepts one client, sends the
+/// set-up sequence, then keeps the connection until the client leaves.
+pub(crate) struct FakeServer {
+    pub _dir: tempfile::TempDir,
+    pub path: std::path::PathBuf,
+    /// The mediator's doorbell eventfd (the client rings it).
+    pub doorbell: OwnedFd,
+    /// The client's interrupt eventfd (the host signals it).
+    pub irq: OwnedFd,
+    /// Set once the client has disconnected.
+    pub disconnected: Arc<AtomicBool>,
+    pub shm: File,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl FakeServer {
+    pub(crate) fn start(shm: File) -> Self {
+        use rustix::event::{eventfd, EventfdFlags};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let doorbell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap();
+        let irq = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap();
+        let disconnected = Arc::new(AtomicBool::new(false));
+        let (d2, i2, s2, dc) = (
+            doorbell.try_clone().unwrap(),
+            irq.try_clone().unwrap(),
+            shm.try_clone().unwrap(),
+            disconnected.clone(),
+        );
+        let handle = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let c = conn.as_fd();
+            send_msg(c, 0, None);
+            send_msg(c, 0, None);
+            send_msg(c, -1, Some(s2.as_fd()));
+            send_msg(c, 1, Some(d2.as_fd()));
+            send_msg(c, 0, Some(i2.as_fd()));
+            let mut b = [0u8; 1];
+            // A client never sends; EOF means it left.
+            let _ = std::io::Read::read(&mut conn, &mut b);
+            dc.store(true, Ordering::SeqCst);
+        });
+        Self {
+            _dir: dir,
+            path,
+            doorbell,
+            irq,
+            disconnected,
+            shm,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits until the client has disconnected (or 5 s pass).
+    pub(crate) fn wait_disconnect(&mut self) -> bool {
+        for _ in 0..500 {
+            if self.disconnected.load(Ordering::SeqCst) {
+                if let Some(h) = self.handle.take() {
+                    h.join().unwrap();
+                }
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Reads (and clears) the mediator's doorbell counter; 0 when it was not rung.
+    pub(crate) fn doorbell_count(&self) -> u64 {
+        let mut b = [0u8; 8];
+        match rustix::io::read(&self.doorbell, &mut b) {
+            Ok(8) => u64::from_ne_bytes(b),
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! How the guest reaches the device: through the PCI device's BARs inside a VM ([`pci`]), or
+//! as an ivshmem client process on the vgpud socket ([`socket`]). Both give a shared-memory
+//! mapping (BAR2) and a way to ring a peer's doorbell; everything above is the same.
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use memmap2::MmapRaw;
+use vgpu_abi::ShmView;
+
+use crate::Error;
+
+pub(crate) mod mmio;
+pub mod pci;
+pub mod socket;
+
+pub use pci::PciTransport;
+pub use socket::SocketTransport;
+
+/// A shared-memory mapping (BAR2) that can be made permanent: once [`Self::keep_mapped`] was
+/// called it is never unmapped, so views of it handed out to callers can never dangle.
+#[derive(Debug)]
+pub(crate) struct SharedMapping {
+    /// Always `Some` until dropped.
+    map: Option<MmapRaw>,
+    len: usize,
+    keep: AtomicBool,
+}
+
+impl SharedMapping {
+    /// Wraps a read/write shared mapping of `len` bytes.
+    pub(crate) fn new(map: MmapRaw, len: usize) -> Self {
+        assert!(len <= map.len());
+        Self {
+            map: Some(map),
+            len,
+            keep: AtomicBool::new(false),
+        }
+    }
+
+    /// A view of the mapping, valid while `self` lives (or forever after `keep_mapped`).
+    pub(crate) fn view(&self) -> ShmView {
+        let map = self.map.as_ref().expect("mapping present until drop");
+        // SAFETY: `map` is a read/write mapping of at least `len` bytes (checked in `new`),
+        // page-aligned (so 8-aligned), and stays mapped while `self` lives; views never
+        // outlive `self` inside this crate, and views handed to callers are only handed out
+        // after `keep_mapped`, which makes the mapping permanent.
+        unsafe { ShmView::new(map.as_mut_ptr(), self.len) }
+    }
+
+    /// Never unmap this mapping (it is leaked when `self` is dropped).
+    pub(crate) fn keep_mapped(&self) {
+        self.keep.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        if self.keep.load(Ordering::SeqCst) {
+            std::mem::forget(self.map.take());
+        }
+    }
+}
+
+/// A way to reach one vGPU device.
+///
+/// The transport owns the shared-memory mapping; [`Transport::shm`] views of it are valid for
+/// as long as the transport lives, or forever after [`Transport::keep_mapped`].
+pub(crate) trait Transport: Send + Sync + Debug {
+    /// The whole shared-memory region (BAR2). Valid while `self` lives.
+    fn shm(&self) -> ShmView;
+    /// Keeps the shared memory mapped for the rest of the process, even after the transport
+    /// is dropped (the connection still closes on drop).
+    fn keep_mapped(&self);
+    /// Rings `vector` of `peer` (the doorbell). A peer or vector the transport does not know
+    /// is silently dropped, as QEMU does.
+    fn ring(&self, peer: u16, vector: u16);
+    /// Waits for our interrupt vector 0 to fire; `Ok(false)` on timeout.
+    fn wait_irq(&self, timeout: Duration) -> Result<bool, Error>;
+    /// A short description ("pci 0000:00:04.0", "socket /run/vgpu/vm1.sock").
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,76 @@
+//! Waiting without burning a CPU forever: spin briefly, then yield, then sleep with a
+//! growing interval (capped at 1 ms).
+
+use std::time::{Duration, Instant};
+
+/// How long to spin before yielding.
+const SPIN: Duration = Duration::from_micros(30);
+/// How many times to yield before sleeping.
+const YIELDS: u32 = 16;
+/// First sleep.
+const SLEEP_MIN: Duration = Duration::from_micros(10);
+/// Longest sleep.
+const SLEEP_MAX: Duration = Duration::from_millis(1);
+
+/// A spin → yield → sleep back-off.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    start: Instant,
+    yields: u32,
+    sleep: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            yields: 0,
+            sleep: SLEEP_MIN,
+        }
+    }
+
+    /// Starts over (call after progress).
+    pub(crate) fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    /// Waits a little, longer each call.
+    pub(crate) fn snooze(&mut self) {
+        if self.start.elapsed() < SPIN {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        } else if self.yields < YIELDS {
+            self.yields += 1;
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(self.sleep);
+            self.sleep = (self.sleep * 2).min(SLEEP_MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let mut b = Backoff::new();
+        let t = Instant::now();
+        let mut calls = 0u32;
+        while b.sleep < SLEEP_MAX {
+            b.snooze();
+            calls += 1;
+            assert!(calls < 1_000_000, "never reached the sleep cap");
+        }
+        // Spin (30 µs) + 16 yields + 7 doubling sleeps (10 µs .. 640 µs): well under a second.
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        let s = Instant::now();
+        b.snooze();
+        assert_eq!(b.sleep, SLEEP_MAX, "the sleep is capped");
+        assert!(s.elapsed() >= SLEEP_MAX);
+        b.reset();
+        assert_eq!((b.sleep, b.yields), (SLEEP_MIN, 0));
+    }
+}

@@ -1,0 +1,215 @@
+//! The guest initramfs: a newc cpio archive (written here, no external tool) holding a static
+//! busybox, the guest binary and an `/init` script that runs it and powers the VM off.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{deps, elf};
+
+/// Printed by `/init` as soon as it runs.
+pub const INIT_MARKER: &str = "vgpu-guest: init";
+/// Printed by `/init` after the guest binary returned: `vgpu-guest: exit=<code>`.
+pub const EXIT_MARKER: &str = "vgpu-guest: exit=";
+
+/// busybox applets linked into `/bin`.
+const APPLETS: &[&str] = &[
+    "sh", "ash", "mount", "umount", "mkdir", "poweroff", "reboot", "cat", "echo", "sleep", "ls",
+    "tr", "dmesg", "grep", "sed", "head", "tail", "hexdump", "dd", "ps", "uname", "lspci", "env",
+    "true", "false", "test", "[",
+];
+
+/// `/init`. Arguments for the guest binary come from `vgpu.args=` on the kernel command line,
+/// with commas standing for spaces (`vgpu.args=selftest,--verbose`); the default is `selftest`.
+const INIT_SCRIPT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "vgpu-guest: init"
+args=selftest
+for w in $(cat /proc/cmdline); do
+  case "$w" in
+    vgpu.args=*) args=$(echo "${w#vgpu.args=}" | tr , ' ') ;;
+  esac
+done
+if [ -x /bin/vgpu-smi ]; then
+  echo "vgpu-guest: running vgpu-smi $args"
+  /bin/vgpu-smi $args
+  code=$?
+else
+  echo "vgpu-guest: no /bin/vgpu-smi in this initramfs"
+  code=127
+fi
+echo "vgpu-guest: exit=$code"
+poweroff -f
+"#;
+
+/// Builds the initramfs at `out` with `guest_bin` as `/bin/vgpu-smi` (none: busybox only).
+/// The file is rewritten only when its content changed (so it follows the guest binary).
+pub fn build(guest_bin: Option<&Path>, out: &Path) -> Result<PathBuf> {
+    let busybox = deps::busybox();
+    if !elf::is_static(&busybox).with_context(|| format!("checking {}", busybox.display()))? {
+        bail!(
+            "{} is not statically linked: install busybox-static",
+            busybox.display()
+        );
+    }
+    let mut a = Archive::default();
+    for dir in ["bin", "dev", "proc", "sys", "tmp", "run"] {
+        a.dir(dir);
+    }
+    a.char_dev("dev/console", 0o600, 5, 1);
+    a.char_dev("dev/null", 0o666, 1, 3);
+    a.file("bin/busybox", 0o755, &read(&busybox)?);
+    for applet in APPLETS {
+        a.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    if let Some(bin) = guest_bin {
+        if !elf::is_static(bin)? {
+            bail!(
+                "{} is dynamically linked; build it with RUSTFLAGS=\"-C target-feature=+crt-static\"",
+                bin.display()
+            );
+        }
+        a.file("bin/vgpu-smi", 0o755, &read(bin)?);
+    }
+    a.file("init", 0o755, INIT_SCRIPT.as_bytes());
+    let bytes = a.finish();
+
+    if std::fs::read(out).ok().as_deref() != Some(&bytes[..]) {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = out.with_extension("tmp");
+        std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, out)?;
+    }
+    Ok(out.to_path_buf())
+}
+
+fn read(p: &Path) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+}
+
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+const S_IFCHR: u32 = 0o020000;
+
+/// A newc ("070701") cpio archive being written.
+#[derive(Default)]
+struct Archive {
+    buf: Vec<u8>,
+    next_ino: u32,
+}
+
+impl Archive {
+    fn dir(&mut self, name: &str) {
+        self.entry(name, S_IFDIR | 0o755, 2, (0, 0), &[]);
+    }
+
+    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
+        self.entry(name, S_IFREG | perm, 1, (0, 0), data);
+    }
+
+    fn symlink(&mut self, name: &str, target: &str) {
+        self.entry(name, S_IFLNK | 0o777, 1, (0, 0), target.as_bytes());
+    }
+
+    fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) {
+        self.entry(name, S_IFCHR | perm, 1, (major, minor), &[]);
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) {
+        self.next_ino += 1;
+        let ino = if name == "TRAILER!!!" {
+            0
+        } else {
+            self.next_ino
+        };
+        let fields = [
+            ino,
+            mode,
+            0, // uid
+            0, // gid
+            nlink,
+            0, // mtime
+            u32::try_from(data.len()).expect("initramfs member over 4 GiB"),
+            0, // devmajor
+            0, // devminor
+            rdev.0,
+            rdev.1,
+            u32::try_from(name.len() + 1).expect("name length"),
+            0, // check
+        ];
+        self.buf.extend_from_slice(b"070701");
+        for f in fields {
+            self.buf.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+        self.pad();
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.buf.len() & 3 != 0 {
+            self.buf.push(0);
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, 1, (0, 0), &[]);
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newc_layout() {
+        let mut a = Archive::default();
+        a.file("init", 0o755, b"hello");
+        let b = a.finish();
+        assert_eq!(&b[..6], b"070701");
+        // Header (110) + "init\0" (5) -> padded to 116, then 5 data bytes padded to 124.
+        assert_eq!(&b[110..114], b"init");
+        assert_eq!(&b[116..121], b"hello");
+        assert_eq!(&b[124..130], b"070701");
+        assert_eq!(b.len() % 4, 0);
+        // File size field (7th field) is 5.
+        assert_eq!(&b[6 + 6 * 8..6 + 7 * 8], b"00000005");
+    }
+
+    #[test]
+    fn cpio_tool_reads_archive() {
+        if deps::which(Path::new("cpio")).is_none() {
+            return;
+        }
+        let mut a = Archive::default();
+        a.dir("bin");
+        a.file("bin/x", 0o755, b"abc");
+        a.symlink("bin/y", "x");
+        a.char_dev("console", 0o600, 5, 1);
+        let bytes = a.finish();
+        let mut child = std::process::Command::new("cpio")
+            .args(["-t", "-v"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("bin/x"), "{text}");
+        assert!(text.contains("bin/y -> x"), "{text}");
+        assert!(text.contains("console"), "{text}");
+    }
+}
