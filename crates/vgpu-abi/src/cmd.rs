@@ -42,7 +42,9 @@ impl Default for Sqe {
 }
 
 /// A completion entry (host → guest).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Cqe {
     /// The submitter's tag.
@@ -202,7 +204,9 @@ pub struct LaunchBody {
 }
 
 /// Three `u64` words, the body of most memory commands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Words3 {
     /// First word.
@@ -214,7 +218,9 @@ pub struct Words3 {
 }
 
 /// Memset body.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct MemsetBody {
     /// Destination device pointer.
@@ -330,7 +336,9 @@ impl Command {
     /// Validates an entry (already copied out of shared memory) against the staging size.
     pub fn decode(sqe: &Sqe, staging_size: u64) -> Result<Command, Status> {
         let op = Opcode::from_raw(sqe.opcode).ok_or(Status::UnknownOpcode)?;
-        let w3 = Words3::read_from_prefix(&sqe.body[..]).map_err(|_| Status::Internal)?.0;
+        let w3 = Words3::read_from_prefix(&sqe.body[..])
+            .map_err(|_| Status::Internal)?
+            .0;
         let known_flags = if op == Opcode::Synchronize {
             SYNC_ALL_STREAMS
         } else {
@@ -507,9 +515,7 @@ impl Builtin {
         if h & BUILTIN_FUNC_FLAG == 0 {
             return None;
         }
-        Self::ALL
-            .into_iter()
-            .find(|b| b.handle() == h)
+        Self::ALL.into_iter().find(|b| b.handle() == h)
     }
 
     /// The kernel's name (the same on every backend).
@@ -538,7 +544,9 @@ impl Builtin {
 }
 
 /// Parameters of [`Builtin::VectorAddF32`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct VectorAddParams {
     /// Input a.
@@ -592,7 +600,9 @@ pub struct SgemmParams {
 }
 
 /// Parameters of [`Builtin::ReduceSumF32`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct ReduceParams {
     /// Input.
@@ -606,7 +616,9 @@ pub struct ReduceParams {
 }
 
 /// Parameters of [`Builtin::Busy`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct BusyParams {
     /// Microseconds.
@@ -731,7 +743,12 @@ mod tests {
             Just(Command::GetInfo),
             (1u64..).prop_map(|size| Command::MemAlloc { size }),
             any::<u64>().prop_map(|ptr| Command::MemFree { ptr }),
-            (0u64..1 << 40, 0u64..1 << 20, any::<u32>(), prop_oneof![Just(1u32), Just(4)])
+            (
+                0u64..1 << 40,
+                0u64..1 << 20,
+                any::<u32>(),
+                prop_oneof![Just(1u32), Just(4)]
+            )
                 .prop_map(|(dst, n, value, width)| Command::Memset {
                     dst,
                     len: n * width as u64,

@@ -38,7 +38,9 @@ pub enum LayoutError {
     #[error("shared-memory size {0} must be a power of two between {MIN_SHM_SIZE} and {MAX_SHM_SIZE} bytes")]
     BadShmSize(u64),
     /// Ring sizes are not powers of two, or the CQ is smaller than the SQ.
-    #[error("ring sizes sq={sq} cq={cq} must be powers of two in 2..={MAX_RING_ENTRIES}, with cq >= sq")]
+    #[error(
+        "ring sizes sq={sq} cq={cq} must be powers of two in 2..={MAX_RING_ENTRIES}, with cq >= sq"
+    )]
     BadRingSize {
         /// SQ entries.
         sq: u32,
@@ -147,7 +149,9 @@ impl Layout {
     /// outside the mapping.
     pub fn from_regs(regs: &RegisterPage, bar_size: u64) -> Result<Self, LayoutError> {
         if regs.shm_size != bar_size {
-            return Err(LayoutError::Inconsistent("shm_size differs from the BAR size"));
+            return Err(LayoutError::Inconsistent(
+                "shm_size differs from the BAR size",
+            ));
         }
         if regs.sqe_size != SQE_SIZE as u32 || regs.cqe_size != CQE_SIZE as u32 {
             return Err(LayoutError::Inconsistent("entry sizes"));
@@ -182,11 +186,26 @@ mod tests {
 
     #[test]
     fn rejects_bad_geometry() {
-        assert!(matches!(Layout::compute(3 << 20, 256, 512), Err(LayoutError::BadShmSize(_))));
-        assert!(matches!(Layout::compute(1 << 16, 2, 2), Err(LayoutError::BadShmSize(_))));
-        assert!(matches!(Layout::compute(1 << 20, 256, 128), Err(LayoutError::BadRingSize { .. })));
-        assert!(matches!(Layout::compute(1 << 20, 100, 128), Err(LayoutError::BadRingSize { .. })));
-        assert!(matches!(Layout::compute(1 << 17, 1024, 4096), Err(LayoutError::NoStaging { .. })));
+        assert!(matches!(
+            Layout::compute(3 << 20, 256, 512),
+            Err(LayoutError::BadShmSize(_))
+        ));
+        assert!(matches!(
+            Layout::compute(1 << 16, 2, 2),
+            Err(LayoutError::BadShmSize(_))
+        ));
+        assert!(matches!(
+            Layout::compute(1 << 20, 256, 128),
+            Err(LayoutError::BadRingSize { .. })
+        ));
+        assert!(matches!(
+            Layout::compute(1 << 20, 100, 128),
+            Err(LayoutError::BadRingSize { .. })
+        ));
+        assert!(matches!(
+            Layout::compute(1 << 17, 1024, 4096),
+            Err(LayoutError::NoStaging { .. })
+        ));
     }
 
     #[test]

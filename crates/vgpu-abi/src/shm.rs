@@ -31,7 +31,11 @@ impl ShmView {
     /// to 8 bytes, that stays mapped for as long as this view (and every copy of it) is used.
     pub unsafe fn new(base: *mut u8, len: usize) -> Self {
         let base = NonNull::new(base).expect("shared memory base is null");
-        assert_eq!(base.as_ptr() as usize % 8, 0, "shared memory must be 8-byte aligned");
+        assert_eq!(
+            base.as_ptr() as usize % 8,
+            0,
+            "shared memory must be 8-byte aligned"
+        );
         Self { base, len }
     }
 

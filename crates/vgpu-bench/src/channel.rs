@@ -28,7 +28,9 @@ fn line(name: &str, s: &Summary) {
 
 /// Runs the benchmark; returns the JSON report.
 pub fn run(o: &Opts) -> Result<serde_json::Value> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("channel benchmark: process client ↔ vgpud (cpu backend), {cores} cores");
 
     let mut raw = pingpong::run(o.iters, o.iters / 10)?;
@@ -65,7 +67,11 @@ pub fn run(o: &Opts) -> Result<serde_json::Value> {
     anyhow::ensure!(cqes.len() == sqes.len(), "lost completions");
     anyhow::ensure!(cqes.iter().all(|c| c.status == 0), "a nop failed");
     let cmds_per_s = sqes.len() as f64 / secs;
-    println!("  async nop throughput         {:>12.0} cmds/s ({} cmds)", cmds_per_s, sqes.len());
+    println!(
+        "  async nop throughput         {:>12.0} cmds/s ({} cmds)",
+        cmds_per_s,
+        sqes.len()
+    );
 
     // Staging copy bandwidth (guest buffer → staging → device memory and back).
     let n = o.copy_bytes;
@@ -86,7 +92,10 @@ pub fn run(o: &Opts) -> Result<serde_json::Value> {
     let d2h = (n * reps) as f64 / t0.elapsed().as_secs_f64() / 1e9;
     anyhow::ensure!(back == buf, "copy round trip corrupted data");
     dev.free(ptr)?;
-    println!("  staging copy host→device     {h2d:>12.2} GB/s ({} MiB × {reps})", n >> 20);
+    println!(
+        "  staging copy host→device     {h2d:>12.2} GB/s ({} MiB × {reps})",
+        n >> 20
+    );
     println!("  staging copy device→host     {d2h:>12.2} GB/s");
     drop(dev);
     drop(d);

@@ -20,7 +20,10 @@ fn vgpud_path() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let p = exe.parent().context("exe dir")?.join("vgpud");
     if !p.exists() {
-        bail!("vgpud not found next to {} (build it, or set VGPUD)", exe.display());
+        bail!(
+            "vgpud not found next to {} (build it, or set VGPUD)",
+            exe.display()
+        );
     }
     Ok(p)
 }
@@ -50,7 +53,11 @@ impl Daemon {
             .stdout(Stdio::null())
             .spawn()
             .context("starting vgpud")?;
-        let d = Self { child, dir, sockets };
+        let d = Self {
+            child,
+            dir,
+            sockets,
+        };
         d.wait_ready()?;
         Ok(d)
     }

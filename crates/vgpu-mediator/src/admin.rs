@@ -15,7 +15,10 @@ pub fn spawn(path: &Path, stats: Arc<StatsRegistry>) -> std::io::Result<()> {
         if UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!("admin socket {} is in use by another server", path.display()),
+                format!(
+                    "admin socket {} is in use by another server",
+                    path.display()
+                ),
             ));
         }
         std::fs::remove_file(path)?;

@@ -59,7 +59,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Int(v) => Ok(ByteSize(v)),
-            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::Str(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -328,7 +330,10 @@ mod tests {
         expect_invalid("", "no [[vm]]");
         expect_invalid(&GOOD.replace("vm_id = 2", "vm_id = 1"), "duplicate vm_id");
         expect_invalid(&GOOD.replace("\"b\"", "\"a\""), "duplicate vm name");
-        expect_invalid(&GOOD.replace("/tmp/b.sock", "/tmp/a.sock"), "duplicate socket");
+        expect_invalid(
+            &GOOD.replace("/tmp/b.sock", "/tmp/a.sock"),
+            "duplicate socket",
+        );
         expect_invalid(&GOOD.replace("1048576", "1000000"), "power of two");
         expect_invalid(&GOOD.replace("\"cpu\"", "\"tpu\""), "unknown variant");
         expect_invalid(&GOOD.replace("pool_id = 3", "pool = 3"), "unknown field");

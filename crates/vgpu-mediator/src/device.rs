@@ -157,20 +157,48 @@ mod tests {
         let mut be = CpuBackend::new(1 << 30);
         be.create_context(0, st).unwrap();
         let mut d = VirtualDevice::new(0, 1000, 10);
-        let p = d.execute(&mut be, &Command::MemAlloc { size: 600 }).unwrap().0;
-        assert_eq!(d.execute(&mut be, &Command::MemAlloc { size: 401 }), Err(Status::QuotaExceeded));
+        let p = d
+            .execute(&mut be, &Command::MemAlloc { size: 600 })
+            .unwrap()
+            .0;
+        assert_eq!(
+            d.execute(&mut be, &Command::MemAlloc { size: 401 }),
+            Err(Status::QuotaExceeded)
+        );
         assert_eq!(d.execute(&mut be, &Command::GetInfo), Ok((600, 1000)));
-        let bad = Command::CopyD2H { src: p + 1, staging_offset: 0, len: 600 };
+        let bad = Command::CopyD2H {
+            src: p + 1,
+            staging_offset: 0,
+            len: 600,
+        };
         assert_eq!(d.execute(&mut be, &bad), Err(Status::InvalidAddress));
-        assert_eq!(d.execute(&mut be, &Command::MemFree { ptr: p + 1 }), Err(Status::InvalidAddress));
+        assert_eq!(
+            d.execute(&mut be, &Command::MemFree { ptr: p + 1 }),
+            Err(Status::InvalidAddress)
+        );
         d.execute(&mut be, &Command::MemFree { ptr: p }).unwrap();
         assert_eq!(d.used(), 0);
-        let busy = LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], &[11, 0, 0, 0, 0, 0, 0, 0]).unwrap();
-        assert_eq!(d.execute(&mut be, &Command::Launch(busy)), Err(Status::InvalidArgument));
+        let busy = LaunchBody::new(
+            Builtin::Busy.handle(),
+            [1; 3],
+            [1; 3],
+            &[11, 0, 0, 0, 0, 0, 0, 0],
+        )
+        .unwrap();
+        assert_eq!(
+            d.execute(&mut be, &Command::Launch(busy)),
+            Err(Status::InvalidArgument)
+        );
         let fault = LaunchBody::new(Builtin::Fault.handle(), [1; 3], [1; 3], &[]).unwrap();
-        assert_eq!(d.execute(&mut be, &Command::Launch(fault)), Err(Status::KernelFault));
+        assert_eq!(
+            d.execute(&mut be, &Command::Launch(fault)),
+            Err(Status::KernelFault)
+        );
         assert!(d.is_broken());
-        assert_eq!(d.execute(&mut be, &Command::MemAlloc { size: 1 }), Err(Status::ContextLost));
+        assert_eq!(
+            d.execute(&mut be, &Command::MemAlloc { size: 1 }),
+            Err(Status::ContextLost)
+        );
         assert_eq!(d.execute(&mut be, &Command::Nop), Ok((0, 0)));
         drop(mem);
     }

@@ -109,7 +109,15 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         self.detach(vm);
         let cfg = &self.cfg.vms[vm];
         let stats = self.stats[vm].clone();
-        let ch = match Channel::new(vm, cfg, s.region, s.doorbell, s.irq, &self.params, stats.clone()) {
+        let ch = match Channel::new(
+            vm,
+            cfg,
+            s.region,
+            s.doorbell,
+            s.irq,
+            &self.params,
+            stats.clone(),
+        ) {
             Ok(ch) => ch,
             Err(e) => {
                 error!(vm = %cfg.name, "cannot set up channel: {e}");
@@ -206,7 +214,8 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             }
             let t0 = Instant::now();
             let out = slot.dev.execute(&mut self.backend, &job.cmd);
-            st.device_ns.fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+            st.device_ns
+                .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
             if out.is_ok() {
                 use vgpu_abi::cmd::Command::*;
                 match job.cmd {
@@ -248,7 +257,11 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
 
     fn sleep(&mut self) {
         let mut events = Vec::with_capacity(64);
-        match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            None,
+        ) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => return,
             Err(e) => {

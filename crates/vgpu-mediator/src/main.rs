@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use tracing::info;
+use vgpu_mediator::admin;
 use vgpu_mediator::backend::cpu::CpuBackend;
 use vgpu_mediator::backend::Backend;
 use vgpu_mediator::config::{BackendChoice, Config};
@@ -14,10 +15,13 @@ use vgpu_mediator::executor::Executor;
 use vgpu_mediator::queue::FifoQueue;
 use vgpu_mediator::stats::StatsRegistry;
 use vgpu_mediator::transport::Server;
-use vgpu_mediator::admin;
 
 #[derive(Parser, Debug)]
-#[command(name = "vgpud", version, about = "vGPU mediator: serves ivshmem-doorbell vGPU devices to VMs")]
+#[command(
+    name = "vgpud",
+    version,
+    about = "vGPU mediator: serves ivshmem-doorbell vGPU devices to VMs"
+)]
 struct Args {
     /// Configuration file (TOML).
     #[arg(short, long)]
@@ -34,7 +38,11 @@ struct Args {
 const CPU_DEVICE_MEM: u64 = 16 << 30;
 
 fn pick_backend(choice: BackendChoice, cfg: &Config) -> Result<CpuBackend> {
-    let mem = cfg.mediator.cpu_device_mem.map(|s| s.0).unwrap_or(CPU_DEVICE_MEM);
+    let mem = cfg
+        .mediator
+        .cpu_device_mem
+        .map(|s| s.0)
+        .unwrap_or(CPU_DEVICE_MEM);
     match choice {
         BackendChoice::Cpu => {
             info!("backend: cpu (requested)");
@@ -68,7 +76,11 @@ fn main() {
 fn run(args: Args) -> Result<()> {
     let cfg = Config::load(&args.config)?;
     if args.check {
-        println!("vgpud: config {} is valid ({} VMs)", args.config.display(), cfg.vms.len());
+        println!(
+            "vgpud: config {} is valid ({} VMs)",
+            args.config.display(),
+            cfg.vms.len()
+        );
         return Ok(());
     }
     let choice = args.backend.unwrap_or(cfg.mediator.backend);
@@ -80,9 +92,8 @@ fn run(args: Args) -> Result<()> {
     registry.device = info.name.clone();
     let registry = Arc::new(registry);
 
-    let control = Arc::new(
-        eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).context("eventfd")?,
-    );
+    let control =
+        Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).context("eventfd")?);
     let (tx, rx) = mpsc::channel();
     let server = Server::bind_all(&cfg.vms, tx, control.clone())?;
     let server_stop = server.stop_handle();
@@ -117,7 +128,11 @@ fn run(args: Args) -> Result<()> {
     for vm in &cfg.vms {
         info!(vm = %vm.name, socket = %vm.socket.display(), vm_id = vm.vm_id, "listening");
     }
-    info!("vgpud ready: {} VMs, backend {}", cfg.vms.len(), info.backend);
+    info!(
+        "vgpud ready: {} VMs, backend {}",
+        cfg.vms.len(),
+        info.backend
+    );
 
     let sig = signals.forever().next();
     info!("signal {sig:?}: shutting down");

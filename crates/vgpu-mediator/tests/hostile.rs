@@ -46,7 +46,8 @@ fn hostile_client_cannot_disturb_another() {
             // Random bytes over the whole BAR2, then ring.
             0 => {
                 let mut buf = vec![0u8; shm.len()];
-                buf.chunks_mut(8).for_each(|c| c.copy_from_slice(&rng.next_u64().to_le_bytes()[..c.len()]));
+                buf.chunks_mut(8)
+                    .for_each(|c| c.copy_from_slice(&rng.next_u64().to_le_bytes()[..c.len()]));
                 shm.write_bytes(0, &buf);
                 evil.ring_doorbell();
             }
@@ -55,21 +56,47 @@ fn hostile_client_cannot_disturb_another() {
             1 => {
                 for slot in 0..layout.sq_entries {
                     let cmd = match rng.next_u64() % 5 {
-                        0 => Command::CopyD2H { src: rng.next_u64(), staging_offset: rng.next_u64() % layout.staging_size, len: rng.next_u64() % 4096 },
-                        1 => Command::MemAlloc { size: rng.next_u64() >> (rng.next_u64() % 64) | 1 },
-                        2 => Command::Launch(LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], &2000u64.to_le_bytes()).unwrap()),
-                        3 => Command::Launch(LaunchBody::new(Builtin::Sgemm.handle(), [1; 3], [1; 3], &[0xff; 48]).unwrap()),
-                        _ => Command::MemFree { ptr: rng.next_u64() },
+                        0 => Command::CopyD2H {
+                            src: rng.next_u64(),
+                            staging_offset: rng.next_u64() % layout.staging_size,
+                            len: rng.next_u64() % 4096,
+                        },
+                        1 => Command::MemAlloc {
+                            size: rng.next_u64() >> (rng.next_u64() % 64) | 1,
+                        },
+                        2 => Command::Launch(
+                            LaunchBody::new(
+                                Builtin::Busy.handle(),
+                                [1; 3],
+                                [1; 3],
+                                &2000u64.to_le_bytes(),
+                            )
+                            .unwrap(),
+                        ),
+                        3 => Command::Launch(
+                            LaunchBody::new(Builtin::Sgemm.handle(), [1; 3], [1; 3], &[0xff; 48])
+                                .unwrap(),
+                        ),
+                        _ => Command::MemFree {
+                            ptr: rng.next_u64(),
+                        },
                     };
                     let sqe: Sqe = cmd.encode(0, slot as u64);
                     shm.write_bytes(layout.sqe_offset(slot), sqe.as_bytes());
                 }
                 let tail_off = layout.sq_offset as usize;
                 let t = shm.load_u32(tail_off);
-                shm.store_u32(tail_off, t.wrapping_add((rng.next_u64() % (layout.sq_entries as u64 + 2)) as u32));
+                shm.store_u32(
+                    tail_off,
+                    t.wrapping_add((rng.next_u64() % (layout.sq_entries as u64 + 2)) as u32),
+                );
                 evil.ring_doorbell();
                 for slot in 0..layout.sq_entries {
-                    shm.fill(layout.sqe_offset(slot), SQE_SIZE, (rng.next_u64() & 0xff) as u8);
+                    shm.fill(
+                        layout.sqe_offset(slot),
+                        SQE_SIZE,
+                        (rng.next_u64() & 0xff) as u8,
+                    );
                 }
             }
             // Doorbell storm.
@@ -89,14 +116,22 @@ fn hostile_client_cannot_disturb_another() {
         assert!(d.alive(), "vgpud died:\n{}", d.log_text());
     }
     stop.store(true, Ordering::Relaxed);
-    let good_dev = good.join().expect("the good client saw a wrong result or an error");
+    let good_dev = good
+        .join()
+        .expect("the good client saw a wrong result or an error");
     let rounds = good_rounds.load(Ordering::Relaxed);
-    assert!(rounds >= 5, "good client made too little progress: {rounds} rounds");
+    assert!(
+        rounds >= 5,
+        "good client made too little progress: {rounds} rounds"
+    );
     assert!(d.alive());
     let gs = d.vm_stats("good");
     assert_eq!(gs["errors"], 0, "good client saw errors: {gs}");
     let es = d.vm_stats("evil");
-    assert!(es["errors"].as_u64().unwrap() > 0 || es["fences"].as_u64().unwrap() > 0, "{es}");
+    assert!(
+        es["errors"].as_u64().unwrap() > 0 || es["fences"].as_u64().unwrap() > 0,
+        "{es}"
+    );
 
     // The hostile VM can recover by resetting its device.
     evil.reset().unwrap();
@@ -104,7 +139,10 @@ fn hostile_client_cannot_disturb_another() {
     workload(&evil, &mut Rng(5));
     workload(&good_dev, &mut Rng(6));
     drop((evil, good_dev));
-    assert!(d.log_text().contains("fencing VM"), "expected at least one fence in the log");
+    assert!(
+        d.log_text().contains("fencing VM"),
+        "expected at least one fence in the log"
+    );
     let st = d.stop();
     assert!(st.success());
 }

@@ -59,27 +59,58 @@ fn bad_commands_get_error_completions() {
     let stg = dev.staging_size();
     let p = dev.alloc(4096).unwrap();
     assert_eq!(
-        raw(Command::CopyH2D { dst: p, staging_offset: stg - 10, len: 11 }.encode(0, 2)),
+        raw(Command::CopyH2D {
+            dst: p,
+            staging_offset: stg - 10,
+            len: 11
+        }
+        .encode(0, 2)),
         Status::StagingOutOfRange
     );
     assert_eq!(
-        raw(Command::CopyH2D { dst: p + 4000, staging_offset: 0, len: 97 }.encode(0, 3)),
+        raw(Command::CopyH2D {
+            dst: p + 4000,
+            staging_offset: 0,
+            len: 97
+        }
+        .encode(0, 3)),
         Status::InvalidAddress
     );
-    assert_eq!(raw(Command::MemFree { ptr: 12345 }.encode(0, 4)), Status::InvalidAddress);
+    assert_eq!(
+        raw(Command::MemFree { ptr: 12345 }.encode(0, 4)),
+        Status::InvalidAddress
+    );
     // Another VM's pointer is not ours.
     let theirs = other.alloc(4096).unwrap();
-    assert_eq!(status_of(dev.copy_dtod(p, theirs, 16).unwrap_err()), Status::InvalidAddress);
-    assert_eq!(status_of(dev.free(theirs).unwrap_err()), Status::InvalidAddress);
+    assert_eq!(
+        status_of(dev.copy_dtod(p, theirs, 16).unwrap_err()),
+        Status::InvalidAddress
+    );
+    assert_eq!(
+        status_of(dev.free(theirs).unwrap_err()),
+        Status::InvalidAddress
+    );
     // Quota.
-    assert_eq!(status_of(dev.alloc(2 << 20).unwrap_err()), Status::QuotaExceeded);
+    assert_eq!(
+        status_of(dev.alloc(2 << 20).unwrap_err()),
+        Status::QuotaExceeded
+    );
     // Wrong parameter sizes and unknown functions.
     let l = LaunchBody::new(Builtin::Saxpy.handle(), [1; 3], [1; 3], &[0; 5]).unwrap();
-    assert_eq!(raw(Command::Launch(l).encode(0, 5)), Status::InvalidArgument);
+    assert_eq!(
+        raw(Command::Launch(l).encode(0, 5)),
+        Status::InvalidArgument
+    );
     let l = LaunchBody::new(0x1234, [1; 3], [1; 3], &[]).unwrap();
-    assert_eq!(raw(Command::Launch(l).encode(0, 6)), Status::InvalidFunction);
+    assert_eq!(
+        raw(Command::Launch(l).encode(0, 6)),
+        Status::InvalidFunction
+    );
     // A busy kernel longer than the device limit.
-    assert_eq!(status_of(dev.busy(5_000_000).unwrap_err()), Status::InvalidArgument);
+    assert_eq!(
+        status_of(dev.busy(5_000_000).unwrap_err()),
+        Status::InvalidArgument
+    );
     // The device still works, and the other VM was never disturbed.
     dev.nop().unwrap();
     other.free(theirs).unwrap();
@@ -98,11 +129,18 @@ fn fault_breaks_only_this_context_until_reset() {
     let pa = a.alloc(64).unwrap();
     assert_eq!(status_of(a.fault().unwrap_err()), Status::KernelFault);
     assert_eq!(a.info().status, Some(DeviceStatus::Error));
-    assert_eq!(status_of(a.memset_d8(pa, 1, 64).unwrap_err()), Status::ContextLost);
+    assert_eq!(
+        status_of(a.memset_d8(pa, 1, 64).unwrap_err()),
+        Status::ContextLost
+    );
     workload(&b, &mut Rng(3));
     a.reset().unwrap();
     assert_eq!(a.info().status, Some(DeviceStatus::Ready));
-    assert_eq!(a.mem_info().unwrap().0, 0, "allocations are gone after reset");
+    assert_eq!(
+        a.mem_info().unwrap().0,
+        0,
+        "allocations are gone after reset"
+    );
     workload(&a, &mut Rng(4));
     assert_eq!(d.vm_stats("a")["resets"], 1);
     drop((a, b));
@@ -113,10 +151,16 @@ fn fault_breaks_only_this_context_until_reset() {
 fn completion_interrupts_reach_the_client() {
     let d = start(&[Vm::new("irq", 1)]);
     let dev = Device::connect(&d.socket("irq")).unwrap();
-    assert!(!dev.wait_irq(Duration::from_millis(50)).unwrap(), "no interrupt before asking");
+    assert!(
+        !dev.wait_irq(Duration::from_millis(50)).unwrap(),
+        "no interrupt before asking"
+    );
     dev.enable_irq(true);
     dev.nop().unwrap();
-    assert!(dev.wait_irq(Duration::from_secs(5)).unwrap(), "completion interrupt");
+    assert!(
+        dev.wait_irq(Duration::from_secs(5)).unwrap(),
+        "completion interrupt"
+    );
     drop(dev);
     d.stop();
 }
@@ -133,7 +177,13 @@ fn disconnect_frees_everything_and_the_socket_serves_the_next_boot() {
         dev.alloc(6 << 20).unwrap();
         let batch: Vec<Sqe> = (0..50)
             .map(|i| {
-                let l = LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], &[100, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+                let l = LaunchBody::new(
+                    Builtin::Busy.handle(),
+                    [1; 3],
+                    [1; 3],
+                    &[100, 0, 0, 0, 0, 0, 0, 0],
+                )
+                .unwrap();
                 Command::Launch(l).encode(0, i)
             })
             .collect();
@@ -160,12 +210,17 @@ fn disconnect_frees_everything_and_the_socket_serves_the_next_boot() {
 fn async_batches_complete_in_order_per_stream() {
     let d = start(&[Vm::new("batch", 1)]);
     let dev = Device::connect(&d.socket("batch")).unwrap();
-    let sqes: Vec<Sqe> = (0..5000u64).map(|i| Command::Nop.encode((i % 3) as u32, i)).collect();
+    let sqes: Vec<Sqe> = (0..5000u64)
+        .map(|i| Command::Nop.encode((i % 3) as u32, i))
+        .collect();
     let cqes = dev.submit_batch(&sqes).unwrap();
     assert_eq!(cqes.len(), 5000);
     for s in 0..3u64 {
         let tags: Vec<u64> = cqes.iter().map(|c| c.tag).filter(|t| t % 3 == s).collect();
-        assert!(tags.windows(2).all(|w| w[0] < w[1]), "stream {s} out of order");
+        assert!(
+            tags.windows(2).all(|w| w[0] < w[1]),
+            "stream {s} out of order"
+        );
         assert_eq!(tags.len(), sqes.iter().filter(|q| q.tag % 3 == s).count());
     }
     assert!(cqes.iter().all(|c| c.status == 0));

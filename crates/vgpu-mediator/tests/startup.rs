@@ -13,7 +13,10 @@ fn run_vgpud(cfg_text: &str, dir: &std::path::Path) -> (i32, String) {
         .arg(&cfg)
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

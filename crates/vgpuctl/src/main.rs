@@ -58,7 +58,15 @@ fn main() -> Result<()> {
             );
             println!(
                 "{:<12} {:>6} {:>5} {:>4} {:<13} {:>10} {:>7} {:>12} {:>12}",
-                "NAME", "VM_ID", "POOL", "PRIO", "STATUS", "COMMANDS", "ERRORS", "MEM_USED", "MEM_QUOTA"
+                "NAME",
+                "VM_ID",
+                "POOL",
+                "PRIO",
+                "STATUS",
+                "COMMANDS",
+                "ERRORS",
+                "MEM_USED",
+                "MEM_QUOTA"
             );
             for vm in v["vms"].as_array().into_iter().flatten() {
                 println!(

@@ -100,7 +100,9 @@ impl Backend for CpuBackend {
 
     fn create_context(&mut self, vm: VmKey, staging: Staging) -> Result<(), BackendError> {
         if self.ctxs.contains_key(&vm) {
-            return Err(BackendError::Context(format!("vm {vm} already has a context")));
+            return Err(BackendError::Context(format!(
+                "vm {vm} already has a context"
+            )));
         }
         self.ctxs.insert(
             vm,
@@ -125,11 +127,15 @@ impl Backend for CpuBackend {
         }
         let len = usize::try_from(size).map_err(|_| Status::OutOfMemory)?;
         let mut buf = Vec::new();
-        buf.try_reserve_exact(len).map_err(|_| Status::OutOfMemory)?;
+        buf.try_reserve_exact(len)
+            .map_err(|_| Status::OutOfMemory)?;
         buf.resize(len, 0u8);
         let addr = self.next_addr;
         let span = size.div_ceil(ALIGN) * ALIGN + GUARD;
-        self.next_addr = self.next_addr.checked_add(span).ok_or(Status::OutOfMemory)?;
+        self.next_addr = self
+            .next_addr
+            .checked_add(span)
+            .ok_or(Status::OutOfMemory)?;
         self.ctx(vm)?.bufs.insert(addr, buf);
         self.used_mem += size;
         Ok(addr)
@@ -145,7 +151,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn memset(&mut self, vm: VmKey, dst: u64, len: u64, value: u32, width: u32) -> Result<(), Status> {
+    fn memset(
+        &mut self,
+        vm: VmKey,
+        dst: u64,
+        len: u64,
+        value: u32,
+        width: u32,
+    ) -> Result<(), Status> {
         let b = self.ctx(vm)?.range(dst, len)?;
         match width {
             1 => b.fill(value as u8),
@@ -270,7 +283,12 @@ mod tests {
             st.view.write_bytes(st.abs(0), &bytes);
             be.copy_h2d(0, x, 0, 16).unwrap();
             be.memset(0, y, 16, 1.0f32.to_bits(), 4).unwrap();
-            let p = SaxpyParams { x, y, n: 4, alpha: 2.0 };
+            let p = SaxpyParams {
+                x,
+                y,
+                n: 4,
+                alpha: 2.0,
+            };
             be.launch(0, &launch(Builtin::Saxpy, p.as_bytes())).unwrap();
             be.copy_d2h(0, y, 100, 16).unwrap();
             let mut out = [0u8; 16];
@@ -280,10 +298,24 @@ mod tests {
             assert_eq!(be.copy_d2h(1, y, 0, 16), Err(Status::InvalidAddress));
             assert_eq!(be.free(1, y), Err(Status::InvalidAddress));
             // kernels fault on bad pointers
-            let p = SaxpyParams { x, y: y + 8, n: 4, alpha: 2.0 };
-            assert_eq!(be.launch(0, &launch(Builtin::Saxpy, p.as_bytes())), Err(Status::KernelFault));
-            assert_eq!(be.launch(0, &launch(Builtin::Fault, &[])), Err(Status::KernelFault));
-            assert_eq!(be.launch(0, &launch(Builtin::Saxpy, &[0; 3])), Err(Status::InvalidArgument));
+            let p = SaxpyParams {
+                x,
+                y: y + 8,
+                n: 4,
+                alpha: 2.0,
+            };
+            assert_eq!(
+                be.launch(0, &launch(Builtin::Saxpy, p.as_bytes())),
+                Err(Status::KernelFault)
+            );
+            assert_eq!(
+                be.launch(0, &launch(Builtin::Fault, &[])),
+                Err(Status::KernelFault)
+            );
+            assert_eq!(
+                be.launch(0, &launch(Builtin::Saxpy, &[0; 3])),
+                Err(Status::InvalidArgument)
+            );
             let mut l = launch(Builtin::Busy, &[0; 8]);
             l.func = 77;
             assert_eq!(be.launch(0, &l), Err(Status::InvalidFunction));

@@ -18,7 +18,16 @@ pub fn saxpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 /// `C = alpha * A·B + beta * C`, row-major; A is m×k, B is k×n, C is m×n. Each dot product
 /// is accumulated in f32 over k ascending.
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
     let mut acc = vec![0f32; n];
     for i in 0..m {
         acc.iter_mut().for_each(|v| *v = 0.0);
@@ -70,11 +79,29 @@ mod tests {
         assert_eq!(y, [7.0, 9.0]);
         // [1 2; 3 4] x [5 6; 7 8] = [19 22; 43 50]
         let mut c = [1.0; 4];
-        sgemm(2, 2, 2, 1.0, &[1., 2., 3., 4.], &[5., 6., 7., 8.], 2.0, &mut c);
+        sgemm(
+            2,
+            2,
+            2,
+            1.0,
+            &[1., 2., 3., 4.],
+            &[5., 6., 7., 8.],
+            2.0,
+            &mut c,
+        );
         assert_eq!(c, [21.0, 24.0, 45.0, 52.0]);
         // non-square: (1x3)·(3x2)
         let mut c = [0.0; 2];
-        sgemm(1, 2, 3, 0.5, &[1., 2., 3.], &[1., 0., 0., 1., 1., 1.], 0.0, &mut c);
+        sgemm(
+            1,
+            2,
+            3,
+            0.5,
+            &[1., 2., 3.],
+            &[1., 0., 0., 1., 1., 1.],
+            0.0,
+            &mut c,
+        );
         assert_eq!(c, [2.0, 2.5]);
         assert_eq!(reduce_sum(&[0.5; 1000]), 500.0);
         let mut b = [0u8; 8];

@@ -66,7 +66,14 @@ pub trait Backend: Send {
     /// Frees an allocation.
     fn free(&mut self, vm: VmKey, ptr: u64) -> Result<(), Status>;
     /// Fills `len` bytes at `dst` with `value` of `width` bytes.
-    fn memset(&mut self, vm: VmKey, dst: u64, len: u64, value: u32, width: u32) -> Result<(), Status>;
+    fn memset(
+        &mut self,
+        vm: VmKey,
+        dst: u64,
+        len: u64,
+        value: u32,
+        width: u32,
+    ) -> Result<(), Status>;
     /// Staging → device.
     fn copy_h2d(&mut self, vm: VmKey, dst: u64, staging_off: u64, len: u64) -> Result<(), Status>;
     /// Device → staging.

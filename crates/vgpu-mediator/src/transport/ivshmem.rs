@@ -8,7 +8,11 @@ use std::mem::MaybeUninit;
 use vgpu_abi::ivshmem::{CLIENT_PEER_ID, MEDIATOR_PEER_ID, PROTOCOL_VERSION};
 
 /// Sends one message.
-pub fn send_msg(sock: BorrowedFd<'_>, value: i64, fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+pub fn send_msg(
+    sock: BorrowedFd<'_>,
+    value: i64,
+    fd: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
     let bytes = value.to_le_bytes();
     let iov = [IoSlice::new(&bytes)];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];

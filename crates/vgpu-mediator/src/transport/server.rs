@@ -57,7 +57,10 @@ pub struct Server {
 
 fn bind(vm: &VmConfig) -> Result<UnixListener, TransportError> {
     let path = &vm.socket;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.is_dir() {
         return Err(TransportError::MissingDir {
             vm: vm.name.clone(),
@@ -78,11 +81,13 @@ fn bind(vm: &VmConfig) -> Result<UnixListener, TransportError> {
             });
         }
         // A stale socket left by a server that died: nobody listens, replace it.
-        std::fs::remove_file(path)
-            .map_err(|e| TransportError::io(format!("removing stale socket {}", path.display()), e))?;
+        std::fs::remove_file(path).map_err(|e| {
+            TransportError::io(format!("removing stale socket {}", path.display()), e)
+        })?;
     }
-    let l = UnixListener::bind(path)
-        .map_err(|e| TransportError::io(format!("vm {:?}: binding {}", vm.name, path.display()), e))?;
+    let l = UnixListener::bind(path).map_err(|e| {
+        TransportError::io(format!("vm {:?}: binding {}", vm.name, path.display()), e)
+    })?;
     l.set_nonblocking(true)
         .map_err(|e| TransportError::io("set_nonblocking", e))?;
     Ok(l)
@@ -201,8 +206,12 @@ impl Server {
         let mut buf = [0u8; 64];
         match c.read(&mut buf) {
             Ok(0) => info!(vm = %vm.name, "client disconnected"),
-            Ok(n) => warn!(vm = %vm.name, bytes = n, "client sent data (the ivshmem protocol has none); disconnecting it"),
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => return,
+            Ok(n) => {
+                warn!(vm = %vm.name, bytes = n, "client sent data (the ivshmem protocol has none); disconnecting it")
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                return
+            }
             Err(e) => info!(vm = %vm.name, "client connection error: {e}; treating as disconnect"),
         }
         vm.client = None;
@@ -238,8 +247,12 @@ impl Server {
 
     fn setup(&mut self, i: usize, stream: &UnixStream) -> Result<(), TransportError> {
         let vm = &self.vms[i];
-        let region = SharedRegion::create(&vm.name, vm.shm_size)
-            .map_err(|e| TransportError::io(format!("creating {} bytes of shared memory", vm.shm_size), e))?;
+        let region = SharedRegion::create(&vm.name, vm.shm_size).map_err(|e| {
+            TransportError::io(
+                format!("creating {} bytes of shared memory", vm.shm_size),
+                e,
+            )
+        })?;
         let region = Arc::new(region);
         let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
         let doorbell = eventfd(0, flags).map_err(|e| TransportError::io("eventfd", e))?;
@@ -247,7 +260,9 @@ impl Server {
         let doorbell_client = doorbell
             .try_clone()
             .map_err(|e| TransportError::io("dup eventfd", e))?;
-        let irq_client = irq.try_clone().map_err(|e| TransportError::io("dup eventfd", e))?;
+        let irq_client = irq
+            .try_clone()
+            .map_err(|e| TransportError::io("dup eventfd", e))?;
         let (ready_tx, ready_rx): (_, Receiver<()>) = sync_channel(1);
         let sent = self.notify(Event::Connected(Setup {
             vm: i,
@@ -257,13 +272,26 @@ impl Server {
             ready: ready_tx,
         }));
         if !sent {
-            return Err(TransportError::io("executor", std::io::Error::other("executor is gone")));
+            return Err(TransportError::io(
+                "executor",
+                std::io::Error::other("executor is gone"),
+            ));
         }
         ready_rx
             .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| TransportError::io("waiting for the executor", std::io::Error::from(ErrorKind::TimedOut)))?;
-        send_setup(stream.as_fd(), region.fd(), doorbell_client.as_fd(), irq_client.as_fd())
-            .map_err(|e| TransportError::io("sending ivshmem set-up", e))?;
+            .map_err(|_| {
+                TransportError::io(
+                    "waiting for the executor",
+                    std::io::Error::from(ErrorKind::TimedOut),
+                )
+            })?;
+        send_setup(
+            stream.as_fd(),
+            region.fd(),
+            doorbell_client.as_fd(),
+            irq_client.as_fd(),
+        )
+        .map_err(|e| TransportError::io("sending ivshmem set-up", e))?;
         Ok(())
     }
 }

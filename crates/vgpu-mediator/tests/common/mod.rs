@@ -2,10 +2,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use vgpu_guest::Device;
-use vgpu_mediator::backend::kernels;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use vgpu_guest::Device;
+use vgpu_mediator::backend::kernels;
 
 /// A VM entry for the test config.
 pub struct Vm {
@@ -69,7 +69,8 @@ impl Vgpud {
     }
     pub fn stop(mut self) -> std::process::ExitStatus {
         signal(&self.child, rustix::process::Signal::TERM);
-        wait_timeout(&mut self.child, Duration::from_secs(10)).expect("vgpud did not exit on SIGTERM")
+        wait_timeout(&mut self.child, Duration::from_secs(10))
+            .expect("vgpud did not exit on SIGTERM")
     }
 }
 
@@ -139,7 +140,11 @@ pub fn start_with(vms: &[Vm], extra: &str) -> Vgpud {
     let t0 = Instant::now();
     while !vms.iter().all(|v| d.socket(v.name).exists()) || !d.admin().exists() {
         assert!(d.alive(), "vgpud exited early:\n{}", d.log_text());
-        assert!(t0.elapsed() < Duration::from_secs(20), "vgpud not ready:\n{}", d.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "vgpud not ready:\n{}",
+            d.log_text()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     d
@@ -199,7 +204,8 @@ pub fn workload(dev: &Device, rng: &mut Rng) {
     dev.copy_htod(pa, &f32_bytes(&a)).unwrap();
     dev.copy_htod(pb, &f32_bytes(&b)).unwrap();
     dev.copy_htod(pc, &f32_bytes(&c)).unwrap();
-    dev.sgemm(pa, pb, pc, m as u32, nn as u32, k as u32, 0.5, 2.0).unwrap();
+    dev.sgemm(pa, pb, pc, m as u32, nn as u32, k as u32, 0.5, 2.0)
+        .unwrap();
     let mut out = vec![0u8; m * nn * 4];
     dev.copy_dtoh(&mut out, pc).unwrap();
     let mut want = c.clone();
@@ -211,13 +217,20 @@ pub fn workload(dev: &Device, rng: &mut Rng) {
     let mut s = [0u8; 4];
     dev.copy_dtoh(&mut s, pc).unwrap();
     let doubled: Vec<f32> = x.iter().map(|v| v + v).collect();
-    assert_eq!(f32::from_le_bytes(s), kernels::reduce_sum(&doubled), "reduce");
+    assert_eq!(
+        f32::from_le_bytes(s),
+        kernels::reduce_sum(&doubled),
+        "reduce"
+    );
 
     dev.memset_d32(pa, 0xdead_beef, (m * k) as u64).unwrap();
     dev.copy_dtod(pb, pa, 64).unwrap();
     let mut out = vec![0u8; 64];
     dev.copy_dtoh(&mut out, pb).unwrap();
-    assert!(out.chunks(4).all(|c| c == 0xdead_beef_u32.to_le_bytes()), "memset/d2d");
+    assert!(
+        out.chunks(4).all(|c| c == 0xdead_beef_u32.to_le_bytes()),
+        "memset/d2d"
+    );
     for p in [px, py, pa, pb, pc] {
         dev.free(p).unwrap();
     }
