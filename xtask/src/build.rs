@@ -43,7 +43,7 @@ pub fn guest_binary() -> Result<PathBuf> {
     if !flags.is_empty() {
         flags.push(' ');
     }
-    flags.push_str("-C target-feature=+crt-static");
+    flags.push_str("-C target-feature=+crt-static -C strip=debuginfo");
     let mut cmd = Command::new(paths::cargo());
     cmd.current_dir(paths::root())
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

@@ -100,11 +100,19 @@ pub fn run(vm: &VmOpts) -> Result<()> {
     let mut failures = Vec::new();
     for (cfg, out) in config.vms.iter().zip(outputs) {
         match out.and_then(|o| check_guest(cfg, &o).map(|()| o)) {
-            Ok(o) => step(&format!(
-                "{}: selftest PASS, ids match ({:.1} s)",
-                o.name,
-                o.elapsed.as_secs_f64()
-            )),
+            Ok(o) => {
+                // What the guest itself printed: the ids it read from the device and its verdict.
+                for l in o.serial.lines().map(str::trim) {
+                    if l.starts_with("vgpu: ") || l.starts_with("selftest: ") {
+                        println!("  [{}] {l}", o.name);
+                    }
+                }
+                step(&format!(
+                    "{}: selftest PASS, ids match the config ({:.1} s)",
+                    o.name,
+                    o.elapsed.as_secs_f64()
+                ))
+            }
             Err(e) => failures.push(e),
         }
     }
