@@ -202,6 +202,9 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
     fn run_jobs(&mut self) -> usize {
         let mut ran = 0;
         while ran < RUN_BUDGET {
+            // A VM that left (or a new one) is noticed between jobs, so a departed VM's queued
+            // work is dropped instead of run.
+            self.handle_events();
             let Some(job) = self.queue.pop() else { break };
             ran += 1;
             let Some(slot) = self.slots[job.vm].as_mut() else {

@@ -175,19 +175,28 @@ fn disconnect_frees_everything_and_the_socket_serves_the_next_boot() {
         assert_eq!(dev.mem_info().unwrap().0, 0, "round {round}: fresh device");
         // Take most of the quota and leave without freeing.
         dev.alloc(6 << 20).unwrap();
-        let batch: Vec<Sqe> = (0..50)
-            .map(|i| {
-                let l = LaunchBody::new(
-                    Builtin::Busy.handle(),
-                    [1; 3],
-                    [1; 3],
-                    &[100, 0, 0, 0, 0, 0, 0, 0],
-                )
-                .unwrap();
-                Command::Launch(l).encode(0, i)
-            })
-            .collect();
-        let _ = batch; // queued work in flight when the client leaves is dropped
+        // Leave with work still queued: 50 busy kernels of 2 ms published straight into the
+        // ring (no waiting), so most are still queued when the connection closes.
+        let shm = dev.shm();
+        let layout = dev.layout();
+        let tail_off = layout.sq_offset as usize;
+        let tail = shm.load_u32(tail_off);
+        for i in 0..50u32 {
+            let l = LaunchBody::new(
+                Builtin::Busy.handle(),
+                [1; 3],
+                [1; 3],
+                &2000u64.to_le_bytes(),
+            )
+            .unwrap();
+            let slot = tail.wrapping_add(i) & (layout.sq_entries - 1);
+            shm.write_obj(
+                layout.sqe_offset(slot),
+                &Command::Launch(l).encode(0, i as u64),
+            );
+        }
+        shm.store_u32(tail_off, tail.wrapping_add(50));
+        dev.ring_doorbell();
         drop(dev);
         let t0 = Instant::now();
         while d.vm_stats("cycle")["connected"] == true {
@@ -195,7 +204,25 @@ fn disconnect_frees_everything_and_the_socket_serves_the_next_boot() {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(d.vm_stats("cycle")["mem_used"], 0);
+        assert_eq!(d.vm_stats("cycle")["queued"], 0);
     }
+    let log = d.log_text();
+    let dropped: u64 = log
+        .lines()
+        .filter(|l| l.contains("VM detached"))
+        .filter_map(|l| {
+            l.split("dropped_jobs=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        dropped > 0,
+        "queued work of departed clients is dropped, not run:\n{log}"
+    );
     assert_eq!(d.vm_stats("cycle")["connects"], 3);
     // A second client while one is attached is refused; the first keeps working.
     let first = Device::connect(&d.socket("cycle")).unwrap();
