@@ -1,7 +1,7 @@
 //! The per-VM virtual device: the backend-neutral checks every command passes before a backend
 //! sees it (allocation ownership, ranges, quota, sticky faults), and the accounting after.
 
-use crate::backend::{Backend, VmKey};
+use crate::backend::{Backend, Issued, StreamOp, VmKey};
 use std::collections::BTreeMap;
 use vgpu_abi::cmd::{Builtin, BusyParams, Command};
 use vgpu_abi::Status;
@@ -9,6 +9,9 @@ use zerocopy::FromBytes;
 
 /// Result of one command: `(result0, result1)` or an error status.
 pub type Outcome = Result<(u64, u64), Status>;
+
+/// Result of issuing one command: finished, pending on the device, or an error status.
+pub type IssueOutcome = Result<Issued, Status>;
 
 /// The VM's view of its device.
 #[derive(Debug)]
@@ -59,12 +62,23 @@ impl VirtualDevice {
         Ok(())
     }
 
-    /// Runs one validated command.
-    pub fn execute<B: Backend + ?Sized>(&mut self, be: &mut B, cmd: &Command) -> Outcome {
+    /// Marks the context broken (a fault that surfaced after its command completed).
+    pub fn set_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Issues one validated command on `stream`.
+    pub fn execute<B: Backend + ?Sized>(
+        &mut self,
+        be: &mut B,
+        stream: u32,
+        cmd: &Command,
+    ) -> IssueOutcome {
         let vm = self.vm;
+        let op = &StreamOp { stream };
         match *cmd {
-            Command::Nop => return Ok((0, 0)),
-            Command::GetInfo => return Ok((self.used, self.quota)),
+            Command::Nop => return Ok(Issued::DONE),
+            Command::GetInfo => return Ok(Issued::Done(self.used, self.quota)),
             _ if self.broken => return Err(Status::ContextLost),
             _ => {}
         }
@@ -77,14 +91,14 @@ impl VirtualDevice {
                 let ptr = be.alloc(vm, size)?;
                 self.allocs.insert(ptr, size);
                 self.used += size;
-                Ok((ptr, 0))
+                Ok(Issued::Done(ptr, 0))
             }
             Command::MemFree { ptr } => {
                 let size = *self.allocs.get(&ptr).ok_or(Status::InvalidAddress)?;
                 be.free(vm, ptr)?;
                 self.allocs.remove(&ptr);
                 self.used -= size;
-                Ok((0, 0))
+                Ok(Issued::DONE)
             }
             Command::Memset {
                 dst,
@@ -93,7 +107,7 @@ impl VirtualDevice {
                 width,
             } => {
                 self.check_range(dst, len)?;
-                be.memset(vm, dst, len, value, width).map(|_| (0, 0))
+                be.memset(vm, op, dst, len, value, width)
             }
             Command::CopyH2D {
                 dst,
@@ -101,7 +115,8 @@ impl VirtualDevice {
                 len,
             } => {
                 self.check_range(dst, len)?;
-                be.copy_h2d(vm, dst, staging_offset, len).map(|_| (len, 0))
+                be.copy_h2d(vm, op, dst, staging_offset, len)
+                    .map(|i| with_result(i, len))
             }
             Command::CopyD2H {
                 src,
@@ -109,12 +124,14 @@ impl VirtualDevice {
                 len,
             } => {
                 self.check_range(src, len)?;
-                be.copy_d2h(vm, src, staging_offset, len).map(|_| (len, 0))
+                be.copy_d2h(vm, op, src, staging_offset, len)
+                    .map(|i| with_result(i, len))
             }
             Command::CopyD2D { dst, src, len } => {
                 self.check_range(dst, len)?;
                 self.check_range(src, len)?;
-                be.copy_d2d(vm, dst, src, len).map(|_| (len, 0))
+                be.copy_d2d(vm, op, dst, src, len)
+                    .map(|i| with_result(i, len))
             }
             Command::Launch(ref l) => {
                 if l.func == Builtin::Busy.handle() {
@@ -124,16 +141,24 @@ impl VirtualDevice {
                         return Err(Status::InvalidArgument);
                     }
                 }
-                match be.launch(vm, l) {
+                match be.launch(vm, op, l) {
                     Err(Status::KernelFault) => {
                         self.broken = true;
                         Err(Status::KernelFault)
                     }
-                    r => r.map(|_| (0, 0)),
+                    r => r,
                 }
             }
-            Command::Synchronize { .. } => be.synchronize(vm).map(|_| (0, 0)),
+            Command::Synchronize { all_streams } => be.synchronize(vm, op, all_streams),
         }
+    }
+}
+
+/// A copy completes with its length in `result0`.
+fn with_result(i: Issued, len: u64) -> Issued {
+    match i {
+        Issued::Done(..) => Issued::Done(len, 0),
+        Issued::Pending(t, ..) => Issued::Pending(t, len, 0),
     }
 }
 
@@ -158,25 +183,30 @@ mod tests {
         be.create_context(0, st).unwrap();
         let mut d = VirtualDevice::new(0, 1000, 10);
         let p = d
-            .execute(&mut be, &Command::MemAlloc { size: 600 })
-            .unwrap()
-            .0;
+            .execute(&mut be, 0, &Command::MemAlloc { size: 600 })
+            .unwrap();
+        let Issued::Done(p, _) = p else {
+            panic!("alloc finishes at once")
+        };
         assert_eq!(
-            d.execute(&mut be, &Command::MemAlloc { size: 401 }),
+            d.execute(&mut be, 0, &Command::MemAlloc { size: 401 }),
             Err(Status::QuotaExceeded)
         );
-        assert_eq!(d.execute(&mut be, &Command::GetInfo), Ok((600, 1000)));
+        assert_eq!(
+            d.execute(&mut be, 0, &Command::GetInfo),
+            Ok(Issued::Done(600, 1000))
+        );
         let bad = Command::CopyD2H {
             src: p + 1,
             staging_offset: 0,
             len: 600,
         };
-        assert_eq!(d.execute(&mut be, &bad), Err(Status::InvalidAddress));
+        assert_eq!(d.execute(&mut be, 0, &bad), Err(Status::InvalidAddress));
         assert_eq!(
-            d.execute(&mut be, &Command::MemFree { ptr: p + 1 }),
+            d.execute(&mut be, 0, &Command::MemFree { ptr: p + 1 }),
             Err(Status::InvalidAddress)
         );
-        d.execute(&mut be, &Command::MemFree { ptr: p }).unwrap();
+        d.execute(&mut be, 0, &Command::MemFree { ptr: p }).unwrap();
         assert_eq!(d.used(), 0);
         let busy = LaunchBody::new(
             Builtin::Busy.handle(),
@@ -186,20 +216,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            d.execute(&mut be, &Command::Launch(busy)),
+            d.execute(&mut be, 0, &Command::Launch(busy)),
             Err(Status::InvalidArgument)
         );
         let fault = LaunchBody::new(Builtin::Fault.handle(), [1; 3], [1; 3], &[]).unwrap();
         assert_eq!(
-            d.execute(&mut be, &Command::Launch(fault)),
+            d.execute(&mut be, 0, &Command::Launch(fault)),
             Err(Status::KernelFault)
         );
         assert!(d.is_broken());
         assert_eq!(
-            d.execute(&mut be, &Command::MemAlloc { size: 1 }),
+            d.execute(&mut be, 0, &Command::MemAlloc { size: 1 }),
             Err(Status::ContextLost)
         );
-        assert_eq!(d.execute(&mut be, &Command::Nop), Ok((0, 0)));
+        assert_eq!(d.execute(&mut be, 0, &Command::Nop), Ok(Issued::DONE));
         drop(mem);
     }
 }

@@ -5,11 +5,11 @@
 //! `poll_us` (guests see `SQ_FLAG_HOST_POLLING` and skip the doorbell); then it clears the
 //! flag, re-checks every ring, and sleeps on the doorbell eventfds — no CPU burnt while idle.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Issued, Token};
 use crate::channel::{Channel, ChannelParams};
 use crate::config::Config;
 use crate::device::VirtualDevice;
-use crate::queue::WorkQueue;
+use crate::queue::{Gate, WorkQueue};
 use crate::stats::{StatsRegistry, VmStats};
 use crate::transport::Event;
 use rustix::event::epoll;
@@ -34,6 +34,15 @@ struct Slot {
     dev: VirtualDevice,
 }
 
+/// A command whose work is still on the device.
+struct InFlight {
+    vm: usize,
+    stream: u32,
+    tag: u64,
+    token: Token,
+    results: (u64, u64),
+}
+
 /// Executor errors (start-up only; at run time every failure is contained to one VM).
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
@@ -55,6 +64,8 @@ pub struct Executor<B: Backend, Q: WorkQueue> {
     shutdown: Arc<AtomicBool>,
     params: ChannelParams,
     poll_window: Duration,
+    gate: Gate,
+    inflight: Vec<InFlight>,
 }
 
 impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
@@ -75,12 +86,19 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             epoll::EventData::new_u64(CONTROL_KEY),
             epoll::EventFlags::IN,
         )?;
+        let device = backend.info();
         let params = ChannelParams {
-            device: backend.info(),
-            capabilities: CAP_BUILTIN_KERNELS | CAP_COMPLETION_IRQ | CAP_HOST_POLLING | CAP_RESET,
+            capabilities: CAP_BUILTIN_KERNELS
+                | CAP_COMPLETION_IRQ
+                | CAP_HOST_POLLING
+                | CAP_RESET
+                | device.caps,
+            device,
             max_kernel_us: cfg.mediator.max_kernel_us,
         };
         Ok(Self {
+            gate: Gate::new(backend.orders_streams()),
+            inflight: Vec::new(),
             backend,
             queue,
             poll_window: Duration::from_micros(cfg.mediator.poll_us),
@@ -155,6 +173,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             return;
         };
         let _ = epoll::delete(&self.epoll, slot.ch.doorbell_fd());
+        self.forget_inflight(vm);
         let dropped = self.queue.remove_vm(vm);
         self.backend.destroy_context(vm);
         let st = &self.stats[vm];
@@ -164,7 +183,15 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         info!(vm = %slot.ch.name(), dropped_jobs = dropped, "VM detached; context and memory freed");
     }
 
+    /// Drops the pending work of a VM that left or reset (its context is destroyed next, which
+    /// waits for whatever still runs on the device).
+    fn forget_inflight(&mut self, vm: usize) {
+        self.inflight.retain(|f| f.vm != vm);
+        self.gate.forget_vm(vm);
+    }
+
     fn reset(&mut self, vm: usize) {
+        self.forget_inflight(vm);
         let dropped = self.queue.remove_vm(vm);
         self.backend.destroy_context(vm);
         let Some(slot) = self.slots[vm].as_mut() else {
@@ -205,7 +232,9 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             // A VM that left (or a new one) is noticed between jobs, so a departed VM's queued
             // work is dropped instead of run.
             self.handle_events();
-            let Some(job) = self.queue.pop() else { break };
+            let Some(job) = self.queue.pop(&mut self.gate) else {
+                break;
+            };
             ran += 1;
             let Some(slot) = self.slots[job.vm].as_mut() else {
                 continue;
@@ -216,17 +245,29 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 continue;
             }
             let t0 = Instant::now();
-            let out = slot.dev.execute(&mut self.backend, &job.cmd);
-            st.device_ns
-                .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
-            if out.is_ok() {
-                use vgpu_abi::cmd::Command::*;
-                match job.cmd {
-                    CopyH2D { len, .. } => VmStats::bump(&st.bytes_in, len),
-                    CopyD2H { len, .. } => VmStats::bump(&st.bytes_out, len),
-                    MemAlloc { .. } | MemFree { .. } => st.mem_used.store(slot.dev.used(), Relaxed),
-                    _ => {}
+            let out = slot.dev.execute(&mut self.backend, job.stream, &job.cmd);
+            let out = match out {
+                Ok(Issued::Done(a, b)) => {
+                    st.device_ns
+                        .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+                    Ok((a, b))
                 }
+                Ok(Issued::Pending(token, a, b)) => {
+                    self.gate.issued(job.vm, job.stream);
+                    self.inflight.push(InFlight {
+                        vm: job.vm,
+                        stream: job.stream,
+                        tag: job.tag,
+                        token,
+                        results: (a, b),
+                    });
+                    Self::account(st, slot, &job.cmd);
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            if out.is_ok() {
+                Self::account(st, slot, &job.cmd);
             }
             if out == Err(Status::KernelFault) {
                 warn!(vm = %slot.ch.name(), "kernel fault: context broken until the guest resets");
@@ -235,6 +276,52 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             slot.ch.complete(job.tag, out);
         }
         ran
+    }
+
+    /// Byte and memory accounting of a command that was issued without error.
+    fn account(st: &VmStats, slot: &Slot, cmd: &vgpu_abi::cmd::Command) {
+        use vgpu_abi::cmd::Command::*;
+        match *cmd {
+            CopyH2D { len, .. } => VmStats::bump(&st.bytes_in, len),
+            CopyD2H { len, .. } => VmStats::bump(&st.bytes_out, len),
+            MemAlloc { .. } | MemFree { .. } => st.mem_used.store(slot.dev.used(), Relaxed),
+            _ => {}
+        }
+    }
+
+    /// Completes every pending command whose work retired. Returns how many.
+    fn retire(&mut self) -> usize {
+        let mut done = 0;
+        let mut i = 0;
+        while i < self.inflight.len() {
+            let f = &self.inflight[i];
+            let Some(res) = self.backend.poll(f.vm, f.token) else {
+                i += 1;
+                continue;
+            };
+            let f = self.inflight.swap_remove(i);
+            done += 1;
+            self.gate.retired(f.vm, f.stream);
+            let Some(slot) = self.slots[f.vm].as_mut() else {
+                continue;
+            };
+            let out = match res {
+                Ok(r) => {
+                    self.stats[f.vm].device_ns.fetch_add(r.device_ns, Relaxed);
+                    Ok(f.results)
+                }
+                Err(e) => {
+                    if e == Status::KernelFault || e == Status::ContextLost {
+                        warn!(vm = %slot.ch.name(), "device fault: context broken until the guest resets");
+                        slot.dev.set_broken();
+                        slot.ch.set_broken();
+                    }
+                    Err(e)
+                }
+            };
+            slot.ch.complete(f.tag, out);
+        }
+        done
     }
 
     fn flush_irqs(&mut self) {
@@ -250,7 +337,9 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
     }
 
     fn anything_pending(&mut self) -> bool {
-        !self.queue.is_empty()
+        // Queued jobs held behind pending device work wait for it (the sleep is bounded by the
+        // backend's hint); with nothing on the device every queued job is runnable.
+        (!self.queue.is_empty() && self.inflight.is_empty())
             || self
                 .slots
                 .iter_mut()
@@ -258,12 +347,16 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 .any(|s| s.ch.reset_requested() || s.ch.pending() > 0)
     }
 
-    fn sleep(&mut self) {
+    fn sleep(&mut self, timeout: Option<Duration>) {
         let mut events = Vec::with_capacity(64);
+        let timeout = timeout.map(|d| rustix::event::Timespec {
+            tv_sec: d.as_secs() as _,
+            tv_nsec: d.subsec_nanos() as _,
+        });
         match epoll::wait(
             &self.epoll,
             rustix::buffer::spare_capacity(&mut events),
-            None,
+            timeout.as_ref(),
         ) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => return,
@@ -294,9 +387,10 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             }
             self.handle_events();
             let taken = self.poll_channels();
+            let retired = self.retire();
             let ran = self.run_jobs();
             self.flush_irqs();
-            if taken > 0 || ran > 0 {
+            if taken > 0 || ran > 0 || retired > 0 {
                 last_work = Instant::now();
                 continue;
             }
@@ -306,12 +400,22 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             }
             // Idle: stop advertising polling, then re-check (pairs with the guest's
             // publish-then-check-flag), then sleep on the doorbells.
+            // Pending device work bounds the sleep: wake when it may have retired.
+            let hint = if self.inflight.is_empty() {
+                None
+            } else {
+                match self.backend.poll_hint() {
+                    Some(d) if d.is_zero() => continue,
+                    Some(d) => Some(d),
+                    None => Some(Duration::ZERO),
+                }
+            };
             self.set_polling(false);
             if self.anything_pending() {
                 self.set_polling(true);
                 continue;
             }
-            self.sleep();
+            self.sleep(hint);
             self.set_polling(true);
             last_work = Instant::now();
         }

@@ -3,7 +3,7 @@
 //! It sits behind [`WorkQueue`] so the scheduler (pools, priorities, fair shares) can replace
 //! the plain FIFO without touching the channels or the executor.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 use vgpu_abi::cmd::Command;
 
@@ -22,12 +22,21 @@ pub struct Job {
     pub enqueued: Instant,
 }
 
+impl Job {
+    /// Whether this job waits for every earlier command of its VM, on every stream.
+    pub fn is_barrier(&self) -> bool {
+        matches!(self.cmd, Command::Synchronize { all_streams: true })
+    }
+}
+
 /// What the executor needs from a queue.
 pub trait WorkQueue: Send {
     /// Adds a job.
     fn push(&mut self, job: Job);
-    /// The next job to run, if any.
-    fn pop(&mut self) -> Option<Job>;
+    /// The next job to run that `gate` admits, if any. A queue offers each VM's jobs to the
+    /// gate in the order they were pushed (the gate's answers depend on that order) and never
+    /// returns a job the gate refused.
+    fn pop(&mut self, gate: &mut Gate) -> Option<Job>;
     /// Drops every job of `vm` (it left or reset); returns how many.
     fn remove_vm(&mut self, vm: usize) -> usize;
     /// Jobs queued.
@@ -48,8 +57,10 @@ impl WorkQueue for FifoQueue {
     fn push(&mut self, job: Job) {
         self.q.push_back(job);
     }
-    fn pop(&mut self) -> Option<Job> {
-        self.q.pop_front()
+    fn pop(&mut self, gate: &mut Gate) -> Option<Job> {
+        gate.begin();
+        let i = self.q.iter().position(|j| gate.admits(j))?;
+        self.q.remove(i)
     }
     fn remove_vm(&mut self, vm: usize) -> usize {
         let before = self.q.len();
@@ -58,6 +69,100 @@ impl WorkQueue for FifoQueue {
     }
     fn len(&self) -> usize {
         self.q.len()
+    }
+}
+
+/// Keeps each stream's order while commands are pending on a device that does not order
+/// streams itself (the cpu backend): a stream with a pending command runs nothing else until it
+/// retires, and a synchronize-all-streams waits for everything its VM issued before it.
+///
+/// The executor records what is pending; a queue asks [`Gate::admits`] about candidate jobs,
+/// each VM's in push order, after one [`Gate::begin`] per pop.
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// Whether the device keeps stream order itself (then only the scheduler's limits apply).
+    pub device_orders_streams: bool,
+    /// `(vm, stream)` with a pending command.
+    busy: HashMap<(usize, u32), u32>,
+    /// Pending commands per VM.
+    pending: HashMap<usize, u32>,
+    // Scratch of one pop:
+    refused_streams: HashSet<(usize, u32)>,
+    refused_vms: HashSet<usize>,
+    barred_vms: HashSet<usize>,
+}
+
+impl Gate {
+    /// A gate for a device that does (or does not) keep each stream's order itself.
+    pub fn new(device_orders_streams: bool) -> Self {
+        Self {
+            device_orders_streams,
+            ..Self::default()
+        }
+    }
+
+    /// Records a command of `(vm, stream)` left pending on the device.
+    pub fn issued(&mut self, vm: usize, stream: u32) {
+        *self.busy.entry((vm, stream)).or_default() += 1;
+        *self.pending.entry(vm).or_default() += 1;
+    }
+
+    /// Records that a pending command of `(vm, stream)` retired.
+    pub fn retired(&mut self, vm: usize, stream: u32) {
+        if let Some(n) = self.busy.get_mut(&(vm, stream)) {
+            *n -= 1;
+            if *n == 0 {
+                self.busy.remove(&(vm, stream));
+            }
+        }
+        if let Some(n) = self.pending.get_mut(&vm) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending.remove(&vm);
+            }
+        }
+    }
+
+    /// Forgets everything pending of `vm` (it left or reset).
+    pub fn forget_vm(&mut self, vm: usize) {
+        self.busy.retain(|&(v, _), _| v != vm);
+        self.pending.remove(&vm);
+    }
+
+    /// Commands of `vm` pending on the device.
+    pub fn pending(&self, vm: usize) -> u32 {
+        self.pending.get(&vm).copied().unwrap_or(0)
+    }
+
+    /// Starts one pop: forgets what earlier pops refused.
+    pub fn begin(&mut self) {
+        self.refused_streams.clear();
+        self.refused_vms.clear();
+        self.barred_vms.clear();
+    }
+
+    /// Whether `job` may run now. Call it on each VM's jobs in their push order.
+    pub fn admits(&mut self, job: &Job) -> bool {
+        if self.device_orders_streams {
+            return true;
+        }
+        let (vm, key) = (job.vm, (job.vm, job.stream));
+        if self.barred_vms.contains(&vm) {
+            return false;
+        }
+        if job.is_barrier() {
+            if self.pending(vm) > 0 || self.refused_vms.contains(&vm) {
+                self.barred_vms.insert(vm);
+                return false;
+            }
+            return true;
+        }
+        if self.busy.contains_key(&key) || self.refused_streams.contains(&key) {
+            self.refused_streams.insert(key);
+            self.refused_vms.insert(vm);
+            return false;
+        }
+        true
     }
 }
 
@@ -82,8 +187,48 @@ mod tests {
             q.push(job((t % 2) as usize, t));
         }
         assert_eq!(q.remove_vm(1), 3);
-        let tags: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|j| j.tag).collect();
+        let mut g = Gate::new(false);
+        let tags: Vec<u64> = std::iter::from_fn(|| q.pop(&mut g))
+            .map(|j| j.tag)
+            .collect();
         assert_eq!(tags, vec![0, 2, 4]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn gate_keeps_stream_order_and_barriers() {
+        let mut q = FifoQueue::default();
+        let on = |vm, tag, stream| Job {
+            stream,
+            ..job(vm, tag)
+        };
+        q.push(on(0, 1, 1)); // stream 1 is busy: held
+        q.push(on(0, 2, 2)); // stream 2 is free
+        q.push(Job {
+            cmd: Command::Synchronize { all_streams: true },
+            ..job(0, 3)
+        }); // waits for everything before it
+        q.push(on(0, 4, 2)); // behind the barrier
+        q.push(on(1, 5, 1)); // another VM's stream 1 is free
+        let mut g = Gate::new(false);
+        g.issued(0, 1);
+        assert_eq!(q.pop(&mut g).unwrap().tag, 2);
+        assert_eq!(q.pop(&mut g).unwrap().tag, 5);
+        assert!(q.pop(&mut g).is_none());
+        g.retired(0, 1);
+        assert_eq!(q.pop(&mut g).unwrap().tag, 1);
+        g.issued(0, 1);
+        assert!(
+            q.pop(&mut g).is_none(),
+            "the barrier waits for the pending command"
+        );
+        g.retired(0, 1);
+        assert_eq!(q.pop(&mut g).unwrap().tag, 3);
+        assert_eq!(q.pop(&mut g).unwrap().tag, 4);
+        // a device that orders streams itself admits everything
+        let mut g = Gate::new(true);
+        g.issued(0, 0);
+        q.push(job(0, 6));
+        assert_eq!(q.pop(&mut g).unwrap().tag, 6);
     }
 }

@@ -2,7 +2,7 @@
 //! implementations in [`super::kernels`]. It defines the semantics every backend must match.
 
 use super::kernels;
-use super::{Backend, BackendError, DeviceInfo, Staging, VmKey};
+use super::{Backend, BackendError, DeviceInfo, Issued, Retired, Staging, StreamOp, Token, VmKey};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use vgpu_abi::cmd::{
@@ -24,23 +24,64 @@ struct Ctx {
     bufs: BTreeMap<u64, Vec<u8>>,
 }
 
+/// A busy kernel occupying an execution slot until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    vm: VmKey,
+    started: Instant,
+    until: Instant,
+}
+
 /// The cpu backend.
 pub struct CpuBackend {
     ctxs: HashMap<VmKey, Ctx>,
     next_addr: u64,
     total_mem: u64,
     used_mem: u64,
+    /// When each execution slot is next free. A busy kernel takes the slot that frees first and
+    /// holds it for its whole duration (kernels are never preempted), like a GPU's SMs.
+    slots: Vec<Instant>,
+    running: HashMap<Token, Running>,
+    next_token: Token,
 }
 
 impl CpuBackend {
-    /// A device with `total_mem` bytes of "device" memory.
+    /// A device with `total_mem` bytes of "device" memory and one execution slot.
     pub fn new(total_mem: u64) -> Self {
+        Self::with_slots(total_mem, 1)
+    }
+
+    /// A device with `total_mem` bytes of "device" memory and `slots` execution slots (at least 1).
+    pub fn with_slots(total_mem: u64, slots: usize) -> Self {
         Self {
             ctxs: HashMap::new(),
             next_addr: ADDR_BASE,
             total_mem,
             used_mem: 0,
+            slots: vec![Instant::now(); slots.max(1)],
+            running: HashMap::new(),
+            next_token: 1,
         }
+    }
+
+    /// Execution slots.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Puts a busy kernel of `dur` on the slot that frees first; returns its token.
+    fn occupy(&mut self, vm: VmKey, dur: Duration) -> Token {
+        let now = Instant::now();
+        let slot = (0..self.slots.len())
+            .min_by_key(|&i| self.slots[i])
+            .expect("at least one slot");
+        let started = self.slots[slot].max(now);
+        let until = started + dur;
+        self.slots[slot] = until;
+        let token = self.next_token;
+        self.next_token += 1;
+        self.running.insert(token, Running { vm, started, until });
+        token
     }
 
     fn ctx(&mut self, vm: VmKey) -> Result<&mut Ctx, Status> {
@@ -95,6 +136,7 @@ impl Backend for CpuBackend {
             backend: "cpu",
             name: "vgpu cpu reference device".into(),
             total_mem: self.total_mem,
+            caps: 0,
         }
     }
 
@@ -115,6 +157,9 @@ impl Backend for CpuBackend {
     }
 
     fn destroy_context(&mut self, vm: VmKey) {
+        // Destroying a context waits for its running kernels, as on a GPU: the slots stay taken
+        // until they end; only the tokens are forgotten.
+        self.running.retain(|_, r| r.vm != vm);
         if let Some(ctx) = self.ctxs.remove(&vm) {
             let freed: u64 = ctx.bufs.values().map(|b| b.len() as u64).sum();
             self.used_mem -= freed;
@@ -154,11 +199,12 @@ impl Backend for CpuBackend {
     fn memset(
         &mut self,
         vm: VmKey,
+        _op: &StreamOp,
         dst: u64,
         len: u64,
         value: u32,
         width: u32,
-    ) -> Result<(), Status> {
+    ) -> Result<Issued, Status> {
         let b = self.ctx(vm)?.range(dst, len)?;
         match width {
             1 => b.fill(value as u8),
@@ -167,34 +213,62 @@ impl Backend for CpuBackend {
                 .for_each(|c| c.copy_from_slice(&value.to_le_bytes())),
             _ => return Err(Status::InvalidArgument),
         }
-        Ok(())
+        Ok(Issued::DONE)
     }
 
-    fn copy_h2d(&mut self, vm: VmKey, dst: u64, staging_off: u64, len: u64) -> Result<(), Status> {
+    fn copy_h2d(
+        &mut self,
+        vm: VmKey,
+        _op: &StreamOp,
+        dst: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
         let ctx = self.ctx(vm)?;
         let staging = ctx.staging;
         let b = ctx.range(dst, len)?;
         staging.view.read_bytes(staging.abs(staging_off), b);
-        Ok(())
+        Ok(Issued::DONE)
     }
 
-    fn copy_d2h(&mut self, vm: VmKey, src: u64, staging_off: u64, len: u64) -> Result<(), Status> {
+    fn copy_d2h(
+        &mut self,
+        vm: VmKey,
+        _op: &StreamOp,
+        src: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
         let ctx = self.ctx(vm)?;
         let staging = ctx.staging;
         let b = ctx.range(src, len)?;
         staging.view.write_bytes(staging.abs(staging_off), b);
-        Ok(())
+        Ok(Issued::DONE)
     }
 
-    fn copy_d2d(&mut self, vm: VmKey, dst: u64, src: u64, len: u64) -> Result<(), Status> {
+    fn copy_d2d(
+        &mut self,
+        vm: VmKey,
+        _op: &StreamOp,
+        dst: u64,
+        src: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
         let ctx = self.ctx(vm)?;
         let tmp = ctx.range(src, len)?.to_vec();
         ctx.range(dst, len)?.copy_from_slice(&tmp);
-        Ok(())
+        Ok(Issued::DONE)
     }
 
-    fn launch(&mut self, vm: VmKey, l: &LaunchBody) -> Result<(), Status> {
+    fn launch(&mut self, vm: VmKey, _op: &StreamOp, l: &LaunchBody) -> Result<Issued, Status> {
         let b = Builtin::from_handle(l.func).ok_or(Status::InvalidFunction)?;
+        if b == Builtin::Busy {
+            let p: BusyParams = params(l, b)?;
+            self.ctx(vm)?;
+            // A timed occupation of a slot: the device is busy, the host CPU is not.
+            let token = self.occupy(vm, Duration::from_micros(p.duration_us as u64));
+            return Ok(Issued::Pending(token, 0, 0));
+        }
         let ctx = self.ctx(vm)?;
         match b {
             Builtin::VectorAddF32 => {
@@ -226,25 +300,49 @@ impl Backend for CpuBackend {
                 let x = ctx.load(p.x, p.n)?;
                 ctx.store(p.out, &[kernels::reduce_sum(&x)])
             }
-            Builtin::Busy => {
-                let p: BusyParams = params(l, b)?;
-                // A timed wait: the device is occupied, the host CPU is not.
-                let until = Instant::now() + Duration::from_micros(p.duration_us as u64);
-                while let Some(left) = until.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(left);
-                }
-                Ok(())
-            }
+            Builtin::Busy => unreachable!("handled above"),
             Builtin::Fault => {
                 let _: [u8; 0] = params(l, b)?;
                 Err(Status::KernelFault)
             }
         }
+        .map(|()| Issued::DONE)
     }
 
-    fn synchronize(&mut self, vm: VmKey) -> Result<(), Status> {
-        // Every command ran to completion when it was executed.
-        self.ctx(vm).map(|_| ())
+    fn synchronize(
+        &mut self,
+        vm: VmKey,
+        _op: &StreamOp,
+        _all_streams: bool,
+    ) -> Result<Issued, Status> {
+        // The executor holds a stream's later commands while a busy kernel of it is pending
+        // (`orders_streams` is false), so everything issued earlier has finished by now.
+        self.ctx(vm).map(|_| Issued::DONE)
+    }
+
+    fn poll(&mut self, _vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
+        let Some(r) = self.running.get(&token) else {
+            return Some(Err(Status::Internal));
+        };
+        if Instant::now() < r.until {
+            return None;
+        }
+        let r = self.running.remove(&token).expect("present");
+        Some(Ok(Retired {
+            device_ns: (r.until - r.started).as_nanos() as u64,
+        }))
+    }
+
+    fn poll_hint(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.running
+            .values()
+            .map(|r| r.until.saturating_duration_since(now))
+            .min()
+    }
+
+    fn orders_streams(&self) -> bool {
+        false
     }
 }
 
@@ -252,6 +350,8 @@ impl Backend for CpuBackend {
 mod tests {
     use super::*;
     use zerocopy::IntoBytes;
+
+    const S: StreamOp = StreamOp { stream: 0 };
 
     fn with_backend(f: impl FnOnce(&mut CpuBackend, Staging)) {
         let mut mem = vec![0u64; 1024];
@@ -281,21 +381,22 @@ mod tests {
             let mut bytes = [0u8; 16];
             kernels::from_f32s(&[1., 2., 3., 4.], &mut bytes);
             st.view.write_bytes(st.abs(0), &bytes);
-            be.copy_h2d(0, x, 0, 16).unwrap();
-            be.memset(0, y, 16, 1.0f32.to_bits(), 4).unwrap();
+            be.copy_h2d(0, &S, x, 0, 16).unwrap();
+            be.memset(0, &S, y, 16, 1.0f32.to_bits(), 4).unwrap();
             let p = SaxpyParams {
                 x,
                 y,
                 n: 4,
                 alpha: 2.0,
             };
-            be.launch(0, &launch(Builtin::Saxpy, p.as_bytes())).unwrap();
-            be.copy_d2h(0, y, 100, 16).unwrap();
+            be.launch(0, &S, &launch(Builtin::Saxpy, p.as_bytes()))
+                .unwrap();
+            be.copy_d2h(0, &S, y, 100, 16).unwrap();
             let mut out = [0u8; 16];
             st.view.read_bytes(st.abs(100), &mut out);
             assert_eq!(kernels::to_f32s(&out), vec![3., 5., 7., 9.]);
             // another VM cannot see this VM's memory
-            assert_eq!(be.copy_d2h(1, y, 0, 16), Err(Status::InvalidAddress));
+            assert_eq!(be.copy_d2h(1, &S, y, 0, 16), Err(Status::InvalidAddress));
             assert_eq!(be.free(1, y), Err(Status::InvalidAddress));
             // kernels fault on bad pointers
             let p = SaxpyParams {
@@ -305,26 +406,49 @@ mod tests {
                 alpha: 2.0,
             };
             assert_eq!(
-                be.launch(0, &launch(Builtin::Saxpy, p.as_bytes())),
+                be.launch(0, &S, &launch(Builtin::Saxpy, p.as_bytes())),
                 Err(Status::KernelFault)
             );
             assert_eq!(
-                be.launch(0, &launch(Builtin::Fault, &[])),
+                be.launch(0, &S, &launch(Builtin::Fault, &[])),
                 Err(Status::KernelFault)
             );
             assert_eq!(
-                be.launch(0, &launch(Builtin::Saxpy, &[0; 3])),
+                be.launch(0, &S, &launch(Builtin::Saxpy, &[0; 3])),
                 Err(Status::InvalidArgument)
             );
             let mut l = launch(Builtin::Busy, &[0; 8]);
             l.func = 77;
-            assert_eq!(be.launch(0, &l), Err(Status::InvalidFunction));
+            assert_eq!(be.launch(0, &S, &l), Err(Status::InvalidFunction));
             // out of range of one allocation
-            assert_eq!(be.copy_d2d(0, x, y, 17), Err(Status::InvalidAddress));
-            be.copy_d2d(0, x, y, 16).unwrap();
+            assert_eq!(be.copy_d2d(0, &S, x, y, 17), Err(Status::InvalidAddress));
+            be.copy_d2d(0, &S, x, y, 16).unwrap();
             be.free(0, x).unwrap();
             assert_eq!(be.free(0, x), Err(Status::InvalidAddress));
             assert_eq!(be.alloc(0, 2 << 20), Err(Status::OutOfMemory));
+            // a busy kernel occupies the one slot; a second one queues behind it
+            let busy = launch(
+                Builtin::Busy,
+                BusyParams {
+                    duration_us: 2000,
+                    _pad: 0,
+                }
+                .as_bytes(),
+            );
+            let Issued::Pending(t1, ..) = be.launch(0, &S, &busy).unwrap() else {
+                panic!("busy kernels are pending")
+            };
+            let Issued::Pending(t2, ..) = be.launch(1, &S, &busy).unwrap() else {
+                panic!("busy kernels are pending")
+            };
+            assert_eq!(be.poll(0, t1), None);
+            assert!(be.poll_hint().unwrap() <= Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(2));
+            assert_eq!(be.poll(0, t1).unwrap().unwrap().device_ns, 2_000_000);
+            assert_eq!(be.poll(1, t2), None, "second kernel waits for the slot");
+            std::thread::sleep(Duration::from_millis(2));
+            assert!(be.poll(1, t2).unwrap().is_ok());
+            assert_eq!(be.poll_hint(), None);
             be.destroy_context(0);
             assert_eq!(be.used_mem, 0);
         });

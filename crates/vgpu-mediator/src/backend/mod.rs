@@ -24,6 +24,33 @@ pub struct DeviceInfo {
     pub name: String,
     /// Device memory in bytes.
     pub total_mem: u64,
+    /// Extra `CAP_*` bits this backend offers (e.g. [`vgpu_abi::regs::CAP_MODULES`]).
+    pub caps: u64,
+}
+
+/// Names one piece of work a backend put on the device and has not retired yet.
+pub type Token = u64;
+
+/// What a backend did with a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    /// It finished; complete the command now with these results.
+    Done(u64, u64),
+    /// It is on the device; complete the command with these results once
+    /// [`Backend::poll`] says `token` retired.
+    Pending(Token, u64, u64),
+}
+
+impl Issued {
+    /// A finished command with no results.
+    pub const DONE: Issued = Issued::Done(0, 0);
+}
+
+/// How a pending piece of work ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retired {
+    /// Device time it took, in nanoseconds (as measured by the device where it can).
+    pub device_ns: u64,
 }
 
 /// A VM's staging area: the part of its shared memory that commands copy from and to.
@@ -54,6 +81,11 @@ pub enum BackendError {
 }
 
 /// A device that runs the vGPU command set.
+///
+/// Operations either finish before they return ([`Issued::Done`]) or leave work on the device
+/// ([`Issued::Pending`]); the executor polls pending tokens and completes the command when its
+/// token retires. A backend for which [`Backend::orders_streams`] is false relies on the
+/// executor never to issue a command of a stream while an earlier one of that stream is pending.
 pub trait Backend: Send {
     /// The device.
     fn info(&self) -> DeviceInfo;
@@ -69,19 +101,143 @@ pub trait Backend: Send {
     fn memset(
         &mut self,
         vm: VmKey,
+        op: &StreamOp,
         dst: u64,
         len: u64,
         value: u32,
         width: u32,
-    ) -> Result<(), Status>;
+    ) -> Result<Issued, Status>;
     /// Staging → device.
-    fn copy_h2d(&mut self, vm: VmKey, dst: u64, staging_off: u64, len: u64) -> Result<(), Status>;
+    fn copy_h2d(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<Issued, Status>;
     /// Device → staging.
-    fn copy_d2h(&mut self, vm: VmKey, src: u64, staging_off: u64, len: u64) -> Result<(), Status>;
+    fn copy_d2h(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        src: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<Issued, Status>;
     /// Device → device.
-    fn copy_d2d(&mut self, vm: VmKey, dst: u64, src: u64, len: u64) -> Result<(), Status>;
-    /// Runs a kernel to completion.
-    fn launch(&mut self, vm: VmKey, launch: &LaunchBody) -> Result<(), Status>;
-    /// Waits for everything the VM queued on the device.
-    fn synchronize(&mut self, vm: VmKey) -> Result<(), Status>;
+    fn copy_d2d(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        src: u64,
+        len: u64,
+    ) -> Result<Issued, Status>;
+    /// Launches a kernel on the op's stream.
+    fn launch(&mut self, vm: VmKey, op: &StreamOp, launch: &LaunchBody) -> Result<Issued, Status>;
+    /// Completes once everything the VM issued earlier on the op's stream (or on every stream,
+    /// when `all_streams`) has finished.
+    fn synchronize(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        all_streams: bool,
+    ) -> Result<Issued, Status>;
+    /// Whether `token` (of `vm`) retired: `None` while it still runs, else how it ended. An
+    /// error here (a kernel that faulted after its launch completed) breaks the VM's context.
+    fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>>;
+    /// How long the executor may sleep before some pending token could retire: `None` when
+    /// nothing is pending, zero when the backend cannot tell (the executor then keeps polling).
+    fn poll_hint(&self) -> Option<std::time::Duration>;
+    /// Whether the device itself keeps each stream's commands in order (CUDA streams do). When
+    /// false the executor holds a stream's next command until its pending one retires.
+    fn orders_streams(&self) -> bool;
+}
+
+/// Where a command runs: its VM-local stream id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamOp {
+    /// The submission entry's stream (0 = the default stream).
+    pub stream: u32,
+}
+
+/// A backend chosen at run time (`--backend auto|cpu|cuda`).
+impl Backend for Box<dyn Backend> {
+    fn info(&self) -> DeviceInfo {
+        (**self).info()
+    }
+    fn create_context(&mut self, vm: VmKey, staging: Staging) -> Result<(), BackendError> {
+        (**self).create_context(vm, staging)
+    }
+    fn destroy_context(&mut self, vm: VmKey) {
+        (**self).destroy_context(vm)
+    }
+    fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
+        (**self).alloc(vm, size)
+    }
+    fn free(&mut self, vm: VmKey, ptr: u64) -> Result<(), Status> {
+        (**self).free(vm, ptr)
+    }
+    fn memset(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        len: u64,
+        value: u32,
+        width: u32,
+    ) -> Result<Issued, Status> {
+        (**self).memset(vm, op, dst, len, value, width)
+    }
+    fn copy_h2d(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        (**self).copy_h2d(vm, op, dst, staging_off, len)
+    }
+    fn copy_d2h(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        src: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        (**self).copy_d2h(vm, op, src, staging_off, len)
+    }
+    fn copy_d2d(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        src: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        (**self).copy_d2d(vm, op, dst, src, len)
+    }
+    fn launch(&mut self, vm: VmKey, op: &StreamOp, launch: &LaunchBody) -> Result<Issued, Status> {
+        (**self).launch(vm, op, launch)
+    }
+    fn synchronize(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        all_streams: bool,
+    ) -> Result<Issued, Status> {
+        (**self).synchronize(vm, op, all_streams)
+    }
+    fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
+        (**self).poll(vm, token)
+    }
+    fn poll_hint(&self) -> Option<std::time::Duration> {
+        (**self).poll_hint()
+    }
+    fn orders_streams(&self) -> bool {
+        (**self).orders_streams()
+    }
 }
