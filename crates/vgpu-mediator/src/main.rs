@@ -1,6 +1,6 @@
 //! `vgpud`: serves the vGPU devices of the VMs named in its config.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use rustix::event::{eventfd, EventfdFlags};
 use std::path::PathBuf;
@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use tracing::info;
 use vgpu_mediator::admin;
-use vgpu_mediator::backend::cpu::CpuBackend;
-use vgpu_mediator::backend::Backend;
+use vgpu_mediator::backend::{select, Backend};
 use vgpu_mediator::config::{BackendChoice, Config};
 use vgpu_mediator::executor::Executor;
 use vgpu_mediator::queue::FifoQueue;
@@ -32,30 +31,6 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
-}
-
-/// Default "device memory" of the cpu backend.
-const CPU_DEVICE_MEM: u64 = 16 << 30;
-
-fn pick_backend(choice: BackendChoice, cfg: &Config) -> Result<CpuBackend> {
-    let mem = cfg
-        .mediator
-        .cpu_device_mem
-        .map(|s| s.0)
-        .unwrap_or(CPU_DEVICE_MEM);
-    match choice {
-        BackendChoice::Cpu => {
-            info!("backend: cpu (requested)");
-            Ok(CpuBackend::new(mem))
-        }
-        BackendChoice::Auto => {
-            info!("backend: cpu (auto: this vgpud has no cuda backend built in yet)");
-            Ok(CpuBackend::new(mem))
-        }
-        BackendChoice::Cuda => bail!(
-            "backend cuda requested, but this vgpud has no cuda backend yet; use --backend cpu or auto"
-        ),
-    }
 }
 
 fn main() {
@@ -84,7 +59,9 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let choice = args.backend.unwrap_or(cfg.mediator.backend);
-    let backend = pick_backend(choice, &cfg)?;
+    let selected = select::open(choice, 0, &cfg.mediator)?;
+    info!("backend: {}", selected.why);
+    let backend = selected.backend;
     let info = backend.info();
 
     let mut registry = StatsRegistry::new(&cfg.vms);

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod kernels;
+pub mod select;
 
 use vgpu_abi::cmd::LaunchBody;
 use vgpu_abi::{ShmView, Status};
