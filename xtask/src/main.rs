@@ -5,12 +5,14 @@
 //! - `test`: `cargo test --workspace --all-targets`, then the VM end-to-end test.
 //! - `bench`: build and run `vgpu-bench`.
 //! - `vm-smoke`: boot the guest kernel with a busybox-only initramfs (no vgpud needed).
+//! - `gpu-check`: prepare (and where a GPU is usable, run) the GPU-host suite folder.
 
 mod bench;
 mod build;
 mod demo;
 mod deps;
 mod elf;
+mod gpucheck;
 mod initramfs;
 mod kernel;
 mod paths;
@@ -90,8 +92,9 @@ enum Command {
         #[command(flatten)]
         vm: VmOpts,
     },
-    /// GPU conformance checks (not yet implemented).
-    GpuCheck,
+    /// Prepare the self-contained GPU-host folder (binaries, tests, guest, QEMU bundle, run.sh)
+    /// and run it where a GPU is usable (or with --run).
+    GpuCheck(gpucheck::Opts),
 }
 
 fn main() -> ExitCode {
@@ -112,10 +115,7 @@ fn main() -> ExitCode {
             args.as_deref(),
             &vm,
         )),
-        Command::GpuCheck => {
-            eprintln!("xtask gpu-check: not yet implemented: see issue 4");
-            ExitCode::from(2)
-        }
+        Command::GpuCheck(o) => gpucheck::main(&o),
     }
 }
 

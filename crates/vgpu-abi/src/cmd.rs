@@ -18,6 +18,13 @@ pub const SQE_BODY: usize = SQE_SIZE - 16;
 
 /// Submission entry flag for [`Opcode::Synchronize`]: wait for every stream, not only `stream`.
 pub const SYNC_ALL_STREAMS: u16 = 1 << 0;
+/// Event ids are chosen by the guest: `0..MAX_EVENTS` per VM (no allocation command).
+pub const MAX_EVENTS: u32 = 1024;
+/// Distinct stream ids one VM may use (until it resets); a command naming one more stream
+/// fails with [`Status::InvalidArgument`].
+pub const MAX_STREAMS: usize = 64;
+/// Longest function name accepted by [`Opcode::GetFunction`], in bytes.
+pub const MAX_FUNC_NAME: u64 = 256;
 
 /// A submission entry (guest → host). Copied out of shared memory once, then validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -79,8 +86,28 @@ pub enum Opcode {
     CopyD2H = 0x14,
     /// Device → device. Body: `dst: u64, src: u64, len: u64`.
     CopyD2D = 0x15,
+    /// Load a PTX module. Body: `staging_offset: u64, len: u64` (the PTX text in staging).
+    /// `result0` = module handle.
+    ModuleLoad = 0x20,
+    /// Unload a module (its functions become invalid). Body: `module: u64`.
+    ModuleUnload = 0x21,
+    /// Look a kernel up by name. Body: `module: u64, staging_offset: u64, name_len: u64`.
+    /// `result0` = function handle, `result1` = number of parameters.
+    GetFunction = 0x22,
     /// Launch a kernel. Body: [`LaunchBody`].
     Launch = 0x23,
+    /// Where a kernel parameter goes in the packed parameters. Body: `func: u64, index: u32`.
+    /// `result0` = offset, `result1` = size (bytes).
+    FuncParamInfo = 0x24,
+    /// Record event `event` on the entry's stream. Body: [`EventBody`].
+    EventRecord = 0x30,
+    /// Make the entry's stream wait for the event's latest record. Body: [`EventBody`].
+    StreamWaitEvent = 0x31,
+    /// Completes once the event's latest record has completed. Body: [`EventBody`].
+    EventSynchronize = 0x32,
+    /// Time between two completed records: `result0` = `end − start` in ns (an `i64`).
+    /// Body: [`EventBody`] (`event` = start, `end_event` = end).
+    EventElapsed = 0x33,
     /// Completes once every earlier command of `stream` (or of all streams) has completed.
     Synchronize = 0x40,
 }
@@ -97,7 +124,15 @@ impl Opcode {
             0x13 => Self::CopyH2D,
             0x14 => Self::CopyD2H,
             0x15 => Self::CopyD2D,
+            0x20 => Self::ModuleLoad,
+            0x21 => Self::ModuleUnload,
+            0x22 => Self::GetFunction,
             0x23 => Self::Launch,
+            0x24 => Self::FuncParamInfo,
+            0x30 => Self::EventRecord,
+            0x31 => Self::StreamWaitEvent,
+            0x32 => Self::EventSynchronize,
+            0x33 => Self::EventElapsed,
             0x40 => Self::Synchronize,
             _ => return None,
         })
@@ -134,6 +169,8 @@ pub enum Status {
     Internal = 11,
     /// The device was reset while the command was queued; it did not run.
     Aborted = 12,
+    /// The work the command asks about has not completed yet (e.g. an event's record).
+    NotReady = 13,
 }
 
 impl Status {
@@ -154,6 +191,7 @@ impl Status {
             10 => InvalidFunction,
             11 => Internal,
             12 => Aborted,
+            13 => NotReady,
             _ => return None,
         })
     }
@@ -175,6 +213,7 @@ impl Status {
             InvalidFunction => "invalid function handle",
             Internal => "internal mediator error",
             Aborted => "aborted by a device reset",
+            NotReady => "not ready: the work has not completed yet",
         }
     }
 }
@@ -231,6 +270,32 @@ pub struct MemsetBody {
     pub value: u32,
     /// 1 or 4.
     pub width: u32,
+}
+
+/// Body of the event commands.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct EventBody {
+    /// The event (`< MAX_EVENTS`); the start event of [`Opcode::EventElapsed`].
+    pub event: u32,
+    /// The end event of [`Opcode::EventElapsed`] (`< MAX_EVENTS`); zero otherwise.
+    pub end_event: u32,
+}
+
+/// Body of [`Opcode::FuncParamInfo`].
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct ParamInfoBody {
+    /// Function handle (a built-in's or one from [`Opcode::GetFunction`]).
+    pub func: u64,
+    /// Parameter index.
+    pub index: u32,
+    /// Zero.
+    pub _pad: u32,
 }
 
 /// Largest block (threads per block) accepted.
@@ -296,6 +361,56 @@ pub enum Command {
     },
     /// See [`Opcode::Launch`].
     Launch(LaunchBody),
+    /// See [`Opcode::ModuleLoad`].
+    ModuleLoad {
+        /// Offset of the PTX text in staging.
+        staging_offset: u64,
+        /// Bytes of PTX text (> 0).
+        len: u64,
+    },
+    /// See [`Opcode::ModuleUnload`].
+    ModuleUnload {
+        /// Module handle.
+        module: u64,
+    },
+    /// See [`Opcode::GetFunction`].
+    GetFunction {
+        /// Module handle.
+        module: u64,
+        /// Offset of the name in staging.
+        staging_offset: u64,
+        /// Bytes of the name (1..=[`MAX_FUNC_NAME`]).
+        name_len: u64,
+    },
+    /// See [`Opcode::FuncParamInfo`].
+    FuncParamInfo {
+        /// Function handle.
+        func: u64,
+        /// Parameter index.
+        index: u32,
+    },
+    /// See [`Opcode::EventRecord`].
+    EventRecord {
+        /// Event id.
+        event: u32,
+    },
+    /// See [`Opcode::StreamWaitEvent`].
+    StreamWaitEvent {
+        /// Event id.
+        event: u32,
+    },
+    /// See [`Opcode::EventSynchronize`].
+    EventSynchronize {
+        /// Event id.
+        event: u32,
+    },
+    /// See [`Opcode::EventElapsed`].
+    EventElapsed {
+        /// Start event id.
+        start: u32,
+        /// End event id.
+        end: u32,
+    },
     /// See [`Opcode::Synchronize`].
     Synchronize {
         /// Every stream rather than the entry's own.
@@ -329,8 +444,31 @@ impl Command {
             Command::CopyD2H { .. } => Opcode::CopyD2H,
             Command::CopyD2D { .. } => Opcode::CopyD2D,
             Command::Launch(_) => Opcode::Launch,
+            Command::ModuleLoad { .. } => Opcode::ModuleLoad,
+            Command::ModuleUnload { .. } => Opcode::ModuleUnload,
+            Command::GetFunction { .. } => Opcode::GetFunction,
+            Command::FuncParamInfo { .. } => Opcode::FuncParamInfo,
+            Command::EventRecord { .. } => Opcode::EventRecord,
+            Command::StreamWaitEvent { .. } => Opcode::StreamWaitEvent,
+            Command::EventSynchronize { .. } => Opcode::EventSynchronize,
+            Command::EventElapsed { .. } => Opcode::EventElapsed,
             Command::Synchronize { .. } => Opcode::Synchronize,
         }
+    }
+
+    /// Whether this command runs on (and is ordered within) its entry's stream.
+    pub fn uses_stream(&self) -> bool {
+        matches!(
+            self,
+            Command::Memset { .. }
+                | Command::CopyH2D { .. }
+                | Command::CopyD2H { .. }
+                | Command::CopyD2D { .. }
+                | Command::Launch(_)
+                | Command::EventRecord { .. }
+                | Command::StreamWaitEvent { .. }
+                | Command::Synchronize { all_streams: false }
+        )
     }
 
     /// Validates an entry (already copied out of shared memory) against the staging size.
@@ -339,6 +477,23 @@ impl Command {
         let w3 = Words3::read_from_prefix(&sqe.body[..])
             .map_err(|_| Status::Internal)?
             .0;
+        let ev = EventBody::read_from_prefix(&sqe.body[..])
+            .map_err(|_| Status::Internal)?
+            .0;
+        let event_ok = |e: u32| {
+            if e < MAX_EVENTS {
+                Ok(e)
+            } else {
+                Err(Status::InvalidArgument)
+            }
+        };
+        // Single-event commands leave `end_event` zero.
+        let one_event = || {
+            if ev.end_event != 0 {
+                return Err(Status::InvalidArgument);
+            }
+            event_ok(ev.event)
+        };
         let known_flags = if op == Opcode::Synchronize {
             SYNC_ALL_STREAMS
         } else {
@@ -414,6 +569,53 @@ impl Command {
                 }
                 Command::Launch(l)
             }
+            Opcode::ModuleLoad => {
+                if w3.b == 0 {
+                    return Err(Status::InvalidArgument);
+                }
+                staging_ok(w3.a, w3.b, staging_size)?;
+                Command::ModuleLoad {
+                    staging_offset: w3.a,
+                    len: w3.b,
+                }
+            }
+            Opcode::ModuleUnload => Command::ModuleUnload { module: w3.a },
+            Opcode::GetFunction => {
+                if w3.c == 0 || w3.c > MAX_FUNC_NAME {
+                    return Err(Status::InvalidArgument);
+                }
+                staging_ok(w3.b, w3.c, staging_size)?;
+                Command::GetFunction {
+                    module: w3.a,
+                    staging_offset: w3.b,
+                    name_len: w3.c,
+                }
+            }
+            Opcode::FuncParamInfo => {
+                let p = ParamInfoBody::read_from_prefix(&sqe.body[..])
+                    .map_err(|_| Status::Internal)?
+                    .0;
+                if p._pad != 0 {
+                    return Err(Status::InvalidArgument);
+                }
+                Command::FuncParamInfo {
+                    func: p.func,
+                    index: p.index,
+                }
+            }
+            Opcode::EventRecord => Command::EventRecord {
+                event: one_event()?,
+            },
+            Opcode::StreamWaitEvent => Command::StreamWaitEvent {
+                event: one_event()?,
+            },
+            Opcode::EventSynchronize => Command::EventSynchronize {
+                event: one_event()?,
+            },
+            Opcode::EventElapsed => Command::EventElapsed {
+                start: event_ok(ev.event)?,
+                end: event_ok(ev.end_event)?,
+            },
             Opcode::Synchronize => Command::Synchronize {
                 all_streams: sqe.flags & SYNC_ALL_STREAMS != 0,
             },
@@ -463,6 +665,42 @@ impl Command {
                 len: c,
             } => sqe.body[..24].copy_from_slice(w(*a, *b, *c).as_bytes()),
             Command::Launch(l) => sqe.body.copy_from_slice(l.as_bytes()),
+            Command::ModuleLoad {
+                staging_offset,
+                len,
+            } => sqe.body[..24].copy_from_slice(w(*staging_offset, *len, 0).as_bytes()),
+            Command::ModuleUnload { module } => {
+                sqe.body[..8].copy_from_slice(&module.to_le_bytes())
+            }
+            Command::GetFunction {
+                module,
+                staging_offset,
+                name_len,
+            } => sqe.body[..24].copy_from_slice(w(*module, *staging_offset, *name_len).as_bytes()),
+            Command::FuncParamInfo { func, index } => {
+                let p = ParamInfoBody {
+                    func: *func,
+                    index: *index,
+                    _pad: 0,
+                };
+                sqe.body[..16].copy_from_slice(p.as_bytes());
+            }
+            Command::EventRecord { event }
+            | Command::StreamWaitEvent { event }
+            | Command::EventSynchronize { event } => {
+                let e = EventBody {
+                    event: *event,
+                    end_event: 0,
+                };
+                sqe.body[..8].copy_from_slice(e.as_bytes());
+            }
+            Command::EventElapsed { start, end } => {
+                let e = EventBody {
+                    event: *start,
+                    end_event: *end,
+                };
+                sqe.body[..8].copy_from_slice(e.as_bytes());
+            }
             Command::Synchronize { all_streams } => {
                 if *all_streams {
                     sqe.flags |= SYNC_ALL_STREAMS;
@@ -527,6 +765,28 @@ impl Builtin {
             Builtin::ReduceSumF32 => "reduce_sum_f32",
             Builtin::Busy => "busy",
             Builtin::Fault => "fault",
+        }
+    }
+
+    /// `(offset, size)` of each kernel parameter in the packed parameters (what
+    /// [`Opcode::FuncParamInfo`] reports for a built-in; the CUDA kernels take exactly these).
+    pub fn param_layout(self) -> &'static [(u32, u32)] {
+        match self {
+            Builtin::VectorAddF32 => &[(0, 8), (8, 8), (16, 8), (24, 4)],
+            Builtin::Saxpy => &[(0, 8), (8, 8), (16, 4), (20, 4)],
+            Builtin::Sgemm => &[
+                (0, 8),
+                (8, 8),
+                (16, 8),
+                (24, 4),
+                (28, 4),
+                (32, 4),
+                (36, 4),
+                (40, 4),
+            ],
+            Builtin::ReduceSumF32 => &[(0, 8), (8, 8), (16, 4)],
+            Builtin::Busy => &[(0, 4)],
+            Builtin::Fault => &[],
         }
     }
 
@@ -681,6 +941,52 @@ mod tests {
         assert_eq!(size_of::<SgemmParams>(), 48);
         assert_eq!(size_of::<ReduceParams>(), 24);
         assert_eq!(size_of::<BusyParams>(), 8);
+        assert_eq!(size_of::<EventBody>(), 8);
+        assert_eq!(offset_of!(EventBody, end_event), 4);
+        assert_eq!(size_of::<ParamInfoBody>(), 16);
+        assert_eq!(offset_of!(ParamInfoBody, index), 8);
+    }
+
+    #[test]
+    fn builtin_param_layouts_match_the_packed_structs() {
+        assert_eq!(
+            Builtin::VectorAddF32.param_layout(),
+            &[
+                (offset_of!(VectorAddParams, a) as u32, 8),
+                (offset_of!(VectorAddParams, b) as u32, 8),
+                (offset_of!(VectorAddParams, c) as u32, 8),
+                (offset_of!(VectorAddParams, n) as u32, 4)
+            ]
+        );
+        assert_eq!(offset_of!(SaxpyParams, alpha), 20);
+        assert_eq!(offset_of!(SgemmParams, beta), 40);
+        assert_eq!(offset_of!(ReduceParams, n), 16);
+        for b in Builtin::ALL {
+            let end = b
+                .param_layout()
+                .iter()
+                .map(|&(o, s)| o + s)
+                .max()
+                .unwrap_or(0);
+            assert!(end as usize <= b.params_len(), "{b:?}");
+            assert!(
+                b.params_len() - end as usize <= 4,
+                "{b:?}: only tail padding"
+            );
+        }
+    }
+
+    #[test]
+    fn opcodes_roundtrip() {
+        for raw in 0..=u16::MAX {
+            if let Some(op) = Opcode::from_raw(raw) {
+                assert_eq!(op as u16, raw);
+            }
+        }
+        for raw in 0..=13 {
+            assert_eq!(Status::from_raw(raw).unwrap() as u32, raw);
+        }
+        assert_eq!(Status::from_raw(14), None);
     }
 
     #[test]
@@ -735,6 +1041,52 @@ mod tests {
         s = Command::Nop.encode(0, 1);
         s.flags = 4;
         assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
+        // modules: empty PTX, PTX or names outside staging, names too long or empty
+        s = Command::ModuleLoad {
+            staging_offset: 0,
+            len: 0,
+        }
+        .encode(0, 1);
+        assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
+        s = Command::ModuleLoad {
+            staging_offset: 4000,
+            len: 97,
+        }
+        .encode(0, 1);
+        assert_eq!(Command::decode(&s, 4096), Err(Status::StagingOutOfRange));
+        for (off, len, want) in [
+            (0, 0, Status::InvalidArgument),
+            (0, MAX_FUNC_NAME + 1, Status::InvalidArgument),
+            (4090, 7, Status::StagingOutOfRange),
+        ] {
+            s = Command::GetFunction {
+                module: 1,
+                staging_offset: off,
+                name_len: len,
+            }
+            .encode(0, 1);
+            assert_eq!(Command::decode(&s, 4096), Err(want));
+        }
+        s = Command::FuncParamInfo { func: 1, index: 0 }.encode(0, 1);
+        s.body[12] = 1;
+        assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
+        // events: ids are bounded; single-event commands leave the second id zero
+        s = Command::EventRecord { event: MAX_EVENTS }.encode(0, 1);
+        assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
+        s = Command::EventElapsed {
+            start: 1,
+            end: MAX_EVENTS,
+        }
+        .encode(0, 1);
+        assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
+        s = Command::EventSynchronize { event: 3 }.encode(0, 1);
+        s.body[4] = 1;
+        assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
+        s.body[4] = 0;
+        assert_eq!(
+            Command::decode(&s, 4096),
+            Ok(Command::EventSynchronize { event: 3 })
+        );
     }
 
     fn arb_command() -> impl Strategy<Value = Command> {
@@ -779,6 +1131,27 @@ mod tests {
             )
                 .prop_map(|(f, g, b, p)| Command::Launch(LaunchBody::new(f, g, b, &p).unwrap())),
             any::<bool>().prop_map(|all_streams| Command::Synchronize { all_streams }),
+            (0u64..1 << 20, 1u64..1 << 20).prop_map(|(staging_offset, len)| {
+                Command::ModuleLoad {
+                    staging_offset,
+                    len,
+                }
+            }),
+            any::<u64>().prop_map(|module| Command::ModuleUnload { module }),
+            (any::<u64>(), 0u64..1 << 20, 1u64..=MAX_FUNC_NAME).prop_map(
+                |(module, staging_offset, name_len)| Command::GetFunction {
+                    module,
+                    staging_offset,
+                    name_len,
+                }
+            ),
+            (any::<u64>(), any::<u32>())
+                .prop_map(|(func, index)| Command::FuncParamInfo { func, index }),
+            (0..MAX_EVENTS).prop_map(|event| Command::EventRecord { event }),
+            (0..MAX_EVENTS).prop_map(|event| Command::StreamWaitEvent { event }),
+            (0..MAX_EVENTS).prop_map(|event| Command::EventSynchronize { event }),
+            (0..MAX_EVENTS, 0..MAX_EVENTS)
+                .prop_map(|(start, end)| Command::EventElapsed { start, end }),
         ]
     }
 
@@ -810,6 +1183,18 @@ mod tests {
                         prop_assert!(l.block.iter().map(|&b| b as u64).product::<u64>() <= MAX_BLOCK_THREADS);
                     }
                     Command::Memset { len, width, .. } => prop_assert_eq!(len % width as u64, 0),
+                    Command::ModuleLoad { staging_offset, len } => {
+                        prop_assert!(len > 0 && staging_offset + len <= staging);
+                    }
+                    Command::GetFunction { staging_offset, name_len, .. } => {
+                        prop_assert!(name_len > 0 && name_len <= MAX_FUNC_NAME);
+                        prop_assert!(staging_offset + name_len <= staging);
+                    }
+                    Command::EventRecord { event } | Command::StreamWaitEvent { event }
+                    | Command::EventSynchronize { event } => prop_assert!(event < MAX_EVENTS),
+                    Command::EventElapsed { start, end } => {
+                        prop_assert!(start < MAX_EVENTS && end < MAX_EVENTS);
+                    }
                     _ => {}
                 }
             }

@@ -1,7 +1,9 @@
 //! `vgpu-bench`: benchmarks with their baselines measured side by side in one run.
 
 mod channel;
+mod gpu;
 mod pingpong;
+mod sched;
 mod stats;
 mod vgpud;
 
@@ -33,6 +35,10 @@ enum Cmd {
         #[arg(long, default_value_t = 64 << 20)]
         copy_bytes: usize,
     },
+    /// vgpu (process client, vgpud cuda backend) vs native CUDA on the same GPU (exit 2: no GPU).
+    Gpu(gpu::Opts),
+    /// The scheduler: priority latency, fair shares between pools, idle hand-over (cpu backend).
+    Sched(sched::Opts),
     /// Internal: the other process of the raw ping-pong.
     #[command(hide = true)]
     PingpongChild {
@@ -60,6 +66,8 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Gpu(o) => gpu::cli(&o),
+        Cmd::Sched(o) => sched::cli(&o),
         Cmd::PingpongChild { path } => pingpong::child(&path),
     }
 }

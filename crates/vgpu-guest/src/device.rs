@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -200,6 +200,11 @@ pub struct Device {
     next_tag: AtomicU64,
     commands: AtomicU64,
     timeout: Duration,
+    /// Next stream id handed out by `create_stream`.
+    pub(crate) next_stream: AtomicU32,
+    /// Next never-used event id, and ids given back.
+    pub(crate) next_event: AtomicU32,
+    pub(crate) events: Mutex<Vec<u32>>,
 }
 
 fn check(op: Opcode, cqe: Cqe) -> Result<Cqe, Error> {
@@ -260,6 +265,9 @@ impl Device {
             next_tag: AtomicU64::new(1),
             commands: AtomicU64::new(0),
             timeout: DEFAULT_TIMEOUT,
+            next_stream: AtomicU32::new(1),
+            next_event: AtomicU32::new(0),
+            events: Mutex::new(Vec::new()),
         })
     }
 
@@ -398,9 +406,50 @@ impl Device {
 
     /// Submits a command, waits, and turns an error status into an error.
     fn exec(&self, cmd: Command) -> Result<Cqe, Error> {
+        self.exec_on(cmd, 0)
+    }
+
+    /// Submits a command on `stream`, waits, and turns an error status into an error.
+    pub(crate) fn exec_on(&self, cmd: Command, stream: u32) -> Result<Cqe, Error> {
         let op = cmd.opcode();
-        let tag = self.start(cmd.encode(0, 0))?;
+        let tag = self.start(cmd.encode(stream, 0))?;
         check(op, self.wait(tag, op as u16)?)
+    }
+
+    /// Submits a command on `stream` without waiting; returns the internal tag to pass to
+    /// [`Device::wait_tag`] (or [`Device::forget_tag`]).
+    pub(crate) fn start_on(&self, cmd: Command, stream: u32) -> Result<u64, Error> {
+        self.start(cmd.encode(stream, 0))
+    }
+
+    /// Waits for the command started with `tag` and checks its status.
+    pub(crate) fn wait_tag(&self, tag: u64, op: Opcode) -> Result<Cqe, Error> {
+        check(op, self.wait(tag, op as u16)?)
+    }
+
+    /// Stops waiting for `tag` (its completion, when it comes, is dropped).
+    pub(crate) fn forget_tag(&self, tag: u64) {
+        self.lock().pending.remove(&tag);
+    }
+
+    /// Staging bytes `[off, off+len)` reserved for small command payloads (PTX text, names):
+    /// the first bytes of staging, under the staging lock.
+    pub(crate) fn with_staging<T>(
+        &self,
+        data: &[u8],
+        f: impl FnOnce(u64) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        if data.len() as u64 > self.layout.staging_size {
+            return Err(Error::InvalidArgument(format!(
+                "{} bytes do not fit the {}-byte staging area",
+                data.len(),
+                self.layout.staging_size
+            )));
+        }
+        let _g = self.staging_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.view
+            .write_bytes(self.layout.staging_offset as usize, data);
+        f(0)
     }
 
     /// Submits one already-encoded entry and waits for its completion, which is returned

@@ -19,6 +19,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod compute;
 pub mod device;
 pub mod error;
 pub mod selftest;
@@ -30,6 +31,7 @@ mod testhost;
 #[cfg(test)]
 mod tests;
 
+pub use compute::{Arg, Event, Function, Launch, Module, Pending, Stream};
 pub use device::{Device, DeviceInfo, DEFAULT_TIMEOUT};
 pub use error::Error;
 pub use vgpu_abi::{Builtin, Cqe, DeviceStatus, Opcode, Sqe, Status};

@@ -160,6 +160,8 @@ struct Mem {
     next: u64,
     used: u64,
     quota: u64,
+    /// When each event was last recorded (the fake host runs everything in order).
+    events: std::collections::HashMap<u32, std::time::Instant>,
 }
 
 impl Mem {
@@ -331,6 +333,36 @@ fn execute(
             }
             r.map(|_| (0, 0))
         }
+        // No PTX on the fake host (like the cpu backend).
+        Command::ModuleLoad { .. } | Command::ModuleUnload { .. } | Command::GetFunction { .. } => {
+            Err(Status::NotSupported)
+        }
+        Command::FuncParamInfo { func, index } => {
+            let k = Builtin::from_handle(func).ok_or(Status::InvalidFunction)?;
+            let &(o, s) = k
+                .param_layout()
+                .get(index as usize)
+                .ok_or(Status::InvalidArgument)?;
+            Ok((o as u64, s as u64))
+        }
+        Command::EventRecord { event } => {
+            mem.events.insert(event, std::time::Instant::now());
+            Ok((0, 0))
+        }
+        Command::StreamWaitEvent { .. } | Command::EventSynchronize { .. } => Ok((0, 0)),
+        Command::EventElapsed { start, end } => {
+            match (mem.events.get(&start), mem.events.get(&end)) {
+                (Some(s), Some(e)) => {
+                    let ns = if e >= s {
+                        (*e - *s).as_nanos() as i64
+                    } else {
+                        -((*s - *e).as_nanos() as i64)
+                    };
+                    Ok((ns as u64, 0))
+                }
+                _ => Err(Status::InvalidArgument),
+            }
+        }
     }
 }
 
@@ -348,6 +380,7 @@ fn host_loop(map: Mapping, opts: HostOpts, ctl: Arc<HostCtl>) {
         next: 0x7000_0000_0000,
         used: 0,
         quota: regs.mem_quota,
+        events: Default::default(),
     };
     let mut sqc = SqConsumer::new(view, layout);
     let mut cqp = CqProducer::new(view, layout);

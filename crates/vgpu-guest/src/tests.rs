@@ -196,7 +196,7 @@ fn info_reads_the_register_page() {
     assert_eq!(i.device_name, "fake cpu device");
     assert_eq!(i.status_name(), "ready");
     assert_eq!(i.backend_name(), "cpu");
-    assert_eq!(i.abi_version_string(), "1.0");
+    assert_eq!(i.abi_version_string(), "1.1");
     assert_eq!(i.staging_size, (256 << 10) - (64 << 10));
     assert_eq!(r.dev.staging_size(), i.staging_size);
     assert!(r.dev.transport_description().starts_with("socket "));
@@ -812,4 +812,104 @@ fn pci_errors_are_specific() {
         matches!(&e, Error::NotFound(m) if m.contains("0000:00:03.0") && m.contains("magic")),
         "{e}"
     );
+}
+
+// ---- functions, typed arguments, streams, events ------------------------------------
+
+#[test]
+fn builtin_function_layout_and_typed_launch() {
+    use crate::compute::Launch;
+    let r = rig();
+    let d = &r.dev;
+    let f = d.builtin_function(Builtin::Saxpy).unwrap();
+    assert_eq!(f.params(), &[(0, 8), (8, 8), (16, 4), (20, 4)]);
+    assert_eq!(f.params_len(), 24);
+    let x = d.alloc(16).unwrap();
+    let y = d.alloc(16).unwrap();
+    let b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    d.copy_htod(x, &b(&[1., 2., 3., 4.])).unwrap();
+    d.copy_htod(y, &b(&[1., 1., 1., 1.])).unwrap();
+    let l = Launch::new(&f)
+        .grid([1, 1, 1])
+        .block([4, 1, 1])
+        .arg_ptr(x)
+        .arg_ptr(y)
+        .arg_u32(4)
+        .arg_f32(0.5);
+    d.launch_function(&l).unwrap();
+    let mut out = [0u8; 16];
+    d.copy_dtoh(&mut out, y).unwrap();
+    assert_eq!(out, b(&[1.5, 2., 2.5, 3.])[..]);
+    // Wrong arity and wrong sizes are refused before anything is sent.
+    let sent = d.commands_submitted();
+    let short = Launch::new(&f).arg_ptr(x);
+    assert!(matches!(
+        d.launch_function(&short),
+        Err(Error::InvalidArgument(_))
+    ));
+    let wide = Launch::new(&f)
+        .arg_ptr(x)
+        .arg_ptr(y)
+        .arg_u64(4)
+        .arg_f32(1.0);
+    assert!(matches!(
+        d.launch_function(&wide),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(d.commands_submitted(), sent);
+    // Parameter info past the last parameter, of an unknown function.
+    let e = d.exec_on(
+        Command::FuncParamInfo {
+            func: Builtin::Saxpy.handle(),
+            index: 4,
+        },
+        0,
+    );
+    assert_eq!(e.unwrap_err().status(), Some(Status::InvalidArgument));
+    let e = d.exec_on(Command::FuncParamInfo { func: 77, index: 0 }, 0);
+    assert_eq!(e.unwrap_err().status(), Some(Status::InvalidFunction));
+    // The fake host, like the cpu backend, has no PTX.
+    let e = d.load_module(".version 8.0\n").unwrap_err();
+    assert_eq!(e.status(), Some(Status::NotSupported));
+}
+
+#[test]
+fn streams_and_events() {
+    let r = rig();
+    let d = &r.dev;
+    let s1 = d.create_stream();
+    let s2 = d.create_stream();
+    assert_ne!(s1.id(), s2.id());
+    assert_ne!(s1.id(), 0);
+    let p = d.alloc(64).unwrap();
+    let (e0, e1) = (d.create_event().unwrap(), d.create_event().unwrap());
+    assert_ne!(e0.id(), e1.id());
+    s1.record(&e0).unwrap().wait().unwrap();
+    let queued = s1.memset_d32(p, 7, 16).unwrap();
+    s1.launch_body(
+        vgpu_abi::cmd::LaunchBody::new(
+            Builtin::Busy.handle(),
+            [1; 3],
+            [1; 3],
+            &2000u64.to_le_bytes(),
+        )
+        .unwrap(),
+    )
+    .unwrap()
+    .wait()
+    .unwrap();
+    queued.wait().unwrap();
+    s1.record(&e1).unwrap().wait().unwrap();
+    s2.wait_event(&e1).unwrap().wait().unwrap();
+    s2.synchronize().unwrap();
+    let dt = e1.elapsed_since(&e0).unwrap();
+    assert!(dt >= Duration::from_micros(2000), "{dt:?}");
+    assert!(e0.elapsed_since(&e1).is_err(), "negative spans are errors");
+    let mut out = [0u8; 64];
+    d.copy_dtoh(&mut out, p).unwrap();
+    assert!(out.chunks(4).all(|c| c == 7u32.to_le_bytes()));
+    // Event ids are recycled.
+    let id = e1.id();
+    drop(e1);
+    assert_eq!(d.create_event().unwrap().id(), id);
 }

@@ -167,6 +167,18 @@ impl Channel {
         VmStats::bump(&self.stats.fences, 1);
     }
 
+    /// Publishes a reloaded pool id, priority and memory quota in the register page (the host
+    /// copy follows too, so a reset keeps them).
+    pub fn set_identity(&mut self, pool_id: u32, priority: u32, mem_quota: u64) {
+        self.regs.pool_id = pool_id;
+        self.regs.priority = priority;
+        self.regs.mem_quota = mem_quota;
+        self.view.store_u32(regs::off::POOL_ID, pool_id);
+        self.view.store_u32(regs::off::PRIORITY, priority);
+        self.view
+            .store_u64(std::mem::offset_of!(RegisterPage, mem_quota), mem_quota);
+    }
+
     /// Marks the device context broken (a kernel faulted).
     pub fn set_broken(&mut self) {
         self.set_status(DeviceStatus::Error, Status::KernelFault as u32);

@@ -6,18 +6,32 @@
 //! admin_socket = "/run/vgpu/admin.sock"
 //! poll_us = 50              # how long to keep polling rings after the last work
 //!
+//! [scheduler]
+//! policy = "priority"       # priority | fifo
+//! reserve_slots = 1         # execution slots held back for the highest class
+//!
+//! [[pool]]
+//! id = 0
+//! name = "gold"
+//! gpus = [0, 1]             # device indices (empty or absent: every device)
+//! weight = 3
+//! mem_quota = "8GiB"
+//!
 //! [[vm]]
 //! name = "vm-a"
 //! socket = "/run/vgpu/vm-a.sock"
 //! vm_id = 1
-//! pool_id = 0
+//! pool = 0                  # alias: pool_id
 //! priority = 2
 //! mem_quota = "256MiB"
 //! shm_size = "16MiB"
 //! ```
+//!
+//! Without any `[[pool]]`, every `pool_id` the VMs name is an implicit pool of weight 1, no
+//! memory quota and every device. See `docs/scheduling.md`.
 
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use vgpu_abi::Layout;
 
@@ -129,6 +143,110 @@ fn default_sq() -> u32 {
 fn default_cq() -> u32 {
     512
 }
+fn default_one() -> u32 {
+    1
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_unlimited() -> ByteSize {
+    ByteSize(u64::MAX)
+}
+fn default_max_wait_ms() -> u64 {
+    1000
+}
+fn default_vm_max_queued() -> u32 {
+    256
+}
+
+/// How a pool's VMs share a device (stored and validated now; the cuda backend honours it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A device context per VM (the default): separate address spaces and faults.
+    #[default]
+    Context,
+    /// One device context for the pool's VMs (trusted tenants): concurrent kernels and
+    /// device-level stream priorities, but a fault in one VM breaks the pool's context.
+    Shared,
+}
+
+/// One `[[pool]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Unique pool id (what `[[vm]] pool` names; also the guest's `pool_id` register).
+    pub id: u32,
+    /// Unique name.
+    #[serde(default)]
+    pub name: String,
+    /// Device indices the pool may use; empty = every device.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
+    /// Share of device time against the other pools on a device (> 0).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Device memory all the pool's VMs together may hold (default: unlimited).
+    #[serde(default = "default_unlimited")]
+    pub mem_quota: ByteSize,
+    /// Context per VM (default) or shared by the pool.
+    #[serde(default)]
+    pub isolation: Isolation,
+}
+
+/// Which order the scheduler dispatches in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Strict priority classes, weighted fair share between pools, round-robin in a pool.
+    #[default]
+    Priority,
+    /// Arrival order across all VMs (for comparison); the same limits apply.
+    Fifo,
+}
+
+/// `[scheduler]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// `priority` (default) or `fifo`.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Starvation guard: a job of a lower class that waited this long is dispatched before
+    /// higher classes (oldest first). 0 turns the guard off.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Jobs one VM may have queued in vgpud; beyond, its commands wait in its ring.
+    #[serde(default = "default_vm_max_queued")]
+    pub vm_max_queued: u32,
+    /// Jobs one VM may have on the device at once (0: only the device depth limits).
+    #[serde(default)]
+    pub vm_max_inflight: u32,
+    /// Jobs on one device at once (default: `cpu_slots` on the cpu backend, else 4). A short
+    /// device queue is what lets a higher class overtake: running work is never preempted.
+    #[serde(default)]
+    pub device_depth: Option<u32>,
+    /// Execution slots (of the device depth) that only the reserve class may use.
+    #[serde(default)]
+    pub reserve_slots: u32,
+    /// Lowest priority of the reserve class (default: the highest VM priority configured).
+    #[serde(default)]
+    pub reserve_priority: Option<u32>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Priority,
+            max_wait_ms: default_max_wait_ms(),
+            vm_max_queued: default_vm_max_queued(),
+            vm_max_inflight: 0,
+            device_depth: None,
+            reserve_slots: 0,
+            reserve_priority: None,
+        }
+    }
+}
 
 /// `[mediator]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -145,9 +263,15 @@ pub struct MediatorConfig {
     /// Longest busy kernel accepted.
     #[serde(default = "default_max_kernel_us")]
     pub max_kernel_us: u32,
-    /// Execution slots of the cpu backend's device (reported; used by the scheduler later).
+    /// "Device memory" of each cpu backend device (default 16 GiB).
     #[serde(default)]
     pub cpu_device_mem: Option<ByteSize>,
+    /// Execution slots of each cpu backend device (kernels running at once).
+    #[serde(default = "default_one")]
+    pub cpu_slots: u32,
+    /// How many devices the cpu backend offers (to exercise multi-GPU placement).
+    #[serde(default = "default_one")]
+    pub cpu_devices: u32,
 }
 
 impl Default for MediatorConfig {
@@ -158,6 +282,8 @@ impl Default for MediatorConfig {
             poll_us: default_poll_us(),
             max_kernel_us: default_max_kernel_us(),
             cpu_device_mem: None,
+            cpu_slots: 1,
+            cpu_devices: 1,
         }
     }
 }
@@ -172,8 +298,8 @@ pub struct VmConfig {
     pub socket: PathBuf,
     /// Unique VM id.
     pub vm_id: u32,
-    /// Pool id.
-    #[serde(default)]
+    /// Pool id (`pool` or `pool_id` in the file).
+    #[serde(default, alias = "pool")]
     pub pool_id: u32,
     /// Priority (0 = lowest).
     #[serde(default)]
@@ -206,6 +332,13 @@ pub struct Config {
     /// `[mediator]`.
     #[serde(default)]
     pub mediator: MediatorConfig,
+    /// `[scheduler]`.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    /// `[[pool]]` entries; after loading, also the implicit pools (one per `pool_id` the VMs
+    /// name when the file has no `[[pool]]`).
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
     /// `[[vm]]` entries.
     #[serde(default, rename = "vm")]
     pub vms: Vec<VmConfig>,
@@ -222,8 +355,7 @@ impl Config {
             path: path.to_owned(),
             msg: e.to_string(),
         })?;
-        cfg.validate()?;
-        Ok(cfg)
+        cfg.finish()
     }
 
     /// Parses and validates TOML text.
@@ -232,8 +364,115 @@ impl Config {
             path: PathBuf::from("<string>"),
             msg: e.to_string(),
         })?;
-        cfg.validate()?;
-        Ok(cfg)
+        cfg.finish()
+    }
+
+    /// Adds the implicit pools, then validates.
+    fn finish(mut self) -> Result<Self, ConfigError> {
+        if self.pools.is_empty() {
+            let ids: BTreeSet<u32> = self.vms.iter().map(|v| v.pool_id).collect();
+            self.pools = ids
+                .into_iter()
+                .map(|id| PoolConfig {
+                    id,
+                    name: format!("pool-{id}"),
+                    gpus: Vec::new(),
+                    weight: 1,
+                    mem_quota: default_unlimited(),
+                    isolation: Isolation::Context,
+                })
+                .collect();
+        }
+        for p in &mut self.pools {
+            if p.name.is_empty() {
+                p.name = format!("pool-{}", p.id);
+            }
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Index in `pools` of the pool with id `id`.
+    pub fn pool_index(&self, id: u32) -> Option<usize> {
+        self.pools.iter().position(|p| p.id == id)
+    }
+
+    /// Index in `pools` of VM `vm`'s pool (validated to exist).
+    pub fn vm_pool(&self, vm: usize) -> usize {
+        self.pool_index(self.vms[vm].pool_id)
+            .expect("validated: every VM's pool exists")
+    }
+
+    /// Checks the pools' device lists against the devices present.
+    pub fn check_devices(&self, devices: usize) -> Result<(), ConfigError> {
+        for p in &self.pools {
+            if let Some(g) = p.gpus.iter().find(|&&g| g as usize >= devices) {
+                return Err(ConfigError::Invalid(format!(
+                    "pool {:?}: gpu {g} out of range: this host has {devices} device(s) (0..={})",
+                    p.name,
+                    devices.saturating_sub(1)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The devices pool `pool` (an index) may use, out of `devices`.
+    pub fn pool_devices(&self, pool: usize, devices: usize) -> Vec<usize> {
+        let g = &self.pools[pool].gpus;
+        if g.is_empty() {
+            (0..devices).collect()
+        } else {
+            g.iter()
+                .map(|&d| d as usize)
+                .filter(|&d| d < devices)
+                .collect()
+        }
+    }
+
+    /// What a reload from `self` to `new` would change that cannot change while vgpud runs
+    /// (sockets, ids, names, sizes, backend, devices, pool sets). Empty: `new` may be applied.
+    pub fn unsafe_changes(&self, new: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        let (a, b) = (&self.mediator, &new.mediator);
+        let mut diff = |what: &str, changed: bool| {
+            if changed {
+                out.push(what.to_string());
+            }
+        };
+        diff("mediator.backend", a.backend != b.backend);
+        diff("mediator.admin_socket", a.admin_socket != b.admin_socket);
+        diff("mediator.max_kernel_us", a.max_kernel_us != b.max_kernel_us);
+        diff("mediator.cpu_slots", a.cpu_slots != b.cpu_slots);
+        diff("mediator.cpu_devices", a.cpu_devices != b.cpu_devices);
+        diff(
+            "mediator.cpu_device_mem",
+            a.cpu_device_mem != b.cpu_device_mem,
+        );
+        diff("the number of [[vm]]", self.vms.len() != new.vms.len());
+        for (x, y) in self.vms.iter().zip(&new.vms) {
+            let v = &x.name;
+            diff(&format!("vm {v:?}: name"), x.name != y.name);
+            diff(&format!("vm {v:?}: socket"), x.socket != y.socket);
+            diff(&format!("vm {v:?}: vm_id"), x.vm_id != y.vm_id);
+            diff(&format!("vm {v:?}: shm_size"), x.shm_size != y.shm_size);
+            diff(
+                &format!("vm {v:?}: sq_entries/cq_entries"),
+                x.sq_entries != y.sq_entries || x.cq_entries != y.cq_entries,
+            );
+        }
+        let ids = |c: &Config| c.pools.iter().map(|p| p.id).collect::<BTreeSet<_>>();
+        diff("the set of pool ids", ids(self) != ids(new));
+        for p in &self.pools {
+            if let Some(q) = new.pools.iter().find(|q| q.id == p.id) {
+                diff(&format!("pool {}: gpus", p.id), p.gpus != q.gpus);
+                diff(
+                    &format!("pool {}: isolation", p.id),
+                    p.isolation != q.isolation,
+                );
+            }
+        }
+        out
     }
 
     /// Checks everything that does not need the file system.
@@ -242,8 +481,66 @@ impl Config {
         if self.vms.is_empty() {
             return bad("no [[vm]] entries: vgpud has nothing to serve".into());
         }
+        let m = &self.mediator;
+        if m.cpu_slots == 0 || m.cpu_slots > 1024 {
+            return bad(format!("cpu_slots = {} must be 1..=1024", m.cpu_slots));
+        }
+        if m.cpu_devices == 0 || m.cpu_devices > 64 {
+            return bad(format!("cpu_devices = {} must be 1..=64", m.cpu_devices));
+        }
+        let s = &self.scheduler;
+        if s.vm_max_queued == 0 {
+            return bad("scheduler.vm_max_queued must be > 0".into());
+        }
+        if s.device_depth == Some(0) {
+            return bad("scheduler.device_depth must be > 0".into());
+        }
+        if let Some(d) = s.device_depth {
+            if s.reserve_slots >= d {
+                return bad(format!(
+                    "scheduler.reserve_slots = {} must be below device_depth = {d}",
+                    s.reserve_slots
+                ));
+            }
+        }
+        let mut pools: HashMap<u32, &PoolConfig> = HashMap::new();
+        let mut pool_names = HashSet::new();
+        for p in &self.pools {
+            if pools.insert(p.id, p).is_some() {
+                return bad(format!("duplicate pool id {}", p.id));
+            }
+            if !pool_names.insert(p.name.as_str()) {
+                return bad(format!("duplicate pool name {:?}", p.name));
+            }
+            if p.weight == 0 || p.weight > 1_000_000 {
+                return bad(format!(
+                    "pool {:?}: weight {} must be 1..=1000000",
+                    p.name, p.weight
+                ));
+            }
+            if p.mem_quota.0 == 0 {
+                return bad(format!("pool {:?}: mem_quota must be > 0", p.name));
+            }
+            let mut seen = HashSet::new();
+            if let Some(g) = p.gpus.iter().find(|g| !seen.insert(**g)) {
+                return bad(format!("pool {:?}: gpu {g} listed twice", p.name));
+            }
+        }
         let (mut names, mut ids, mut socks) = (HashSet::new(), HashSet::new(), HashSet::new());
         for vm in &self.vms {
+            let Some(pool) = pools.get(&vm.pool_id) else {
+                let known: BTreeSet<u32> = pools.keys().copied().collect();
+                return bad(format!(
+                    "vm {:?}: unknown pool {} (pools: {known:?})",
+                    vm.name, vm.pool_id
+                ));
+            };
+            if vm.mem_quota.0 > pool.mem_quota.0 {
+                return bad(format!(
+                    "vm {:?}: mem_quota {} is above its pool {:?}'s mem_quota {}",
+                    vm.name, vm.mem_quota.0, pool.name, pool.mem_quota.0
+                ));
+            }
             if vm.name.is_empty() || vm.name.len() > 31 {
                 return bad(format!("vm name {:?} must be 1..=31 bytes", vm.name));
             }
@@ -336,7 +633,121 @@ mod tests {
         );
         expect_invalid(&GOOD.replace("1048576", "1000000"), "power of two");
         expect_invalid(&GOOD.replace("\"cpu\"", "\"tpu\""), "unknown variant");
-        expect_invalid(&GOOD.replace("pool_id = 3", "pool = 3"), "unknown field");
+        expect_invalid(&GOOD.replace("pool_id = 3", "pool_ = 3"), "unknown field");
         expect_invalid(&GOOD.replace("\"64MiB\"", "\"64 parsecs\""), "unknown unit");
+    }
+
+    const POOLS: &str = r#"
+        [mediator]
+        backend = "cpu"
+        cpu_slots = 4
+        cpu_devices = 2
+        [scheduler]
+        policy = "fifo"
+        reserve_slots = 1
+        [[pool]]
+        id = 7
+        name = "gold"
+        gpus = [1]
+        weight = 3
+        mem_quota = "1GiB"
+        isolation = "shared"
+        [[pool]]
+        id = 8
+        [[vm]]
+        name = "a"
+        socket = "/tmp/a.sock"
+        vm_id = 1
+        pool = 7
+        mem_quota = "512MiB"
+        [[vm]]
+        name = "b"
+        socket = "/tmp/b.sock"
+        vm_id = 2
+        pool_id = 8
+    "#;
+
+    #[test]
+    fn pools_and_scheduler() {
+        let c = Config::from_toml(POOLS).unwrap();
+        assert_eq!(c.pools.len(), 2);
+        assert_eq!(c.pools[0].isolation, Isolation::Shared);
+        assert_eq!(c.pools[1].isolation, Isolation::Context);
+        assert_eq!(c.pools[1].name, "pool-8");
+        assert_eq!(c.pools[1].weight, 1);
+        assert_eq!(c.vms[0].pool_id, 7, "`pool` is `pool_id`");
+        assert_eq!(c.vm_pool(1), 1);
+        assert_eq!(c.scheduler.policy, Policy::Fifo);
+        assert_eq!(c.scheduler.reserve_slots, 1);
+        assert_eq!((c.mediator.cpu_slots, c.mediator.cpu_devices), (4, 2));
+        assert_eq!(c.pool_devices(0, 2), vec![1]);
+        assert_eq!(c.pool_devices(1, 2), vec![0, 1]);
+        assert!(c.check_devices(2).is_ok());
+        let e = c.check_devices(1).unwrap_err().to_string();
+        assert!(e.contains("gpu 1 out of range"), "{e}");
+        // Without [[pool]]: one implicit pool per pool_id, weight 1, no quota.
+        let g = Config::from_toml(GOOD).unwrap();
+        let ids: Vec<u32> = g.pools.iter().map(|p| p.id).collect();
+        assert_eq!(ids, vec![0, 3]);
+        assert!(g
+            .pools
+            .iter()
+            .all(|p| p.weight == 1 && p.mem_quota.0 == u64::MAX));
+    }
+
+    #[test]
+    fn rejects_bad_pools() {
+        expect_invalid(&POOLS.replace("pool = 7", "pool = 9"), "unknown pool 9");
+        expect_invalid(&POOLS.replace("id = 8", "id = 7"), "duplicate pool id 7");
+        expect_invalid(
+            &POOLS.replace("\"512MiB\"", "\"2GiB\""),
+            "above its pool \"gold\"'s mem_quota",
+        );
+        expect_invalid(&POOLS.replace("weight = 3", "weight = 0"), "weight 0");
+        expect_invalid(
+            &POOLS.replace("gpus = [1]", "gpus = [1, 1]"),
+            "gpu 1 listed twice",
+        );
+        expect_invalid(&POOLS.replace("\"shared\"", "\"none\""), "unknown variant");
+        expect_invalid(&POOLS.replace("\"fifo\"", "\"lottery\""), "unknown variant");
+        expect_invalid(
+            &POOLS.replace("cpu_slots = 4", "cpu_slots = 0"),
+            "cpu_slots",
+        );
+        expect_invalid(
+            &POOLS.replace("pool_id = 8", "pool_id = 8\n        pool = 8"),
+            "duplicate field",
+        );
+        expect_invalid(
+            &POOLS.replace(
+                "reserve_slots = 1",
+                "reserve_slots = 2\n        device_depth = 2",
+            ),
+            "reserve_slots",
+        );
+    }
+
+    #[test]
+    fn reload_safety() {
+        let a = Config::from_toml(POOLS).unwrap();
+        let safe = Config::from_toml(
+            &POOLS
+                .replace("weight = 3", "weight = 5")
+                .replace("\"512MiB\"", "\"256MiB\"")
+                .replace("pool_id = 8", "pool_id = 8\n        priority = 4"),
+        )
+        .unwrap();
+        assert!(a.unsafe_changes(&safe).is_empty());
+        let bad = Config::from_toml(
+            &POOLS
+                .replace("/tmp/b.sock", "/tmp/c.sock")
+                .replace("vm_id = 1", "vm_id = 5")
+                .replace("gpus = [1]", "gpus = [0]"),
+        )
+        .unwrap();
+        let ch = a.unsafe_changes(&bad);
+        assert!(ch.iter().any(|c| c.contains("socket")), "{ch:?}");
+        assert!(ch.iter().any(|c| c.contains("vm_id")), "{ch:?}");
+        assert!(ch.iter().any(|c| c.contains("gpus")), "{ch:?}");
     }
 }

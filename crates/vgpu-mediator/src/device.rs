@@ -1,9 +1,10 @@
 //! The per-VM virtual device: the backend-neutral checks every command passes before a backend
-//! sees it (allocation ownership, ranges, quota, sticky faults), and the accounting after.
+//! sees it (allocation, module and function ownership, ranges, quota, stream count, sticky
+//! faults), and the accounting after.
 
 use crate::backend::{Backend, Issued, StreamOp, VmKey};
-use std::collections::BTreeMap;
-use vgpu_abi::cmd::{Builtin, BusyParams, Command};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use vgpu_abi::cmd::{Builtin, BusyParams, Command, MAX_STREAMS};
 use vgpu_abi::Status;
 use zerocopy::FromBytes;
 
@@ -20,10 +21,23 @@ pub struct VirtualDevice {
     allocs: BTreeMap<u64, u64>,
     used: u64,
     quota: u64,
+    /// The pool's quota, shared with the pool's other VMs (see [`VirtualDevice::with_pool`]).
+    pool: Option<std::sync::Arc<crate::sched::quota::PoolQuota>>,
     max_kernel_us: u32,
     /// Set by a kernel fault; every later command fails until reset.
     broken: bool,
+    /// Stream ids this VM has used (at most [`MAX_STREAMS`]).
+    streams: BTreeSet<u32>,
+    /// Loaded modules and the functions looked up in each.
+    modules: HashMap<u64, Vec<u64>>,
+    /// Functions of this VM's modules, with their module.
+    functions: HashMap<u64, u64>,
 }
+
+/// Modules one VM may have loaded at once.
+pub const MAX_MODULES: usize = 64;
+/// Functions one VM may have looked up (over all its loaded modules).
+pub const MAX_FUNCTIONS: usize = 1024;
 
 impl VirtualDevice {
     /// A fresh device with no allocations.
@@ -33,14 +47,30 @@ impl VirtualDevice {
             allocs: BTreeMap::new(),
             used: 0,
             quota,
+            pool: None,
             max_kernel_us,
             broken: false,
+            streams: BTreeSet::new(),
+            modules: HashMap::new(),
+            functions: HashMap::new(),
         }
     }
 
     /// Memory in use.
     pub fn used(&self) -> u64 {
         self.used
+    }
+
+    /// Also charges allocations to the pool quota `pool` (shared with the pool's other VMs).
+    /// The owner returns [`VirtualDevice::used`] to it when the device goes away.
+    pub fn with_pool(mut self, pool: std::sync::Arc<crate::sched::quota::PoolQuota>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Changes the VM's quota (a reload); memory held above a lowered quota stays held.
+    pub fn set_quota(&mut self, quota: u64) {
+        self.quota = quota;
     }
 
     /// Whether a fault broke the context.
@@ -67,8 +97,45 @@ impl VirtualDevice {
         self.broken = true;
     }
 
-    /// Issues one validated command on `stream`.
+    /// Admits `stream` (a new id only while fewer than [`MAX_STREAMS`] are in use).
+    fn use_stream(&mut self, stream: u32) -> Result<(), Status> {
+        if !self.streams.contains(&stream) {
+            if self.streams.len() >= MAX_STREAMS {
+                return Err(Status::InvalidArgument);
+            }
+            self.streams.insert(stream);
+        }
+        Ok(())
+    }
+
+    /// Checks that `func` is a built-in or a function of this VM.
+    fn check_function(&self, func: u64) -> Result<Option<Builtin>, Status> {
+        if let Some(b) = Builtin::from_handle(func) {
+            return Ok(Some(b));
+        }
+        if self.functions.contains_key(&func) {
+            Ok(None)
+        } else {
+            Err(Status::InvalidFunction)
+        }
+    }
+
+    /// Issues one validated command on `stream`. A fault reported by the backend breaks the
+    /// context (sticky until reset).
     pub fn execute<B: Backend + ?Sized>(
+        &mut self,
+        be: &mut B,
+        stream: u32,
+        cmd: &Command,
+    ) -> IssueOutcome {
+        let out = self.issue(be, stream, cmd);
+        if matches!(out, Err(Status::KernelFault | Status::ContextLost)) {
+            self.broken = true;
+        }
+        out
+    }
+
+    fn issue<B: Backend + ?Sized>(
         &mut self,
         be: &mut B,
         stream: u32,
@@ -82,13 +149,23 @@ impl VirtualDevice {
             _ if self.broken => return Err(Status::ContextLost),
             _ => {}
         }
+        if cmd.uses_stream() {
+            self.use_stream(stream)?;
+        }
         match *cmd {
             Command::Nop | Command::GetInfo => unreachable!("handled above"),
             Command::MemAlloc { size } => {
                 if self.used.saturating_add(size) > self.quota {
                     return Err(Status::QuotaExceeded);
                 }
-                let ptr = be.alloc(vm, size)?;
+                if self.pool.as_ref().is_some_and(|p| !p.try_take(size)) {
+                    return Err(Status::QuotaExceeded);
+                }
+                let ptr = be.alloc(vm, size).inspect_err(|_| {
+                    if let Some(p) = &self.pool {
+                        p.give_back(size);
+                    }
+                })?;
                 self.allocs.insert(ptr, size);
                 self.used += size;
                 Ok(Issued::Done(ptr, 0))
@@ -98,6 +175,9 @@ impl VirtualDevice {
                 be.free(vm, ptr)?;
                 self.allocs.remove(&ptr);
                 self.used -= size;
+                if let Some(p) = &self.pool {
+                    p.give_back(size);
+                }
                 Ok(Issued::DONE)
             }
             Command::Memset {
@@ -134,22 +214,71 @@ impl VirtualDevice {
                     .map(|i| with_result(i, len))
             }
             Command::Launch(ref l) => {
-                if l.func == Builtin::Busy.handle() {
+                if self.check_function(l.func)? == Some(Builtin::Busy) {
                     let p = BusyParams::read_from_bytes(l.params())
                         .map_err(|_| Status::InvalidArgument)?;
                     if p.duration_us > self.max_kernel_us {
                         return Err(Status::InvalidArgument);
                     }
                 }
-                match be.launch(vm, op, l) {
-                    Err(Status::KernelFault) => {
-                        self.broken = true;
-                        Err(Status::KernelFault)
-                    }
-                    r => r,
-                }
+                be.launch(vm, op, l)
             }
             Command::Synchronize { all_streams } => be.synchronize(vm, op, all_streams),
+            Command::ModuleLoad {
+                staging_offset,
+                len,
+            } => {
+                if self.modules.len() >= MAX_MODULES {
+                    return Err(Status::InvalidArgument);
+                }
+                let m = be.module_load(vm, staging_offset, len)?;
+                self.modules.insert(m, Vec::new());
+                Ok(Issued::Done(m, 0))
+            }
+            Command::ModuleUnload { module } => {
+                if !self.modules.contains_key(&module) {
+                    return Err(Status::InvalidArgument);
+                }
+                be.module_unload(vm, module)?;
+                for f in self.modules.remove(&module).unwrap_or_default() {
+                    self.functions.remove(&f);
+                }
+                Ok(Issued::DONE)
+            }
+            Command::GetFunction {
+                module,
+                staging_offset,
+                name_len,
+            } => {
+                if !self.modules.contains_key(&module) {
+                    return Err(Status::InvalidArgument);
+                }
+                let (f, nparams) = be.get_function(vm, module, staging_offset, name_len)?;
+                if !self.functions.contains_key(&f) {
+                    if self.functions.len() >= MAX_FUNCTIONS {
+                        return Err(Status::InvalidArgument);
+                    }
+                    self.functions.insert(f, module);
+                    self.modules.entry(module).or_default().push(f);
+                }
+                Ok(Issued::Done(f, nparams as u64))
+            }
+            Command::FuncParamInfo { func, index } => match self.check_function(func)? {
+                Some(b) => b
+                    .param_layout()
+                    .get(index as usize)
+                    .map(|&(o, s)| Issued::Done(o as u64, s as u64))
+                    .ok_or(Status::InvalidArgument),
+                None => be
+                    .func_param_info(vm, func, index)
+                    .map(|(o, s)| Issued::Done(o, s)),
+            },
+            Command::EventRecord { event } => be.event_record(vm, op, event),
+            Command::StreamWaitEvent { event } => be.stream_wait_event(vm, op, event),
+            Command::EventSynchronize { event } => be.event_synchronize(vm, event),
+            Command::EventElapsed { start, end } => be
+                .event_elapsed(vm, start, end)
+                .map(|ns| Issued::Done(ns as u64, 0)),
         }
     }
 }
@@ -166,7 +295,7 @@ fn with_result(i: Issued, len: u64) -> Issued {
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::backend::Staging;
+    use crate::backend::{ContextParams, Staging};
     use vgpu_abi::cmd::LaunchBody;
 
     #[test]
@@ -180,7 +309,14 @@ mod tests {
             size: 8192,
         };
         let mut be = CpuBackend::new(1 << 30);
-        be.create_context(0, st).unwrap();
+        be.create_context(
+            0,
+            ContextParams {
+                staging: st,
+                priority: 0,
+            },
+        )
+        .unwrap();
         let mut d = VirtualDevice::new(0, 1000, 10);
         let p = d
             .execute(&mut be, 0, &Command::MemAlloc { size: 600 })

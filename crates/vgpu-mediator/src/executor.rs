@@ -3,17 +3,26 @@
 //! Loop: take new entries from every channel (round-robin, bounded per channel), run queued
 //! jobs on the backend, post completions. After the last work it keeps polling for
 //! `poll_us` (guests see `SQ_FLAG_HOST_POLLING` and skip the doorbell); then it clears the
-//! flag, re-checks every ring, and sleeps on the doorbell eventfds — no CPU burnt while idle.
+//! flag, re-checks every ring, and sleeps on the doorbell eventfds — no CPU burnt while idle;
+//! while work is on the device, a timerfd wakes it when the earliest piece may have retired.
+//!
+//! The queue decides what runs (see [`crate::sched`]); the executor tells it how much device
+//! time each job took, and takes no more from a VM's ring than the queue has room for.
 
 use crate::backend::{Backend, Issued, Token};
 use crate::channel::{Channel, ChannelParams};
 use crate::config::Config;
 use crate::device::VirtualDevice;
 use crate::queue::{Gate, WorkQueue};
+use crate::sched::is_control;
+use crate::sched::quota::PoolQuota;
 use crate::stats::{StatsRegistry, VmStats};
 use crate::transport::Event;
 use rustix::event::epoll;
 use rustix::fd::OwnedFd;
+use rustix::time::{
+    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
+};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -28,10 +37,24 @@ const POLL_BUDGET: u32 = 32;
 const RUN_BUDGET: usize = 64;
 /// epoll key of the control eventfd.
 const CONTROL_KEY: u64 = u64::MAX;
+/// epoll key of the timerfd that wakes the executor when device work may have retired.
+const TIMER_KEY: u64 = u64::MAX - 1;
+
+/// What reaches an executor besides doorbells.
+#[derive(Debug)]
+pub enum ExecEvent {
+    /// A VM placed on this device connected or left.
+    Transport(Event),
+    /// The configuration was reloaded (only run-time-safe changes; see
+    /// [`Config::unsafe_changes`]).
+    Reload(Arc<Config>),
+}
 
 struct Slot {
     ch: Channel,
     dev: VirtualDevice,
+    /// The pool quota this VM's memory is charged to (its pool when it attached or reset).
+    pool: Arc<PoolQuota>,
 }
 
 /// A command whose work is still on the device.
@@ -41,14 +64,20 @@ struct InFlight {
     tag: u64,
     token: Token,
     results: (u64, u64),
+    control: bool,
 }
 
 /// Executor errors (start-up only; at run time every failure is contained to one VM).
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
-    /// epoll could not be set up.
+    /// epoll or the timerfd could not be set up.
     #[error("epoll: {0}")]
     Epoll(#[from] rustix::io::Errno),
+}
+
+/// A pool-quota-less VM (a registry built without pools) is charged to this unlimited quota.
+fn unlimited() -> Arc<PoolQuota> {
+    Arc::new(PoolQuota::new(u64::MAX))
 }
 
 /// The executor of one device.
@@ -56,11 +85,14 @@ pub struct Executor<B: Backend, Q: WorkQueue> {
     backend: B,
     queue: Q,
     cfg: Arc<Config>,
+    registry: Arc<StatsRegistry>,
     stats: Vec<Arc<VmStats>>,
     slots: Vec<Option<Slot>>,
-    events: Receiver<Event>,
+    events: Receiver<ExecEvent>,
     control: Arc<OwnedFd>,
     epoll: OwnedFd,
+    timer: OwnedFd,
+    device_index: usize,
     shutdown: Arc<AtomicBool>,
     params: ChannelParams,
     poll_window: Duration,
@@ -69,21 +101,34 @@ pub struct Executor<B: Backend, Q: WorkQueue> {
 }
 
 impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
-    /// Builds an executor. `control` is the eventfd the transport writes after each event.
+    /// Builds the executor of device `device_index`. `control` is the eventfd written after
+    /// each event sent on `events`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         backend: B,
         queue: Q,
         cfg: Arc<Config>,
-        stats: &StatsRegistry,
-        events: Receiver<Event>,
+        registry: Arc<StatsRegistry>,
+        events: Receiver<ExecEvent>,
         control: Arc<OwnedFd>,
         shutdown: Arc<AtomicBool>,
+        device_index: usize,
     ) -> Result<Self, ExecutorError> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &epoll,
             &*control,
             epoll::EventData::new_u64(CONTROL_KEY),
+            epoll::EventFlags::IN,
+        )?;
+        let timer = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+        )?;
+        epoll::add(
+            &epoll,
+            &timer,
+            epoll::EventData::new_u64(TIMER_KEY),
             epoll::EventFlags::IN,
         )?;
         let device = backend.info();
@@ -103,11 +148,14 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             queue,
             poll_window: Duration::from_micros(cfg.mediator.poll_us),
             slots: (0..cfg.vms.len()).map(|_| None).collect(),
-            stats: stats.vms.iter().map(|(_, s)| s.clone()).collect(),
+            stats: registry.vms.iter().map(|(_, s)| s.clone()).collect(),
+            registry,
             cfg,
             events,
             control,
             epoll,
+            timer,
+            device_index,
             shutdown,
             params,
         })
@@ -116,12 +164,49 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
     fn handle_events(&mut self) {
         while let Ok(ev) = self.events.try_recv() {
             match ev {
-                Event::Connected(s) => self.attach(s),
-                Event::Disconnected(vm) => self.detach(vm),
+                ExecEvent::Transport(Event::Connected(s)) => self.attach(s),
+                ExecEvent::Transport(Event::Disconnected(vm)) => self.detach(vm),
+                ExecEvent::Reload(cfg) => self.reload(cfg),
             }
         }
     }
 
+    /// The quota of VM `vm`'s pool as configured now.
+    fn pool_quota(&self, vm: usize) -> Arc<PoolQuota> {
+        let pool = self.cfg.vm_pool(vm);
+        self.registry
+            .pools
+            .get(pool)
+            .map(|p| p.quota.clone())
+            .unwrap_or_else(unlimited)
+    }
+
+    /// A fresh virtual device for `vm`, charged to its pool's quota.
+    fn new_device(&self, vm: usize) -> (VirtualDevice, Arc<PoolQuota>) {
+        let pool = self.pool_quota(vm);
+        let dev = VirtualDevice::new(
+            vm,
+            self.cfg.vms[vm].mem_quota.0,
+            self.cfg.mediator.max_kernel_us,
+        )
+        .with_pool(pool.clone());
+        (dev, pool)
+    }
+
+    /// Applies a reloaded config: the queue's weights, priorities and limits, each VM's quota
+    /// and the registers its guest reads.
+    fn reload(&mut self, cfg: Arc<Config>) {
+        self.queue.reconfigure(&cfg);
+        for (vm, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(slot) = slot {
+                let c = &cfg.vms[vm];
+                slot.dev.set_quota(c.mem_quota.0);
+                slot.ch.set_identity(c.pool_id, c.priority, c.mem_quota.0);
+            }
+        }
+        self.cfg = cfg;
+        info!(device = self.device_index, "configuration reloaded");
+    }
     fn attach(&mut self, s: crate::transport::Setup) {
         let vm = s.vm;
         self.detach(vm);
@@ -143,7 +228,11 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             }
         };
         let mut ch = ch;
-        if let Err(e) = self.backend.create_context(vm, ch.staging()) {
+        let params = crate::backend::ContextParams {
+            staging: ch.staging(),
+            priority: cfg.priority,
+        };
+        if let Err(e) = self.backend.create_context(vm, params) {
             error!(vm = %cfg.name, "{e}");
             ch.set_broken();
         }
@@ -159,12 +248,12 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         VmStats::bump(&stats.connects, 1);
         stats.mem_used.store(0, Relaxed);
         info!(vm = %cfg.name, vm_id = cfg.vm_id, pool_id = cfg.pool_id, priority = cfg.priority,
-              shm = cfg.shm_size.0, backend = self.params.device.backend, "VM attached");
+              shm = cfg.shm_size.0, backend = self.params.device.backend,
+              device = self.device_index, "VM attached");
         ch.set_polling(true);
-        self.slots[vm] = Some(Slot {
-            ch,
-            dev: VirtualDevice::new(vm, cfg.mem_quota.0, self.cfg.mediator.max_kernel_us),
-        });
+        stats.device.store(self.device_index as i64, Relaxed);
+        let (dev, pool) = self.new_device(vm);
+        self.slots[vm] = Some(Slot { ch, dev, pool });
         let _ = s.ready.send(());
     }
 
@@ -176,8 +265,10 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         self.forget_inflight(vm);
         let dropped = self.queue.remove_vm(vm);
         self.backend.destroy_context(vm);
+        slot.pool.give_back(slot.dev.used());
         let st = &self.stats[vm];
         st.connected.store(false, Relaxed);
+        st.device.store(-1, Relaxed);
         st.mem_used.store(0, Relaxed);
         st.queued.store(0, Relaxed);
         info!(vm = %slot.ch.name(), dropped_jobs = dropped, "VM detached; context and memory freed");
@@ -194,13 +285,20 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         self.forget_inflight(vm);
         let dropped = self.queue.remove_vm(vm);
         self.backend.destroy_context(vm);
+        let (dev, pool) = self.new_device(vm);
         let Some(slot) = self.slots[vm].as_mut() else {
             return;
         };
         let cfg = &self.cfg.vms[vm];
         slot.ch.finish_reset();
-        slot.dev = VirtualDevice::new(vm, cfg.mem_quota.0, self.cfg.mediator.max_kernel_us);
-        if let Err(e) = self.backend.create_context(vm, slot.ch.staging()) {
+        slot.pool.give_back(slot.dev.used());
+        slot.dev = dev;
+        slot.pool = pool;
+        let params = crate::backend::ContextParams {
+            staging: slot.ch.staging(),
+            priority: cfg.priority,
+        };
+        if let Err(e) = self.backend.create_context(vm, params) {
             error!(vm = %cfg.name, "{e}");
             slot.ch.set_broken();
         }
@@ -220,7 +318,11 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             }
             if let Some(slot) = self.slots[vm].as_mut() {
                 let q = &mut self.queue;
-                taken += slot.ch.poll(POLL_BUDGET, &mut |job| q.push(job));
+                // A VM at its queued limit keeps the rest in its ring (backpressure).
+                let budget = q.room(vm).min(POLL_BUDGET as usize) as u32;
+                if budget > 0 {
+                    taken += slot.ch.poll(budget, &mut |job| q.push(job));
+                }
             }
         }
         taken
@@ -236,20 +338,24 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 break;
             };
             ran += 1;
+            let control = is_control(&job.cmd);
             let Some(slot) = self.slots[job.vm].as_mut() else {
+                self.queue.finished(job.vm, control, 0);
                 continue;
             };
             let st = &self.stats[job.vm];
             st.queued.fetch_sub(1, Relaxed);
             if slot.ch.is_fenced() {
+                self.queue.finished(job.vm, control, 0);
                 continue;
             }
             let t0 = Instant::now();
             let out = slot.dev.execute(&mut self.backend, job.stream, &job.cmd);
             let out = match out {
                 Ok(Issued::Done(a, b)) => {
-                    st.device_ns
-                        .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+                    let ns = t0.elapsed().as_nanos() as u64;
+                    st.device_ns.fetch_add(ns, Relaxed);
+                    self.charge(job.vm, control, ns);
                     Ok((a, b))
                 }
                 Ok(Issued::Pending(token, a, b)) => {
@@ -260,12 +366,20 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                         tag: job.tag,
                         token,
                         results: (a, b),
+                        control,
                     });
                     Self::account(st, slot, &job.cmd);
                     continue;
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    self.charge(job.vm, control, t0.elapsed().as_nanos() as u64);
+                    Err(e)
+                }
             };
+            let Some(slot) = self.slots[job.vm].as_mut() else {
+                continue;
+            };
+            let st = &self.stats[job.vm];
             if out.is_ok() {
                 Self::account(st, slot, &job.cmd);
             }
@@ -276,6 +390,15 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             slot.ch.complete(job.tag, out);
         }
         ran
+    }
+
+    /// Tells the queue a job left the device after `ns` of device time, and counts it for the
+    /// VM's pool.
+    fn charge(&mut self, vm: usize, control: bool, ns: u64) {
+        self.queue.finished(vm, control, ns);
+        if let Some(p) = self.registry.pools.get(self.cfg.vm_pool(vm)) {
+            p.device_ns.fetch_add(ns, Relaxed);
+        }
     }
 
     /// Byte and memory accounting of a command that was issued without error.
@@ -302,12 +425,14 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             let f = self.inflight.swap_remove(i);
             done += 1;
             self.gate.retired(f.vm, f.stream);
+            let ns = res.map(|r| r.device_ns).unwrap_or(0);
+            self.charge(f.vm, f.control, ns);
             let Some(slot) = self.slots[f.vm].as_mut() else {
                 continue;
             };
             let out = match res {
-                Ok(r) => {
-                    self.stats[f.vm].device_ns.fetch_add(r.device_ns, Relaxed);
+                Ok(_) => {
+                    self.stats[f.vm].device_ns.fetch_add(ns, Relaxed);
                     Ok(f.results)
                 }
                 Err(e) => {
@@ -339,24 +464,48 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
     fn anything_pending(&mut self) -> bool {
         // Queued jobs held behind pending device work wait for it (the sleep is bounded by the
         // backend's hint); with nothing on the device every queued job is runnable.
-        (!self.queue.is_empty() && self.inflight.is_empty())
-            || self
-                .slots
-                .iter_mut()
-                .flatten()
-                .any(|s| s.ch.reset_requested() || s.ch.pending() > 0)
+        // A VM at its queued limit waits for its queue to drain, not for its ring.
+        let q = &self.queue;
+        (!q.is_empty() && self.inflight.is_empty())
+            || self.slots.iter_mut().enumerate().any(|(vm, s)| {
+                s.as_mut().is_some_and(|s| {
+                    s.ch.reset_requested() || (q.room(vm) > 0 && s.ch.pending() > 0)
+                })
+            })
+    }
+
+    /// Arms the timerfd to fire after `d` (`None`: disarm). Unlike an epoll timeout, which
+    /// has millisecond resolution, it wakes the executor within microseconds of a short
+    /// kernel's end.
+    fn arm_timer(&self, d: Option<Duration>) {
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let value = match d {
+            // A zero it_value would disarm the timer: fire after 1 ns instead.
+            Some(d) => rustix::time::Timespec {
+                tv_sec: d.as_secs() as _,
+                tv_nsec: d.subsec_nanos().max(u32::from(d.as_secs() == 0)) as _,
+            },
+            None => zero,
+        };
+        let spec = Itimerspec {
+            it_interval: zero,
+            it_value: value,
+        };
+        if let Err(e) = timerfd_settime(&self.timer, TimerfdTimerFlags::empty(), &spec) {
+            warn!("timerfd_settime: {e}");
+        }
     }
 
     fn sleep(&mut self, timeout: Option<Duration>) {
         let mut events = Vec::with_capacity(64);
-        let timeout = timeout.map(|d| rustix::event::Timespec {
-            tv_sec: d.as_secs() as _,
-            tv_nsec: d.subsec_nanos() as _,
-        });
+        self.arm_timer(timeout);
         match epoll::wait(
             &self.epoll,
             rustix::buffer::spare_capacity(&mut events),
-            timeout.as_ref(),
+            None,
         ) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => return,
@@ -371,6 +520,9 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             if key == CONTROL_KEY {
                 let mut b = [0u8; 8];
                 let _ = rustix::io::read(&*self.control, &mut b);
+            } else if key == TIMER_KEY {
+                let mut b = [0u8; 8];
+                let _ = rustix::io::read(&self.timer, &mut b);
             } else if let Some(Some(slot)) = self.slots.get(key as usize) {
                 slot.ch.drain_doorbell();
             }
@@ -379,7 +531,8 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
 
     /// Runs until shutdown; then frees every VM.
     pub fn run(mut self) {
-        info!(backend = self.params.device.backend, device = %self.params.device.name, "executor running");
+        info!(backend = self.params.device.backend, device = %self.params.device.name,
+              index = self.device_index, "executor running");
         let mut last_work = Instant::now();
         loop {
             if self.shutdown.load(Relaxed) {

@@ -1,7 +1,7 @@
 //! vgpud, the vGPU mediator.
 //!
 //! Data flows one way: [`transport`] (the ivshmem-doorbell server) → [`channel`] (one per VM:
-//! ring reader, validation, completions) → [`queue`] → [`executor`] (one per device) →
+//! ring reader, validation, completions) → [`queue`] / [`sched`] (the scheduler) → [`executor`] (one per device) →
 //! [`backend`]. [`device`] holds each VM's backend-neutral device state (allocations, quota,
 //! faults); [`stats`] and [`admin`] expose accounting.
 
@@ -14,5 +14,6 @@ pub mod config;
 pub mod device;
 pub mod executor;
 pub mod queue;
+pub mod sched;
 pub mod stats;
 pub mod transport;

@@ -3,15 +3,16 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use rustix::event::{eventfd, EventfdFlags};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use tracing::info;
+use tracing::{error, info};
 use vgpu_mediator::admin;
 use vgpu_mediator::backend::{select, Backend};
 use vgpu_mediator::config::{BackendChoice, Config};
 use vgpu_mediator::executor::Executor;
-use vgpu_mediator::queue::FifoQueue;
+use vgpu_mediator::sched::router::{ExecHandle, Router};
+use vgpu_mediator::sched::{SchedParams, Scheduler};
 use vgpu_mediator::stats::StatsRegistry;
 use vgpu_mediator::transport::Server;
 
@@ -48,31 +49,43 @@ fn main() {
     }
 }
 
+fn new_eventfd() -> Result<Arc<rustix::fd::OwnedFd>> {
+    Ok(Arc::new(
+        eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).context("eventfd")?,
+    ))
+}
+
 fn run(args: Args) -> Result<()> {
     let cfg = Config::load(&args.config)?;
     if args.check {
         println!(
-            "vgpud: config {} is valid ({} VMs)",
+            "vgpud: config {} is valid ({} VMs, {} pools)",
             args.config.display(),
-            cfg.vms.len()
+            cfg.vms.len(),
+            cfg.pools.len()
         );
         return Ok(());
     }
     let choice = args.backend.unwrap_or(cfg.mediator.backend);
-    let selected = select::open(choice, 0, &cfg.mediator)?;
-    info!("backend: {}", selected.why);
-    let backend = selected.backend;
-    let info = backend.info();
+    let devices = select::device_count(choice, &cfg.mediator)?;
+    cfg.check_devices(devices)?;
+    let mut backends = Vec::with_capacity(devices);
+    for index in 0..devices {
+        let selected = select::open(choice, index, &cfg.mediator)?;
+        info!(device = index, "backend: {}", selected.why);
+        backends.push(selected.backend);
+    }
+    let infos: Vec<_> = backends.iter().map(|b| b.info()).collect();
 
-    let mut registry = StatsRegistry::new(&cfg.vms);
-    registry.backend = info.backend.to_string();
-    registry.device = info.name.clone();
+    let mut registry = StatsRegistry::for_config(&cfg);
+    registry.backend = infos[0].backend.to_string();
+    registry.device = infos[0].name.clone();
+    registry.devices = infos.iter().map(|i| i.name.clone()).collect();
     let registry = Arc::new(registry);
 
-    let control =
-        Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).context("eventfd")?);
+    let transport_wake = new_eventfd()?;
     let (tx, rx) = mpsc::channel();
-    let server = Server::bind_all(&cfg.vms, tx, control.clone())?;
+    let server = Server::bind_all(&cfg.vms, tx, transport_wake.clone())?;
     let server_stop = server.stop_handle();
     if let Some(a) = &cfg.mediator.admin_socket {
         admin::spawn(a, registry.clone())
@@ -80,25 +93,47 @@ fn run(args: Args) -> Result<()> {
     }
     let cfg = Arc::new(cfg);
     let shutdown = Arc::new(AtomicBool::new(false));
-    let exec = Executor::new(
-        backend,
-        FifoQueue::default(),
-        cfg.clone(),
-        &registry,
-        rx,
-        control.clone(),
-        shutdown.clone(),
-    )?;
+    let mut handles = Vec::new();
+    let mut exec_threads = Vec::new();
+    for (index, backend) in backends.into_iter().enumerate() {
+        let depth = SchedParams::default_depth(&cfg, infos[index].backend);
+        let queue = Scheduler::new(&cfg, depth);
+        info!(device = index, name = %infos[index].name, depth = queue.params().depth,
+              reserve = queue.params().reserve, policy = ?cfg.scheduler.policy, "scheduler");
+        let (etx, erx) = mpsc::channel();
+        let wake = new_eventfd()?;
+        let exec = Executor::new(
+            backend,
+            queue,
+            cfg.clone(),
+            registry.clone(),
+            erx,
+            wake.clone(),
+            shutdown.clone(),
+            index,
+        )?;
+        handles.push(ExecHandle { tx: etx, wake });
+        exec_threads.push(
+            std::thread::Builder::new()
+                .name(format!("vgpud-exec-{index}"))
+                .spawn(move || exec.run())?,
+        );
+    }
+    let router = Arc::new(Router::new(cfg.clone(), handles, registry.clone()));
 
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("installing signal handlers")?;
 
-    let exec_thread = std::thread::Builder::new()
-        .name("vgpud-exec".into())
-        .spawn(move || exec.run())?;
+    let router_thread = {
+        let router = router.clone();
+        std::thread::Builder::new()
+            .name("vgpud-router".into())
+            .spawn(move || router.run(rx, transport_wake))?
+    };
     let server_thread = std::thread::Builder::new()
         .name("vgpud-transport".into())
         .spawn(move || server.run())?;
@@ -106,21 +141,51 @@ fn run(args: Args) -> Result<()> {
         info!(vm = %vm.name, socket = %vm.socket.display(), vm_id = vm.vm_id, "listening");
     }
     info!(
-        "vgpud ready: {} VMs, backend {}",
+        "vgpud ready: {} VMs, {} pools, {} device(s), backend {}",
         cfg.vms.len(),
-        info.backend
+        cfg.pools.len(),
+        devices,
+        infos[0].backend
     );
 
-    let sig = signals.forever().next();
-    info!("signal {sig:?}: shutting down");
+    let mut last = None;
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            reload(&args.config, &router);
+            continue;
+        }
+        last = Some(sig);
+        break;
+    }
+    info!("signal {last:?}: shutting down");
     rustix::io::write(&*server_stop, &1u64.to_le_bytes()).ok();
     server_thread.join().ok();
+    router_thread.join().ok();
     shutdown.store(true, Ordering::Relaxed);
-    rustix::io::write(&*control, &1u64.to_le_bytes()).ok();
-    exec_thread.join().ok();
+    router.wake_all();
+    for t in exec_threads {
+        t.join().ok();
+    }
     if let Some(a) = &cfg.mediator.admin_socket {
         let _ = std::fs::remove_file(a);
     }
     info!("vgpud stopped");
     Ok(())
+}
+
+/// SIGHUP: re-reads the config and applies what may change at run time; anything else is
+/// refused with a logged error and vgpud keeps running on the configuration it has.
+fn reload(path: &Path, router: &Router) {
+    info!("SIGHUP: reloading {}", path.display());
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("reload refused, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    match router.reload(new) {
+        Ok(()) => info!("reload applied (weights, priorities, quotas, scheduler settings)"),
+        Err(e) => error!("reload refused, keeping the running configuration: {e}"),
+    }
 }

@@ -1,7 +1,7 @@
 //! The work queue between the channels and the executor.
 //!
-//! It sits behind [`WorkQueue`] so the scheduler (pools, priorities, fair shares) can replace
-//! the plain FIFO without touching the channels or the executor.
+//! It sits behind [`WorkQueue`]: vgpud runs the scheduler ([`crate::sched::Scheduler`]: pools,
+//! priorities, fair shares, limits); [`FifoQueue`] is the plain FIFO without any limit.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
@@ -41,6 +41,22 @@ pub trait WorkQueue: Send {
     fn remove_vm(&mut self, vm: usize) -> usize;
     /// Jobs queued.
     fn len(&self) -> usize;
+    /// How many more jobs `vm` may queue now (the executor leaves the rest in its ring).
+    fn room(&self, vm: usize) -> usize {
+        let _ = vm;
+        usize::MAX
+    }
+    /// A job handed out by [`WorkQueue::pop`] left the device: it completed (or failed) after
+    /// `device_ns` of measured device time. Called exactly once per popped job, unless its VM
+    /// was removed ([`WorkQueue::remove_vm`]) in between. `control` says whether the job was a
+    /// control command ([`crate::sched::is_control`]).
+    fn finished(&mut self, vm: usize, control: bool, device_ns: u64) {
+        let _ = (vm, control, device_ns);
+    }
+    /// Applies a reloaded configuration (weights, priorities, limits).
+    fn reconfigure(&mut self, cfg: &crate::config::Config) {
+        let _ = cfg;
+    }
     /// Whether nothing is queued.
     fn is_empty(&self) -> bool {
         self.len() == 0

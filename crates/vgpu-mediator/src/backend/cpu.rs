@@ -2,7 +2,10 @@
 //! implementations in [`super::kernels`]. It defines the semantics every backend must match.
 
 use super::kernels;
-use super::{Backend, BackendError, DeviceInfo, Issued, Retired, Staging, StreamOp, Token, VmKey};
+use super::{
+    Backend, BackendError, ContextParams, DeviceInfo, Issued, Retired, Staging, StreamOp, Token,
+    VmKey,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use vgpu_abi::cmd::{
@@ -22,6 +25,8 @@ const GUARD: u64 = 64 * 1024;
 struct Ctx {
     staging: Staging,
     bufs: BTreeMap<u64, Vec<u8>>,
+    /// When each event was last recorded.
+    events: HashMap<u32, Instant>,
 }
 
 /// A busy kernel occupying an execution slot until `until`.
@@ -43,6 +48,8 @@ pub struct CpuBackend {
     slots: Vec<Instant>,
     running: HashMap<Token, Running>,
     next_token: Token,
+    /// Which cpu device this is (several model a multi-GPU host).
+    index: usize,
 }
 
 impl CpuBackend {
@@ -61,7 +68,14 @@ impl CpuBackend {
             slots: vec![Instant::now(); slots.max(1)],
             running: HashMap::new(),
             next_token: 1,
+            index: 0,
         }
+    }
+
+    /// The same device, as device `index` of several (named after it).
+    pub fn numbered(mut self, index: usize) -> Self {
+        self.index = index;
+        self
     }
 
     /// Execution slots.
@@ -134,13 +148,22 @@ impl Backend for CpuBackend {
         DeviceInfo {
             kind: BACKEND_CPU,
             backend: "cpu",
-            name: "vgpu cpu reference device".into(),
+            name: if self.index == 0 {
+                format!("vgpu cpu reference device ({} slots)", self.slots.len())
+            } else {
+                format!(
+                    "vgpu cpu reference device {} ({} slots)",
+                    self.index,
+                    self.slots.len()
+                )
+            },
             total_mem: self.total_mem,
             caps: 0,
         }
     }
 
-    fn create_context(&mut self, vm: VmKey, staging: Staging) -> Result<(), BackendError> {
+    fn create_context(&mut self, vm: VmKey, params: ContextParams) -> Result<(), BackendError> {
+        let staging = params.staging;
         if self.ctxs.contains_key(&vm) {
             return Err(BackendError::Context(format!(
                 "vm {vm} already has a context"
@@ -151,6 +174,7 @@ impl Backend for CpuBackend {
             Ctx {
                 staging,
                 bufs: BTreeMap::new(),
+                events: HashMap::new(),
             },
         );
         Ok(())
@@ -320,6 +344,41 @@ impl Backend for CpuBackend {
         self.ctx(vm).map(|_| Issued::DONE)
     }
 
+    // Events: the executor issues a command of a stream only once everything earlier on that
+    // stream has retired (`orders_streams` is false), so a record completes when it is issued.
+
+    fn event_record(&mut self, vm: VmKey, _op: &StreamOp, event: u32) -> Result<Issued, Status> {
+        self.ctx(vm)?.events.insert(event, Instant::now());
+        Ok(Issued::DONE)
+    }
+
+    fn stream_wait_event(
+        &mut self,
+        vm: VmKey,
+        _op: &StreamOp,
+        _event: u32,
+    ) -> Result<Issued, Status> {
+        // Every record issued so far has completed.
+        self.ctx(vm).map(|_| Issued::DONE)
+    }
+
+    fn event_synchronize(&mut self, vm: VmKey, _event: u32) -> Result<Issued, Status> {
+        self.ctx(vm).map(|_| Issued::DONE)
+    }
+
+    fn event_elapsed(&mut self, vm: VmKey, start: u32, end: u32) -> Result<i64, Status> {
+        let ev = &self.ctx(vm)?.events;
+        let (s, e) = match (ev.get(&start), ev.get(&end)) {
+            (Some(s), Some(e)) => (*s, *e),
+            _ => return Err(Status::InvalidArgument),
+        };
+        Ok(if e >= s {
+            (e - s).as_nanos() as i64
+        } else {
+            -((s - e).as_nanos() as i64)
+        })
+    }
+
     fn poll(&mut self, _vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
         let Some(r) = self.running.get(&token) else {
             return Some(Err(Status::Internal));
@@ -363,8 +422,12 @@ mod tests {
             size: 4096,
         };
         let mut b = CpuBackend::new(1 << 20);
-        b.create_context(0, staging).unwrap();
-        b.create_context(1, staging).unwrap();
+        let params = ContextParams {
+            staging,
+            priority: 0,
+        };
+        b.create_context(0, params).unwrap();
+        b.create_context(1, params).unwrap();
         f(&mut b, staging);
         drop(mem);
     }

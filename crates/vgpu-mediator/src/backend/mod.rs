@@ -5,6 +5,7 @@
 //! quota (see [`crate::device`]); a backend still never trusts a pointer it cannot resolve.
 
 pub mod cpu;
+pub mod cuda;
 pub mod kernels;
 pub mod select;
 
@@ -71,6 +72,35 @@ impl Staging {
         debug_assert!(off <= self.size);
         (self.offset + off) as usize
     }
+
+    /// Copies `[off, off+len)` of staging out of shared memory (once; the guest may change it
+    /// at any time). The range was validated by `Command::decode`; it is checked again here.
+    pub fn read(&self, off: u64, len: u64) -> Result<Vec<u8>, Status> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.size => {}
+            _ => return Err(Status::StagingOutOfRange),
+        }
+        let mut v = vec![0u8; len as usize];
+        self.view.read_bytes(self.abs(off), &mut v);
+        Ok(v)
+    }
+}
+
+/// What a backend needs to give a VM its context.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextParams {
+    /// The VM's staging area.
+    pub staging: Staging,
+    /// The VM's priority (0 = lowest); the cuda backend maps it onto CUDA stream priorities.
+    pub priority: u32,
+}
+
+/// A kernel name from guest bytes: non-empty, no NUL, printable ASCII only.
+pub fn kernel_name(bytes: &[u8]) -> Result<std::ffi::CString, Status> {
+    if bytes.is_empty() || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(Status::InvalidArgument);
+    }
+    std::ffi::CString::new(bytes).map_err(|_| Status::InvalidArgument)
 }
 
 /// Backend errors outside a command (context creation).
@@ -91,7 +121,7 @@ pub trait Backend: Send {
     /// The device.
     fn info(&self) -> DeviceInfo;
     /// Gives a VM its own context (address space) bound to its staging area.
-    fn create_context(&mut self, vm: VmKey, staging: Staging) -> Result<(), BackendError>;
+    fn create_context(&mut self, vm: VmKey, params: ContextParams) -> Result<(), BackendError>;
     /// Destroys a VM's context and frees all its memory.
     fn destroy_context(&mut self, vm: VmKey);
     /// Allocates `size` bytes; returns the device pointer.
@@ -145,6 +175,63 @@ pub trait Backend: Send {
         op: &StreamOp,
         all_streams: bool,
     ) -> Result<Issued, Status>;
+    /// Loads a PTX module from `[staging_off, +len)` of the VM's staging; returns its handle
+    /// (never one with [`vgpu_abi::cmd::BUILTIN_FUNC_FLAG`], unique across VMs).
+    fn module_load(&mut self, vm: VmKey, staging_off: u64, len: u64) -> Result<u64, Status> {
+        let _ = (vm, staging_off, len);
+        Err(Status::NotSupported)
+    }
+    /// Unloads a module of this VM; its functions become invalid.
+    fn module_unload(&mut self, vm: VmKey, module: u64) -> Result<(), Status> {
+        let _ = (vm, module);
+        Err(Status::NotSupported)
+    }
+    /// Looks up a kernel of a module of this VM by the name at `[staging_off, +len)`; returns
+    /// `(function handle, number of parameters)`.
+    fn get_function(
+        &mut self,
+        vm: VmKey,
+        module: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<(u64, u32), Status> {
+        let _ = (vm, module, staging_off, len);
+        Err(Status::NotSupported)
+    }
+    /// `(offset, size)` of parameter `index` of a function of this VM (not a built-in: those
+    /// are answered from the ABI).
+    fn func_param_info(&mut self, vm: VmKey, func: u64, index: u32) -> Result<(u64, u64), Status> {
+        let _ = (vm, func, index);
+        Err(Status::NotSupported)
+    }
+    /// Records `event` on the op's stream: it completes once everything issued earlier on
+    /// that stream has.
+    fn event_record(&mut self, vm: VmKey, op: &StreamOp, event: u32) -> Result<Issued, Status> {
+        let _ = (vm, op, event);
+        Err(Status::NotSupported)
+    }
+    /// Makes the op's stream wait (on the device) for the event's latest record. An event
+    /// never recorded is complete.
+    fn stream_wait_event(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        event: u32,
+    ) -> Result<Issued, Status> {
+        let _ = (vm, op, event);
+        Err(Status::NotSupported)
+    }
+    /// Completes once the event's latest record has completed (at once if never recorded).
+    fn event_synchronize(&mut self, vm: VmKey, event: u32) -> Result<Issued, Status> {
+        let _ = (vm, event);
+        Err(Status::NotSupported)
+    }
+    /// Nanoseconds from the record of `start` to that of `end` (both completed; else
+    /// [`Status::NotReady`], or [`Status::InvalidArgument`] if one was never recorded).
+    fn event_elapsed(&mut self, vm: VmKey, start: u32, end: u32) -> Result<i64, Status> {
+        let _ = (vm, start, end);
+        Err(Status::NotSupported)
+    }
     /// Whether `token` (of `vm`) retired: `None` while it still runs, else how it ended. An
     /// error here (a kernel that faulted after its launch completed) breaks the VM's context.
     fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>>;
@@ -168,8 +255,8 @@ impl Backend for Box<dyn Backend> {
     fn info(&self) -> DeviceInfo {
         (**self).info()
     }
-    fn create_context(&mut self, vm: VmKey, staging: Staging) -> Result<(), BackendError> {
-        (**self).create_context(vm, staging)
+    fn create_context(&mut self, vm: VmKey, params: ContextParams) -> Result<(), BackendError> {
+        (**self).create_context(vm, params)
     }
     fn destroy_context(&mut self, vm: VmKey) {
         (**self).destroy_context(vm)
@@ -231,6 +318,41 @@ impl Backend for Box<dyn Backend> {
         all_streams: bool,
     ) -> Result<Issued, Status> {
         (**self).synchronize(vm, op, all_streams)
+    }
+    fn module_load(&mut self, vm: VmKey, staging_off: u64, len: u64) -> Result<u64, Status> {
+        (**self).module_load(vm, staging_off, len)
+    }
+    fn module_unload(&mut self, vm: VmKey, module: u64) -> Result<(), Status> {
+        (**self).module_unload(vm, module)
+    }
+    fn get_function(
+        &mut self,
+        vm: VmKey,
+        module: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<(u64, u32), Status> {
+        (**self).get_function(vm, module, staging_off, len)
+    }
+    fn func_param_info(&mut self, vm: VmKey, func: u64, index: u32) -> Result<(u64, u64), Status> {
+        (**self).func_param_info(vm, func, index)
+    }
+    fn event_record(&mut self, vm: VmKey, op: &StreamOp, event: u32) -> Result<Issued, Status> {
+        (**self).event_record(vm, op, event)
+    }
+    fn stream_wait_event(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        event: u32,
+    ) -> Result<Issued, Status> {
+        (**self).stream_wait_event(vm, op, event)
+    }
+    fn event_synchronize(&mut self, vm: VmKey, event: u32) -> Result<Issued, Status> {
+        (**self).event_synchronize(vm, event)
+    }
+    fn event_elapsed(&mut self, vm: VmKey, start: u32, end: u32) -> Result<i64, Status> {
+        (**self).event_elapsed(vm, start, end)
     }
     fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
         (**self).poll(vm, token)

@@ -1,0 +1,895 @@
+//! The cuda backend: the VMs' work on a physical NVIDIA GPU through the CUDA driver API
+//! (cudarc, loaded at run time: vgpud builds and runs without CUDA; [`probe`] says whether this
+//! backend can be used here, without ever panicking).
+//!
+//! * **One CUDA context per VM**: its own GPU address space; destroying it (disconnect, reset)
+//!   frees everything the VM had. A kernel that faults breaks only its VM's context.
+//! * **Zero-copy**: the VM's whole shared region is page-locked (`cuMemHostRegister`) in its
+//!   context, so staging ↔ device copies are DMA straight from / to guest memory.
+//! * **Streams**: each VM stream id maps lazily to a CUDA stream whose priority follows the
+//!   VM's priority (vgpu priority `p` → CUDA `least − min(p, least − greatest)`: 0 is CUDA's
+//!   lowest, each step one higher, clamped at the device's highest).
+//! * **Completion**: launches, memsets and device-to-device copies complete at once (CUDA
+//!   semantics: errors surface at the next synchronisation); copies touching staging and
+//!   synchronisations complete when an event recorded after them has ([`Backend::poll`] =
+//!   `cuEventQuery`).
+//! * **Built-in kernels**: `kernels/builtins.cu`, compiled by NVRTC once at start-up into a
+//!   cubin that each context loads.
+//! * **Modules**: PTX from staging, module / function handles unique across VMs (a handle of
+//!   another VM is never valid), parameter layouts from `cuFuncGetParamInfo`.
+
+mod api;
+pub mod nvrtc;
+
+use super::{
+    kernel_name, Backend, BackendError, ContextParams, DeviceInfo, Issued, Retired, Staging,
+    StreamOp, Token, VmKey,
+};
+use cudarc::driver::sys::{
+    CUcontext, CUdevice, CUdevice_attribute, CUevent, CUfunction, CUmodule, CUresult, CUstream,
+};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::time::Duration;
+use tracing::{info, warn};
+use vgpu_abi::cmd::{Builtin, LaunchBody, BUILTIN_FUNC_FLAG, MAX_STREAMS};
+use vgpu_abi::regs::{BACKEND_CUDA, CAP_MODULES};
+use vgpu_abi::Status;
+
+/// Most parameters read from a function (`cuFuncGetParamInfo` is asked up to this index).
+const MAX_PARAMS: usize = 256;
+/// Largest PTX module accepted (bytes).
+pub const MAX_PTX: u64 = 16 << 20;
+
+/// Why the cuda backend cannot be used here.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// `libcuda.so.1` could not be loaded.
+    #[error("no libcuda.so.1 found")]
+    NoDriver,
+    /// The driver loaded but reported an error.
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+    /// The driver sees no GPU.
+    #[error("libcuda loaded but no CUDA device is visible")]
+    NoDevice,
+    /// There is no device with this index.
+    #[error("no CUDA device {index} (there are {count})")]
+    BadIndex {
+        /// Requested.
+        index: usize,
+        /// Present.
+        count: usize,
+    },
+    /// NVRTC is missing or could not compile the built-in kernels.
+    #[error("built-in kernels: {0}")]
+    Nvrtc(String),
+}
+
+fn drv(what: &str, r: CUresult) -> CudaError {
+    CudaError::Driver(format!("{what}: {r:?}"))
+}
+
+/// Number of CUDA devices usable here (loads the driver; never panics).
+pub fn probe() -> Result<usize, CudaError> {
+    if !api::driver_present() {
+        return Err(CudaError::NoDriver);
+    }
+    api::init().map_err(|r| match r {
+        CUresult::CUDA_ERROR_NO_DEVICE => CudaError::NoDevice,
+        r => drv("cuInit", r),
+    })?;
+    match api::device_count().map_err(|r| drv("cuDeviceGetCount", r))? {
+        0 => Err(CudaError::NoDevice),
+        n => Ok(n),
+    }
+}
+
+/// Maps a driver error of a command to the status the guest sees.
+fn status_of(r: CUresult) -> Status {
+    use CUresult::*;
+    if let Some(s) = fault_status(r) {
+        return s;
+    }
+    match r {
+        CUDA_ERROR_OUT_OF_MEMORY => Status::OutOfMemory,
+        CUDA_ERROR_INVALID_VALUE | CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES => Status::InvalidArgument,
+        CUDA_ERROR_NOT_READY => Status::NotReady,
+        r => {
+            warn!("CUDA error {r:?}");
+            Status::Internal
+        }
+    }
+}
+
+/// The status of a driver error that means the context is broken (a fault), if it is one.
+fn fault_status(r: CUresult) -> Option<Status> {
+    use CUresult::*;
+    match r {
+        CUDA_ERROR_ILLEGAL_ADDRESS
+        | CUDA_ERROR_LAUNCH_FAILED
+        | CUDA_ERROR_ILLEGAL_INSTRUCTION
+        | CUDA_ERROR_MISALIGNED_ADDRESS
+        | CUDA_ERROR_INVALID_ADDRESS_SPACE
+        | CUDA_ERROR_INVALID_PC
+        | CUDA_ERROR_HARDWARE_STACK_ERROR
+        | CUDA_ERROR_ASSERT
+        | CUDA_ERROR_LAUNCH_TIMEOUT => Some(Status::KernelFault),
+        CUDA_ERROR_CONTEXT_IS_DESTROYED | CUDA_ERROR_INVALID_CONTEXT => Some(Status::ContextLost),
+        _ => None,
+    }
+}
+
+/// A kernel with its parameter layout.
+#[derive(Debug, Clone)]
+struct Func {
+    f: CUfunction,
+    /// `(offset, size)` per parameter.
+    params: Vec<(usize, usize)>,
+    /// Packed parameter bytes the launch must carry.
+    params_end: usize,
+    /// Built-ins must get exactly their packed struct's size (as on the cpu backend).
+    exact_len: Option<usize>,
+}
+
+impl Func {
+    fn new(f: CUfunction, params: Vec<(usize, usize)>, exact_len: Option<usize>) -> Self {
+        let params_end = params.iter().map(|&(o, s)| o + s).max().unwrap_or(0);
+        Self {
+            f,
+            params,
+            params_end,
+            exact_len,
+        }
+    }
+}
+
+/// One VM's CUDA state. Every handle in it belongs to `ctx`.
+struct VmCtx {
+    ctx: CUcontext,
+    staging: Staging,
+    /// Base of the registered shared region (None: registration failed, copies are pageable).
+    registered: Option<*mut u8>,
+    cuda_priority: i32,
+    streams: HashMap<u32, CUstream>,
+    /// Private stream for event synchronisation tokens (not a guest stream).
+    sync_stream: Option<CUstream>,
+    builtins: HashMap<u64, Func>,
+    modules: HashMap<u64, CUmodule>,
+    functions: HashMap<u64, (u64, Func)>,
+    /// Guest events by id (created at their first record).
+    events: HashMap<u32, CUevent>,
+    /// Spare events for completion tokens.
+    spare: Vec<CUevent>,
+}
+
+/// Work left on the device.
+struct PendingWork {
+    vm: VmKey,
+    /// Retired once all of these completed.
+    events: Vec<CUevent>,
+    /// Recorded before the work, for its device time.
+    start: Option<CUevent>,
+}
+
+/// The cuda backend of one GPU.
+pub struct CudaBackend {
+    dev: CUdevice,
+    name: String,
+    total_mem: u64,
+    cubin: Vec<u8>,
+    ctxs: HashMap<VmKey, VmCtx>,
+    pending: HashMap<Token, PendingWork>,
+    next_token: Token,
+    /// Module and function handles, unique across VMs.
+    next_handle: u64,
+}
+
+// SAFETY: the raw CUDA handles inside are plain driver handles usable from any thread; the
+// backend is used by one thread at a time (`&mut self`), and every operation first makes the
+// VM's context current on the calling thread.
+unsafe impl Send for CudaBackend {}
+
+impl CudaBackend {
+    /// Opens GPU `index`: checks the driver, names the device and compiles the built-ins.
+    pub fn open(index: usize) -> Result<Self, CudaError> {
+        let count = probe()?;
+        if index >= count {
+            return Err(CudaError::BadIndex { index, count });
+        }
+        let dev = api::device(index).map_err(|r| drv("cuDeviceGet", r))?;
+        let name = api::device_name(dev).map_err(|r| drv("cuDeviceGetName", r))?;
+        let total_mem = api::device_total_mem(dev).map_err(|r| drv("cuDeviceTotalMem", r))?;
+        let cc = |a| api::device_attribute(dev, a).map_err(|r| drv("cuDeviceGetAttribute", r));
+        let major = cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = cc(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        if !api::nvrtc_present() {
+            return Err(CudaError::Nvrtc(
+                "libnvrtc.so.13 not found (needed to compile the built-in kernels)".into(),
+            ));
+        }
+        let t0 = std::time::Instant::now();
+        let cubin = nvrtc::compile_cubin(nvrtc::BUILTINS_CU, "builtins.cu", major, minor)
+            .map_err(CudaError::Nvrtc)?;
+        info!(device = %name, sm = major * 10 + minor, cubin_bytes = cubin.len(),
+              ms = t0.elapsed().as_millis() as u64, "cuda: built-in kernels compiled");
+        Ok(Self {
+            dev,
+            name,
+            total_mem,
+            cubin,
+            ctxs: HashMap::new(),
+            pending: HashMap::new(),
+            next_token: 1,
+            next_handle: 1,
+        })
+    }
+
+    /// The device's name.
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    fn handle(&mut self) -> u64 {
+        let h = self.next_handle;
+        self.next_handle += 1;
+        debug_assert_eq!(h & BUILTIN_FUNC_FLAG, 0);
+        h
+    }
+
+    /// The VM's context, made current on this thread.
+    fn ctx(&mut self, vm: VmKey) -> Result<&mut VmCtx, Status> {
+        let c = self.ctxs.get_mut(&vm).ok_or(Status::Internal)?;
+        api::ctx_set_current(c.ctx).map_err(status_of)?;
+        Ok(c)
+    }
+
+    /// Sets up a fresh context; on error everything created is destroyed again.
+    fn build_ctx(&self, params: ContextParams) -> Result<VmCtx, String> {
+        // No other VM's context may be current (nor stay on the stack) while one is created.
+        let _ = api::ctx_clear_current();
+        let ctx = api::ctx_create(self.dev).map_err(|r| format!("cuCtxCreate: {r:?}"))?;
+        let _ = api::ctx_pop();
+        let mut c = VmCtx {
+            ctx,
+            staging: params.staging,
+            registered: None,
+            cuda_priority: 0,
+            streams: HashMap::new(),
+            sync_stream: None,
+            builtins: HashMap::new(),
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            events: HashMap::new(),
+            spare: Vec::new(),
+        };
+        match self.fill_ctx(&mut c, params) {
+            Ok(()) => Ok(c),
+            Err(e) => {
+                destroy(&c);
+                Err(e)
+            }
+        }
+    }
+
+    fn fill_ctx(&self, c: &mut VmCtx, params: ContextParams) -> Result<(), String> {
+        api::ctx_set_current(c.ctx).map_err(|r| format!("cuCtxSetCurrent: {r:?}"))?;
+        let (least, greatest) =
+            api::stream_priority_range().map_err(|r| format!("priority range: {r:?}"))?;
+        let steps = (least - greatest).max(0) as u32;
+        c.cuda_priority = least - params.priority.min(steps) as i32;
+        let view = params.staging.view;
+        let base = view.raw_range(0, view.len());
+        match api::host_register(base, view.len()) {
+            Ok(()) => c.registered = Some(base),
+            Err(r) => warn!(
+                "cuMemHostRegister of the shared region failed ({r:?}): copies will be staged by the driver"
+            ),
+        }
+        let module = api::module_load(&self.cubin)
+            .map_err(|(r, log)| format!("loading the built-in kernels: {r:?} {log}"))?;
+        for b in Builtin::ALL {
+            let name = std::ffi::CString::new(b.name()).expect("static names have no NUL");
+            let f = api::module_function(module, &name)
+                .map_err(|r| format!("built-in {}: {r:?}", b.name()))?;
+            let layout = api::function_params(f, MAX_PARAMS)
+                .map_err(|r| format!("parameters of {}: {r:?}", b.name()))?;
+            let want: Vec<(usize, usize)> = b
+                .param_layout()
+                .iter()
+                .map(|&(o, s)| (o as usize, s as usize))
+                .collect();
+            if layout != want {
+                return Err(format!(
+                    "built-in {} takes {layout:?}, the ABI says {want:?}",
+                    b.name()
+                ));
+            }
+            c.builtins
+                .insert(b.handle(), Func::new(f, layout, Some(b.params_len())));
+        }
+        Ok(())
+    }
+
+    fn token(&mut self, work: PendingWork) -> Token {
+        let t = self.next_token;
+        self.next_token += 1;
+        self.pending.insert(t, work);
+        t
+    }
+}
+
+/// Destroys a context (waits for its work; frees all its memory, streams, events, modules).
+fn destroy(c: &VmCtx) {
+    if api::ctx_set_current(c.ctx).is_ok() {
+        // A faulted context reports its fault here; nothing more to do about it.
+        let _ = api::ctx_synchronize();
+        if let Some(base) = c.registered {
+            let _ = api::host_unregister(base);
+        }
+    }
+    if let Err(r) = api::ctx_destroy(c.ctx) {
+        warn!("cuCtxDestroy: {r:?}");
+    }
+    let _ = api::ctx_clear_current();
+}
+
+impl VmCtx {
+    /// The CUDA stream of VM stream `id` (created at its first use).
+    fn stream(&mut self, id: u32) -> Result<CUstream, Status> {
+        if let Some(&s) = self.streams.get(&id) {
+            return Ok(s);
+        }
+        if self.streams.len() >= MAX_STREAMS {
+            return Err(Status::InvalidArgument);
+        }
+        let s = api::stream_create(self.cuda_priority).map_err(status_of)?;
+        self.streams.insert(id, s);
+        Ok(s)
+    }
+
+    fn spare_event(&mut self) -> Result<CUevent, Status> {
+        match self.spare.pop() {
+            Some(e) => Ok(e),
+            None => api::event_create().map_err(status_of),
+        }
+    }
+
+    /// Records a fresh token event on `s`.
+    fn record_token(&mut self, s: CUstream) -> Result<CUevent, Status> {
+        let e = self.spare_event()?;
+        if let Err(r) = api::event_record(e, s) {
+            self.spare.push(e);
+            return Err(status_of(r));
+        }
+        Ok(e)
+    }
+
+    /// A pointer to `[off, off+len)` of staging (checked again: never out of the region).
+    fn staging_ptr(&self, off: u64, len: u64) -> Result<*mut u8, Status> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.staging.size => {}
+            _ => return Err(Status::StagingOutOfRange),
+        }
+        Ok(self
+            .staging
+            .view
+            .raw_range(self.staging.abs(off), len as usize))
+    }
+}
+
+impl CudaBackend {
+    /// Runs a staging copy on the op's stream between two token events.
+    fn staged_copy(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        len: u64,
+        copy: impl FnOnce(CUstream) -> Result<(), CUresult>,
+    ) -> Result<Issued, Status> {
+        if len == 0 {
+            return Ok(Issued::DONE);
+        }
+        let c = self.ctx(vm)?;
+        let s = c.stream(op.stream)?;
+        let start = c.record_token(s)?;
+        if let Err(r) = copy(s) {
+            c.spare.push(start);
+            return Err(status_of(r));
+        }
+        let end = match c.record_token(s) {
+            Ok(e) => e,
+            Err(e) => {
+                c.spare.push(start);
+                return Err(e);
+            }
+        };
+        let t = self.token(PendingWork {
+            vm,
+            events: vec![end],
+            start: Some(start),
+        });
+        Ok(Issued::Pending(t, 0, 0))
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        for (_, c) in self.ctxs.drain() {
+            destroy(&c);
+        }
+    }
+}
+
+impl Backend for CudaBackend {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            kind: BACKEND_CUDA,
+            backend: "cuda",
+            name: self.name.clone(),
+            total_mem: self.total_mem,
+            caps: CAP_MODULES,
+        }
+    }
+
+    fn create_context(&mut self, vm: VmKey, params: ContextParams) -> Result<(), BackendError> {
+        if self.ctxs.contains_key(&vm) {
+            return Err(BackendError::Context(format!(
+                "vm {vm} already has a context"
+            )));
+        }
+        let c = self.build_ctx(params).map_err(BackendError::Context)?;
+        self.ctxs.insert(vm, c);
+        Ok(())
+    }
+
+    fn destroy_context(&mut self, vm: VmKey) {
+        self.pending.retain(|_, p| p.vm != vm);
+        if let Some(c) = self.ctxs.remove(&vm) {
+            destroy(&c);
+        }
+    }
+
+    fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
+        self.ctx(vm)?;
+        api::mem_alloc(size).map_err(status_of)
+    }
+
+    fn free(&mut self, vm: VmKey, ptr: u64) -> Result<(), Status> {
+        self.ctx(vm)?;
+        api::mem_free(ptr).map_err(status_of)
+    }
+
+    fn memset(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        len: u64,
+        value: u32,
+        width: u32,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(vm)?;
+        let s = c.stream(op.stream)?;
+        match width {
+            1 => api::memset_d8(dst, value as u8, len, s),
+            4 => api::memset_d32(dst, value, len / 4, s),
+            _ => return Err(Status::InvalidArgument),
+        }
+        .map_err(status_of)?;
+        Ok(Issued::DONE)
+    }
+
+    fn copy_h2d(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        let src = self.ctxs.get(&vm).ok_or(Status::Internal)?;
+        let src = src.staging_ptr(staging_off, len)?;
+        self.staged_copy(vm, op, len, |s| api::memcpy_htod(dst, src, len, s))
+    }
+
+    fn copy_d2h(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        src: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        let dst = self.ctxs.get(&vm).ok_or(Status::Internal)?;
+        let dst = dst.staging_ptr(staging_off, len)?;
+        self.staged_copy(vm, op, len, |s| api::memcpy_dtoh(dst, src, len, s))
+    }
+
+    fn copy_d2d(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        src: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        if len == 0 {
+            return Ok(Issued::DONE);
+        }
+        let c = self.ctx(vm)?;
+        let s = c.stream(op.stream)?;
+        api::memcpy_dtod(dst, src, len, s).map_err(status_of)?;
+        Ok(Issued::DONE)
+    }
+
+    fn launch(&mut self, vm: VmKey, op: &StreamOp, l: &LaunchBody) -> Result<Issued, Status> {
+        let c = self.ctx(vm)?;
+        let func = match c.builtins.get(&l.func) {
+            Some(f) => f.clone(),
+            None => match c.functions.get(&l.func) {
+                Some((_, f)) => f.clone(),
+                None => return Err(Status::InvalidFunction),
+            },
+        };
+        let given = l.params().len();
+        let len_ok = match func.exact_len {
+            Some(n) => given == n,
+            None => given >= func.params_end,
+        };
+        if !len_ok {
+            return Err(Status::InvalidArgument);
+        }
+        let s = c.stream(op.stream)?;
+        let mut bytes = l.params;
+        let base = bytes.as_mut_ptr();
+        let mut ptrs: Vec<*mut c_void> = func
+            .params
+            .iter()
+            // In bounds: every parameter ends at or before `given` <= the array's length.
+            .map(|&(o, _)| base.wrapping_add(o).cast::<c_void>())
+            .collect();
+        api::launch(func.f, l.grid, l.block, l.shared_mem, s, &mut ptrs).map_err(status_of)?;
+        Ok(Issued::DONE)
+    }
+
+    fn synchronize(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        all_streams: bool,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(vm)?;
+        let streams: Vec<CUstream> = if all_streams {
+            c.streams.values().copied().collect()
+        } else {
+            vec![c.stream(op.stream)?]
+        };
+        let mut events = Vec::with_capacity(streams.len());
+        for s in streams {
+            match c.record_token(s) {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    c.spare.extend(events);
+                    return Err(e);
+                }
+            }
+        }
+        if events.is_empty() {
+            return Ok(Issued::DONE);
+        }
+        let t = self.token(PendingWork {
+            vm,
+            events,
+            start: None,
+        });
+        Ok(Issued::Pending(t, 0, 0))
+    }
+
+    fn module_load(&mut self, vm: VmKey, staging_off: u64, len: u64) -> Result<u64, Status> {
+        if len > MAX_PTX {
+            return Err(Status::InvalidArgument);
+        }
+        let h = self.handle();
+        let c = self.ctx(vm)?;
+        let mut ptx = c.staging.read(staging_off, len)?;
+        // PTX is text: cut at the first NUL the guest put in, and terminate it.
+        if let Some(end) = ptx.iter().position(|&b| b == 0) {
+            ptx.truncate(end);
+        }
+        ptx.push(0);
+        match api::module_load(&ptx) {
+            Ok(m) => {
+                c.modules.insert(h, m);
+                Ok(h)
+            }
+            Err((r, log)) => {
+                let log: String = log.chars().take(2000).collect();
+                warn!(vm, "PTX module rejected: {r:?}: {log}");
+                Err(match r {
+                    CUresult::CUDA_ERROR_OUT_OF_MEMORY => Status::OutOfMemory,
+                    r => fault_status(r).unwrap_or(Status::InvalidArgument),
+                })
+            }
+        }
+    }
+
+    fn module_unload(&mut self, vm: VmKey, module: u64) -> Result<(), Status> {
+        let c = self.ctx(vm)?;
+        let m = *c.modules.get(&module).ok_or(Status::InvalidArgument)?;
+        // Kernels of the module may still run: wait for them (bounded like any kernel).
+        api::ctx_synchronize().map_err(status_of)?;
+        api::module_unload(m).map_err(status_of)?;
+        c.modules.remove(&module);
+        c.functions.retain(|_, (mh, _)| *mh != module);
+        Ok(())
+    }
+
+    fn get_function(
+        &mut self,
+        vm: VmKey,
+        module: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<(u64, u32), Status> {
+        let h = self.handle();
+        let c = self.ctx(vm)?;
+        let m = *c.modules.get(&module).ok_or(Status::InvalidArgument)?;
+        let name = kernel_name(&c.staging.read(staging_off, len)?)?;
+        let f = api::module_function(m, &name).map_err(|r| match r {
+            CUresult::CUDA_ERROR_NOT_FOUND => Status::InvalidFunction,
+            r => status_of(r),
+        })?;
+        let params = api::function_params(f, MAX_PARAMS).map_err(status_of)?;
+        let n = params.len() as u32;
+        c.functions.insert(h, (module, Func::new(f, params, None)));
+        Ok((h, n))
+    }
+
+    fn func_param_info(&mut self, vm: VmKey, func: u64, index: u32) -> Result<(u64, u64), Status> {
+        let c = self.ctxs.get(&vm).ok_or(Status::Internal)?;
+        let (_, f) = c.functions.get(&func).ok_or(Status::InvalidFunction)?;
+        let &(o, s) = f
+            .params
+            .get(index as usize)
+            .ok_or(Status::InvalidArgument)?;
+        Ok((o as u64, s as u64))
+    }
+
+    fn event_record(&mut self, vm: VmKey, op: &StreamOp, event: u32) -> Result<Issued, Status> {
+        let c = self.ctx(vm)?;
+        let s = c.stream(op.stream)?;
+        let e = match c.events.get(&event) {
+            Some(&e) => e,
+            None => {
+                let e = api::event_create().map_err(status_of)?;
+                c.events.insert(event, e);
+                e
+            }
+        };
+        api::event_record(e, s).map_err(status_of)?;
+        Ok(Issued::DONE)
+    }
+
+    fn stream_wait_event(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        event: u32,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(vm)?;
+        let s = c.stream(op.stream)?;
+        if let Some(&e) = c.events.get(&event) {
+            api::stream_wait_event(s, e).map_err(status_of)?;
+        }
+        Ok(Issued::DONE)
+    }
+
+    fn event_synchronize(&mut self, vm: VmKey, event: u32) -> Result<Issued, Status> {
+        let c = self.ctx(vm)?;
+        let Some(&e) = c.events.get(&event) else {
+            return Ok(Issued::DONE);
+        };
+        // Capture the record made so far: a private stream waits for it, then a token event
+        // follows on that stream (a later re-record of the event does not move the token).
+        let s = match c.sync_stream {
+            Some(s) => s,
+            None => {
+                let s = api::stream_create(c.cuda_priority).map_err(status_of)?;
+                c.sync_stream = Some(s);
+                s
+            }
+        };
+        api::stream_wait_event(s, e).map_err(status_of)?;
+        let tok = c.record_token(s)?;
+        let t = self.token(PendingWork {
+            vm,
+            events: vec![tok],
+            start: None,
+        });
+        Ok(Issued::Pending(t, 0, 0))
+    }
+
+    fn event_elapsed(&mut self, vm: VmKey, start: u32, end: u32) -> Result<i64, Status> {
+        let c = self.ctx(vm)?;
+        let (Some(&s), Some(&e)) = (c.events.get(&start), c.events.get(&end)) else {
+            return Err(Status::InvalidArgument);
+        };
+        match api::event_elapsed_ms(s, e) {
+            Ok(ms) => Ok((ms as f64 * 1e6).round() as i64),
+            Err(CUresult::CUDA_ERROR_NOT_READY) => Err(Status::NotReady),
+            Err(CUresult::CUDA_ERROR_INVALID_HANDLE) => Err(Status::InvalidArgument),
+            Err(r) => Err(status_of(r)),
+        }
+    }
+
+    fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
+        let Some(work) = self.pending.get(&token) else {
+            return Some(Err(Status::Internal));
+        };
+        let Some(c) = self.ctxs.get_mut(&vm) else {
+            self.pending.remove(&token);
+            return Some(Err(Status::Aborted));
+        };
+        if let Err(r) = api::ctx_set_current(c.ctx) {
+            self.pending.remove(&token);
+            return Some(Err(status_of(r)));
+        }
+        let mut outcome = Ok(());
+        for &e in &work.events {
+            match api::event_query(e) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(r) => {
+                    outcome = Err(status_of(r));
+                    break;
+                }
+            }
+        }
+        let work = self.pending.remove(&token).expect("present");
+        let device_ns = match (outcome, work.start) {
+            (Ok(()), Some(s)) => api::event_elapsed_ms(s, work.events[0])
+                .map(|ms| (ms as f64 * 1e6) as u64)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        c.spare.extend(work.events);
+        c.spare.extend(work.start);
+        Some(outcome.map(|()| Retired { device_ns }))
+    }
+
+    fn poll_hint(&self) -> Option<Duration> {
+        if self.pending.is_empty() {
+            None
+        } else {
+            Some(Duration::ZERO)
+        }
+    }
+
+    fn orders_streams(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Prints a skip notice straight to the process's stderr (not captured by the test harness,
+    /// so a skipped test is visible in every run).
+    macro_rules! skipped {
+        ($($t:tt)*) => {{
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), $($t)*);
+        }};
+    }
+
+    #[test]
+    fn probe_never_panics() {
+        // On a machine without CUDA this is a clear error; with a GPU, a device count.
+        match probe() {
+            Ok(n) => assert!(n > 0),
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    #[test]
+    fn open_without_gpu_is_an_error() {
+        if probe().is_ok() {
+            skipped!("SKIPPED (GPU present): open_without_gpu_is_an_error");
+            return;
+        }
+        assert!(CudaBackend::open(0).is_err());
+    }
+
+    /// Two VMs' contexts in one process: VM 0 faults, VM 1 keeps working, VM 0 gets a fresh
+    /// context. Prints each step (run with `--nocapture` on a GPU host).
+    #[test]
+    fn fault_in_one_context_spares_the_other() {
+        if probe().is_err() {
+            skipped!("SKIPPED (no GPU): fault_in_one_context_spares_the_other");
+            return;
+        }
+        let mut mem = vec![0u64; 1 << 16];
+        // SAFETY: `mem` outlives the backend's use of it (the contexts are destroyed below).
+        let view = unsafe { vgpu_abi::ShmView::new(mem.as_mut_ptr().cast(), 1 << 19) };
+        let params = ContextParams {
+            staging: Staging {
+                view,
+                offset: 0,
+                size: 1 << 19,
+            },
+            priority: 1,
+        };
+        let mut be = CudaBackend::open(0).unwrap();
+        be.create_context(0, params).unwrap();
+        be.create_context(1, params).unwrap();
+        let op = StreamOp { stream: 0 };
+        let wait = |be: &mut CudaBackend, vm, i: Issued| match i {
+            Issued::Done(..) => Ok(()),
+            Issued::Pending(t, ..) => loop {
+                if let Some(r) = be.poll(vm, t) {
+                    break r.map(drop);
+                }
+            },
+        };
+        let p1 = be.alloc(1, 4096).unwrap();
+        let fault = LaunchBody::new(Builtin::Fault.handle(), [1; 3], [1; 3], &[]).unwrap();
+        let r = be.launch(0, &op, &fault);
+        eprintln!("vm0 fault launch: {r:?}");
+        let r = be
+            .synchronize(0, &op, true)
+            .and_then(|i| wait(&mut be, 0, i));
+        eprintln!("vm0 sync after fault: {r:?}");
+        assert_eq!(r, Err(Status::KernelFault));
+        let r = be
+            .memset(1, &op, p1, 4096, 7, 4)
+            .and_then(|i| wait(&mut be, 1, i));
+        eprintln!("vm1 memset: {r:?}");
+        let r = be
+            .copy_d2h(1, &op, p1, 0, 4096)
+            .and_then(|i| wait(&mut be, 1, i));
+        eprintln!("vm1 copy: {r:?}, word {:#x}", mem[0]);
+        let r1 = r;
+        be.destroy_context(0);
+        let r = be.create_context(0, params);
+        eprintln!("vm0 fresh context: {r:?}");
+        let ok = r.is_ok();
+        let p0 = be.alloc(0, 64);
+        eprintln!("vm0 alloc after reset: {p0:?}");
+        be.destroy_context(0);
+        be.destroy_context(1);
+        assert_eq!(r1, Ok(()));
+        assert_eq!(mem[0], 0x0000_0007_0000_0007);
+        assert!(ok && p0.is_ok());
+    }
+
+    #[test]
+    fn fault_errors_map_to_kernel_fault() {
+        assert_eq!(
+            status_of(CUresult::CUDA_ERROR_ILLEGAL_ADDRESS),
+            Status::KernelFault
+        );
+        assert_eq!(
+            status_of(CUresult::CUDA_ERROR_OUT_OF_MEMORY),
+            Status::OutOfMemory
+        );
+        assert_eq!(
+            fault_status(CUresult::CUDA_ERROR_LAUNCH_FAILED),
+            Some(Status::KernelFault)
+        );
+        assert_eq!(fault_status(CUresult::CUDA_ERROR_INVALID_PTX), None);
+    }
+
+    #[test]
+    fn builtins_source_defines_every_builtin() {
+        for b in Builtin::ALL {
+            let decl = format!(" {}(", b.name());
+            assert!(
+                nvrtc::BUILTINS_CU.contains(&decl),
+                "{} missing from builtins.cu",
+                b.name()
+            );
+        }
+    }
+}

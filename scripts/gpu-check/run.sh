@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# The GPU-host suite of vgpu (issue 4), run from the folder `cargo xtask gpu-check` prepared.
+# That host has no Rust toolchain, no QEMU and no network: everything it needs is in this folder.
+#
+# Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
+#   stages, in order: env, conformance, bench, vm
+# Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
+# the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
+# missing from this folder counts as a failure: the suite is incomplete).
+#
+# Environment:
+#   VGPU_GUEST_ARGS   arguments of the guest's vgpu-smi, commas for spaces (default: selftest)
+#   VGPU_BENCH_ARGS   extra arguments of `vgpu-bench gpu` (e.g. "--sgemm-reps 5")
+#   VGPU_VM_TIMEOUT   seconds the VM may run (default 240)
+#   VGPU_CHECK_BACKEND  vgpud backend of the vm stage (default cuda; cpu only to test this
+#                     script on a machine without a GPU: the report then says so)
+set -uo pipefail
+
+here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
+out=""
+only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --only) only=${2:-}; shift 2 || { echo "run.sh: --only needs a value" >&2; exit 2; } ;;
+    --only=*) only=${1#--only=}; shift ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+    *) out=$1; shift ;;
+  esac
+done
+out=${out:-${OUT:-}}
+if [ -z "$out" ]; then
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,vm]   (or set OUT)" >&2
+  exit 2
+fi
+mkdir -p "$out" || exit 2
+out=$(cd "$out" && pwd)
+
+# CUDA libraries of the GPU host: libcuda.so.1 (driver), libnvrtc.so.13 (toolkit).
+LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
+for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64; do
+  if [ -d "$d" ]; then
+    LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+done
+export LD_LIBRARY_PATH
+export VGPU_TEST_BACKEND=cuda
+# Test executables and vgpu-bench start this vgpud, not one from the build machine's paths.
+export VGPUD="$here/bin/vgpud" VGPU_VGPUD="$here/bin/vgpud"
+# The conformance suite's PTX files (its build tree is not here).
+export VGPU_PTX_DIR="$here/ptx"
+export RUST_LOG=${RUST_LOG:-info}
+
+# Short paths: UNIX socket paths are limited to 107 bytes.
+work=$(mktemp -d /tmp/vgpu-gc.XXXXXX) || exit 2
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do
+    kill -TERM "$p" 2>/dev/null
+  done
+  for p in "${pids[@]}"; do
+    wait "$p" 2>/dev/null
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+names=()
+verdicts=()
+secs=()
+notes=()
+record() { # name verdict seconds note
+  names+=("$1"); verdicts+=("$2"); secs+=("$3"); notes+=("$4")
+  printf 'gpu-check: %-12s %-8s %5ss  %s\n' "$1" "$2" "$3" "$4"
+}
+wanted() {
+  [ -z "$only" ] && return 0
+  case ",$only," in *",$1,"*) return 0 ;; esac
+  return 1
+}
+json_str() { # a JSON string literal
+  local s=$1
+  s=${s//\\/\\\\}; s=${s//\"/\\\"}; s=${s//$'\n'/\\n}; s=${s//$'\t'/ }; s=${s//$'\r'/}
+  printf '"%s"' "$s"
+}
+
+# ---- env: what machine this is ------------------------------------------------------------
+stage_env() {
+  local log="$out/env.log" t0=$SECONDS ok=PASS note
+  {
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "host: $(uname -srm)"
+    [ -r /etc/os-release ] && (. /etc/os-release && echo "os: $PRETTY_NAME")
+    echo "glibc: $(ldd --version 2>/dev/null | head -n1)"
+    echo "cpus: $(nproc)"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    cat "$here/MANIFEST" 2>/dev/null
+    echo "--- nvidia-smi"
+    nvidia-smi 2>&1
+  } >"$log" 2>&1
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    note=$(nvidia-smi -L 2>/dev/null | head -n1)
+  else
+    ok=FAIL
+    note="nvidia-smi does not work: no GPU visible"
+  fi
+  record env "$ok" $((SECONDS - t0)) "$note"
+}
+
+# ---- conformance: the test executables built on the build machine --------------------------
+stage_conformance() {
+  local t0=$SECONDS n=0 t name log rc note
+  if [ -s "$here/tests/MISSING" ]; then
+    record conformance FAIL 0 "missing from this folder: $(tr '\n' ' ' <"$here/tests/MISSING")"
+  fi
+  for t in "$here"/tests/*; do
+    [ -f "$t" ] && [ -x "$t" ] || continue
+    name=$(basename "$t")
+    log="$out/test-$name.log"
+    n=$((n + 1))
+    t0=$SECONDS
+    (cd "$work" && "$t" --test-threads=1) >"$log" 2>&1
+    rc=$?
+    note=$(grep -E '^test result:' "$log" | tail -n1)
+    [ -n "$note" ] || note="no test summary (exit $rc); see $(basename "$log")"
+    if [ $rc = 0 ]; then
+      record "test:$name" PASS $((SECONDS - t0)) "$note"
+    else
+      record "test:$name" FAIL $((SECONDS - t0)) "$note"
+    fi
+  done
+  if [ $n = 0 ] && [ ! -s "$here/tests/MISSING" ]; then
+    record conformance FAIL 0 "no test executables in $here/tests"
+  fi
+}
+
+# ---- bench: vgpu vs native on this GPU --------------------------------------------------------
+stage_bench() {
+  local t0=$SECONDS log="$out/bench-gpu.log" rc note
+  # shellcheck disable=SC2086 # VGPU_BENCH_ARGS is a list of words
+  "$here/bin/vgpu-bench" gpu --json "$out/bench-gpu.json" ${VGPU_BENCH_ARGS:-} >"$log" 2>&1
+  rc=$?
+  if [ $rc = 0 ]; then
+    note="$(grep -c 'NOT MET' "$log") goal(s) not met; table in $(basename "$log")"
+    record bench PASS $((SECONDS - t0)) "$note"
+  else
+    note=$(tail -n 3 "$log" | tr '\n' ' ')
+    record bench FAIL $((SECONDS - t0)) "exit $rc: $note"
+  fi
+}
+
+# ---- vm: a QEMU (TCG) guest runs work through the vGPU on the GPU -----------------------------
+listening() { # is a UNIX socket bound at $1 listening? (/proc/net/unix, no probe connection)
+  local _num _ref _proto flags _type _st _inode path
+  while read -r _num _ref _proto flags _type _st _inode path; do
+    if [ "$path" = "$1" ] && [[ $flags =~ ^[0-9A-Fa-f]+$ ]] && (( (16#$flags & 0x10000) != 0 )); then
+      return 0
+    fi
+  done </proc/net/unix
+  return 1
+}
+
+stage_vm() {
+  local t0=$SECONDS log="$out/vm-vgpud.log" serial="$out/vm.serial.log" note rc=0
+  local sock="$work/vm-a.sock" admin="$work/admin.sock" qemu_dir="$work/qemu"
+  local args=${VGPU_GUEST_ARGS:-selftest} timeout=${VGPU_VM_TIMEOUT:-240}
+  local backend=${VGPU_CHECK_BACKEND:-cuda}
+  local fail=""
+  mkdir -p "$qemu_dir"
+  if ! tar -xzf "$here/qemu-bundle.tar.gz" -C "$qemu_dir" --strip-components=1 2>"$out/vm-qemu-unpack.log"; then
+    record vm FAIL $((SECONDS - t0)) "cannot unpack qemu-bundle.tar.gz (see vm-qemu-unpack.log)"
+    return
+  fi
+  cat >"$work/vgpud.toml" <<EOF
+[mediator]
+backend = "$backend"
+admin_socket = "$admin"
+
+[[vm]]
+name = "vm-a"
+socket = "$sock"
+vm_id = 1
+pool_id = 0
+priority = 2
+mem_quota = "256MiB"
+shm_size = "16MiB"
+EOF
+  "$here/bin/vgpud" --config "$work/vgpud.toml" >"$log" 2>&1 &
+  local vgpud=$!
+  pids+=("$vgpud")
+  local waited=0
+  until listening "$sock"; do
+    if ! kill -0 "$vgpud" 2>/dev/null; then
+      wait "$vgpud"; rc=$?
+      record vm FAIL $((SECONDS - t0)) "vgpud (backend $backend) exited at start-up ($rc): $(tail -n 2 "$log" | tr '\n' ' ')"
+      return
+    fi
+    if [ $waited -ge 600 ]; then
+      record vm FAIL $((SECONDS - t0)) "vgpud socket not listening after 60 s"
+      return
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  timeout -k 5 "$timeout" "$qemu_dir/qemu" -accel tcg -machine q35 -m 256M -smp 1 \
+    -display none -monitor none -serial stdio -nic none -no-reboot \
+    -kernel "$here/vm/vmlinuz" -initrd "$here/vm/initramfs.cpio" \
+    -append "console=ttyS0 panic=-1 quiet vgpu.args=$args" \
+    -chardev "socket,id=vgpu0,path=$sock" -device ivshmem-doorbell,chardev=vgpu0,vectors=1 \
+    </dev/null >"$serial" 2>&1
+  rc=$?
+  tr -d '\r' <"$serial" >"$serial.tmp" && mv "$serial.tmp" "$serial"
+  if [ $rc = 124 ] || [ $rc = 137 ]; then
+    fail="VM still running after ${timeout} s (killed)"
+  elif grep -q 'selftest: FAIL' "$serial"; then
+    fail="guest $(grep -m1 'selftest: FAIL' "$serial")"
+  elif ! grep -q 'selftest: PASS' "$serial"; then
+    fail="no 'selftest: PASS' on the serial console (qemu exit $rc)"
+  elif ! grep -q 'vgpu-guest: exit=0' "$serial"; then
+    fail="guest program did not exit 0: $(grep -m1 'vgpu-guest: exit=' "$serial")"
+  elif ! grep -q 'vgpu: vm_id=1 pool_id=0 priority=2 name=vm-a' "$serial"; then
+    fail="guest saw other ids: $(grep -m1 'vgpu: vm_id=' "$serial")"
+  fi
+  # The host's view: the VM ran commands, on the cuda backend.
+  "$here/bin/vgpuctl" --admin-socket "$admin" stats >"$out/vm-vgpuctl-stats.json" 2>>"$log"
+  if [ -z "$fail" ]; then
+    local stats
+    stats=$(tr -d ' \n' <"$out/vm-vgpuctl-stats.json")
+    if ! grep -q "\"backend\":\"$backend\"" <<<"$stats"; then
+      fail="vgpuctl stats does not show backend $backend: $(head -c 200 <<<"$stats")"
+    elif grep -qE '"commands":0[,}]' <<<"$stats"; then
+      fail="vgpud counted no commands for the VM"
+    fi
+  fi
+  kill -TERM "$vgpud" 2>/dev/null
+  wait "$vgpud" 2>/dev/null
+  if ! kill -0 "$vgpud" 2>/dev/null; then
+    pids=()
+  fi
+  if [ -n "$fail" ]; then
+    record vm FAIL $((SECONDS - t0)) "$fail"
+  else
+    note="$(grep -m1 'selftest: PASS' "$serial") (backend $backend, guest args: $args, TCG)"
+    if [ "$backend" != cuda ]; then
+      record vm FAIL $((SECONDS - t0)) "NOT ON THE GPU (VGPU_CHECK_BACKEND=$backend): $note"
+      return
+    fi
+    record vm PASS $((SECONDS - t0)) "$note"
+  fi
+}
+
+for s in env conformance bench vm; do
+  if wanted "$s"; then
+    "stage_$s"
+  fi
+done
+
+# ---- report ----------------------------------------------------------------------------------
+failed=0
+for v in "${verdicts[@]}"; do
+  [ "$v" = PASS ] || failed=$((failed + 1))
+done
+if [ ${#verdicts[@]} = 0 ]; then
+  echo "gpu-check: no stage ran (--only $only?)" >&2
+  failed=1
+fi
+{
+  echo "vgpu gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+  grep -m1 -E '^(commit|git):' "$here/MANIFEST" 2>/dev/null
+  for i in "${!names[@]}"; do
+    printf '%-22s %-5s %5ss  %s\n' "${names[$i]}" "${verdicts[$i]}" "${secs[$i]}" "${notes[$i]}"
+  done
+  if [ -f "$out/bench-gpu.log" ]; then
+    echo
+    echo "benchmark (vgpu-bench gpu):"
+    sed -n '/^  metric/,/ratio = vgpu/p' "$out/bench-gpu.log"
+  fi
+  echo
+  if [ $failed = 0 ]; then echo "gpu-check: PASS"; else echo "gpu-check: FAIL ($failed failed)"; fi
+} >"$out/report.txt"
+{
+  printf '{\n  "ok": %s,\n  "failed": %d,\n' "$([ $failed = 0 ] && echo true || echo false)" "$failed"
+  printf '  "date": %s,\n' "$(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
+  printf '  "host": %s,\n' "$(json_str "$(hostname)")"
+  printf '  "gpu": %s,\n' "$(json_str "$(nvidia-smi -L 2>/dev/null | head -n1)")"
+  printf '  "manifest": %s,\n' "$(json_str "$(cat "$here/MANIFEST" 2>/dev/null)")"
+  printf '  "stages": ['
+  for i in "${!names[@]}"; do
+    [ "$i" = 0 ] || printf ','
+    printf '\n    {"name": %s, "verdict": %s, "seconds": %s, "note": %s}' \
+      "$(json_str "${names[$i]}")" "$(json_str "${verdicts[$i]}")" "${secs[$i]}" "$(json_str "${notes[$i]}")"
+  done
+  printf '\n  ],\n  "bench": '
+  if [ -s "$out/bench-gpu.json" ]; then cat "$out/bench-gpu.json"; else printf 'null\n'; fi
+  printf '}\n'
+} >"$out/report.json"
+cat "$out/report.txt"
+[ $failed = 0 ]
