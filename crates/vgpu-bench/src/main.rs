@@ -2,6 +2,7 @@
 
 mod channel;
 mod gpu;
+mod multigpu;
 mod pingpong;
 mod sched;
 mod stats;
@@ -39,6 +40,8 @@ enum Cmd {
     Gpu(gpu::Opts),
     /// The scheduler: priority latency, fair shares between pools, idle hand-over (cpu backend).
     Sched(sched::Opts),
+    /// Pools over several devices: placement two and two, independence of pinned pools.
+    Multigpu(multigpu::Opts),
     /// Internal: the other process of the raw ping-pong.
     #[command(hide = true)]
     PingpongChild {
@@ -68,6 +71,7 @@ fn main() -> Result<()> {
         }
         Cmd::Gpu(o) => gpu::cli(&o),
         Cmd::Sched(o) => sched::cli(&o),
+        Cmd::Multigpu(o) => multigpu::cli(&o),
         Cmd::PingpongChild { path } => pingpong::child(&path),
     }
 }

@@ -1,19 +1,25 @@
-//! Starts a real vgpud (cpu backend) for a benchmark and stops it afterwards.
+//! Starts a real vgpud for a benchmark, talks to its admin socket, and stops it afterwards.
 
 use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running vgpud with one VM socket per client.
+/// A running vgpud.
 pub struct Daemon {
     child: Child,
     dir: PathBuf,
-    /// The VM sockets.
+    /// The VM sockets, in config order.
     pub sockets: Vec<PathBuf>,
+    /// vgpud's log (stderr).
+    pub log: PathBuf,
 }
 
-fn vgpud_path() -> Result<PathBuf> {
+/// The vgpud to start: `$VGPUD`, else the one next to this executable.
+pub fn vgpud_path() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("VGPUD") {
         return Ok(p.into());
     }
@@ -28,49 +34,124 @@ fn vgpud_path() -> Result<PathBuf> {
     Ok(p)
 }
 
+/// One `[[vm]]` of a benchmark config.
+#[derive(Debug, Clone)]
+pub struct VmDef {
+    /// VM name (its socket is `<name>.sock`).
+    pub name: String,
+    /// Further `key = value` lines of the entry (pool, priority, shm_size, …).
+    pub extra: String,
+}
+
 impl Daemon {
-    /// Starts vgpud serving `n` VMs with `shm` bytes of BAR2 each.
+    /// Starts vgpud (cpu backend) serving `n` VMs with `shm` bytes of BAR2 each.
     pub fn start(n: usize, shm: u64, poll_us: u64) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("vgpu-bench-{}", std::process::id()));
+        let vms: Vec<VmDef> = (0..n)
+            .map(|i| VmDef {
+                name: format!("bench{i}"),
+                extra: format!("mem_quota = \"4GiB\"\nshm_size = {shm}\n"),
+            })
+            .collect();
+        Self::with_config(
+            "channel",
+            &format!("[mediator]\nbackend = \"cpu\"\npoll_us = {poll_us}\n"),
+            &vms,
+        )
+    }
+
+    /// Starts vgpud with `head` (everything before the `[[vm]]` entries; an `admin_socket`
+    /// line is added to `[mediator]`, which `head` must open first) and `vms`.
+    pub fn with_config(tag: &str, head: &str, vms: &[VmDef]) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("vgpu-bench-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut cfg = format!("[mediator]\nbackend = \"cpu\"\npoll_us = {poll_us}\n");
+        let admin = dir.join("admin.sock");
+        let head = head.replacen(
+            "[mediator]\n",
+            &format!("[mediator]\nadmin_socket = \"{}\"\n", admin.display()),
+            1,
+        );
+        let mut cfg = head;
         let mut sockets = Vec::new();
-        for i in 0..n {
-            let s = dir.join(format!("vm{i}.sock"));
+        for (i, v) in vms.iter().enumerate() {
+            let s = dir.join(format!("{}.sock", v.name));
             cfg += &format!(
-                "[[vm]]\nname = \"bench{i}\"\nsocket = \"{}\"\nvm_id = {}\nmem_quota = \"4GiB\"\nshm_size = {shm}\n",
+                "\n[[vm]]\nname = \"{}\"\nsocket = \"{}\"\nvm_id = {}\n{}",
+                v.name,
                 s.display(),
-                i + 1
+                i + 1,
+                v.extra
             );
             sockets.push(s);
         }
         let cfg_path = dir.join("vgpud.toml");
         std::fs::write(&cfg_path, cfg)?;
+        let log = dir.join("vgpud.log");
         let child = Command::new(vgpud_path()?)
             .arg("--config")
             .arg(&cfg_path)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting vgpud")?;
-        let d = Self {
+        let mut d = Self {
             child,
             dir,
             sockets,
+            log,
         };
         d.wait_ready()?;
         Ok(d)
     }
 
-    fn wait_ready(&self) -> Result<()> {
+    fn admin(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
         let t0 = Instant::now();
-        while !self.sockets.iter().all(|s| Path::new(s).exists()) {
-            if t0.elapsed() > Duration::from_secs(20) {
-                bail!("vgpud did not create its sockets within 20 s");
+        while !self.sockets.iter().all(|s| Path::new(s).exists()) || !self.admin().exists() {
+            if let Some(st) = self.child.try_wait()? {
+                bail!(
+                    "vgpud exited ({st}) during start-up:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("vgpud did not create its sockets within 60 s");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(())
+    }
+
+    /// vgpud's `stats` (admin socket) as JSON.
+    pub fn stats(&self) -> Result<Value> {
+        let mut c = UnixStream::connect(self.admin())?;
+        writeln!(c, "stats")?;
+        let mut line = String::new();
+        BufReader::new(&c).read_line(&mut line)?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// The last `n` lines of vgpud's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The lines of vgpud's log that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
     }
 }
 

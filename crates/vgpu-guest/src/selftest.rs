@@ -10,7 +10,13 @@
 
 use std::io::Write;
 
+use crate::compute::Launch;
 use crate::{Device, Error};
+use vgpu_abi::regs::CAP_MODULES;
+
+/// PTX of `vadd(const float* a, const float* b, float* c, unsigned n)`, the same file the
+/// host's conformance suite uses (`crates/vgpu-mediator/kernels/ptx/vector_add.cu`).
+const VECTOR_ADD_PTX: &str = include_str!("../../vgpu-mediator/kernels/ptx/vector_add.ptx");
 
 /// Options of the self-test.
 #[derive(Debug, Clone)]
@@ -266,6 +272,37 @@ impl<W: Write> Run<'_, W> {
             return Err("copy_dtod: copy differs from source".into());
         }
         self.step(format_args!("copy_dtod {bytes} bytes ok"));
+
+        // A PTX module, where the device runs them (the cuda backend).
+        if info.capabilities & CAP_MODULES != 0 {
+            let m = self
+                .dev
+                .load_module(VECTOR_ADD_PTX)
+                .map_err(e("load PTX module"))?;
+            let f = m.function("vadd").map_err(e("get function vadd"))?;
+            let pp = self.alloc(bytes)?;
+            let l = Launch::new(&f)
+                .grid([opts.n.div_ceil(256), 1, 1])
+                .block([256, 1, 1])
+                .arg_ptr(px)
+                .arg_ptr(pd)
+                .arg_ptr(pp)
+                .arg_u32(opts.n);
+            self.dev.launch_function(&l).map_err(e("launch vadd"))?;
+            let got = self.download(pp, n)?;
+            // x + x, exact in f32.
+            let want: Vec<f32> = x.iter().map(|v| v + v).collect();
+            if got.iter().zip(&want).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                return Err("PTX vadd: result differs from x + x".into());
+            }
+            m.unload().map_err(e("unload PTX module"))?;
+            self.step(format_args!("ptx module vadd n={n} ok"));
+        } else {
+            self.step(format_args!(
+                "ptx module skipped: the {} backend runs no PTX",
+                info.backend_name()
+            ));
+        }
 
         // A chunked, pipelined round trip of several staging chunks and an odd tail.
         let big = ((3u64 << 20) + 12345)

@@ -23,9 +23,17 @@ pub struct Job {
 }
 
 impl Job {
-    /// Whether this job waits for every earlier command of its VM, on every stream.
+    /// Whether this job waits for every earlier command of its VM, on every stream. Event
+    /// waits and queries name an event that another stream may record, so on a device that does
+    /// not order streams itself they wait for everything issued before them.
     pub fn is_barrier(&self) -> bool {
-        matches!(self.cmd, Command::Synchronize { all_streams: true })
+        matches!(
+            self.cmd,
+            Command::Synchronize { all_streams: true }
+                | Command::StreamWaitEvent { .. }
+                | Command::EventSynchronize { .. }
+                | Command::EventElapsed { .. }
+        )
     }
 }
 

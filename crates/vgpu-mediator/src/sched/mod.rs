@@ -103,6 +103,11 @@ pub fn is_control(cmd: &Command) -> bool {
             | Command::MemAlloc { .. }
             | Command::MemFree { .. }
             | Command::Synchronize { .. }
+            | Command::ModuleLoad { .. }
+            | Command::ModuleUnload { .. }
+            | Command::GetFunction { .. }
+            | Command::FuncParamInfo { .. }
+            | Command::EventElapsed { .. }
     )
 }
 
