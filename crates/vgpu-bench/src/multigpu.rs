@@ -101,7 +101,11 @@ fn case_placement(o: &Opts) -> Result<Value> {
     let ok = n0 == 2 && n1 == 2 && logged.len() == 4;
     println!(
         "  device 0: {n0} VMs, device 1: {n1} VMs: {}",
-        if ok { "two and two (met)" } else { "NOT two and two" }
+        if ok {
+            "two and two (met)"
+        } else {
+            "NOT two and two"
+        }
     );
     Ok(json!({
         "placement": placed.iter().map(|(n, d)| json!({"vm": n, "device": d})).collect::<Vec<_>>(),
@@ -258,7 +262,10 @@ pub fn run(o: &Opts) -> Result<Value> {
     );
     let mut v = case_placement(o)?;
     let w = case_independence(o)?;
-    let (m, wm) = (v.as_object_mut().context("json")?, w.as_object().context("json")?);
+    let (m, wm) = (
+        v.as_object_mut().context("json")?,
+        w.as_object().context("json")?,
+    );
     m.extend(wm.clone());
     m.insert("backend".into(), json!(o.backend));
     let ok = m["placement_ok"] == json!(true) && m["independence_ok"] == json!(true);
