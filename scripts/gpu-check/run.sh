@@ -3,7 +3,7 @@
 # That host has no Rust toolchain, no QEMU and no network: everything it needs is in this folder.
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
-#   stages, in order: env, conformance, bench, vm
+#   stages, in order: env, conformance, bench, sched, vm
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
 # the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
 # missing from this folder counts as a failure: the suite is incomplete).
@@ -11,6 +11,8 @@
 # Environment:
 #   VGPU_GUEST_ARGS   arguments of the guest's vgpu-smi, commas for spaces (default: selftest)
 #   VGPU_BENCH_ARGS   extra arguments of `vgpu-bench gpu` (e.g. "--sgemm-reps 5")
+#   VGPU_SCHED_ARGS   extra arguments of `vgpu-bench sched --backend cuda` (e.g. "--gpu-blocks 1056")
+#   VGPU_SCHED_TIMEOUT  seconds the sched stage may run (default 300)
 #   VGPU_VM_TIMEOUT   seconds the VM may run (default 240)
 #   VGPU_CHECK_BACKEND  vgpud backend of the vm stage (default cuda; cpu only to test this
 #                     script on a machine without a GPU: the report then says so)
@@ -23,14 +25,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=${2:-}; shift 2 || { echo "run.sh: --only needs a value" >&2; exit 2; } ;;
     --only=*) only=${1#--only=}; shift ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
 done
 out=${out:-${OUT:-}}
 if [ -z "$out" ]; then
-  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,vm]   (or set OUT)" >&2
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,sched,vm]   (or set OUT)" >&2
   exit 2
 fi
 mkdir -p "$out" || exit 2
@@ -151,6 +153,27 @@ stage_bench() {
   fi
 }
 
+# ---- sched: the scheduler benchmark (issue 5) on this GPU ------------------------------------
+# Fails only when the benchmark cannot run; its goals are the cpu backend's (reported, not
+# enforced here).
+stage_sched() {
+  local t0=$SECONDS log="$out/sched.log" rc note
+  # shellcheck disable=SC2086 # VGPU_SCHED_ARGS is a list of words
+  timeout -k 10 "${VGPU_SCHED_TIMEOUT:-300}" "$here/bin/vgpu-bench" sched --backend cuda \
+    --json "$out/sched.json" ${VGPU_SCHED_ARGS:-} >"$log" 2>&1
+  rc=$?
+  if [ $rc = 0 ] && [ -s "$out/sched.json" ]; then
+    note="p99 us: alone $(json_num hp_p99_alone_us), priority $(json_num hp_p99_contended_us), fifo $(json_num hp_p99_fifo_us), reserve $(json_num hp_p99_reserved_us); share err $(json_num pool_share_max_err); $(grep -c 'NOT MET' "$log") cpu goal(s) not met"
+    record sched PASS $((SECONDS - t0)) "$note"
+  else
+    note=$(tail -n 3 "$log" | tr '\n' ' ')
+    record sched FAIL $((SECONDS - t0)) "exit $rc: $note"
+  fi
+}
+json_num() { # a top-level number of sched.json, rounded
+  sed -n "s/^ *\"$1\": *\([-0-9.eE+]*\).*/\1/p" "$out/sched.json" | head -n1 | xargs -r printf '%.4g'
+}
+
 # ---- vm: a QEMU (TCG) guest runs work through the vGPU on the GPU -----------------------------
 listening() { # is a UNIX socket bound at $1 listening? (/proc/net/unix, no probe connection)
   local _num _ref _proto flags _type _st _inode path
@@ -251,7 +274,7 @@ EOF
   fi
 }
 
-for s in env conformance bench vm; do
+for s in env conformance bench sched vm; do
   if wanted "$s"; then
     "stage_$s"
   fi

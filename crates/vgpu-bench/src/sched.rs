@@ -1,5 +1,7 @@
-//! `vgpu-bench sched`: the scheduler's promises measured on a real vgpud (cpu backend, busy
-//! kernels occupying execution slots as timed waits) with process clients:
+//! `vgpu-bench sched`: the scheduler's promises measured on a real vgpud with process clients,
+//! on the cpu backend (default: busy kernels occupying execution slots as timed waits) or on a
+//! GPU (`--backend cuda`: busy kernels spinning on `%globaltimer`, the low-priority and pool
+//! ones with enough blocks to occupy every SM, the high-priority one a single thread):
 //!
 //! * (a) one high-priority VM issuing short kernels while low-priority VMs saturate the device:
 //!   its p99 alone, contended (default policy), contended with `fifo`, contended with a
@@ -11,6 +13,10 @@
 //!
 //! Clients wait the way the guest library waits (spin briefly, then sleep): nothing spins
 //! hard, so the executor keeps its cores.
+//!
+//! On the GPU the "slots" of the cpu figures are the one device: device time per wall second
+//! is vgpud's measured (CUDA event) time, which can exceed 1 where kernels of several VMs'
+//! contexts overlap on the GPU (time-sliced; each is charged its whole span).
 
 mod plot;
 
@@ -29,7 +35,7 @@ use vgpu_guest::Device;
 use zerocopy::IntoBytes;
 
 /// Knobs of `vgpu-bench sched`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Opts {
     /// Write the results as JSON here.
     #[arg(long)]
@@ -37,12 +43,98 @@ pub struct Opts {
     /// Write the plot here (default: next to the JSON file, else `sched.png`).
     #[arg(long)]
     pub png: Option<PathBuf>,
-    /// High-priority kernels measured per case.
-    #[arg(long, default_value_t = 1500)]
-    pub hp_samples: usize,
+    /// High-priority kernels measured per case (default 1500 on cpu, 600 on cuda).
+    #[arg(long)]
+    pub hp_samples: Option<usize>,
     /// Execution slots of the cpu device.
     #[arg(long, default_value_t = 4)]
     pub slots: u32,
+    /// vgpud backend: `cpu` (the default) or `cuda` (GPU 0).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub backend: String,
+    /// cuda: blocks of each low-priority / pool kernel; 0 (the default) = enough to occupy
+    /// every SM of GPU 0: SMs × (threads per SM ÷ `--gpu-threads`), e.g. 132 × 4 = 528 on an
+    /// H100 or H200 (528 where the driver cannot be asked).
+    #[arg(long, default_value_t = 0)]
+    pub gpu_blocks: u32,
+    /// cuda: threads per block of those kernels.
+    #[arg(long, default_value_t = 512)]
+    pub gpu_threads: u32,
+    /// cuda: vgpud's device depth (jobs on the GPU at once; small, so that the low-priority
+    /// work already queued on the GPU stays short).
+    #[arg(long, default_value_t = 2)]
+    pub gpu_depth: u32,
+}
+
+impl Opts {
+    fn cuda(&self) -> bool {
+        self.backend == "cuda"
+    }
+
+    fn hp_samples(&self) -> usize {
+        self.hp_samples
+            .unwrap_or(if self.cuda() { 600 } else { 1500 })
+    }
+
+    /// What the device's throughput is counted in: cpu slots, or the one GPU.
+    fn capacity(&self) -> u32 {
+        if self.cuda() {
+            1
+        } else {
+            self.slots
+        }
+    }
+
+    /// The `[mediator]` lines after `backend` and the `[scheduler]` lines of a case.
+    fn head(&self, sched: &str) -> String {
+        if self.cuda() {
+            format!("[scheduler]\ndevice_depth = {}\n{sched}", self.gpu_depth)
+        } else {
+            format!("cpu_slots = {}\n[scheduler]\n{sched}", self.slots)
+        }
+    }
+
+    /// Launch geometry `(grid, block)` of a saturating kernel.
+    fn lp_geometry(&self) -> ([u32; 3], [u32; 3]) {
+        if self.cuda() {
+            (
+                [self.gpu_blocks.max(1), 1, 1],
+                [self.gpu_threads.max(1), 1, 1],
+            )
+        } else {
+            ([1; 3], [1; 3])
+        }
+    }
+
+    /// Fills in `--gpu-blocks 0` from GPU 0's SM count (cuda only).
+    fn resolve(mut self) -> Self {
+        if self.cuda() && self.gpu_blocks == 0 {
+            self.gpu_blocks = match gpu_sms() {
+                Some((sms, threads_per_sm)) => {
+                    sms * (threads_per_sm / self.gpu_threads.max(1)).max(1)
+                }
+                None => 528,
+            };
+        }
+        self
+    }
+}
+
+/// `(SMs, resident threads per SM)` of GPU 0, asked of the driver (no context is created).
+fn gpu_sms() -> Option<(u32, u32)> {
+    use cudarc::driver::{result as cu, sys};
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    if !unsafe { sys::is_culib_present() } {
+        return None;
+    }
+    cu::init().ok()?;
+    let dev = cu::device::get(0).ok()?;
+    // SAFETY: `dev` is a valid device handle obtained above.
+    let attr = |a| unsafe { cu::device::get_attribute(dev, a) }.ok();
+    let sms = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let threads =
+        attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?;
+    Some((u32::try_from(sms).ok()?, u32::try_from(threads).ok()?))
 }
 
 /// High-priority kernel length.
@@ -86,12 +178,14 @@ impl Rng {
     }
 }
 
-fn busy(us: u32, stream: u32, tag: u64) -> Sqe {
+/// A busy kernel of `us` µs: one thread (`geometry` = None) or a whole grid.
+fn busy(us: u32, geometry: Option<([u32; 3], [u32; 3])>, stream: u32, tag: u64) -> Sqe {
     let p = BusyParams {
         duration_us: us,
         _pad: 0,
     };
-    let l = LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], p.as_bytes())
+    let (grid, block) = geometry.unwrap_or(([1; 3], [1; 3]));
+    let l = LaunchBody::new(Builtin::Busy.handle(), grid, block, p.as_bytes())
         .expect("busy params fit");
     Cmd::Launch(l).encode(stream, tag)
 }
@@ -124,11 +218,17 @@ fn vgpud_path() -> Result<PathBuf> {
 }
 
 impl Vgpud {
-    fn start(tag: &str, head: &str, pools: &[(u32, u32)], vms: &[VmSpec]) -> Result<Self> {
+    fn start(
+        backend: &str,
+        tag: &str,
+        head: &str,
+        pools: &[(u32, u32)],
+        vms: &[VmSpec],
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("vgpu-sched-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut cfg = format!(
-            "[mediator]\nbackend = \"cpu\"\nadmin_socket = \"{}\"\n{head}\n",
+            "[mediator]\nbackend = \"{backend}\"\nadmin_socket = \"{}\"\n{head}\n",
             dir.join("admin.sock").display()
         );
         for (id, w) in pools {
@@ -152,14 +252,23 @@ impl Vgpud {
             .stdout(Stdio::null())
             .spawn()
             .context("starting vgpud")?;
-        let d = Self { child, dir };
+        let mut d = Self { child, dir };
         let t0 = Instant::now();
         while !vms.iter().all(|v| d.socket(&v.name).exists()) || !d.admin().exists() {
-            if t0.elapsed() > Duration::from_secs(20) {
-                bail!("vgpud did not create its sockets within 20 s");
+            if let Some(st) = d.child.try_wait()? {
+                bail!("vgpud (backend {backend}) exited at start-up: {st}");
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("vgpud did not create its sockets within 60 s");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        let s = d.stats()?;
+        ensure!(
+            s["backend"] == backend,
+            "vgpud runs backend {} instead of {backend}",
+            s["backend"]
+        );
         Ok(d)
     }
 
@@ -221,6 +330,7 @@ impl Drop for Vgpud {
 fn saturate(
     devs: &[Arc<Device>],
     threads: u32,
+    geometry: ([u32; 3], [u32; 3]),
     len: impl Fn(usize, &mut Rng) -> u32 + Send + Sync + Clone + 'static,
     pause: Vec<Arc<AtomicBool>>,
     stop: &Arc<AtomicBool>,
@@ -241,7 +351,7 @@ fn saturate(
                         .map(|_| {
                             tag += 1;
                             let stream = t * STREAMS as u32 + (tag % STREAMS) as u32;
-                            busy(len(i, &mut rng), stream + 1, tag)
+                            busy(len(i, &mut rng), Some(geometry), stream + 1, tag)
                         })
                         .collect();
                     let done = d.submit_batch(&batch)?;
@@ -278,7 +388,7 @@ fn hp_loop(dev: &Device, n: usize) -> Result<Vec<u64>> {
         std::thread::sleep(Duration::from_micros(u64::from(rng.range(500, 1500))));
         let tag = 1_000_000 + i as u64;
         let t0 = Instant::now();
-        sq.push(&busy(HP_KERNEL_US, 0, tag));
+        sq.push(&busy(HP_KERNEL_US, None, 0, tag));
         if sq.publish() {
             dev.ring_doorbell();
         }
@@ -313,6 +423,8 @@ struct CaseA {
     lp_contended: f64,
     /// HP device time ÷ (slots × wall) during the contended run.
     hp_util: f64,
+    /// The device vgpud ran on (its `stats`).
+    device: String,
 }
 
 fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> Result<CaseA> {
@@ -328,11 +440,13 @@ fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> R
             priority: 0,
         });
     }
-    let head = format!(
-        "cpu_slots = {}\n[scheduler]\npolicy = \"{policy}\"\nreserve_slots = {reserve}\n",
-        o.slots
-    );
-    let d = Vgpud::start(name, &head, &[(0, 1)], &vms)?;
+    let head = o.head(&format!(
+        "policy = \"{policy}\"\nreserve_slots = {reserve}\n"
+    ));
+    let d = Vgpud::start(&o.backend, name, &head, &[(0, 1)], &vms)?;
+    let device = d.stats()?["device"]
+        .as_str()
+        .map_or_else(|| "?".to_string(), str::to_string);
     let hp = Device::connect(&d.socket("hp"))?;
     let lps: Vec<Arc<Device>> = (0..LP_VMS)
         .map(|i| Device::connect(&d.socket(&format!("lp{i}"))).map(Arc::new))
@@ -341,7 +455,7 @@ fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> R
     let hp_names = vec!["hp".to_string()];
 
     let hp_alone = if baseline {
-        Some(hp_loop(&hp, o.hp_samples)?)
+        Some(hp_loop(&hp, o.hp_samples())?)
     } else {
         None
     };
@@ -352,6 +466,7 @@ fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> R
     let hs = saturate(
         &lps,
         LP_THREADS_PER_VM,
+        o.lp_geometry(),
         |_, rng| rng.range(LP_KERNEL_US.0, LP_KERNEL_US.1),
         pause,
         &stop,
@@ -369,10 +484,10 @@ fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> R
         d.vm_device_ns(&hp_names)?,
         Instant::now(),
     );
-    let hp_lat = hp_loop(&hp, o.hp_samples)?;
+    let hp_lat = hp_loop(&hp, o.hp_samples())?;
     let wall = t0.elapsed().as_nanos() as f64;
     let lp_contended = (d.vm_device_ns(&lp_names)? - n0) as f64 / wall;
-    let hp_util = (d.vm_device_ns(&hp_names)? - h0) as f64 / wall / f64::from(o.slots);
+    let hp_util = (d.vm_device_ns(&hp_names)? - h0) as f64 / wall / f64::from(o.capacity());
     stop.store(true, Relaxed);
     join(hs)?;
     Ok(CaseA {
@@ -381,6 +496,7 @@ fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> R
         lp_alone,
         lp_contended,
         hp_util,
+        device,
     })
 }
 
@@ -451,7 +567,7 @@ fn case_pools(o: &Opts) -> Result<Pools> {
         }
     }
     let pools: Vec<(u32, u32)> = (0..3).map(|p| (p as u32, WEIGHTS[p])).collect();
-    let d = Vgpud::start("pools", &format!("cpu_slots = {}\n", o.slots), &pools, &vms)?;
+    let d = Vgpud::start(&o.backend, "pools", &o.head(""), &pools, &vms)?;
     let devs: Vec<Arc<Device>> = vms
         .iter()
         .map(|v| Device::connect(&d.socket(&v.name)).map(Arc::new))
@@ -471,6 +587,7 @@ fn case_pools(o: &Opts) -> Result<Pools> {
     let hs = saturate(
         &devs,
         POOL_THREADS_PER_VM,
+        o.lp_geometry(),
         |i, _| POOL_KERNEL_US[i / 2],
         pause,
         &stop,
@@ -501,12 +618,34 @@ fn jain(x: &[f64]) -> f64 {
 
 /// Runs the benchmark; returns the JSON report.
 pub fn run(o: &Opts) -> Result<Value> {
+    let resolved = o.clone().resolve();
+    let o = &resolved;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "scheduler benchmark: vgpud cpu backend, {} slots, {cores} cores; HP kernel {HP_KERNEL_US} µs, \
-         LP kernels {}–{} µs, {LP_VMS} LP VMs",
-        o.slots, LP_KERNEL_US.0, LP_KERNEL_US.1
-    );
+    // What the device's capacity is counted in, for the printed figures.
+    let unit = if o.cuda() { "GPU" } else { "slots" };
+    if o.cuda() {
+        ensure!(
+            o.gpu_depth >= 2,
+            "--gpu-depth must be at least 2 (the reserve case keeps one of them)"
+        );
+        println!(
+            "scheduler benchmark: vgpud cuda backend (GPU 0), device depth {}, {cores} cores; \
+             HP kernel {HP_KERNEL_US} µs (1 thread), LP kernels {}–{} µs ({} blocks × {} threads), \
+             {LP_VMS} LP VMs, {} HP samples per case",
+            o.gpu_depth,
+            LP_KERNEL_US.0,
+            LP_KERNEL_US.1,
+            o.gpu_blocks,
+            o.gpu_threads,
+            o.hp_samples()
+        );
+    } else {
+        println!(
+            "scheduler benchmark: vgpud cpu backend, {} slots, {cores} cores; HP kernel {HP_KERNEL_US} µs, \
+             LP kernels {}–{} µs, {LP_VMS} LP VMs",
+            o.slots, LP_KERNEL_US.0, LP_KERNEL_US.1
+        );
+    }
     let base = case_a(o, "prio", "priority", 0, true)?;
     let fifo = case_a(o, "fifo", "fifo", 0, false)?;
     let resv = case_a(o, "reserve", "priority", 1, false)?;
@@ -538,14 +677,25 @@ pub fn run(o: &Opts) -> Result<Value> {
         sf.p99_us / sa.p99_us,
         sr.p99_us / sa.p99_us
     );
+    if o.cuda() {
+        println!("  device: {}", base.device);
+    }
     println!(
-        "  low priority: {:.2} slots busy alone, {:.2} contended; HP utilisation {:.3}; kept {:.3}",
+        "  low priority: {:.2} {unit} busy alone, {:.2} contended; HP utilisation {:.3}; kept {:.3}",
         lp_alone, base.lp_contended, base.hp_util, kept
     );
-    println!(
-        "  low priority with the reserve: {:.2} slots busy (the reserve holds {} of {} back)",
-        resv.lp_contended, 1, o.slots
-    );
+    if o.cuda() {
+        println!(
+            "  low priority with the reserve: {:.2} GPU busy (the reserve keeps 1 of the device depth {} \
+             for the high class)",
+            resv.lp_contended, o.gpu_depth
+        );
+    } else {
+        println!(
+            "  low priority with the reserve: {:.2} slots busy (the reserve holds {} of {} back)",
+            resv.lp_contended, 1, o.slots
+        );
+    }
 
     let pools = case_pools(o)?;
     let all = entitled(&[true; 3]);
@@ -636,8 +786,14 @@ pub fn run(o: &Opts) -> Result<Value> {
 
     Ok(json!({
         "bench": "sched",
+        "backend": o.backend,
+        "device": base.device,
         "cores": cores,
-        "slots": o.slots,
+        "slots": o.capacity(),
+        "device_depth": o.cuda().then_some(o.gpu_depth),
+        "gpu_blocks": o.cuda().then_some(o.gpu_blocks),
+        "gpu_threads": o.cuda().then_some(o.gpu_threads),
+        "hp_samples": o.hp_samples(),
         "hp_kernel_us": HP_KERNEL_US,
         "hp_p50_alone_us": sa.p50_us,
         "hp_p99_alone_us": sa.p99_us,

@@ -292,7 +292,11 @@ impl<W: Write> Run<'_, W> {
             let got = self.download(pp, n)?;
             // x + x, exact in f32.
             let want: Vec<f32> = x.iter().map(|v| v + v).collect();
-            if got.iter().zip(&want).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            if got
+                .iter()
+                .zip(&want)
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+            {
                 return Err("PTX vadd: result differs from x + x".into());
             }
             m.unload().map_err(e("unload PTX module"))?;

@@ -5,6 +5,7 @@
 //! backend = "auto"          # auto | cpu
 //! admin_socket = "/run/vgpu/admin.sock"
 //! poll_us = 50              # how long to keep polling rings after the last work
+//! fault_isolation = "process" # process (cuda default) | none: see `FaultIsolation`
 //!
 //! [scheduler]
 //! policy = "priority"       # priority | fifo
@@ -125,6 +126,30 @@ impl std::str::FromStr for BackendChoice {
     }
 }
 
+/// Where each VM's device context lives (`[mediator] fault_isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultIsolation {
+    /// Each VM's context in its own worker process: a fault (CUDA's errors are sticky per
+    /// process) breaks only that VM, and a reset kills and respawns the worker.
+    Process,
+    /// Every context inside vgpud: faster, but a kernel fault in one VM breaks every VM of
+    /// the process (trusted tenants only, and to measure the cost of isolation).
+    None,
+}
+
+impl FaultIsolation {
+    /// The isolation used when the config names none: `process` for cuda, `none` for cpu
+    /// (whose faults are already contained to their VM).
+    pub fn default_for(cuda: bool) -> Self {
+        if cuda {
+            Self::Process
+        } else {
+            Self::None
+        }
+    }
+}
+
 fn default_poll_us() -> u64 {
     50
 }
@@ -226,6 +251,12 @@ pub struct SchedulerConfig {
     /// device queue is what lets a higher class overtake: running work is never preempted.
     #[serde(default)]
     pub device_depth: Option<u32>,
+    /// Device time, in µs, that the jobs on one device may add up to (estimated from each VM's
+    /// measured job times): the device queue stays short in time, whatever the kernels' sizes.
+    /// At least two jobs are always allowed, so the device never idles between them.
+    /// Default: 0 (off) on the cpu backend, 2000 otherwise.
+    #[serde(default)]
+    pub device_queue_us: Option<u64>,
     /// Execution slots (of the device depth) that only the reserve class may use.
     #[serde(default)]
     pub reserve_slots: u32,
@@ -242,6 +273,7 @@ impl Default for SchedulerConfig {
             vm_max_queued: default_vm_max_queued(),
             vm_max_inflight: 0,
             device_depth: None,
+            device_queue_us: None,
             reserve_slots: 0,
             reserve_priority: None,
         }
@@ -272,6 +304,19 @@ pub struct MediatorConfig {
     /// How many devices the cpu backend offers (to exercise multi-GPU placement).
     #[serde(default = "default_one")]
     pub cpu_devices: u32,
+    /// Where VMs' device contexts live; absent: [`FaultIsolation::default_for`] the backend
+    /// (`process` for cuda; an explicit `process` also runs cpu contexts in workers).
+    #[serde(default)]
+    pub fault_isolation: Option<FaultIsolation>,
+    /// cuda: launches, memsets and device copies complete when they retired on the GPU, timed
+    /// by CUDA events (the scheduler's guarantees need it); false: launches complete at once and
+    /// are not accounted (single-tenant launch throughput).
+    #[serde(default = "default_true")]
+    pub cuda_kernel_accounting: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for MediatorConfig {
@@ -284,6 +329,8 @@ impl Default for MediatorConfig {
             cpu_device_mem: None,
             cpu_slots: 1,
             cpu_devices: 1,
+            fault_isolation: None,
+            cuda_kernel_accounting: true,
         }
     }
 }
@@ -445,6 +492,14 @@ impl Config {
         diff("mediator.max_kernel_us", a.max_kernel_us != b.max_kernel_us);
         diff("mediator.cpu_slots", a.cpu_slots != b.cpu_slots);
         diff("mediator.cpu_devices", a.cpu_devices != b.cpu_devices);
+        diff(
+            "mediator.cuda_kernel_accounting",
+            a.cuda_kernel_accounting != b.cuda_kernel_accounting,
+        );
+        diff(
+            "mediator.fault_isolation",
+            a.fault_isolation != b.fault_isolation,
+        );
         diff(
             "mediator.cpu_device_mem",
             a.cpu_device_mem != b.cpu_device_mem,
@@ -635,6 +690,29 @@ mod tests {
         expect_invalid(&GOOD.replace("\"cpu\"", "\"tpu\""), "unknown variant");
         expect_invalid(&GOOD.replace("pool_id = 3", "pool_ = 3"), "unknown field");
         expect_invalid(&GOOD.replace("\"64MiB\"", "\"64 parsecs\""), "unknown unit");
+    }
+
+    #[test]
+    fn fault_isolation_key() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.mediator.fault_isolation, None);
+        assert_eq!(FaultIsolation::default_for(true), FaultIsolation::Process);
+        assert_eq!(FaultIsolation::default_for(false), FaultIsolation::None);
+        let with = |v: &str| {
+            GOOD.replace(
+                "backend = \"cpu\"",
+                &format!("backend = \"cpu\"\nfault_isolation = {v}"),
+            )
+        };
+        let p = Config::from_toml(&with("\"process\"")).unwrap();
+        assert_eq!(p.mediator.fault_isolation, Some(FaultIsolation::Process));
+        let n = Config::from_toml(&with("\"none\"")).unwrap();
+        assert_eq!(n.mediator.fault_isolation, Some(FaultIsolation::None));
+        expect_invalid(&with("\"thread\""), "unknown variant");
+        assert_eq!(
+            p.unsafe_changes(&n),
+            vec!["mediator.fault_isolation".to_string()]
+        );
     }
 
     const POOLS: &str = r#"

@@ -314,6 +314,7 @@ mod tests {
             ContextParams {
                 staging: st,
                 priority: 0,
+                region: None,
             },
         )
         .unwrap();

@@ -231,6 +231,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         let params = crate::backend::ContextParams {
             staging: ch.staging(),
             priority: cfg.priority,
+            region: Some(ch.region().clone()),
         };
         if let Err(e) = self.backend.create_context(vm, params) {
             error!(vm = %cfg.name, "{e}");
@@ -297,6 +298,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         let params = crate::backend::ContextParams {
             staging: slot.ch.staging(),
             priority: cfg.priority,
+            region: Some(slot.ch.region().clone()),
         };
         if let Err(e) = self.backend.create_context(vm, params) {
             error!(vm = %cfg.name, "{e}");
@@ -414,15 +416,26 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
 
     /// Completes every pending command whose work retired. Returns how many.
     fn retire(&mut self) -> usize {
+        // On a device that keeps each stream in order, a stream's commands retire in issue
+        // order: once one of them is still running, the later ones of that stream are not
+        // asked (each poll may cost a driver call), so a pass costs one poll per busy stream.
+        let in_order = self.gate.device_orders_streams;
+        let mut blocked: Vec<(usize, u32)> = Vec::new();
         let mut done = 0;
-        let mut i = 0;
-        while i < self.inflight.len() {
-            let f = &self.inflight[i];
+        let mut keep = Vec::with_capacity(self.inflight.len());
+        for f in std::mem::take(&mut self.inflight) {
+            let key = (f.vm, f.stream);
+            if in_order && blocked.contains(&key) {
+                keep.push(f);
+                continue;
+            }
             let Some(res) = self.backend.poll(f.vm, f.token) else {
-                i += 1;
+                if in_order {
+                    blocked.push(key);
+                }
+                keep.push(f);
                 continue;
             };
-            let f = self.inflight.swap_remove(i);
             done += 1;
             self.gate.retired(f.vm, f.stream);
             let ns = res.map(|r| r.device_ns).unwrap_or(0);
@@ -446,6 +459,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             };
             slot.ch.complete(f.tag, out);
         }
+        self.inflight = keep;
         done
     }
 

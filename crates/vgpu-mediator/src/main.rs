@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use tracing::{error, info};
 use vgpu_mediator::admin;
-use vgpu_mediator::backend::{select, Backend};
+use vgpu_mediator::backend::{isolated, select, Backend};
 use vgpu_mediator::config::{BackendChoice, Config};
 use vgpu_mediator::executor::Executor;
 use vgpu_mediator::sched::router::{ExecHandle, Router};
-use vgpu_mediator::sched::{SchedParams, Scheduler};
+use vgpu_mediator::sched::{DeviceDefaults, Scheduler};
 use vgpu_mediator::stats::StatsRegistry;
 use vgpu_mediator::transport::Server;
 
@@ -43,6 +43,11 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // `vgpud --worker …`: one VM's device context in its own process (fault isolation).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(isolated::WORKER_FLAG) {
+        std::process::exit(isolated::worker_main(&argv[2..]));
+    }
     if let Err(e) = run(Args::parse()) {
         eprintln!("vgpud: error: {e:#}");
         std::process::exit(2);
@@ -96,8 +101,7 @@ fn run(args: Args) -> Result<()> {
     let mut handles = Vec::new();
     let mut exec_threads = Vec::new();
     for (index, backend) in backends.into_iter().enumerate() {
-        let depth = SchedParams::default_depth(&cfg, infos[index].backend);
-        let queue = Scheduler::new(&cfg, depth);
+        let queue = Scheduler::new(&cfg, DeviceDefaults::of(&cfg, infos[index].backend));
         info!(device = index, name = %infos[index].name, depth = queue.params().depth,
               reserve = queue.params().reserve, policy = ?cfg.scheduler.policy, "scheduler");
         let (etx, erx) = mpsc::channel();

@@ -5,6 +5,8 @@
 //! PTX tests run only on the cuda backend; elsewhere they print `SKIPPED (no GPU): …` to
 //! stderr. On the GPU host, `VGPU_VGPUD` names the vgpud binary and `VGPU_PTX_DIR` the folder
 //! holding `kernels/ptx/*.ptx` when the test binary runs away from its build tree.
+//! `VGPU_TEST_ISOLATION=process|none` sets `[mediator] fault_isolation` (e.g. `process` runs
+//! the cpu backend's contexts in worker processes too).
 
 mod common;
 
@@ -63,7 +65,15 @@ fn start(vms: &[Vm]) -> common::Vgpud {
     std::fs::write(
         &cfg,
         // Several cpu execution slots, so that streams can overlap there as on a GPU.
-        common::config_text(dir.path(), vms, "max_kernel_us = 2000000\ncpu_slots = 4"),
+        // VGPU_TEST_ISOLATION=process|none sets `fault_isolation` (else the backend's default).
+        common::config_text(
+            dir.path(),
+            vms,
+            &format!(
+                "max_kernel_us = 2000000\ncpu_slots = 4\n{}",
+                common::isolation_line()
+            ),
+        ),
     )
     .unwrap();
     // VGPU_TEST_LOG_DIR keeps vgpud's logs (for the GPU host's report).

@@ -425,8 +425,9 @@ mod tests {
         let params = ContextParams {
             staging,
             priority: 0,
+            region: None,
         };
-        b.create_context(0, params).unwrap();
+        b.create_context(0, params.clone()).unwrap();
         b.create_context(1, params).unwrap();
         f(&mut b, staging);
         drop(mem);

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod isolated;
 pub mod kernels;
 pub mod select;
 
@@ -87,12 +88,15 @@ impl Staging {
 }
 
 /// What a backend needs to give a VM its context.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ContextParams {
     /// The VM's staging area.
     pub staging: Staging,
     /// The VM's priority (0 = lowest); the cuda backend maps it onto CUDA stream priorities.
     pub priority: u32,
+    /// The VM's whole shared region (its memfd), for backends that run the VM's work in
+    /// another process ([`isolated`]); `None` where the caller has no memfd (unit tests).
+    pub region: Option<std::sync::Arc<crate::transport::SharedRegion>>,
 }
 
 /// A kernel name from guest bytes: non-empty, no NUL, printable ASCII only.

@@ -1,9 +1,13 @@
-//! Picks the backend at start-up: `auto` (cuda where a GPU is usable, else cpu), `cpu` or `cuda`.
+//! Picks the backend at start-up: `auto` (cuda where a GPU is usable, else cpu), `cpu` or `cuda`,
+//! and where VMs' contexts live (`fault_isolation`: cuda defaults to one worker process per VM,
+//! see [`super::isolated`]).
 
 use super::cpu::CpuBackend;
 use super::cuda::{self, CudaBackend};
+use super::isolated::{IsolatedBackend, WorkerKind, WorkerSpec};
 use super::Backend;
-use crate::config::{BackendChoice, MediatorConfig};
+use crate::config::{BackendChoice, FaultIsolation, MediatorConfig};
+use std::path::PathBuf;
 
 /// Default "device memory" of the cpu backend.
 pub const CPU_DEVICE_MEM: u64 = 16 << 30;
@@ -37,9 +41,68 @@ pub fn device_count(choice: BackendChoice, cfg: &MediatorConfig) -> Result<usize
     }
 }
 
-fn cpu(cfg: &MediatorConfig, index: usize) -> Box<dyn Backend> {
+/// The binary workers run: this very executable (still right if the file was replaced).
+const SELF_EXE: &str = "/proc/self/exe";
+
+fn worker_spec(cfg: &MediatorConfig, index: usize, kind: WorkerKind) -> WorkerSpec {
+    WorkerSpec {
+        exe: PathBuf::from(SELF_EXE),
+        kind,
+        device: index,
+        poll_us: cfg.poll_us,
+        call_timeout: WorkerSpec::call_timeout_for(cfg.max_kernel_us),
+    }
+}
+
+fn cpu(cfg: &MediatorConfig, index: usize) -> (Box<dyn Backend>, &'static str) {
     let mem = cfg.cpu_device_mem.map(|s| s.0).unwrap_or(CPU_DEVICE_MEM);
-    Box::new(CpuBackend::with_slots(mem, cfg.cpu_slots as usize).numbered(index))
+    let be = CpuBackend::with_slots(mem, cfg.cpu_slots as usize).numbered(index);
+    match cfg
+        .fault_isolation
+        .unwrap_or(FaultIsolation::default_for(false))
+    {
+        FaultIsolation::None => (Box::new(be), ""),
+        FaultIsolation::Process => {
+            let kind = WorkerKind::Cpu {
+                mem,
+                slots: cfg.cpu_slots,
+            };
+            let iso = IsolatedBackend::new(
+                worker_spec(cfg, index, kind),
+                be.info(),
+                be.orders_streams(),
+            );
+            (Box::new(iso), ", each VM in its own worker process")
+        }
+    }
+}
+
+/// Wraps an opened cuda device as configured: by default each VM's context in a worker
+/// process (the device opened here only describes it), else every context inside vgpud.
+fn cuda(be: CudaBackend, cfg: &MediatorConfig, index: usize) -> (Box<dyn Backend>, &'static str) {
+    match cfg
+        .fault_isolation
+        .unwrap_or(FaultIsolation::default_for(true))
+    {
+        FaultIsolation::Process => {
+            let iso = IsolatedBackend::new(
+                worker_spec(
+                    cfg,
+                    index,
+                    WorkerKind::Cuda {
+                        accounting: cfg.cuda_kernel_accounting,
+                    },
+                ),
+                be.info(),
+                be.orders_streams(),
+            );
+            (Box::new(iso), ", each VM in its own worker process")
+        }
+        FaultIsolation::None => (
+            Box::new(be),
+            ", all VMs in vgpud's process (fault_isolation = \"none\": a fault breaks every VM)",
+        ),
+    }
 }
 
 /// Opens device `index` of the chosen backend. `auto` opens cuda where libcuda loads, a GPU is
@@ -50,31 +113,42 @@ pub fn open(
     cfg: &MediatorConfig,
 ) -> Result<Selected, SelectError> {
     match choice {
-        BackendChoice::Cpu => Ok(Selected {
-            backend: cpu(cfg, index),
-            why: "cpu (requested)".into(),
-        }),
-        BackendChoice::Cuda => {
-            let be = CudaBackend::open(index)
-                .map_err(|e| SelectError::CudaUnavailable(e.to_string()))?;
-            let why = format!("cuda (requested), {}", be.device_name());
+        BackendChoice::Cpu => {
+            let (backend, how) = cpu(cfg, index);
             Ok(Selected {
-                backend: Box::new(be),
-                why,
+                backend,
+                why: format!("cpu (requested){how}"),
             })
         }
-        BackendChoice::Auto => match CudaBackend::open(index) {
+        BackendChoice::Cuda => {
+            let be = CudaBackend::open(index)
+                .map_err(|e| SelectError::CudaUnavailable(e.to_string()))?
+                .with_kernel_accounting(cfg.cuda_kernel_accounting);
+            let name = be.device_name().to_string();
+            let (backend, how) = cuda(be, cfg, index);
+            Ok(Selected {
+                backend,
+                why: format!("cuda (requested), {name}{how}"),
+            })
+        }
+        BackendChoice::Auto => match CudaBackend::open(index)
+            .map(|b| b.with_kernel_accounting(cfg.cuda_kernel_accounting))
+        {
             Ok(be) => {
-                let why = format!("auto: cuda, {}", be.device_name());
+                let name = be.device_name().to_string();
+                let (backend, how) = cuda(be, cfg, index);
                 Ok(Selected {
-                    backend: Box::new(be),
-                    why,
+                    backend,
+                    why: format!("auto: cuda, {name}{how}"),
                 })
             }
-            Err(e) => Ok(Selected {
-                backend: cpu(cfg, index),
-                why: format!("auto: cpu, {e}"),
-            }),
+            Err(e) => {
+                let (backend, how) = cpu(cfg, index);
+                Ok(Selected {
+                    backend,
+                    why: format!("auto: cpu, {e}{how}"),
+                })
+            }
         },
     }
 }
@@ -104,5 +178,23 @@ mod tests {
             device_count(BackendChoice::Auto, &cfg).unwrap(),
             device_count(BackendChoice::Cpu, &cfg).unwrap()
         );
+    }
+
+    #[test]
+    fn cpu_runs_in_process_unless_isolation_is_asked_for() {
+        let mut cfg = MediatorConfig::default();
+        let s = open(BackendChoice::Cpu, 0, &cfg).unwrap();
+        assert_eq!(s.why, "cpu (requested)");
+        assert!(!s.backend.orders_streams());
+        cfg.fault_isolation = Some(FaultIsolation::Process);
+        let s = open(BackendChoice::Cpu, 0, &cfg).unwrap();
+        assert!(
+            s.why.ends_with("each VM in its own worker process"),
+            "{}",
+            s.why
+        );
+        assert_eq!(s.backend.info().backend, "cpu");
+        // The cpu device still relies on the executor to order streams.
+        assert!(!s.backend.orders_streams());
     }
 }

@@ -26,8 +26,16 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use vgpu_abi::cmd::Command;
 
-/// Default device depth of a backend other than cpu (the cuda integration may refine it).
-pub const DEFAULT_DEVICE_DEPTH: u32 = 4;
+/// Default device depth (jobs) of a backend other than cpu. The device's queue is kept short
+/// in *time* by [`DEFAULT_DEVICE_QUEUE_US`]; this only caps the count.
+pub const DEFAULT_DEVICE_DEPTH: u32 = 64;
+
+/// Default device-time budget of the jobs on a device other than cpu, in µs.
+pub const DEFAULT_DEVICE_QUEUE_US: u64 = 2000;
+
+/// Jobs always allowed on a device whatever the time budget, so the next kernel is queued
+/// while the current one runs (no idle gap between them).
+const MIN_DEVICE_JOBS: u32 = 2;
 
 /// Weight of the newest sample in a VM's per-job device-time estimate.
 const EWMA_NEW: f64 = 0.25;
@@ -45,6 +53,8 @@ pub struct SchedParams {
     pub vm_max_inflight: u32,
     /// Jobs on the device at once.
     pub depth: u32,
+    /// Estimated device time the jobs on the device may add up to, in ns (0: no limit).
+    pub queue_ns: f64,
     /// Slots of `depth` only the reserve class may use.
     pub reserve: u32,
     /// Lowest priority of the reserve class.
@@ -55,6 +65,25 @@ pub struct SchedParams {
     pub vm_priority: Vec<u32>,
     /// Each pool's weight.
     pub weights: Vec<u32>,
+}
+
+/// What a device's limits are when the config does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceDefaults {
+    /// Jobs on the device at once.
+    pub depth: u32,
+    /// Device-time budget of those jobs, in µs (0: none).
+    pub queue_us: u64,
+}
+
+impl DeviceDefaults {
+    /// The defaults of a device of `backend` ("cpu", "cuda").
+    pub fn of(cfg: &Config, backend: &str) -> Self {
+        Self {
+            depth: SchedParams::default_depth(cfg, backend),
+            queue_us: SchedParams::default_queue_us(cfg, backend),
+        }
+    }
 }
 
 impl SchedParams {
@@ -68,10 +97,22 @@ impl SchedParams {
         }
     }
 
-    /// The parameters `cfg` asks for, with `default_depth` when it names no device depth.
-    pub fn from_config(cfg: &Config, default_depth: u32) -> Self {
+    /// Device-time budget when the config sets none: off on the cpu backend (its slots are
+    /// the limit), else [`DEFAULT_DEVICE_QUEUE_US`].
+    pub fn default_queue_us(cfg: &Config, backend: &str) -> u64 {
+        if backend == "cpu" || cfg.mediator.backend == BackendChoice::Cpu {
+            0
+        } else {
+            DEFAULT_DEVICE_QUEUE_US
+        }
+    }
+
+    /// The parameters `cfg` asks for, with `defaults` where it names no device depth or
+    /// device-time budget.
+    pub fn from_config(cfg: &Config, defaults: DeviceDefaults) -> Self {
         let s = &cfg.scheduler;
-        let depth = s.device_depth.unwrap_or(default_depth).max(1);
+        let depth = s.device_depth.unwrap_or(defaults.depth).max(1);
+        let queue_us = s.device_queue_us.unwrap_or(defaults.queue_us);
         Self {
             policy: s.policy,
             max_wait: (s.max_wait_ms > 0).then(|| Duration::from_millis(s.max_wait_ms)),
@@ -82,6 +123,7 @@ impl SchedParams {
                 s.vm_max_inflight
             },
             depth,
+            queue_ns: queue_us as f64 * 1e3,
             // At least one slot stays usable by every class.
             reserve: s.reserve_slots.min(depth - 1),
             reserve_priority: s
@@ -147,7 +189,7 @@ impl PoolState {
 #[derive(Debug)]
 pub struct Scheduler {
     p: SchedParams,
-    default_depth: u32,
+    defaults: DeviceDefaults,
     vms: Vec<VmQueue>,
     pools: Vec<PoolState>,
     /// Each pool's VMs, in index order.
@@ -159,19 +201,25 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for `cfg`'s VMs and pools (`default_depth`: see [`SchedParams::default_depth`]).
-    pub fn new(cfg: &Config, default_depth: u32) -> Self {
-        Self::with_params(SchedParams::from_config(cfg, default_depth), default_depth)
+    /// A scheduler for `cfg`'s VMs and pools on a device with `defaults`.
+    pub fn new(cfg: &Config, defaults: DeviceDefaults) -> Self {
+        let mut s = Self::with_params(SchedParams::from_config(cfg, defaults), defaults.depth);
+        s.defaults = defaults;
+        s
     }
 
     /// A scheduler with explicit parameters.
     pub fn with_params(p: SchedParams, default_depth: u32) -> Self {
+        let defaults = DeviceDefaults {
+            depth: default_depth,
+            queue_us: (p.queue_ns / 1e3) as u64,
+        };
         let mut s = Self {
             vms: (0..p.vm_pool.len()).map(|_| VmQueue::default()).collect(),
             pools: vec![PoolState::default(); p.weights.len()],
             members: Vec::new(),
             p,
-            default_depth,
+            defaults,
             inflight: 0,
             queued: 0,
             seq: 0,
@@ -251,7 +299,12 @@ impl Scheduler {
         } else {
             self.p.depth - self.p.reserve
         };
-        self.inflight < limit && self.vms[vm].inflight < self.p.vm_max_inflight
+        let count_ok = self.inflight < limit && self.vms[vm].inflight < self.p.vm_max_inflight;
+        if !count_ok || self.p.queue_ns <= 0.0 || self.inflight < MIN_DEVICE_JOBS {
+            return count_ok;
+        }
+        let queued_ns: f64 = self.pools.iter().map(|p| p.inflight_est).sum();
+        queued_ns + self.vms[vm].est[1] <= self.p.queue_ns
     }
 
     /// The first job of `vm`, in push order, that the gate admits; device work only when
@@ -446,7 +499,7 @@ impl WorkQueue for Scheduler {
     }
 
     fn reconfigure(&mut self, cfg: &Config) {
-        self.set_params(SchedParams::from_config(cfg, self.default_depth));
+        self.set_params(SchedParams::from_config(cfg, self.defaults));
     }
 }
 

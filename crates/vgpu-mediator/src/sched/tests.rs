@@ -11,6 +11,7 @@ fn params(prio: &[u32], pool: &[usize], weights: &[u32], depth: u32) -> SchedPar
         vm_max_queued: 1 << 20,
         vm_max_inflight: u32::MAX,
         depth,
+        queue_ns: 0.0,
         reserve: 0,
         reserve_priority: prio.iter().copied().max().unwrap_or(0),
         vm_pool: pool.to_vec(),
@@ -232,6 +233,39 @@ fn idle_pool_share_is_handed_over_and_taken_back_without_a_burst() {
         (sh[1] - 0.5).abs() < 0.02,
         "share after coming back: {sh:?}"
     );
+}
+
+#[test]
+fn device_time_budget_keeps_the_device_queue_short() {
+    let mut p = params(&[0], &[0], &[1], 64);
+    p.queue_ns = 2_500_000.0; // 2.5 ms of estimated device time
+    let mut s = Scheduler::with_params(p, 64);
+    let mut g = Gate::new(true);
+    for t in 0..40 {
+        s.push(kernel(0, t, 0));
+    }
+    // Nothing measured yet: the estimate is 0, so the count limit alone applies.
+    for _ in 0..4 {
+        s.pop(&mut g).unwrap();
+    }
+    // Teach the estimate that this VM's kernels take 1 ms.
+    for _ in 0..4 {
+        s.finished(0, false, 1_000_000);
+        s.push(kernel(0, 100, 0));
+    }
+    for _ in 0..20 {
+        assert!(s.pop(&mut g).is_some());
+        s.finished(0, false, 1_000_000);
+    }
+    // Two 1 ms kernels fit in 2.5 ms, a third does not; two are allowed whatever the budget.
+    assert!(s.pop(&mut g).is_some());
+    assert!(s.pop(&mut g).is_some());
+    assert!(
+        s.pop(&mut g).is_none(),
+        "a third 1 ms kernel exceeds the budget"
+    );
+    s.finished(0, false, 1_000_000);
+    assert!(s.pop(&mut g).is_some(), "room again once one retired");
 }
 
 #[test]

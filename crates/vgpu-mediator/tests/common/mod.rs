@@ -98,6 +98,14 @@ pub fn wait_timeout(c: &mut Child, d: Duration) -> Option<std::process::ExitStat
     }
 }
 
+/// `fault_isolation = "…"` from `VGPU_TEST_ISOLATION` (empty when unset: the default).
+pub fn isolation_line() -> String {
+    match std::env::var("VGPU_TEST_ISOLATION") {
+        Ok(v) if !v.is_empty() => format!("fault_isolation = \"{v}\""),
+        _ => String::new(),
+    }
+}
+
 pub fn config_text(dir: &Path, vms: &[Vm], extra: &str) -> String {
     let mut s = format!(
         "[mediator]\nbackend = \"cpu\"\nadmin_socket = \"{}\"\n{extra}\n",

@@ -1,0 +1,465 @@
+//! Fault isolation: each VM's device context in its own **worker process**.
+//!
+//! CUDA's sticky errors are per process: a kernel that faults in one context breaks every
+//! context of the process. [`IsolatedBackend`] therefore runs each VM's context in a worker
+//! (the same `vgpud` binary started with [`WORKER_FLAG`], see [`worker_main`]) that opens the
+//! real backend for its device and creates exactly one context, bound to the VM's shared region
+//! (the worker maps the VM's memfd itself, so the cuda backend still page-locks it and DMAs
+//! straight from / to guest memory).
+//!
+//! * `create_context` spawns the worker and waits for its "ready"; `destroy_context` SIGKILLs
+//!   it (a kernel that never ends is no obstacle) and a reaper thread collects it. A reset is
+//!   kill + respawn.
+//! * Requests travel over a private ring of the vGPU ABI ([`proto`]). Stream commands are
+//!   issued without waiting (many in flight; [`Backend::poll`] takes the answers); the few
+//!   whose result the trait needs at once (alloc, free, modules, functions, elapsed time) wait
+//!   for their answer — bounded: a worker that does not answer in time is killed.
+//! * A worker that dies fails all its VM's work with [`Status::ContextLost`]; vgpud never
+//!   panics or hangs on it.
+//! * Module and function handles are made unique across VMs here (each worker numbers its own
+//!   from 1): a handle carries its context's serial number in bits 32..63. Device pointers are
+//!   each worker's own (ownership is enforced per VM by [`crate::device`]).
+
+mod link;
+pub mod proto;
+mod spawn;
+mod worker;
+
+pub use link::LinkError;
+pub use proto::{WorkerArgs, WorkerKind, WORKER_FLAG};
+pub use worker::{worker_main, WorkerError};
+
+use super::{
+    Backend, BackendError, ContextParams, DeviceInfo, Issued, Retired, StreamOp, Token, VmKey,
+};
+use link::WorkerLink;
+use spawn::Reaper;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+use vgpu_abi::cmd::{Command, Cqe, LaunchBody, BUILTIN_FUNC_FLAG};
+use vgpu_abi::Status;
+
+/// How long a new worker may take to open its device and create its context.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What workers to start.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// The `vgpud` binary (`/proc/self/exe` in vgpud itself).
+    pub exe: PathBuf,
+    /// The backend each worker runs.
+    pub kind: WorkerKind,
+    /// Device index.
+    pub device: usize,
+    /// Worker's ring polling window after its last work, in microseconds.
+    pub poll_us: u64,
+    /// Longest time vgpud waits for an answer it needs at once (then the worker is killed).
+    pub call_timeout: Duration,
+}
+
+impl WorkerSpec {
+    /// A call timeout generous for a VM whose queued kernels each run up to `max_kernel_us`
+    /// (a free or an unload waits for the VM's work on the device).
+    pub fn call_timeout_for(max_kernel_us: u32) -> Duration {
+        Duration::from_secs(10) + Duration::from_micros(max_kernel_us as u64) * 4
+    }
+}
+
+/// One VM's worker.
+struct Worker {
+    link: WorkerLink,
+    /// Serial number of this context: the high half of its module and function handles.
+    serial: u64,
+    /// Tokens issued and not yet answered through `poll`.
+    pending: HashSet<Token>,
+}
+
+/// Runs each VM's context in its own worker process. See the module documentation.
+pub struct IsolatedBackend {
+    spec: WorkerSpec,
+    info: DeviceInfo,
+    orders_streams: bool,
+    workers: HashMap<VmKey, Worker>,
+    next_tag: u64,
+    next_serial: u64,
+    reaper: Reaper,
+}
+
+/// Largest context serial (handles keep bit 63 clear for built-ins).
+const MAX_SERIAL: u64 = (1 << 31) - 1;
+
+impl IsolatedBackend {
+    /// A backend whose device is described by `info` (taken from the real backend, opened once
+    /// in vgpud) and whose streams are ordered by the device when `orders_streams`.
+    pub fn new(spec: WorkerSpec, info: DeviceInfo, orders_streams: bool) -> Self {
+        Self {
+            spec,
+            info,
+            orders_streams,
+            workers: HashMap::new(),
+            next_tag: 1,
+            next_serial: 1,
+            reaper: Reaper::new(),
+        }
+    }
+
+    /// The process id of VM `vm`'s worker (tests, logs).
+    pub fn worker_pid(&self, vm: VmKey) -> Option<u32> {
+        self.workers.get(&vm).map(|w| w.link.pid())
+    }
+
+    fn tag(&mut self) -> u64 {
+        let t = self.next_tag;
+        self.next_tag += 1;
+        t
+    }
+
+    /// Issues a stream command; its answer is taken by `poll`.
+    fn issue(&mut self, vm: VmKey, stream: u32, cmd: Command) -> Result<Issued, Status> {
+        let tag = self.tag();
+        let timeout = self.spec.call_timeout;
+        let w = self.workers.get_mut(&vm).ok_or(Status::Internal)?;
+        w.link
+            .submit(&cmd, stream, tag, timeout, &mut self.reaper)?;
+        w.pending.insert(tag);
+        Ok(Issued::Pending(tag, 0, 0))
+    }
+
+    /// Sends a command and waits for its answer.
+    fn call(&mut self, vm: VmKey, cmd: Command) -> Result<(u64, u64), Status> {
+        let tag = self.tag();
+        let timeout = self.spec.call_timeout;
+        let w = self.workers.get_mut(&vm).ok_or(Status::Internal)?;
+        let reaper = &mut self.reaper;
+        w.link.submit(&cmd, 0, tag, timeout, reaper)?;
+        let c = w.link.wait(tag, timeout, reaper)?;
+        outcome(&c)
+    }
+
+    /// A worker's local handle as seen by vgpud and the guest.
+    fn global(serial: u64, local: u64) -> Result<u64, Status> {
+        if local == 0 || local >> 32 != 0 {
+            warn!("worker returned handle {local:#x}, out of range");
+            return Err(Status::Internal);
+        }
+        Ok(serial << 32 | local)
+    }
+
+    /// The worker's local handle of `global`, if it belongs to VM `vm`'s context; built-in
+    /// function handles pass unchanged.
+    fn local(&self, vm: VmKey, global: u64, foreign: Status) -> Result<u64, Status> {
+        if global & BUILTIN_FUNC_FLAG != 0 {
+            return Ok(global);
+        }
+        let w = self.workers.get(&vm).ok_or(Status::Internal)?;
+        if global >> 32 != w.serial {
+            return Err(foreign);
+        }
+        Ok(global & 0xffff_ffff)
+    }
+
+    fn serial(&self, vm: VmKey) -> Result<u64, Status> {
+        Ok(self.workers.get(&vm).ok_or(Status::Internal)?.serial)
+    }
+}
+
+/// The results of an answer, or its error status.
+fn outcome(c: &Cqe) -> Result<(u64, u64), Status> {
+    match Status::from_raw(c.status) {
+        Some(Status::Ok) => Ok((c.result0, c.result1)),
+        Some(s) => Err(s),
+        None => Err(Status::Internal),
+    }
+}
+
+impl Drop for IsolatedBackend {
+    fn drop(&mut self) {
+        for (_, mut w) in self.workers.drain() {
+            w.link.kill(&mut self.reaper);
+        }
+    }
+}
+
+impl Backend for IsolatedBackend {
+    fn info(&self) -> DeviceInfo {
+        self.info.clone()
+    }
+
+    fn create_context(&mut self, vm: VmKey, params: ContextParams) -> Result<(), BackendError> {
+        if self.workers.contains_key(&vm) {
+            return Err(BackendError::Context(format!(
+                "vm {vm} already has a context"
+            )));
+        }
+        let region = params.region.as_ref().ok_or_else(|| {
+            BackendError::Context("isolated contexts need the VM's shared-memory fd".into())
+        })?;
+        let t0 = Instant::now();
+        let args = WorkerArgs {
+            kind: self.spec.kind,
+            device: self.spec.device,
+            priority: params.priority,
+            staging_offset: params.staging.offset,
+            staging_size: params.staging.size,
+            poll_us: self.spec.poll_us,
+        };
+        let mut link = WorkerLink::spawn(&self.spec.exe, &args, region.fd().as_fd())
+            .map_err(|e| BackendError::Context(e.to_string()))?;
+        let ready = link.wait(proto::READY_TAG, START_TIMEOUT, &mut self.reaper);
+        let fail = |why: String| {
+            BackendError::Context(format!(
+                "worker {} for vm {vm}: {why} (its log is in vgpud's)",
+                link.pid()
+            ))
+        };
+        match ready.as_ref().map(outcome) {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) => {
+                let e = fail(format!("context not created: {}", s.describe()));
+                link.kill(&mut self.reaper);
+                return Err(e);
+            }
+            Err(_) => return Err(fail("exited before its context was ready".into())),
+        }
+        let serial = self.next_serial;
+        self.next_serial = if serial >= MAX_SERIAL { 1 } else { serial + 1 };
+        info!(
+            vm,
+            pid = link.pid(),
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "worker process ready"
+        );
+        self.workers.insert(
+            vm,
+            Worker {
+                link,
+                serial,
+                pending: HashSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn destroy_context(&mut self, vm: VmKey) {
+        if let Some(mut w) = self.workers.remove(&vm) {
+            w.link.kill(&mut self.reaper);
+        }
+    }
+
+    fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
+        self.call(vm, Command::MemAlloc { size }).map(|r| r.0)
+    }
+
+    fn free(&mut self, vm: VmKey, ptr: u64) -> Result<(), Status> {
+        self.call(vm, Command::MemFree { ptr }).map(drop)
+    }
+
+    fn memset(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        len: u64,
+        value: u32,
+        width: u32,
+    ) -> Result<Issued, Status> {
+        let cmd = Command::Memset {
+            dst,
+            len,
+            value,
+            width,
+        };
+        self.issue(vm, op.stream, cmd)
+    }
+
+    fn copy_h2d(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        let cmd = Command::CopyH2D {
+            dst,
+            staging_offset: staging_off,
+            len,
+        };
+        self.issue(vm, op.stream, cmd)
+    }
+
+    fn copy_d2h(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        src: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        let cmd = Command::CopyD2H {
+            src,
+            staging_offset: staging_off,
+            len,
+        };
+        self.issue(vm, op.stream, cmd)
+    }
+
+    fn copy_d2d(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        dst: u64,
+        src: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        self.issue(vm, op.stream, Command::CopyD2D { dst, src, len })
+    }
+
+    fn launch(&mut self, vm: VmKey, op: &StreamOp, launch: &LaunchBody) -> Result<Issued, Status> {
+        let mut l = *launch;
+        l.func = self.local(vm, l.func, Status::InvalidFunction)?;
+        self.issue(vm, op.stream, Command::Launch(l))
+    }
+
+    fn synchronize(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        all_streams: bool,
+    ) -> Result<Issued, Status> {
+        self.issue(vm, op.stream, Command::Synchronize { all_streams })
+    }
+
+    fn module_load(&mut self, vm: VmKey, staging_off: u64, len: u64) -> Result<u64, Status> {
+        let serial = self.serial(vm)?;
+        let cmd = Command::ModuleLoad {
+            staging_offset: staging_off,
+            len,
+        };
+        let (h, _) = self.call(vm, cmd)?;
+        Self::global(serial, h)
+    }
+
+    fn module_unload(&mut self, vm: VmKey, module: u64) -> Result<(), Status> {
+        let module = self.local(vm, module, Status::InvalidArgument)?;
+        self.call(vm, Command::ModuleUnload { module }).map(drop)
+    }
+
+    fn get_function(
+        &mut self,
+        vm: VmKey,
+        module: u64,
+        staging_off: u64,
+        len: u64,
+    ) -> Result<(u64, u32), Status> {
+        let serial = self.serial(vm)?;
+        let module = self.local(vm, module, Status::InvalidArgument)?;
+        let cmd = Command::GetFunction {
+            module,
+            staging_offset: staging_off,
+            name_len: len,
+        };
+        let (f, n) = self.call(vm, cmd)?;
+        let n = u32::try_from(n).map_err(|_| Status::Internal)?;
+        Ok((Self::global(serial, f)?, n))
+    }
+
+    fn func_param_info(&mut self, vm: VmKey, func: u64, index: u32) -> Result<(u64, u64), Status> {
+        let func = self.local(vm, func, Status::InvalidFunction)?;
+        self.call(vm, Command::FuncParamInfo { func, index })
+    }
+
+    fn event_record(&mut self, vm: VmKey, op: &StreamOp, event: u32) -> Result<Issued, Status> {
+        self.issue(vm, op.stream, Command::EventRecord { event })
+    }
+
+    fn stream_wait_event(
+        &mut self,
+        vm: VmKey,
+        op: &StreamOp,
+        event: u32,
+    ) -> Result<Issued, Status> {
+        self.issue(vm, op.stream, Command::StreamWaitEvent { event })
+    }
+
+    fn event_synchronize(&mut self, vm: VmKey, event: u32) -> Result<Issued, Status> {
+        self.issue(vm, 0, Command::EventSynchronize { event })
+    }
+
+    fn event_elapsed(&mut self, vm: VmKey, start: u32, end: u32) -> Result<i64, Status> {
+        self.call(vm, Command::EventElapsed { start, end })
+            .map(|(ns, _)| ns as i64)
+    }
+
+    fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
+        let Some(w) = self.workers.get_mut(&vm) else {
+            return Some(Err(Status::Aborted));
+        };
+        if !w.pending.contains(&token) {
+            return Some(Err(Status::Internal));
+        }
+        let r = w.link.try_take(token)?;
+        w.pending.remove(&token);
+        if r.is_err() {
+            w.link.kill(&mut self.reaper);
+        }
+        Some(
+            r.and_then(|c| outcome(&c))
+                .map(|(device_ns, _)| Retired { device_ns }),
+        )
+    }
+
+    fn poll_hint(&self) -> Option<Duration> {
+        self.workers
+            .values()
+            .any(|w| !w.pending.is_empty())
+            .then_some(Duration::ZERO)
+    }
+
+    fn orders_streams(&self) -> bool {
+        self.orders_streams
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_carry_their_context() {
+        let g = IsolatedBackend::global(5, 7).unwrap();
+        assert_eq!(g, 5 << 32 | 7);
+        assert_eq!(g & BUILTIN_FUNC_FLAG, 0);
+        assert_eq!(
+            IsolatedBackend::global(MAX_SERIAL, u32::MAX as u64).unwrap() & BUILTIN_FUNC_FLAG,
+            0
+        );
+        assert_eq!(IsolatedBackend::global(1, 0), Err(Status::Internal));
+        assert_eq!(IsolatedBackend::global(1, 1 << 32), Err(Status::Internal));
+    }
+
+    #[test]
+    fn answers_map_to_outcomes() {
+        let ok = Cqe {
+            tag: 1,
+            status: 0,
+            flags: 0,
+            result0: 7,
+            result1: 9,
+        };
+        assert_eq!(outcome(&ok), Ok((7, 9)));
+        let fault = Cqe {
+            status: Status::KernelFault as u32,
+            ..ok
+        };
+        assert_eq!(outcome(&fault), Err(Status::KernelFault));
+        let junk = Cqe {
+            status: 0xdead,
+            ..ok
+        };
+        assert_eq!(outcome(&junk), Err(Status::Internal));
+    }
+}

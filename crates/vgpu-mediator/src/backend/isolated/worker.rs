@@ -1,0 +1,371 @@
+//! The worker process: one VM's context on the real backend, fed through the private ring.
+//!
+//! It consumes requests like vgpud consumes a guest's ring and answers each once its work has
+//! retired. While it has work (or within `poll_us` of the last) it spins, with
+//! `SQ_FLAG_HOST_POLLING` set so that vgpud skips the doorbell; then it clears the flag,
+//! re-checks the ring and sleeps on the doorbell eventfd.
+
+use super::proto::{self, WorkerArgs, WorkerKind, FD_DOORBELL, FD_REGION, FD_RING, READY_TAG};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, ContextParams, Issued, Staging, StreamOp, Token};
+use memmap2::{MmapMut, MmapOptions};
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::fd::{FromRawFd, OwnedFd};
+use std::fs::File;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+use vgpu_abi::cmd::{Command, Cqe, Sqe};
+use vgpu_abi::ring::{CqProducer, SqConsumer};
+use vgpu_abi::{ShmView, Status};
+
+/// The VM key of the worker's only context.
+const VM: usize = 0;
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Bad command line.
+    #[error(transparent)]
+    Proto(#[from] proto::ProtoError),
+    /// An fd vgpud should have passed is missing or unusable.
+    #[error("fd {fd}: {source}")]
+    Fd {
+        /// The fd number.
+        fd: i32,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The staging area does not fit the VM's region.
+    #[error("staging [{offset:#x}, +{size:#x}) lies outside the {len}-byte region")]
+    Staging {
+        /// Offset.
+        offset: u64,
+        /// Size.
+        size: u64,
+        /// Region length.
+        len: usize,
+    },
+    /// The backend could not be opened or the context created.
+    #[error("backend: {0}")]
+    Backend(String),
+    /// vgpud broke the ring protocol.
+    #[error("private ring: {0}")]
+    Ring(#[from] vgpu_abi::ring::FenceReason),
+}
+
+/// Entry point of `vgpud --worker …` (`args` are the arguments after the flag). Returns the
+/// process exit code; it returns only on an error (vgpud ends a worker with SIGKILL).
+pub fn worker_main(args: &[String]) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("vgpud worker: {e}");
+            2
+        }
+    }
+}
+
+/// Maps one of the passed memfds (whole file); the fd stays open (owned by the returned file)
+/// for the worker's life.
+fn map(fd: i32) -> Result<(File, MmapMut, ShmView), WorkerError> {
+    let io = |source| WorkerError::Fd { fd, source };
+    // SAFETY: vgpud dup2'ed this fd here before exec (see `spawn`); nothing else in this process
+    // refers to it, so this File is its only owner.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let len = usize::try_from(file.metadata().map_err(io)?.len())
+        .map_err(|e| io(std::io::Error::other(e)))?;
+    // SAFETY: a memfd sized by vgpud, which never truncates it; the other side writes it
+    // concurrently, which is why it is only accessed through `ShmView`.
+    let mut m = unsafe { MmapOptions::new().len(len).map_mut(&file).map_err(io)? };
+    // SAFETY: `m` is a live, page-aligned mapping of `len` bytes, kept alive by the caller for
+    // as long as the view is used (the whole life of the worker).
+    let view = unsafe { ShmView::new(m.as_mut_ptr(), len) };
+    Ok((file, m, view))
+}
+
+fn open_backend(a: &WorkerArgs) -> Result<Box<dyn Backend>, WorkerError> {
+    Ok(match a.kind {
+        WorkerKind::Cuda { accounting } => Box::new(
+            CudaBackend::open(a.device)
+                .map_err(|e| WorkerError::Backend(e.to_string()))?
+                .with_kernel_accounting(accounting),
+        ),
+        WorkerKind::Cpu { mem, slots } => {
+            Box::new(CpuBackend::with_slots(mem, slots as usize).numbered(a.device))
+        }
+    })
+}
+
+fn run(args: &[String]) -> Result<(), WorkerError> {
+    let a = WorkerArgs::parse(args)?;
+    let t0 = Instant::now();
+    let (_region_fd, _region_map, region) = map(FD_REGION)?;
+    let (_ring_fd, _ring_map, ring) = map(FD_RING)?;
+    // SAFETY: as for the memfds: placed here by vgpud before exec, owned by nobody else.
+    let doorbell = unsafe { OwnedFd::from_raw_fd(FD_DOORBELL) };
+    let layout = proto::ring_layout()?;
+    if ring.len() as u64 != layout.shm_size {
+        return Err(WorkerError::Fd {
+            fd: FD_RING,
+            source: std::io::Error::other(format!("ring memfd of {} bytes", ring.len())),
+        });
+    }
+    let mut cq = CqProducer::new(ring, layout);
+    let sq = SqConsumer::new(ring, layout);
+    let answer = |cq: &mut CqProducer, c: Cqe| {
+        // vgpud never has more requests outstanding than the ring holds answers.
+        while cq.free().map(|f| f == 0).unwrap_or(false) {
+            std::thread::sleep(Duration::from_micros(10));
+        }
+        cq.push(&c);
+    };
+    let staging_ok = a
+        .staging_offset
+        .checked_add(a.staging_size)
+        .is_some_and(|end| end <= region.len() as u64);
+    if !staging_ok {
+        return Err(WorkerError::Staging {
+            offset: a.staging_offset,
+            size: a.staging_size,
+            len: region.len(),
+        });
+    }
+    let staging = Staging {
+        view: region,
+        offset: a.staging_offset,
+        size: a.staging_size,
+    };
+    let ready = open_backend(&a).and_then(|mut be| {
+        be.create_context(
+            VM,
+            ContextParams {
+                staging,
+                priority: a.priority,
+                region: None,
+            },
+        )
+        .map_err(|e| WorkerError::Backend(e.to_string()))?;
+        Ok(be)
+    });
+    let mut be = match ready {
+        Ok(be) => be,
+        Err(e) => {
+            let c = Cqe {
+                tag: READY_TAG,
+                status: Status::Internal as u32,
+                ..Cqe::default()
+            };
+            answer(&mut cq, c);
+            return Err(e);
+        }
+    };
+    info!(
+        pid = std::process::id(),
+        device = a.device,
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "worker: context ready"
+    );
+    answer(
+        &mut cq,
+        Cqe {
+            tag: READY_TAG,
+            ..Cqe::default()
+        },
+    );
+    let mut w = Worker {
+        be: &mut *be,
+        staging_size: a.staging_size,
+        pending: Vec::new(),
+    };
+    let window = Duration::from_micros(a.poll_us);
+    let mut sq = sq;
+    sq.set_polling(true);
+    let mut last_work = Instant::now();
+    loop {
+        let mut progress = false;
+        let n = sq.available()?;
+        for _ in 0..n {
+            let sqe = sq.pop();
+            if let Some(c) = w.handle(&sqe) {
+                answer(&mut cq, c);
+            }
+            progress = true;
+        }
+        for c in w.retire() {
+            answer(&mut cq, c);
+            progress = true;
+        }
+        if progress {
+            last_work = Instant::now();
+            continue;
+        }
+        if !w.pending.is_empty() {
+            // Device work in flight: keep polling it (a backend that knows when it retires,
+            // like the cpu backend, lets the worker nap briefly instead).
+            match w.be.poll_hint() {
+                Some(d) if !d.is_zero() => std::thread::sleep(d.min(Duration::from_micros(100))),
+                _ => std::hint::spin_loop(),
+            }
+            continue;
+        }
+        if last_work.elapsed() < window {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Idle: clear the flag (with a fence), re-check, then sleep on the doorbell.
+        sq.set_polling(false);
+        if sq.available()? == 0 {
+            let mut fds = [PollFd::new(&doorbell, PollFlags::IN)];
+            let second = rustix::time::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            match poll(&mut fds, Some(&second)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => warn!("worker: poll: {e}"),
+            }
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(&doorbell, &mut b);
+        }
+        sq.set_polling(true);
+        last_work = Instant::now();
+    }
+}
+
+/// The worker's context and the requests it has on the device.
+struct Worker<'a> {
+    be: &'a mut dyn Backend,
+    staging_size: u64,
+    /// `(tag, token, stream)` of stream commands still on the device, in issue order.
+    pending: Vec<(u64, Token, u32)>,
+}
+
+impl Worker<'_> {
+    /// Runs one request; returns its answer, or `None` when its work is on the device.
+    fn handle(&mut self, sqe: &Sqe) -> Option<Cqe> {
+        let tag = sqe.tag;
+        let fail = |s: Status| {
+            Some(Cqe {
+                tag,
+                status: s as u32,
+                ..Cqe::default()
+            })
+        };
+        let cmd = match Command::decode(sqe, self.staging_size) {
+            Ok(c) => c,
+            Err(s) => return fail(s),
+        };
+        let op = StreamOp { stream: sqe.stream };
+        let be = &mut *self.be;
+        let t0 = Instant::now();
+        let r: Result<Issued, Status> = match cmd {
+            Command::Nop => Ok(Issued::DONE),
+            Command::GetInfo => Err(Status::NotSupported),
+            Command::MemAlloc { size } => be.alloc(VM, size).map(|p| Issued::Done(p, 0)),
+            Command::MemFree { ptr } => be.free(VM, ptr).map(|()| Issued::DONE),
+            Command::Memset {
+                dst,
+                len,
+                value,
+                width,
+            } => be.memset(VM, &op, dst, len, value, width),
+            Command::CopyH2D {
+                dst,
+                staging_offset,
+                len,
+            } => be.copy_h2d(VM, &op, dst, staging_offset, len),
+            Command::CopyD2H {
+                src,
+                staging_offset,
+                len,
+            } => be.copy_d2h(VM, &op, src, staging_offset, len),
+            Command::CopyD2D { dst, src, len } => be.copy_d2d(VM, &op, dst, src, len),
+            Command::Launch(l) => be.launch(VM, &op, &l),
+            Command::Synchronize { all_streams } => be.synchronize(VM, &op, all_streams),
+            Command::ModuleLoad {
+                staging_offset,
+                len,
+            } => be
+                .module_load(VM, staging_offset, len)
+                .map(|h| Issued::Done(h, 0)),
+            Command::ModuleUnload { module } => be.module_unload(VM, module).map(|()| Issued::DONE),
+            Command::GetFunction {
+                module,
+                staging_offset,
+                name_len,
+            } => be
+                .get_function(VM, module, staging_offset, name_len)
+                .map(|(f, n)| Issued::Done(f, n as u64)),
+            Command::FuncParamInfo { func, index } => be
+                .func_param_info(VM, func, index)
+                .map(|(o, s)| Issued::Done(o, s)),
+            Command::EventRecord { event } => be.event_record(VM, &op, event),
+            Command::StreamWaitEvent { event } => be.stream_wait_event(VM, &op, event),
+            Command::EventSynchronize { event } => be.event_synchronize(VM, event),
+            Command::EventElapsed { start, end } => be
+                .event_elapsed(VM, start, end)
+                .map(|ns| Issued::Done(ns as u64, 0)),
+        };
+        match r {
+            Err(s) => fail(s),
+            Ok(Issued::Done(a, b)) => {
+                let (r0, r1) = if proto::is_async(&cmd) {
+                    (t0.elapsed().as_nanos() as u64, 0)
+                } else {
+                    (a, b)
+                };
+                Some(Cqe {
+                    tag,
+                    status: Status::Ok as u32,
+                    flags: 0,
+                    result0: r0,
+                    result1: r1,
+                })
+            }
+            Ok(Issued::Pending(token, ..)) => {
+                self.pending.push((tag, token, sqe.stream));
+                None
+            }
+        }
+    }
+
+    /// Answers of the device work that retired since the last call. A stream's work retires
+    /// in issue order when the backend keeps streams in order, so once one of its commands
+    /// still runs the later ones are not polled (each poll may be a driver call).
+    fn retire(&mut self) -> Vec<Cqe> {
+        let mut out = Vec::new();
+        let be = &mut *self.be;
+        let in_order = be.orders_streams();
+        let mut blocked: Vec<u32> = Vec::new();
+        self.pending.retain(|&(tag, token, stream)| {
+            if in_order && blocked.contains(&stream) {
+                return true;
+            }
+            match be.poll(VM, token) {
+                None => {
+                    if in_order {
+                        blocked.push(stream);
+                    }
+                    true
+                }
+                Some(r) => {
+                    out.push(match r {
+                        Ok(ret) => Cqe {
+                            tag,
+                            result0: ret.device_ns,
+                            ..Cqe::default()
+                        },
+                        Err(s) => Cqe {
+                            tag,
+                            status: s as u32,
+                            ..Cqe::default()
+                        },
+                    });
+                    false
+                }
+            }
+        });
+        out
+    }
+}
