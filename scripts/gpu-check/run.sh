@@ -3,7 +3,7 @@
 # That host has no Rust toolchain, no QEMU and no network: everything it needs is in this folder.
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
-#   stages, in order: env, conformance, bench, sched, vm
+#   stages, in order: env, conformance, bench, breakdown, sched, multigpu (two GPUs), vm
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
 # the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
 # missing from this folder counts as a failure: the suite is incomplete).
@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
 done
 out=${out:-${OUT:-}}
 if [ -z "$out" ]; then
-  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,sched,vm]   (or set OUT)" >&2
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,breakdown,sched,multigpu,vm]   (or set OUT)" >&2
   exit 2
 fi
 mkdir -p "$out" || exit 2
@@ -98,6 +98,8 @@ stage_env() {
     echo "glibc: $(ldd --version 2>/dev/null | head -n1)"
     echo "cpus: $(nproc)"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    echo "shmem THP: $(cat /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null)"
+    echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
     cat "$here/MANIFEST" 2>/dev/null
     echo "--- nvidia-smi"
     nvidia-smi 2>&1
@@ -274,7 +276,47 @@ EOF
   fi
 }
 
-for s in env conformance bench sched vm; do
+# ---- breakdown: the same benchmark with the isolation and the accounting off --------------------
+# What the worker processes (fault containment) and the per-kernel accounting (scheduling) cost:
+# vgpud serves the VM from its own process and launches complete at once. Reported, not gated.
+stage_breakdown() {
+  local t0 log rc name iso
+  for name in noacct fast; do
+    t0=$SECONDS
+    log="$out/bench-gpu-$name.log"
+    iso=process
+    [ "$name" = fast ] && iso=none
+    # shellcheck disable=SC2086 # VGPU_BENCH_ARGS is a list of words
+    "$here/bin/vgpu-bench" gpu --json "$out/bench-gpu-$name.json" \
+      --mediator "fault_isolation = \"$iso\"" --mediator 'cuda_kernel_accounting = false' \
+      --max-copy $((64 << 20)) --sgemm-reps 5 ${VGPU_BENCH_ARGS:-} >"$log" 2>&1
+    rc=$?
+    if [ $rc = 0 ]; then
+      record "breakdown:$name" PASS $((SECONDS - t0)) "fault_isolation $iso, accounting off; table in $(basename "$log")"
+    else
+      record "breakdown:$name" FAIL $((SECONDS - t0)) "exit $rc: $(tail -n 3 "$log" | tr '\n' ' ')"
+    fi
+  done
+}
+
+# ---- multigpu: pools over two GPUs (issue 6); needs at least two GPUs ------------------------
+stage_multigpu() {
+  local t0=$SECONDS log="$out/multigpu.log" rc gpus
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+  if [ "${gpus:-0}" -lt 2 ]; then
+    record multigpu SKIP 0 "SKIPPED: $gpus GPU(s) visible, this stage needs two"
+    return
+  fi
+  "$here/bin/vgpu-bench" multigpu --backend cuda --json "$out/multigpu.json" >"$log" 2>&1
+  rc=$?
+  if [ $rc = 0 ]; then
+    record multigpu PASS $((SECONDS - t0)) "$(grep -E 'two and two|A alone|B alone' "$log" | tr -s ' ' | tr '\n' ';')"
+  else
+    record multigpu FAIL $((SECONDS - t0)) "exit $rc: $(tail -n 4 "$log" | tr '\n' ' ')"
+  fi
+}
+
+for s in env conformance bench breakdown sched multigpu vm; do
   if wanted "$s"; then
     "stage_$s"
   fi
@@ -283,7 +325,7 @@ done
 # ---- report ----------------------------------------------------------------------------------
 failed=0
 for v in "${verdicts[@]}"; do
-  [ "$v" = PASS ] || failed=$((failed + 1))
+  [ "$v" = PASS ] || [ "$v" = SKIP ] || failed=$((failed + 1))
 done
 if [ ${#verdicts[@]} = 0 ]; then
   echo "gpu-check: no stage ran (--only $only?)" >&2
@@ -299,6 +341,20 @@ fi
     echo
     echo "benchmark (vgpu-bench gpu):"
     sed -n '/^  metric/,/ratio = vgpu/p' "$out/bench-gpu.log"
+  fi
+  if [ -f "$out/bench-gpu-noacct.log" ]; then
+    echo
+    echo "breakdown (worker processes, kernel accounting off):"
+    sed -n '/^  metric/,/ratio = vgpu/p' "$out/bench-gpu-noacct.log"
+  fi
+  if [ -f "$out/bench-gpu-fast.log" ]; then
+    echo
+    echo "breakdown (fault_isolation none, kernel accounting off):"
+    sed -n '/^  metric/,/ratio = vgpu/p' "$out/bench-gpu-fast.log"
+  fi
+  if [ -f "$out/multigpu.log" ]; then
+    echo
+    cat "$out/multigpu.log"
   fi
   echo
   if [ $failed = 0 ]; then echo "gpu-check: PASS"; else echo "gpu-check: FAIL ($failed failed)"; fi

@@ -82,6 +82,10 @@ pub struct Opts {
     /// CUDA device ordinal of the native side.
     #[arg(long, default_value_t = 0)]
     pub device: i32,
+    /// Extra `[mediator]` line of the vgpud config (repeatable), e.g.
+    /// `fault_isolation = "none"` or `cuda_kernel_accounting = false`, to see what each costs.
+    #[arg(long = "mediator", value_name = "KEY = VALUE")]
+    pub mediator: Vec<String>,
 }
 
 /// Why the benchmark could not run at all on this machine (exit status 2).
@@ -444,14 +448,15 @@ fn log_tail(path: &Path, n: usize) -> String {
 }
 
 impl CudaVgpud {
-    fn start(shm: u64, mem_quota: u64) -> Result<Self> {
+    fn start(shm: u64, mem_quota: u64, extra: &[String]) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("vgpu-bench-gpu-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("vm.sock");
         let log = dir.join("vgpud.log");
         let cfg = format!(
-            "[mediator]\nbackend = \"cuda\"\npoll_us = 50\n\n[[vm]]\nname = \"bench-gpu\"\n\
+            "[mediator]\nbackend = \"cuda\"\npoll_us = 50\n{}\n\n[[vm]]\nname = \"bench-gpu\"\n\
              socket = {}\nvm_id = 1\nmem_quota = {mem_quota}\nshm_size = {shm}\n",
+            extra.join("\n"),
             json!(socket.to_string_lossy())
         );
         let cfg_path = dir.join("vgpud.toml");
@@ -714,7 +719,7 @@ pub fn run(o: &Opts) -> Result<Value> {
             .unwrap_or(0);
         let n = o.sgemm_size as u64;
         let quota = (largest + 3 * n * n * 4 + (256 << 20)).next_power_of_two();
-        let daemon = CudaVgpud::start(o.shm_size, quota)?;
+        let daemon = CudaVgpud::start(o.shm_size, quota, &o.mediator)?;
         let dev = Device::connect(&daemon.socket).map_err(|e| {
             anyhow!(
                 "attaching to vgpud: {e}\nvgpud log:\n{}",
@@ -733,9 +738,10 @@ pub fn run(o: &Opts) -> Result<Value> {
             dev.staging_size()
         );
         println!(
-            "  vgpu: device {:?}, staging {} MiB, poll_us 50",
+            "  vgpu: device {:?}, staging {} MiB, poll_us 50, extra config {:?}",
             info.device_name,
-            dev.staging_size() >> 20
+            dev.staging_size() >> 20,
+            o.mediator
         );
         Some(Vgpu { dev, daemon })
     };
@@ -760,6 +766,7 @@ pub fn run(o: &Opts) -> Result<Value> {
     let mut out = Map::new();
     out.insert("bench".into(), json!("gpu"));
     out.insert("device".into(), json!(native.name));
+    out.insert("vgpud_mediator_extra".into(), json!(o.mediator));
     out.insert(
         "compute_capability".into(),
         json!(format!("{}.{}", native.cc.0, native.cc.1)),

@@ -20,7 +20,7 @@ pub mod placement;
 pub mod quota;
 pub mod router;
 
-use crate::config::{BackendChoice, Config, Policy};
+use crate::config::{Config, Policy};
 use crate::queue::{Gate, Job, WorkQueue};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -81,7 +81,7 @@ impl DeviceDefaults {
     pub fn of(cfg: &Config, backend: &str) -> Self {
         Self {
             depth: SchedParams::default_depth(cfg, backend),
-            queue_us: SchedParams::default_queue_us(cfg, backend),
+            queue_us: SchedParams::default_queue_us(backend),
         }
     }
 }
@@ -90,7 +90,8 @@ impl SchedParams {
     /// Device depth when the config does not set one: the cpu backend's slot count, else
     /// [`DEFAULT_DEVICE_DEPTH`].
     pub fn default_depth(cfg: &Config, backend: &str) -> u32 {
-        if backend == "cpu" || cfg.mediator.backend == BackendChoice::Cpu {
+        // The backend that runs (`--backend` may override the file's choice).
+        if backend == "cpu" {
             cfg.mediator.cpu_slots
         } else {
             DEFAULT_DEVICE_DEPTH
@@ -99,8 +100,8 @@ impl SchedParams {
 
     /// Device-time budget when the config sets none: off on the cpu backend (its slots are
     /// the limit), else [`DEFAULT_DEVICE_QUEUE_US`].
-    pub fn default_queue_us(cfg: &Config, backend: &str) -> u64 {
-        if backend == "cpu" || cfg.mediator.backend == BackendChoice::Cpu {
+    pub fn default_queue_us(backend: &str) -> u64 {
+        if backend == "cpu" {
             0
         } else {
             DEFAULT_DEVICE_QUEUE_US
