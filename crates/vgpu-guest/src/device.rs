@@ -200,6 +200,9 @@ pub struct Device {
     next_tag: AtomicU64,
     commands: AtomicU64,
     timeout: Duration,
+    /// Whether the transport delivers completion interrupts (cleared at the first
+    /// `NotSupported`); long waits then block on the interrupt instead of sleeping.
+    irq_usable: std::sync::atomic::AtomicBool,
     /// Next stream id handed out by `create_stream`.
     pub(crate) next_stream: AtomicU32,
     /// Next never-used event id, and ids given back.
@@ -265,6 +268,7 @@ impl Device {
             next_tag: AtomicU64::new(1),
             commands: AtomicU64::new(0),
             timeout: DEFAULT_TIMEOUT,
+            irq_usable: std::sync::atomic::AtomicBool::new(true),
             next_stream: AtomicU32::new(1),
             next_event: AtomicU32::new(0),
             events: Mutex::new(Vec::new()),
@@ -400,7 +404,7 @@ impl Device {
                     return Err(e);
                 }
             }
-            backoff.snooze();
+            backoff.snooze_or(|d| self.block(d));
         }
     }
 
@@ -546,7 +550,7 @@ impl Device {
                 last_progress = Instant::now();
                 backoff.reset();
             } else {
-                backoff.snooze();
+                backoff.snooze_or(|d| self.block(d));
             }
         }
     }
@@ -942,6 +946,44 @@ impl Device {
         let mut r = self.lock();
         r.irq = on;
         r.cq.set_irq(on);
+    }
+
+    /// Blocks for at most `d` waiting for a completion: on the completion interrupt where the
+    /// transport has one (armed here, disarmed after), else by sleeping. A caller that asked
+    /// for interrupts itself ([`Device::enable_irq`]) keeps them: this then only sleeps.
+    fn block(&self, d: Duration) {
+        if !self.irq_usable.load(Ordering::Relaxed) {
+            std::thread::sleep(d);
+            return;
+        }
+        {
+            let mut r = self.lock();
+            if r.irq {
+                // The caller takes the interrupts itself (`enable_irq`): never consume them.
+                drop(r);
+                std::thread::sleep(d);
+                return;
+            }
+            // Arm, then look again: a completion posted before the host saw the flag raised no
+            // interrupt (the RMW in `set_irq` orders the flag before the re-check).
+            r.cq.set_irq(true);
+            if r.drain() > 0 {
+                r.cq.set_irq(false);
+                return;
+            }
+        }
+        match self.transport.wait_irq(d) {
+            Ok(_) => {}
+            Err(Error::NotSupported(_)) => {
+                self.irq_usable.store(false, Ordering::Relaxed);
+                std::thread::sleep(d);
+            }
+            Err(_) => std::thread::sleep(d),
+        }
+        let r = self.lock();
+        if !r.irq {
+            r.cq.set_irq(false);
+        }
     }
 
     /// Waits for a completion interrupt; `Ok(false)` on timeout. Socket transport only

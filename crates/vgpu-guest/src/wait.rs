@@ -1,5 +1,7 @@
-//! Waiting without burning a CPU forever: spin briefly, then yield, then sleep with a
-//! growing interval (capped at 1 ms).
+//! Waiting without burning a CPU forever: spin briefly, then yield, then block with a growing
+//! interval (capped at 1 ms, and at a fraction of the time already waited so that a long wait
+//! overshoots its completion by a few percent at most). Where the transport has completion
+//! interrupts the block is a wait on the interrupt, which ends as soon as vgpud signals.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,8 @@ const YIELDS: u32 = 16;
 const SLEEP_MIN: Duration = Duration::from_micros(10);
 /// Longest sleep.
 const SLEEP_MAX: Duration = Duration::from_millis(1);
+/// A sleep never exceeds the time already waited divided by this (bounds the overshoot).
+const SLEEP_FRACTION: u32 = 16;
 
 /// A spin → yield → sleep back-off.
 #[derive(Debug)]
@@ -40,6 +44,14 @@ impl Backoff {
 
     /// Waits a little, longer each call.
     pub(crate) fn snooze(&mut self) {
+        self.snooze_or(|d| {
+            std::thread::sleep(d);
+        });
+    }
+
+    /// As [`Backoff::snooze`], but a blocking wait of at most `d` goes through `block` (for
+    /// example a wait on the completion interrupt, which may end early).
+    pub(crate) fn snooze_or(&mut self, block: impl FnOnce(Duration)) {
         // While spinning, check again after a single pause: a PAUSE costs ~140 cycles on
         // recent x86, so batching many would add microseconds to every round trip. The clock is
         // read only every 64 spins.
@@ -53,7 +65,8 @@ impl Backoff {
             self.yields += 1;
             std::thread::yield_now();
         } else {
-            std::thread::sleep(self.sleep);
+            let cap = (self.start.elapsed() / SLEEP_FRACTION).max(SLEEP_MIN);
+            block(self.sleep.min(cap));
             self.sleep = (self.sleep * 2).min(SLEEP_MAX);
         }
     }
@@ -68,13 +81,22 @@ mod tests {
         let mut b = Backoff::new();
         let t = Instant::now();
         let mut calls = 0u32;
+        let mut longest = Duration::ZERO;
         while b.sleep < SLEEP_MAX {
-            b.snooze();
+            let waited = b.start.elapsed();
+            b.snooze_or(|d| {
+                assert!(d <= (waited / SLEEP_FRACTION).max(SLEEP_MIN) + Duration::from_micros(50));
+                longest = longest.max(d);
+                std::thread::sleep(d);
+            });
             calls += 1;
             assert!(calls < 1_000_000, "never reached the sleep cap");
         }
         // Spin (30 µs) + 16 yields + 7 doubling sleeps (10 µs .. 640 µs): well under a second.
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(longest > SLEEP_MIN, "sleeps grow");
+        // Once enough time has passed the full cap applies.
+        b.start = Instant::now() - SLEEP_MAX * (SLEEP_FRACTION + 1);
         let s = Instant::now();
         b.snooze();
         assert_eq!(b.sleep, SLEEP_MAX, "the sleep is capped");

@@ -290,7 +290,13 @@ impl Channel {
     /// Signals the VM's interrupt vector once for all completions posted since the last call,
     /// if the guest asked for interrupts.
     pub fn flush_irq(&mut self) {
-        if std::mem::take(&mut self.irq_due) && self.cq.irq_wanted() {
+        if !std::mem::take(&mut self.irq_due) {
+            return;
+        }
+        // The completions' tail store must be visible before the flag is read: a guest that sets
+        // the flag and then re-checks the tail either sees the completion or gets the interrupt.
+        vgpu_abi::shm::full_fence();
+        if self.cq.irq_wanted() {
             let _ = rustix::io::write(&self.irq, &1u64.to_le_bytes());
         }
     }

@@ -308,9 +308,9 @@ pub struct MediatorConfig {
     /// (`process` for cuda; an explicit `process` also runs cpu contexts in workers).
     #[serde(default)]
     pub fault_isolation: Option<FaultIsolation>,
-    /// cuda: launches, memsets and device copies complete when they retired on the GPU, timed
-    /// by CUDA events (the scheduler's guarantees need it); false: launches complete at once and
-    /// are not accounted (single-tenant launch throughput).
+    /// cuda: while several VMs share a GPU, launches, memsets and device copies complete when
+    /// they retired on it, timed by CUDA events (the scheduler's guarantees need it; a VM alone
+    /// on its GPU is never accounted); false: launches always complete at once, unaccounted.
     #[serde(default = "default_true")]
     pub cuda_kernel_accounting: bool,
 }

@@ -255,7 +255,15 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         stats.device.store(self.device_index as i64, Relaxed);
         let (dev, pool) = self.new_device(vm);
         self.slots[vm] = Some(Slot { ch, dev, pool });
+        self.update_shared();
         let _ = s.ready.send(());
+    }
+
+    /// Tells the backend whether this device has several VMs now (it may skip per-kernel
+    /// accounting while one VM has the device alone).
+    fn update_shared(&mut self) {
+        let n = self.slots.iter().flatten().count();
+        self.backend.set_shared(n > 1);
     }
 
     fn detach(&mut self, vm: usize) {
@@ -272,6 +280,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         st.device.store(-1, Relaxed);
         st.mem_used.store(0, Relaxed);
         st.queued.store(0, Relaxed);
+        self.update_shared();
         info!(vm = %slot.ch.name(), dropped_jobs = dropped, "VM detached; context and memory freed");
     }
 

@@ -245,6 +245,12 @@ pub trait Backend: Send {
     /// Whether the device itself keeps each stream's commands in order (CUDA streams do). When
     /// false the executor holds a stream's next command until its pending one retires.
     fn orders_streams(&self) -> bool;
+    /// Whether more than one VM uses this device now. A backend may skip per-kernel accounting
+    /// while one VM has the device to itself (nothing to schedule against), and must account
+    /// again once it is shared. The default ignores it.
+    fn set_shared(&mut self, shared: bool) {
+        let _ = shared;
+    }
 }
 
 /// Where a command runs: its VM-local stream id.
@@ -366,5 +372,8 @@ impl Backend for Box<dyn Backend> {
     }
     fn orders_streams(&self) -> bool {
         (**self).orders_streams()
+    }
+    fn set_shared(&mut self, shared: bool) {
+        (**self).set_shared(shared)
     }
 }

@@ -205,6 +205,9 @@ pub struct CudaBackend {
     /// Whether launches, memsets and device-to-device copies complete when they retired on the
     /// GPU, with their device time (see the module documentation).
     accounting: bool,
+    /// Whether several VMs share the device ([`Backend::set_shared`]); a VM that has it alone
+    /// is not accounted, whatever `accounting` says.
+    shared: bool,
 }
 
 // SAFETY: the raw CUDA handles inside are plain driver handles usable from any thread; the
@@ -245,6 +248,7 @@ impl CudaBackend {
             next_token: 1,
             next_handle: 1,
             accounting: true,
+            shared: true,
         })
     }
 
@@ -445,7 +449,7 @@ impl CudaBackend {
         op: &StreamOp,
         work: impl FnOnce(CUstream) -> Result<(), Status>,
     ) -> Result<Issued, Status> {
-        if self.accounting {
+        if self.accounting && self.shared {
             return self.timed(vm, op, work);
         }
         let c = self.ctx(vm)?;
@@ -843,6 +847,10 @@ impl Backend for CudaBackend {
 
     fn orders_streams(&self) -> bool {
         true
+    }
+
+    fn set_shared(&mut self, shared: bool) {
+        self.shared = shared;
     }
 }
 

@@ -82,6 +82,13 @@ impl WorkerLink {
         })
     }
 
+    /// Tells the worker whether its device is shared with other VMs (read before each command).
+    pub(super) fn set_shared(&self, shared: bool) {
+        self._ring
+            .view()
+            .store_u32(proto::REG_SHARED, u32::from(shared));
+    }
+
     /// The worker's process id.
     pub(super) fn pid(&self) -> u32 {
         self.pid

@@ -86,6 +86,8 @@ pub struct IsolatedBackend {
     next_tag: u64,
     next_serial: u64,
     reaper: Reaper,
+    /// Whether several VMs share the device (passed on to every worker).
+    shared: bool,
 }
 
 /// Largest context serial (handles keep bit 63 clear for built-ins).
@@ -103,6 +105,7 @@ impl IsolatedBackend {
             next_tag: 1,
             next_serial: 1,
             reaper: Reaper::new(),
+            shared: true,
         }
     }
 
@@ -208,6 +211,7 @@ impl Backend for IsolatedBackend {
         };
         let mut link = WorkerLink::spawn(&self.spec.exe, &args, region.fd().as_fd())
             .map_err(|e| BackendError::Context(e.to_string()))?;
+        link.set_shared(self.shared);
         let ready = link.wait(proto::READY_TAG, START_TIMEOUT, &mut self.reaper);
         let fail = |why: String| {
             BackendError::Context(format!(
@@ -421,6 +425,13 @@ impl Backend for IsolatedBackend {
 
     fn orders_streams(&self) -> bool {
         self.orders_streams
+    }
+
+    fn set_shared(&mut self, shared: bool) {
+        self.shared = shared;
+        for w in self.workers.values() {
+            w.link.set_shared(shared);
+        }
     }
 }
 

@@ -35,6 +35,11 @@ pub const RING_SQ: u32 = 1024;
 pub const RING_CQ: u32 = 1024;
 /// Tag of the worker's "context ready" completion.
 pub const READY_TAG: u64 = u64::MAX;
+/// Offset in the private ring's register page (its guest half, written by vgpud) of the
+/// "device shared" flag: 1 while several VMs use the worker's device ([`Backend::set_shared`]).
+///
+/// [`Backend::set_shared`]: crate::backend::Backend::set_shared
+pub const REG_SHARED: usize = vgpu_abi::regs::GUEST_HALF + 0x40;
 
 /// Protocol errors (a bad worker command line).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

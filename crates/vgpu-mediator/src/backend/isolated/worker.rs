@@ -183,9 +183,15 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
     let mut sq = sq;
     sq.set_polling(true);
     let mut last_work = Instant::now();
+    let mut shared = true;
     loop {
         let mut progress = false;
         let n = sq.available()?;
+        let now_shared = ring.load_u32(proto::REG_SHARED) != 0;
+        if now_shared != shared {
+            shared = now_shared;
+            w.be.set_shared(shared);
+        }
         for _ in 0..n {
             let sqe = sq.pop();
             if let Some(c) = w.handle(&sqe) {
