@@ -168,6 +168,15 @@ pub fn event_create() -> CuResult<CUevent> {
     Ok(e)
 }
 
+/// An event without timing (cheaper to record and to query): completion tokens.
+pub fn event_create_untimed() -> CuResult<CUevent> {
+    let mut e = ptr::null_mut();
+    let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+    // SAFETY: `e` is a valid out-pointer.
+    check(unsafe { sys::cuEventCreate(&mut e, flags) })?;
+    Ok(e)
+}
+
 /// Records `e` on `s`.
 pub fn event_record(e: CUevent, s: CUstream) -> CuResult<()> {
     // SAFETY: live event and stream of the current context.

@@ -180,6 +180,8 @@ struct VmCtx {
     events: HashMap<u32, CUevent>,
     /// Spare events for completion tokens.
     spare: Vec<CUevent>,
+    /// Spare events without timing, for completion tokens that measure nothing.
+    spare_untimed: Vec<CUevent>,
 }
 
 /// Work left on the device.
@@ -310,6 +312,7 @@ impl CudaBackend {
             functions: HashMap::new(),
             events: HashMap::new(),
             spare: Vec::new(),
+            spare_untimed: Vec::new(),
         };
         match self.fill_ctx(&mut c, params) {
             Ok(()) => Ok(c),
@@ -403,7 +406,20 @@ impl VmCtx {
         }
     }
 
-    /// Records a fresh token event on `s`.
+    /// Records a fresh untimed token event on `s` (completion only).
+    fn record_untimed(&mut self, s: CUstream) -> Result<CUevent, Status> {
+        let e = match self.spare_untimed.pop() {
+            Some(e) => e,
+            None => api::event_create_untimed().map_err(status_of)?,
+        };
+        if let Err(r) = api::event_record(e, s) {
+            self.spare_untimed.push(e);
+            return Err(status_of(r));
+        }
+        Ok(e)
+    }
+
+    /// Records a fresh timing token event on `s`.
     fn record_token(&mut self, s: CUstream) -> Result<CUevent, Status> {
         let e = self.spare_event()?;
         if let Err(r) = api::event_record(e, s) {
@@ -438,7 +454,21 @@ impl CudaBackend {
         if len == 0 {
             return Ok(Issued::DONE);
         }
-        self.timed(vm, op, |s| copy(s).map_err(status_of))
+        if self.accounting && self.shared {
+            return self.timed(vm, op, |s| copy(s).map_err(status_of));
+        }
+        // Unaccounted: the copy still completes only when it is done (the guest reads or reuses
+        // staging after its completion), but one end event is enough.
+        let c = self.ctx(vm)?;
+        let s = c.stream(op.stream)?;
+        copy(s).map_err(status_of)?;
+        let end = c.record_untimed(s)?;
+        let t = self.token(PendingWork {
+            vm,
+            events: vec![end],
+            start: None,
+        });
+        Ok(Issued::Pending(t, 0, 0))
     }
 
     /// Issues device work on the op's stream (the CUDA stream `work` is given). Accounted (see [`Self::set_kernel_accounting`]): between a start and an end
@@ -646,10 +676,10 @@ impl Backend for CudaBackend {
         };
         let mut events = Vec::with_capacity(streams.len());
         for s in streams {
-            match c.record_token(s) {
+            match c.record_untimed(s) {
                 Ok(e) => events.push(e),
                 Err(e) => {
-                    c.spare.extend(events);
+                    c.spare_untimed.extend(events);
                     return Err(e);
                 }
             }
@@ -780,7 +810,7 @@ impl Backend for CudaBackend {
             }
         };
         api::stream_wait_event(s, e).map_err(status_of)?;
-        let tok = c.record_token(s)?;
+        let tok = c.record_untimed(s)?;
         let t = self.token(PendingWork {
             vm,
             events: vec![tok],
@@ -832,7 +862,12 @@ impl Backend for CudaBackend {
                 .unwrap_or(0),
             _ => 0,
         };
-        c.spare.extend(work.events);
+        // Tokens with a start event are timed (both events from `spare`); the others untimed.
+        if work.start.is_some() {
+            c.spare.extend(work.events);
+        } else {
+            c.spare_untimed.extend(work.events);
+        }
         c.spare.extend(work.start);
         Some(outcome.map(|()| Retired { device_ns }))
     }
