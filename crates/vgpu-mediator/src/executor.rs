@@ -562,8 +562,13 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 break;
             }
             self.handle_events();
-            let taken = self.poll_channels();
+            // Work that retired is completed and signalled first: a waiting guest should not
+            // wait for this round's ingestion and dispatch of other VMs' work.
             let retired = self.retire();
+            if retired > 0 {
+                self.flush_irqs();
+            }
+            let taken = self.poll_channels();
             let ran = self.run_jobs();
             self.flush_irqs();
             if taken > 0 || ran > 0 || retired > 0 {
