@@ -22,8 +22,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{c_void, CString};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{result as cu, sys};
@@ -34,6 +33,7 @@ use vgpu_guest::Device;
 use zerocopy::IntoBytes;
 
 use crate::stats::{summarize, Summary};
+use crate::vgpud::{Daemon, VmDef};
 
 /// The built-in kernels' CUDA C, copied by `build.rs` (empty when the file did not exist).
 const BUILTINS_CU: &str = include_str!(concat!(env!("OUT_DIR"), "/builtins.cu"));
@@ -447,27 +447,17 @@ impl Drop for Pinned {
 
 // ---- vgpud with the cuda backend -------------------------------------------------------------
 
-/// A vgpud (cuda backend) serving one benchmark VM socket.
-struct CudaVgpud {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-fn vgpud_path() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("VGPUD") {
-        return Ok(p.into());
-    }
-    let exe = std::env::current_exe()?;
-    let p = exe.parent().context("exe dir")?.join("vgpud");
-    if !p.exists() {
-        bail!(
-            "vgpud not found next to {} (build it, or set VGPUD)",
-            exe.display()
-        );
-    }
-    Ok(p)
+/// Starts a vgpud (cuda backend) serving one benchmark VM, `bench-gpu`.
+fn start_cuda_vgpud(shm: u64, mem_quota: u64, extra: &[String]) -> Result<Daemon> {
+    let head = format!(
+        "[mediator]\nbackend = \"cuda\"\npoll_us = 50\n{}\n",
+        extra.join("\n")
+    );
+    let vm = VmDef {
+        name: "bench-gpu".into(),
+        extra: format!("mem_quota = {mem_quota}\nshm_size = {shm}\n"),
+    };
+    Daemon::with_config("gpu", &head, &[vm])
 }
 
 fn log_tail(path: &Path, n: usize) -> String {
@@ -479,75 +469,11 @@ fn log_tail(path: &Path, n: usize) -> String {
         .collect()
 }
 
-impl CudaVgpud {
-    fn start(shm: u64, mem_quota: u64, extra: &[String]) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("vgpu-bench-gpu-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let socket = dir.join("vm.sock");
-        let log = dir.join("vgpud.log");
-        let cfg = format!(
-            "[mediator]\nbackend = \"cuda\"\npoll_us = 50\n{}\n\n[[vm]]\nname = \"bench-gpu\"\n\
-             socket = {}\nvm_id = 1\nmem_quota = {mem_quota}\nshm_size = {shm}\n",
-            extra.join("\n"),
-            json!(socket.to_string_lossy())
-        );
-        let cfg_path = dir.join("vgpud.toml");
-        std::fs::write(&cfg_path, cfg)?;
-        let out = std::fs::File::create(&log)?;
-        let child = Process::new(vgpud_path()?)
-            .arg("--config")
-            .arg(&cfg_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting vgpud")?;
-        let mut me = Self {
-            child,
-            dir,
-            socket,
-            log,
-        };
-        let t0 = Instant::now();
-        while !me.socket.exists() {
-            if let Some(st) = me.child.try_wait()? {
-                bail!(
-                    "vgpud --backend cuda exited at start-up ({st}); its log:\n{}",
-                    log_tail(&me.log, 30)
-                );
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                bail!(
-                    "vgpud did not create its socket within 60 s; its log:\n{}",
-                    log_tail(&me.log, 30)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(me)
-    }
-}
-
-impl Drop for CudaVgpud {
-    fn drop(&mut self) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        );
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The vGPU side: the process client and what it needs.
 struct Vgpu {
     dev: Device,
     /// Keeps vgpud running while `dev` is in use (dropped after it).
-    daemon: CudaVgpud,
+    daemon: Daemon,
 }
 
 fn status_ok(what: &str, c: &Cqe) -> Result<()> {
@@ -751,8 +677,8 @@ pub fn run(o: &Opts) -> Result<Value> {
             .unwrap_or(0);
         let n = o.sgemm_size as u64;
         let quota = (largest + 3 * n * n * 4 + (256 << 20)).next_power_of_two();
-        let daemon = CudaVgpud::start(o.shm_size, quota, &o.mediator)?;
-        let dev = Device::connect(&daemon.socket).map_err(|e| {
+        let daemon = start_cuda_vgpud(o.shm_size, quota, &o.mediator)?;
+        let dev = Device::connect(&daemon.sockets[0]).map_err(|e| {
             anyhow!(
                 "attaching to vgpud: {e}\nvgpud log:\n{}",
                 log_tail(&daemon.log, 20)

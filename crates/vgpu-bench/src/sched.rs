@@ -21,12 +21,10 @@
 mod plot;
 
 use crate::stats::summarize;
-use anyhow::{bail, ensure, Context, Result};
+use crate::vgpud::{Daemon, VmDef};
+use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,22 +197,7 @@ struct VmSpec {
 }
 
 struct Vgpud {
-    child: Child,
-    dir: PathBuf,
-}
-
-fn vgpud_path() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("VGPUD") {
-        return Ok(p.into());
-    }
-    let exe = std::env::current_exe()?;
-    let p = exe.parent().context("exe dir")?.join("vgpud");
-    ensure!(
-        p.exists(),
-        "vgpud not found next to {} (build it, or set VGPUD)",
-        exe.display()
-    );
-    Ok(p)
+    d: Daemon,
 }
 
 impl Vgpud {
@@ -225,72 +208,37 @@ impl Vgpud {
         pools: &[(u32, u32)],
         vms: &[VmSpec],
     ) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("vgpu-sched-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let mut cfg = format!(
-            "[mediator]\nbackend = \"{backend}\"\nadmin_socket = \"{}\"\n{head}\n",
-            dir.join("admin.sock").display()
-        );
+        let mut cfg = format!("[mediator]\nbackend = \"{backend}\"\n{head}\n");
         for (id, w) in pools {
             cfg += &format!("[[pool]]\nid = {id}\nweight = {w}\n");
         }
-        for (i, v) in vms.iter().enumerate() {
-            cfg += &format!(
-                "[[vm]]\nname = \"{}\"\nsocket = \"{}\"\nvm_id = {}\npool = {}\npriority = {}\nshm_size = \"1MiB\"\n",
-                v.name,
-                dir.join(format!("{}.sock", v.name)).display(),
-                i + 1,
-                v.pool,
-                v.priority
-            );
-        }
-        std::fs::write(dir.join("vgpud.toml"), cfg)?;
-        let child = Command::new(vgpud_path()?)
-            .arg("--config")
-            .arg(dir.join("vgpud.toml"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting vgpud")?;
-        let mut d = Self { child, dir };
-        let t0 = Instant::now();
-        while !vms.iter().all(|v| d.socket(&v.name).exists()) || !d.admin().exists() {
-            if let Some(st) = d.child.try_wait()? {
-                bail!("vgpud (backend {backend}) exited at start-up: {st}");
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                bail!("vgpud did not create its sockets within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let defs: Vec<VmDef> = vms
+            .iter()
+            .map(|v| VmDef {
+                name: v.name.clone(),
+                extra: format!(
+                    "pool = {}\npriority = {}\nshm_size = \"1MiB\"\n",
+                    v.pool, v.priority
+                ),
+            })
+            .collect();
+        let d = Daemon::with_config_at(&format!("sched-{tag}"), &cfg, &defs, "warn")?;
         let s = d.stats()?;
         ensure!(
             s["backend"] == backend,
             "vgpud runs backend {} instead of {backend}",
             s["backend"]
         );
-        Ok(d)
+        Ok(Self { d })
     }
 
     fn socket(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.sock"))
-    }
-
-    fn admin(&self) -> PathBuf {
-        self.dir.join("admin.sock")
-    }
-
-    fn stats(&self) -> Result<Value> {
-        let mut c = UnixStream::connect(self.admin())?;
-        writeln!(c, "stats")?;
-        let mut line = String::new();
-        BufReader::new(&c).read_line(&mut line)?;
-        Ok(serde_json::from_str(&line)?)
+        self.d.socket(name)
     }
 
     /// Device ns so far of each VM named in `names`, summed.
     fn vm_device_ns(&self, names: &[String]) -> Result<u64> {
-        let s = self.stats()?;
+        let s = self.d.stats()?;
         Ok(s["vms"]
             .as_array()
             .context("vms")?
@@ -302,24 +250,13 @@ impl Vgpud {
 
     /// Device ns so far of each pool, in config order.
     fn pool_device_ns(&self) -> Result<Vec<u64>> {
-        let s = self.stats()?;
+        let s = self.d.stats()?;
         Ok(s["pools"]
             .as_array()
             .context("pools")?
             .iter()
             .map(|p| p["device_ns"].as_u64().unwrap_or(0))
             .collect())
-    }
-}
-
-impl Drop for Vgpud {
-    fn drop(&mut self) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        );
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -454,7 +391,7 @@ fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> R
         "policy = \"{policy}\"\nreserve_slots = {reserve}\n"
     ));
     let d = Vgpud::start(&o.backend, name, &head, &[(0, 1)], &vms)?;
-    let device = d.stats()?["device"]
+    let device = d.d.stats()?["device"]
         .as_str()
         .map_or_else(|| "?".to_string(), str::to_string);
     let hp = Device::connect(&d.socket("hp"))?;

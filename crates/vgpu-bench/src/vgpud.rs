@@ -62,6 +62,12 @@ impl Daemon {
     /// Starts vgpud with `head` (everything before the `[[vm]]` entries; an `admin_socket`
     /// line is added to `[mediator]`, which `head` must open first) and `vms`.
     pub fn with_config(tag: &str, head: &str, vms: &[VmDef]) -> Result<Self> {
+        let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        Self::with_config_at(tag, head, vms, &level)
+    }
+
+    /// As [`Daemon::with_config`], with vgpud's log level (`RUST_LOG`) given.
+    pub fn with_config_at(tag: &str, head: &str, vms: &[VmDef], log_level: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("vgpu-bench-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let admin = dir.join("admin.sock");
@@ -89,10 +95,7 @@ impl Daemon {
         let child = Command::new(vgpud_path()?)
             .arg("--config")
             .arg(&cfg_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", log_level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
@@ -109,6 +112,11 @@ impl Daemon {
 
     fn admin(&self) -> PathBuf {
         self.dir.join("admin.sock")
+    }
+
+    /// The socket of the VM named `name`.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sock"))
     }
 
     fn wait_ready(&mut self) -> Result<()> {
