@@ -865,6 +865,30 @@ fn measure_launch(o: &Opts, nat: &Native, vg: Option<&Vgpu>, rows: &mut Vec<Row>
     Ok(())
 }
 
+/// Times `reps` native H2D copies of `data` from `bufs.0` and D2H copies back into `bufs.1`
+/// (after `warm` unmeasured ones each), and checks the round trip.
+fn native_round_trip(
+    nat: &Native,
+    dev_ptr: u64,
+    bufs: (&mut Pinned, &mut Pinned),
+    data: &[u8],
+    (warm, reps): (usize, usize),
+) -> Result<(Summary, Summary)> {
+    let (host, back) = bufs;
+    let len = data.len();
+    host.as_mut_slice()[..len].copy_from_slice(data);
+    let mut t = timed(warm, reps, || nat.h2d(dev_ptr, host, len))?;
+    let h2d = summarize(&mut t);
+    back.as_mut_slice()[..len].fill(0);
+    let mut t = timed(warm, reps, || nat.d2h(back, dev_ptr, len))?;
+    let d2h = summarize(&mut t);
+    ensure!(
+        back.as_slice()[..len] == data[..],
+        "round trip corrupted data"
+    );
+    Ok((h2d, d2h))
+}
+
 fn measure_copies(
     o: &Opts,
     nat: &Native,
@@ -910,27 +934,13 @@ fn measure_copies(
             let reps = copy_reps(bytes);
             let warm = (reps / 10).max(1);
 
-            host.as_mut_slice()[..len].copy_from_slice(&data);
-            let mut t = timed(warm, reps, || nat.h2d(nd, &host, len))?;
-            let n_h2d = summarize(&mut t);
-            back.as_mut_slice()[..len].fill(0);
-            let mut t = timed(warm, reps, || nat.d2h(&mut back, nd, len))?;
-            let n_d2h = summarize(&mut t);
-            ensure!(
-                back.as_slice()[..len] == data[..],
-                "native {name} copy round trip corrupted data"
-            );
+            let (n_h2d, n_d2h) =
+                native_round_trip(nat, nd, (&mut host, &mut back), &data, (warm, reps))
+                    .with_context(|| format!("native {name} copies"))?;
             // The same copies natively from memory backed like vgpu's staging (diagnostic).
-            mhost.as_mut_slice()[..len].copy_from_slice(&data);
-            let mut t = timed(warm, reps, || nat.h2d(nd, &mhost, len))?;
-            let m_h2d = summarize(&mut t);
-            mback.as_mut_slice()[..len].fill(0);
-            let mut t = timed(warm, reps, || nat.d2h(&mut mback, nd, len))?;
-            let m_d2h = summarize(&mut t);
-            ensure!(
-                mback.as_slice()[..len] == data[..],
-                "native (memfd) {name} copy round trip corrupted data"
-            );
+            let (m_h2d, m_d2h) =
+                native_round_trip(nat, nd, (&mut mhost, &mut mback), &data, (warm, reps))
+                    .with_context(|| format!("native {name} copies from a registered memfd"))?;
             for (dir, s) in [("h2d", &m_h2d), ("d2h", &m_d2h)] {
                 println!(
                     "  diagnostic: native {dir} {name} from a registered memfd: {:.3} GB/s (p50 {:.1} us)",
