@@ -278,6 +278,8 @@ fn saturate(
             let (d, stop, pause, len) = (d.clone(), stop.clone(), pause[i].clone(), len.clone());
             hs.push(std::thread::spawn(move || -> Result<()> {
                 background_thread();
+                // Load generators block on the completion interrupt instead of spinning first.
+                d.set_eager_wait(false);
                 let mut rng = Rng(0x9e37_79b9 + (i as u64) * 31 + u64::from(t));
                 let mut tag = 0u64;
                 while !stop.load(Relaxed) {
@@ -305,7 +307,8 @@ fn saturate(
 /// Lowers the calling thread's CPU priority (nice 10). The saturating clients are load
 /// generators standing in for other VMs, whose vCPUs a real host runs on other cores; on a
 /// 2-core machine they would otherwise delay the wake-ups of vgpud and of the measuring client,
-/// which is host noise, not the scheduler's latency. Best effort.
+/// which is host noise, not the scheduler's latency (for the same reason they wait for their
+/// completions without spinning first). Best effort.
 fn background_thread() {
     let tid = rustix::thread::gettid();
     let _ = rustix::process::setpriority_process(Some(tid), 10);

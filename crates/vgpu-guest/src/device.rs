@@ -203,6 +203,8 @@ pub struct Device {
     /// Whether the transport delivers completion interrupts (cleared at the first
     /// `NotSupported`); long waits then block on the interrupt instead of sleeping.
     irq_usable: std::sync::atomic::AtomicBool,
+    /// Whether waits for completions spin briefly before blocking (see `set_eager_wait`).
+    eager_wait: std::sync::atomic::AtomicBool,
     /// Next stream id handed out by `create_stream`.
     pub(crate) next_stream: AtomicU32,
     /// Next never-used event id, and ids given back.
@@ -269,6 +271,7 @@ impl Device {
             commands: AtomicU64::new(0),
             timeout: DEFAULT_TIMEOUT,
             irq_usable: std::sync::atomic::AtomicBool::new(true),
+            eager_wait: std::sync::atomic::AtomicBool::new(true),
             next_stream: AtomicU32::new(1),
             next_event: AtomicU32::new(0),
             events: Mutex::new(Vec::new()),
@@ -371,7 +374,7 @@ impl Device {
     /// Waits for the completion of internal tag `tag` (`opcode` only names it in errors).
     fn wait(&self, tag: u64, opcode: impl Into<u16>) -> Result<Cqe, Error> {
         let opcode: u16 = opcode.into();
-        let mut backoff = Backoff::new();
+        let mut backoff = self.completion_backoff();
         let t0 = Instant::now();
         let mut polls = 0u32;
         loop {
@@ -482,7 +485,7 @@ impl Device {
         let mut pushed = 0usize;
         let mut waiting: Vec<u64> = Vec::new();
         let mut out: Vec<Cqe> = Vec::with_capacity(n);
-        let mut backoff = Backoff::new();
+        let mut backoff = self.completion_backoff();
         let mut last_progress = Instant::now();
         loop {
             let mut ring = false;
@@ -946,6 +949,21 @@ impl Device {
         let mut r = self.lock();
         r.irq = on;
         r.cq.set_irq(on);
+    }
+
+    /// Whether waits for completions spin briefly (30 µs) before blocking: on by default (the
+    /// lowest latency); off, they block at once (on the completion interrupt where the
+    /// transport has one), for a client that must not take CPU time from others.
+    pub fn set_eager_wait(&self, on: bool) {
+        self.eager_wait.store(on, Ordering::Relaxed);
+    }
+
+    fn completion_backoff(&self) -> Backoff {
+        if self.eager_wait.load(Ordering::Relaxed) {
+            Backoff::new()
+        } else {
+            Backoff::blocking()
+        }
     }
 
     /// Blocks for at most `d` waiting for a completion: on the completion interrupt where the

@@ -24,6 +24,8 @@ pub(crate) struct Backoff {
     spinning: bool,
     yields: u32,
     sleep: Duration,
+    /// Whether to spin and yield before blocking (see [`Backoff::blocking`]).
+    eager: bool,
 }
 
 impl Backoff {
@@ -34,12 +36,28 @@ impl Backoff {
             spinning: true,
             yields: 0,
             sleep: SLEEP_MIN,
+            eager: true,
+        }
+    }
+
+    /// A back-off that blocks at once (no spinning, no yields): for a waiter that must not
+    /// take CPU from others, at the price of a wake-up per wait.
+    pub(crate) fn blocking() -> Self {
+        Self {
+            spinning: false,
+            yields: YIELDS,
+            eager: false,
+            ..Self::new()
         }
     }
 
     /// Starts over (call after progress).
     pub(crate) fn reset(&mut self) {
-        *self = Self::new();
+        *self = if self.eager {
+            Self::new()
+        } else {
+            Self::blocking()
+        };
     }
 
     /// Waits a little, longer each call.
