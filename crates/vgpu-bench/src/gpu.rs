@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::ffi::{c_void, CString};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use vgpu_mediator::backend::cuda::nvrtc;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{result as cu, sys};
@@ -34,9 +35,6 @@ use zerocopy::IntoBytes;
 
 use crate::stats::{summarize, Summary};
 use crate::vgpud::{Daemon, VmDef};
-
-/// The built-in kernels' CUDA C, copied by `build.rs` (empty when the file did not exist).
-const BUILTINS_CU: &str = include_str!(concat!(env!("OUT_DIR"), "/builtins.cu"));
 
 /// Copy sizes measured, with their names in the JSON keys.
 const COPY_SIZES: [(&str, u64); 4] = [
@@ -190,12 +188,8 @@ impl Native {
         unsafe { cu::ctx::set_current(ctx) }.map_err(cuda_err("cuCtxSetCurrent"))?;
         let stream = cu::stream::create(cu::stream::StreamKind::NonBlocking)
             .map_err(cuda_err("cuStreamCreate"))?;
-        // The options vgpud's cuda backend compiles the same file with (backend/cuda/nvrtc.rs).
-        let nvrtc_options = vec![
-            format!("--gpu-architecture=sm_{}{}", cc.0, cc.1),
-            "--std=c++17".to_string(),
-            "-lineinfo".to_string(),
-        ];
+        // Exactly how vgpud's cuda backend compiles its built-ins.
+        let nvrtc_options = nvrtc::options(cc.0, cc.1);
         let mut me = Native {
             dev,
             stream,
@@ -205,7 +199,8 @@ impl Native {
             driver,
             nvrtc_options,
         };
-        let cubin = compile_cubin(cuda_c, &me.nvrtc_options)?;
+        let cubin =
+            nvrtc::compile_cubin(cuda_c, "builtins.cu", cc.0, cc.1).map_err(|e| anyhow!(e))?;
         // SAFETY: `cubin` is a complete cubin image that outlives the call; the context is
         // current on this thread.
         me.module = unsafe { cu::module::load_data(cubin.as_ptr().cast()) }
@@ -362,52 +357,6 @@ impl Drop for Native {
 struct Kernel {
     f: sys::CUfunction,
     params: Vec<(usize, usize)>,
-}
-
-/// Compiles CUDA C to a cubin for this GPU with NVRTC (as vgpud's cuda backend does).
-fn compile_cubin(src: &str, options: &[String]) -> Result<Vec<u8>> {
-    use cudarc::nvrtc::{result as rtc, sys as rsys};
-    let src = CString::new(src).context("kernel source with a NUL byte")?;
-    let name = CString::new("builtins.cu")?;
-    let prog =
-        rtc::create_program(&src, Some(&name)).map_err(|e| anyhow!("nvrtcCreateProgram: {e:?}"))?;
-    // SAFETY: `prog` was created above and is destroyed once, below; `src` and `name` outlive it.
-    let compiled = unsafe { rtc::compile_program(prog, options) };
-    let out = match compiled {
-        Err(e) => {
-            // SAFETY: `prog` is live.
-            let log = unsafe { rtc::get_program_log(prog) }.unwrap_or_default();
-            let log: Vec<u8> = log
-                .into_iter()
-                .map(|c| c as u8)
-                .take_while(|&c| c != 0)
-                .collect();
-            Err(anyhow!(
-                "NVRTC could not compile the built-in kernels ({e:?}):\n{}",
-                String::from_utf8_lossy(&log)
-            ))
-        }
-        Ok(()) => {
-            let mut size = 0usize;
-            // SAFETY: `prog` is live and compiled; `size` is a valid out-pointer.
-            let r = unsafe { rsys::nvrtcGetCUBINSize(prog, &mut size) };
-            if r != rsys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
-                Err(anyhow!("nvrtcGetCUBINSize: {r:?} (size {size})"))
-            } else {
-                let mut cubin = vec![0u8; size];
-                // SAFETY: the buffer holds exactly the `size` bytes NVRTC announced.
-                let r = unsafe { rsys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast()) };
-                if r == rsys::nvrtcResult::NVRTC_SUCCESS {
-                    Ok(cubin)
-                } else {
-                    Err(anyhow!("nvrtcGetCUBIN: {r:?}"))
-                }
-            }
-        }
-    };
-    // SAFETY: destroyed exactly once.
-    let _ = unsafe { rtc::destroy_program(prog) };
-    out
 }
 
 /// Page-locked host memory: `cuMemHostAlloc`, or a memfd mapping registered with
@@ -635,20 +584,11 @@ pub fn run(o: &Opts) -> Result<Value> {
             p.display().to_string(),
         ),
         None => (
-            BUILTINS_CU.to_string(),
+            nvrtc::BUILTINS_CU.to_string(),
             "crates/vgpu-mediator/kernels/builtins.cu".into(),
         ),
     };
-    let native = Native::open(o.device, &cuda_c).map_err(|e| {
-        if cuda_c.trim().is_empty() && e.downcast_ref::<Unavailable>().is_none() {
-            anyhow!(
-                "this vgpu-bench was built without crates/vgpu-mediator/kernels/builtins.cu (the \
-                 file did not exist at build time): rebuild once it exists, or pass --kernels-cu"
-            )
-        } else {
-            e
-        }
-    })?;
+    let native = Native::open(o.device, &cuda_c)?;
     println!(
         "gpu benchmark: {} (sm_{}{}), driver API {}.{}, native = this process (cudarc), \
          vgpu = process client ↔ vgpud (cuda backend)",

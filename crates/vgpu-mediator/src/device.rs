@@ -62,7 +62,8 @@ impl VirtualDevice {
     }
 
     /// Also charges allocations to the pool quota `pool` (shared with the pool's other VMs).
-    /// The owner returns [`VirtualDevice::used`] to it when the device goes away.
+    /// What the device still holds goes back to it when the device is dropped (the VM left or
+    /// reset: its context and memory are gone).
     pub fn with_pool(mut self, pool: std::sync::Arc<crate::sched::quota::PoolQuota>) -> Self {
         self.pool = Some(pool);
         self
@@ -279,6 +280,14 @@ impl VirtualDevice {
             Command::EventElapsed { start, end } => be
                 .event_elapsed(vm, start, end)
                 .map(|ns| Issued::Done(ns as u64, 0)),
+        }
+    }
+}
+
+impl Drop for VirtualDevice {
+    fn drop(&mut self) {
+        if let Some(p) = &self.pool {
+            p.give_back(self.used);
         }
     }
 }

@@ -55,8 +55,6 @@ pub enum ExecEvent {
 struct Slot {
     ch: Channel,
     dev: VirtualDevice,
-    /// The pool quota this VM's memory is charged to (its pool when it attached or reset).
-    pool: Arc<PoolQuota>,
 }
 
 /// A command whose work is still on the device.
@@ -184,15 +182,13 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
     }
 
     /// A fresh virtual device for `vm`, charged to its pool's quota.
-    fn new_device(&self, vm: usize) -> (VirtualDevice, Arc<PoolQuota>) {
-        let pool = self.pool_quota(vm);
-        let dev = VirtualDevice::new(
+    fn new_device(&self, vm: usize) -> VirtualDevice {
+        VirtualDevice::new(
             vm,
             self.cfg.vms[vm].mem_quota.0,
             self.cfg.mediator.max_kernel_us,
         )
-        .with_pool(pool.clone());
-        (dev, pool)
+        .with_pool(self.pool_quota(vm))
     }
 
     /// Applies a reloaded config: the queue's weights, priorities and limits, each VM's quota
@@ -255,8 +251,8 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
               device = self.device_index, "VM attached");
         ch.set_polling(true);
         stats.device.store(self.device_index as i64, Relaxed);
-        let (dev, pool) = self.new_device(vm);
-        self.slots[vm] = Some(Slot { ch, dev, pool });
+        let dev = self.new_device(vm);
+        self.slots[vm] = Some(Slot { ch, dev });
         self.update_shared();
         let _ = s.ready.send(());
     }
@@ -276,7 +272,6 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         self.forget_inflight(vm);
         let dropped = self.queue.remove_vm(vm);
         self.backend.destroy_context(vm);
-        slot.pool.give_back(slot.dev.used());
         let st = &self.stats[vm];
         st.connected.store(false, Relaxed);
         st.device.store(-1, Relaxed);
@@ -297,15 +292,14 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         self.forget_inflight(vm);
         let dropped = self.queue.remove_vm(vm);
         self.backend.destroy_context(vm);
-        let (dev, pool) = self.new_device(vm);
+        let dev = self.new_device(vm);
         let Some(slot) = self.slots[vm].as_mut() else {
             return;
         };
         let cfg = &self.cfg.vms[vm];
         slot.ch.finish_reset();
-        slot.pool.give_back(slot.dev.used());
+        // The old device gives its memory back to the pool as it is dropped.
         slot.dev = dev;
-        slot.pool = pool;
         let params = crate::backend::ContextParams {
             staging: slot.ch.staging(),
             priority: cfg.priority,

@@ -77,37 +77,25 @@ pub struct DeviceDefaults {
 }
 
 impl DeviceDefaults {
-    /// The defaults of a device of `backend` ("cpu", "cuda").
+    /// The defaults of a device of the backend that runs (`"cpu"`, `"cuda"`; `--backend` may
+    /// override the file's choice): on the cpu backend its slot count and no time budget (the
+    /// slots are the limit); otherwise [`DEFAULT_DEVICE_DEPTH`] and [`DEFAULT_DEVICE_QUEUE_US`].
     pub fn of(cfg: &Config, backend: &str) -> Self {
-        Self {
-            depth: SchedParams::default_depth(cfg, backend),
-            queue_us: SchedParams::default_queue_us(backend),
+        if backend == "cpu" {
+            Self {
+                depth: cfg.mediator.cpu_slots,
+                queue_us: 0,
+            }
+        } else {
+            Self {
+                depth: DEFAULT_DEVICE_DEPTH,
+                queue_us: DEFAULT_DEVICE_QUEUE_US,
+            }
         }
     }
 }
 
 impl SchedParams {
-    /// Device depth when the config does not set one: the cpu backend's slot count, else
-    /// [`DEFAULT_DEVICE_DEPTH`].
-    pub fn default_depth(cfg: &Config, backend: &str) -> u32 {
-        // The backend that runs (`--backend` may override the file's choice).
-        if backend == "cpu" {
-            cfg.mediator.cpu_slots
-        } else {
-            DEFAULT_DEVICE_DEPTH
-        }
-    }
-
-    /// Device-time budget when the config sets none: off on the cpu backend (its slots are
-    /// the limit), else [`DEFAULT_DEVICE_QUEUE_US`].
-    pub fn default_queue_us(backend: &str) -> u64 {
-        if backend == "cpu" {
-            0
-        } else {
-            DEFAULT_DEVICE_QUEUE_US
-        }
-    }
-
     /// The parameters `cfg` asks for, with `defaults` where it names no device depth or
     /// device-time budget.
     pub fn from_config(cfg: &Config, defaults: DeviceDefaults) -> Self {

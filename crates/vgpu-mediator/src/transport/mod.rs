@@ -10,7 +10,7 @@ mod region;
 mod server;
 
 pub use ivshmem::{send_msg, send_setup};
-pub use region::{prefer_huge_pages, SharedRegion};
+pub use region::SharedRegion;
 pub use server::{Event, Server, Setup};
 
 /// Transport errors.

@@ -15,15 +15,6 @@ pub struct SharedRegion {
     view: ShmView,
 }
 
-/// Asks for transparent huge pages for a mapping of a region (where the host's
-/// `shmem_enabled` allows them): the region is pinned for DMA as a whole, and fewer, larger
-/// pages mean fewer entries for the device to walk. Best effort: without THP nothing changes.
-pub fn prefer_huge_pages(map: &MmapMut) {
-    if let Err(e) = map.advise(memmap2::Advice::HugePage) {
-        tracing::debug!("madvise(MADV_HUGEPAGE) on a shared region: {e}");
-    }
-}
-
 impl SharedRegion {
     /// Creates a zero-filled region of `size` bytes.
     pub fn create(name: &str, size: u64) -> std::io::Result<Self> {
@@ -35,7 +26,6 @@ impl SharedRegion {
         // writable fd that could, and never does). Other processes may write the memory
         // concurrently, which is why it is only ever accessed through `ShmView`.
         let mut map = unsafe { MmapOptions::new().len(len).map_mut(&file)? };
-        prefer_huge_pages(&map);
         // SAFETY: `map` is a live mapping of `len` bytes, page-aligned, and `view` is stored next
         // to it in `self`, which never hands the view out past its own lifetime except to holders
         // of an `Arc<SharedRegion>`.

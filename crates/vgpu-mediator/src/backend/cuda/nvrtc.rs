@@ -6,17 +6,23 @@ use std::ffi::CString;
 /// The CUDA C source of the built-in kernels (shared with the native benchmark).
 pub const BUILTINS_CU: &str = include_str!("../../../kernels/builtins.cu");
 
+/// The NVRTC options for compute capability `major.minor` (also reported by the native
+/// benchmark, which compiles the same source with [`compile_cubin`]).
+pub fn options(major: i32, minor: i32) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture=sm_{major}{minor}"),
+        "--std=c++17".to_string(),
+        "-lineinfo".to_string(),
+    ]
+}
+
 /// Compiles `src` for compute capability `major.minor`; returns the cubin, or NVRTC's log.
 pub fn compile_cubin(src: &str, name: &str, major: i32, minor: i32) -> Result<Vec<u8>, String> {
     let src = CString::new(src).map_err(|_| "kernel source contains a NUL byte".to_string())?;
     let name = CString::new(name).map_err(|_| "kernel file name contains a NUL".to_string())?;
     let prog = result::create_program(&src, Some(&name))
         .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
-    let opts = [
-        format!("--gpu-architecture=sm_{major}{minor}"),
-        "--std=c++17".to_string(),
-        "-lineinfo".to_string(),
-    ];
+    let opts = options(major, minor);
     // SAFETY: `prog` was created above and is destroyed only at the end of this function;
     // `src` and `name` outlive it.
     let out = unsafe { compile(prog, &opts) };

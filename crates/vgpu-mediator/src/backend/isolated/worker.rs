@@ -78,7 +78,6 @@ fn map(fd: i32) -> Result<(File, MmapMut, ShmView), WorkerError> {
     // SAFETY: a memfd sized by vgpud, which never truncates it; the other side writes it
     // concurrently, which is why it is only accessed through `ShmView`.
     let mut m = unsafe { MmapOptions::new().len(len).map_mut(&file).map_err(io)? };
-    crate::transport::prefer_huge_pages(&m);
     // SAFETY: `m` is a live, page-aligned mapping of `len` bytes, kept alive by the caller for
     // as long as the view is used (the whole life of the worker).
     let view = unsafe { ShmView::new(m.as_mut_ptr(), len) };
