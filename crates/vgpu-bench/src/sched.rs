@@ -11,8 +11,14 @@
 //! * (c) the heaviest pool going idle and coming back: how soon its share is handed over and
 //!   taken back.
 //!
-//! Clients wait the way the guest library waits (spin briefly, then sleep): nothing spins
-//! hard, so the executor keeps its cores.
+//! Placement, as on a host that gives vgpud a core of its own: where the machine has two CPUs
+//! or more, vgpud's executor is pinned to the last one (`executor_cpus`) and every client
+//! thread runs on the others; the executor keeps polling its rings for `poll_us` (2 ms) after
+//! the last work. The high-priority client waits for its completion the way CUDA's default
+//! (spin) wait does, spinning for up to 1 ms before it blocks on the interrupt; the
+//! saturating clients block at once, at a lower CPU priority. On a small VM such as the
+//! 2-core CI machine, waking a sleeping vCPU costs 40–70 µs: without this placement that
+//! wake-up, not the scheduler, decides the high-priority tail (`docs/scheduling.md`).
 //!
 //! On the GPU the "slots" of the cpu figures are the one device: device time per wall second
 //! is vgpud's measured (CUDA event) time, which can exceed 1 where kernels of several VMs'
@@ -62,6 +68,12 @@ pub struct Opts {
     /// work already queued on the GPU stays short).
     #[arg(long, default_value_t = 2)]
     pub gpu_depth: u32,
+    /// vgpud's `poll_us`: how long its executor keeps polling the rings after the last work.
+    #[arg(long, default_value_t = 2000)]
+    pub poll_us: u64,
+    /// Do not pin vgpud's executor to a CPU of its own (nor the clients to the others).
+    #[arg(long)]
+    pub no_pin: bool,
 }
 
 impl Opts {
@@ -84,11 +96,15 @@ impl Opts {
     }
 
     /// The `[mediator]` lines after `backend` and the `[scheduler]` lines of a case.
-    fn head(&self, sched: &str) -> String {
+    fn head(&self, place: &Placement, sched: &str) -> String {
+        let mut m = format!("poll_us = {}\n", self.poll_us);
+        if let Some(c) = place.executor {
+            m += &format!("executor_cpus = [{c}]\n");
+        }
         if self.cuda() {
-            format!("[scheduler]\ndevice_depth = {}\n{sched}", self.gpu_depth)
+            format!("{m}[scheduler]\ndevice_depth = {}\n{sched}", self.gpu_depth)
         } else {
-            format!("cpu_slots = {}\n[scheduler]\n{sched}", self.slots)
+            format!("{m}cpu_slots = {}\n[scheduler]\n{sched}", self.slots)
         }
     }
 
@@ -188,6 +204,70 @@ fn busy(us: u32, geometry: Option<([u32; 3], [u32; 3])>, stream: u32, tag: u64) 
     Cmd::Launch(l).encode(stream, tag)
 }
 
+// ---- placement -------------------------------------------------------------------------------
+
+/// Where vgpud's executor and the client threads run.
+#[derive(Clone)]
+struct Placement {
+    /// The executor's CPU (`None`: not pinned).
+    executor: Option<usize>,
+    /// The CPUs the client threads run on (`None`: anywhere).
+    clients: Option<rustix::thread::CpuSet>,
+}
+
+impl Placement {
+    /// The last CPU this process may run on for the executor, the rest for the clients;
+    /// unpinned with `--no-pin` or fewer than two CPUs.
+    fn new(no_pin: bool) -> Result<Self> {
+        use rustix::thread::{sched_getaffinity, CpuSet};
+        let none = Self {
+            executor: None,
+            clients: None,
+        };
+        if no_pin {
+            return Ok(none);
+        }
+        let mut clients = sched_getaffinity(None).context("sched_getaffinity")?;
+        let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
+            .filter(|&c| clients.is_set(c))
+            .collect();
+        let Some(&last) = cpus.last().filter(|_| cpus.len() >= 2) else {
+            return Ok(none);
+        };
+        clients.unset(last);
+        Ok(Self {
+            executor: Some(last),
+            clients: Some(clients),
+        })
+    }
+
+    /// Moves the calling thread onto the client CPUs; returns its previous affinity.
+    fn client_thread(&self) -> Result<Option<rustix::thread::CpuSet>> {
+        let Some(set) = &self.clients else {
+            return Ok(None);
+        };
+        let before = rustix::thread::sched_getaffinity(None).context("sched_getaffinity")?;
+        rustix::thread::sched_setaffinity(None, set).context("sched_setaffinity")?;
+        Ok(Some(before))
+    }
+
+    fn describe(&self) -> String {
+        match (self.executor, &self.clients) {
+            (Some(e), Some(c)) => {
+                let cl: Vec<String> = (0..rustix::thread::CpuSet::MAX_CPU)
+                    .filter(|&i| c.is_set(i))
+                    .map(|i| i.to_string())
+                    .collect();
+                format!(
+                    "vgpud executor pinned to CPU {e}, clients on CPUs {}",
+                    cl.join(",")
+                )
+            }
+            _ => "nothing pinned".to_string(),
+        }
+    }
+}
+
 // ---- a vgpud with a given config ------------------------------------------------------------
 
 struct VmSpec {
@@ -265,6 +345,7 @@ impl Vgpud {
 /// Saturating clients: `threads` threads per device, each keeping a batch of busy kernels
 /// (length from `len`) queued on its own stream until `stop`.
 fn saturate(
+    place: &Placement,
     devs: &[Arc<Device>],
     threads: u32,
     geometry: ([u32; 3], [u32; 3]),
@@ -276,7 +357,9 @@ fn saturate(
     for (i, d) in devs.iter().enumerate() {
         for t in 0..threads {
             let (d, stop, pause, len) = (d.clone(), stop.clone(), pause[i].clone(), len.clone());
+            let place = place.clone();
             hs.push(std::thread::spawn(move || -> Result<()> {
+                place.client_thread()?;
                 background_thread();
                 // Load generators block on the completion interrupt instead of spinning first.
                 d.set_eager_wait(false);
@@ -322,11 +405,26 @@ fn join(hs: Vec<std::thread::JoinHandle<Result<()>>>) -> Result<()> {
     Ok(())
 }
 
-/// The high-priority client: `n` short kernels, each after a think time of 0.5–1.5 ms.
-/// It drives its own rings and sleeps on the completion interrupt (eventfd), so what it
-/// measures is vgpud's latency, not the quantisation of a polling back-off. Returns each
-/// kernel's round trip in ns.
-fn hp_loop(dev: &Device, n: usize) -> Result<Vec<u64>> {
+/// How long the high-priority client spins on its completion queue before it blocks on the
+/// completion interrupt.
+const HP_SPIN: Duration = Duration::from_millis(1);
+
+/// The high-priority client: `n` short kernels, each after a think time of 0.5–1.5 ms, on the
+/// client CPUs. It drives its own rings and waits like CUDA's default spin wait: it polls its
+/// completion queue without a back-off (so there is no polling quantum in what it measures)
+/// for up to [`HP_SPIN`], then blocks on the completion interrupt (eventfd). Where vgpud's
+/// executor is not on a CPU of its own, the client yields while it spins, so that an executor
+/// woken on its CPU runs at once. Returns each kernel's round trip in ns.
+fn hp_loop(place: &Placement, dev: &Device, n: usize) -> Result<Vec<u64>> {
+    let before = place.client_thread()?;
+    let out = hp_rounds(dev, n, place.executor.is_some());
+    if let Some(b) = before {
+        rustix::thread::sched_setaffinity(None, &b).context("sched_setaffinity")?;
+    }
+    out
+}
+
+fn hp_rounds(dev: &Device, n: usize, executor_apart: bool) -> Result<Vec<u64>> {
     let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
     let (view, layout) = (dev.shm(), dev.layout());
     let mut sq = vgpu_abi::ring::SqProducer::new(view, layout);
@@ -345,6 +443,14 @@ fn hp_loop(dev: &Device, n: usize) -> Result<Vec<u64>> {
         let c = loop {
             if let Some(c) = cq.pop() {
                 break c;
+            }
+            if t0.elapsed() < HP_SPIN {
+                if executor_apart {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+                continue;
             }
             ensure!(
                 t0.elapsed() < Duration::from_secs(10),
@@ -377,7 +483,14 @@ struct CaseA {
     device: String,
 }
 
-fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> Result<CaseA> {
+fn case_a(
+    o: &Opts,
+    place: &Placement,
+    name: &str,
+    policy: &str,
+    reserve: u32,
+    baseline: bool,
+) -> Result<CaseA> {
     let mut vms = vec![VmSpec {
         name: "hp".into(),
         pool: 0,
@@ -390,9 +503,10 @@ fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> R
             priority: 0,
         });
     }
-    let head = o.head(&format!(
-        "policy = \"{policy}\"\nreserve_slots = {reserve}\n"
-    ));
+    let head = o.head(
+        place,
+        &format!("policy = \"{policy}\"\nreserve_slots = {reserve}\n"),
+    );
     let d = Vgpud::start(&o.backend, name, &head, &[(0, 1)], &vms)?;
     let device = d.d.stats()?["device"]
         .as_str()
@@ -405,7 +519,7 @@ fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> R
     let hp_names = vec!["hp".to_string()];
 
     let hp_alone = if baseline {
-        Some(hp_loop(&hp, o.hp_samples())?)
+        Some(hp_loop(place, &hp, o.hp_samples())?)
     } else {
         None
     };
@@ -414,6 +528,7 @@ fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> R
         .map(|_| Arc::new(AtomicBool::new(false)))
         .collect();
     let hs = saturate(
+        place,
         &lps,
         LP_THREADS_PER_VM,
         o.lp_geometry(),
@@ -434,7 +549,7 @@ fn case_a(o: &Opts, name: &str, policy: &str, reserve: u32, baseline: bool) -> R
         d.vm_device_ns(&hp_names)?,
         Instant::now(),
     );
-    let hp_lat = hp_loop(&hp, o.hp_samples())?;
+    let hp_lat = hp_loop(place, &hp, o.hp_samples())?;
     let wall = t0.elapsed().as_nanos() as f64;
     let lp_contended = (d.vm_device_ns(&lp_names)? - n0) as f64 / wall;
     let hp_util = (d.vm_device_ns(&hp_names)? - h0) as f64 / wall / f64::from(o.capacity());
@@ -505,7 +620,7 @@ fn settle_ms(p: &Pools, from: f64, until: f64, want: &[f64]) -> Option<f64> {
     None
 }
 
-fn case_pools(o: &Opts) -> Result<Pools> {
+fn case_pools(o: &Opts, place: &Placement) -> Result<Pools> {
     let mut vms = Vec::new();
     for p in 0..3u32 {
         for k in 0..2 {
@@ -517,7 +632,7 @@ fn case_pools(o: &Opts) -> Result<Pools> {
         }
     }
     let pools: Vec<(u32, u32)> = (0..3).map(|p| (p as u32, WEIGHTS[p])).collect();
-    let d = Vgpud::start(&o.backend, "pools", &o.head(""), &pools, &vms)?;
+    let d = Vgpud::start(&o.backend, "pools", &o.head(place, ""), &pools, &vms)?;
     let devs: Vec<Arc<Device>> = vms
         .iter()
         .map(|v| Device::connect(&d.socket(&v.name)).map(Arc::new))
@@ -535,6 +650,7 @@ fn case_pools(o: &Opts) -> Result<Pools> {
         .collect();
     let t0 = Instant::now();
     let hs = saturate(
+        place,
         &devs,
         POOL_THREADS_PER_VM,
         o.lp_geometry(),
@@ -596,9 +712,16 @@ pub fn run(o: &Opts) -> Result<Value> {
             o.slots, LP_KERNEL_US.0, LP_KERNEL_US.1
         );
     }
-    let base = case_a(o, "prio", "priority", 0, true)?;
-    let fifo = case_a(o, "fifo", "fifo", 0, false)?;
-    let resv = case_a(o, "reserve", "priority", 1, false)?;
+    let place = &Placement::new(o.no_pin)?;
+    println!(
+        "  placement: {}; vgpud poll_us = {}; HP client spins up to {} µs, then blocks on the interrupt",
+        place.describe(),
+        o.poll_us,
+        HP_SPIN.as_micros()
+    );
+    let base = case_a(o, place, "prio", "priority", 0, true)?;
+    let fifo = case_a(o, place, "fifo", "fifo", 0, false)?;
+    let resv = case_a(o, place, "reserve", "priority", 1, false)?;
     let mut alone = base.hp_alone.clone().expect("baseline");
     let (sa, sc, sf, sr) = (
         summarize(&mut alone),
@@ -647,7 +770,7 @@ pub fn run(o: &Opts) -> Result<Value> {
         );
     }
 
-    let pools = case_pools(o)?;
+    let pools = case_pools(o, place)?;
     let all = entitled(&[true; 3]);
     let mut max_err: f64 = 0.0;
     let mut jain_min: f64 = 1.0;
@@ -744,6 +867,9 @@ pub fn run(o: &Opts) -> Result<Value> {
         "gpu_blocks": o.cuda().then_some(o.gpu_blocks),
         "gpu_threads": o.cuda().then_some(o.gpu_threads),
         "hp_samples": o.hp_samples(),
+        "executor_cpu": place.executor,
+        "poll_us": o.poll_us,
+        "hp_spin_us": HP_SPIN.as_micros() as u64,
         "hp_kernel_us": HP_KERNEL_US,
         "hp_p50_alone_us": sa.p50_us,
         "hp_p99_alone_us": sa.p99_us,

@@ -5,6 +5,7 @@
 //! backend = "auto"          # auto | cpu
 //! admin_socket = "/run/vgpu/admin.sock"
 //! poll_us = 50              # how long to keep polling rings after the last work
+//! executor_cpus = [3]       # pin device i's executor thread to CPU executor_cpus[i % len]
 //! fault_isolation = "process" # process (cuda default) | none: see `FaultIsolation`
 //!
 //! [scheduler]
@@ -313,7 +314,15 @@ pub struct MediatorConfig {
     /// on its GPU is never accounted); false: launches always complete at once, unaccounted.
     #[serde(default = "default_true")]
     pub cuda_kernel_accounting: bool,
+    /// CPUs the executor threads are pinned to: device `i`'s executor runs on
+    /// `executor_cpus[i % len]`. Empty (the default): not pinned. A polling executor on a core
+    /// of its own wakes no sleeping CPU and is never delayed by the VMs' vCPU threads.
+    #[serde(default)]
+    pub executor_cpus: Vec<usize>,
 }
+
+/// The highest CPU number `executor_cpus` may name.
+pub const MAX_CPU: usize = 1023;
 
 fn default_true() -> bool {
     true
@@ -331,7 +340,16 @@ impl Default for MediatorConfig {
             cpu_devices: 1,
             fault_isolation: None,
             cuda_kernel_accounting: true,
+            executor_cpus: Vec::new(),
         }
+    }
+}
+
+impl MediatorConfig {
+    /// The CPU device `index`'s executor is pinned to, if any.
+    pub fn executor_cpu(&self, index: usize) -> Option<usize> {
+        (!self.executor_cpus.is_empty())
+            .then(|| self.executor_cpus[index % self.executor_cpus.len()])
     }
 }
 
@@ -504,6 +522,7 @@ impl Config {
             "mediator.cpu_device_mem",
             a.cpu_device_mem != b.cpu_device_mem,
         );
+        diff("mediator.executor_cpus", a.executor_cpus != b.executor_cpus);
         diff("the number of [[vm]]", self.vms.len() != new.vms.len());
         for (x, y) in self.vms.iter().zip(&new.vms) {
             let v = &x.name;
@@ -542,6 +561,9 @@ impl Config {
         }
         if m.cpu_devices == 0 || m.cpu_devices > 64 {
             return bad(format!("cpu_devices = {} must be 1..=64", m.cpu_devices));
+        }
+        if let Some(c) = m.executor_cpus.iter().find(|&&c| c > MAX_CPU) {
+            return bad(format!("executor_cpus: CPU {c} is above {MAX_CPU}"));
         }
         let s = &self.scheduler;
         if s.vm_max_queued == 0 {
@@ -712,6 +734,27 @@ mod tests {
         assert_eq!(
             p.unsafe_changes(&n),
             vec!["mediator.fault_isolation".to_string()]
+        );
+    }
+
+    #[test]
+    fn executor_cpus_key() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.mediator.executor_cpu(0), None, "not pinned by default");
+        let with = |v: &str| {
+            GOOD.replace(
+                "backend = \"cpu\"",
+                &format!("backend = \"cpu\"\nexecutor_cpus = {v}"),
+            )
+        };
+        let p = Config::from_toml(&with("[3, 5]")).unwrap();
+        let cpus: Vec<_> = (0..3).map(|i| p.mediator.executor_cpu(i)).collect();
+        assert_eq!(cpus, vec![Some(3), Some(5), Some(3)]);
+        expect_invalid(&with("[1, 4096]"), "CPU 4096 is above");
+        expect_invalid(&with("[-1]"), "executor_cpus");
+        assert_eq!(
+            c.unsafe_changes(&p),
+            vec!["mediator.executor_cpus".to_string()]
         );
     }
 

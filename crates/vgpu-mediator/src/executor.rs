@@ -73,6 +73,35 @@ pub enum ExecutorError {
     /// epoll or the timerfd could not be set up.
     #[error("epoll: {0}")]
     Epoll(#[from] rustix::io::Errno),
+    /// `executor_cpus` names a CPU this process may not run on.
+    #[error("executor_cpus: CPU {cpu} is not one this process may run on (allowed: {allowed})")]
+    Cpu {
+        /// The CPU asked for.
+        cpu: usize,
+        /// The CPUs the process may run on.
+        allowed: String,
+    },
+}
+
+/// Pins the calling thread to `cpu`, which must be in the thread's current affinity set
+/// (checked first, so a bad `executor_cpus` is a clear error rather than `EINVAL`).
+pub fn pin_current_thread(cpu: usize) -> Result<(), ExecutorError> {
+    use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let now = sched_getaffinity(None)?;
+    if cpu >= CpuSet::MAX_CPU || !now.is_set(cpu) {
+        let allowed: Vec<String> = (0..CpuSet::MAX_CPU)
+            .filter(|&c| now.is_set(c))
+            .map(|c| c.to_string())
+            .collect();
+        return Err(ExecutorError::Cpu {
+            cpu,
+            allowed: allowed.join(","),
+        });
+    }
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    sched_setaffinity(None, &set)?;
+    Ok(())
 }
 
 /// A pool-quota-less VM (a registry built without pools) is charged to this unlimited quota.
@@ -551,7 +580,8 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
     /// Runs until shutdown; then frees every VM.
     pub fn run(mut self) {
         info!(backend = self.params.device.backend, device = %self.params.device.name,
-              index = self.device_index, "executor running");
+              index = self.device_index, cpu = ?self.cfg.mediator.executor_cpu(self.device_index),
+              "executor running");
         let mut last_work = Instant::now();
         loop {
             if self.shutdown.load(Relaxed) {

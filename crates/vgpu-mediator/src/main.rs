@@ -10,7 +10,7 @@ use tracing::{error, info};
 use vgpu_mediator::admin;
 use vgpu_mediator::backend::{isolated, select, Backend};
 use vgpu_mediator::config::{BackendChoice, Config};
-use vgpu_mediator::executor::Executor;
+use vgpu_mediator::executor::{pin_current_thread, Executor};
 use vgpu_mediator::sched::router::{ExecHandle, Router};
 use vgpu_mediator::sched::{DeviceDefaults, Scheduler};
 use vgpu_mediator::stats::StatsRegistry;
@@ -117,11 +117,24 @@ fn run(args: Args) -> Result<()> {
             index,
         )?;
         handles.push(ExecHandle { tx: etx, wake });
+        let cpu = cfg.mediator.executor_cpu(index);
+        let (pinned_tx, pinned_rx) = mpsc::channel();
         exec_threads.push(
             std::thread::Builder::new()
                 .name(format!("vgpud-exec-{index}"))
-                .spawn(move || exec.run())?,
+                .spawn(move || {
+                    let pinned = cpu.map_or(Ok(()), pin_current_thread);
+                    let ok = pinned.is_ok();
+                    let _ = pinned_tx.send(pinned);
+                    if ok {
+                        exec.run();
+                    }
+                })?,
         );
+        pinned_rx
+            .recv()
+            .context("executor thread ended at start")?
+            .with_context(|| format!("device {index}"))?;
     }
     let router = Arc::new(Router::new(cfg.clone(), handles, registry.clone()));
 

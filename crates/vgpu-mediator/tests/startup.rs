@@ -54,3 +54,44 @@ fn bad_config_missing_dir_socket_in_use() {
     assert!(err.contains("already in use"), "{err}");
     d.stop();
 }
+
+/// The CPUs this test process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    let set = rustix::thread::sched_getaffinity(None).unwrap();
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect()
+}
+
+#[test]
+fn executor_cpus_pin_or_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run_vgpud(
+        &config_text(dir.path(), &[Vm::new("a", 1)], "executor_cpus = [1023]"),
+        dir.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("executor_cpus: CPU 1023 is not one this process may run on"),
+        "{err}"
+    );
+
+    // A CPU it may run on: the executor thread is pinned there.
+    let cpu = *allowed_cpus().last().unwrap();
+    let d = start_with(&[Vm::new("a", 1)], &format!("executor_cpus = [{cpu}]"));
+    let tasks = format!("/proc/{}/task", d.child.id());
+    let mut exec_cpus = None;
+    for t in std::fs::read_dir(&tasks).unwrap() {
+        let t = t.unwrap().path();
+        let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if name.trim() == "vgpud-exec-0" {
+            let status = std::fs::read_to_string(t.join("status")).unwrap();
+            exec_cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string());
+        }
+    }
+    assert_eq!(exec_cpus, Some(cpu.to_string()), "executor thread affinity");
+    d.stop();
+}
