@@ -26,6 +26,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const MAX_COPY_CHUNK: u64 = 1 << 20;
 /// Threads per block used by the typed built-in helpers for 1-D kernels.
 const BLOCK_1D: u32 = 256;
+/// The longest single wait on the completion interrupt (the interrupt usually ends it; the
+/// bound keeps fence and timeout checks going).
+const IRQ_WAIT: Duration = Duration::from_millis(2);
 /// Block edge used by [`Device::sgemm`].
 const BLOCK_2D: u32 = 16;
 
@@ -146,6 +149,9 @@ struct Rings {
     seq: u64,
     /// Whether the guest asked for completion interrupts (re-applied after a reset).
     irq: bool,
+    /// Threads blocked on the completion interrupt in [`Device::block`] (the interrupt stays
+    /// armed while there is one).
+    irq_waiters: u32,
 }
 
 impl Rings {
@@ -156,6 +162,7 @@ impl Rings {
             pending: HashMap::new(),
             seq: 0,
             irq: false,
+            irq_waiters: 0,
         }
     }
 
@@ -591,7 +598,7 @@ impl Device {
         if layout != self.layout {
             return Err(LayoutError::Inconsistent("ring geometry changed across a reset").into());
         }
-        let irq = r.irq;
+        let (irq, irq_waiters) = (r.irq, r.irq_waiters);
         let mut pending = std::mem::take(&mut r.pending);
         let mut seq = r.seq;
         for (tag, slot) in pending.iter_mut() {
@@ -611,7 +618,8 @@ impl Device {
         r.pending = pending;
         r.seq = seq;
         r.irq = irq;
-        if irq {
+        r.irq_waiters = irq_waiters;
+        if irq || irq_waiters > 0 {
             r.cq.set_irq(true);
         }
         Ok(())
@@ -966,15 +974,16 @@ impl Device {
         }
     }
 
-    /// Blocks for at most `d` waiting for a completion: on the completion interrupt where the
-    /// transport has one (armed here, disarmed after), else by sleeping. A caller that asked
-    /// for interrupts itself ([`Device::enable_irq`]) keeps them: this then only sleeps.
+    /// Blocks waiting for a completion: on the completion interrupt where the transport has
+    /// one (armed here while any thread waits, for up to [`IRQ_WAIT`] or `d` if longer: the
+    /// interrupt ends the wait as soon as vgpud posts), else by sleeping `d`. A caller that
+    /// asked for interrupts itself ([`Device::enable_irq`]) keeps them: this then only sleeps.
     fn block(&self, d: Duration) {
         if !self.irq_usable.load(Ordering::Relaxed) {
             std::thread::sleep(d);
             return;
         }
-        {
+        let epoch = {
             let mut r = self.lock();
             if r.irq {
                 // The caller takes the interrupts itself (`enable_irq`): never consume them.
@@ -982,15 +991,20 @@ impl Device {
                 std::thread::sleep(d);
                 return;
             }
+            // Read before the re-check below: an interrupt another thread takes after it
+            // (perhaps for our completion) ends our wait at once.
+            let epoch = self.transport.irq_epoch();
             // Arm, then look again: a completion posted before the host saw the flag raised no
             // interrupt (the RMW in `set_irq` orders the flag before the re-check).
+            r.irq_waiters += 1;
             r.cq.set_irq(true);
             if r.drain() > 0 {
-                r.cq.set_irq(false);
+                Self::unwait(&mut r);
                 return;
             }
-        }
-        match self.transport.wait_irq(d) {
+            epoch
+        };
+        match self.transport.wait_irq_since(epoch, d.max(IRQ_WAIT)) {
             Ok(_) => {}
             Err(Error::NotSupported(_)) => {
                 self.irq_usable.store(false, Ordering::Relaxed);
@@ -998,8 +1012,13 @@ impl Device {
             }
             Err(_) => std::thread::sleep(d),
         }
-        let r = self.lock();
-        if !r.irq {
+        Self::unwait(&mut self.lock());
+    }
+
+    /// One thread stopped waiting on the interrupt: disarm it when it was the last.
+    fn unwait(r: &mut Rings) {
+        r.irq_waiters -= 1;
+        if r.irq_waiters == 0 && !r.irq {
             r.cq.set_irq(false);
         }
     }

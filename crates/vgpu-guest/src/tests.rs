@@ -484,6 +484,51 @@ fn completion_interrupts() {
 }
 
 #[test]
+fn an_interrupt_taken_by_another_waiter_ends_a_stale_wait() {
+    use crate::transport::socket::SocketTransport;
+    use crate::transport::Transport;
+    let server = FakeServer::start(memfd_device(SMALL.0, SMALL.1, SMALL.2));
+    let t = SocketTransport::connect(&server.path).unwrap();
+    let epoch = t.irq_epoch();
+    rustix::io::write(&server.irq, &1u64.to_ne_bytes()).unwrap();
+    // One waiter takes the interrupt ...
+    assert!(t.wait_irq(Duration::from_secs(5)).unwrap());
+    assert_eq!(t.irq_epoch(), epoch + 1);
+    // ... so a waiter that looked at its completions before that does not sleep through it.
+    let t0 = Instant::now();
+    assert!(t.wait_irq_since(epoch, Duration::from_secs(5)).unwrap());
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // With nothing taken since, the wait runs to its timeout.
+    assert!(!t
+        .wait_irq_since(t.irq_epoch(), Duration::from_millis(20))
+        .unwrap());
+}
+
+#[test]
+fn blocking_waiters_share_the_interrupt() {
+    let r = rig();
+    r.dev.set_eager_wait(false);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let d = &r.dev;
+            s.spawn(move || {
+                for i in 0..200u64 {
+                    let batch: Vec<Sqe> = (0..4)
+                        .map(|k| Command::Nop.encode(0, t * 1000 + i * 4 + k))
+                        .collect();
+                    let c = d.submit_batch(&batch).unwrap();
+                    assert_eq!(c.len(), 4);
+                }
+            });
+        }
+    });
+    // The last waiter disarmed the interrupt.
+    let cq = r.dev.layout().cq_offset as usize;
+    let flags = r.dev.shm().load_u32(cq + ring_hdr::FLAGS);
+    assert_eq!(flags & vgpu_abi::layout::CQ_FLAG_IRQ, 0);
+}
+
+#[test]
 fn many_threads_share_one_device() {
     let r = rig();
     std::thread::scope(|s| {

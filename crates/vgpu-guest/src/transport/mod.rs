@@ -78,6 +78,17 @@ pub(crate) trait Transport: Send + Sync + Debug {
     fn ring(&self, peer: u16, vector: u16);
     /// Waits for our interrupt vector 0 to fire; `Ok(false)` on timeout.
     fn wait_irq(&self, timeout: Duration) -> Result<bool, Error>;
+    /// How many interrupts any waiter of this transport has taken so far.
+    fn irq_epoch(&self) -> u64 {
+        0
+    }
+    /// As [`Transport::wait_irq`], but returns `Ok(true)` at once if an interrupt was taken
+    /// since [`Transport::irq_epoch`] returned `epoch`: with several threads waiting on one
+    /// device, the one that takes an interrupt may not be the one it was for.
+    fn wait_irq_since(&self, epoch: u64, timeout: Duration) -> Result<bool, Error> {
+        let _ = epoch;
+        self.wait_irq(timeout)
+    }
     /// A short description ("pci 0000:00:04.0", "socket /run/vgpu/vm1.sock").
     fn describe(&self) -> String;
 }

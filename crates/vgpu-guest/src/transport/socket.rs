@@ -13,6 +13,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -185,6 +186,8 @@ pub struct SocketTransport {
     /// Serialises `wait_irq` so a readable eventfd is read by one waiter only (a blocking
     /// read of a drained eventfd would hang).
     irq_lock: Mutex<()>,
+    /// Interrupts taken so far (see [`Transport::irq_epoch`]).
+    irq_taken: AtomicU64,
 }
 
 impl SocketTransport {
@@ -225,6 +228,7 @@ impl SocketTransport {
             peers: s.peers,
             irq,
             irq_lock: Mutex::new(()),
+            irq_taken: AtomicU64::new(0),
         };
         let v = t.shm.view();
         vgpu_abi::check_compat(
@@ -258,9 +262,21 @@ impl Transport for SocketTransport {
     }
 
     fn wait_irq(&self, timeout: Duration) -> Result<bool, Error> {
+        self.wait_irq_since(self.irq_epoch(), timeout)
+    }
+
+    fn irq_epoch(&self) -> u64 {
+        self.irq_taken.load(Ordering::SeqCst)
+    }
+
+    fn wait_irq_since(&self, epoch: u64, timeout: Duration) -> Result<bool, Error> {
         let deadline = Instant::now() + timeout;
         let _g = self.irq_lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
+            // Another waiter took an interrupt meanwhile (perhaps ours): let the caller look.
+            if self.irq_epoch() != epoch {
+                return Ok(true);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             let ts = Timespec::try_from(left).unwrap_or(Timespec {
                 tv_sec: i64::MAX,
@@ -272,7 +288,10 @@ impl Transport for SocketTransport {
                 Ok(_) => {
                     let mut b = [0u8; 8];
                     return match rustix::io::read(self.irq.as_fd(), &mut b) {
-                        Ok(_) => Ok(true),
+                        Ok(_) => {
+                            self.irq_taken.fetch_add(1, Ordering::SeqCst);
+                            Ok(true)
+                        }
                         Err(Errno::INTR) => continue,
                         Err(e) => Err(Error::io("reading the interrupt eventfd", e)),
                     };
