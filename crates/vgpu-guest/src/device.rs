@@ -414,7 +414,7 @@ impl Device {
                     return Err(e);
                 }
             }
-            backoff.snooze_or(|d| self.block(d));
+            backoff.snooze_or(|d| self.block(d, true));
         }
     }
 
@@ -560,7 +560,9 @@ impl Device {
                 last_progress = Instant::now();
                 backoff.reset();
             } else {
-                backoff.snooze_or(|d| self.block(d));
+                // While entries still wait for ring space, look again after `d`: space frees as
+                // vgpud takes entries, which raises no interrupt.
+                backoff.snooze_or(|d| self.block(d, pushed == n));
             }
         }
     }
@@ -975,10 +977,11 @@ impl Device {
     }
 
     /// Blocks waiting for a completion: on the completion interrupt where the transport has
-    /// one (armed here while any thread waits, for up to [`IRQ_WAIT`] or `d` if longer: the
-    /// interrupt ends the wait as soon as vgpud posts), else by sleeping `d`. A caller that
+    /// one (armed here while any thread waits; the interrupt ends the wait as soon as vgpud
+    /// posts), for `d`, or, with `only_completions` (nothing but a completion can end the
+    /// wait), for up to [`IRQ_WAIT`] if that is longer; else by sleeping `d`. A caller that
     /// asked for interrupts itself ([`Device::enable_irq`]) keeps them: this then only sleeps.
-    fn block(&self, d: Duration) {
+    fn block(&self, d: Duration, only_completions: bool) {
         if !self.irq_usable.load(Ordering::Relaxed) {
             std::thread::sleep(d);
             return;
@@ -1004,7 +1007,8 @@ impl Device {
             }
             epoch
         };
-        match self.transport.wait_irq_since(epoch, d.max(IRQ_WAIT)) {
+        let bound = if only_completions { d.max(IRQ_WAIT) } else { d };
+        match self.transport.wait_irq_since(epoch, bound) {
             Ok(_) => {}
             Err(Error::NotSupported(_)) => {
                 self.irq_usable.store(false, Ordering::Relaxed);

@@ -32,6 +32,9 @@ pub(super) fn spawn(
         *r = h.as_raw_fd();
     }
     let parent = rustix::process::getpid();
+    // The CPUs of vgpud's main thread: a worker must not inherit the pinning of the executor
+    // thread that starts it (`executor_cpus`), or every worker would share the executor's CPU.
+    let cpus = rustix::thread::sched_getaffinity(Some(parent))?;
     let mut cmd = Command::new(exe);
     cmd.arg0("vgpud-worker")
         .arg(super::proto::WORKER_FLAG)
@@ -47,6 +50,7 @@ pub(super) fn spawn(
         // Whatever else this process holds that is not close-on-exec (fds vgpud inherited from
         // whoever started it) must not reach the worker either.
         cloexec_above(FD_REGION + FD_COUNT as RawFd);
+        rustix::thread::sched_setaffinity(None, &cpus)?;
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
         // vgpud may have died between fork and prctl: then no signal would ever come.
         if rustix::process::getppid() != Some(parent) {
@@ -55,8 +59,8 @@ pub(super) fn spawn(
         Ok(())
     };
     // SAFETY: `child_setup` runs in the forked child before exec and only makes
-    // async-signal-safe system calls (dup2, prctl, getppid) on values captured by copy; it
-    // allocates nothing and touches no lock.
+    // async-signal-safe system calls (dup2, close_range, sched_setaffinity, prctl, getppid) on
+    // values captured by copy; it allocates nothing and touches no lock.
     unsafe { cmd.pre_exec(child_setup) };
     let child = cmd.spawn();
     drop(high);
