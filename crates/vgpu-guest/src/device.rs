@@ -978,9 +978,13 @@ impl Device {
 
     /// Blocks waiting for a completion: on the completion interrupt where the transport has
     /// one (armed here while any thread waits; the interrupt ends the wait as soon as vgpud
-    /// posts), for `d`, or, with `only_completions` (nothing but a completion can end the
-    /// wait), for up to [`IRQ_WAIT`] if that is longer; else by sleeping `d`. A caller that
-    /// asked for interrupts itself ([`Device::enable_irq`]) keeps them: this then only sleeps.
+    /// posts), else by sleeping `d`. The interrupt wait lasts `d`, or, for a waiter that
+    /// blocks without spinning ([`Device::set_eager_wait`] off) when only a completion can end
+    /// the wait (`only_completions`), up to [`IRQ_WAIT`]: such a waiter then wakes once per
+    /// completion instead of every few microseconds. (An eager waiter keeps the short, growing
+    /// waits: on an H200 host, one long wait made 64 MiB copies 2–3% slower, probably as the
+    /// CPU went deeper idle; see BENCHMARKS.md.) A caller that asked for interrupts itself
+    /// ([`Device::enable_irq`]) keeps them: this then only sleeps.
     fn block(&self, d: Duration, only_completions: bool) {
         if !self.irq_usable.load(Ordering::Relaxed) {
             std::thread::sleep(d);
@@ -1007,7 +1011,8 @@ impl Device {
             }
             epoch
         };
-        let bound = if only_completions { d.max(IRQ_WAIT) } else { d };
+        let long = only_completions && !self.eager_wait.load(Ordering::Relaxed);
+        let bound = if long { d.max(IRQ_WAIT) } else { d };
         match self.transport.wait_irq_since(epoch, bound) {
             Ok(_) => {}
             Err(Error::NotSupported(_)) => {
