@@ -13,12 +13,13 @@
 //!
 //! Placement in (a), as on a host that gives vgpud a core of its own: where the machine has two
 //! CPUs or more, vgpud's executor is pinned to the last one (`executor_cpus`) and every client
-//! thread runs on the others ((b) and (c) run unpinned); the executor keeps polling its rings for `poll_us` (2 ms) after
-//! the last work. The high-priority client waits for its completion the way CUDA's default
-//! (spin) wait does, spinning for up to 1 ms before it blocks on the interrupt; the
-//! saturating clients block at once and run as `SCHED_IDLE` threads. On a small VM such as the
-//! 2-core CI machine, waking a sleeping vCPU costs 40–70 µs: without this placement that
-//! wake-up, not the scheduler, decides the high-priority tail (`docs/scheduling.md`).
+//! thread runs on the others ((b) and (c) run unpinned). The executor keeps polling its rings
+//! for `poll_us` (2 ms) after the last work. The high-priority client waits for its completion
+//! the way CUDA's default (spin) wait does, spinning for up to 1 ms before it blocks on the
+//! interrupt; the saturating clients block at once and run as `SCHED_IDLE` threads. On a small
+//! VM such as the 2-core CI machine, waking a sleeping vCPU costs 40–70 µs: without this
+//! placement that wake-up, not the scheduler, decides the high-priority tail
+//! (`docs/scheduling.md`).
 //!
 //! On the GPU the "slots" of the cpu figures are the one device: device time per wall second
 //! is vgpud's measured (CUDA event) time, which can exceed 1 where kernels of several VMs'
