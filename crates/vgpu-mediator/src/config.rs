@@ -185,7 +185,8 @@ fn default_vm_max_queued() -> u32 {
     256
 }
 
-/// How a pool's VMs share a device (stored and validated now; the cuda backend honours it).
+/// How a pool's VMs share a device. Only `Context` is served today: validation refuses
+/// `Shared` with a clear error until a backend implements it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
@@ -598,6 +599,15 @@ impl Config {
             if p.mem_quota.0 == 0 {
                 return bad(format!("pool {:?}: mem_quota must be > 0", p.name));
             }
+            if p.isolation == Isolation::Shared {
+                // Refused rather than silently served with a context per VM: a pool that asks
+                // for concurrent kernels and one fault domain must not get something else.
+                return bad(format!(
+                    "pool {:?}: isolation = \"shared\" (one device context for the pool's VMs) \
+                     is not implemented by any backend yet; use \"context\" (a context per VM)",
+                    p.name
+                ));
+            }
             let mut seen = HashSet::new();
             if let Some(g) = p.gpus.iter().find(|g| !seen.insert(**g)) {
                 return bad(format!("pool {:?}: gpu {g} listed twice", p.name));
@@ -772,7 +782,7 @@ mod tests {
         gpus = [1]
         weight = 3
         mem_quota = "1GiB"
-        isolation = "shared"
+        isolation = "context"
         [[pool]]
         id = 8
         [[vm]]
@@ -792,7 +802,7 @@ mod tests {
     fn pools_and_scheduler() {
         let c = Config::from_toml(POOLS).unwrap();
         assert_eq!(c.pools.len(), 2);
-        assert_eq!(c.pools[0].isolation, Isolation::Shared);
+        assert_eq!(c.pools[0].isolation, Isolation::Context);
         assert_eq!(c.pools[1].isolation, Isolation::Context);
         assert_eq!(c.pools[1].name, "pool-8");
         assert_eq!(c.pools[1].weight, 1);
@@ -829,7 +839,14 @@ mod tests {
             &POOLS.replace("gpus = [1]", "gpus = [1, 1]"),
             "gpu 1 listed twice",
         );
-        expect_invalid(&POOLS.replace("\"shared\"", "\"none\""), "unknown variant");
+        expect_invalid(
+            &POOLS.replace("isolation = \"context\"", "isolation = \"none\""),
+            "unknown variant",
+        );
+        expect_invalid(
+            &POOLS.replace("isolation = \"context\"", "isolation = \"shared\""),
+            "isolation = \"shared\" (one device context for the pool's VMs) is not implemented",
+        );
         expect_invalid(&POOLS.replace("\"fifo\"", "\"lottery\""), "unknown variant");
         expect_invalid(
             &POOLS.replace("cpu_slots = 4", "cpu_slots = 0"),
