@@ -7,9 +7,9 @@ use std::process::{Command, ExitCode};
 use crate::build;
 
 pub fn main(name: &str, json: Option<&Path>, rest: &[String]) -> ExitCode {
-    // By binary name, whichever workspace package owns it; the benchmarks that start a real
-    // vgpud (sched, gpu, multigpu) run the one next to vgpu-bench.
-    if let Err(e) = build::cargo_build_release_bins(&["vgpu-bench", "vgpud"]) {
+    // The benchmarks that start a real vgpud (sched, gpu, multigpu) run the one next to
+    // vgpu-bench: build both packages.
+    if let Err(e) = build::cargo_build_release(&["vgpu-bench", "vgpu-mediator"]) {
         eprintln!("xtask bench: {e:#}");
         return ExitCode::FAILURE;
     }

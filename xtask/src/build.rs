@@ -29,20 +29,6 @@ pub fn cargo_build_release(packages: &[&str]) -> Result<()> {
     )
 }
 
-/// `cargo build --release --bin <bin>…` over the workspace: these binaries, by name, whichever
-/// workspace packages own them, in one cargo call.
-pub fn cargo_build_release_bins(bins: &[&str]) -> Result<()> {
-    let mut cmd = Command::new(paths::cargo());
-    cmd.current_dir(paths::root()).args(["build", "--release"]);
-    for b in bins {
-        cmd.args(["--bin", b]);
-    }
-    run(
-        cmd,
-        &format!("cargo build --release --bin {}", bins.join(" --bin ")),
-    )
-}
-
 /// Builds the static `vgpu-smi` and returns its path.
 pub fn guest_binary() -> Result<PathBuf> {
     let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();

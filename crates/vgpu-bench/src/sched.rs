@@ -221,15 +221,13 @@ impl Placement {
     /// The last CPU this process may run on for the executor, the rest for the clients;
     /// unpinned with `--no-pin` or fewer than two CPUs.
     fn new(no_pin: bool) -> Result<Self> {
-        use rustix::thread::{sched_getaffinity, CpuSet};
+        use rustix::thread::sched_getaffinity;
         let none = Self::none();
         if no_pin {
             return Ok(none);
         }
         let mut clients = sched_getaffinity(None).context("sched_getaffinity")?;
-        let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
-            .filter(|&c| clients.is_set(c))
-            .collect();
+        let cpus = cpu_list(&clients);
         let Some(&last) = cpus.last().filter(|_| cpus.len() >= 2) else {
             return Ok(none);
         };
@@ -261,10 +259,7 @@ impl Placement {
     fn describe(&self) -> String {
         match (self.executor, &self.clients) {
             (Some(e), Some(c)) => {
-                let cl: Vec<String> = (0..rustix::thread::CpuSet::MAX_CPU)
-                    .filter(|&i| c.is_set(i))
-                    .map(|i| i.to_string())
-                    .collect();
+                let cl: Vec<String> = cpu_list(c).iter().map(|i| i.to_string()).collect();
                 format!(
                     "vgpud executor pinned to CPU {e}, clients on CPUs {}",
                     cl.join(",")
@@ -273,6 +268,13 @@ impl Placement {
             _ => "nothing pinned".to_string(),
         }
     }
+}
+
+/// The CPUs in `set`, ascending.
+fn cpu_list(set: &rustix::thread::CpuSet) -> Vec<usize> {
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect()
 }
 
 // ---- a vgpud with a given config ------------------------------------------------------------

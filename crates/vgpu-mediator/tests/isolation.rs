@@ -283,31 +283,23 @@ fn isolation_cost_on_the_gpu() {
     );
 }
 
-/// `Cpus_allowed_list` of a process (its main thread).
-fn cpus_allowed(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .map(|v| v.trim().to_string())
-        .unwrap()
-}
-
 #[test]
 fn workers_do_not_inherit_the_executor_pinning() {
-    let set = rustix::thread::sched_getaffinity(None).unwrap();
-    let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
-        .filter(|&c| set.is_set(c))
-        .collect();
+    let cpus = allowed_cpus();
     let last = *cpus.last().unwrap();
     let extra = format!("{ISOLATED}\nexecutor_cpus = [{last}]");
     let d = start_with(&[Vm::new("pin-a", 1)], &extra);
     let a = Device::connect(&d.socket("pin-a")).unwrap();
     a.nop().unwrap();
     let w = workers(&d, 1);
-    let main = cpus_allowed(d.child.id());
+    let proc_dir = |pid: u32| std::path::PathBuf::from(format!("/proc/{pid}"));
+    let main = cpus_allowed(&proc_dir(d.child.id()));
     for pid in w {
-        assert_eq!(cpus_allowed(pid), main, "worker {pid} has vgpud's CPUs");
+        assert_eq!(
+            cpus_allowed(&proc_dir(pid)),
+            main,
+            "worker {pid} has vgpud's CPUs"
+        );
     }
     if cpus.len() > 1 {
         assert_ne!(main, last.to_string(), "vgpud's main thread is not pinned");

@@ -55,14 +55,6 @@ fn bad_config_missing_dir_socket_in_use() {
     d.stop();
 }
 
-/// The CPUs this test process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    let set = rustix::thread::sched_getaffinity(None).unwrap();
-    (0..rustix::thread::CpuSet::MAX_CPU)
-        .filter(|&c| set.is_set(c))
-        .collect()
-}
-
 #[test]
 fn executor_cpus_pin_or_refuse() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,11 +77,7 @@ fn executor_cpus_pin_or_refuse() {
         let t = t.unwrap().path();
         let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
         if name.trim() == "vgpud-exec-0" {
-            let status = std::fs::read_to_string(t.join("status")).unwrap();
-            exec_cpus = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(|v| v.trim().to_string());
+            exec_cpus = Some(cpus_allowed(&t));
         }
     }
     assert_eq!(exec_cpus, Some(cpu.to_string()), "executor thread affinity");

@@ -243,3 +243,22 @@ pub fn workload(dev: &Device, rng: &mut Rng) {
         dev.free(p).unwrap();
     }
 }
+
+/// The CPUs this test process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    let set = rustix::thread::sched_getaffinity(None).unwrap();
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect()
+}
+
+/// `Cpus_allowed_list` of the task whose `/proc/…` directory is `dir` (a process: its main
+/// thread; `/proc/PID/task/TID`: that thread).
+pub fn cpus_allowed(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .unwrap()
+}
