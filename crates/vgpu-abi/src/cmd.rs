@@ -171,6 +171,15 @@ pub enum Status {
     Aborted = 12,
     /// The work the command asks about has not completed yet (e.g. an event's record).
     NotReady = 13,
+    /// A per-VM limit of vgpud's config was reached (allocations, streams, events, modules,
+    /// bytes of module images, queued or in-flight work, or a kernel's cost on the cpu device).
+    LimitExceeded = 14,
+    /// The VM's work ran past its pool's kernel time limit (`max_kernel_ms`); vgpud reset the
+    /// device context to stop it. Reset the device to go on.
+    KernelTimeout = 15,
+    /// The device could not give the VM a context (the host is out of GPU memory or worker
+    /// processes); reset the device to try again.
+    ContextUnavailable = 16,
 }
 
 impl Status {
@@ -192,6 +201,9 @@ impl Status {
             11 => Internal,
             12 => Aborted,
             13 => NotReady,
+            14 => LimitExceeded,
+            15 => KernelTimeout,
+            16 => ContextUnavailable,
             _ => return None,
         })
     }
@@ -214,6 +226,9 @@ impl Status {
             Internal => "internal mediator error",
             Aborted => "aborted by a device reset",
             NotReady => "not ready: the work has not completed yet",
+            LimitExceeded => "a per-VM limit of the host's config was reached",
+            KernelTimeout => "the VM's work ran past the kernel time limit; the context was reset",
+            ContextUnavailable => "the host could not create a device context; reset to retry",
         }
     }
 }
@@ -983,10 +998,10 @@ mod tests {
                 assert_eq!(op as u16, raw);
             }
         }
-        for raw in 0..=13 {
+        for raw in 0..=16 {
             assert_eq!(Status::from_raw(raw).unwrap() as u32, raw);
         }
-        assert_eq!(Status::from_raw(14), None);
+        assert_eq!(Status::from_raw(17), None);
     }
 
     #[test]

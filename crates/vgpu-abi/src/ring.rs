@@ -20,6 +20,11 @@ pub enum FenceReason {
     /// The guest's CQ head is behind the oldest completion or ahead of the host's tail.
     #[error("completion ring head out of range")]
     CqIndexOutOfRange = 0x102,
+    /// The VM's interrupt eventfd would have blocked vgpud's write (its counter was driven to
+    /// the maximum and its file made blocking by someone holding it): no well-behaved QEMU
+    /// does that.
+    #[error("interrupt eventfd tampered with")]
+    IrqBlocked = 0x103,
 }
 
 impl FenceReason {
@@ -28,6 +33,7 @@ impl FenceReason {
         match v {
             0x101 => Some(Self::SqIndexOutOfRange),
             0x102 => Some(Self::CqIndexOutOfRange),
+            0x103 => Some(Self::IrqBlocked),
             _ => None,
         }
     }
