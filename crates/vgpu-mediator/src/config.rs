@@ -185,6 +185,102 @@ fn default_vm_max_queued() -> u32 {
     256
 }
 
+/// A file mode for a socket: a string of octal digits (`"0660"`) or a TOML integer (`0o660`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u32),
+            Str(String),
+        }
+        let v = match Raw::deserialize(d)? {
+            Raw::Int(v) => v,
+            Raw::Str(s) => u32::from_str_radix(s.trim(), 8).map_err(|_| {
+                serde::de::Error::custom(format!("invalid mode {s:?}: expected octal, e.g. \"0660\""))
+            })?,
+        };
+        if v > 0o777 {
+            return Err(serde::de::Error::custom(format!(
+                "invalid mode {v:#o}: only permission bits (at most 0777)"
+            )));
+        }
+        Ok(FileMode(v))
+    }
+}
+
+/// A user or group: a name (looked up when vgpud starts) or a numeric id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Principal {
+    /// A numeric uid or gid.
+    Id(u32),
+    /// A user or group name.
+    Name(String),
+}
+
+/// Per-VM limits (`[limits]`, the same for every VM); each refusal is
+/// `Status::LimitExceeded` for that VM only.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Device allocations one VM may hold at once (bounds vgpud's own memory per VM, which the
+    /// byte quota alone does not: a million one-byte allocations are a million entries).
+    #[serde(default = "default_max_allocations")]
+    pub max_allocations: u32,
+    /// Streams one VM may use (at most the ABI's `MAX_STREAMS`).
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    /// Events one VM may have recorded at once.
+    #[serde(default = "default_max_events")]
+    pub max_events: u32,
+    /// Modules one VM may have loaded at once.
+    #[serde(default = "default_max_modules")]
+    pub max_modules: u32,
+    /// Bytes of module images one VM may have loaded at once.
+    #[serde(default = "default_max_module_bytes")]
+    pub max_module_bytes: ByteSize,
+    /// Kernel time limit in ms for pools that set none (`[[pool]] max_kernel_ms`): a VM whose
+    /// work makes no progress on the device for this long is reset. 0: no limit.
+    #[serde(default = "default_max_kernel_ms")]
+    pub max_kernel_ms: u64,
+}
+
+fn default_max_allocations() -> u32 {
+    65_536
+}
+fn default_max_streams() -> u32 {
+    vgpu_abi::cmd::MAX_STREAMS as u32
+}
+fn default_max_events() -> u32 {
+    4096
+}
+fn default_max_modules() -> u32 {
+    64
+}
+fn default_max_module_bytes() -> ByteSize {
+    ByteSize(256 << 20)
+}
+fn default_max_kernel_ms() -> u64 {
+    10_000
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_allocations: default_max_allocations(),
+            max_streams: default_max_streams(),
+            max_events: default_max_events(),
+            max_modules: default_max_modules(),
+            max_module_bytes: default_max_module_bytes(),
+            max_kernel_ms: default_max_kernel_ms(),
+        }
+    }
+}
+
 /// How a pool's VMs share a device. Only `Context` is served today: validation refuses
 /// `Shared` with a clear error until a backend implements it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -219,6 +315,9 @@ pub struct PoolConfig {
     /// Context per VM (default) or shared by the pool.
     #[serde(default)]
     pub isolation: Isolation,
+    /// Kernel time limit in ms for this pool's VMs (default: `[limits] max_kernel_ms`).
+    #[serde(default)]
+    pub max_kernel_ms: Option<u64>,
 }
 
 /// Which order the scheduler dispatches in.
@@ -291,6 +390,19 @@ pub struct MediatorConfig {
     pub backend: BackendChoice,
     /// Admin socket for `vgpuctl` (optional).
     pub admin_socket: Option<PathBuf>,
+    /// Owner of the admin socket file (default: vgpud's user).
+    #[serde(default)]
+    pub admin_socket_owner: Option<Principal>,
+    /// Group of the admin socket file (default: vgpud's group).
+    #[serde(default)]
+    pub admin_socket_group: Option<Principal>,
+    /// Mode of the admin socket file (default `0600`: only its owner may connect).
+    #[serde(default)]
+    pub admin_socket_mode: Option<FileMode>,
+    /// Besides root and vgpud's own user, peers whose group (primary or supplementary) is this
+    /// one may use the admin socket; everyone else is refused (checked with `SO_PEERCRED`).
+    #[serde(default)]
+    pub admin_group: Option<Principal>,
     /// Polling window after the last work, in microseconds (0 = never poll).
     #[serde(default = "default_poll_us")]
     pub poll_us: u64,
@@ -334,6 +446,10 @@ impl Default for MediatorConfig {
         Self {
             backend: BackendChoice::Auto,
             admin_socket: None,
+            admin_socket_owner: None,
+            admin_socket_group: None,
+            admin_socket_mode: None,
+            admin_group: None,
             poll_us: default_poll_us(),
             max_kernel_us: default_max_kernel_us(),
             cpu_device_mem: None,
@@ -382,6 +498,15 @@ pub struct VmConfig {
     /// Completion ring entries.
     #[serde(default = "default_cq")]
     pub cq_entries: u32,
+    /// Owner of the socket file (e.g. libvirt's `libvirt-qemu`; default: vgpud's user).
+    #[serde(default)]
+    pub socket_owner: Option<Principal>,
+    /// Group of the socket file (default: vgpud's group).
+    #[serde(default)]
+    pub socket_group: Option<Principal>,
+    /// Mode of the socket file (default `0600`: only its owner may connect).
+    #[serde(default)]
+    pub socket_mode: Option<FileMode>,
 }
 
 impl VmConfig {
@@ -401,6 +526,9 @@ pub struct Config {
     /// `[scheduler]`.
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// `[limits]`: per-VM limits.
+    #[serde(default)]
+    pub limits: Limits,
     /// `[[pool]]` entries; after loading, also the implicit pools (one per `pool_id` the VMs
     /// name when the file has no `[[pool]]`).
     #[serde(default, rename = "pool")]
@@ -446,6 +574,7 @@ impl Config {
                     weight: 1,
                     mem_quota: default_unlimited(),
                     isolation: Isolation::Context,
+                    max_kernel_ms: None,
                 })
                 .collect();
         }
@@ -467,6 +596,14 @@ impl Config {
     pub fn vm_pool(&self, vm: usize) -> usize {
         self.pool_index(self.vms[vm].pool_id)
             .expect("validated: every VM's pool exists")
+    }
+
+    /// Kernel time limit of VM `vm` (its pool's, else `[limits]`); `None`: no limit.
+    pub fn kernel_limit(&self, vm: usize) -> Option<std::time::Duration> {
+        let ms = self.pools[self.vm_pool(vm)]
+            .max_kernel_ms
+            .unwrap_or(self.limits.max_kernel_ms);
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
     }
 
     /// Checks the pools' device lists against the devices present.
@@ -508,6 +645,13 @@ impl Config {
         };
         diff("mediator.backend", a.backend != b.backend);
         diff("mediator.admin_socket", a.admin_socket != b.admin_socket);
+        diff(
+            "mediator.admin_socket_owner/admin_socket_group/admin_socket_mode/admin_group",
+            a.admin_socket_owner != b.admin_socket_owner
+                || a.admin_socket_group != b.admin_socket_group
+                || a.admin_socket_mode != b.admin_socket_mode
+                || a.admin_group != b.admin_group,
+        );
         diff("mediator.max_kernel_us", a.max_kernel_us != b.max_kernel_us);
         diff("mediator.cpu_slots", a.cpu_slots != b.cpu_slots);
         diff("mediator.cpu_devices", a.cpu_devices != b.cpu_devices);
@@ -529,6 +673,12 @@ impl Config {
             let v = &x.name;
             diff(&format!("vm {v:?}: name"), x.name != y.name);
             diff(&format!("vm {v:?}: socket"), x.socket != y.socket);
+            diff(
+                &format!("vm {v:?}: socket_owner/socket_group/socket_mode"),
+                x.socket_owner != y.socket_owner
+                    || x.socket_group != y.socket_group
+                    || x.socket_mode != y.socket_mode,
+            );
             diff(&format!("vm {v:?}: vm_id"), x.vm_id != y.vm_id);
             diff(&format!("vm {v:?}: shm_size"), x.shm_size != y.shm_size);
             diff(
@@ -565,6 +715,17 @@ impl Config {
         }
         if let Some(c) = m.executor_cpus.iter().find(|&&c| c > MAX_CPU) {
             return bad(format!("executor_cpus: CPU {c} is above {MAX_CPU}"));
+        }
+        let l = &self.limits;
+        if l.max_streams == 0 || l.max_streams as usize > vgpu_abi::cmd::MAX_STREAMS {
+            return bad(format!(
+                "limits.max_streams = {} must be 1..={}",
+                l.max_streams,
+                vgpu_abi::cmd::MAX_STREAMS
+            ));
+        }
+        if l.max_allocations == 0 || l.max_modules == 0 || l.max_events == 0 {
+            return bad("limits.max_allocations, max_modules and max_events must be > 0".into());
         }
         let s = &self.scheduler;
         if s.vm_max_queued == 0 {
