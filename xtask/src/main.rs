@@ -6,17 +6,21 @@
 //! - `bench`: build and run `vgpu-bench`.
 //! - `vm-smoke`: boot the guest kernel with a busybox-only initramfs (no vgpud needed).
 //! - `gpu-check`: prepare (and where a GPU is usable, run) the GPU-host suite folder.
+//! - `fuzz`: run the cargo-fuzz targets for a bounded time.
+//! - `soak`: random valid work from many process clients plus a hostile one, resources checked.
 
 mod bench;
 mod build;
 mod demo;
 mod deps;
 mod elf;
+mod fuzz;
 mod gpucheck;
 mod initramfs;
 mod kernel;
 mod paths;
 mod qemu;
+mod soak;
 mod test;
 mod vgpud;
 
@@ -95,6 +99,11 @@ enum Command {
     /// Prepare the self-contained GPU-host folder (binaries, tests, guest, QEMU bundle, run.sh)
     /// and run it where a GPU is usable (or with --run).
     GpuCheck(gpucheck::Opts),
+    /// Run the cargo-fuzz targets (what a guest or an admin client controls) for a bounded time.
+    Fuzz(fuzz::Opts),
+    /// Many process clients doing random valid work plus a hostile one against a real vgpud;
+    /// checks results and that vgpud's resources come back to where they started.
+    Soak(soak::Opts),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +125,8 @@ fn main() -> ExitCode {
             &vm,
         )),
         Command::GpuCheck(o) => gpucheck::main(&o),
+        Command::Fuzz(o) => fuzz::main(&o),
+        Command::Soak(o) => soak::main(&o),
     }
 }
 
