@@ -36,6 +36,9 @@ pub enum DeviceStatus {
     Error = 2,
     /// The VM broke the ring protocol; vgpud no longer reads its rings until reset or reboot.
     Fenced = 3,
+    /// vgpud stopped serving the device (it was shut down): nothing will answer again. A
+    /// running QEMU cannot rejoin a restarted vgpud; the VM (or process client) must restart.
+    Stopped = 4,
 }
 
 impl DeviceStatus {
@@ -46,6 +49,7 @@ impl DeviceStatus {
             1 => Self::Ready,
             2 => Self::Error,
             3 => Self::Fenced,
+            4 => Self::Stopped,
             _ => return None,
         })
     }
@@ -56,6 +60,7 @@ impl DeviceStatus {
             Self::Ready => "ready",
             Self::Error => "error",
             Self::Fenced => "fenced",
+            Self::Stopped => "stopped",
         }
     }
 }
@@ -221,6 +226,7 @@ mod tests {
             DeviceStatus::Ready,
             DeviceStatus::Error,
             DeviceStatus::Fenced,
+            DeviceStatus::Stopped,
         ] {
             assert_eq!(DeviceStatus::from_raw(s as u32), Some(s));
         }

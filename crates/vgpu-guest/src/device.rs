@@ -323,11 +323,16 @@ impl Device {
         self.rings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Fails when the device will not answer: fenced, or stopped by vgpud.
     fn fenced(&self) -> Result<(), Error> {
-        if self.view.load_u32(off::DEVICE_STATUS) == DeviceStatus::Fenced as u32 {
+        let status = self.view.load_u32(off::DEVICE_STATUS);
+        if status == DeviceStatus::Fenced as u32 {
             return Err(Error::Fenced {
                 reason: self.view.load_u32(off::LAST_ERROR),
             });
+        }
+        if status == DeviceStatus::Stopped as u32 {
+            return Err(Error::Stopped);
         }
         Ok(())
     }
@@ -586,6 +591,9 @@ impl Device {
             let status = self.view.load_u32(off::DEVICE_STATUS);
             if gen != old_gen && status == DeviceStatus::Ready as u32 {
                 break;
+            }
+            if status == DeviceStatus::Stopped as u32 {
+                return Err(Error::Stopped);
             }
             if t0.elapsed() > self.timeout {
                 return Err(Error::timeout(

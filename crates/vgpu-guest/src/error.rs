@@ -55,6 +55,10 @@ pub enum Error {
         /// The `last_error` register (a `FenceReason` code).
         reason: u32,
     },
+    /// vgpud stopped serving the device (shut down or restarted): nothing will answer again.
+    /// Restart the VM or, for a process client, connect again.
+    #[error("the vGPU device stopped: vgpud shut down; restart the VM (or reconnect)")]
+    Stopped,
     /// The operation is not available on this transport or device.
     #[error("not supported: {0}")]
     NotSupported(&'static str),

@@ -6,6 +6,7 @@ use crate::backend::{DeviceInfo, Staging};
 use crate::config::VmConfig;
 use crate::queue::Job;
 use crate::stats::VmStats;
+use crate::transport::notify::NotifyError;
 use crate::transport::SharedRegion;
 use rustix::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
@@ -46,6 +47,8 @@ pub struct Channel {
     reset_seen: u32,
     fenced: bool,
     irq_due: bool,
+    /// The interrupt eventfd could not be written without blocking: never signal it again.
+    irq_broken: bool,
     stats: Arc<VmStats>,
 }
 
@@ -101,6 +104,7 @@ impl Channel {
             reset_seen: view.load_u32(regs::REG_RESET_REQUEST),
             fenced: false,
             irq_due: false,
+            irq_broken: false,
             stats,
         })
     }
@@ -129,17 +133,14 @@ impl Channel {
         &self.region
     }
 
-    /// The doorbell eventfd (for epoll).
+    /// The doorbell eventfd, for an edge-triggered epoll: vgpud never reads it. The client
+    /// holds the same open file and could make a read block (clear `O_NONBLOCK`, drain the
+    /// counter first); an edge-triggered wait needs no read, and the ring is the truth anyway.
     pub fn doorbell_fd(&self) -> BorrowedFd<'_> {
         use rustix::fd::AsFd;
         self.doorbell.as_fd()
     }
 
-    /// Consumes pending doorbell rings (they are hints; the ring is the truth).
-    pub fn drain_doorbell(&self) {
-        let mut b = [0u8; 8];
-        let _ = rustix::io::read(&self.doorbell, &mut b);
-    }
 
     /// Whether the VM is fenced.
     pub fn is_fenced(&self) -> bool {
@@ -160,7 +161,9 @@ impl Channel {
         if self.fenced {
             return;
         }
-        warn!(vm = %self.name, "fencing VM: {reason}");
+        if let Some(times) = self.stats.log_hit(|l| &mut l.fence) {
+            warn!(vm = %self.name, times, "fencing VM: {reason}");
+        }
         self.fenced = true;
         self.sq.set_polling(false);
         self.set_status(DeviceStatus::Fenced, reason as u32);
@@ -179,9 +182,31 @@ impl Channel {
             .store_u64(std::mem::offset_of!(RegisterPage, mem_quota), mem_quota);
     }
 
+    /// vgpud is shutting down: tells the guest that nothing will answer again, and wakes it
+    /// if it sleeps on its interrupt.
+    pub fn stop(&mut self) {
+        self.sq.set_polling(false);
+        self.set_status(DeviceStatus::Stopped, 0);
+        self.fenced = true;
+        vgpu_abi::shm::full_fence();
+        if !self.irq_broken && self.cq.irq_wanted() {
+            let _ = crate::transport::notify::signal_eventfd(&self.irq);
+        }
+    }
+
     /// Marks the device context broken (a kernel faulted).
     pub fn set_broken(&mut self) {
-        self.set_status(DeviceStatus::Error, Status::KernelFault as u32);
+        self.set_error(Status::KernelFault);
+    }
+
+    /// Puts the device in the error state with `why` in its last-error register.
+    pub fn set_error(&mut self, why: Status) {
+        self.set_status(DeviceStatus::Error, why as u32);
+    }
+
+    /// Marks the device as one without a context (the backend could not create it).
+    pub fn set_unavailable(&mut self) {
+        self.set_error(Status::ContextUnavailable);
     }
 
     /// Whether the guest asked for a reset since the last one acted on.
@@ -205,7 +230,9 @@ impl Channel {
         self.view.write_obj(0, &self.regs);
         self.set_status(DeviceStatus::Ready, 0);
         VmStats::bump(&self.stats.resets, 1);
-        info!(vm = %self.name, generation = self.regs.generation, "device reset");
+        if let Some(times) = self.stats.log_hit(|l| &mut l.reset) {
+            info!(vm = %self.name, generation = self.regs.generation, times, "device reset");
+        }
     }
 
     /// Entries waiting in the SQ (0 when fenced; fences on a broken index).
@@ -220,6 +247,29 @@ impl Channel {
                 0
             }
         }
+    }
+
+    /// Entries [`Channel::poll`] could take now: those waiting in the SQ for which the CQ has
+    /// room once everything already taken completes.
+    pub fn takeable(&mut self) -> u32 {
+        let avail = self.pending();
+        if avail == 0 {
+            return 0;
+        }
+        match self.cq.free() {
+            Ok(free) => avail.min(free.saturating_sub(self.outstanding)),
+            Err(r) => {
+                self.fence(r);
+                0
+            }
+        }
+    }
+
+    /// Whether entries wait in the SQ that cannot be taken because the guest has not consumed
+    /// its completions. No interrupt or doorbell need come when it does, so the executor
+    /// looks again after a short sleep rather than spinning on it.
+    pub fn cq_blocked(&mut self) -> bool {
+        self.pending() > 0 && self.takeable() == 0
     }
 
     /// Takes up to `budget` entries: valid ones go to `sink`, invalid ones complete with an error
@@ -296,8 +346,19 @@ impl Channel {
         // The completions' tail store must be visible before the flag is read: a guest that sets
         // the flag and then re-checks the tail either sees the completion or gets the interrupt.
         vgpu_abi::shm::full_fence();
-        if self.cq.irq_wanted() {
-            let _ = rustix::io::write(&self.irq, &1u64.to_le_bytes());
+        if self.irq_broken || !self.cq.irq_wanted() {
+            return;
+        }
+        match crate::transport::notify::signal_eventfd(&self.irq) {
+            Ok(()) => {}
+            Err(NotifyError::Blocked) => {
+                self.irq_broken = true;
+                self.fence(FenceReason::IrqBlocked);
+            }
+            Err(e) => {
+                self.irq_broken = true;
+                warn!(vm = %self.name, "interrupts disabled: {e}");
+            }
         }
     }
 

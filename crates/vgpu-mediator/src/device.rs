@@ -3,7 +3,8 @@
 //! faults), and the accounting after.
 
 use crate::backend::{Backend, Issued, StreamOp, VmKey};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::config::Limits;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use vgpu_abi::cmd::{Builtin, BusyParams, Command, MAX_STREAMS};
 use vgpu_abi::Status;
 use zerocopy::FromBytes;
@@ -26,16 +27,23 @@ pub struct VirtualDevice {
     max_kernel_us: u32,
     /// Set by a kernel fault; every later command fails until reset.
     broken: bool,
-    /// Stream ids this VM has used (at most [`MAX_STREAMS`]).
+    /// Set when the backend could not create the VM's context; every command but the
+    /// queries fails with `ContextUnavailable` until reset.
+    unavailable: bool,
+    /// Per-VM limits.
+    limits: Limits,
+    /// Stream ids this VM has used (at most `limits.max_streams`).
     streams: BTreeSet<u32>,
-    /// Loaded modules and the functions looked up in each.
-    modules: HashMap<u64, Vec<u64>>,
+    /// Event ids this VM has recorded (at most `limits.max_events`).
+    events: HashSet<u32>,
+    /// Loaded modules: the functions looked up in each and the image size.
+    modules: HashMap<u64, (Vec<u64>, u64)>,
+    /// Bytes of the loaded module images.
+    module_bytes: u64,
     /// Functions of this VM's modules, with their module.
     functions: HashMap<u64, u64>,
 }
 
-/// Modules one VM may have loaded at once.
-pub const MAX_MODULES: usize = 64;
 /// Functions one VM may have looked up (over all its loaded modules).
 pub const MAX_FUNCTIONS: usize = 1024;
 
@@ -50,10 +58,25 @@ impl VirtualDevice {
             pool: None,
             max_kernel_us,
             broken: false,
+            unavailable: false,
+            limits: Limits::default(),
             streams: BTreeSet::new(),
+            events: HashSet::new(),
             modules: HashMap::new(),
+            module_bytes: 0,
             functions: HashMap::new(),
         }
+    }
+
+    /// Applies per-VM limits (the defaults of [`Limits`] otherwise).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Marks the VM's context as one the backend could not create.
+    pub fn set_unavailable(&mut self) {
+        self.unavailable = true;
     }
 
     /// Memory in use.
@@ -98,13 +121,29 @@ impl VirtualDevice {
         self.broken = true;
     }
 
-    /// Admits `stream` (a new id only while fewer than [`MAX_STREAMS`] are in use).
+    /// Admits `stream` (a new id only while fewer than `max_streams` are in use).
     fn use_stream(&mut self, stream: u32) -> Result<(), Status> {
         if !self.streams.contains(&stream) {
+            // Past the ABI's own bound a stream id is invalid; below it, past the host's
+            // configured limit, it is a limit.
             if self.streams.len() >= MAX_STREAMS {
                 return Err(Status::InvalidArgument);
             }
+            if self.streams.len() >= self.limits.max_streams as usize {
+                return Err(Status::LimitExceeded);
+            }
             self.streams.insert(stream);
+        }
+        Ok(())
+    }
+
+    /// Admits `event` (a new id only while fewer than `max_events` are recorded).
+    fn use_event(&mut self, event: u32) -> Result<(), Status> {
+        if !self.events.contains(&event) {
+            if self.events.len() >= self.limits.max_events as usize {
+                return Err(Status::LimitExceeded);
+            }
+            self.events.insert(event);
         }
         Ok(())
     }
@@ -147,6 +186,7 @@ impl VirtualDevice {
         match *cmd {
             Command::Nop => return Ok(Issued::DONE),
             Command::GetInfo => return Ok(Issued::Done(self.used, self.quota)),
+            _ if self.unavailable => return Err(Status::ContextUnavailable),
             _ if self.broken => return Err(Status::ContextLost),
             _ => {}
         }
@@ -156,6 +196,11 @@ impl VirtualDevice {
         match *cmd {
             Command::Nop | Command::GetInfo => unreachable!("handled above"),
             Command::MemAlloc { size } => {
+                // The byte quota alone does not bound vgpud's own memory: every allocation is
+                // an entry here and in the backend, whatever its size.
+                if self.allocs.len() >= self.limits.max_allocations as usize {
+                    return Err(Status::LimitExceeded);
+                }
                 if self.used.saturating_add(size) > self.quota {
                     return Err(Status::QuotaExceeded);
                 }
@@ -229,11 +274,14 @@ impl VirtualDevice {
                 staging_offset,
                 len,
             } => {
-                if self.modules.len() >= MAX_MODULES {
-                    return Err(Status::InvalidArgument);
+                if self.modules.len() >= self.limits.max_modules as usize
+                    || self.module_bytes.saturating_add(len) > self.limits.max_module_bytes.0
+                {
+                    return Err(Status::LimitExceeded);
                 }
                 let m = be.module_load(vm, staging_offset, len)?;
-                self.modules.insert(m, Vec::new());
+                self.modules.insert(m, (Vec::new(), len));
+                self.module_bytes += len;
                 Ok(Issued::Done(m, 0))
             }
             Command::ModuleUnload { module } => {
@@ -241,7 +289,9 @@ impl VirtualDevice {
                     return Err(Status::InvalidArgument);
                 }
                 be.module_unload(vm, module)?;
-                for f in self.modules.remove(&module).unwrap_or_default() {
+                let (funcs, len) = self.modules.remove(&module).unwrap_or_default();
+                self.module_bytes -= len;
+                for f in funcs {
                     self.functions.remove(&f);
                 }
                 Ok(Issued::DONE)
@@ -260,7 +310,7 @@ impl VirtualDevice {
                         return Err(Status::InvalidArgument);
                     }
                     self.functions.insert(f, module);
-                    self.modules.entry(module).or_default().push(f);
+                    self.modules.entry(module).or_default().0.push(f);
                 }
                 Ok(Issued::Done(f, nparams as u64))
             }
@@ -274,7 +324,10 @@ impl VirtualDevice {
                     .func_param_info(vm, func, index)
                     .map(|(o, s)| Issued::Done(o, s)),
             },
-            Command::EventRecord { event } => be.event_record(vm, op, event),
+            Command::EventRecord { event } => {
+                self.use_event(event)?;
+                be.event_record(vm, op, event)
+            }
             Command::StreamWaitEvent { event } => be.stream_wait_event(vm, op, event),
             Command::EventSynchronize { event } => be.event_synchronize(vm, event),
             Command::EventElapsed { start, end } => be

@@ -41,6 +41,10 @@ const CONTROL_KEY: u64 = u64::MAX;
 const SPIN_BEFORE_RETIRE: Duration = Duration::from_micros(200);
 /// epoll key of the timerfd that wakes the executor when device work may have retired.
 const TIMER_KEY: u64 = u64::MAX - 1;
+/// How often, at most, the executor compares pending work with the kernel time limits.
+const LIMIT_CHECK_EVERY: Duration = Duration::from_millis(1);
+/// How often the executor looks again at a VM whose SQ waits on its full CQ.
+const CQ_RECHECK: Duration = Duration::from_millis(1);
 
 /// What reaches an executor besides doorbells.
 #[derive(Debug)]
@@ -55,6 +59,9 @@ pub enum ExecEvent {
 struct Slot {
     ch: Channel,
     dev: VirtualDevice,
+    /// When the VM's work on the device last made progress (a piece of it retired, or it
+    /// had none): the kernel time limit counts from here.
+    progress: Instant,
 }
 
 /// A command whose work is still on the device.
@@ -65,6 +72,8 @@ struct InFlight {
     token: Token,
     results: (u64, u64),
     control: bool,
+    /// When it was issued to the backend.
+    issued: Instant,
 }
 
 /// Executor errors (start-up only; at run time every failure is contained to one VM).
@@ -127,6 +136,8 @@ pub struct Executor<B: Backend, Q: WorkQueue> {
     poll_window: Duration,
     gate: Gate,
     inflight: Vec<InFlight>,
+    /// When the kernel time limits are next looked at.
+    next_limit_check: Instant,
 }
 
 impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
@@ -173,6 +184,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         Ok(Self {
             gate: Gate::new(backend.orders_streams()),
             inflight: Vec::new(),
+            next_limit_check: Instant::now(),
             backend,
             queue,
             poll_window: Duration::from_micros(cfg.mediator.poll_us),
@@ -218,6 +230,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             self.cfg.mediator.max_kernel_us,
         )
         .with_pool(self.pool_quota(vm))
+        .with_limits(self.cfg.limits.clone())
     }
 
     /// Applies a reloaded config: the queue's weights, priorities and limits, each VM's quota
@@ -260,28 +273,36 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             priority: cfg.priority,
             region: Some(ch.region().clone()),
         };
+        let mut dev = self.new_device(vm);
         if let Err(e) = self.backend.create_context(vm, params) {
             error!(vm = %cfg.name, "{e}");
-            ch.set_broken();
+            ch.set_unavailable();
+            dev.set_unavailable();
         }
         if let Err(e) = epoll::add(
             &self.epoll,
             ch.doorbell_fd(),
             epoll::EventData::new_u64(vm as u64),
-            epoll::EventFlags::IN,
+            // Edge-triggered: the doorbell is never read (see `Channel::doorbell_fd`).
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
         ) {
             error!(vm = %cfg.name, "epoll add: {e}");
         }
         stats.connected.store(true, Relaxed);
         VmStats::bump(&stats.connects, 1);
         stats.mem_used.store(0, Relaxed);
-        info!(vm = %cfg.name, vm_id = cfg.vm_id, pool_id = cfg.pool_id, priority = cfg.priority,
-              shm = cfg.shm_size.0, backend = self.params.device.backend,
-              device = self.device_index, "VM attached");
+        if let Some(times) = stats.log_hit(|l| &mut l.attach) {
+            info!(vm = %cfg.name, vm_id = cfg.vm_id, pool_id = cfg.pool_id, priority = cfg.priority,
+                  shm = cfg.shm_size.0, backend = self.params.device.backend,
+                  device = self.device_index, times, "VM attached");
+        }
         ch.set_polling(true);
         stats.device.store(self.device_index as i64, Relaxed);
-        let dev = self.new_device(vm);
-        self.slots[vm] = Some(Slot { ch, dev });
+        self.slots[vm] = Some(Slot {
+            ch,
+            dev,
+            progress: Instant::now(),
+        });
         self.update_shared();
         let _ = s.ready.send(());
     }
@@ -301,13 +322,23 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         self.forget_inflight(vm);
         let dropped = self.queue.remove_vm(vm);
         self.backend.destroy_context(vm);
-        let st = &self.stats[vm];
+        let st = self.stats[vm].clone();
         st.connected.store(false, Relaxed);
         st.device.store(-1, Relaxed);
         st.mem_used.store(0, Relaxed);
         st.queued.store(0, Relaxed);
         self.update_shared();
-        info!(vm = %slot.ch.name(), dropped_jobs = dropped, "VM detached; context and memory freed");
+        if let Some(times) = st.log_hit(|l| &mut l.attach) {
+            info!(vm = %slot.ch.name(), dropped_jobs = dropped, times,
+                  "VM detached; context and memory freed");
+        }
+        drop(slot);
+        // What the VM's tables held goes back to the system, not only to malloc's free lists,
+        // so that vgpud's footprint follows its tenants.
+        // SAFETY: malloc_trim only releases free heap memory; it is safe to call at any time.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// Drops the pending work of a VM that left or reset (its context is destroyed next, which
@@ -329,6 +360,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         slot.ch.finish_reset();
         // The old device gives its memory back to the pool as it is dropped.
         slot.dev = dev;
+        slot.progress = Instant::now();
         let params = crate::backend::ContextParams {
             staging: slot.ch.staging(),
             priority: cfg.priority,
@@ -336,11 +368,126 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         };
         if let Err(e) = self.backend.create_context(vm, params) {
             error!(vm = %cfg.name, "{e}");
-            slot.ch.set_broken();
+            slot.ch.set_unavailable();
+            slot.dev.set_unavailable();
         }
         self.stats[vm].mem_used.store(0, Relaxed);
         self.stats[vm].queued.store(0, Relaxed);
-        info!(vm = %cfg.name, dropped_jobs = dropped, "reset done");
+        tracing::debug!(vm = %cfg.name, dropped_jobs = dropped, "reset done");
+    }
+
+    /// Whether VM `vm` still has work on the device.
+    fn has_inflight(&self, vm: usize) -> bool {
+        self.inflight.iter().any(|f| f.vm == vm)
+    }
+
+    /// Whether a reset the VM asked for can be done now. Where destroying a context does not
+    /// stop its work, the reset waits until the VM's pending work retired: the device is busy
+    /// with it either way, and a guest that could reset it away would hide that device time
+    /// from the scheduler (and stack unbounded work on the device by resetting in a loop).
+    fn reset_ready(&self, vm: usize) -> bool {
+        self.backend.destroy_stops_work() || !self.has_inflight(vm)
+    }
+
+    /// Enforces the kernel time limit: a VM whose work on the device has made no progress for
+    /// longer than its pool's `max_kernel_ms` is stopped (its context killed and recreated,
+    /// its pending commands completed with `KERNEL_TIMEOUT`, the device in the error state
+    /// until the guest resets). Returns how many VMs were stopped.
+    fn enforce_time_limits(&mut self) -> usize {
+        let now = Instant::now();
+        if self.inflight.is_empty() || now < self.next_limit_check {
+            return 0;
+        }
+        self.next_limit_check = now + LIMIT_CHECK_EVERY;
+        let over: Vec<usize> = self
+            .time_limit_deadlines()
+            .filter(|&(_, deadline)| now > deadline)
+            .map(|(vm, _)| vm)
+            .collect();
+        for &vm in &over {
+            self.stop_runaway(vm);
+        }
+        over.len()
+    }
+
+    /// `(vm, when its kernel time limit passes)` for every VM with work on the device.
+    fn time_limit_deadlines(&self) -> impl Iterator<Item = (usize, Instant)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(vm, slot)| {
+            let slot = slot.as_ref()?;
+            let limit = self.cfg.kernel_limit(vm)?;
+            if slot.dev.is_broken() {
+                return None;
+            }
+            let oldest = self
+                .inflight
+                .iter()
+                .filter(|f| f.vm == vm)
+                .map(|f| f.issued)
+                .min()?;
+            Some((vm, oldest.max(slot.progress) + limit))
+        })
+    }
+
+    fn stop_runaway(&mut self, vm: usize) {
+        let name = self.cfg.vms[vm].name.clone();
+        let limit_ms = self.cfg.kernel_limit(vm).map_or(0, |d| d.as_millis());
+        let st = self.stats[vm].clone();
+        VmStats::bump(&st.kernel_timeouts, 1);
+        if !self.backend.kill_context(vm) {
+            // The work cannot be stopped here; the VM is failed so that it queues no more, and
+            // the device stays busy until its kernel ends.
+            if let Some(times) = st.log_hit(|l| &mut l.limit) {
+                warn!(vm = %name, limit_ms, times,
+                      "kernel time limit passed; this backend cannot stop running work                        (fault_isolation = \"process\" can): the VM is failed, its kernel runs on");
+            }
+            if let Some(slot) = self.slots[vm].as_mut() {
+                slot.dev.set_broken();
+                slot.ch.set_error(Status::KernelTimeout);
+            }
+            return;
+        }
+        if let Some(times) = st.log_hit(|l| &mut l.limit) {
+            warn!(vm = %name, limit_ms, times,
+                  "kernel time limit passed: the VM's context was killed; it must reset");
+        }
+        // Its pending commands end now, with the reason.
+        let mut mine = Vec::new();
+        self.inflight.retain(|f| {
+            if f.vm == vm {
+                mine.push((f.tag, f.control, f.issued));
+                false
+            } else {
+                true
+            }
+        });
+        self.gate.forget_vm(vm);
+        let now = Instant::now();
+        for &(_, control, issued) in &mine {
+            let ns = now.saturating_duration_since(issued).as_nanos() as u64;
+            self.charge(vm, control, ns);
+        }
+        let dropped = self.queue.remove_vm(vm);
+        let dev = self.new_device(vm);
+        let Some(slot) = self.slots[vm].as_mut() else {
+            return;
+        };
+        for (tag, ..) in mine {
+            slot.ch.complete(tag, Err(Status::KernelTimeout));
+        }
+        slot.dev = dev;
+        slot.dev.set_broken();
+        slot.ch.set_error(Status::KernelTimeout);
+        let params = crate::backend::ContextParams {
+            staging: slot.ch.staging(),
+            priority: self.cfg.vms[vm].priority,
+            region: Some(slot.ch.region().clone()),
+        };
+        if let Err(e) = self.backend.create_context(vm, params) {
+            error!(vm = %name, "{e}");
+            slot.dev.set_unavailable();
+        }
+        st.mem_used.store(0, Relaxed);
+        st.queued.fetch_sub(dropped as u64, Relaxed);
     }
 
     /// One ingestion pass over every channel. Returns entries taken.
@@ -349,6 +496,10 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         for vm in 0..self.slots.len() {
             let reset = matches!(&self.slots[vm], Some(s) if s.ch.reset_requested());
             if reset {
+                if !self.reset_ready(vm) {
+                    // Nothing more is taken from its ring until its work retired.
+                    continue;
+                }
                 self.reset(vm);
                 taken += 1;
             }
@@ -381,7 +532,8 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             };
             let st = &self.stats[job.vm];
             st.queued.fetch_sub(1, Relaxed);
-            if slot.ch.is_fenced() {
+            // A fenced VM's jobs, and those of a VM whose reset waits, are dropped unrun.
+            if slot.ch.is_fenced() || slot.ch.reset_requested() {
                 self.queue.finished(job.vm, control, 0);
                 continue;
             }
@@ -403,6 +555,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                         token,
                         results: (a, b),
                         control,
+                        issued: Instant::now(),
                     });
                     Self::account(st, slot, &job.cmd);
                     continue;
@@ -420,8 +573,13 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 Self::account(st, slot, &job.cmd);
             }
             if out == Err(Status::KernelFault) {
-                warn!(vm = %slot.ch.name(), "kernel fault: context broken until the guest resets");
+                if let Some(times) = st.log_hit(|l| &mut l.fault) {
+                    warn!(vm = %slot.ch.name(), times, "kernel fault: context broken until the guest resets");
+                }
                 slot.ch.set_broken();
+            }
+            if out == Err(Status::LimitExceeded) {
+                VmStats::bump(&st.limit_refusals, 1);
             }
             slot.ch.complete(job.tag, out);
         }
@@ -477,6 +635,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             let Some(slot) = self.slots[f.vm].as_mut() else {
                 continue;
             };
+            slot.progress = Instant::now();
             let out = match res {
                 Ok(_) => {
                     self.stats[f.vm].device_ns.fetch_add(ns, Relaxed);
@@ -484,7 +643,10 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 }
                 Err(e) => {
                     if e == Status::KernelFault || e == Status::ContextLost {
-                        warn!(vm = %slot.ch.name(), "device fault: context broken until the guest resets");
+                        if let Some(times) = self.stats[f.vm].log_hit(|l| &mut l.fault) {
+                            warn!(vm = %slot.ch.name(), times,
+                                  "device fault: context broken until the guest resets");
+                        }
                         slot.dev.set_broken();
                         slot.ch.set_broken();
                     }
@@ -514,12 +676,21 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         // backend's hint); with nothing on the device every queued job is runnable.
         // A VM at its queued limit waits for its queue to drain, not for its ring.
         let q = &self.queue;
-        (!q.is_empty() && self.inflight.is_empty())
+        let stops = self.backend.destroy_stops_work();
+        let inflight = &self.inflight;
+        (!q.is_empty() && inflight.is_empty())
             || self.slots.iter_mut().enumerate().any(|(vm, s)| {
                 s.as_mut().is_some_and(|s| {
-                    s.ch.reset_requested() || (q.room(vm) > 0 && s.ch.pending() > 0)
+                    (s.ch.reset_requested() && (stops || !inflight.iter().any(|f| f.vm == vm)))
+                        || (q.room(vm) > 0 && s.ch.takeable() > 0)
                 })
             })
+    }
+
+    fn any_cq_blocked(&mut self) -> bool {
+        self.slots
+            .iter_mut()
+            .any(|s| s.as_mut().is_some_and(|s| s.ch.cq_blocked()))
     }
 
     /// Arms the timerfd to fire after `d` (`None`: disarm). Unlike an epoll timeout, which
@@ -571,9 +742,8 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             } else if key == TIMER_KEY {
                 let mut b = [0u8; 8];
                 let _ = rustix::io::read(&self.timer, &mut b);
-            } else if let Some(Some(slot)) = self.slots.get(key as usize) {
-                slot.ch.drain_doorbell();
             }
+            // A doorbell needs nothing: waking up was the point, the rings are read next.
         }
     }
 
@@ -590,7 +760,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             self.handle_events();
             // Work that retired is completed and signalled first: a waiting guest should not
             // wait for this round's ingestion and dispatch of other VMs' work.
-            let retired = self.retire();
+            let retired = self.retire() + self.enforce_time_limits();
             if retired > 0 {
                 self.flush_irqs();
             }
@@ -620,6 +790,18 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                     None => Some(Duration::ZERO),
                 }
             };
+            // A guest that leaves its CQ full is looked at again after a short sleep: no signal
+            // says when it consumes its completions, and spinning on it would burn a core.
+            let mut hint = hint;
+            let mut cap = |d: Duration| hint = Some(hint.map_or(d, |h| h.min(d)));
+            if self.any_cq_blocked() {
+                cap(CQ_RECHECK);
+            }
+            // A kernel time limit that passes while asleep is acted on when it does.
+            let now = Instant::now();
+            if let Some(d) = self.time_limit_deadlines().map(|(_, t)| t).min() {
+                cap(d.saturating_duration_since(now));
+            }
             self.set_polling(false);
             if self.anything_pending() {
                 self.set_polling(true);
@@ -628,6 +810,9 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             self.sleep(hint);
             self.set_polling(true);
             last_work = Instant::now();
+        }
+        for slot in self.slots.iter_mut().flatten() {
+            slot.ch.stop();
         }
         for vm in 0..self.slots.len() {
             self.detach(vm);

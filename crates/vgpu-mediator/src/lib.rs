@@ -16,4 +16,5 @@ pub mod executor;
 pub mod queue;
 pub mod sched;
 pub mod stats;
+pub mod throttle;
 pub mod transport;

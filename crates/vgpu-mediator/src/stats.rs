@@ -44,9 +44,22 @@ pub struct VmStats {
     pub priority: AtomicU32,
     /// Memory quota in force (follows reloads).
     pub mem_quota: AtomicU64,
+    /// Commands refused by a per-VM limit (`[limits]`).
+    pub limit_refusals: AtomicU64,
+    /// Resets vgpud forced because the VM's work ran past its kernel time limit.
+    pub kernel_timeouts: AtomicU64,
+    /// The VM's throttled log lines.
+    pub log: std::sync::Mutex<crate::throttle::VmLog>,
 }
 
 impl VmStats {
+    /// Counts one occurrence of a throttled log line of this VM; `Some(n)`: log it now, for
+    /// `n` occurrences.
+    pub fn log_hit(&self, pick: impl FnOnce(&mut crate::throttle::VmLog) -> &mut crate::throttle::Throttle) -> Option<u64> {
+        let mut l = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        pick(&mut l).hit()
+    }
+
     fn for_vm(c: &VmConfig) -> Self {
         let s = Self::default();
         s.device.store(-1, Relaxed);
@@ -173,6 +186,8 @@ impl StatsRegistry {
                     "connects": s.connects.load(Relaxed),
                     "fences": s.fences.load(Relaxed),
                     "resets": s.resets.load(Relaxed),
+                    "limit_refusals": s.limit_refusals.load(Relaxed),
+                    "kernel_timeouts": s.kernel_timeouts.load(Relaxed),
                     "queued": s.queued.load(Relaxed),
                 })
             })

@@ -84,9 +84,10 @@ fn recv_msg(sock: &UnixStream) -> Result<Msg, Error> {
     Ok((i64::from_le_bytes(buf), fds.pop()))
 }
 
-/// What the set-up messages gave us.
+/// What the set-up messages gave us (public for tools and tests that speak the protocol
+/// themselves, e.g. to behave as a hostile client would).
 #[derive(Debug)]
-pub(crate) struct Setup {
+pub struct Setup {
     /// Our peer id.
     pub own_id: u16,
     /// The shared-memory fd.
@@ -103,7 +104,7 @@ fn peer_id(v: i64) -> Result<u16, Error> {
 
 /// Reads the set-up sequence until we have the shared memory, the mediator's doorbell and
 /// our own interrupt eventfd.
-pub(crate) fn read_setup(sock: &UnixStream) -> Result<Setup, Error> {
+pub fn read_setup(sock: &UnixStream) -> Result<Setup, Error> {
     let (version, fd) = recv_msg(sock)?;
     if version != PROTOCOL_VERSION {
         return Err(Error::Protocol(format!(

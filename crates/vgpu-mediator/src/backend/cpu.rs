@@ -21,6 +21,11 @@ const ADDR_BASE: u64 = 0x0000_7f00_0000_0000;
 /// lands in a neighbour.
 const ALIGN: u64 = 256;
 const GUARD: u64 = 64 * 1024;
+/// The most element operations (multiply-adds for sgemm, elements otherwise) one built-in
+/// kernel may cost. The cpu device runs kernels on the executor thread, so an unbounded one
+/// would stall every VM of the device: at about 1 ns per operation this bounds a kernel to
+/// tens of milliseconds. Beyond it a launch fails with `LIMIT_EXCEEDED`.
+pub const MAX_KERNEL_OPS: u64 = 1 << 26;
 
 struct Ctx {
     staging: Staging,
@@ -29,10 +34,11 @@ struct Ctx {
     events: HashMap<u32, Instant>,
 }
 
-/// A busy kernel occupying an execution slot until `until`.
+/// A busy kernel occupying execution slot `slot` from `started` until `until`.
 #[derive(Debug, Clone, Copy)]
 struct Running {
     vm: VmKey,
+    slot: usize,
     started: Instant,
     until: Instant,
 }
@@ -94,8 +100,41 @@ impl CpuBackend {
         self.slots[slot] = until;
         let token = self.next_token;
         self.next_token += 1;
-        self.running.insert(token, Running { vm, started, until });
+        self.running.insert(
+            token,
+            Running {
+                vm,
+                slot,
+                started,
+                until,
+            },
+        );
         token
+    }
+
+    /// Takes VM `vm`'s kernels off the slots, running or waiting, and moves the kernels that
+    /// waited behind them forward (a killed context's work ends at once).
+    fn evict(&mut self, vm: VmKey) {
+        self.running.retain(|_, r| r.vm != vm);
+        let now = Instant::now();
+        for slot in 0..self.slots.len() {
+            let mut on: Vec<&mut Running> = self
+                .running
+                .values_mut()
+                .filter(|r| r.slot == slot)
+                .collect();
+            on.sort_by_key(|r| r.started);
+            let mut free = now;
+            for r in on {
+                if r.started > now {
+                    let dur = r.until - r.started;
+                    r.started = free.max(now);
+                    r.until = r.started + dur;
+                }
+                free = free.max(r.until);
+            }
+            self.slots[slot] = free;
+        }
     }
 
     fn ctx(&mut self, vm: VmKey) -> Result<&mut Ctx, Status> {
@@ -143,6 +182,21 @@ fn params<T: FromBytes>(l: &LaunchBody, b: Builtin) -> Result<T, Status> {
     T::read_from_bytes(l.params()).map_err(|_| Status::InvalidArgument)
 }
 
+/// What a built-in launch costs in element operations (see [`MAX_KERNEL_OPS`]).
+fn kernel_ops(l: &LaunchBody, b: Builtin) -> Result<u64, Status> {
+    Ok(match b {
+        Builtin::VectorAddF32 => params::<VectorAddParams>(l, b)?.n as u64,
+        Builtin::Saxpy => params::<SaxpyParams>(l, b)?.n as u64,
+        Builtin::ReduceSumF32 => params::<ReduceParams>(l, b)?.n as u64,
+        Builtin::Sgemm => {
+            let p: SgemmParams = params(l, b)?;
+            // m*n*k multiply-adds, plus reading and writing C.
+            (p.m as u64 * p.n as u64).saturating_mul(p.k as u64 + 1)
+        }
+        Builtin::Busy | Builtin::Fault => 0,
+    })
+}
+
 impl Backend for CpuBackend {
     fn info(&self) -> DeviceInfo {
         DeviceInfo {
@@ -188,6 +242,12 @@ impl Backend for CpuBackend {
             let freed: u64 = ctx.bufs.values().map(|b| b.len() as u64).sum();
             self.used_mem -= freed;
         }
+    }
+
+    fn kill_context(&mut self, vm: VmKey) -> bool {
+        self.evict(vm);
+        self.destroy_context(vm);
+        true
     }
 
     fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
@@ -292,6 +352,9 @@ impl Backend for CpuBackend {
             // A timed occupation of a slot: the device is busy, the host CPU is not.
             let token = self.occupy(vm, Duration::from_micros(p.duration_us as u64));
             return Ok(Issued::Pending(token, 0, 0));
+        }
+        if kernel_ops(l, b)? > MAX_KERNEL_OPS {
+            return Err(Status::LimitExceeded);
         }
         let ctx = self.ctx(vm)?;
         match b {

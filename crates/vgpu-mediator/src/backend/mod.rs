@@ -251,6 +251,19 @@ pub trait Backend: Send {
     fn set_shared(&mut self, shared: bool) {
         let _ = shared;
     }
+    /// Whether [`Backend::destroy_context`] also stops the VM's work on the device at once (a
+    /// killed worker process) instead of leaving it to end. When false, a reset waits for the
+    /// VM's pending work to retire first, so that the device time it still takes is the VM's.
+    fn destroy_stops_work(&self) -> bool {
+        false
+    }
+    /// Stops the VM's work on the device now and destroys its context (a kernel time limit).
+    /// Returns false where the backend cannot stop running work (a CUDA context inside vgpud:
+    /// only a process holding a context can be made to drop it); then nothing is done.
+    fn kill_context(&mut self, vm: VmKey) -> bool {
+        let _ = vm;
+        false
+    }
 }
 
 /// Where a command runs: its VM-local stream id.
@@ -375,5 +388,11 @@ impl Backend for Box<dyn Backend> {
     }
     fn set_shared(&mut self, shared: bool) {
         (**self).set_shared(shared)
+    }
+    fn destroy_stops_work(&self) -> bool {
+        (**self).destroy_stops_work()
+    }
+    fn kill_context(&mut self, vm: VmKey) -> bool {
+        (**self).kill_context(vm)
     }
 }

@@ -6,6 +6,7 @@
 //! the resources to the executor as [`Event`]s and never touches the rings itself.
 
 mod ivshmem;
+pub mod notify;
 mod region;
 mod server;
 

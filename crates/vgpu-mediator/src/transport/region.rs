@@ -2,7 +2,7 @@
 
 use memmap2::{MmapMut, MmapOptions};
 use rustix::fd::{AsFd, BorrowedFd};
-use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 use std::fs::File;
 use vgpu_abi::ShmView;
 
@@ -16,15 +16,23 @@ pub struct SharedRegion {
 }
 
 impl SharedRegion {
-    /// Creates a zero-filled region of `size` bytes.
+    /// Creates a zero-filled region of `size` bytes, sealed against any change of its size.
     pub fn create(name: &str, size: u64) -> std::io::Result<Self> {
-        let fd = memfd_create(format!("vgpu-{name}"), MemfdFlags::CLOEXEC)?;
+        let fd = memfd_create(
+            format!("vgpu-{name}"),
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
         ftruncate(&fd, size)?;
+        // The client gets this very file: without the seals it could shrink it under vgpud's
+        // mapping, and vgpud's next access would die of SIGBUS. The seals hold for every fd
+        // of the file, and F_SEAL_SEAL stops anyone from removing them.
+        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let file = File::from(fd);
         let len = usize::try_from(size).map_err(std::io::Error::other)?;
-        // SAFETY: the memfd is ours and sized to `len`; nobody truncates it (vgpud owns the only
-        // writable fd that could, and never does). Other processes may write the memory
-        // concurrently, which is why it is only ever accessed through `ShmView`.
+        // SAFETY: the memfd is ours, sized to `len`, and sealed against shrinking and growing
+        // before any other process gets it, so the mapping stays backed for its whole life.
+        // Other processes may write the memory concurrently, which is why it is only ever
+        // accessed through `ShmView`.
         let mut map = unsafe { MmapOptions::new().len(len).map_mut(&file)? };
         // SAFETY: `map` is a live mapping of `len` bytes, page-aligned, and `view` is stored next
         // to it in `self`, which never hands the view out past its own lifetime except to holders

@@ -11,6 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
+use crate::throttle::Throttle;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -45,6 +46,10 @@ struct Vm {
     shm_size: u64,
     listener: UnixListener,
     client: Option<UnixStream>,
+    /// Refused connections, for the log.
+    refusals: Throttle,
+    /// Clients that sent data, for the log.
+    chatty: Throttle,
 }
 
 /// The transport thread's state.
@@ -114,6 +119,8 @@ impl Server {
                     shm_size: vm.shm_size.0,
                     listener,
                     client: None,
+                    refusals: Throttle::default(),
+                    chatty: Throttle::default(),
                 }),
                 Err(e) => {
                     for b in &bound {
@@ -191,13 +198,24 @@ impl Server {
                 }
             }
         }
-        for i in 0..self.vms.len() {
-            if self.vms[i].client.take().is_some() {
-                self.notify(Event::Disconnected(i));
-            }
-            let _ = std::fs::remove_file(&self.vms[i].path);
+        // Clients still attached are not reported as gone: the executors, stopping next, tell
+        // each guest that its device stopped (which a detach would no longer reach) and free
+        // everything themselves.
+        for vm in &mut self.vms {
+            vm.client = None;
+            let _ = std::fs::remove_file(&vm.path);
         }
         info!("transport: stopped");
+    }
+
+    /// Logs a refused second client, throttled (a client reconnecting in a loop must not
+    /// flood the log).
+    fn refused(&mut self, i: usize) {
+        let vm = &mut self.vms[i];
+        if let Some(n) = vm.refusals.hit() {
+            warn!(vm = %vm.name, refused = n,
+                  "a second client connected while one is attached; refusing it (one QEMU per VM)");
+        }
     }
 
     fn client_readable(&mut self, i: usize) {
@@ -207,7 +225,10 @@ impl Server {
         match c.read(&mut buf) {
             Ok(0) => info!(vm = %vm.name, "client disconnected"),
             Ok(n) => {
-                warn!(vm = %vm.name, bytes = n, "client sent data (the ivshmem protocol has none); disconnecting it")
+                if let Some(times) = vm.chatty.hit() {
+                    warn!(vm = %vm.name, bytes = n, times,
+                          "client sent data (the ivshmem protocol has none); disconnecting it");
+                }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
                 return
@@ -227,8 +248,13 @@ impl Server {
                 return;
             }
         };
+        // The old client may have closed just before this one connected, its EOF not yet
+        // handled (both became ready in the same poll): look before refusing.
         if self.vms[i].client.is_some() {
-            warn!(vm = %self.vms[i].name, "a second client connected while one is attached; refusing it (one QEMU per VM)");
+            self.client_readable(i);
+        }
+        if self.vms[i].client.is_some() {
+            self.refused(i);
             return;
         }
         match self.setup(i, &stream) {

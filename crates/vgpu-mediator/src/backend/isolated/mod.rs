@@ -253,6 +253,15 @@ impl Backend for IsolatedBackend {
         }
     }
 
+    fn destroy_stops_work(&self) -> bool {
+        true
+    }
+
+    fn kill_context(&mut self, vm: VmKey) -> bool {
+        self.destroy_context(vm);
+        true
+    }
+
     fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
         self.call(vm, Command::MemAlloc { size }).map(|r| r.0)
     }
