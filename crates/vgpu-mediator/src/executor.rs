@@ -323,6 +323,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         let dropped = self.queue.remove_vm(vm);
         self.backend.destroy_context(vm);
         let st = self.stats[vm].clone();
+        VmStats::bump(&st.dropped_jobs, dropped as u64);
         st.connected.store(false, Relaxed);
         st.device.store(-1, Relaxed);
         st.mem_used.store(0, Relaxed);
@@ -373,6 +374,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         }
         self.stats[vm].mem_used.store(0, Relaxed);
         self.stats[vm].queued.store(0, Relaxed);
+        VmStats::bump(&self.stats[vm].dropped_jobs, dropped as u64);
         tracing::debug!(vm = %cfg.name, dropped_jobs = dropped, "reset done");
     }
 

@@ -44,6 +44,8 @@ pub struct VmStats {
     pub priority: AtomicU32,
     /// Memory quota in force (follows reloads).
     pub mem_quota: AtomicU64,
+    /// Queued commands dropped unrun because the VM left or reset.
+    pub dropped_jobs: AtomicU64,
     /// Commands refused by a per-VM limit (`[limits]`).
     pub limit_refusals: AtomicU64,
     /// Resets vgpud forced because the VM's work ran past its kernel time limit.
@@ -186,6 +188,7 @@ impl StatsRegistry {
                     "connects": s.connects.load(Relaxed),
                     "fences": s.fences.load(Relaxed),
                     "resets": s.resets.load(Relaxed),
+                    "dropped_jobs": s.dropped_jobs.load(Relaxed),
                     "limit_refusals": s.limit_refusals.load(Relaxed),
                     "kernel_timeouts": s.kernel_timeouts.load(Relaxed),
                     "queued": s.queued.load(Relaxed),

@@ -475,7 +475,7 @@ mod tests {
 
     const S: StreamOp = StreamOp { stream: 0 };
 
-    fn with_backend(f: impl FnOnce(&mut CpuBackend, Staging)) {
+    fn with_backend(f: impl FnOnce(&mut CpuBackend, Staging, ContextParams)) {
         let mut mem = vec![0u64; 1024];
         // SAFETY: `mem` outlives the view and is 8 KiB, 8-aligned.
         let view = unsafe { vgpu_abi::ShmView::new(mem.as_mut_ptr().cast(), 8192) };
@@ -491,8 +491,8 @@ mod tests {
             region: None,
         };
         b.create_context(0, params.clone()).unwrap();
-        b.create_context(1, params).unwrap();
-        f(&mut b, staging);
+        b.create_context(1, params.clone()).unwrap();
+        f(&mut b, staging, params);
         drop(mem);
     }
 
@@ -502,7 +502,7 @@ mod tests {
 
     #[test]
     fn copies_and_kernels() {
-        with_backend(|be, st| {
+        with_backend(|be, st, params0| {
             let x = be.alloc(0, 16).unwrap();
             let y = be.alloc(0, 16).unwrap();
             let mut bytes = [0u8; 16];
@@ -568,14 +568,42 @@ mod tests {
             let Issued::Pending(t2, ..) = be.launch(1, &S, &busy).unwrap() else {
                 panic!("busy kernels are pending")
             };
-            assert_eq!(be.poll(0, t1), None);
+            // Deterministic (no sleeps to race with): the second starts where the first ends.
+            let (r1, r2) = (be.running[&t1], be.running[&t2]);
+            assert_eq!(r2.started, r1.until, "second kernel waits for the slot");
             assert!(be.poll_hint().unwrap() <= Duration::from_millis(2));
-            std::thread::sleep(Duration::from_millis(2));
-            assert_eq!(be.poll(0, t1).unwrap().unwrap().device_ns, 2_000_000);
-            assert_eq!(be.poll(1, t2), None, "second kernel waits for the slot");
-            std::thread::sleep(Duration::from_millis(2));
-            assert!(be.poll(1, t2).unwrap().is_ok());
+            let retire = |be: &mut CpuBackend, vm, t| loop {
+                if let Some(r) = be.poll(vm, t) {
+                    return r.unwrap();
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            };
+            assert_eq!(retire(be, 0, t1).device_ns, 2_000_000);
+            assert!(Instant::now() >= r1.until);
+            retire(be, 1, t2);
+            assert!(Instant::now() >= r2.until);
             assert_eq!(be.poll_hint(), None);
+            // Killing a context takes its kernels off the slot: the one queued behind moves up.
+            let long = launch(
+                Builtin::Busy,
+                BusyParams {
+                    duration_us: 60_000_000,
+                    _pad: 0,
+                }
+                .as_bytes(),
+            );
+            let Issued::Pending(t3, ..) = be.launch(0, &S, &long).unwrap() else {
+                panic!("busy kernels are pending")
+            };
+            let Issued::Pending(t4, ..) = be.launch(1, &S, &busy).unwrap() else {
+                panic!("busy kernels are pending")
+            };
+            assert!(be.running[&t4].started >= be.running[&t3].until);
+            assert!(be.kill_context(0));
+            assert!(!be.running.contains_key(&t3));
+            assert!(be.running[&t4].until <= Instant::now() + Duration::from_millis(2));
+            retire(be, 1, t4);
+            be.create_context(0, params0.clone()).unwrap();
             be.destroy_context(0);
             assert_eq!(be.used_mem, 0);
         });

@@ -15,6 +15,8 @@ pub struct Vm {
     pub priority: u32,
     pub quota: u64,
     pub shm: u64,
+    /// More keys of the `[[vm]]` table, as TOML lines.
+    pub extra: String,
 }
 
 impl Vm {
@@ -26,6 +28,7 @@ impl Vm {
             priority: 0,
             quota: 256 << 20,
             shm: 1 << 20,
+            extra: String::new(),
         }
     }
 }
@@ -113,14 +116,15 @@ pub fn config_text(dir: &Path, vms: &[Vm], extra: &str) -> String {
     );
     for v in vms {
         s += &format!(
-            "[[vm]]\nname = \"{}\"\nsocket = \"{}\"\nvm_id = {}\npool_id = {}\npriority = {}\nmem_quota = {}\nshm_size = {}\n",
+            "[[vm]]\nname = \"{}\"\nsocket = \"{}\"\nvm_id = {}\npool_id = {}\npriority = {}\nmem_quota = {}\nshm_size = {}\n{}\n",
             v.name,
             dir.join(format!("{}.sock", v.name)).display(),
             v.vm_id,
             v.pool_id,
             v.priority,
             v.quota,
-            v.shm
+            v.shm,
+            v.extra
         );
     }
     s
