@@ -140,7 +140,12 @@ pub fn start_with(vms: &[Vm], extra: &str) -> Vgpud {
     let cfg = dir.path().join("vgpud.toml");
     std::fs::write(&cfg, config_text(dir.path(), vms, extra)).unwrap();
     let log = dir.path().join("vgpud.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+    // VGPUD_BIN runs the tests against another vgpud (e.g. an older build, to show that a
+    // test catches the defect it was written for).
+    let bin = std::env::var_os("VGPUD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vgpud")));
+    let child = Command::new(bin)
         .arg("--config")
         .arg(&cfg)
         .env("RUST_LOG", "info")
