@@ -246,7 +246,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
-fn query_stats(admin: &Path) -> Result<Value> {
+pub fn query_stats(admin: &Path) -> Result<Value> {
     let bin = build::host_bin("vgpuctl");
     let out = Command::new(&bin)
         .arg("--admin-socket")
@@ -269,7 +269,7 @@ fn query_stats(admin: &Path) -> Result<Value> {
     })
 }
 
-fn vm_stats<'a>(stats: &'a Value, name: &str) -> Option<&'a Value> {
+pub fn vm_stats<'a>(stats: &'a Value, name: &str) -> Option<&'a Value> {
     stats["vms"]
         .as_array()?
         .iter()

@@ -23,6 +23,7 @@ mod qemu;
 mod soak;
 mod test;
 mod vgpud;
+mod vmkill;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -99,6 +100,12 @@ enum Command {
     /// Prepare the self-contained GPU-host folder (binaries, tests, guest, QEMU bundle, run.sh)
     /// and run it where a GPU is usable (or with --run).
     GpuCheck(gpucheck::Opts),
+    /// SIGKILL a VM's QEMU mid-copy and mid-kernel: vgpud frees it within 1 s, the socket
+    /// serves the next boot, a bystander keeps passing (also a stage of `test`).
+    VmKill {
+        #[command(flatten)]
+        vm: VmOpts,
+    },
     /// Run the cargo-fuzz targets (what a guest or an admin client controls) for a bounded time.
     Fuzz(fuzz::Opts),
     /// Many process clients doing random valid work plus a hostile one against a real vgpud;
@@ -125,6 +132,7 @@ fn main() -> ExitCode {
             &vm,
         )),
         Command::GpuCheck(o) => gpucheck::main(&o),
+        Command::VmKill { vm } => report(vmkill::run(&vm)),
         Command::Fuzz(o) => fuzz::main(&o),
         Command::Soak(o) => soak::main(&o),
     }

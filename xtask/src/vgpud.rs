@@ -138,6 +138,11 @@ impl Vgpud {
     }
 
     /// Whether the process is still running.
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.try_wait(), Ok(None))
     }

@@ -43,6 +43,10 @@ const SPIN_BEFORE_RETIRE: Duration = Duration::from_micros(200);
 const TIMER_KEY: u64 = u64::MAX - 1;
 /// How often, at most, the executor compares pending work with the kernel time limits.
 const LIMIT_CHECK_EVERY: Duration = Duration::from_millis(1);
+/// Resets of a VM whose context is a process come at most this often.
+const RESET_MIN_INTERVAL: Duration = Duration::from_millis(20);
+/// How often the executor looks whether a context being created is ready.
+const START_RECHECK: Duration = Duration::from_millis(1);
 /// How often the executor looks again at a VM whose SQ waits on its full CQ.
 const CQ_RECHECK: Duration = Duration::from_millis(1);
 
@@ -62,6 +66,10 @@ struct Slot {
     /// When the VM's work on the device last made progress (a piece of it retired, or it
     /// had none): the kernel time limit counts from here.
     progress: Instant,
+    /// The backend is still creating the VM's context: nothing is taken from its ring yet.
+    starting: bool,
+    /// When the VM's context was last (re)created.
+    last_reset: Instant,
 }
 
 /// A command whose work is still on the device.
@@ -274,10 +282,13 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             region: Some(ch.region().clone()),
         };
         let mut dev = self.new_device(vm);
+        let mut starting = false;
         if let Err(e) = self.backend.create_context(vm, params) {
             error!(vm = %cfg.name, "{e}");
             ch.set_unavailable();
             dev.set_unavailable();
+        } else {
+            starting = true;
         }
         if let Err(e) = epoll::add(
             &self.epoll,
@@ -302,7 +313,10 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             ch,
             dev,
             progress: Instant::now(),
+            starting,
+            last_reset: Instant::now(),
         });
+        self.check_started(vm);
         self.update_shared();
         let _ = s.ready.send(());
     }
@@ -362,33 +376,90 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         // The old device gives its memory back to the pool as it is dropped.
         slot.dev = dev;
         slot.progress = Instant::now();
+        slot.last_reset = Instant::now();
         let params = crate::backend::ContextParams {
             staging: slot.ch.staging(),
             priority: cfg.priority,
             region: Some(slot.ch.region().clone()),
         };
-        if let Err(e) = self.backend.create_context(vm, params) {
-            error!(vm = %cfg.name, "{e}");
-            slot.ch.set_unavailable();
-            slot.dev.set_unavailable();
+        match self.backend.create_context(vm, params) {
+            Ok(()) => slot.starting = true,
+            Err(e) => {
+                error!(vm = %cfg.name, "{e}");
+                slot.ch.set_unavailable();
+                slot.dev.set_unavailable();
+            }
         }
+        self.check_started(vm);
         self.stats[vm].mem_used.store(0, Relaxed);
         self.stats[vm].queued.store(0, Relaxed);
         VmStats::bump(&self.stats[vm].dropped_jobs, dropped as u64);
-        tracing::debug!(vm = %cfg.name, dropped_jobs = dropped, "reset done");
+        tracing::debug!(vm = %self.cfg.vms[vm].name, dropped_jobs = dropped, "reset done");
     }
 
-    /// Whether VM `vm` still has work on the device.
-    fn has_inflight(&self, vm: usize) -> bool {
-        self.inflight.iter().any(|f| f.vm == vm)
+    /// Looks whether VM `vm`'s context, being created, is ready; a failure makes the device
+    /// unavailable until the guest resets. Returns whether the VM is still starting.
+    fn check_started(&mut self, vm: usize) -> bool {
+        let Some(slot) = self.slots[vm].as_mut() else {
+            return false;
+        };
+        if !slot.starting {
+            return false;
+        }
+        match self.backend.context_ready(vm) {
+            None => return true,
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                error!(vm = %slot.ch.name(), "{e}");
+                slot.ch.set_unavailable();
+                slot.dev.set_unavailable();
+            }
+        }
+        slot.starting = false;
+        false
+    }
+
+    /// Whether a VM asked for a reset that waits for its context's start or for the reset
+    /// interval (see [`Executor::reset_ready`]; one that waits for device work is woken by it).
+    fn resets_waiting(&self) -> bool {
+        self.backend.destroy_stops_work()
+            && self
+                .slots
+            .iter()
+            .enumerate()
+                .any(|(vm, s)| {
+                    s.as_ref().is_some_and(|s| s.ch.reset_requested()) && !self.reset_ready(vm)
+                })
+    }
+
+    /// Whether any VM's context is still being created.
+    fn check_all_started(&mut self) -> bool {
+        let mut any = false;
+        for vm in 0..self.slots.len() {
+            any |= self.check_started(vm);
+        }
+        any
     }
 
     /// Whether a reset the VM asked for can be done now. Where destroying a context does not
     /// stop its work, the reset waits until the VM's pending work retired: the device is busy
     /// with it either way, and a guest that could reset it away would hide that device time
     /// from the scheduler (and stack unbounded work on the device by resetting in a loop).
+    ///
+    /// Where a context is a process (`destroy_stops_work`), a reset waits for the previous
+    /// context to be ready and comes at most every [`RESET_MIN_INTERVAL`]: each costs the host
+    /// a process start, and a guest resetting in a loop must not turn that into a CPU storm.
     fn reset_ready(&self, vm: usize) -> bool {
-        self.backend.destroy_stops_work() || !self.has_inflight(vm)
+        Self::reset_ready_of(self.slots[vm].as_ref(), &self.backend, &self.inflight, vm)
+    }
+
+    fn reset_ready_of(slot: Option<&Slot>, backend: &B, inflight: &[InFlight], vm: usize) -> bool {
+        let Some(slot) = slot else { return false };
+        if backend.destroy_stops_work() {
+            !slot.starting && slot.last_reset.elapsed() >= RESET_MIN_INTERVAL
+        } else {
+            !inflight.iter().any(|f| f.vm == vm)
+        }
     }
 
     /// Enforces the kernel time limit: a VM whose work on the device has made no progress for
@@ -484,10 +555,14 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             priority: self.cfg.vms[vm].priority,
             region: Some(slot.ch.region().clone()),
         };
-        if let Err(e) = self.backend.create_context(vm, params) {
-            error!(vm = %name, "{e}");
-            slot.dev.set_unavailable();
+        match self.backend.create_context(vm, params) {
+            Ok(()) => slot.starting = true,
+            Err(e) => {
+                error!(vm = %name, "{e}");
+                slot.dev.set_unavailable();
+            }
         }
+        self.check_started(vm);
         st.mem_used.store(0, Relaxed);
         st.queued.fetch_sub(dropped as u64, Relaxed);
     }
@@ -505,7 +580,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 self.reset(vm);
                 taken += 1;
             }
-            if let Some(slot) = self.slots[vm].as_mut() {
+            if let Some(slot) = self.slots[vm].as_mut().filter(|s| !s.starting) {
                 let q = &mut self.queue;
                 // A VM at its queued limit keeps the rest in its ring (backpressure).
                 let budget = q.room(vm).min(POLL_BUDGET as usize) as u32;
@@ -678,13 +753,13 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         // backend's hint); with nothing on the device every queued job is runnable.
         // A VM at its queued limit waits for its queue to drain, not for its ring.
         let q = &self.queue;
-        let stops = self.backend.destroy_stops_work();
-        let inflight = &self.inflight;
+        let (backend, inflight) = (&self.backend, &self.inflight);
         (!q.is_empty() && inflight.is_empty())
             || self.slots.iter_mut().enumerate().any(|(vm, s)| {
+                let ready = Self::reset_ready_of(s.as_ref(), backend, inflight, vm);
                 s.as_mut().is_some_and(|s| {
-                    (s.ch.reset_requested() && (stops || !inflight.iter().any(|f| f.vm == vm)))
-                        || (q.room(vm) > 0 && s.ch.takeable() > 0)
+                    (s.ch.reset_requested() && ready)
+                        || (!s.starting && q.room(vm) > 0 && s.ch.takeable() > 0)
                 })
             })
     }
@@ -692,7 +767,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
     fn any_cq_blocked(&mut self) -> bool {
         self.slots
             .iter_mut()
-            .any(|s| s.as_mut().is_some_and(|s| s.ch.cq_blocked()))
+            .any(|s| s.as_mut().is_some_and(|s| !s.starting && s.ch.cq_blocked()))
     }
 
     /// Arms the timerfd to fire after `d` (`None`: disarm). Unlike an epoll timeout, which
@@ -760,6 +835,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 break;
             }
             self.handle_events();
+            let starting = self.check_all_started();
             // Work that retired is completed and signalled first: a waiting guest should not
             // wait for this round's ingestion and dispatch of other VMs' work.
             let retired = self.retire() + self.enforce_time_limits();
@@ -798,6 +874,11 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             let mut cap = |d: Duration| hint = Some(hint.map_or(d, |h| h.min(d)));
             if self.any_cq_blocked() {
                 cap(CQ_RECHECK);
+            }
+            // A context being created says nothing when it is ready, nor does the end of a
+            // deferred reset's interval: look again soon.
+            if starting || self.resets_waiting() {
+                cap(START_RECHECK);
             }
             // A kernel time limit that passes while asleep is acted on when it does.
             let now = Instant::now();

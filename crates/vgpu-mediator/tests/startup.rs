@@ -72,13 +72,18 @@ fn executor_cpus_pin_or_refuse() {
     let cpu = *allowed_cpus().last().unwrap();
     let d = start_with(&[Vm::new("a", 1)], &format!("executor_cpus = [{cpu}]"));
     let tasks = format!("/proc/{}/task", d.child.id());
+    // The sockets exist before the executor threads start: look until the thread is there.
+    let t0 = std::time::Instant::now();
     let mut exec_cpus = None;
-    for t in std::fs::read_dir(&tasks).unwrap() {
-        let t = t.unwrap().path();
-        let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
-        if name.trim() == "vgpud-exec-0" {
-            exec_cpus = Some(cpus_allowed(&t));
+    while exec_cpus.is_none() && t0.elapsed() < std::time::Duration::from_secs(10) {
+        for t in std::fs::read_dir(&tasks).unwrap() {
+            let t = t.unwrap().path();
+            let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+            if name.trim() == "vgpud-exec-0" {
+                exec_cpus = Some(cpus_allowed(&t));
+            }
         }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     assert_eq!(exec_cpus, Some(cpu.to_string()), "executor thread affinity");
     d.stop();

@@ -42,6 +42,17 @@ enum Cmd {
         #[arg(long, default_value_t = 65536)]
         n: u32,
     },
+    /// Keep the device busy until killed (to test what the host does when a VM dies in the
+    /// middle of its work): copies of `--copy-mib` MiB, or busy kernels of `--kernel-ms`.
+    /// Prints `stress: running` once work has gone through.
+    Stress {
+        /// Size of each host-to-device copy, in MiB.
+        #[arg(long, conflicts_with = "kernel_ms")]
+        copy_mib: Option<u32>,
+        /// Duration of each busy kernel, in milliseconds.
+        #[arg(long)]
+        kernel_ms: Option<u32>,
+    },
     /// Measure synchronous nop round trips.
     BenchNop {
         /// Round trips to measure.
@@ -161,6 +172,24 @@ fn chain(e: &anyhow::Error) -> String {
     s
 }
 
+fn stress(dev: &Device, copy_mib: Option<u32>, kernel_ms: Option<u32>) -> anyhow::Result<()> {
+    let copy = copy_mib.map(|m| vec![0x5au8; (m as usize) << 20]);
+    let ptr = match &copy {
+        Some(c) => dev.alloc(c.len() as u64)?,
+        None => 0,
+    };
+    let mut first = true;
+    loop {
+        match &copy {
+            Some(c) => dev.copy_htod(ptr, c)?,
+            None => dev.busy(kernel_ms.unwrap_or(100).saturating_mul(1000))?,
+        }
+        if std::mem::take(&mut first) {
+            println!("stress: running");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let dev = match open(&cli) {
@@ -185,6 +214,10 @@ fn main() -> ExitCode {
             };
         }
         Some(Cmd::BenchNop { iters }) => bench_nop(&dev, iters),
+        Some(Cmd::Stress {
+            copy_mib,
+            kernel_ms,
+        }) => stress(&dev, copy_mib, kernel_ms),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -128,6 +128,14 @@ pub trait Backend: Send {
     fn create_context(&mut self, vm: VmKey, params: ContextParams) -> Result<(), BackendError>;
     /// Destroys a VM's context and frees all its memory.
     fn destroy_context(&mut self, vm: VmKey);
+    /// Whether the context [`Backend::create_context`] started for `vm` is ready: `None` while
+    /// it is still being created (nothing may be sent for the VM yet), `Some(Err)` when that
+    /// failed (the context is gone). A backend that creates contexts before returning from
+    /// `create_context` is always ready.
+    fn context_ready(&mut self, vm: VmKey) -> Option<Result<(), BackendError>> {
+        let _ = vm;
+        Some(Ok(()))
+    }
     /// Allocates `size` bytes; returns the device pointer.
     fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status>;
     /// Frees an allocation.
@@ -283,6 +291,9 @@ impl Backend for Box<dyn Backend> {
     }
     fn destroy_context(&mut self, vm: VmKey) {
         (**self).destroy_context(vm)
+    }
+    fn context_ready(&mut self, vm: VmKey) -> Option<Result<(), BackendError>> {
+        (**self).context_ready(vm)
     }
     fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
         (**self).alloc(vm, size)

@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::warn;
 use vgpu_abi::cmd::{Command, Cqe, LaunchBody, BUILTIN_FUNC_FLAG};
 use vgpu_abi::Status;
 
@@ -75,6 +75,8 @@ struct Worker {
     serial: u64,
     /// Tokens issued and not yet answered through `poll`.
     pending: HashSet<Token>,
+    /// Set while the worker has not yet said that its context is ready: when it started.
+    starting: Option<Instant>,
 }
 
 /// Runs each VM's context in its own worker process. See the module documentation.
@@ -135,6 +137,16 @@ impl IsolatedBackend {
     fn call(&mut self, vm: VmKey, cmd: Command) -> Result<(u64, u64), Status> {
         let tag = self.tag();
         let timeout = self.spec.call_timeout;
+        // The executor sends nothing before `context_ready`; should a call come first anyway,
+        // it waits for the start here rather than reach a worker without a context.
+        if self.workers.get(&vm).is_some_and(|w| w.starting.is_some()) {
+            let w = self.workers.get_mut(&vm).ok_or(Status::Internal)?;
+            let ready = w.link.wait(proto::READY_TAG, START_TIMEOUT, &mut self.reaper);
+            match ready.as_ref().map(outcome) {
+                Ok(Ok(_)) => w.starting = None,
+                _ => return Err(Status::ContextUnavailable),
+            }
+        }
         let w = self.workers.get_mut(&vm).ok_or(Status::Internal)?;
         let reaper = &mut self.reaper;
         w.link.submit(&cmd, 0, tag, timeout, reaper)?;
@@ -200,7 +212,6 @@ impl Backend for IsolatedBackend {
         let region = params.region.as_ref().ok_or_else(|| {
             BackendError::Context("isolated contexts need the VM's shared-memory fd".into())
         })?;
-        let t0 = Instant::now();
         let args = WorkerArgs {
             kind: self.spec.kind,
             device: self.spec.device,
@@ -209,42 +220,59 @@ impl Backend for IsolatedBackend {
             staging_size: params.staging.size,
             poll_us: self.spec.poll_us,
         };
-        let mut link = WorkerLink::spawn(&self.spec.exe, &args, region.fd().as_fd())
+        // The worker is started and not waited for: creating a CUDA context takes a good
+        // part of a second, which the executor must not spend away from the device's other
+        // VMs. It says when the context is ready (`context_ready`).
+        let link = WorkerLink::spawn(&self.spec.exe, &args, region.fd().as_fd())
             .map_err(|e| BackendError::Context(e.to_string()))?;
         link.set_shared(self.shared);
-        let ready = link.wait(proto::READY_TAG, START_TIMEOUT, &mut self.reaper);
-        let fail = |why: String| {
-            BackendError::Context(format!(
-                "worker {} for vm {vm}: {why} (its log is in vgpud's)",
-                link.pid()
-            ))
-        };
-        match ready.as_ref().map(outcome) {
-            Ok(Ok(_)) => {}
-            Ok(Err(s)) => {
-                let e = fail(format!("context not created: {}", s.describe()));
-                link.kill(&mut self.reaper);
-                return Err(e);
-            }
-            Err(_) => return Err(fail("exited before its context was ready".into())),
-        }
         let serial = self.next_serial;
         self.next_serial = if serial >= MAX_SERIAL { 1 } else { serial + 1 };
-        info!(
-            vm,
-            pid = link.pid(),
-            ms = t0.elapsed().as_secs_f64() * 1e3,
-            "worker process ready"
-        );
         self.workers.insert(
             vm,
             Worker {
                 link,
                 serial,
                 pending: HashSet::new(),
+                starting: Some(Instant::now()),
             },
         );
         Ok(())
+    }
+
+    fn context_ready(&mut self, vm: VmKey) -> Option<Result<(), BackendError>> {
+        let w = self.workers.get_mut(&vm)?;
+        let t0 = w.starting?;
+        let pid = w.link.pid();
+        let fail = |why: String| {
+            BackendError::Context(format!(
+                "worker {pid} for vm {vm}: {why} (its log is in vgpud's)"
+            ))
+        };
+        let err = match w.link.try_take(proto::READY_TAG) {
+            None if t0.elapsed() > START_TIMEOUT => {
+                fail(format!("no context after {START_TIMEOUT:?}"))
+            }
+            None => return None,
+            Some(Ok(c)) => match outcome(&c) {
+                Ok(_) => {
+                    w.starting = None;
+                    tracing::debug!(
+                        vm,
+                        pid,
+                        ms = t0.elapsed().as_secs_f64() * 1e3,
+                        "worker process ready"
+                    );
+                    return Some(Ok(()));
+                }
+                Err(s) => fail(format!("context not created: {}", s.describe())),
+            },
+            Some(Err(_)) => fail("exited before its context was ready".into()),
+        };
+        if let Some(mut w) = self.workers.remove(&vm) {
+            w.link.kill(&mut self.reaper);
+        }
+        Some(Err(err))
     }
 
     fn destroy_context(&mut self, vm: VmKey) {
