@@ -23,7 +23,7 @@ impl Default for Throttle {
 
 impl Throttle {
     /// At most one line per `interval`.
-    pub fn new(interval: Duration) -> Self {
+    pub const fn new(interval: Duration) -> Self {
         Self {
             interval,
             last: None,
@@ -45,6 +45,11 @@ impl Throttle {
         self.last = Some(now);
         Some(std::mem::take(&mut self.pending))
     }
+}
+
+/// Counts one occurrence of a process-wide throttled line (`static T: Mutex<Throttle>`).
+pub fn hit(t: &std::sync::Mutex<Throttle>) -> Option<u64> {
+    t.lock().unwrap_or_else(|e| e.into_inner()).hit()
 }
 
 /// The throttled log lines of one VM; kept across its connections (a client that reconnects in

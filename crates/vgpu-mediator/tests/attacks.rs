@@ -178,6 +178,9 @@ fn a_tampered_interrupt_eventfd_cannot_hang_vgpud() {
 /// VMs could not even attach.
 #[test]
 fn one_huge_kernel_cannot_freeze_the_device() {
+    if cpu_only("one_huge_kernel_cannot_freeze_the_device") {
+        return;
+    }
     let d = start(&[Vm::new("big", 1), Vm::new("small", 2)]);
     let big = Device::connect(&d.socket("big")).unwrap();
     let n = 2112u32;
@@ -215,6 +218,9 @@ fn one_huge_kernel_cannot_freeze_the_device() {
 /// device, which stays the VM's device time.
 #[test]
 fn reset_cannot_hide_device_time() {
+    if cpu_only("reset_cannot_hide_device_time") {
+        return;
+    }
     let kernel = Duration::from_millis(300);
     let d = start_with(
         &[Vm::new("storm", 1), Vm::new("victim", 2)],

@@ -109,9 +109,25 @@ pub fn isolation_line() -> String {
     }
 }
 
+/// The backend the tests run on: `VGPU_TEST_BACKEND` (`cpu`, the default, in CI; `cuda` on
+/// the GPU host).
+pub fn backend() -> String {
+    std::env::var("VGPU_TEST_BACKEND").unwrap_or_else(|_| "cpu".into())
+}
+
+/// Skips (visibly) a test whose subject is the cpu device itself.
+pub fn cpu_only(test: &str) -> bool {
+    if backend() == "cpu" {
+        return false;
+    }
+    eprintln!("SKIPPED (cpu backend only): {test}");
+    true
+}
+
 pub fn config_text(dir: &Path, vms: &[Vm], extra: &str) -> String {
     let mut s = format!(
-        "[mediator]\nbackend = \"cpu\"\nadmin_socket = \"{}\"\n{extra}\n",
+        "[mediator]\nbackend = \"{}\"\nadmin_socket = \"{}\"\n{extra}\n",
+        backend(),
         dir.join("admin.sock").display()
     );
     for v in vms {
@@ -140,9 +156,10 @@ pub fn start_with(vms: &[Vm], extra: &str) -> Vgpud {
     let cfg = dir.path().join("vgpud.toml");
     std::fs::write(&cfg, config_text(dir.path(), vms, extra)).unwrap();
     let log = dir.path().join("vgpud.log");
-    // VGPUD_BIN runs the tests against another vgpud (e.g. an older build, to show that a
-    // test catches the defect it was written for).
-    let bin = std::env::var_os("VGPUD_BIN")
+    // VGPU_VGPUD runs the tests against another vgpud: the GPU host's, or an older build (to
+    // show that a test catches the defect it was written for).
+    let bin = std::env::var_os("VGPU_VGPUD")
+        .or_else(|| std::env::var_os("VGPUD_BIN"))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vgpud")));
     let child = Command::new(bin)

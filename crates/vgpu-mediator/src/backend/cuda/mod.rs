@@ -50,7 +50,9 @@ use cudarc::driver::sys::{
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::time::Duration;
-use tracing::{info, warn};
+use crate::throttle::{Throttle, GUEST_LOG_INTERVAL};
+use std::sync::Mutex;
+use tracing::{debug, warn};
 use vgpu_abi::cmd::{Builtin, LaunchBody, BUILTIN_FUNC_FLAG, MAX_STREAMS};
 use vgpu_abi::regs::{BACKEND_CUDA, CAP_MODULES};
 use vgpu_abi::Status;
@@ -115,7 +117,10 @@ fn status_of(r: CUresult) -> Status {
         CUDA_ERROR_INVALID_VALUE | CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES => Status::InvalidArgument,
         CUDA_ERROR_NOT_READY => Status::NotReady,
         r => {
-            warn!("CUDA error {r:?}");
+            static LOG: Mutex<Throttle> = Mutex::new(Throttle::new(GUEST_LOG_INTERVAL));
+            if let Some(times) = crate::throttle::hit(&LOG) {
+                warn!(times, "CUDA error {r:?}");
+            }
             Status::Internal
         }
     }
@@ -238,7 +243,8 @@ impl CudaBackend {
         let t0 = std::time::Instant::now();
         let cubin = nvrtc::compile_cubin(nvrtc::BUILTINS_CU, "builtins.cu", major, minor)
             .map_err(CudaError::Nvrtc)?;
-        info!(device = %name, sm = major * 10 + minor, cubin_bytes = cubin.len(),
+        // Debug: every worker process (one per VM context, again at each reset) does this.
+        debug!(device = %name, sm = major * 10 + minor, cubin_bytes = cubin.len(),
               ms = t0.elapsed().as_millis() as u64, "cuda: built-in kernels compiled");
         Ok(Self {
             dev,
@@ -714,7 +720,10 @@ impl Backend for CudaBackend {
             }
             Err((r, log)) => {
                 let log: String = log.chars().take(2000).collect();
-                warn!(vm, "PTX module rejected: {r:?}: {log}");
+                static LOG: Mutex<Throttle> = Mutex::new(Throttle::new(GUEST_LOG_INTERVAL));
+                if let Some(times) = crate::throttle::hit(&LOG) {
+                    warn!(vm, times, "PTX module rejected: {r:?}: {log}");
+                }
                 Err(match r {
                     CUresult::CUDA_ERROR_OUT_OF_MEMORY => Status::OutOfMemory,
                     r => fault_status(r).unwrap_or(Status::InvalidArgument),

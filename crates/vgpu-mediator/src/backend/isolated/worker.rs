@@ -14,7 +14,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{FromRawFd, OwnedFd};
 use std::fs::File;
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 use vgpu_abi::cmd::{Command, Cqe, Sqe};
 use vgpu_abi::ring::{CqProducer, SqConsumer};
 use vgpu_abi::{ShmView, Status};
@@ -160,7 +160,8 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
             return Err(e);
         }
     };
-    info!(
+    // Debug: a guest that resets in a loop starts a worker each time.
+    tracing::debug!(
         pid = std::process::id(),
         device = a.device,
         ms = t0.elapsed().as_secs_f64() * 1e3,
