@@ -190,7 +190,8 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             max_kernel_us: cfg.mediator.max_kernel_us,
         };
         Ok(Self {
-            gate: Gate::new(backend.orders_streams()),
+            gate: Gate::new(backend.orders_streams())
+                .holding_blocking_calls(backend.calls_wait_for_device()),
             inflight: Vec::new(),
             next_limit_check: Instant::now(),
             backend,

@@ -37,6 +37,17 @@ impl Job {
     }
 }
 
+impl Job {
+    /// Whether the backend answers this job with a call that waits for the VM's work on the
+    /// device (CUDA's `cuMemFree` and `cuModuleUnload` synchronise), on the executor thread.
+    pub fn waits_for_device(&self) -> bool {
+        matches!(
+            self.cmd,
+            Command::MemFree { .. } | Command::ModuleUnload { .. }
+        )
+    }
+}
+
 /// What the executor needs from a queue.
 pub trait WorkQueue: Send {
     /// Adds a job.
@@ -106,6 +117,10 @@ impl WorkQueue for FifoQueue {
 pub struct Gate {
     /// Whether the device keeps stream order itself (then only the scheduler's limits apply).
     pub device_orders_streams: bool,
+    /// Whether the backend's answer to a job that [`Job::waits_for_device`] blocks until the
+    /// VM's device work ends: such a job is held until that work retired, so the executor
+    /// never waits on one VM's kernels.
+    pub hold_blocking_calls: bool,
     /// `(vm, stream)` with a pending command.
     busy: HashMap<(usize, u32), u32>,
     /// Pending commands per VM.
@@ -123,6 +138,12 @@ impl Gate {
             device_orders_streams,
             ..Self::default()
         }
+    }
+
+    /// Also holds the jobs that [`Job::waits_for_device`] while their VM has device work.
+    pub fn holding_blocking_calls(mut self, on: bool) -> Self {
+        self.hold_blocking_calls = on;
+        self
     }
 
     /// Records a command of `(vm, stream)` left pending on the device.
@@ -167,12 +188,16 @@ impl Gate {
 
     /// Whether `job` may run now. Call it on each VM's jobs in their push order.
     pub fn admits(&mut self, job: &Job) -> bool {
-        if self.device_orders_streams {
-            return true;
-        }
         let (vm, key) = (job.vm, (job.vm, job.stream));
         if self.barred_vms.contains(&vm) {
             return false;
+        }
+        if self.hold_blocking_calls && job.waits_for_device() && self.pending(vm) > 0 {
+            self.barred_vms.insert(vm);
+            return false;
+        }
+        if self.device_orders_streams {
+            return true;
         }
         if job.is_barrier() {
             if self.pending(vm) > 0 || self.refused_vms.contains(&vm) {
@@ -254,5 +279,24 @@ mod tests {
         g.issued(0, 0);
         q.push(job(0, 6));
         assert_eq!(q.pop(&mut g).unwrap().tag, 6);
+    }
+
+    #[test]
+    fn gate_holds_blocking_calls_behind_device_work() {
+        let mut q = FifoQueue::default();
+        let free = |vm, tag| Job {
+            cmd: Command::MemFree { ptr: 0x1000 },
+            ..job(vm, tag)
+        };
+        q.push(free(0, 1)); // would wait inside cuMemFree for VM 0's kernel
+        q.push(job(0, 2)); // behind it, in order
+        q.push(free(1, 3)); // VM 1 has nothing on the device
+        let mut g = Gate::new(true).holding_blocking_calls(true);
+        g.issued(0, 5);
+        assert_eq!(q.pop(&mut g).unwrap().tag, 3);
+        assert!(q.pop(&mut g).is_none(), "held until VM 0's work retired");
+        g.retired(0, 5);
+        assert_eq!(q.pop(&mut g).unwrap().tag, 1);
+        assert_eq!(q.pop(&mut g).unwrap().tag, 2);
     }
 }

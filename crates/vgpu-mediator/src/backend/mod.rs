@@ -259,6 +259,12 @@ pub trait Backend: Send {
     fn set_shared(&mut self, shared: bool) {
         let _ = shared;
     }
+    /// Whether freeing memory or unloading a module waits for the VM's work on the device
+    /// (CUDA synchronises them): the executor then holds those commands until that work
+    /// retired instead of waiting inside the call.
+    fn calls_wait_for_device(&self) -> bool {
+        false
+    }
     /// Whether [`Backend::destroy_context`] also stops the VM's work on the device at once (a
     /// killed worker process) instead of leaving it to end. When false, a reset waits for the
     /// VM's pending work to retire first, so that the device time it still takes is the VM's.
@@ -399,6 +405,9 @@ impl Backend for Box<dyn Backend> {
     }
     fn set_shared(&mut self, shared: bool) {
         (**self).set_shared(shared)
+    }
+    fn calls_wait_for_device(&self) -> bool {
+        (**self).calls_wait_for_device()
     }
     fn destroy_stops_work(&self) -> bool {
         (**self).destroy_stops_work()

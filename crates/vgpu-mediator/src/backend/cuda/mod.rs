@@ -893,6 +893,10 @@ impl Backend for CudaBackend {
         true
     }
 
+    fn calls_wait_for_device(&self) -> bool {
+        true
+    }
+
     fn set_shared(&mut self, shared: bool) {
         self.shared = shared;
     }

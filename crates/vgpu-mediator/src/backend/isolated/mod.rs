@@ -285,6 +285,12 @@ impl Backend for IsolatedBackend {
         true
     }
 
+    fn calls_wait_for_device(&self) -> bool {
+        // A call waits for the worker's answer, which waits for the device where the worker's
+        // backend does.
+        matches!(self.spec.kind, WorkerKind::Cuda { .. })
+    }
+
     fn kill_context(&mut self, vm: VmKey) -> bool {
         self.destroy_context(vm);
         true
