@@ -159,7 +159,6 @@ pub fn start_with(vms: &[Vm], extra: &str) -> Vgpud {
     // VGPU_VGPUD runs the tests against another vgpud: the GPU host's, or an older build (to
     // show that a test catches the defect it was written for).
     let bin = std::env::var_os("VGPU_VGPUD")
-        .or_else(|| std::env::var_os("VGPUD_BIN"))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vgpud")));
     let child = Command::new(bin)
