@@ -7,6 +7,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod channel;

@@ -93,7 +93,7 @@ fn run(args: Args) -> Result<()> {
     let server = Server::bind_all(&cfg.vms, tx, transport_wake.clone())?;
     let server_stop = server.stop_handle();
     if let Some(a) = &cfg.mediator.admin_socket {
-        admin::spawn(a, registry.clone())
+        admin::spawn(a, &cfg.mediator, registry.clone())
             .with_context(|| format!("admin socket {}", a.display()))?;
     }
     let cfg = Arc::new(cfg);
