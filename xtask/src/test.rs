@@ -1,4 +1,5 @@
-//! `cargo xtask test`: the workspace's cargo tests, then the VM end-to-end test (the demo).
+//! `cargo xtask test`: the workspace's cargo tests, the loom model checks, then the VM
+//! end-to-end test (the demo).
 
 use std::process::{Command, ExitCode};
 
@@ -18,6 +19,8 @@ pub fn main(no_vm: bool, vm: &VmOpts) -> ExitCode {
             false
         });
     results.push(("cargo tests", ok));
+
+    results.push(("loom models", loom()));
 
     if no_vm {
         println!("xtask test: stage `vm e2e` skipped (--no-vm)");
@@ -49,4 +52,55 @@ pub fn main(no_vm: bool, vm: &VmOpts) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Preemption bound of the loom stage unless `LOOM_MAX_PREEMPTIONS` is set: every property and
+/// every deliberate bug of the models is decided within it (docs/architecture.md,
+/// "Model-checked protocols", has the timings of deeper bounds).
+const LOOM_PREEMPTIONS: &str = "2";
+
+/// The loom model checks (`tests/loom_*.rs`), built with `--cfg loom` in their own target
+/// directory (`<target>/loom`) so that the normal build is not invalidated. The dev profile:
+/// compiling the dependencies dominates, and the models run in seconds unoptimised.
+fn loom() -> bool {
+    let preemptions =
+        std::env::var("LOOM_MAX_PREEMPTIONS").unwrap_or_else(|_| LOOM_PREEMPTIONS.to_string());
+    let rustflags = match std::env::var("RUSTFLAGS") {
+        Ok(f) if !f.trim().is_empty() => format!("{f} --cfg loom"),
+        _ => "--cfg loom".to_string(),
+    };
+    let target = paths::target_dir().join("loom");
+    println!(
+        "xtask test: stage `loom models`: RUSTFLAGS=\"{rustflags}\" LOOM_MAX_PREEMPTIONS={preemptions} \
+         cargo test -p vgpu-abi -p vgpu-guest --test loom_ring --test loom_wait (target {})",
+        target.display()
+    );
+    let start = std::time::Instant::now();
+    let ok = Command::new(paths::cargo())
+        .current_dir(paths::root())
+        .env("RUSTFLAGS", rustflags)
+        .env("LOOM_MAX_PREEMPTIONS", preemptions)
+        .env("CARGO_TARGET_DIR", &target)
+        .args([
+            "test",
+            "-p",
+            "vgpu-abi",
+            "-p",
+            "vgpu-guest",
+            "--test",
+            "loom_ring",
+            "--test",
+            "loom_wait",
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or_else(|e| {
+            eprintln!("xtask test: cannot run cargo: {e}");
+            false
+        });
+    println!(
+        "xtask test: stage `loom models` took {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    ok
 }

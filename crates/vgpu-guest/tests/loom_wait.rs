@@ -1,0 +1,585 @@
+//! Model checking of the guest library's completion wait with loom (`RUSTFLAGS="--cfg loom"`;
+//! `cargo xtask test` runs it in its own stage, see docs/architecture.md, "Model-checked
+//! protocols").
+//!
+//! What is modelled: several threads of one `Device` waiting for their completions, each
+//! blocking on the completion interrupt (`Device::wait` → `Backoff::snooze_or` →
+//! `Device::block`), the interrupt armed while any thread waits (`irq_waiters`,
+//! `Device::unwait`), the socket transport's interrupt wait (`SocketTransport::irq_epoch`,
+//! `SocketTransport::wait_irq_since`: an interrupt another thread took ends a stale wait), and
+//! vgpud posting completions (`Channel::complete` + `Channel::flush_irq`).
+//!
+//! How: the ring calls are the shipped code (`vgpu_abi::ring::{CqProducer, CqConsumer}` on a
+//! loom-backed `ModelMem`, see tests/loom_ring.rs). `Device` and the transport cannot run under
+//! loom (a mapping, eventfds, `poll`), so the steps around the ring calls are a faithful model:
+//! each function below names the one it mirrors and keeps its steps in the same order under
+//! the same locks, and `cross_check` (plain `cargo test`) fails when the real functions change
+//! those steps. Every snooze blocks (a `Backoff::blocking` waiter: spinning and yielding only
+//! add looks at the ring, which cannot lose a completion), and an interrupt wait has no
+//! timeout: a waiter that only a timeout would wake is a lost wake-up, which loom reports as a
+//! deadlock.
+//!
+//! Property: a waiter whose completion was published either sees it or is woken.
+//!
+//! Findings (each a test that must panic until the code changes; `cross_check` says when):
+//! 1. `as_shipped_one_waiter`: no fence between arming the interrupt (`set_irq(true)`, a
+//!    `SeqCst` RMW) and the re-check (an acquire load of the tail): the same gap as
+//!    tests/loom_ring.rs `irq_handshake_as_shipped`. The other models add the fence.
+//! 2. `as_shipped_completion_drained_by_another`: `Device::block` re-checks with
+//!    `drain() > 0`, which counts only the completions *it* moves into `pending`. Another
+//!    thread may have drained this waiter's completion between its `take` in `Device::wait`
+//!    and the re-check, posted while nobody had the interrupt armed (so no interrupt comes):
+//!    the waiter blocks with its completion already in `pending`, until its wait times out.
+//!    Fix modelled (`seq_check`): the re-check also ends the wait when `Rings::seq` moved
+//!    since the caller last looked.
+//! 3. `as_shipped_waiter_behind_irq_lock`: `SocketTransport::wait_irq_since` holds `irq_lock`
+//!    while it blocks in `poll`. Waiter A may drain B's completion into `pending`, take the
+//!    interrupt meant for B, and block again holding `irq_lock`; B, whose epoch is stale,
+//!    cannot even look at the epoch until A's poll ends: its completion waits for A's timeout
+//!    (up to `IRQ_WAIT`, or the back-off's sleep) or A's own completion.
+//!    `proposed_transport_waiter_not_stuck` checks a transport where one thread polls and the
+//!    others wait on a condition variable that the poller signals after bumping the epoch.
+//!
+//! Findings 2 and 3 cost latency (every real wait is bounded), not correctness.
+//!
+//! Mutants (each must make loom fail): no re-check after arming, the epoch read after the
+//! re-check, every waiter disarming the interrupt on its way out, a wait that ignores the
+//! epoch.
+
+#![cfg_attr(not(loom), allow(dead_code, unused_imports))]
+
+/// Source-order checks of the steps the model mirrors (run by plain `cargo test`).
+#[cfg(not(loom))]
+mod cross_check {
+    /// The body of `fn name` in `src` (to the closing brace at the signature's indentation).
+    fn body<'a>(src: &'a str, name: &str) -> &'a str {
+        let start = src
+            .find(&format!("fn {name}("))
+            .unwrap_or_else(|| panic!("fn {name} not found"));
+        let indent = src[..start].rsplit('\n').next().unwrap_or("").to_string();
+        let rest = &src[start..];
+        let end = rest[1..]
+            .find(&format!("\n{indent}}}\n"))
+            .map_or(rest.len(), |e| e + 2 + indent.len() + 2);
+        &rest[..end]
+    }
+
+    /// Asserts that `steps` occur in `text` in this order.
+    fn in_order(what: &str, text: &str, steps: &[&str]) {
+        let mut at = 0;
+        for s in steps {
+            match text[at..].find(s) {
+                Some(i) => at += i + s.len(),
+                None => panic!(
+                    "{what}: step `{s}` not found after the previous steps; the loom model \
+                     mirrors this sequence: update tests/loom_wait.rs with the change\n{text}"
+                ),
+            }
+        }
+    }
+
+    const DEVICE: &str = include_str!("../src/device.rs");
+    const SOCKET: &str = include_str!("../src/transport/socket.rs");
+    const WAIT: &str = include_str!("../src/wait.rs");
+
+    #[test]
+    fn wait_sequence() {
+        in_order(
+            "Device::wait",
+            body(DEVICE, "wait"),
+            &[
+                "let mut r = self.lock()",
+                "r.drain()",
+                "r.take(tag)",
+                "return Ok(c)",
+                "snooze_or(|d| self.block(d, true))",
+            ],
+        );
+        in_order(
+            "Backoff::snooze_or",
+            body(WAIT, "snooze_or"),
+            &["spin_loop()", "yield_now()", "block("],
+        );
+        in_order(
+            "Rings::drain",
+            body(DEVICE, "drain"),
+            &["self.cq.pop()", "self.pending.get_mut(&c.tag)"],
+        );
+    }
+
+    #[test]
+    fn block_sequence() {
+        let b = body(DEVICE, "block");
+        in_order(
+            "Device::block",
+            b,
+            &[
+                "let mut r = self.lock()",
+                "if r.irq",
+                "return",
+                "self.transport.irq_epoch()",
+                "r.irq_waiters += 1",
+                "r.cq.set_irq(true)",
+                "if r.drain() > 0",
+                "Self::unwait(&mut r)",
+                "return",
+                "epoch",
+                "self.transport.wait_irq_since(epoch, bound)",
+                "Self::unwait(&mut self.lock())",
+            ],
+        );
+        let arm = &b[b.find("r.cq.set_irq(true)").unwrap()..b.find("r.drain()").unwrap()];
+        assert!(
+            !arm.contains("fence"),
+            "Device::block now fences after arming: make `AS_SHIPPED` fence, drop \
+             `as_shipped_one_waiter`'s should_panic (and loom_ring.rs's \
+             `irq_handshake_as_shipped`)"
+        );
+        assert!(
+            !b.contains(".seq"),
+            "Device::block now looks at `Rings::seq`: make `AS_SHIPPED` use `seq_check` and \
+             drop `as_shipped_completion_drained_by_another`'s should_panic"
+        );
+        in_order(
+            "Device::unwait",
+            body(DEVICE, "unwait"),
+            &[
+                "r.irq_waiters -= 1",
+                "if r.irq_waiters == 0 && !r.irq",
+                "r.cq.set_irq(false)",
+            ],
+        );
+    }
+
+    #[test]
+    fn socket_wait_sequence() {
+        let w = body(SOCKET, "wait_irq_since");
+        in_order(
+            "SocketTransport::wait_irq_since",
+            w,
+            &[
+                "self.irq_lock.lock()",
+                "loop",
+                "if self.irq_epoch() != epoch",
+                "return Ok(true)",
+                "rustix::event::poll(",
+                "rustix::io::read(",
+                "self.irq_taken.fetch_add(1",
+            ],
+        );
+        assert!(
+            !w.contains("drop(_g)") && !w.contains("Condvar"),
+            "wait_irq_since no longer holds irq_lock across poll: update `Transport::Shipped` \
+             and `as_shipped_waiter_behind_irq_lock`"
+        );
+        in_order(
+            "SocketTransport::irq_epoch",
+            body(SOCKET, "irq_epoch"),
+            &["self.irq_taken.load("],
+        );
+    }
+}
+
+#[cfg(loom)]
+mod model {
+    use loom::sync::atomic::AtomicU64;
+    use loom::sync::{Condvar, Mutex};
+    use loom::thread;
+    use std::collections::HashMap;
+    use std::sync::atomic::Ordering::SeqCst;
+    // std's `Arc`, not loom's: loom's panics when dropped while a failing model unwinds
+    // (after a deadlock), which aborts the `should_panic` tests.
+    use std::sync::Arc;
+    use vgpu_abi::cmd::Cqe;
+    use vgpu_abi::ring::{CqConsumer, CqProducer};
+    use vgpu_abi::shm::full_fence;
+    use vgpu_abi::shm::model::ModelMem;
+    use vgpu_abi::{Layout, ShmView};
+
+    fn layout() -> Layout {
+        Layout::compute(128 * 1024, 2, 2).unwrap()
+    }
+
+    /// A view of `mem`, which must outlive every use of the view.
+    fn view(mem: &ModelMem) -> ShmView {
+        // SAFETY: `run` keeps `mem` until every model thread has finished (or the model
+        // failed, after which no thread runs again).
+        unsafe { mem.view() }
+    }
+
+    fn cqe(tag: u64) -> Cqe {
+        Cqe {
+            tag,
+            status: 0,
+            result0: tag * 3,
+            ..Cqe::default()
+        }
+    }
+
+    /// Which interrupt wait the transport does.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Transport {
+        /// `SocketTransport::wait_irq_since` as shipped.
+        Shipped,
+        /// The proposed fix: one poller, the others wait for the epoch to change.
+        Proposed,
+    }
+
+    /// The protocol as shipped, or with one change (a fix or a deliberate bug).
+    #[derive(Debug, Clone, Copy)]
+    struct Variant {
+        /// `full_fence()` between arming the interrupt and the re-check (not shipped).
+        arm_fence: bool,
+        /// The re-check also ends the wait when another thread moved a completion into
+        /// `pending` since the caller last looked (`Rings::seq` moved; not shipped).
+        seq_check: bool,
+        transport: Transport,
+        /// Re-check the ring after arming (mutant: false).
+        recheck: bool,
+        /// Read the epoch before the re-check (mutant: after it).
+        epoch_first: bool,
+        /// The interrupt stays armed while any thread waits (mutant: each unwait disarms).
+        count_waiters: bool,
+        /// An interrupt taken since the epoch ends the wait (mutant: false).
+        use_epoch: bool,
+    }
+
+    const AS_SHIPPED: Variant = Variant {
+        arm_fence: false,
+        seq_check: false,
+        transport: Transport::Shipped,
+        recheck: true,
+        epoch_first: true,
+        count_waiters: true,
+        use_epoch: true,
+    };
+
+    /// As shipped, plus the fence of finding 1.
+    const FENCED: Variant = Variant {
+        arm_fence: true,
+        ..AS_SHIPPED
+    };
+
+    /// As shipped, plus the fixes of findings 1 and 2: the base the mutants change.
+    const FIXED: Variant = Variant {
+        arm_fence: true,
+        seq_check: true,
+        ..AS_SHIPPED
+    };
+
+    /// Mirrors `Rings` (the fields the wait uses).
+    struct Rings {
+        cq: CqConsumer,
+        pending: HashMap<u64, Option<Cqe>>,
+        /// Arrival counter of completions (`Rings::seq`).
+        seq: u64,
+        irq_waiters: u32,
+    }
+
+    impl Rings {
+        /// Mirrors `Rings::drain`.
+        fn drain(&mut self) -> usize {
+            let mut n = 0;
+            while let Some(c) = self.cq.pop() {
+                if let Some(slot @ None) = self.pending.get_mut(&c.tag) {
+                    *slot = Some(c);
+                    self.seq += 1;
+                    n += 1;
+                }
+            }
+            n
+        }
+
+        /// Mirrors `Rings::take`.
+        fn take(&mut self, tag: u64) -> Option<Cqe> {
+            match self.pending.get(&tag) {
+                Some(Some(_)) => self.pending.remove(&tag).flatten(),
+                _ => None,
+            }
+        }
+    }
+
+    /// The transport's interrupt side: the eventfd vgpud writes, and the waiters' state.
+    #[derive(Default)]
+    struct Irq {
+        /// The eventfd's counter (vgpud adds, a read takes all).
+        counter: Mutex<u64>,
+        readable: Condvar,
+        /// `SocketTransport::irq_lock`.
+        irq_lock: Mutex<()>,
+        /// `SocketTransport::irq_taken`.
+        irq_taken: AtomicU64,
+        /// Proposed transport: whether a thread is polling the eventfd.
+        poller: Mutex<bool>,
+        epoch_changed: Condvar,
+    }
+
+    impl Irq {
+        /// vgpud's eventfd write (`signal_eventfd`).
+        fn signal(&self) {
+            *self.counter.lock().unwrap() += 1;
+            self.readable.notify_all();
+        }
+
+        /// `poll` for `POLLIN` without a timeout, then `read` (takes the whole count).
+        fn poll_and_read(&self) {
+            let mut c = self.counter.lock().unwrap();
+            while *c == 0 {
+                c = self.readable.wait(c).unwrap();
+            }
+            *c = 0;
+        }
+
+        /// Mirrors `SocketTransport::irq_epoch`.
+        fn irq_epoch(&self) -> u64 {
+            self.irq_taken.load(SeqCst)
+        }
+
+        /// Mirrors `SocketTransport::wait_irq_since` (without its timeout, see the module
+        /// docs), or the proposed variant.
+        fn wait_irq_since(&self, epoch: u64, v: Variant) {
+            match v.transport {
+                Transport::Shipped => {
+                    let _g = self.irq_lock.lock().unwrap();
+                    // "Another waiter took an interrupt meanwhile (perhaps ours)".
+                    if v.use_epoch && self.irq_epoch() != epoch {
+                        return;
+                    }
+                    self.poll_and_read();
+                    self.irq_taken.fetch_add(1, SeqCst);
+                }
+                Transport::Proposed => {
+                    let mut polling = self.poller.lock().unwrap();
+                    loop {
+                        if self.irq_epoch() != epoch {
+                            return;
+                        }
+                        if !*polling {
+                            *polling = true;
+                            drop(polling);
+                            self.poll_and_read();
+                            self.irq_taken.fetch_add(1, SeqCst);
+                            *self.poller.lock().unwrap() = false;
+                            self.epoch_changed.notify_all();
+                            return;
+                        }
+                        polling = self.epoch_changed.wait(polling).unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Mirrors the parts of `Device` the wait uses.
+    struct Device {
+        rings: Mutex<Rings>,
+        irq: Irq,
+    }
+
+    impl Device {
+        /// Mirrors `Device::wait` (a blocking back-off: every snooze blocks).
+        fn wait(&self, tag: u64, v: Variant) -> Cqe {
+            loop {
+                let seen = {
+                    let mut r = self.rings.lock().unwrap();
+                    r.drain();
+                    if let Some(c) = r.take(tag) {
+                        return c;
+                    }
+                    r.seq
+                };
+                self.block(seen, v);
+            }
+        }
+
+        /// Mirrors `Device::block` (interrupts usable, `enable_irq` off). `seen`: `Rings::seq`
+        /// when the caller last looked (used by the `seq_check` fix only).
+        fn block(&self, seen: u64, v: Variant) {
+            let epoch = {
+                let mut r = self.rings.lock().unwrap();
+                let early = v.epoch_first.then(|| self.irq.irq_epoch());
+                r.irq_waiters += 1;
+                r.cq.set_irq(true);
+                if v.arm_fence {
+                    full_fence();
+                }
+                let drained = if v.recheck { r.drain() } else { 0 };
+                if drained > 0 || (v.seq_check && r.seq != seen) {
+                    Self::unwait(&mut r, v);
+                    return;
+                }
+                early.unwrap_or_else(|| self.irq.irq_epoch())
+            };
+            self.irq.wait_irq_since(epoch, v);
+            Self::unwait(&mut self.rings.lock().unwrap(), v);
+        }
+
+        /// Mirrors `Device::unwait`.
+        fn unwait(r: &mut Rings, v: Variant) {
+            r.irq_waiters -= 1;
+            if r.irq_waiters == 0 || !v.count_waiters {
+                r.cq.set_irq(false);
+            }
+        }
+    }
+
+    /// vgpud: `Channel::complete` (push) then `Channel::flush_irq` (fence, flag, signal).
+    fn post(cq: &mut CqProducer, irq: &Irq, tag: u64) {
+        assert!(cq.free().unwrap() > 0);
+        cq.push(&cqe(tag));
+        full_fence();
+        if cq.irq_wanted() {
+            irq.signal();
+        }
+    }
+
+    /// How vgpud orders the completions of the waiters.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Scenario {
+        /// One waiter, one completion.
+        One,
+        /// Two waiters; both completions posted, second waiter's first.
+        TwoIndependent,
+        /// Two waiters; the second one's completion, and the first one's only after the
+        /// second waiter returned (so only its own wake-up can end its wait).
+        TwoDependent,
+    }
+
+    fn run(v: Variant, s: Scenario) {
+        let l = layout();
+        let mem = ModelMem::rings(&l);
+        let waiters: &[u64] = if s == Scenario::One { &[1] } else { &[1, 2] };
+        let dev = Arc::new(Device {
+            rings: Mutex::new(Rings {
+                cq: CqConsumer::new(view(&mem), l),
+                // `Device::start` registered each tag before publishing its entry.
+                pending: waiters.iter().map(|&t| (t, None)).collect(),
+                seq: 0,
+                irq_waiters: 0,
+            }),
+            irq: Irq::default(),
+        });
+        let handles: Vec<_> = waiters
+            .iter()
+            .map(|&tag| {
+                // The ring view inside `dev` points into `mem`, which outlives every thread.
+                let d = dev.clone();
+                thread::spawn(move || assert_eq!(d.wait(tag, v), cqe(tag)))
+            })
+            .collect();
+        let mut cq = CqProducer::new(view(&mem), l);
+        let mut handles = handles.into_iter();
+        match s {
+            Scenario::One => post(&mut cq, &dev.irq, 1),
+            Scenario::TwoIndependent => {
+                post(&mut cq, &dev.irq, 2);
+                post(&mut cq, &dev.irq, 1);
+            }
+            Scenario::TwoDependent => {
+                let first = handles.next().unwrap();
+                post(&mut cq, &dev.irq, 2);
+                handles.next().unwrap().join().unwrap();
+                post(&mut cq, &dev.irq, 1);
+                first.join().unwrap();
+            }
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        let r = dev.rings.lock().unwrap();
+        assert_eq!(r.irq_waiters, 0);
+        assert!(r.pending.is_empty());
+    }
+
+    // ---- what holds -----------------------------------------------------------------------
+
+    #[test]
+    fn one_waiter() {
+        loom::model(|| run(FENCED, Scenario::One));
+    }
+
+    /// The interrupt stays armed while any waiter waits, and an interrupt one waiter takes
+    /// ends the other's stale wait.
+    #[test]
+    fn two_waiters() {
+        loom::model(|| run(FIXED, Scenario::TwoIndependent));
+    }
+
+    /// With the proposed transport, a waiter is woken by its own completion alone.
+    #[test]
+    fn proposed_transport_waiter_not_stuck() {
+        let v = Variant {
+            transport: Transport::Proposed,
+            ..FIXED
+        };
+        loom::model(move || run(v, Scenario::TwoDependent));
+    }
+
+    // ---- findings -------------------------------------------------------------------------
+
+    /// Finding 1 (module docs): the re-check may miss the completion while vgpud misses the
+    /// flag.
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn as_shipped_one_waiter() {
+        loom::model(|| run(AS_SHIPPED, Scenario::One));
+    }
+
+    /// Finding 3 (module docs): a waiter stuck behind another's `irq_lock` until that one's
+    /// poll ends.
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn as_shipped_waiter_behind_irq_lock() {
+        loom::model(|| run(FIXED, Scenario::TwoDependent));
+    }
+
+    /// Finding 2 (module docs): a waiter blocks although another thread already moved its
+    /// completion into `pending`.
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn as_shipped_completion_drained_by_another() {
+        loom::model(|| run(FENCED, Scenario::TwoIndependent));
+    }
+
+    // ---- mutants --------------------------------------------------------------------------
+
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn mutant_no_recheck_after_arming() {
+        let v = Variant {
+            recheck: false,
+            ..FIXED
+        };
+        loom::model(move || run(v, Scenario::One));
+    }
+
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn mutant_epoch_read_after_recheck() {
+        let v = Variant {
+            epoch_first: false,
+            ..FIXED
+        };
+        loom::model(move || run(v, Scenario::TwoIndependent));
+    }
+
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn mutant_any_waiter_disarms() {
+        let v = Variant {
+            count_waiters: false,
+            ..FIXED
+        };
+        loom::model(move || run(v, Scenario::TwoIndependent));
+    }
+
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn mutant_wait_ignores_epoch() {
+        let v = Variant {
+            use_epoch: false,
+            ..FIXED
+        };
+        loom::model(move || run(v, Scenario::TwoIndependent));
+    }
+}
