@@ -576,9 +576,12 @@ impl Command {
                 if l.params_len as usize > MAX_INLINE_PARAMS {
                     return Err(Status::InvalidArgument);
                 }
+                // Three u32 dimensions multiply to at most 2^96: in u128 the product cannot wrap
+                // (in u64, [2^31, 2^31, 4] wrapped to 0 and passed; found by `cargo xtask fuzz`).
+                let threads: u128 = l.block.iter().map(|&d| d as u128).product();
                 if l.grid.iter().any(|&d| d == 0 || d > MAX_GRID_DIM)
                     || l.block.contains(&0)
-                    || l.block.iter().map(|&d| d as u64).product::<u64>() > MAX_BLOCK_THREADS
+                    || threads > MAX_BLOCK_THREADS as u128
                 {
                     return Err(Status::InvalidArgument);
                 }
@@ -1053,6 +1056,10 @@ mod tests {
         l.block = [1024, 2, 1];
         s = Command::Launch(l).encode(0, 1);
         assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
+        // 2^31 · 2^31 · 4 = 2^64: a u64 product wraps to 0 (found by the cmd_decode fuzzer).
+        l.block = [1 << 31, 1 << 31, 4];
+        s = Command::Launch(l).encode(0, 1);
+        assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
         s = Command::Nop.encode(0, 1);
         s.flags = 4;
         assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
@@ -1195,7 +1202,7 @@ mod tests {
                     }
                     Command::Launch(l) => {
                         prop_assert!(l.params().len() <= MAX_INLINE_PARAMS);
-                        prop_assert!(l.block.iter().map(|&b| b as u64).product::<u64>() <= MAX_BLOCK_THREADS);
+                        prop_assert!(l.block.iter().map(|&b| b as u128).product::<u128>() <= MAX_BLOCK_THREADS as u128);
                     }
                     Command::Memset { len, width, .. } => prop_assert_eq!(len % width as u64, 0),
                     Command::ModuleLoad { staging_offset, len } => {

@@ -19,13 +19,13 @@
 //! | no doorbell skipped while the host is about to sleep | a lost doorbell leaves the host asleep: loom reports the deadlock | no re-check after clearing the polling flag (`mutant_no_recheck_before_sleep`), no fences (`mutant_no_fences`) |
 //! | no completion interrupt lost | a lost interrupt leaves the guest asleep: deadlock | no fences (`mutant_irq_no_fences`) |
 //!
-//! One finding: the guest arms the completion interrupt with `CqConsumer::set_irq(true)` (a
-//! `SeqCst` read-modify-write) and re-checks the tail with an acquire load, with no fence
+//! One finding, fixed: the guest armed the completion interrupt with `CqConsumer::set_irq(true)`
+//! (a `SeqCst` read-modify-write) and re-checked the tail with an acquire load, with no fence
 //! between. C++20/Rust atomics do not order that load after the flag store (only a `SeqCst`
 //! fence or `SeqCst` accesses on both sides would), so host and guest may each miss the
-//! other's write: `irq_handshake_as_shipped` shows the lost interrupt. x86's locked RMW and
-//! ARMv8's `ldsetal` happen to act as full barriers, which is why it does not show up in
-//! practice; a `full_fence()` after arming closes it (`irq_handshake_with_fence`).
+//! other's write: `irq_handshake_unfenced` shows the lost interrupt. x86's locked RMW and
+//! ARMv8's `ldsetal` happen to act as full barriers, which is why it did not show up in
+//! practice; `Device::block` now fences after arming (`irq_handshake_with_fence`).
 
 #![cfg_attr(not(loom), allow(dead_code, unused_imports))]
 
@@ -148,10 +148,9 @@ mod cross_check {
         );
         let arm = &b[b.find("r.cq.set_irq(true)").unwrap()..b.find("r.drain()").unwrap()];
         assert!(
-            !arm.contains("fence"),
-            "Device::block now fences after arming the interrupt: switch \
-             `irq_handshake_as_shipped` (here) and `AS_SHIPPED` (loom_wait.rs) to the fenced \
-             variant and drop their `should_panic`"
+            arm.contains("full_fence()"),
+            "Device::block no longer fences after arming the interrupt: \
+             `irq_handshake_with_fence` is no longer the shipped handshake"
         );
     }
 
@@ -504,13 +503,12 @@ mod model {
         check(Weakening::default(), || irq_model(true));
     }
 
-    /// FINDING (see the module docs): as shipped, the guest's re-check is not ordered after
-    /// its flag store in the language's memory model, and loom finds the lost interrupt.
-    /// When `Device::block` fences after arming, `cross_check::guest_arm_sequence` says so:
-    /// then drop this test (the fenced one above is the shipped one).
+    /// FINDING (see the module docs, fixed): without the fence after arming, the guest's
+    /// re-check is not ordered after its flag store in the language's memory model, and loom
+    /// finds the lost interrupt. The shipped `Device::block` fences (`irq_handshake_with_fence`).
     #[test]
     #[should_panic(expected = "deadlock")]
-    fn irq_handshake_as_shipped() {
+    fn irq_handshake_unfenced() {
         check(Weakening::default(), || irq_model(false));
     }
 

@@ -390,7 +390,7 @@ impl Device {
         let t0 = Instant::now();
         let mut polls = 0u32;
         loop {
-            {
+            let seen = {
                 let mut r = self.lock();
                 r.drain();
                 if let Some((_, c)) = r.take(tag) {
@@ -418,8 +418,9 @@ impl Device {
                     r.pending.remove(&tag);
                     return Err(e);
                 }
-            }
-            backoff.snooze_or(|d| self.block(d, true));
+                r.seq
+            };
+            backoff.snooze_or(|d| self.block(d, true, seen));
         }
     }
 
@@ -502,9 +503,11 @@ impl Device {
         loop {
             let mut ring = false;
             let mut progress = false;
+            let seen;
             {
                 let mut r = self.lock();
                 r.drain();
+                seen = r.seq;
                 // Collect what has arrived, in arrival order.
                 let mut got: Vec<(u64, Cqe)> = Vec::new();
                 waiting.retain(|&t| match r.take(t) {
@@ -567,7 +570,7 @@ impl Device {
             } else {
                 // While entries still wait for ring space, look again after `d`: space frees as
                 // vgpud takes entries, which raises no interrupt.
-                backoff.snooze_or(|d| self.block(d, pushed == n));
+                backoff.snooze_or(|d| self.block(d, pushed == n, seen));
             }
         }
     }
@@ -993,7 +996,7 @@ impl Device {
     /// waits: on an H200 host, one long wait made 64 MiB copies 2–3% slower, probably as the
     /// CPU went deeper idle; see BENCHMARKS.md.) A caller that asked for interrupts itself
     /// ([`Device::enable_irq`]) keeps them: this then only sleeps.
-    fn block(&self, d: Duration, only_completions: bool) {
+    fn block(&self, d: Duration, only_completions: bool, seen: u64) {
         if !self.irq_usable.load(Ordering::Relaxed) {
             std::thread::sleep(d);
             return;
@@ -1010,10 +1013,14 @@ impl Device {
             // (perhaps for our completion) ends our wait at once.
             let epoch = self.transport.irq_epoch();
             // Arm, then look again: a completion posted before the host saw the flag raised no
-            // interrupt (the RMW in `set_irq` orders the flag before the re-check).
+            // interrupt. The fence orders the flag before the re-check's load (the RMW alone
+            // does not in the language's memory model; `tests/loom_wait.rs`). A completion that
+            // another thread moved into `pending` since the caller looked (`seq` moved) raised
+            // no interrupt for us either.
             r.irq_waiters += 1;
             r.cq.set_irq(true);
-            if r.drain() > 0 {
+            vgpu_abi::shm::full_fence();
+            if r.drain() > 0 || r.seq != seen {
                 Self::unwait(&mut r);
                 return;
             }

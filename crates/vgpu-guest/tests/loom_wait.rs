@@ -21,17 +21,16 @@
 //!
 //! Property: a waiter whose completion was published either sees it or is woken.
 //!
-//! Findings (each a test that must panic until the code changes; `cross_check` says when):
-//! 1. `as_shipped_one_waiter`: no fence between arming the interrupt (`set_irq(true)`, a
-//!    `SeqCst` RMW) and the re-check (an acquire load of the tail): the same gap as
-//!    tests/loom_ring.rs `irq_handshake_as_shipped`. The other models add the fence.
-//! 2. `as_shipped_completion_drained_by_another`: `Device::block` re-checks with
-//!    `drain() > 0`, which counts only the completions *it* moves into `pending`. Another
-//!    thread may have drained this waiter's completion between its `take` in `Device::wait`
-//!    and the re-check, posted while nobody had the interrupt armed (so no interrupt comes):
-//!    the waiter blocks with its completion already in `pending`, until its wait times out.
-//!    Fix modelled (`seq_check`): the re-check also ends the wait when `Rings::seq` moved
-//!    since the caller last looked.
+//! Findings (`cross_check` says when the code changes):
+//! 1. Fixed: there was no fence between arming the interrupt (`set_irq(true)`, a `SeqCst`
+//!    RMW) and the re-check (an acquire load of the tail): the same gap as tests/loom_ring.rs
+//!    `irq_handshake_unfenced`. `unfenced_one_waiter` keeps showing it; the shipped wait fences.
+//! 2. Fixed: `Device::block` re-checked with `drain() > 0`, which counts only the completions
+//!    *it* moves into `pending`. Another thread may have drained this waiter's completion
+//!    between its `take` in `Device::wait` and the re-check, posted while nobody had the
+//!    interrupt armed (so no interrupt comes): the waiter blocked with its completion already in
+//!    `pending` until its wait timed out (`without_seq_check_completion_drained_by_another`).
+//!    The shipped re-check also ends the wait when `Rings::seq` moved since the caller looked.
 //! 3. `as_shipped_waiter_behind_irq_lock`: `SocketTransport::wait_irq_since` holds `irq_lock`
 //!    while it blocks in `poll`. Waiter A may drain B's completion into `pending`, take the
 //!    interrupt meant for B, and block again holding `irq_lock`; B, whose epoch is stale,
@@ -92,7 +91,8 @@ mod cross_check {
                 "r.drain()",
                 "r.take(tag)",
                 "return Ok(c)",
-                "snooze_or(|d| self.block(d, true))",
+                "r.seq",
+                "snooze_or(|d| self.block(d, true, seen))",
             ],
         );
         in_order(
@@ -130,15 +130,12 @@ mod cross_check {
         );
         let arm = &b[b.find("r.cq.set_irq(true)").unwrap()..b.find("r.drain()").unwrap()];
         assert!(
-            !arm.contains("fence"),
-            "Device::block now fences after arming: make `AS_SHIPPED` fence, drop \
-             `as_shipped_one_waiter`'s should_panic (and loom_ring.rs's \
-             `irq_handshake_as_shipped`)"
+            arm.contains("full_fence()"),
+            "Device::block no longer fences after arming: `AS_SHIPPED` models that fence"
         );
         assert!(
-            !b.contains(".seq"),
-            "Device::block now looks at `Rings::seq`: make `AS_SHIPPED` use `seq_check` and \
-             drop `as_shipped_completion_drained_by_another`'s should_panic"
+            b.contains("r.seq != seen"),
+            "Device::block no longer looks at `Rings::seq`: `AS_SHIPPED` models that check"
         );
         in_order(
             "Device::unwait",
@@ -244,9 +241,11 @@ mod model {
         use_epoch: bool,
     }
 
+    /// Findings 1 and 2 were fixed in the shipped code: it fences after arming and looks at
+    /// `Rings::seq`.
     const AS_SHIPPED: Variant = Variant {
-        arm_fence: false,
-        seq_check: false,
+        arm_fence: true,
+        seq_check: true,
         transport: Transport::Shipped,
         recheck: true,
         epoch_first: true,
@@ -254,18 +253,21 @@ mod model {
         use_epoch: true,
     };
 
-    /// As shipped, plus the fence of finding 1.
-    const FENCED: Variant = Variant {
-        arm_fence: true,
+    /// Before the fixes: no fence after arming (finding 1), no `seq` check (finding 2).
+    const UNFENCED: Variant = Variant {
+        arm_fence: false,
+        seq_check: false,
         ..AS_SHIPPED
     };
 
-    /// As shipped, plus the fixes of findings 1 and 2: the base the mutants change.
-    const FIXED: Variant = Variant {
-        arm_fence: true,
-        seq_check: true,
+    /// The fence of finding 1 without the `seq` check of finding 2.
+    const FENCED: Variant = Variant {
+        seq_check: false,
         ..AS_SHIPPED
     };
+
+    /// With the fixes of findings 1 and 2 (as shipped now): the base the mutants change.
+    const FIXED: Variant = AS_SHIPPED;
 
     /// Mirrors `Rings` (the fields the wait uses).
     struct Rings {
@@ -517,10 +519,16 @@ mod model {
 
     // ---- findings -------------------------------------------------------------------------
 
-    /// Finding 1 (module docs): the re-check may miss the completion while vgpud misses the
-    /// flag.
+    /// Finding 1 (module docs, fixed): without the fence the re-check may miss the completion
+    /// while vgpud misses the flag.
     #[test]
     #[should_panic(expected = "deadlock")]
+    fn unfenced_one_waiter() {
+        loom::model(|| run(UNFENCED, Scenario::One));
+    }
+
+    /// The shipped wait, one waiter: no lost interrupt.
+    #[test]
     fn as_shipped_one_waiter() {
         loom::model(|| run(AS_SHIPPED, Scenario::One));
     }
@@ -533,11 +541,11 @@ mod model {
         loom::model(|| run(FIXED, Scenario::TwoDependent));
     }
 
-    /// Finding 2 (module docs): a waiter blocks although another thread already moved its
-    /// completion into `pending`.
+    /// Finding 2 (module docs, fixed): without the `seq` check a waiter blocks although
+    /// another thread already moved its completion into `pending`.
     #[test]
     #[should_panic(expected = "deadlock")]
-    fn as_shipped_completion_drained_by_another() {
+    fn without_seq_check_completion_drained_by_another() {
         loom::model(|| run(FENCED, Scenario::TwoIndependent));
     }
 
