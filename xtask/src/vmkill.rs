@@ -37,7 +37,10 @@ fn wait_for_line(child: &mut Child, log: &Path, pattern: &str, timeout: Duration
             return Ok(());
         }
         if let Some(st) = child.try_wait()? {
-            bail!("QEMU exited ({st}) before {pattern:?}:\n{}", tail_file(log, 30));
+            bail!(
+                "QEMU exited ({st}) before {pattern:?}:\n{}",
+                tail_file(log, 30)
+            );
         }
         if t0.elapsed() > timeout {
             bail!("no {pattern:?} within {timeout:?}:\n{}", tail_file(log, 30));
@@ -167,7 +170,9 @@ pub fn run(vm: &VmOpts) -> Result<()> {
                 freed.as_secs_f64() * 1000.0
             ));
             boot_selftest(&spec(&format!("reboot-{mode}"), "selftest"))?;
-            step(&format!("{mode}: the same socket served the next boot (selftest PASS)"));
+            step(&format!(
+                "{mode}: the same socket served the next boot (selftest PASS)"
+            ));
         }
         Ok(())
     })();
@@ -176,7 +181,11 @@ pub fn run(vm: &VmOpts) -> Result<()> {
         .join()
         .map_err(|_| anyhow!("bystander thread panicked"))?;
     if let Err(e) = result.and(by) {
-        bail!("{e:#}\nvgpud log {}:\n{}", log.display(), tail_file(&log, 30));
+        bail!(
+            "{e:#}\nvgpud log {}:\n{}",
+            log.display(),
+            tail_file(&log, 30)
+        );
     }
     step(&format!(
         "bystander: {} self-tests passed throughout",

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 
 /// Longest path a UNIX socket address holds (`sun_path` is 108 bytes with its NUL).
+#[cfg(test)]
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Errors of this module; each names the config key or the path concerned.
@@ -231,52 +232,26 @@ pub fn apply(
 /// Binds a listening UNIX stream socket at `path` with `perms` (replacing a stale socket
 /// there: callers check first that nobody listens on it; anything but a socket is refused).
 ///
-/// No window: the socket is bound under a temporary name in the same directory, given its
-/// owner, group and mode, only then put in the listening state, and finally renamed to `path`
-/// (rename keeps the inode, so the listening socket moves with it and a stale socket is
-/// replaced atomically). A peer can connect only to a listening socket, and by then the file
-/// already has its configured permissions; `path` itself appears only when it can be served.
-/// This was preferred over a restrictive umask, which is process-wide and would race with
-/// other threads creating files. Where the temporary name would not fit in a socket address,
-/// the socket is bound at `path` directly and its permissions set before `listen` (still no
-/// window: connecting to a socket that does not listen is refused).
+/// No window: the socket is bound at `path`, given its owner, group and mode, and only then
+/// put in the listening state; connecting to a socket that does not listen is refused, so no
+/// peer ever reaches it with other permissions. It is bound at its own name (not renamed into
+/// place) so that `/proc/net/unix`, `ss -x` and readiness checks see the path that is served.
+/// A restrictive umask would do the same but is process-wide and would race with other threads
+/// creating files.
 pub fn bind_listener(path: &Path, perms: &SocketPerms) -> Result<UnixListener, AccessError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(AccessError::NotASocket(path.to_owned()));
         }
+        remove(path)?;
     }
-    let tmp = temp_name(path);
-    let at = match &tmp {
-        Some(t) => {
-            if let Ok(meta) = std::fs::symlink_metadata(t) {
-                if !meta.file_type().is_socket() {
-                    return Err(AccessError::NotASocket(t.clone()));
-                }
-                remove(t)?;
-            }
-            t.as_path()
-        }
-        None => {
-            if std::fs::symlink_metadata(path).is_ok() {
-                remove(path)?;
-            }
-            path
-        }
-    };
-    let fd = bind_unlistened(at)?;
+    let fd = bind_unlistened(path)?;
     let finish = || -> Result<(), AccessError> {
-        perms.apply_to(at)?;
-        rustix::net::listen(&fd, 128).map_err(|e| AccessError::io("listen on", at, e.into()))?;
-        if tmp.is_some() {
-            std::fs::rename(at, path).map_err(|e| {
-                AccessError::io(format!("rename from {} to", at.display()), path, e)
-            })?;
-        }
-        Ok(())
+        perms.apply_to(path)?;
+        rustix::net::listen(&fd, 128).map_err(|e| AccessError::io("listen on", path, e.into()))
     };
     if let Err(e) = finish() {
-        let _ = std::fs::remove_file(at);
+        let _ = std::fs::remove_file(path);
         return Err(e);
     }
     Ok(UnixListener::from(fd))
@@ -287,16 +262,6 @@ fn remove(p: &Path) -> Result<(), AccessError> {
 }
 
 /// `dir/.name.PID-N` (or the shorter `dir/.vgpudPID-N`) where that fits in a socket address.
-fn temp_name(path: &Path) -> Option<PathBuf> {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let name = path.file_name()?.to_str()?;
-    let pid = std::process::id();
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    [format!(".{name}.{pid}-{n}"), format!(".vgpud{pid}-{n}")]
-        .into_iter()
-        .map(|n| path.with_file_name(n))
-        .find(|t| t.as_os_str().len() <= MAX_SOCKET_PATH)
-}
 
 fn bind_unlistened(path: &Path) -> Result<OwnedFd, AccessError> {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -700,13 +665,12 @@ mod tests {
     #[test]
     fn long_paths_bind_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        // A path of the longest length whose name is too short for any temporary name to fit.
+        // A path of the longest length a socket address takes.
         let k = MAX_SOCKET_PATH - dir.path().as_os_str().len() - "/".len() - "/n.sk".len();
         let sub = dir.path().join("d".repeat(k));
         std::fs::create_dir(&sub).unwrap();
         let path = sub.join("n.sk");
         assert_eq!(path.as_os_str().len(), MAX_SOCKET_PATH);
-        assert_eq!(temp_name(&path), None);
         let _l = bind_listener(&path, &SocketPerms::default()).unwrap();
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o600);

@@ -141,7 +141,6 @@ impl Channel {
         self.doorbell.as_fd()
     }
 
-
     /// Whether the VM is fenced.
     pub fn is_fenced(&self) -> bool {
         self.fenced

@@ -200,7 +200,9 @@ impl<'de> Deserialize<'de> for FileMode {
         let v = match Raw::deserialize(d)? {
             Raw::Int(v) => v,
             Raw::Str(s) => u32::from_str_radix(s.trim(), 8).map_err(|_| {
-                serde::de::Error::custom(format!("invalid mode {s:?}: expected octal, e.g. \"0660\""))
+                serde::de::Error::custom(format!(
+                    "invalid mode {s:?}: expected octal, e.g. \"0660\""
+                ))
             })?,
         };
         if v > 0o777 {

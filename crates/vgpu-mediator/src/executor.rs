@@ -44,7 +44,7 @@ const TIMER_KEY: u64 = u64::MAX - 1;
 /// How often, at most, the executor compares pending work with the kernel time limits.
 const LIMIT_CHECK_EVERY: Duration = Duration::from_millis(1);
 /// Resets of a VM whose context is a process come at most this often.
-const RESET_MIN_INTERVAL: Duration = Duration::from_millis(20);
+const RESET_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the executor looks whether a context being created is ready.
 const START_RECHECK: Duration = Duration::from_millis(1);
 /// How often the executor looks again at a VM whose SQ waits on its full CQ.
@@ -424,13 +424,9 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
     /// interval (see [`Executor::reset_ready`]; one that waits for device work is woken by it).
     fn resets_waiting(&self) -> bool {
         self.backend.destroy_stops_work()
-            && self
-                .slots
-            .iter()
-            .enumerate()
-                .any(|(vm, s)| {
-                    s.as_ref().is_some_and(|s| s.ch.reset_requested()) && !self.reset_ready(vm)
-                })
+            && self.slots.iter().enumerate().any(|(vm, s)| {
+                s.as_ref().is_some_and(|s| s.ch.reset_requested()) && !self.reset_ready(vm)
+            })
     }
 
     /// Whether any VM's context is still being created.

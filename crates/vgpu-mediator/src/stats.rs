@@ -57,7 +57,10 @@ pub struct VmStats {
 impl VmStats {
     /// Counts one occurrence of a throttled log line of this VM; `Some(n)`: log it now, for
     /// `n` occurrences.
-    pub fn log_hit(&self, pick: impl FnOnce(&mut crate::throttle::VmLog) -> &mut crate::throttle::Throttle) -> Option<u64> {
+    pub fn log_hit(
+        &self,
+        pick: impl FnOnce(&mut crate::throttle::VmLog) -> &mut crate::throttle::Throttle,
+    ) -> Option<u64> {
         let mut l = self.log.lock().unwrap_or_else(|e| e.into_inner());
         pick(&mut l).hit()
     }

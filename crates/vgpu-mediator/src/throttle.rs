@@ -39,7 +39,10 @@ impl Throttle {
 
     fn hit_at(&mut self, now: Instant) -> Option<u64> {
         self.pending += 1;
-        if self.last.is_some_and(|t| now.duration_since(t) < self.interval) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.interval)
+        {
             return None;
         }
         self.last = Some(now);

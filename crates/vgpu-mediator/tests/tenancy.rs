@@ -14,6 +14,14 @@ use vgpu_abi::{DeviceStatus, Status};
 use vgpu_guest::{Device, Error};
 use zerocopy::IntoBytes;
 
+/// The tests of this file run one at a time: two of them measure a neighbour's latency, which
+/// a concurrent test on the same small machine would disturb.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn busy_body(us: u32) -> LaunchBody {
     let p = BusyParams {
         duration_us: us,
@@ -41,13 +49,16 @@ fn neighbour_round_trips(dev: &Device, buf: u64, n: usize) -> Vec<Duration> {
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// A VM whose kernel never ends is stopped by the kernel time limit with a clear status, again
 /// and again, while a neighbour on the same device keeps its latency.
 #[test]
 fn kernel_time_limit_stops_a_runaway_and_spares_the_neighbour() {
+    let _serial = serial();
     let limit = Duration::from_millis(300);
     // Two execution slots: like a GPU, the device runs another context's work next to a long
     // kernel (a one-slot device is strictly serial: there the limit is all that bounds the
@@ -87,7 +98,10 @@ fn kernel_time_limit_stops_a_runaway_and_spares_the_neighbour() {
             assert_eq!(info.last_error, Status::KernelTimeout as u32);
             // Until it resets, its context is gone.
             dev.nop().unwrap();
-            assert_eq!(dev.alloc(16).unwrap_err().status(), Some(Status::ContextLost));
+            assert_eq!(
+                dev.alloc(16).unwrap_err().status(),
+                Some(Status::ContextLost)
+            );
             dev.reset().unwrap();
             timeouts2.fetch_add(1, Ordering::Relaxed);
         }
@@ -142,6 +156,7 @@ fn child_client() {
 /// same socket serves the next client, and a neighbour's results stay bit-exact throughout.
 #[test]
 fn killed_client_is_freed_and_its_socket_serves_the_next() {
+    let _serial = serial();
     let mut big = Vm::new("victim", 1);
     big.shm = 16 << 20;
     let d = start_with(&[big, Vm::new("bystander", 2)], "max_kernel_us = 5000000");
@@ -176,7 +191,10 @@ fn killed_client_is_freed_and_its_socket_serves_the_next() {
         };
         let t0 = Instant::now();
         while !busy(&d.vm_stats("victim")) {
-            assert!(t0.elapsed() < Duration::from_secs(20), "{mode}: the child never got going");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{mode}: the child never got going"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         if mode == "kernel" {
@@ -190,13 +208,20 @@ fn killed_client_is_freed_and_its_socket_serves_the_next() {
             if s["connected"] == false && s["mem_used"] == 0 && s["queued"] == 0 {
                 break;
             }
-            assert!(killed.elapsed() < Duration::from_secs(1), "{mode}: not freed in 1 s: {s}");
+            assert!(
+                killed.elapsed() < Duration::from_secs(1),
+                "{mode}: not freed in 1 s: {s}"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         let freed = killed.elapsed();
         // fds come back as the last references go (the executor's and the transport's).
         while open_fds(pid) > fds0 {
-            assert!(killed.elapsed() < Duration::from_secs(1), "{mode}: fds {} > {fds0}", open_fds(pid));
+            assert!(
+                killed.elapsed() < Duration::from_secs(1),
+                "{mode}: fds {} > {fds0}",
+                open_fds(pid)
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         eprintln!("{mode}: freed {freed:?} after SIGKILL");
@@ -215,6 +240,7 @@ fn killed_client_is_freed_and_its_socket_serves_the_next() {
 /// can tell the guest: it gets its timeout error instead of hanging.
 #[test]
 fn a_guest_learns_that_vgpud_went_away() {
+    let _serial = serial();
     let d = start_with(&[Vm::new("g", 1)], "max_kernel_us = 5000000");
     let mut dev = Device::connect(&d.socket("g")).unwrap();
     dev.set_timeout(Duration::from_secs(30));
@@ -262,6 +288,7 @@ fn child_connect() {
 /// `socket_mode` (default 0600): libvirt's QEMU user, or a container's, gets exactly its VM.
 #[test]
 fn vm_sockets_have_the_configured_owner_group_and_mode() {
+    let _serial = serial();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::os::unix::process::CommandExt;
     let mut shared = Vm::new("shared", 1);
@@ -299,7 +326,57 @@ fn vm_sockets_have_the_configured_owner_group_and_mode() {
         }
         cmd.status().unwrap().code().unwrap()
     };
-    assert_eq!(try_as(65534, 65534, "shared"), 13, "not in the group: refused");
+    assert_eq!(
+        try_as(65534, 65534, "shared"),
+        13,
+        "not in the group: refused"
+    );
     assert_eq!(try_as(65534, 4242, "shared"), 0, "in the group: connects");
     assert_eq!(try_as(65534, 4242, "private"), 13, "0600: only the owner");
+}
+
+/// A VM that resets in a loop, each reset a new worker process (`fault_isolation =
+/// "process"`), does not stall a neighbour on the same device: workers start without the
+/// executor waiting for them, and resets come at most every 100 ms.
+#[test]
+fn a_reset_storm_does_not_stall_the_neighbour() {
+    let _serial = serial();
+    let d = start_with(
+        &[Vm::new("storm", 1), Vm::new("victim", 2)],
+        "fault_isolation = \"process\"\ncpu_slots = 2",
+    );
+    let victim = Device::connect(&d.socket("victim")).unwrap();
+    let buf = victim.alloc(4096).unwrap();
+    neighbour_round_trips(&victim, buf, 200);
+    let alone = p99(neighbour_round_trips(&victim, buf, 2000));
+    let stop = Arc::new(AtomicBool::new(false));
+    let resets = Arc::new(AtomicU64::new(0));
+    let (stop2, resets2, sock) = (stop.clone(), resets.clone(), d.socket("storm"));
+    let storm = std::thread::spawn(move || {
+        let dev = Device::connect(&sock).unwrap();
+        dev.set_eager_wait(false);
+        while !stop2.load(Ordering::Relaxed) {
+            dev.reset().unwrap();
+            // The new context serves once its worker is up.
+            dev.alloc(64).unwrap();
+            resets2.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    let mut under = Vec::new();
+    while t0.elapsed() < Duration::from_secs(3) {
+        under.extend(neighbour_round_trips(&victim, buf, 200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    storm.join().unwrap();
+    let contended = p99(under);
+    let n = resets.load(Ordering::Relaxed);
+    eprintln!("neighbour p99 alone {alone:?}, during {n} resets (a worker each): {contended:?}");
+    assert!(n >= 10, "only {n} resets in 3 s");
+    let bound = 2 * alone.max(Duration::from_micros(500));
+    assert!(
+        contended < bound,
+        "neighbour p99 {contended:?} vs alone {alone:?}"
+    );
 }

@@ -41,6 +41,14 @@ pub enum TransportError {
         /// Path.
         path: std::path::PathBuf,
     },
+    /// The socket's owner, group or mode could not be applied.
+    #[error("vm {vm:?}: {source}")]
+    Access {
+        /// VM name.
+        vm: String,
+        /// Cause.
+        source: crate::access::AccessError,
+    },
     /// A system call failed.
     #[error("{context}: {source}")]
     Io {

@@ -2,7 +2,9 @@
 //! up, and notices when it leaves.
 
 use super::{send_setup, SharedRegion, TransportError};
+use crate::access::{bind_listener, SocketPerms};
 use crate::config::VmConfig;
+use crate::throttle::Throttle;
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use rustix::fd::{AsFd, OwnedFd};
 use std::io::{ErrorKind, Read};
@@ -11,7 +13,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
-use crate::throttle::Throttle;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -90,8 +91,18 @@ fn bind(vm: &VmConfig) -> Result<UnixListener, TransportError> {
             TransportError::io(format!("removing stale socket {}", path.display()), e)
         })?;
     }
-    let l = UnixListener::bind(path).map_err(|e| {
-        TransportError::io(format!("vm {:?}: binding {}", vm.name, path.display()), e)
+    // The socket is the VM's identity: only the configured owner / group may connect
+    // (default mode 0600), and it is never reachable before it has those permissions.
+    let l = SocketPerms::resolve(
+        vm.socket_owner.as_ref(),
+        vm.socket_group.as_ref(),
+        vm.socket_mode,
+        "socket",
+    )
+    .and_then(|p| bind_listener(path, &p))
+    .map_err(|source| TransportError::Access {
+        vm: vm.name.clone(),
+        source,
     })?;
     l.set_nonblocking(true)
         .map_err(|e| TransportError::io("set_nonblocking", e))?;

@@ -44,14 +44,14 @@ use super::{
     kernel_name, Backend, BackendError, ContextParams, DeviceInfo, Issued, Retired, Staging,
     StreamOp, Token, VmKey,
 };
+use crate::throttle::{Throttle, GUEST_LOG_INTERVAL};
 use cudarc::driver::sys::{
     CUcontext, CUdevice, CUdevice_attribute, CUevent, CUfunction, CUmodule, CUresult, CUstream,
 };
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::time::Duration;
-use crate::throttle::{Throttle, GUEST_LOG_INTERVAL};
 use std::sync::Mutex;
+use std::time::Duration;
 use tracing::{debug, warn};
 use vgpu_abi::cmd::{Builtin, LaunchBody, BUILTIN_FUNC_FLAG, MAX_STREAMS};
 use vgpu_abi::regs::{BACKEND_CUDA, CAP_MODULES};

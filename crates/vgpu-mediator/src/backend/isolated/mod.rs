@@ -141,7 +141,9 @@ impl IsolatedBackend {
         // it waits for the start here rather than reach a worker without a context.
         if self.workers.get(&vm).is_some_and(|w| w.starting.is_some()) {
             let w = self.workers.get_mut(&vm).ok_or(Status::Internal)?;
-            let ready = w.link.wait(proto::READY_TAG, START_TIMEOUT, &mut self.reaper);
+            let ready = w
+                .link
+                .wait(proto::READY_TAG, START_TIMEOUT, &mut self.reaper);
             match ready.as_ref().map(outcome) {
                 Ok(Ok(_)) => w.starting = None,
                 _ => return Err(Status::ContextUnavailable),
