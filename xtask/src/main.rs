@@ -2,7 +2,8 @@
 //!
 //! - `deps`: install the host tools the VM tests need (QEMU, busybox-static, cpio).
 //! - `demo`: build everything, start vgpud, boot two VMs under QEMU and check what they saw.
-//! - `test`: `cargo test --workspace --all-targets`, then the VM end-to-end test.
+//! - `test`: `cargo test --workspace --all-targets`, the loom models, the VM end-to-end and kill tests.
+//! - `vm-kill`: SIGKILL a VM's QEMU mid-copy and mid-kernel; vgpud must free it within 1 s.
 //! - `bench`: build and run `vgpu-bench`.
 //! - `vm-smoke`: boot the guest kernel with a busybox-only initramfs (no vgpud needed).
 //! - `gpu-check`: prepare (and where a GPU is usable, run) the GPU-host suite folder.

@@ -1,9 +1,9 @@
 //! `cargo xtask test`: the workspace's cargo tests, the loom model checks, then the VM
-//! end-to-end test (the demo).
+//! end-to-end test (the demo) and the VM kill test.
 
 use std::process::{Command, ExitCode};
 
-use crate::{demo, paths, VmOpts};
+use crate::{demo, paths, vmkill, VmOpts};
 
 pub fn main(no_vm: bool, vm: &VmOpts) -> ExitCode {
     let mut results: Vec<(&str, bool)> = Vec::new();
@@ -23,7 +23,7 @@ pub fn main(no_vm: bool, vm: &VmOpts) -> ExitCode {
     results.push(("loom models", loom()));
 
     if no_vm {
-        println!("xtask test: stage `vm e2e` skipped (--no-vm)");
+        println!("xtask test: stages `vm e2e` and `vm kill` skipped (--no-vm)");
     } else {
         println!("xtask test: stage `vm e2e`: two VMs under QEMU against vgpud");
         let ok = match demo::run(vm) {
@@ -37,6 +37,15 @@ pub fn main(no_vm: bool, vm: &VmOpts) -> ExitCode {
             }
         };
         results.push(("vm e2e", ok));
+        println!("xtask test: stage `vm kill`: QEMU SIGKILLed mid-copy and mid-kernel");
+        let ok = match vmkill::run(vm) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("vm-kill: FAILED: {e:#}");
+                false
+            }
+        };
+        results.push(("vm kill", ok));
     }
 
     for (name, ok) in &results {
