@@ -3,7 +3,8 @@
 # That host has no Rust toolchain, no QEMU and no network: everything it needs is in this folder.
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
-#   stages, in order: env, conformance, bench, breakdown, sched, multigpu (two GPUs), vm
+#   stages, in order: env, conformance, bench, breakdown, sched, multigpu (two GPUs), vm,
+#   tenancy, soak (10 minutes: run it on its own, `--only soak`)
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
 # the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
 # missing from this folder counts as a failure: the suite is incomplete).
@@ -14,6 +15,7 @@
 #   VGPU_SCHED_ARGS   extra arguments of `vgpu-bench sched --backend cuda` (e.g. "--gpu-blocks 1056")
 #   VGPU_SCHED_TIMEOUT  seconds the sched stage may run (default 300)
 #   VGPU_VM_TIMEOUT   seconds the VM may run (default 240)
+#   VGPU_SOAK_MINUTES  minutes of the soak stage (default 10)
 #   VGPU_CHECK_BACKEND  vgpud backend of the vm stage (default cuda; cpu only to test this
 #                     script on a machine without a GPU: the report then says so)
 set -uo pipefail
@@ -32,7 +34,7 @@ while [ $# -gt 0 ]; do
 done
 out=${out:-${OUT:-}}
 if [ -z "$out" ]; then
-  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,breakdown,sched,multigpu,vm]   (or set OUT)" >&2
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,breakdown,sched,multigpu,vm,tenancy,soak]   (or set OUT)" >&2
   exit 2
 fi
 mkdir -p "$out" || exit 2
@@ -309,7 +311,33 @@ stage_multigpu() {
   fi
 }
 
-for s in env conformance bench breakdown sched multigpu vm; do
+# ---- tenancy: a victim's latency next to a runaway kernel and a reset storm (issue 13) ---------
+stage_tenancy() {
+  local t0=$SECONDS log="$out/tenancy.log" rc
+  timeout -k 10 300 "$here/bin/vgpu-bench" tenancy --backend cuda --json "$out/tenancy.json" \
+    >"$log" 2>&1
+  rc=$?
+  if [ $rc = 0 ]; then
+    record tenancy PASS $((SECONDS - t0)) "$(grep -E 'p99 ratio' "$log" | tr -s ' ' | tr '\n' ';')"
+  else
+    record tenancy FAIL $((SECONDS - t0)) "exit $rc: $(tail -n 3 "$log" | tr '\n' ' ')"
+  fi
+}
+
+# ---- soak: random valid work from 16 clients plus a hostile one, resources checked -----------
+stage_soak() {
+  local t0=$SECONDS log="$out/soak.log" rc minutes=${VGPU_SOAK_MINUTES:-10}
+  timeout -k 10 $((minutes * 60 + 240)) "$here/bin/vgpu-bench" soak --backend cuda \
+    --minutes "$minutes" --json "$out/soak.json" >"$log" 2>&1
+  rc=$?
+  if [ $rc = 0 ]; then
+    record soak PASS $((SECONDS - t0)) "$minutes min on cuda; $(tail -n 2 "$log" | tr '\n' ' ')"
+  else
+    record soak FAIL $((SECONDS - t0)) "exit $rc: $(tail -n 4 "$log" | tr '\n' ' ')"
+  fi
+}
+
+for s in env conformance bench breakdown sched multigpu vm tenancy soak; do
   if wanted "$s"; then
     "stage_$s"
   fi
