@@ -6,6 +6,7 @@ mod multigpu;
 mod pingpong;
 mod sched;
 mod stats;
+mod tenancy;
 mod vgpud;
 
 use anyhow::Result;
@@ -42,6 +43,8 @@ enum Cmd {
     Sched(sched::Opts),
     /// Pools over several devices: placement two and two, independence of pinned pools.
     Multigpu(multigpu::Opts),
+    /// A victim VM's latency next to a kernel that never ends and next to a reset storm.
+    Tenancy(tenancy::Opts),
     /// Internal: the other process of the raw ping-pong.
     #[command(hide = true)]
     PingpongChild {
@@ -72,6 +75,7 @@ fn main() -> Result<()> {
         Cmd::Gpu(o) => gpu::cli(&o),
         Cmd::Sched(o) => sched::cli(&o),
         Cmd::Multigpu(o) => multigpu::cli(&o),
+        Cmd::Tenancy(o) => tenancy::cli(&o),
         Cmd::PingpongChild { path } => pingpong::child(&path),
     }
 }
