@@ -351,6 +351,7 @@ fn guest_triggered_log_lines_are_throttled() {
     let shm = dev.shm();
     let layout = dev.layout();
     let cycles = 300;
+    let t0 = Instant::now();
     for _ in 0..cycles {
         // Break the ring protocol (an SQ tail far ahead of the head): fenced.
         shm.store_u32(
@@ -367,12 +368,19 @@ fn guest_triggered_log_lines_are_throttled() {
     }
     dev.nop().unwrap();
     assert_eq!(d.vm_stats("loud")["fences"], cycles);
+    // At most one line per kind per 10 s: two kinds of WARN (fence, refusal), one of INFO
+    // (reset), whatever the number of cycles (a cycle takes a context creation on a GPU, so
+    // the loop may span several intervals).
+    let intervals = t0.elapsed().as_secs() as usize / 10 + 1;
     let log = d.log_text();
     let warns = log.lines().filter(|l| l.contains("WARN")).count();
     assert!(
-        warns <= 10,
-        "{warns} WARN lines for {cycles} cycles:\n{log}"
+        warns <= 2 * intervals + 2,
+        "{warns} WARN lines for {cycles} cycles in {intervals} interval(s):\n{log}"
     );
     let lines = log.lines().count();
-    assert!(lines <= 40, "{lines} log lines for {cycles} cycles");
+    assert!(
+        lines <= 20 + 3 * intervals,
+        "{lines} log lines for {cycles} cycles in {intervals} interval(s)"
+    );
 }

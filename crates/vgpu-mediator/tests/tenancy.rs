@@ -245,10 +245,16 @@ fn a_guest_learns_that_vgpud_went_away() {
     let mut dev = Device::connect(&d.socket("g")).unwrap();
     dev.set_timeout(Duration::from_secs(30));
     dev.nop().unwrap();
-    let pending = dev.stream(0).launch_body(busy_body(3_000_000)).unwrap();
-    let t0 = Instant::now();
-    assert!(d.stop().success());
-    let e = pending.wait().unwrap_err();
+    // A thread blocked in a synchronize behind a 3 s kernel (a launch alone on a GPU may
+    // complete at once; the synchronize waits for the kernel on every backend).
+    drop(dev.stream(0).launch_body(busy_body(3_000_000)).unwrap());
+    let (t0, e) = std::thread::scope(|s| {
+        let waiter = s.spawn(|| dev.synchronize());
+        std::thread::sleep(Duration::from_millis(300));
+        let t0 = Instant::now();
+        assert!(d.stop().success());
+        (t0, waiter.join().unwrap().unwrap_err())
+    });
     assert!(matches!(e, Error::Stopped), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert!(matches!(dev.nop().unwrap_err(), Error::Stopped));
