@@ -5,6 +5,7 @@ mod gpu;
 mod multigpu;
 mod pingpong;
 mod sched;
+mod soak;
 mod stats;
 mod tenancy;
 mod vgpud;
@@ -43,6 +44,8 @@ enum Cmd {
     Sched(sched::Opts),
     /// Pools over several devices: placement two and two, independence of pinned pools.
     Multigpu(multigpu::Opts),
+    /// Many process clients doing random valid work plus a hostile one; vgpud's resources checked.
+    Soak(soak::Opts),
     /// A victim VM's latency next to a kernel that never ends and next to a reset storm.
     Tenancy(tenancy::Opts),
     /// Internal: the other process of the raw ping-pong.
@@ -75,6 +78,7 @@ fn main() -> Result<()> {
         Cmd::Gpu(o) => gpu::cli(&o),
         Cmd::Sched(o) => sched::cli(&o),
         Cmd::Multigpu(o) => multigpu::cli(&o),
+        Cmd::Soak(o) => soak::cli(&o),
         Cmd::Tenancy(o) => tenancy::cli(&o),
         Cmd::PingpongChild { path } => pingpong::child(&path),
     }

@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running vgpud.
@@ -161,14 +161,49 @@ impl Daemon {
             .map(str::to_string)
             .collect()
     }
-}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+    /// vgpud's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// vgpud's exit status if it has exited, without waiting.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// Stops vgpud: SIGTERM, then up to `grace` for it to exit. Still running after that, it
+    /// is killed (SIGKILL) and this is an error.
+    pub fn stop_within(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(st) = self.child.try_wait()? {
+            return Ok(st);
+        }
         let _ = rustix::process::kill_process(
             rustix::process::Pid::from_child(&self.child),
             rustix::process::Signal::TERM,
         );
+        let t0 = Instant::now();
+        while t0.elapsed() < grace {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        bail!("vgpud did not exit within {grace:?} of SIGTERM (killed)")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Signal only a vgpud still running (one already reaped may have lost its pid).
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(&self.child),
+                rustix::process::Signal::TERM,
+            );
+        }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
