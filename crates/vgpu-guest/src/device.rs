@@ -201,6 +201,10 @@ pub struct Device {
     transport: Box<dyn Transport>,
     view: ShmView,
     layout: Layout,
+    /// Where the doorbell rings: vgpud's peer id and vector, read once when the device is
+    /// opened (the page is the guest's own memory; a program that scribbled over it must
+    /// still be able to ring, for example to ask for the reset that repairs it).
+    doorbell: (u16, u16),
     rings: Mutex<Rings>,
     /// Held by the staged copies, which use the first `2 * chunk` bytes of staging.
     staging_lock: Mutex<()>,
@@ -272,6 +276,7 @@ impl Device {
             transport,
             view,
             layout,
+            doorbell: (regs.host_peer_id as u16, regs.doorbell_vector as u16),
             rings: Mutex::new(Rings::new(view, layout)),
             staging_lock: Mutex::new(()),
             next_tag: AtomicU64::new(1),
@@ -337,11 +342,10 @@ impl Device {
         Ok(())
     }
 
-    /// Rings the doorbell of the peer and vector named in the register page.
+    /// Rings the doorbell of the peer and vector the register page named when the device was
+    /// opened.
     pub fn ring_doorbell(&self) {
-        let regs: RegisterPage = self.view.read_obj(0);
-        self.transport
-            .ring(regs.host_peer_id as u16, regs.doorbell_vector as u16);
+        self.transport.ring(self.doorbell.0, self.doorbell.1);
     }
 
     /// Pushes one entry (with a fresh internal tag), publishes it and rings the doorbell if

@@ -261,8 +261,6 @@ fn remove(p: &Path) -> Result<(), AccessError> {
     std::fs::remove_file(p).map_err(|e| AccessError::io("removing stale socket", p, e))
 }
 
-/// `dir/.name.PID-N` (or the shorter `dir/.vgpudPID-N`) where that fits in a socket address.
-
 fn bind_unlistened(path: &Path) -> Result<OwnedFd, AccessError> {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
     let fd = rustix::net::socket_with(
