@@ -92,7 +92,11 @@ pub fn run(o: &Opts) -> Result<Value> {
         name: name.into(),
         extra: "mem_quota = \"1GiB\"\nshm_size = \"4MiB\"\n".into(),
     };
-    let d = Daemon::with_config("tenancy", &head, &[vm("victim"), vm("runaway"), vm("storm")])?;
+    let d = Daemon::with_config(
+        "tenancy",
+        &head,
+        &[vm("victim"), vm("runaway"), vm("storm")],
+    )?;
     let victim = Device::connect(&d.socket("victim"))?;
     let buf = victim.alloc(4096)?;
     victim_round_trips(&victim, buf, Duration::from_millis(300), 500)?;

@@ -51,7 +51,7 @@ impl RawClient {
     }
 
     fn ring(&self) {
-        let db = &self.setup.peers[&(vgpu_abi::ivshmem::MEDIATOR_PEER_ID as u16)][0];
+        let db = &self.setup.peers[&vgpu_abi::ivshmem::MEDIATOR_PEER_ID][0];
         rustix::io::write(db, &1u64.to_le_bytes()).unwrap();
     }
 
