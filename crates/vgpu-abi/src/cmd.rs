@@ -906,6 +906,17 @@ pub struct BusyParams {
 }
 
 impl LaunchBody {
+    /// A launch of the built-in `busy` kernel (one thread) that keeps the device busy for
+    /// `duration_us`.
+    pub fn busy(duration_us: u32) -> Self {
+        let p = BusyParams {
+            duration_us,
+            _pad: 0,
+        };
+        Self::new(Builtin::Busy.handle(), [1; 3], [1; 3], p.as_bytes())
+            .expect("busy parameters fit a launch")
+    }
+
     /// A launch of `func` with the given packed parameters.
     pub fn new(func: u64, grid: [u32; 3], block: [u32; 3], params: &[u8]) -> Option<Self> {
         if params.len() > MAX_INLINE_PARAMS {

@@ -1347,17 +1347,7 @@ impl Cx<'_> {
                     }
                     5 => {
                         let us = self.rng.below(300) as u32;
-                        let body = LaunchBody::new(
-                            Builtin::Busy.handle(),
-                            [1; 3],
-                            [1; 3],
-                            BusyParams {
-                                duration_us: us,
-                                _pad: 0,
-                            }
-                            .as_bytes(),
-                        )
-                        .expect("busy parameters fit");
+                        let body = LaunchBody::busy(us);
                         pending.push((ok("stream busy", s.launch_body(body))?, "stream busy"));
                         self.t.op("stream_busy");
                     }
@@ -1563,17 +1553,7 @@ impl Cx<'_> {
         let mut pending = Vec::new();
         for _ in 0..self.rng.range(1, 4) {
             let us = self.rng.range(100, 3000) as u32;
-            let body = LaunchBody::new(
-                Builtin::Busy.handle(),
-                [1; 3],
-                [1; 3],
-                BusyParams {
-                    duration_us: us,
-                    _pad: 0,
-                }
-                .as_bytes(),
-            )
-            .expect("busy parameters fit");
+            let body = LaunchBody::busy(us);
             pending.push(ok("stream busy", s.launch_body(body))?);
         }
         self.reset(dev, st)?;

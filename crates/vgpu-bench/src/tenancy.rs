@@ -11,10 +11,9 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vgpu_abi::cmd::{Builtin, BusyParams, LaunchBody};
+use vgpu_abi::cmd::LaunchBody;
 use vgpu_abi::Status;
 use vgpu_guest::Device;
-use zerocopy::IntoBytes;
 
 /// Options of `vgpu-bench tenancy`.
 #[derive(clap::Args, Debug, Clone)]
@@ -35,14 +34,6 @@ pub struct Opts {
 
 /// The acceptance bound: the victim's p99 under attack at most this many times its p99 alone.
 const GOAL: f64 = 2.0;
-
-fn busy(us: u32) -> LaunchBody {
-    let p = BusyParams {
-        duration_us: us,
-        _pad: 0,
-    };
-    LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], p.as_bytes()).expect("busy body")
-}
 
 /// The victim's round trips for `d` (at least `min` of them).
 fn victim_round_trips(dev: &Device, buf: u64, d: Duration, min: usize) -> Result<Vec<u64>> {
@@ -115,7 +106,11 @@ pub fn run(o: &Opts) -> Result<Value> {
             // counts only the kernel.
             dev.nop()?;
             let t0 = Instant::now();
-            let e = match dev.stream(0).launch_body(busy(600_000_000))?.wait() {
+            let e = match dev
+                .stream(0)
+                .launch_body(LaunchBody::busy(600_000_000))?
+                .wait()
+            {
                 Ok(_) => bail!("a 10-minute kernel completed"),
                 Err(e) => e,
             };

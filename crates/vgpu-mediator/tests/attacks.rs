@@ -11,7 +11,7 @@ use rustix::fd::AsFd;
 use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
-use vgpu_abi::cmd::{Builtin, BusyParams, Command, LaunchBody, SgemmParams};
+use vgpu_abi::cmd::{Builtin, Command, LaunchBody, SgemmParams};
 use vgpu_abi::regs::{off, RegisterPage};
 use vgpu_abi::ring::{CqConsumer, FenceReason, SqProducer};
 use vgpu_abi::{DeviceStatus, Layout, ShmView, Status};
@@ -87,14 +87,6 @@ fn status_of(e: Error) -> Status {
         Error::Command { status, .. } => status,
         other => panic!("expected a command error, got {other}"),
     }
-}
-
-fn busy_body(us: u32) -> LaunchBody {
-    let p = BusyParams {
-        duration_us: us,
-        _pad: 0,
-    };
-    LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], p.as_bytes()).unwrap()
 }
 
 /// vgpud's CPU time so far (user + system), from /proc.
@@ -236,7 +228,7 @@ fn reset_cannot_hide_device_time() {
     for _ in 0..rounds {
         let p = storm
             .stream(0)
-            .launch_body(busy_body(kernel.as_micros() as u32))
+            .launch_body(LaunchBody::busy(kernel.as_micros() as u32))
             .unwrap();
         // Let vgpud put it on the device (a reset that comes first simply drops it unrun).
         std::thread::sleep(Duration::from_millis(100));

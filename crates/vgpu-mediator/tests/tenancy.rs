@@ -9,10 +9,9 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vgpu_abi::cmd::{Builtin, BusyParams, LaunchBody};
+use vgpu_abi::cmd::LaunchBody;
 use vgpu_abi::{DeviceStatus, Status};
 use vgpu_guest::{Device, Error};
-use zerocopy::IntoBytes;
 
 /// The tests of this file run one at a time: two of them measure a neighbour's latency, which
 /// a concurrent test on the same small machine would disturb.
@@ -20,14 +19,6 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn busy_body(us: u32) -> LaunchBody {
-    let p = BusyParams {
-        duration_us: us,
-        _pad: 0,
-    };
-    LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], p.as_bytes()).unwrap()
 }
 
 fn p99(mut v: Vec<Duration>) -> Duration {
@@ -86,7 +77,7 @@ fn kernel_time_limit_stops_a_runaway_and_spares_the_neighbour() {
             // 10 minutes: only the time limit ends it.
             let e = dev
                 .stream(0)
-                .launch_body(busy_body(600_000_000))
+                .launch_body(LaunchBody::busy(600_000_000))
                 .unwrap()
                 .wait()
                 .unwrap_err();
@@ -247,7 +238,11 @@ fn a_guest_learns_that_vgpud_went_away() {
     dev.nop().unwrap();
     // A thread blocked in a synchronize behind a 3 s kernel (a launch alone on a GPU may
     // complete at once; the synchronize waits for the kernel on every backend).
-    drop(dev.stream(0).launch_body(busy_body(3_000_000)).unwrap());
+    drop(
+        dev.stream(0)
+            .launch_body(LaunchBody::busy(3_000_000))
+            .unwrap(),
+    );
     let (t0, e) = std::thread::scope(|s| {
         let waiter = s.spawn(|| dev.synchronize());
         std::thread::sleep(Duration::from_millis(300));
