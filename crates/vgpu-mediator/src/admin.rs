@@ -335,19 +335,23 @@ fn reply_now(c: &UnixStream, v: &Value) {
     );
 }
 
+/// Why no request line was read.
 #[derive(Debug, thiserror::Error)]
-enum ReadError {
+pub enum ReadError {
+    /// More than [`MAX_REQUEST_BYTES`] without a newline.
     #[error("request too long: more than {MAX_REQUEST_BYTES} bytes without a newline")]
     TooLong,
+    /// The deadline passed first.
     #[error("request not complete within {REQUEST_TIMEOUT:?}")]
     Timeout,
+    /// The connection failed.
     #[error("{0}")]
     Io(io::Error),
 }
 
 /// Reads one request line (without its newline; at EOF, what came) before `deadline`, never
 /// buffering more than [`MAX_REQUEST_BYTES`]. Bytes after the newline are ignored.
-fn read_request(c: &UnixStream, deadline: Instant) -> Result<Vec<u8>, ReadError> {
+pub fn read_request(c: &UnixStream, deadline: Instant) -> Result<Vec<u8>, ReadError> {
     let mut buf = vec![0u8; MAX_REQUEST_BYTES];
     let mut len = 0;
     loop {
