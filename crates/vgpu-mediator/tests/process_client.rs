@@ -197,6 +197,13 @@ fn disconnect_frees_everything_and_the_socket_serves_the_next_boot() {
         }
         shm.store_u32(tail_off, tail.wrapping_add(50));
         dev.ring_doorbell();
+        // Leave once vgpud has taken the work into its queue (100 ms of kernels on one slot),
+        // so that leaving drops queued work whatever the timing.
+        let t0 = Instant::now();
+        while d.vm_stats("cycle")["queued"].as_u64().unwrap_or(0) == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "vgpud took no work");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         drop(dev);
         let t0 = Instant::now();
         while d.vm_stats("cycle")["connected"] == true {
