@@ -207,6 +207,12 @@ fn one_huge_kernel_cannot_freeze_the_device() {
     assert_eq!(d.vm_stats("big")["limit_refusals"], 1);
 }
 
+/// The host's consumer index of the device's submission ring.
+fn sq_head(dev: &Device) -> u32 {
+    dev.shm()
+        .load_u32(dev.layout().sq_offset as usize + vgpu_abi::layout::ring_hdr::HEAD)
+}
+
 /// Finding 4: 25 × (1 s busy kernel, reset) in 0.08 s left the cpu device's only slot taken
 /// for 25 s while the scheduler believed it free. A reset now waits for the VM's work on the
 /// device, which stays the VM's device time.
@@ -226,12 +232,17 @@ fn reset_cannot_hide_device_time() {
     let rounds = 4u32;
     let t0 = Instant::now();
     for _ in 0..rounds {
+        let head0 = sq_head(&storm);
         let p = storm
             .stream(0)
             .launch_body(LaunchBody::busy(kernel.as_micros() as u32))
             .unwrap();
-        // Let vgpud put it on the device (a reset that comes first simply drops it unrun).
-        std::thread::sleep(Duration::from_millis(100));
+        // Once vgpud took the entry (the SQ head moved past it) the kernel is on the device: the
+        // executor issues what it took in the same pass, and looks at a reset request only in
+        // the next one (a reset that came first would simply drop the kernel unrun).
+        wait_until("vgpud to take the kernel", Duration::from_secs(10), || {
+            sq_head(&storm) == head0.wrapping_add(1)
+        });
         storm.reset().unwrap();
         assert_eq!(status_of(p.wait().unwrap_err()), Status::Aborted);
     }

@@ -374,7 +374,7 @@ fn a_reset_storm_does_not_stall_the_neighbour() {
     let contended = p99(under);
     let n = resets.load(Ordering::Relaxed);
     eprintln!("neighbour p99 alone {alone:?}, during {n} resets (a worker each): {contended:?}");
-    assert!(n >= 10, "only {n} resets in 3 s");
+    assert!(n >= 5, "only {n} resets in 3 s");
     let bound = 2 * alone.max(Duration::from_micros(500));
     assert!(
         contended < bound,
