@@ -12,7 +12,7 @@
 use crate::config::{FileMode, MediatorConfig, Principal, VmConfig};
 use std::ffi::{c_char, c_int, CString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -232,12 +232,11 @@ pub fn apply(
 /// Binds a listening UNIX stream socket at `path` with `perms` (replacing a stale socket
 /// there: callers check first that nobody listens on it; anything but a socket is refused).
 ///
-/// No window: the socket is bound at `path`, given its owner, group and mode, and only then
-/// put in the listening state; connecting to a socket that does not listen is refused, so no
-/// peer ever reaches it with other permissions. It is bound at its own name (not renamed into
-/// place) so that `/proc/net/unix`, `ss -x` and readiness checks see the path that is served.
-/// A restrictive umask would do the same but is process-wide and would race with other threads
-/// creating files.
+/// The socket is bound and listening in one step (so that a file at `path` is always a
+/// socket that can be connected to, which start-up checks rely on), then given its owner,
+/// group and mode. Until then it has the mode vgpud's umask gives it: vgpud sets its umask to
+/// 077 when it starts (`main`), so in that instant only vgpud's own user may connect — never
+/// anyone the configuration does not allow.
 pub fn bind_listener(path: &Path, perms: &SocketPerms) -> Result<UnixListener, AccessError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -245,35 +244,16 @@ pub fn bind_listener(path: &Path, perms: &SocketPerms) -> Result<UnixListener, A
         }
         remove(path)?;
     }
-    let fd = bind_unlistened(path)?;
-    let finish = || -> Result<(), AccessError> {
-        perms.apply_to(path)?;
-        rustix::net::listen(&fd, 128).map_err(|e| AccessError::io("listen on", path, e.into()))
-    };
-    if let Err(e) = finish() {
+    let listener = UnixListener::bind(path).map_err(|e| AccessError::io("binding", path, e))?;
+    if let Err(e) = perms.apply_to(path) {
         let _ = std::fs::remove_file(path);
         return Err(e);
     }
-    Ok(UnixListener::from(fd))
+    Ok(listener)
 }
 
 fn remove(p: &Path) -> Result<(), AccessError> {
     std::fs::remove_file(p).map_err(|e| AccessError::io("removing stale socket", p, e))
-}
-
-fn bind_unlistened(path: &Path) -> Result<OwnedFd, AccessError> {
-    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| AccessError::io("creating a socket for", path, e.into()))?;
-    let addr =
-        SocketAddrUnix::new(path).map_err(|e| AccessError::io("socket address", path, e.into()))?;
-    rustix::net::bind(&fd, &addr).map_err(|e| AccessError::io("binding", path, e.into()))?;
-    Ok(fd)
 }
 
 /// A user: a numeric id as is; a name through the user database (`getpwnam_r`). A name of

@@ -43,6 +43,9 @@ fn main() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
     }
+    // The sockets vgpud creates are its owner's alone until their configured owner, group and
+    // mode are applied (see `access::bind_listener`); vgpud writes no other files.
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

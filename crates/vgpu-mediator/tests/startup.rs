@@ -72,10 +72,13 @@ fn executor_cpus_pin_or_refuse() {
     let cpu = *allowed_cpus().last().unwrap();
     let d = start_with(&[Vm::new("a", 1)], &format!("executor_cpus = [{cpu}]"));
     let tasks = format!("/proc/{}/task", d.child.id());
-    // The sockets exist before the executor threads start: look until the thread is there.
+    // The sockets exist before the executor threads start, and a thread pins itself once it
+    // runs: look until the thread is there with the affinity it set (or 10 s have passed).
     let t0 = std::time::Instant::now();
     let mut exec_cpus = None;
-    while exec_cpus.is_none() && t0.elapsed() < std::time::Duration::from_secs(10) {
+    while exec_cpus.as_deref() != Some(cpu.to_string().as_str())
+        && t0.elapsed() < std::time::Duration::from_secs(10)
+    {
         for t in std::fs::read_dir(&tasks).unwrap() {
             let t = t.unwrap().path();
             let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
