@@ -561,7 +561,8 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         }
         self.check_started(vm);
         st.mem_used.store(0, Relaxed);
-        st.queued.fetch_sub(dropped as u64, Relaxed);
+        st.queued.store(0, Relaxed);
+        VmStats::bump(&st.dropped_jobs, dropped as u64);
     }
 
     /// One ingestion pass over every channel. Returns entries taken.
