@@ -92,7 +92,7 @@ fn bind(vm: &VmConfig) -> Result<UnixListener, TransportError> {
         })?;
     }
     // The socket is the VM's identity: only the configured owner / group may connect
-    // (default mode 0600), and it is never reachable before it has those permissions.
+    // (default mode 0600); until those are applied it is vgpud's own user's alone (umask 077).
     let l = SocketPerms::resolve(
         vm.socket_owner.as_ref(),
         vm.socket_group.as_ref(),
