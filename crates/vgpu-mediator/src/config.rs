@@ -236,7 +236,7 @@ pub struct Limits {
     /// Streams one VM may use (at most the ABI's `MAX_STREAMS`).
     #[serde(default = "default_max_streams")]
     pub max_streams: u32,
-    /// Events one VM may have recorded at once.
+    /// Event ids one VM may use (at most the ABI's `MAX_EVENTS`).
     #[serde(default = "default_max_events")]
     pub max_events: u32,
     /// Modules one VM may have loaded at once.
@@ -258,7 +258,7 @@ fn default_max_streams() -> u32 {
     vgpu_abi::cmd::MAX_STREAMS as u32
 }
 fn default_max_events() -> u32 {
-    4096
+    vgpu_abi::cmd::MAX_EVENTS
 }
 fn default_max_modules() -> u32 {
     64
@@ -726,8 +726,15 @@ impl Config {
                 vgpu_abi::cmd::MAX_STREAMS
             ));
         }
-        if l.max_allocations == 0 || l.max_modules == 0 || l.max_events == 0 {
-            return bad("limits.max_allocations, max_modules and max_events must be > 0".into());
+        if l.max_events == 0 || l.max_events > vgpu_abi::cmd::MAX_EVENTS {
+            return bad(format!(
+                "limits.max_events = {} must be 1..={}",
+                l.max_events,
+                vgpu_abi::cmd::MAX_EVENTS
+            ));
+        }
+        if l.max_allocations == 0 || l.max_modules == 0 {
+            return bad("limits.max_allocations and max_modules must be > 0".into());
         }
         let s = &self.scheduler;
         if s.vm_max_queued == 0 {

@@ -276,21 +276,6 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 return;
             }
         };
-        let mut ch = ch;
-        let params = crate::backend::ContextParams {
-            staging: ch.staging(),
-            priority: cfg.priority,
-            region: Some(ch.region().clone()),
-        };
-        let mut dev = self.new_device(vm);
-        let mut starting = false;
-        if let Err(e) = self.backend.create_context(vm, params) {
-            error!(vm = %cfg.name, "{e}");
-            ch.set_unavailable();
-            dev.set_unavailable();
-        } else {
-            starting = true;
-        }
         if let Err(e) = epoll::add(
             &self.epoll,
             ch.doorbell_fd(),
@@ -312,12 +297,12 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         stats.device.store(self.device_index as i64, Relaxed);
         self.slots[vm] = Some(Slot {
             ch,
-            dev,
+            dev: self.new_device(vm),
             progress: Instant::now(),
-            starting,
+            starting: false,
             last_reset: Instant::now(),
         });
-        self.check_started(vm);
+        self.new_context(vm);
         self.update_shared();
         let _ = s.ready.send(());
     }
@@ -334,15 +319,11 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             return;
         };
         let _ = epoll::delete(&self.epoll, slot.ch.doorbell_fd());
-        self.forget_inflight(vm);
-        let dropped = self.queue.remove_vm(vm);
+        let dropped = self.drop_work(vm);
         self.backend.destroy_context(vm);
         let st = self.stats[vm].clone();
-        VmStats::bump(&st.dropped_jobs, dropped as u64);
         st.connected.store(false, Relaxed);
         st.device.store(-1, Relaxed);
-        st.mem_used.store(0, Relaxed);
-        st.queued.store(0, Relaxed);
         self.update_shared();
         if let Some(times) = st.log_hit(|l| &mut l.attach) {
             info!(vm = %slot.ch.name(), dropped_jobs = dropped, times,
@@ -357,44 +338,55 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
         }
     }
 
-    /// Drops the pending work of a VM that left or reset (its context is destroyed next, which
-    /// waits for whatever still runs on the device).
-    fn forget_inflight(&mut self, vm: usize) {
+    /// Drops everything of a VM that left, reset or was stopped: its pending and queued work
+    /// (its context is destroyed next) and its memory figures. Returns the queued jobs dropped.
+    fn drop_work(&mut self, vm: usize) -> usize {
         self.inflight.retain(|f| f.vm != vm);
         self.gate.forget_vm(vm);
+        let dropped = self.queue.remove_vm(vm);
+        let st = &self.stats[vm];
+        VmStats::bump(&st.dropped_jobs, dropped as u64);
+        st.mem_used.store(0, Relaxed);
+        st.queued.store(0, Relaxed);
+        dropped
     }
 
-    fn reset(&mut self, vm: usize) {
-        self.forget_inflight(vm);
-        let dropped = self.queue.remove_vm(vm);
-        self.backend.destroy_context(vm);
+    /// Gives VM `vm` (attached) a fresh virtual device — the old one gives its memory back to
+    /// the pool as it is dropped — and starts its backend context. A context the backend
+    /// cannot create leaves the device unavailable until the guest resets.
+    fn new_context(&mut self, vm: usize) {
         let dev = self.new_device(vm);
         let Some(slot) = self.slots[vm].as_mut() else {
             return;
         };
-        let cfg = &self.cfg.vms[vm];
-        slot.ch.finish_reset();
-        // The old device gives its memory back to the pool as it is dropped.
         slot.dev = dev;
         slot.progress = Instant::now();
         slot.last_reset = Instant::now();
+        slot.starting = false;
         let params = crate::backend::ContextParams {
             staging: slot.ch.staging(),
-            priority: cfg.priority,
+            priority: self.cfg.vms[vm].priority,
             region: Some(slot.ch.region().clone()),
         };
         match self.backend.create_context(vm, params) {
             Ok(()) => slot.starting = true,
             Err(e) => {
-                error!(vm = %cfg.name, "{e}");
+                error!(vm = %slot.ch.name(), "{e}");
                 slot.ch.set_unavailable();
                 slot.dev.set_unavailable();
             }
         }
         self.check_started(vm);
-        self.stats[vm].mem_used.store(0, Relaxed);
-        self.stats[vm].queued.store(0, Relaxed);
-        VmStats::bump(&self.stats[vm].dropped_jobs, dropped as u64);
+    }
+
+    fn reset(&mut self, vm: usize) {
+        let dropped = self.drop_work(vm);
+        self.backend.destroy_context(vm);
+        let Some(slot) = self.slots[vm].as_mut() else {
+            return;
+        };
+        slot.ch.finish_reset();
+        self.new_context(vm);
         tracing::debug!(vm = %self.cfg.vms[vm].name, dropped_jobs = dropped, "reset done");
     }
 
@@ -508,7 +500,8 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
             // the device stays busy until its kernel ends.
             if let Some(times) = st.log_hit(|l| &mut l.limit) {
                 warn!(vm = %name, limit_ms, times,
-                      "kernel time limit passed; this backend cannot stop running work                        (fault_isolation = \"process\" can): the VM is failed, its kernel runs on");
+                      "kernel time limit passed; this backend cannot stop running work \
+                       (fault_isolation = \"process\" can): the VM is failed, its kernel runs on");
             }
             if let Some(slot) = self.slots[vm].as_mut() {
                 slot.dev.set_broken();
@@ -530,39 +523,22 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 true
             }
         });
-        self.gate.forget_vm(vm);
         let now = Instant::now();
         for &(_, control, issued) in &mine {
             let ns = now.saturating_duration_since(issued).as_nanos() as u64;
             self.charge(vm, control, ns);
         }
-        let dropped = self.queue.remove_vm(vm);
-        let dev = self.new_device(vm);
-        let Some(slot) = self.slots[vm].as_mut() else {
-            return;
-        };
-        for (tag, ..) in mine {
-            slot.ch.complete(tag, Err(Status::KernelTimeout));
-        }
-        slot.dev = dev;
-        slot.dev.set_broken();
-        slot.ch.set_error(Status::KernelTimeout);
-        let params = crate::backend::ContextParams {
-            staging: slot.ch.staging(),
-            priority: self.cfg.vms[vm].priority,
-            region: Some(slot.ch.region().clone()),
-        };
-        match self.backend.create_context(vm, params) {
-            Ok(()) => slot.starting = true,
-            Err(e) => {
-                error!(vm = %name, "{e}");
-                slot.dev.set_unavailable();
+        self.drop_work(vm);
+        if let Some(slot) = self.slots[vm].as_mut() {
+            for (tag, ..) in mine {
+                slot.ch.complete(tag, Err(Status::KernelTimeout));
             }
+            slot.ch.set_error(Status::KernelTimeout);
         }
-        self.check_started(vm);
-        st.mem_used.store(0, Relaxed);
-        st.queued.store(0, Relaxed);
-        VmStats::bump(&st.dropped_jobs, dropped as u64);
+        self.new_context(vm);
+        if let Some(slot) = self.slots[vm].as_mut() {
+            slot.dev.set_broken();
+        }
     }
 
     /// One ingestion pass over every channel. Returns entries taken.

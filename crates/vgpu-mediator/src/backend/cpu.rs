@@ -128,7 +128,7 @@ impl CpuBackend {
             for r in on {
                 if r.started > now {
                     let dur = r.until - r.started;
-                    r.started = free.max(now);
+                    r.started = free;
                     r.until = r.started + dur;
                 }
                 free = free.max(r.until);

@@ -243,8 +243,12 @@ impl Backend for IsolatedBackend {
     }
 
     fn context_ready(&mut self, vm: VmKey) -> Option<Result<(), BackendError>> {
-        let w = self.workers.get_mut(&vm)?;
-        let t0 = w.starting?;
+        let Some(w) = self.workers.get_mut(&vm) else {
+            return Some(Err(BackendError::Context(format!("vm {vm} has no worker"))));
+        };
+        let Some(t0) = w.starting else {
+            return Some(Ok(()));
+        };
         let pid = w.link.pid();
         let fail = |why: String| {
             BackendError::Context(format!(
