@@ -1,26 +1,25 @@
-//! `cargo xtask soak [--minutes N] [--backend cpu|cuda] [--clients 16] [--json FILE]`: builds
-//! release `vgpud` and `vgpu-bench`, then runs `vgpu-bench soak` — a real vgpud with one VM per
-//! client, the clients doing random valid work checked bit-exactly, one hostile client, and
-//! vgpud's RSS, fds, threads, worker processes (and GPU memory) compared before and after.
-//! Output streamed, exit status propagated (non-zero on any failure).
+//! `cargo xtask soak [--minutes N] [--backend cpu|cuda] [--clients N] [--seed S] [--json FILE]`:
+//! `cargo xtask bench soak` with its options spelled out — a real vgpud with one VM per client,
+//! the clients doing random valid work checked bit-exactly, one hostile client, and vgpud's
+//! RSS, fds, threads, worker processes (and GPU memory) compared before and after. The defaults
+//! are `vgpu-bench soak`'s (2 minutes, cpu, 16 clients). Exit status non-zero on any failure.
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
-use std::time::Instant;
+use std::process::ExitCode;
 
-use crate::build;
+use crate::bench;
 
 #[derive(clap::Args, Debug)]
 pub struct Opts {
     /// How long the clients run, in minutes (fractions allowed).
-    #[arg(long, default_value_t = 2.0)]
-    pub minutes: f64,
+    #[arg(long)]
+    pub minutes: Option<f64>,
     /// vgpud backend: cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    pub backend: String,
+    #[arg(long)]
+    pub backend: Option<String>,
     /// Clients doing random valid work (one VM each, plus one VM for the hostile client).
-    #[arg(long, default_value_t = 16)]
-    pub clients: usize,
+    #[arg(long)]
+    pub clients: Option<usize>,
     /// Seed of the clients' random work (the run prints it; the same seed, the same choices).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -33,46 +32,16 @@ pub struct Opts {
 }
 
 pub fn main(o: &Opts) -> ExitCode {
-    let t0 = Instant::now();
-    // vgpu-bench starts the vgpud next to it: build both.
-    if let Err(e) = build::cargo_build_release(&["vgpu-bench", "vgpu-mediator"]) {
-        eprintln!("xtask soak: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let built = t0.elapsed();
-    let bin = build::host_bin("vgpu-bench");
-    let mut cmd = Command::new(&bin);
-    cmd.arg("soak")
-        .args(["--minutes", &o.minutes.to_string()])
-        .args(["--backend", &o.backend])
-        .args(["--clients", &o.clients.to_string()]);
-    if let Some(seed) = o.seed {
-        cmd.args(["--seed", &seed.to_string()]);
-    }
-    if let Some(json) = &o.json {
-        cmd.arg("--json").arg(json);
-    }
-    cmd.args(&o.rest);
-    let status = match cmd.status() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("xtask soak: cannot run {}: {e}", bin.display());
-            return ExitCode::FAILURE;
+    let mut args = Vec::new();
+    let mut opt = |name: &str, v: Option<String>| {
+        if let Some(v) = v {
+            args.extend([format!("--{name}"), v]);
         }
     };
-    let total = t0.elapsed();
-    println!(
-        "xtask soak: {} in {:.0} s ({:.0} s building, {:.0} s in vgpu-bench soak)",
-        if status.success() { "passed" } else { "FAILED" },
-        total.as_secs_f64(),
-        built.as_secs_f64(),
-        (total - built).as_secs_f64()
-    );
-    match status.code() {
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => {
-            eprintln!("xtask soak: vgpu-bench was killed ({status})");
-            ExitCode::FAILURE
-        }
-    }
+    opt("minutes", o.minutes.map(|m| m.to_string()));
+    opt("backend", o.backend.clone());
+    opt("clients", o.clients.map(|c| c.to_string()));
+    opt("seed", o.seed.map(|s| s.to_string()));
+    args.extend(o.rest.iter().cloned());
+    bench::main("soak", o.json.as_deref(), &args)
 }

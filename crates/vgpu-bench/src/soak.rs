@@ -31,19 +31,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vgpu_guest::transport::socket::read_setup;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use vgpu_abi::cmd::{
-    Builtin, BusyParams, Command, LaunchBody, SaxpyParams, VectorAddParams, MAX_STREAMS, SQE_SIZE,
+    Builtin, Command, LaunchBody, SaxpyParams, VectorAddParams, MAX_STREAMS, SQE_SIZE,
 };
 use vgpu_abi::ivshmem::MEDIATOR_PEER_ID;
 use vgpu_abi::regs::{self, CAP_MODULES};
@@ -647,7 +647,7 @@ impl Cx<'_> {
         self.env.stop.load(Relaxed) || Instant::now() >= self.env.deadline
     }
 
-    fn pick_op(&mut self, st: &State) -> Op {
+    fn pick_op(&mut self) -> Op {
         let total: u64 = WEIGHTS.iter().map(|w| w.1).sum();
         let mut x = self.rng.below(total);
         let mut op = Op::D2h;
@@ -659,7 +659,6 @@ impl Cx<'_> {
             x -= w;
         }
         match op {
-            Op::Module if !st.modules => Op::VectorAdd,
             // On cuda each of these costs a context (a worker process): a quarter as often, so
             // that the clients spend their time on work rather than on context start-ups.
             Op::Reset | Op::ResetInflight | Op::Reconnect | Op::Fault | Op::ProbeStreams
@@ -1666,7 +1665,10 @@ impl Cx<'_> {
             }
         }
         if !refused && out.is_ok() && st.used + 256 <= GOOD_QUOTA {
-            self.t.note("limit not enforced: max_allocations");
+            out = Err(Fail::Unexpected(format!(
+                "max_allocations not enforced: allocation {} of a limit of {LIMIT_ALLOCS} succeeded",
+                LIMIT_ALLOCS + 1
+            )));
         }
         for p in extra {
             ok("free", dev.free(p))?;
@@ -1709,7 +1711,10 @@ impl Cx<'_> {
             id += 1;
         }
         if !refused {
-            self.t.note("limit not enforced: max_streams");
+            return Err(Fail::Unexpected(format!(
+                "max_streams not enforced: {} streams in use, the limit is {LIMIT_STREAMS}",
+                st.streams.len()
+            )));
         }
         self.t.op("probe_streams");
         self.reset(dev, st)
@@ -1729,17 +1734,7 @@ impl Cx<'_> {
             2 => {
                 let s = dev.stream(self.rng.range(1, STREAM_IDS as u64) as u32);
                 for _ in 0..self.rng.range(1, 8) {
-                    let body = LaunchBody::new(
-                        Builtin::Busy.handle(),
-                        [1; 3],
-                        [1; 3],
-                        BusyParams {
-                            duration_us: self.rng.range(100, 2000) as u32,
-                            _pad: 0,
-                        }
-                        .as_bytes(),
-                    )
-                    .expect("busy parameters fit");
+                    let body = LaunchBody::busy(self.rng.range(100, 2000) as u32);
                     // Dropped at once: the command stays queued in vgpud as the client leaves.
                     drop(ok("stream busy", s.launch_body(body))?);
                 }
@@ -1803,7 +1798,7 @@ fn good_client(
                     }
                     break 'conn;
                 }
-                None => cx.pick_op(&st),
+                None => cx.pick_op(),
             };
             let op = if op == Op::Module && !st.modules {
                 Op::VectorAdd
@@ -1910,6 +1905,9 @@ fn hostile_child(o: &Opts, socket: &Path) -> Result<()> {
                 f,
             ),
         }
+        // The tally so far after every session: a life that is SIGKILLed still reports what
+        // it saw (the manager takes the last complete line).
+        println!("{}", t.to_json());
         std::thread::sleep(Duration::from_millis(rng.range(0, 3)));
     }
     println!("{}", t.to_json());
@@ -1982,15 +1980,7 @@ fn hostile_session(
                 value: rng.next_u64() as u32,
                 width: rng.below(6) as u32,
             },
-            5 => Command::Launch(
-                LaunchBody::new(
-                    Builtin::Busy.handle(),
-                    [1; 3],
-                    [1; 3],
-                    &(rng.below(MAX_KERNEL_US as u64 * 2) as u32 as u64).to_le_bytes(),
-                )
-                .expect("8 bytes fit"),
-            ),
+            5 => Command::Launch(LaunchBody::busy(rng.below(MAX_KERNEL_US as u64 * 2) as u32)),
             6 => {
                 let len = rng.index(73);
                 Command::Launch(
@@ -2153,17 +2143,8 @@ fn hostile_session(
                     }
                     "leave_inflight" => {
                         for _ in 0..rng.range(1, 32) {
-                            let body = LaunchBody::new(
-                                Builtin::Busy.handle(),
-                                [1; 3],
-                                [1; 3],
-                                BusyParams {
-                                    duration_us: rng.range(1000, MAX_KERNEL_US as u64) as u32,
-                                    _pad: 0,
-                                }
-                                .as_bytes(),
-                            )
-                            .expect("busy parameters fit");
+                            let body =
+                                LaunchBody::busy(rng.range(1000, MAX_KERNEL_US as u64) as u32);
                             let s = dev.stream(rng.range(0, 3) as u32);
                             drop(ok("hostile busy", s.launch_body(body))?);
                         }
@@ -2199,34 +2180,6 @@ fn hostile_check(rng: &mut Rng, dev: &Device) -> R<()> {
 }
 
 /// Receives one ivshmem server message: an i64 and at most one fd.
-fn recv_msg(sock: &UnixStream) -> Result<(i64, Option<OwnedFd>)> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let mut buf = [0u8; 8];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut anc = RecvAncillaryBuffer::new(&mut space);
-    let r = rustix::net::recvmsg(
-        sock,
-        &mut [std::io::IoSliceMut::new(&mut buf)],
-        &mut anc,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .context("recvmsg")?;
-    let mut fd = None;
-    for m in anc.drain() {
-        if let RecvAncillaryMessage::ScmRights(it) = m {
-            for f in it {
-                fd = Some(f);
-            }
-        }
-    }
-    if r.bytes != 8 {
-        bail!("short ivshmem message ({} bytes)", r.bytes);
-    }
-    Ok((i64::from_le_bytes(buf), fd))
-}
-
-/// A raw ivshmem connection (as a QEMU makes): the memfd itself, to resize and re-seal it.
-/// Any success at changing its size is a failure (vgpud's mapping would lose its pages).
 fn hostile_memfd(rng: &mut Rng, t: &mut Tally, socket: &Path) -> Result<()> {
     use rustix::fs::SealFlags;
     let t0 = Instant::now();
@@ -2234,25 +2187,13 @@ fn hostile_memfd(rng: &mut Rng, t: &mut Tally, socket: &Path) -> Result<()> {
         let attempt = (|| -> Result<_> {
             let sock = UnixStream::connect(socket)?;
             sock.set_read_timeout(Some(Duration::from_secs(5)))?;
-            let (version, _) = recv_msg(&sock)?;
-            let (own, _) = recv_msg(&sock)?;
-            if version != 0 {
-                bail!("ivshmem protocol version {version}");
-            }
-            let (mut shm, mut doorbell) = (None, None);
-            for _ in 0..16 {
-                match recv_msg(&sock)? {
-                    (-1, Some(fd)) => shm = Some(fd),
-                    (id, Some(fd)) if id == MEDIATOR_PEER_ID as i64 => doorbell = Some(fd),
-                    (id, Some(_)) if id == own => break,
-                    _ => {}
-                }
-            }
-            Ok((
-                sock,
-                shm.context("no memfd")?,
-                doorbell.context("no doorbell")?,
-            ))
+            let mut setup = read_setup(&sock)?;
+            let doorbell = setup
+                .peers
+                .get_mut(&MEDIATOR_PEER_ID)
+                .and_then(|v| (!v.is_empty()).then(|| v.swap_remove(0)))
+                .context("no doorbell")?;
+            Ok((sock, setup.shm, doorbell))
         })();
         match attempt {
             Ok(x) => break x,
@@ -2427,7 +2368,12 @@ fn hostile_manager(env: &Env, prog: &Progress, socket: &Path, o: &Opts, warmup: 
                 t.merge(&Tally::from_json(&v));
                 t.op("hostile.life");
             }
-            (Some(_), _) if killed && !hung => t.op("hostile.killed"),
+            (Some(_), v) if killed && !hung => {
+                if let Some(v) = v {
+                    t.merge(&Tally::from_json(&v));
+                }
+                t.op("hostile.killed");
+            }
             (Some(s), _) if !hung => t.fail(
                 "hostile",
                 Fail::Unexpected(format!("the hostile child exited with {s}: {}", tail(&err))),

@@ -214,21 +214,6 @@ fn name_vm(e: AccessError, vm: &str) -> AccessError {
     }
 }
 
-/// Sets the owner, group and mode (default `0600`) of the socket file at `path`; errors name
-/// the `[[vm]]` keys `socket_owner` / `socket_group` / `socket_mode` and the path.
-///
-/// For a socket bound with [`std::os::unix::net::UnixListener::bind`] (which also listens),
-/// call it right after the bind: until it runs the file has the mode the umask gave it. Where
-/// possible use [`bind_listener`] instead, which leaves no such window.
-pub fn apply(
-    path: &Path,
-    owner: Option<&Principal>,
-    group: Option<&Principal>,
-    mode: Option<FileMode>,
-) -> Result<(), AccessError> {
-    SocketPerms::resolve(owner, group, mode, "socket")?.apply_to(path)
-}
-
 /// Binds a listening UNIX stream socket at `path` with `perms` (replacing a stale socket
 /// there: callers check first that nobody listens on it; anything but a socket is refused).
 ///
@@ -386,13 +371,7 @@ pub struct PeerCred {
 /// pid reuse); on kernels without it (before 4.13), from `/proc/PID/status`.
 pub fn peer_allowed(stream: impl AsFd, allowed_gid: Option<u32>) -> Result<PeerCred, AccessError> {
     let fd = stream.as_fd();
-    let c =
-        rustix::net::sockopt::socket_peercred(fd).map_err(|e| AccessError::PeerCred(e.into()))?;
-    let peer = PeerCred {
-        pid: c.pid.as_raw_nonzero().get(),
-        uid: c.uid.as_raw(),
-        gid: c.gid.as_raw(),
-    };
+    let peer = so_peercred(fd).map_err(AccessError::PeerCred)?;
     decide(
         peer,
         rustix::process::geteuid().as_raw(),
@@ -451,6 +430,37 @@ fn peer_groups(fd: BorrowedFd<'_>, pid: i32) -> io::Result<Vec<u32>> {
 
 /// `SO_PEERGROUPS` (Linux ≥ 4.13; not in every `libc` target module, hence the constant).
 const SO_PEERGROUPS: c_int = 59;
+
+/// `SO_PEERCRED` read into `libc::ucred`. (rustix's `UCred` holds a non-zero `Pid`, but the
+/// kernel reports pid 0 for a peer outside vgpud's pid namespace, e.g. `vgpuctl` on the host
+/// of a vgpud in a container.)
+fn so_peercred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
+    let mut c = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `c` is a writable `ucred` and `len` its size; the kernel writes at most `len`
+    // bytes there. `fd` is a live descriptor for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut c as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PeerCred {
+        pid: c.pid,
+        uid: c.uid,
+        gid: c.gid,
+    })
+}
 
 fn so_peergroups(fd: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
     let mut groups: Vec<libc::gid_t> = vec![0; 64];
@@ -653,6 +663,16 @@ mod tests {
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o600);
         UnixStream::connect(&path).unwrap();
+    }
+
+    /// Owner, group and mode from the config applied to a socket file.
+    fn apply(
+        path: &Path,
+        owner: Option<&Principal>,
+        group: Option<&Principal>,
+        mode: Option<FileMode>,
+    ) -> Result<(), AccessError> {
+        SocketPerms::resolve(owner, group, mode, "socket")?.apply_to(path)
     }
 
     #[test]

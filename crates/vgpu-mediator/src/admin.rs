@@ -78,9 +78,7 @@ pub fn handle_request(line: &[u8], stats: &StatsRegistry) -> Value {
 }
 
 fn too_long() -> Value {
-    json!({"error": format!(
-        "request too long: more than {MAX_REQUEST_BYTES} bytes without a newline"
-    )})
+    json!({"error": ReadError::TooLong.to_string()})
 }
 
 /// Binds the admin socket (replacing a stale one) with `[mediator] admin_socket_owner`,
@@ -311,10 +309,7 @@ impl Server {
                         "admin socket: {e}"
                     );
                 }
-                match e {
-                    ReadError::TooLong => too_long(),
-                    _ => json!({"error": e.to_string()}),
-                }
+                json!({"error": e.to_string()})
             }
         };
         if let Err(e) = write_reply(&c, &reply, Instant::now() + REPLY_TIMEOUT) {

@@ -41,14 +41,9 @@ pub enum TransportError {
         /// Path.
         path: std::path::PathBuf,
     },
-    /// The socket's owner, group or mode could not be applied.
-    #[error("vm {vm:?}: {source}")]
-    Access {
-        /// VM name.
-        vm: String,
-        /// Cause.
-        source: crate::access::AccessError,
-    },
+    /// The socket's owner, group or mode could not be applied (the error names the VM's key).
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
     /// A system call failed.
     #[error("{context}: {source}")]
     Io {

@@ -93,17 +93,7 @@ fn bind(vm: &VmConfig) -> Result<UnixListener, TransportError> {
     }
     // The socket is the VM's identity: only the configured owner / group may connect
     // (default mode 0600); until those are applied it is vgpud's own user's alone (umask 077).
-    let l = SocketPerms::resolve(
-        vm.socket_owner.as_ref(),
-        vm.socket_group.as_ref(),
-        vm.socket_mode,
-        "socket",
-    )
-    .and_then(|p| bind_listener(path, &p))
-    .map_err(|source| TransportError::Access {
-        vm: vm.name.clone(),
-        source,
-    })?;
+    let l = SocketPerms::for_vm(vm).and_then(|p| bind_listener(path, &p))?;
     l.set_nonblocking(true)
         .map_err(|e| TransportError::io("set_nonblocking", e))?;
     Ok(l)
