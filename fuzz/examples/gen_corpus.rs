@@ -73,14 +73,14 @@ fn commands() -> Vec<(&'static str, Command)> {
         ),
         (
             "launch_busy",
-            Command::Launch(
+            Command::Launch { launch: 
                 LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], busy.as_bytes())
                     .expect("params fit"),
-            ),
+             },
         ),
         (
             "launch_vadd",
-            Command::Launch(
+            Command::Launch { launch: 
                 LaunchBody::new(
                     Builtin::VectorAddF32.handle(),
                     [2, 1, 1],
@@ -88,7 +88,7 @@ fn commands() -> Vec<(&'static str, Command)> {
                     vadd.as_bytes(),
                 )
                 .expect("params fit"),
-            ),
+             },
         ),
         (
             "module_load",

@@ -127,8 +127,8 @@ fn unlimited() -> Arc<PoolQuota> {
 }
 
 /// The executor of one device.
-pub struct Executor<B: Backend, Q: WorkQueue> {
-    backend: B,
+pub struct Executor<B: Backend + ?Sized, Q: WorkQueue> {
+    backend: Box<B>,
     queue: Q,
     cfg: Arc<Config>,
     registry: Arc<StatsRegistry>,
@@ -148,12 +148,12 @@ pub struct Executor<B: Backend, Q: WorkQueue> {
     next_limit_check: Instant,
 }
 
-impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
+impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
     /// Builds the executor of device `device_index`. `control` is the eventfd written after
     /// each event sent on `events`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        backend: B,
+        backend: Box<B>,
         queue: Q,
         cfg: Arc<Config>,
         registry: Arc<StatsRegistry>,
@@ -589,7 +589,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 continue;
             }
             let t0 = Instant::now();
-            let out = slot.dev.execute(&mut self.backend, job.stream, &job.cmd);
+            let out = slot.dev.execute(&mut *self.backend, job.stream, &job.cmd);
             let out = match out {
                 Ok(Issued::Done(a, b)) => {
                     let ns = t0.elapsed().as_nanos() as u64;
@@ -648,11 +648,19 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
 
     /// Byte and memory accounting of a command that was issued without error.
     fn account(st: &VmStats, slot: &Slot, cmd: &vgpu_abi::cmd::Command) {
-        use vgpu_abi::cmd::Command::*;
-        match *cmd {
-            CopyH2D { len, .. } => VmStats::bump(&st.bytes_in, len),
-            CopyD2H { len, .. } => VmStats::bump(&st.bytes_out, len),
-            MemAlloc { .. } | MemFree { .. } => st.mem_used.store(slot.dev.used(), Relaxed),
+        use vgpu_abi::cmd::{Direction, Effect};
+        match cmd.effect() {
+            Effect::Transfer {
+                len,
+                dir: Direction::In,
+            } => VmStats::bump(&st.bytes_in, len),
+            Effect::Transfer {
+                len,
+                dir: Direction::Out,
+            } => VmStats::bump(&st.bytes_out, len),
+            Effect::Alloc { .. } | Effect::Free { .. } => {
+                st.mem_used.store(slot.dev.used(), Relaxed)
+            }
             _ => {}
         }
     }
