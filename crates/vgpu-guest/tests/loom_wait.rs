@@ -78,6 +78,7 @@ mod cross_check {
     }
 
     const DEVICE: &str = include_str!("../src/device.rs");
+    const RING: &str = include_str!("../src/device/ring.rs");
     const SOCKET: &str = include_str!("../src/transport/socket.rs");
     const WAIT: &str = include_str!("../src/wait.rs");
 
@@ -85,7 +86,7 @@ mod cross_check {
     fn wait_sequence() {
         in_order(
             "Device::wait",
-            body(DEVICE, "wait"),
+            body(RING, "wait"),
             &[
                 "let mut r = self.lock()",
                 "r.drain()",
@@ -102,7 +103,7 @@ mod cross_check {
         );
         in_order(
             "Rings::drain",
-            body(DEVICE, "drain"),
+            body(RING, "drain"),
             &["self.cq.pop()", "self.pending.get_mut(&c.tag)"],
         );
     }

@@ -1,0 +1,296 @@
+//! The register page: checked once when the device is opened (magic, ABI version, geometry),
+//! read fresh for [`DeviceInfo`] and for the fence check before and while waiting.
+
+use vgpu_abi::regs::{self, off};
+use vgpu_abi::{DeviceStatus, Layout, LayoutError, RegisterPage, ShmView, Status};
+
+use super::Device;
+use crate::Error;
+
+/// A fresh reading of the device's register page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The VM's id.
+    pub vm_id: u32,
+    /// The VM's pool.
+    pub pool_id: u32,
+    /// The VM's priority (0 = lowest).
+    pub priority: u32,
+    /// The device status, when it is a known value (see `status_raw` for the exact value).
+    pub status: Option<DeviceStatus>,
+    /// The raw device status register.
+    pub status_raw: u32,
+    /// Last error code (a [`Status`] or a fence reason); 0 = none.
+    pub last_error: u32,
+    /// `CAP_*` bits (see [`vgpu_abi::regs`]).
+    pub capabilities: u64,
+    /// ABI version, `major << 16 | minor`.
+    pub abi_version: u32,
+    /// The VM's name.
+    pub vm_name: String,
+    /// The backing device's name.
+    pub device_name: String,
+    /// Backend id (1 = cpu, 2 = cuda).
+    pub backend: u32,
+    /// This VM's device memory quota in bytes.
+    pub mem_quota: u64,
+    /// Size of the staging area in bytes.
+    pub staging_size: u64,
+    /// Incremented at each (re)initialisation of the device.
+    pub generation: u32,
+    /// Total memory of the physical device backing this vGPU.
+    pub device_total_mem: u64,
+    /// Size of BAR2 in bytes.
+    pub shm_size: u64,
+    /// Submission ring entries.
+    pub sq_entries: u32,
+    /// Completion ring entries.
+    pub cq_entries: u32,
+    /// Longest busy kernel accepted, in microseconds.
+    pub max_kernel_us: u32,
+}
+
+impl DeviceInfo {
+    fn from_regs(r: &RegisterPage) -> Self {
+        Self {
+            vm_id: r.vm_id,
+            pool_id: r.pool_id,
+            priority: r.priority,
+            status: DeviceStatus::from_raw(r.device_status),
+            status_raw: r.device_status,
+            last_error: r.last_error,
+            capabilities: r.capabilities,
+            abi_version: r.abi_version,
+            vm_name: regs::get_str(&r.vm_name),
+            device_name: regs::get_str(&r.device_name),
+            backend: r.backend,
+            mem_quota: r.mem_quota,
+            staging_size: r.staging_size,
+            generation: r.generation,
+            device_total_mem: r.device_total_mem,
+            shm_size: r.shm_size,
+            sq_entries: r.sq_entries,
+            cq_entries: r.cq_entries,
+            max_kernel_us: r.max_kernel_us,
+        }
+    }
+
+    /// The status as a lower-case word (`ready`, `fenced`, … or `unknown(N)`).
+    pub fn status_name(&self) -> String {
+        match DeviceStatus::from_raw(self.status_raw) {
+            Some(s) => s.name().to_string(),
+            None => format!("unknown({})", self.status_raw),
+        }
+    }
+
+    /// The backend as a word (`cpu`, `cuda` or `unknown(N)`).
+    pub fn backend_name(&self) -> String {
+        match self.backend {
+            regs::BACKEND_CPU => "cpu".into(),
+            regs::BACKEND_CUDA => "cuda".into(),
+            b => format!("unknown({b})"),
+        }
+    }
+
+    /// The ABI version as `major.minor`.
+    pub fn abi_version_string(&self) -> String {
+        format!("{}.{}", self.abi_version >> 16, self.abi_version & 0xffff)
+    }
+
+    /// The last error as text (a status description, a fence reason, or the number).
+    pub fn last_error_string(&self) -> String {
+        if self.last_error == 0 {
+            return "none".into();
+        }
+        if let Some(r) = vgpu_abi::ring::FenceReason::from_raw(self.last_error) {
+            return format!("{r} ({:#x})", self.last_error);
+        }
+        match Status::from_raw(self.last_error) {
+            Some(s) => s.to_string(),
+            None => format!("code {}", self.last_error),
+        }
+    }
+}
+
+/// What opening a device takes from the register page, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Opened {
+    /// The ring and staging geometry, consistent with the size of the mapping.
+    pub(super) layout: Layout,
+    /// vgpud's peer id and doorbell vector.
+    pub(super) doorbell: (u16, u16),
+}
+
+/// Reads the register page of a freshly mapped BAR2 and checks the magic, the ABI version and
+/// the ring geometry, so that no offset used later can point outside the mapping.
+pub(super) fn read_at_open(view: ShmView) -> Result<Opened, Error> {
+    if view.len() < core::mem::size_of::<RegisterPage>() {
+        return Err(LayoutError::BadShmSize(view.len() as u64).into());
+    }
+    let regs: RegisterPage = view.read_obj(0);
+    vgpu_abi::check_compat(regs.magic, regs.abi_version)?;
+    let layout = Layout::from_regs(&regs, view.len() as u64)?;
+    Ok(Opened {
+        layout,
+        doorbell: (regs.host_peer_id as u16, regs.doorbell_vector as u16),
+    })
+}
+
+/// Reads the geometry again (after a reset) and fails unless it is still `expected`: the rings
+/// are re-attached at the same offsets, and the staging code relies on an unchanged area.
+pub(super) fn check_layout_unchanged(view: ShmView, expected: Layout) -> Result<(), Error> {
+    let regs: RegisterPage = view.read_obj(0);
+    let layout = Layout::from_regs(&regs, view.len() as u64)?;
+    if layout != expected {
+        return Err(LayoutError::Inconsistent("ring geometry changed across a reset").into());
+    }
+    Ok(())
+}
+
+impl Device {
+    /// A fresh reading of the register page.
+    pub fn info(&self) -> DeviceInfo {
+        DeviceInfo::from_regs(&self.view.read_obj::<RegisterPage>(0))
+    }
+
+    /// Fails when the device will not answer: fenced, or stopped by vgpud.
+    pub(super) fn fenced(&self) -> Result<(), Error> {
+        let status = self.view.load_u32(off::DEVICE_STATUS);
+        if status == DeviceStatus::Fenced as u32 {
+            return Err(Error::Fenced {
+                reason: self.view.load_u32(off::LAST_ERROR),
+            });
+        }
+        if status == DeviceStatus::Stopped as u32 {
+            return Err(Error::Stopped);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testhost::register_page;
+    use vgpu_abi::ring::FenceReason;
+    use vgpu_abi::AbiError;
+
+    const SIZE: u64 = vgpu_abi::layout::MIN_SHM_SIZE;
+
+    /// Runs `f` on a view of a zeroed, 8-aligned buffer of `len` bytes holding `regs`.
+    fn with_page(len: usize, regs: Option<&RegisterPage>, f: impl FnOnce(ShmView)) {
+        let mut buf = vec![0u64; len.div_ceil(8)];
+        // SAFETY: the buffer is 8-aligned and at least `len` bytes long, and it is dropped only
+        // after `f` returns; no test keeps the view beyond `f`.
+        let view = unsafe { ShmView::new(buf.as_mut_ptr().cast(), len) };
+        if let Some(r) = regs {
+            view.write_obj(0, r);
+        }
+        f(view);
+        drop(buf);
+    }
+
+    #[test]
+    fn a_good_page_gives_its_layout_and_doorbell() {
+        let mut regs = register_page(SIZE, 4, 8);
+        regs.host_peer_id = 9;
+        regs.doorbell_vector = 1;
+        with_page(SIZE as usize, Some(&regs), |v| {
+            let o = read_at_open(v).unwrap();
+            assert_eq!(o.layout, Layout::compute(SIZE, 4, 8).unwrap());
+            assert_eq!(o.doorbell, (9, 1));
+        });
+    }
+
+    #[test]
+    fn a_mapping_smaller_than_the_register_page_is_refused() {
+        let len = core::mem::size_of::<RegisterPage>() - 8;
+        with_page(len, None, |v| {
+            assert!(matches!(
+                read_at_open(v),
+                Err(Error::Layout(LayoutError::BadShmSize(n))) if n == len as u64
+            ));
+        });
+    }
+
+    #[test]
+    fn bad_magic_and_other_major_are_refused() {
+        let mut regs = register_page(SIZE, 4, 8);
+        regs.magic ^= 1;
+        with_page(SIZE as usize, Some(&regs), |v| {
+            assert!(matches!(
+                read_at_open(v),
+                Err(Error::Abi(AbiError::BadMagic { .. }))
+            ));
+        });
+        let mut regs = register_page(SIZE, 4, 8);
+        regs.abi_version = (vgpu_abi::ABI_MAJOR as u32 + 1) << 16;
+        with_page(SIZE as usize, Some(&regs), |v| {
+            assert!(matches!(
+                read_at_open(v),
+                Err(Error::Abi(AbiError::VersionMismatch { .. }))
+            ));
+        });
+    }
+
+    #[test]
+    fn geometry_that_does_not_fit_the_mapping_is_refused() {
+        // Each register disagrees with what the host computes for this mapping.
+        let bad: [fn(&mut RegisterPage); 5] = [
+            |r| r.shm_size *= 2,
+            |r| r.sq_entries = 3,
+            |r| r.cq_entries = r.sq_entries / 2,
+            |r| r.staging_offset += 4096,
+            |r| r.sqe_size += 1,
+        ];
+        for (i, spoil) in bad.iter().enumerate() {
+            let mut regs = register_page(SIZE, 4, 8);
+            spoil(&mut regs);
+            with_page(SIZE as usize, Some(&regs), |v| {
+                assert!(
+                    matches!(read_at_open(v), Err(Error::Layout(_))),
+                    "spoiled register set {i} was accepted"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn a_reset_that_changes_the_geometry_is_refused() {
+        let regs = register_page(SIZE, 4, 8);
+        with_page(SIZE as usize, Some(&regs), |v| {
+            let layout = read_at_open(v).unwrap().layout;
+            check_layout_unchanged(v, layout).unwrap();
+            v.write_obj(0, &register_page(SIZE, 2, 8));
+            assert!(matches!(
+                check_layout_unchanged(v, layout),
+                Err(Error::Layout(LayoutError::Inconsistent(_)))
+            ));
+        });
+    }
+
+    #[test]
+    fn info_words() {
+        let mut regs = register_page(SIZE, 4, 8);
+        regs.backend = 77;
+        regs.abi_version = 3 << 16 | 14;
+        regs.device_status = DeviceStatus::Fenced as u32;
+        let mut i = DeviceInfo::from_regs(&regs);
+        assert_eq!(i.status, Some(DeviceStatus::Fenced));
+        assert_eq!(i.status_name(), "fenced");
+        assert_eq!(i.backend_name(), "unknown(77)");
+        assert_eq!(i.abi_version_string(), "3.14");
+        assert_eq!(i.last_error_string(), "none");
+        i.last_error = Status::QuotaExceeded as u32;
+        assert_eq!(i.last_error_string(), Status::QuotaExceeded.to_string());
+        let reason = FenceReason::CqIndexOutOfRange;
+        i.last_error = reason as u32;
+        assert!(i.last_error_string().starts_with(&reason.to_string()));
+        i.last_error = 0xdead_beef;
+        assert!(
+            FenceReason::from_raw(i.last_error).is_none()
+                && Status::from_raw(i.last_error).is_none()
+        );
+        assert_eq!(i.last_error_string(), format!("code {}", 0xdead_beef_u32));
+    }
+}

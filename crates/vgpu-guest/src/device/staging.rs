@@ -1,0 +1,264 @@
+//! The staging area: host ↔ device copies staged through it in chunks, two in flight, and raw
+//! access for hand-made `CopyH2D` / `CopyD2H` commands and small command payloads.
+
+use std::collections::VecDeque;
+
+use vgpu_abi::cmd::Command;
+use vgpu_abi::{Layout, Opcode};
+
+use super::ring::check;
+use super::Device;
+use crate::Error;
+
+/// Largest piece of a host ↔ device copy staged at once.
+pub const MAX_COPY_CHUNK: u64 = 1 << 20;
+
+/// Size of a copy chunk for a staging area of `staging_size` bytes: half of it, so that two
+/// chunks are in flight without overlapping, and at most [`MAX_COPY_CHUNK`].
+fn chunk_size(staging_size: u64) -> u64 {
+    (staging_size / 2).clamp(1, MAX_COPY_CHUNK)
+}
+
+/// The BAR2 offset of staging bytes `[off, off + len)`, when they lie inside the staging area
+/// of `layout`.
+fn staging_range(layout: &Layout, off: u64, len: usize) -> Result<usize, Error> {
+    match off.checked_add(len as u64) {
+        Some(end) if end <= layout.staging_size => Ok((layout.staging_offset + off) as usize),
+        _ => Err(Error::InvalidArgument(format!(
+            "staging range {off:#x}+{len:#x} outside the {:#x}-byte staging area",
+            layout.staging_size
+        ))),
+    }
+}
+
+/// Checks that device addresses `[base, base + len)` do not wrap around.
+fn dev_addr(base: u64, len: usize) -> Result<u64, Error> {
+    base.checked_add(len as u64)
+        .ok_or_else(|| Error::InvalidArgument(format!("device range {base:#x}+{len:#x} overflows")))
+}
+
+impl Device {
+    /// Size of the staging area in bytes.
+    pub fn staging_size(&self) -> u64 {
+        self.layout.staging_size
+    }
+
+    /// Writes `data` into the staging area at `off` (for raw `CopyH2D` commands). Note that
+    /// [`Device::copy_htod`] / [`Device::copy_dtoh`] use the start of staging.
+    pub fn write_staging(&self, off: u64, data: &[u8]) -> Result<(), Error> {
+        let at = staging_range(&self.layout, off, data.len())?;
+        self.view.write_bytes(at, data);
+        Ok(())
+    }
+
+    /// Reads the staging area at `off` into `out`.
+    pub fn read_staging(&self, off: u64, out: &mut [u8]) -> Result<(), Error> {
+        let at = staging_range(&self.layout, off, out.len())?;
+        self.view.read_bytes(at, out);
+        Ok(())
+    }
+
+    /// Staging bytes `[off, off+len)` reserved for small command payloads (PTX text, names):
+    /// the first bytes of staging, under the staging lock.
+    pub(crate) fn with_staging<T>(
+        &self,
+        data: &[u8],
+        f: impl FnOnce(u64) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        if data.len() as u64 > self.layout.staging_size {
+            return Err(Error::InvalidArgument(format!(
+                "{} bytes do not fit the {}-byte staging area",
+                data.len(),
+                self.layout.staging_size
+            )));
+        }
+        let _g = self.staging_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.view
+            .write_bytes(self.layout.staging_offset as usize, data);
+        f(0)
+    }
+
+    /// Size of a copy chunk for this device's staging area.
+    fn chunk(&self) -> u64 {
+        chunk_size(self.layout.staging_size)
+    }
+
+    /// Waits for every tag in `inflight`, keeping the first error (so that staging is free
+    /// again before returning).
+    fn finish(
+        &self,
+        inflight: &mut VecDeque<u64>,
+        op: Opcode,
+        mut err: Option<Error>,
+    ) -> Result<(), Error> {
+        while let Some(t) = inflight.pop_front() {
+            if let Err(e) = self.wait(t, op as u16).and_then(|c| check(op, c)) {
+                err.get_or_insert(e);
+            }
+        }
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Copies host memory to the device through the staging area: in chunks of at most
+    /// half the staging area (1 MiB at most), two in flight, a half reused only once its
+    /// command has completed. Uses (and clobbers) the first two chunks of staging.
+    pub fn copy_htod(&self, dst: u64, src: &[u8]) -> Result<(), Error> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        dev_addr(dst, src.len())?;
+        let _g = self.staging_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let chunk = self.chunk() as usize;
+        let mut inflight: VecDeque<u64> = VecDeque::new();
+        let mut err = None;
+        for (i, piece) in src.chunks(chunk).enumerate() {
+            if inflight.len() == 2 {
+                let t = inflight.pop_front().expect("two in flight");
+                if let Err(e) = self
+                    .wait(t, Opcode::CopyH2D as u16)
+                    .and_then(|c| check(Opcode::CopyH2D, c))
+                {
+                    err = Some(e);
+                    break;
+                }
+            }
+            let soff = (i % 2) * chunk;
+            self.view
+                .write_bytes(self.layout.staging_offset as usize + soff, piece);
+            let cmd = Command::CopyH2D {
+                dst: dst + (i * chunk) as u64,
+                staging_offset: soff as u64,
+                len: piece.len() as u64,
+            };
+            match self.start(cmd.encode(0, 0)) {
+                Ok(t) => inflight.push_back(t),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        self.finish(&mut inflight, Opcode::CopyH2D, err)
+    }
+
+    /// Copies device memory to the host through the staging area (chunked and pipelined as
+    /// [`Device::copy_htod`]).
+    pub fn copy_dtoh(&self, out: &mut [u8], src: u64) -> Result<(), Error> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        dev_addr(src, out.len())?;
+        let _g = self.staging_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let chunk = self.chunk() as usize;
+        let total = out.len();
+        let n = total.div_ceil(chunk);
+        let len_of = |i: usize| chunk.min(total - i * chunk);
+        let issue = |i: usize| {
+            let cmd = Command::CopyD2H {
+                src: src + (i * chunk) as u64,
+                staging_offset: ((i % 2) * chunk) as u64,
+                len: len_of(i) as u64,
+            };
+            self.start(cmd.encode(0, 0))
+        };
+        let mut inflight: VecDeque<u64> = VecDeque::new();
+        for i in 0..n.min(2) {
+            match issue(i) {
+                Ok(t) => inflight.push_back(t),
+                Err(e) => return self.finish(&mut inflight, Opcode::CopyD2H, Some(e)),
+            }
+        }
+        for i in 0..n {
+            let t = inflight.pop_front().expect("chunk in flight");
+            if let Err(e) = self
+                .wait(t, Opcode::CopyD2H as u16)
+                .and_then(|c| check(Opcode::CopyD2H, c))
+            {
+                return self.finish(&mut inflight, Opcode::CopyD2H, Some(e));
+            }
+            let soff = self.layout.staging_offset as usize + (i % 2) * chunk;
+            self.view
+                .read_bytes(soff, &mut out[i * chunk..i * chunk + len_of(i)]);
+            if i + 2 < n {
+                match issue(i + 2) {
+                    Ok(t) => inflight.push_back(t),
+                    Err(e) => return self.finish(&mut inflight, Opcode::CopyD2H, Some(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_chunks_fit_the_staging_area_and_a_chunk_is_at_most_1_mib() {
+        for staging in [
+            2,
+            3,
+            4096,
+            192 << 10,
+            2 << 20,
+            (2 << 20) + 2,
+            16 << 20,
+            1 << 40,
+        ] {
+            let c = chunk_size(staging);
+            assert!(c >= 1 && 2 * c <= staging, "chunk {c} for {staging} bytes");
+            assert!(c <= MAX_COPY_CHUNK);
+        }
+        assert_eq!(chunk_size(192 << 10), 96 << 10);
+        assert_eq!(chunk_size(2 << 20), MAX_COPY_CHUNK);
+        assert_eq!(chunk_size(16 << 20), MAX_COPY_CHUNK);
+        // A degenerate area still gives progress (the layout rules never publish one).
+        assert_eq!(chunk_size(1), 1);
+        assert_eq!(chunk_size(0), 1);
+    }
+
+    #[test]
+    fn staging_ranges_stay_inside_the_area() {
+        let layout = Layout::compute(vgpu_abi::layout::MIN_SHM_SIZE, 4, 8).unwrap();
+        let (base, size) = (layout.staging_offset as usize, layout.staging_size);
+        assert_eq!(staging_range(&layout, 0, 0).unwrap(), base);
+        assert_eq!(
+            staging_range(&layout, 0, size as usize).unwrap(),
+            base,
+            "the whole area"
+        );
+        assert_eq!(
+            staging_range(&layout, size - 4, 4).unwrap(),
+            base + size as usize - 4
+        );
+        assert_eq!(
+            staging_range(&layout, size, 0).unwrap(),
+            base + size as usize
+        );
+        for (off, len) in [
+            (size - 3, 4),
+            (size, 1),
+            (0, size as usize + 1),
+            (u64::MAX, 1),
+        ] {
+            assert!(
+                matches!(
+                    staging_range(&layout, off, len),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "{off:#x}+{len:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn device_ranges_that_wrap_are_refused() {
+        assert_eq!(dev_addr(0x1000, 16).unwrap(), 0x1010);
+        assert_eq!(dev_addr(u64::MAX - 1, 1).unwrap(), u64::MAX);
+        assert!(matches!(
+            dev_addr(u64::MAX, 1),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}
