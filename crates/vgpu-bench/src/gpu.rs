@@ -1,6 +1,7 @@
 //! `vgpu-bench gpu`: work through the vGPU (a process client attached to a real vgpud running
 //! the cuda backend) next to the same work done natively (direct CUDA driver calls from this
-//! process, cudarc), on the same GPU, in one run, with the same kernels and sizes.
+//! process, through the backend's own FFI layer `vgpu_mediator::backend::cuda::api` over
+//! cudarc), on the same GPU, in one run, with the same kernels and sizes.
 //!
 //! Both sides run the built-in kernels compiled by NVRTC from the same CUDA C
 //! (`crates/vgpu-mediator/kernels/builtins.cu`, included at build time), launched with the
@@ -20,13 +21,13 @@
 //! bandwidths higher is better). Exit status 2 when no GPU (or no CUDA) is usable here.
 
 use std::collections::BTreeMap;
-use std::ffi::{c_void, CString};
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use vgpu_mediator::backend::cuda::api::{self, Kernel};
 use vgpu_mediator::backend::cuda::nvrtc;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use cudarc::driver::{result as cu, sys};
 use serde_json::{json, Map, Value};
 use vgpu_abi::cmd::{BusyParams, Command, LaunchBody, SgemmParams};
 use vgpu_abi::{Builtin, Cqe, Sqe, Status};
@@ -122,26 +123,27 @@ pub fn cli(o: &Opts) -> Result<()> {
 
 // ---- native CUDA ---------------------------------------------------------------------------
 
-/// A CUDA context of this process with the built-in kernels loaded, and one stream.
+/// A CUDA context of this process with the built-in kernels loaded, and one stream. Every
+/// driver call goes through the cuda backend's own FFI layer ([`api`]), so both sides of the
+/// comparison make the same calls.
 struct Native {
-    dev: sys::CUdevice,
-    stream: sys::CUstream,
-    module: sys::CUmodule,
+    dev: api::CUdevice,
+    stream: api::CUstream,
+    module: api::CUmodule,
     name: String,
     cc: (i32, i32),
     driver: i32,
     nvrtc_options: Vec<String>,
 }
 
-fn cuda_err(what: &str) -> impl FnOnce(cu::DriverError) -> anyhow::Error + '_ {
-    move |e| anyhow!("{what}: {e}")
+fn cuda_err(what: &str) -> impl FnOnce(api::CUresult) -> anyhow::Error + '_ {
+    move |r| anyhow!("{what}: {r:?}")
 }
 
 impl Native {
     /// Opens device `ordinal`; [`Unavailable`] when libcuda, libnvrtc or a GPU is missing.
     fn open(ordinal: i32, cuda_c: &str) -> Result<Self> {
-        // SAFETY: only tries to dlopen the driver library by its usual names; nothing is called.
-        if !unsafe { sys::is_culib_present() } {
+        if !api::driver_present() {
             return Err(Unavailable(
                 "libcuda.so.1 cannot be loaded (no NVIDIA driver here, or it is not on \
                  LD_LIBRARY_PATH, e.g. /usr/local/nvidia/lib64)"
@@ -149,8 +151,7 @@ impl Native {
             )
             .into());
         }
-        // SAFETY: as above, for NVRTC.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        if !api::nvrtc_present() {
             return Err(Unavailable(
                 "libnvrtc.so.13 cannot be loaded (put the CUDA 13 toolkit's lib directory, e.g. \
                  /usr/local/cuda/targets/x86_64-linux/lib, on LD_LIBRARY_PATH)"
@@ -158,36 +159,29 @@ impl Native {
             )
             .into());
         }
-        cu::init().map_err(|e| Unavailable(format!("cuInit failed: {e}")))?;
-        let count = cu::device::get_count().map_err(|e| Unavailable(format!("{e}")))?;
-        if count <= ordinal {
+        api::init().map_err(|r| Unavailable(format!("cuInit failed: {r:?}")))?;
+        let count = api::device_count().map_err(|r| Unavailable(format!("{r:?}")))?;
+        let index = usize::try_from(ordinal)
+            .map_err(|_| anyhow!("--device {ordinal}: not a device ordinal"))?;
+        if count <= index {
             return Err(Unavailable(format!(
                 "device {ordinal} asked for, {count} CUDA device(s) visible"
             ))
             .into());
         }
-        let dev = cu::device::get(ordinal).map_err(cuda_err("cuDeviceGet"))?;
-        let name = cu::device::get_name(dev).map_err(cuda_err("cuDeviceGetName"))?;
-        // SAFETY: `dev` is a valid device handle obtained above.
-        let attr = |a| unsafe { cu::device::get_attribute(dev, a) };
+        let dev = api::device(index).map_err(cuda_err("cuDeviceGet"))?;
+        let name = api::device_name(dev).map_err(cuda_err("cuDeviceGetName"))?;
+        let attr = |a| api::device_attribute(dev, a).map_err(cuda_err("compute capability"));
         let cc = (
-            attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-                .map_err(cuda_err("compute capability"))?,
-            attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
-                .map_err(cuda_err("compute capability"))?,
+            attr(api::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attr(api::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
         );
-        let mut driver = 0i32;
-        // SAFETY: writes one int through a valid pointer.
-        unsafe { sys::cuDriverGetVersion(&mut driver) }
-            .result()
-            .map_err(cuda_err("cuDriverGetVersion"))?;
-        // SAFETY: `dev` is valid; the primary context is released in Drop.
-        let ctx = unsafe { cu::primary_ctx::retain(dev) }
-            .map_err(cuda_err("cuDevicePrimaryCtxRetain"))?;
-        // SAFETY: `ctx` was just retained and stays alive until Drop.
-        unsafe { cu::ctx::set_current(ctx) }.map_err(cuda_err("cuCtxSetCurrent"))?;
-        let stream = cu::stream::create(cu::stream::StreamKind::NonBlocking)
-            .map_err(cuda_err("cuStreamCreate"))?;
+        let driver = api::driver_version().map_err(cuda_err("cuDriverGetVersion"))?;
+        // The primary context, released in Drop.
+        let ctx = api::primary_ctx_retain(dev).map_err(cuda_err("cuDevicePrimaryCtxRetain"))?;
+        api::ctx_set_current(ctx).map_err(cuda_err("cuCtxSetCurrent"))?;
+        // Non-blocking at the default priority (0): what `cuStreamCreate` would make.
+        let stream = api::stream_create(0).map_err(cuda_err("cuStreamCreate"))?;
         // Exactly how vgpud's cuda backend compiles its built-ins.
         let nvrtc_options = nvrtc::options(cc.0, cc.1);
         let mut me = Native {
@@ -201,119 +195,65 @@ impl Native {
         };
         let cubin =
             nvrtc::compile_cubin(cuda_c, "builtins.cu", cc.0, cc.1).map_err(|e| anyhow!(e))?;
-        // SAFETY: `cubin` is a complete cubin image that outlives the call; the context is
-        // current on this thread.
-        me.module = unsafe { cu::module::load_data(cubin.as_ptr().cast()) }
-            .map_err(cuda_err("cuModuleLoadData (built-in kernels)"))?;
+        me.module = api::module_load(&cubin)
+            .map_err(|(r, log)| anyhow!("cuModuleLoadData (built-in kernels): {r:?}\n{log}"))?;
         Ok(me)
     }
 
     /// A kernel of the module with its parameter layout (`cuFuncGetParamInfo`).
     fn func(&self, name: &str) -> Result<Kernel> {
         let c = CString::new(name)?;
-        // SAFETY: `self.module` is loaded and stays loaded until Drop.
-        let f = unsafe { cu::module::get_function(self.module, c) }
-            .map_err(|e| anyhow!("kernel `{name}` not in builtins.cu: {e}"))?;
-        let mut params = Vec::new();
-        for i in 0..32 {
-            let (mut off, mut size) = (0usize, 0usize);
-            // SAFETY: `f` is a live function; both out-pointers are valid.
-            let r = unsafe { sys::cuFuncGetParamInfo(f, i, &mut off, &mut size) };
-            match r {
-                sys::CUresult::CUDA_SUCCESS => params.push((off, size)),
-                // Past the last parameter.
-                sys::CUresult::CUDA_ERROR_INVALID_VALUE => break,
-                e => bail!("cuFuncGetParamInfo({name}, {i}): {}", cu::DriverError(e)),
-            }
-        }
-        Ok(Kernel { f, params })
+        Kernel::get(self.module, &c, 32)
+            .map_err(|r| anyhow!("kernel `{name}` of builtins.cu: {r:?}"))
     }
 
     /// Launches `k` on the stream, its parameters taken from the packed bytes `params` (the
     /// same bytes the vGPU's Launch command carries), as a CUDA program does: one pointer per
     /// parameter in `kernelParams`.
     fn launch(&self, k: &Kernel, grid: [u32; 3], block: [u32; 3], params: &[u8]) -> Result<()> {
-        let mut ptrs: Vec<*mut c_void> = Vec::with_capacity(k.params.len());
-        for &(off, size) in &k.params {
+        // Said here with the numbers; `Kernel::launch` would only answer INVALID_VALUE.
+        for &(off, size) in k.params() {
             ensure!(
                 off + size <= params.len(),
                 "parameter at {off}+{size} outside {} packed bytes",
                 params.len()
             );
-            ptrs.push(params[off..].as_ptr() as *mut c_void);
         }
-        let kp = if ptrs.is_empty() {
-            std::ptr::null_mut()
-        } else {
-            ptrs.as_mut_ptr()
-        };
-        // SAFETY: `k.f` is a function of the loaded module; `kp` holds one pointer per kernel
-        // parameter (its count from cuFuncGetParamInfo), each to at least that parameter's
-        // size of bytes of `params`, which outlive the call (the driver copies them at launch).
-        unsafe {
-            sys::cuLaunchKernel(
-                k.f,
-                grid[0],
-                grid[1],
-                grid[2],
-                block[0],
-                block[1],
-                block[2],
-                0,
-                self.stream,
-                kp,
-                std::ptr::null_mut(),
-            )
-        }
-        .result()
-        .map_err(cuda_err("cuLaunchKernel"))
+        k.launch(grid, block, 0, self.stream, params)
+            .map_err(cuda_err("cuLaunchKernel"))
     }
 
     fn sync(&self) -> Result<()> {
-        // SAFETY: the stream belongs to the current context and lives until Drop.
-        unsafe { cu::stream::synchronize(self.stream) }.map_err(cuda_err("cuStreamSynchronize"))
+        api::stream_synchronize(self.stream).map_err(cuda_err("cuStreamSynchronize"))
     }
 
     fn alloc(&self, bytes: u64) -> Result<u64> {
-        // SAFETY: plain device allocation in the current context; freed by the caller.
-        unsafe { cu::malloc_sync(bytes as usize) }.map_err(cuda_err("cuMemAlloc"))
+        api::mem_alloc(bytes).map_err(cuda_err("cuMemAlloc"))
     }
 
     fn free(&self, p: u64) -> Result<()> {
-        // SAFETY: `p` came from `alloc` and is freed once.
-        unsafe { cu::free_sync(p) }.map_err(cuda_err("cuMemFree"))
+        api::mem_free(p).map_err(cuda_err("cuMemFree"))
     }
 
-    /// Host → device from pinned memory, then waits.
+    /// Host → device from pinned memory (`cuMemcpyHtoDAsync`), then waits for the stream.
     fn h2d(&self, dst: u64, src: &Pinned, len: usize) -> Result<()> {
-        ensure!(len <= src.len, "copy longer than the pinned buffer");
-        // SAFETY: `src` is a live pinned buffer of at least `len` bytes, `dst` an allocation of
-        // at least `len` bytes; the stream is synchronized before `src` can be touched again.
-        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.ptr.cast(), len, self.stream) }
-            .result()
-            .map_err(cuda_err("cuMemcpyHtoDAsync"))?;
-        self.sync()
+        let src = src.as_slice().get(..len);
+        let src = src.context("copy longer than the pinned buffer")?;
+        api::memcpy_htod_sync(dst, src, self.stream).map_err(cuda_err("cuMemcpyHtoDAsync"))
     }
 
-    /// Device → host into pinned memory, then waits.
+    /// Device → host into pinned memory (`cuMemcpyDtoHAsync`), then waits for the stream.
     fn d2h(&self, dst: &mut Pinned, src: u64, len: usize) -> Result<()> {
-        ensure!(len <= dst.len, "copy longer than the pinned buffer");
-        // SAFETY: as `h2d`, the other way; `dst` is borrowed mutably until the sync returns.
-        unsafe { sys::cuMemcpyDtoHAsync_v2(dst.ptr.cast(), src, len, self.stream) }
-            .result()
-            .map_err(cuda_err("cuMemcpyDtoHAsync"))?;
-        self.sync()
+        let dst = dst.as_mut_slice().get_mut(..len);
+        let dst = dst.context("copy longer than the pinned buffer")?;
+        api::memcpy_dtoh_sync(dst, src, self.stream).map_err(cuda_err("cuMemcpyDtoHAsync"))
     }
 
+    /// Page-locked host memory (`cuMemHostAlloc`), freed when dropped, which happens inside
+    /// the run, before this context is released.
     fn pinned(&self, len: usize) -> Result<Pinned> {
-        // SAFETY: page-locked host allocation in the current context; freed in Pinned's Drop
-        // (before this context is released: Pinned values are dropped inside the run).
-        let ptr = unsafe { cu::malloc_host(len, 0) }.map_err(cuda_err("cuMemHostAlloc"))?;
-        Ok(Pinned {
-            ptr: ptr.cast(),
-            len,
-            memfd: None,
-        })
+        let mem = api::HostMem::new(len).map_err(cuda_err("cuMemHostAlloc"))?;
+        Ok(Pinned::Alloc(mem))
     }
 
     /// Host memory of the kind vgpu DMAs from: a shared memfd mapping (4 KiB pages unless the
@@ -323,74 +263,46 @@ impl Native {
         let fd = rustix::fs::memfd_create("vgpu-bench-staging", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
         let file = std::fs::File::from(fd);
-        // SAFETY: a private memfd of `len` bytes that nothing else truncates or maps.
-        let mut map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&file)? };
-        let ptr = map.as_mut_ptr();
-        // SAFETY: `ptr..ptr+len` is a live mapping kept in the returned value until after it is
-        // unregistered (Pinned's Drop).
-        unsafe { sys::cuMemHostRegister_v2(ptr.cast(), len, 0) }
-            .result()
-            .map_err(cuda_err("cuMemHostRegister"))?;
-        Ok(Pinned {
-            ptr,
-            len,
-            memfd: Some(map),
-        })
+        // SAFETY: a private memfd of `len` bytes that nothing else truncates or maps (not a CUDA
+        // call: mapping a file is `unsafe` in memmap2 because another mapper could change it).
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&file)? };
+        let reg = api::RegisteredMap::new(map).map_err(cuda_err("cuMemHostRegister"))?;
+        Ok(Pinned::Memfd(reg))
     }
 }
 
 impl Drop for Native {
     fn drop(&mut self) {
-        // SAFETY: each handle was created by `open` in this context and is destroyed once;
-        // errors at teardown are of no use to anyone.
-        unsafe {
-            if !self.module.is_null() {
-                let _ = cu::module::unload(self.module);
-            }
-            let _ = cu::stream::destroy(self.stream);
-            let _ = cu::primary_ctx::release(self.dev);
+        // Each handle was created by `open` in this context and is destroyed once; errors at
+        // teardown are of no use to anyone.
+        if !self.module.is_null() {
+            let _ = api::module_unload(self.module);
         }
+        let _ = api::stream_destroy(self.stream);
+        let _ = api::primary_ctx_release(self.dev);
     }
 }
 
-/// A kernel and its parameters' (offset, size).
-struct Kernel {
-    f: sys::CUfunction,
-    params: Vec<(usize, usize)>,
-}
-
 /// Page-locked host memory: `cuMemHostAlloc`, or a memfd mapping registered with
-/// `cuMemHostRegister` (`memfd` holds the mapping).
-struct Pinned {
-    ptr: *mut u8,
-    len: usize,
-    memfd: Option<memmap2::MmapMut>,
+/// `cuMemHostRegister`.
+enum Pinned {
+    Alloc(api::HostMem),
+    Memfd(api::RegisteredMap),
 }
 
 impl Pinned {
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr` points at `len` bytes owned by this value, and no copy is in flight
-        // (every copy waits for its stream before returning).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        match self {
+            Pinned::Alloc(m) => m.as_slice(),
+            Pinned::Memfd(m) => m.as_slice(),
+        }
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as `as_slice`, borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        if let Some(map) = self.memfd.take() {
-            // SAFETY: `ptr` was registered by `registered_memfd` and is unregistered once,
-            // before its mapping is dropped.
-            let _ = unsafe { sys::cuMemHostUnregister(self.ptr.cast()) };
-            drop(map);
-            return;
+        match self {
+            Pinned::Alloc(m) => m.as_mut_slice(),
+            Pinned::Memfd(m) => m.as_mut_slice(),
         }
-        // SAFETY: `ptr` came from cuMemHostAlloc and is freed once.
-        let _ = unsafe { cu::free_host(self.ptr.cast()) };
     }
 }
 

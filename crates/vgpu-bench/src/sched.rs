@@ -45,9 +45,9 @@ pub struct Opts {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Write the plot here (default: next to the JSON file, else `sched.png`).
+    /// Write the plot (SVG) here (default: next to the JSON file, else `sched.svg`).
     #[arg(long)]
-    pub png: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
     /// High-priority kernels measured per case (default 4000 on cpu, 1500 on cuda: the p99 is
     /// then the 40th / 15th longest).
     #[arg(long)]
@@ -138,18 +138,15 @@ impl Opts {
 
 /// `(SMs, resident threads per SM)` of GPU 0, asked of the driver (no context is created).
 fn gpu_sms() -> Option<(u32, u32)> {
-    use cudarc::driver::{result as cu, sys};
-    // SAFETY: only tries to dlopen the driver library by its usual names.
-    if !unsafe { sys::is_culib_present() } {
+    use vgpu_mediator::backend::cuda::api::{self, CUdevice_attribute as Attr};
+    if !api::driver_present() {
         return None;
     }
-    cu::init().ok()?;
-    let dev = cu::device::get(0).ok()?;
-    // SAFETY: `dev` is a valid device handle obtained above.
-    let attr = |a| unsafe { cu::device::get_attribute(dev, a) }.ok();
-    let sms = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-    let threads =
-        attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?;
+    api::init().ok()?;
+    let dev = api::device(0).ok()?;
+    let attr = |a| api::device_attribute(dev, a).ok();
+    let sms = attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let threads = attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?;
     Some((u32::try_from(sms).ok()?, u32::try_from(threads).ok()?))
 }
 
@@ -840,9 +837,9 @@ pub fn run(o: &Opts) -> Result<Value> {
         println!("  goal {t}: {}", if *ok { "MET" } else { "NOT MET" });
     }
 
-    let png = o.png.clone().unwrap_or_else(|| match &o.json {
-        Some(j) => j.with_extension("png"),
-        None => PathBuf::from("sched.png"),
+    let plot_path = o.plot.clone().unwrap_or_else(|| match &o.json {
+        Some(j) => j.with_extension("svg"),
+        None => PathBuf::from("sched.svg"),
     });
     let cdfs = [
         alone.clone(),
@@ -865,11 +862,11 @@ pub fn run(o: &Opts) -> Result<Value> {
         (T_BACK, all.clone()),
         (T_END, all.clone()),
     ];
-    plot::sched_png(&png, &cdfs, &timeline, &steps, T_END)?;
+    plot::write_sched_svg(&plot_path, &cdfs, &timeline, &steps, T_END)?;
     println!(
         "plot: {} (left: HP latency CDFs, log x, alone=black, priority=blue, fifo=red, reserve=green; \
          right: pool shares per {:.0} ms, pools 0/1/2 = orange/purple/teal, dashed = entitlement)",
-        png.display(),
+        plot_path.display(),
         SLIDE * 1000.0
     );
 
@@ -908,7 +905,7 @@ pub fn run(o: &Opts) -> Result<Value> {
         "jain_index": jain_min,
         "idle_handover_ms": handover,
         "idle_takeback_ms": takeback,
-        "plot": png,
+        "plot": plot_path,
         "targets_met": targets.iter().all(|t| t.1),
     }))
 }

@@ -1,18 +1,34 @@
 //! Thin wrappers over the CUDA driver API (cudarc's `sys` bindings, loaded at run time). This
-//! module and [`super::nvrtc`] hold the backend's `unsafe` code; everything above them deals in
-//! `Result<_, CUresult>` and opaque handles.
+//! module and [`super::nvrtc`] hold the workspace's CUDA `unsafe` code: the cuda backend and the
+//! native side of `vgpu-bench` (which must make the very calls the backend makes, to compare
+//! like with like) both go through them, and everything above them deals in
+//! `Result<_, CUresult>`, opaque handles and the owning host-memory types [`HostMem`] and
+//! [`RegisteredMap`].
 //!
 //! Handles (`CUcontext`, `CUstream`, `CUevent`, `CUmodule`, `CUfunction`) are raw driver
-//! pointers. The driver validates them, and the callers in [`super`] only pass handles they
-//! created and have not destroyed yet.
+//! pointers. The driver validates them, and callers only pass handles they created and have not
+//! destroyed yet, with the context they belong to current on the calling thread.
+//!
+//! That contract is why the functions taking handles are safe `fn`s although clippy cannot see
+//! the handles are never dereferenced on the host (`not_unsafe_ptr_arg_deref`, allowed below).
+//! A few also take host pointers into memory the caller keeps mapped ([`memcpy_htod`],
+//! [`memcpy_dtoh`], [`host_register`], [`launch`]): the cuda backend's zero-copy path, whose
+//! guest memory has no Rust owner. Everything else uses the borrow-checked forms instead:
+//! [`memcpy_htod_sync`], [`memcpy_dtoh_sync`], [`Kernel::launch`], [`HostMem`],
+//! [`RegisteredMap`].
 
-use cudarc::driver::sys::{
-    self, CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction, CUjit_option,
-    CUmodule, CUresult, CUstream,
-};
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+use cudarc::driver::sys::{self, CUjit_option};
 use std::ffi::{c_void, CStr};
 use std::mem::MaybeUninit;
-use std::ptr;
+use std::ptr::{self, NonNull};
+
+/// The driver's handle and enum types, re-exported so that callers need no cudarc of their own.
+pub use cudarc::driver::sys::{
+    CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction, CUmodule, CUresult,
+    CUstream,
+};
 
 /// A driver call's result.
 pub type CuResult<T> = Result<T, CUresult>;
@@ -87,6 +103,29 @@ pub fn device_attribute(d: CUdevice, a: CUdevice_attribute) -> CuResult<i32> {
     Ok(v)
 }
 
+/// The CUDA driver API version (`major * 1000 + minor * 10`, e.g. 13000).
+pub fn driver_version() -> CuResult<i32> {
+    let mut v = 0i32;
+    // SAFETY: `v` is a valid out-pointer.
+    check(unsafe { sys::cuDriverGetVersion(&mut v) })?;
+    Ok(v)
+}
+
+/// Retains `d`'s primary context (the one the CUDA runtime shares; not made current). Undo
+/// with [`primary_ctx_release`].
+pub fn primary_ctx_retain(d: CUdevice) -> CuResult<CUcontext> {
+    let mut c = ptr::null_mut();
+    // SAFETY: `c` is a valid out-pointer; an invalid device is an error, not UB.
+    check(unsafe { sys::cuDevicePrimaryCtxRetain(&mut c, d) })?;
+    Ok(c)
+}
+
+/// Drops one reference to `d`'s primary context (destroyed with the last one).
+pub fn primary_ctx_release(d: CUdevice) -> CuResult<()> {
+    // SAFETY: no pointer arguments; the caller retained the context once per release.
+    check(unsafe { sys::cuDevicePrimaryCtxRelease_v2(d) })
+}
+
 /// Creates a context on `d` (it becomes current on this thread).
 pub fn ctx_create(d: CUdevice) -> CuResult<CUcontext> {
     let mut c = ptr::null_mut();
@@ -158,6 +197,18 @@ pub fn stream_create(priority: i32) -> CuResult<CUstream> {
     // SAFETY: `s` is a valid out-pointer.
     check(unsafe { sys::cuStreamCreateWithPriority(&mut s, flags, priority) })?;
     Ok(s)
+}
+
+/// Destroys a stream (work already queued on it still completes).
+pub fn stream_destroy(s: CUstream) -> CuResult<()> {
+    // SAFETY: `s` is a live stream of the current context, destroyed once.
+    check(unsafe { sys::cuStreamDestroy_v2(s) })
+}
+
+/// Waits for all work queued on `s`.
+pub fn stream_synchronize(s: CUstream) -> CuResult<()> {
+    // SAFETY: `s` is a live stream of the current context.
+    check(unsafe { sys::cuStreamSynchronize(s) })
 }
 
 /// An event with timing enabled.
@@ -251,6 +302,20 @@ pub fn memcpy_dtoh(dst: *mut u8, src: CUdeviceptr, len: u64, s: CUstream) -> CuR
     // lives; the guest may race on those bytes but they are plain shared memory (no Rust
     // references exist to them).
     check(unsafe { sys::cuMemcpyDtoHAsync_v2(dst.cast::<c_void>(), src, len as usize, s) })
+}
+
+/// Host → device on `s`, waiting for the copy (and all else queued on `s`) to complete, so
+/// `src` is borrowed for no longer than the DMA reads it.
+pub fn memcpy_htod_sync(dst: CUdeviceptr, src: &[u8], s: CUstream) -> CuResult<()> {
+    memcpy_htod(dst, src.as_ptr(), src.len() as u64, s)?;
+    stream_synchronize(s)
+}
+
+/// Device → host on `s`, waiting as [`memcpy_htod_sync`] does (`dst` is borrowed mutably until
+/// the DMA has written it).
+pub fn memcpy_dtoh_sync(dst: &mut [u8], src: CUdeviceptr, s: CUstream) -> CuResult<()> {
+    memcpy_dtoh(dst.as_mut_ptr(), src, dst.len() as u64, s)?;
+    stream_synchronize(s)
 }
 
 /// Device → device, asynchronous on `s`.
@@ -355,4 +420,152 @@ pub fn launch(
             ptr::null_mut(),
         )
     })
+}
+
+/// A kernel of a loaded module with its parameter layout (`cuFuncGetParamInfo`), so that its
+/// launches can be checked against it.
+///
+/// Its fields are private: [`Kernel::launch`] is sound only with the complete layout of `f`.
+pub struct Kernel {
+    f: CUfunction,
+    params: Vec<(usize, usize)>,
+}
+
+impl Kernel {
+    /// Kernel `name` of `m`; `CUDA_ERROR_NOT_SUPPORTED` when it has more than `max_params`
+    /// parameters (a partial layout would make the driver read past the pointer array).
+    pub fn get(m: CUmodule, name: &CStr, max_params: usize) -> CuResult<Self> {
+        let f = module_function(m, name)?;
+        let params = function_params(f, max_params.saturating_add(1))?;
+        if params.len() > max_params {
+            return Err(CUresult::CUDA_ERROR_NOT_SUPPORTED);
+        }
+        Ok(Self { f, params })
+    }
+
+    /// `(offset, size)` of each parameter in the packed parameter bytes.
+    pub fn params(&self) -> &[(usize, usize)] {
+        &self.params
+    }
+
+    /// Launches it on `s` with its parameters taken from `packed` (the layout of the packed
+    /// parameter structs: parameter `i` at `params[i].0`), one pointer per parameter as a CUDA
+    /// program passes them. `CUDA_ERROR_INVALID_VALUE` when a parameter lies outside `packed`.
+    pub fn launch(
+        &self,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem: u32,
+        s: CUstream,
+        packed: &[u8],
+    ) -> CuResult<()> {
+        let mut ptrs = Vec::with_capacity(self.params.len());
+        for &(off, size) in &self.params {
+            if off.checked_add(size).is_none_or(|end| end > packed.len()) {
+                return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+            }
+            // The driver only reads through these, and copies them before returning.
+            ptrs.push(packed[off..].as_ptr() as *mut c_void);
+        }
+        launch(self.f, grid, block, shared_mem, s, &mut ptrs)
+    }
+}
+
+/// Page-locked host memory from `cuMemHostAlloc` (flags 0: portable to no other context),
+/// zeroed, freed on drop.
+///
+/// Drop it while the context it was allocated in is alive: destroying or releasing the context
+/// frees the memory itself.
+pub struct HostMem {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl HostMem {
+    /// Allocates `len` (> 0) bytes in the current context.
+    pub fn new(len: usize) -> CuResult<Self> {
+        let mut p: *mut c_void = ptr::null_mut();
+        // SAFETY: `p` is a valid out-pointer; flags 0 = plain page-locked memory.
+        check(unsafe { sys::cuMemHostAlloc(&mut p, len, 0) })?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
+        // The driver hands out uninitialised memory; slices of it must not exist before it is
+        // written once.
+        // SAFETY: `ptr` points at `len` writable bytes owned by nobody else yet.
+        unsafe { ptr.as_ptr().write_bytes(0, len) };
+        Ok(Self { ptr, len })
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its bytes. Copies into or out of it ([`memcpy_htod`], [`memcpy_dtoh`]) must have
+    /// completed (their stream synchronised) before they are read or written here.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points at `len` initialised bytes owned by this value until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Its bytes, writable (same rule as [`HostMem::as_slice`]).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as `as_slice`, borrowed mutably through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for HostMem {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `cuMemHostAlloc` in `new` and freed exactly once, here; nothing
+        // borrows it any more. A failure (a context already gone) is of no use at teardown.
+        let _ = unsafe { sys::cuMemFreeHost(self.ptr.as_ptr().cast()) };
+    }
+}
+
+/// A host mapping page-locked with [`host_register`] in the current context for as long as
+/// this value lives: owning the mapping keeps it mapped until after [`host_unregister`].
+///
+/// Drop it while that context is current (or already destroyed, which unregisters it anyway).
+pub struct RegisteredMap {
+    map: memmap2::MmapMut,
+}
+
+impl RegisteredMap {
+    /// Registers the whole of `map`.
+    pub fn new(mut map: memmap2::MmapMut) -> CuResult<Self> {
+        host_register(map.as_mut_ptr(), map.len())?;
+        Ok(Self { map })
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Its bytes (same rule as [`HostMem::as_slice`] for copies in flight).
+    pub fn as_slice(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Its bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+}
+
+impl Drop for RegisteredMap {
+    fn drop(&mut self) {
+        // Unregistered before `map` (a field) is unmapped, right after this.
+        let _ = host_unregister(self.map.as_mut_ptr());
+    }
 }

@@ -37,7 +37,7 @@
 //! * **Modules**: PTX from staging, module / function handles unique across VMs (a handle of
 //!   another VM is never valid), parameter layouts from `cuFuncGetParamInfo`.
 
-mod api;
+pub mod api;
 pub mod nvrtc;
 
 use super::{
