@@ -7,11 +7,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 
 use crate::qemu::tail_file;
 
 /// One `[[vm]]` entry of vgpud's config.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct VmConfig {
     pub name: String,
     pub socket: PathBuf,
@@ -31,29 +32,29 @@ pub struct Config {
 }
 
 impl Config {
-    /// The TOML text vgpud reads.
-    pub fn to_toml(&self) -> String {
-        let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
-        let p = |p: &Path| q(&p.to_string_lossy());
-        let mut t = format!(
-            "[mediator]\nbackend = {}\nadmin_socket = {}\n",
-            q(&self.backend),
-            p(&self.admin_socket)
-        );
-        for vm in &self.vms {
-            t.push_str(&format!(
-                "\n[[vm]]\nname = {}\nsocket = {}\nvm_id = {}\npool_id = {}\npriority = {}\n\
-                 mem_quota = {}\nshm_size = {}\n",
-                q(&vm.name),
-                p(&vm.socket),
-                vm.vm_id,
-                vm.pool_id,
-                vm.priority,
-                q(&vm.mem_quota),
-                q(&vm.shm_size)
-            ));
+    /// The TOML text vgpud reads. (xtask does not link vgpud's crate, which would build the
+    /// whole mediator for every `cargo xtask`; `vgpu_mediator::testkit` is the same for code
+    /// that does.)
+    pub fn to_toml(&self) -> Result<String> {
+        #[derive(Serialize)]
+        struct Mediator<'a> {
+            backend: &'a str,
+            admin_socket: &'a Path,
         }
-        t
+        #[derive(Serialize)]
+        struct File<'a> {
+            mediator: Mediator<'a>,
+            #[serde(rename = "vm")]
+            vms: &'a [VmConfig],
+        }
+        let file = File {
+            mediator: Mediator {
+                backend: &self.backend,
+                admin_socket: &self.admin_socket,
+            },
+            vms: &self.vms,
+        };
+        toml::to_string(&file).context("writing vgpud's config as TOML")
     }
 }
 
@@ -67,7 +68,7 @@ impl Vgpud {
     /// Writes `config` to `config_path`, removes stale sockets, starts `bin` with its stderr
     /// (and stdout) in `log`, and waits until every VM socket listens (30 s at most).
     pub fn start(bin: &Path, config: &Config, config_path: &Path, log: &Path) -> Result<Self> {
-        std::fs::write(config_path, config.to_toml())
+        std::fs::write(config_path, config.to_toml()?)
             .with_context(|| format!("writing {}", config_path.display()))?;
         for sock in config
             .vms
@@ -244,7 +245,7 @@ mod tests {
     fn config_toml_shape() {
         let c = Config {
             backend: "auto".into(),
-            admin_socket: "/t/admin.sock".into(),
+            admin_socket: "/t/admin \"a\".sock".into(),
             vms: vec![VmConfig {
                 name: "vm-a".into(),
                 socket: "/t/vm-a.sock".into(),
@@ -255,9 +256,17 @@ mod tests {
                 shm_size: "16MiB".into(),
             }],
         };
-        let t = c.to_toml();
-        assert!(t.contains("[mediator]\nbackend = \"auto\"\n"));
-        assert!(t.contains("[[vm]]\nname = \"vm-a\"\nsocket = \"/t/vm-a.sock\"\nvm_id = 1\n"));
-        assert!(t.contains("shm_size = \"16MiB\""));
+        let t: toml::Table = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        let m = t["mediator"].as_table().unwrap();
+        assert_eq!(m["backend"].as_str(), Some("auto"));
+        assert_eq!(m["admin_socket"].as_str(), Some("/t/admin \"a\".sock"));
+        let vms = t["vm"].as_array().unwrap();
+        assert_eq!(vms.len(), 1);
+        let vm = vms[0].as_table().unwrap();
+        assert_eq!(vm["name"].as_str(), Some("vm-a"));
+        assert_eq!(vm["socket"].as_str(), Some("/t/vm-a.sock"));
+        assert_eq!(vm["vm_id"].as_integer(), Some(1));
+        assert_eq!(vm["priority"].as_integer(), Some(2));
+        assert_eq!(vm["shm_size"].as_str(), Some("16MiB"));
     }
 }

@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+use vgpu_mediator::testkit::{ConfigBuilder, VmEntry};
 
 /// A running vgpud.
 pub struct Daemon {
@@ -16,6 +17,11 @@ pub struct Daemon {
     pub sockets: Vec<PathBuf>,
     /// vgpud's log (stderr).
     pub log: PathBuf,
+}
+
+/// vgpud's log level: `RUST_LOG`, else `info`.
+fn log_level() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())
 }
 
 /// The vgpud to start: `$VGPUD`, else the one next to this executable.
@@ -39,58 +45,68 @@ pub fn vgpud_path() -> Result<PathBuf> {
 pub struct VmDef {
     /// VM name (its socket is `<name>.sock`).
     pub name: String,
-    /// Further `key = value` lines of the entry (pool, priority, shm_size, …).
+    /// Further keys of the entry (pool, priority, shm_size, …), as TOML `key = value` lines.
     pub extra: String,
+}
+
+/// The config of `head` (TOML text without `[[vm]]` entries) and `vms`, their sockets in `dir`.
+fn config(dir: &Path, head: &str, vms: &[VmDef]) -> Result<ConfigBuilder> {
+    let mut cfg = ConfigBuilder::from_toml(head).context("the benchmark's vgpud config")?;
+    for (i, v) in vms.iter().enumerate() {
+        let mut vm = VmEntry::new(&v.name, dir.join(format!("{}.sock", v.name)), i as u32 + 1);
+        vm.extra = toml::from_str(&v.extra)
+            .with_context(|| format!("the keys of VM {:?}: {:?}", v.name, v.extra))?;
+        cfg = cfg.vm(vm);
+    }
+    Ok(cfg)
 }
 
 impl Daemon {
     /// Starts vgpud (cpu backend) serving `n` VMs with `shm` bytes of BAR2 each.
     pub fn start(n: usize, shm: u64, poll_us: u64) -> Result<Self> {
-        let vms: Vec<VmDef> = (0..n)
-            .map(|i| VmDef {
-                name: format!("bench{i}"),
-                extra: format!("mem_quota = \"4GiB\"\nshm_size = {shm}\n"),
-            })
-            .collect();
-        Self::with_config(
-            "channel",
-            &format!("[mediator]\nbackend = \"cpu\"\npoll_us = {poll_us}\n"),
-            &vms,
-        )
+        let dir = Self::dir("channel")?;
+        let cfg = (0..n).fold(
+            ConfigBuilder::new()
+                .backend("cpu")
+                .mediator("poll_us", i64::try_from(poll_us)?),
+            |cfg, i| {
+                let name = format!("bench{i}");
+                let socket = dir.join(format!("{name}.sock"));
+                cfg.vm(VmEntry::new(&name, socket, i as u32 + 1)
+                    .mem_quota("4GiB")
+                    .shm_size(shm))
+            },
+        );
+        Self::launch(dir, cfg, &log_level())
     }
 
-    /// Starts vgpud with `head` (everything before the `[[vm]]` entries; an `admin_socket`
-    /// line is added to `[mediator]`, which `head` must open first) and `vms`.
+    /// Starts vgpud with `head` (the config without its `[[vm]]` entries, as TOML text; the
+    /// admin socket is added) and `vms`.
     pub fn with_config(tag: &str, head: &str, vms: &[VmDef]) -> Result<Self> {
-        let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        Self::with_config_at(tag, head, vms, &level)
+        Self::with_config_at(tag, head, vms, &log_level())
     }
 
     /// As [`Daemon::with_config`], with vgpud's log level (`RUST_LOG`) given.
     pub fn with_config_at(tag: &str, head: &str, vms: &[VmDef], log_level: &str) -> Result<Self> {
+        let dir = Self::dir(tag)?;
+        let cfg = config(&dir, head, vms)?;
+        Self::launch(dir, cfg, log_level)
+    }
+
+    /// The folder of a benchmark's vgpud: its config, sockets and log.
+    fn dir(tag: &str) -> Result<PathBuf> {
         let dir = std::env::temp_dir().join(format!("vgpu-bench-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let admin = dir.join("admin.sock");
-        let head = head.replacen(
-            "[mediator]\n",
-            &format!("[mediator]\nadmin_socket = \"{}\"\n", admin.display()),
-            1,
-        );
-        let mut cfg = head;
-        let mut sockets = Vec::new();
-        for (i, v) in vms.iter().enumerate() {
-            let s = dir.join(format!("{}.sock", v.name));
-            cfg += &format!(
-                "\n[[vm]]\nname = \"{}\"\nsocket = \"{}\"\nvm_id = {}\n{}",
-                v.name,
-                s.display(),
-                i + 1,
-                v.extra
-            );
-            sockets.push(s);
-        }
+        Ok(dir)
+    }
+
+    /// Writes `cfg` with an admin socket in `dir`, starts vgpud on it and waits until its
+    /// sockets exist.
+    fn launch(dir: PathBuf, cfg: ConfigBuilder, log_level: &str) -> Result<Self> {
+        let cfg = cfg.admin_socket(&dir.join("admin.sock"));
+        let sockets = cfg.vms().iter().map(|v| v.socket.clone()).collect();
         let cfg_path = dir.join("vgpud.toml");
-        std::fs::write(&cfg_path, cfg)?;
+        cfg.write(&cfg_path)?;
         let log = dir.join("vgpud.log");
         let child = Command::new(vgpud_path()?)
             .arg("--config")
@@ -206,5 +222,50 @@ impl Drop for Daemon {
         }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vgpu_mediator::config::Config;
+
+    /// A benchmark's head and VM keys, as the benchmarks write them, make a config vgpud takes.
+    #[test]
+    fn head_and_vm_keys_make_a_valid_config() {
+        let head = "[mediator]\nbackend = \"cpu\"\npoll_us = 2000\nexecutor_cpus = [1]\n\
+                    [scheduler]\npolicy = \"priority\"\nreserve_slots = 1\n\
+                    [[pool]]\nid = 0\nweight = 1\n[[pool]]\nid = 1\nweight = 2\n";
+        let vms = [
+            VmDef {
+                name: "hp".into(),
+                extra: "priority = 5\nshm_size = \"1MiB\"\n".into(),
+            },
+            VmDef {
+                name: "lp".into(),
+                extra: "pool = 1\nmem_quota = \"1GiB\"\n".into(),
+            },
+        ];
+        let dir = Path::new("/tmp/bench dir");
+        let cfg = config(dir, head, &vms)
+            .unwrap()
+            .admin_socket(&dir.join("admin.sock"));
+        let c = Config::from_toml(&cfg.to_toml().unwrap()).unwrap();
+        assert_eq!(c.mediator.poll_us, 2000);
+        assert_eq!(c.mediator.admin_socket, Some(dir.join("admin.sock")));
+        assert_eq!(c.scheduler.reserve_slots, 1);
+        assert_eq!(c.pools.len(), 2);
+        assert_eq!((c.vms[0].vm_id, c.vms[0].priority), (1, 5));
+        assert_eq!((c.vms[1].vm_id, c.vms[1].pool_id), (2, 1));
+        assert_eq!(c.vms[1].socket, dir.join("lp.sock"));
+        assert!(config(
+            dir,
+            head,
+            &[VmDef {
+                name: "x".into(),
+                extra: "pool 1".into()
+            }]
+        )
+        .is_err());
     }
 }

@@ -3,7 +3,8 @@
 //! Data flows one way: [`transport`] (the ivshmem-doorbell server) → [`channel`] (one per VM:
 //! ring reader, validation, completions) → [`queue`] / [`sched`] (the scheduler) → [`executor`] (one per device) →
 //! [`backend`]. [`device`] holds each VM's backend-neutral device state (allocations, quota,
-//! faults); [`stats`] and [`admin`] expose accounting.
+//! faults); [`stats`] and [`admin`] expose accounting. [`testkit`] is for code that starts a
+//! real vgpud (tests, benchmarks): its config file and its stats, typed.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -17,5 +18,6 @@ pub mod executor;
 pub mod queue;
 pub mod sched;
 pub mod stats;
+pub mod testkit;
 pub mod throttle;
 pub mod transport;

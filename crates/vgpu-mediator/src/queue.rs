@@ -1,9 +1,10 @@
 //! The work queue between the channels and the executor.
 //!
-//! It sits behind [`WorkQueue`]: vgpud runs the scheduler ([`crate::sched::Scheduler`]: pools,
-//! priorities, fair shares, limits); [`FifoQueue`] is the plain FIFO without any limit.
+//! It sits behind [`WorkQueue`], which vgpud's scheduler ([`crate::sched::Scheduler`]: pools,
+//! priorities, fair shares, limits) implements; [`Gate`] keeps each stream's order on a device
+//! that does not keep it itself.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 use vgpu_abi::cmd::Command;
 
@@ -70,31 +71,6 @@ pub trait WorkQueue: Send {
     /// Whether nothing is queued.
     fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// First in, first out across all VMs. Keeps each stream's order trivially.
-#[derive(Debug, Default)]
-pub struct FifoQueue {
-    q: VecDeque<Job>,
-}
-
-impl WorkQueue for FifoQueue {
-    fn push(&mut self, job: Job) {
-        self.q.push_back(job);
-    }
-    fn pop(&mut self, gate: &mut Gate) -> Option<Job> {
-        gate.begin();
-        let i = self.q.iter().position(|j| gate.admits(j))?;
-        self.q.remove(i)
-    }
-    fn remove_vm(&mut self, vm: usize) -> usize {
-        let before = self.q.len();
-        self.q.retain(|j| j.vm != vm);
-        before - self.q.len()
-    }
-    fn len(&self) -> usize {
-        self.q.len()
     }
 }
 
@@ -209,6 +185,8 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Policy;
+    use crate::sched::{SchedParams, Scheduler};
 
     fn job(vm: usize, tag: u64) -> Job {
         Job {
@@ -220,12 +198,46 @@ mod tests {
         }
     }
 
+    /// vgpud's queue for `vms` VMs of one pool and one class, with no limit that could hold a
+    /// job back: what these tests see is the gate and each policy's order.
+    fn queue(policy: Policy, vms: usize) -> Scheduler {
+        let p = SchedParams {
+            policy,
+            max_wait: None,
+            vm_max_queued: 1 << 20,
+            vm_max_inflight: u32::MAX,
+            depth: 64,
+            queue_ns: 0.0,
+            reserve: 0,
+            reserve_priority: 0,
+            vm_pool: vec![0; vms],
+            vm_priority: vec![0; vms],
+            weights: vec![1],
+        };
+        Scheduler::with_params(p, 64)
+    }
+
+    const POLICIES: [Policy; 2] = [Policy::Fifo, Policy::Priority];
+
     #[test]
-    fn fifo_order_and_removal() {
-        let mut q = FifoQueue::default();
+    fn barriers_and_calls_that_wait_for_the_device() {
+        let with = |cmd| Job { cmd, ..job(0, 0) };
+        assert!(with(Command::Synchronize { all_streams: true }).is_barrier());
+        assert!(!with(Command::Synchronize { all_streams: false }).is_barrier());
+        assert!(with(Command::EventSynchronize { event: 1 }).is_barrier());
+        assert!(!with(Command::Nop).is_barrier());
+        assert!(with(Command::MemFree { ptr: 0x1000 }).waits_for_device());
+        assert!(with(Command::ModuleUnload { module: 1 }).waits_for_device());
+        assert!(!with(Command::MemAlloc { size: 64 }).waits_for_device());
+    }
+
+    #[test]
+    fn fifo_order_across_vms_and_removal() {
+        let mut q = queue(Policy::Fifo, 2);
         for t in 0..6 {
             q.push(job((t % 2) as usize, t));
         }
+        assert_eq!(q.len(), 6);
         assert_eq!(q.remove_vm(1), 3);
         let mut g = Gate::new(false);
         let tags: Vec<u64> = std::iter::from_fn(|| q.pop(&mut g))
@@ -237,57 +249,68 @@ mod tests {
 
     #[test]
     fn gate_keeps_stream_order_and_barriers() {
-        let mut q = FifoQueue::default();
-        let on = |vm, tag, stream| Job {
-            stream,
-            ..job(vm, tag)
-        };
-        q.push(on(0, 1, 1)); // stream 1 is busy: held
-        q.push(on(0, 2, 2)); // stream 2 is free
-        q.push(Job {
-            cmd: Command::Synchronize { all_streams: true },
-            ..job(0, 3)
-        }); // waits for everything before it
-        q.push(on(0, 4, 2)); // behind the barrier
-        q.push(on(1, 5, 1)); // another VM's stream 1 is free
-        let mut g = Gate::new(false);
-        g.issued(0, 1);
-        assert_eq!(q.pop(&mut g).unwrap().tag, 2);
-        assert_eq!(q.pop(&mut g).unwrap().tag, 5);
-        assert!(q.pop(&mut g).is_none());
-        g.retired(0, 1);
-        assert_eq!(q.pop(&mut g).unwrap().tag, 1);
-        g.issued(0, 1);
-        assert!(
-            q.pop(&mut g).is_none(),
-            "the barrier waits for the pending command"
-        );
-        g.retired(0, 1);
-        assert_eq!(q.pop(&mut g).unwrap().tag, 3);
-        assert_eq!(q.pop(&mut g).unwrap().tag, 4);
-        // a device that orders streams itself admits everything
-        let mut g = Gate::new(true);
-        g.issued(0, 0);
-        q.push(job(0, 6));
-        assert_eq!(q.pop(&mut g).unwrap().tag, 6);
+        for policy in POLICIES {
+            let mut q = queue(policy, 2);
+            let on = |vm, tag, stream| Job {
+                stream,
+                ..job(vm, tag)
+            };
+            q.push(on(0, 1, 1)); // stream 1 is busy: held
+            q.push(on(0, 2, 2)); // stream 2 is free
+            q.push(Job {
+                cmd: Command::Synchronize { all_streams: true },
+                ..job(0, 3)
+            }); // waits for everything before it
+            q.push(on(0, 4, 2)); // behind the barrier
+            q.push(on(1, 5, 1)); // another VM's stream 1 is free
+            let mut g = Gate::new(false);
+            g.issued(0, 1);
+            let mut pop = |g: &mut Gate| q.pop(g).map(|j| j.tag);
+            assert_eq!(pop(&mut g), Some(2), "{policy:?}");
+            assert_eq!(pop(&mut g), Some(5), "{policy:?}");
+            assert_eq!(pop(&mut g), None, "{policy:?}");
+            g.retired(0, 1);
+            assert_eq!(pop(&mut g), Some(1), "{policy:?}");
+            g.issued(0, 1);
+            assert_eq!(
+                pop(&mut g),
+                None,
+                "{policy:?}: the barrier waits for the pending command"
+            );
+            g.retired(0, 1);
+            assert_eq!(pop(&mut g), Some(3), "{policy:?}");
+            assert_eq!(pop(&mut g), Some(4), "{policy:?}");
+            // A device that orders streams itself admits everything.
+            let mut g = Gate::new(true);
+            g.issued(0, 0);
+            q.push(job(0, 6));
+            assert_eq!(q.pop(&mut g).map(|j| j.tag), Some(6), "{policy:?}");
+        }
     }
 
     #[test]
     fn gate_holds_blocking_calls_behind_device_work() {
-        let mut q = FifoQueue::default();
-        let free = |vm, tag| Job {
-            cmd: Command::MemFree { ptr: 0x1000 },
-            ..job(vm, tag)
-        };
-        q.push(free(0, 1)); // would wait inside cuMemFree for VM 0's kernel
-        q.push(job(0, 2)); // behind it, in order
-        q.push(free(1, 3)); // VM 1 has nothing on the device
-        let mut g = Gate::new(true).holding_blocking_calls(true);
-        g.issued(0, 5);
-        assert_eq!(q.pop(&mut g).unwrap().tag, 3);
-        assert!(q.pop(&mut g).is_none(), "held until VM 0's work retired");
-        g.retired(0, 5);
-        assert_eq!(q.pop(&mut g).unwrap().tag, 1);
-        assert_eq!(q.pop(&mut g).unwrap().tag, 2);
+        for policy in POLICIES {
+            let mut q = queue(policy, 2);
+            let free = |vm, tag| Job {
+                cmd: Command::MemFree { ptr: 0x1000 },
+                ..job(vm, tag)
+            };
+            q.push(free(0, 1)); // would wait inside cuMemFree for VM 0's kernel
+            q.push(job(0, 2)); // behind it, in order
+            q.push(free(1, 3)); // VM 1 has nothing on the device
+            let mut g = Gate::new(true).holding_blocking_calls(true);
+            g.issued(0, 5);
+            let mut pop = |g: &mut Gate| q.pop(g).map(|j| j.tag);
+            assert_eq!(pop(&mut g), Some(3), "{policy:?}");
+            assert_eq!(
+                pop(&mut g),
+                None,
+                "{policy:?}: held until VM 0's work retired"
+            );
+            g.retired(0, 5);
+            assert_eq!(pop(&mut g), Some(1), "{policy:?}");
+            assert_eq!(pop(&mut g), Some(2), "{policy:?}");
+        }
     }
 }

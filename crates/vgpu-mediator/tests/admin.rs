@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{start_with, Vgpud, Vm};
+use common::{start_with, ConfigBuilder, StatsSnapshot, Vgpud, Vm};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -19,8 +19,17 @@ use std::time::{Duration, Instant};
 
 const NOBODY: u32 = 65534;
 
-fn vgpud(extra: &str) -> Vgpud {
-    start_with(&[Vm::new("a", 1)], extra)
+fn vgpud(cfg: ConfigBuilder) -> Vgpud {
+    start_with(&[Vm::new("a", 1)], cfg)
+}
+
+fn mediator(key: &str, value: impl Into<toml::Value>) -> ConfigBuilder {
+    ConfigBuilder::new().mediator(key, value)
+}
+
+/// The reply parsed as vgpud's stats (panics with the reply if it is not).
+fn stats_of(v: &serde_json::Value) -> StatsSnapshot {
+    StatsSnapshot::parse(&v.to_string()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn is_root() -> bool {
@@ -61,6 +70,15 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
+/// How many of `pid`'s threads are named `name` (as `/proc` has it: the first 15 bytes).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
 /// After the reply: the server closes the connection (EOF, or a reset where it left input
 /// unread).
 fn assert_closed(c: &UnixStream) {
@@ -75,9 +93,9 @@ fn assert_closed(c: &UnixStream) {
 
 #[test]
 fn protocol_is_unchanged() {
-    let d = vgpud("");
-    let s = request(&d.admin(), "stats");
-    assert!(s["vms"].as_array().is_some(), "{s}");
+    let d = vgpud(ConfigBuilder::new());
+    let s = stats_of(&request(&d.admin(), "stats"));
+    assert_eq!(s.vms.len(), 1, "{s:?}");
     assert_eq!(request(&d.admin(), "ping"), serde_json::json!({"ok": true}));
     let e = request(&d.admin(), "frobnicate");
     assert!(error_of(&e).contains("unknown request"), "{e}");
@@ -86,14 +104,14 @@ fn protocol_is_unchanged() {
     c.write_all(b"ping").unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();
     assert_eq!(read_reply(&c), serde_json::json!({"ok": true}));
-    assert!(d.stats()["vms"].is_array(), "the harness's client works");
+    assert_eq!(d.stats().vms.len(), 1, "the harness's client works");
 }
 
 /// (a) A 64 MiB line without a newline: vgpud never holds more than the cap, answers with an
 /// error and closes the connection.
 #[test]
 fn long_line_is_refused_without_buffering() {
-    let d = vgpud("");
+    let d = vgpud(ConfigBuilder::new());
     request(&d.admin(), "stats"); // warm up (first connection thread, stats JSON)
     let pid = d.child.id();
     // Peak RSS from here on: reset the high-water mark (where allowed) and also sample VmRSS.
@@ -162,7 +180,7 @@ fn long_line_is_refused_without_buffering() {
 /// request deadline: `stats` from another client is answered at once.
 #[test]
 fn trickling_clients_do_not_delay_others() {
-    let d = vgpud("");
+    let d = vgpud(ConfigBuilder::new());
     let mut tricklers = Vec::new();
     for _ in 0..4 {
         let c = UnixStream::connect(d.admin()).unwrap();
@@ -183,7 +201,7 @@ fn trickling_clients_do_not_delay_others() {
         let t0 = Instant::now();
         let s = request(&d.admin(), "stats");
         worst = worst.max(t0.elapsed());
-        assert!(s["vms"].is_array(), "{s}");
+        stats_of(&s);
     }
     println!("stats latency with 4 trickling clients connected: worst of 5 {worst:?}");
     assert!(worst < Duration::from_secs(1), "stats took {worst:?}");
@@ -207,11 +225,20 @@ fn trickling_clients_do_not_delay_others() {
 /// Beyond the cap of concurrent connections, a new one is refused at once, not queued.
 #[test]
 fn connections_beyond_the_cap_are_refused_at_once() {
-    let d = vgpud("");
+    let d = vgpud(ConfigBuilder::new());
     let held: Vec<UnixStream> = (0..16)
         .map(|_| UnixStream::connect(d.admin()).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Each admitted connection holds a slot and has its thread ("vgpud-admin-conn", 15 bytes
+    // of it in /proc): once there are 16, the cap is reached.
+    let t0 = Instant::now();
+    while threads_named(d.child.id(), "vgpud-admin-con") < 16 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "connections not admitted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let t0 = Instant::now();
     let c = UnixStream::connect(d.admin()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -239,7 +266,7 @@ fn connections_beyond_the_cap_are_refused_at_once() {
 /// (d) Owner, group and mode from the config; 0600 by default.
 #[test]
 fn admin_socket_file_has_the_configured_owner_group_and_mode() {
-    let d = vgpud("");
+    let d = vgpud(ConfigBuilder::new());
     let m = std::fs::symlink_metadata(d.admin()).unwrap();
     assert_eq!(m.mode() & 0o7777, 0o600, "default mode");
     assert_eq!(m.uid(), rustix::process::geteuid().as_raw());
@@ -254,9 +281,12 @@ fn admin_socket_file_has_the_configured_owner_group_and_mode() {
             rustix::process::getegid().as_raw(),
         )
     };
-    let d = vgpud(&format!(
-        "admin_socket_owner = {uid}\nadmin_socket_group = {gid}\nadmin_socket_mode = \"0660\""
-    ));
+    let d = vgpud(
+        ConfigBuilder::new()
+            .mediator("admin_socket_owner", uid)
+            .mediator("admin_socket_group", gid)
+            .mediator("admin_socket_mode", "0660"),
+    );
     let m = std::fs::symlink_metadata(d.admin()).unwrap();
     assert_eq!(
         (m.mode() & 0o7777, m.uid(), m.gid()),
@@ -282,7 +312,7 @@ fn unknown_group_name_is_a_startup_error() {
     let text = common::config_text(
         dir.path(),
         &[Vm::new("a", 1)],
-        "admin_socket_group = \"no-such-group-vgpu\"",
+        mediator("admin_socket_group", "no-such-group-vgpu"),
     );
     std::fs::write(&cfg, text).unwrap();
     let log = dir.path().join("vgpud.log");
@@ -453,7 +483,7 @@ fn peers_outside_admin_group_are_refused() {
         return;
     }
     // Mode 0666 on purpose: only the credential check stands between the peer and vgpud.
-    let d = vgpud("admin_socket_mode = \"0666\"\nadmin_group = 4242");
+    let d = vgpud(mediator("admin_socket_mode", "0666").mediator("admin_group", 4242));
     let refused = as_peer(&d, NOBODY, NOBODY, &[], 1);
     assert!(
         refused[0].starts_with("REPLY {\"error\":\"permission denied: uid 65534"),
@@ -472,7 +502,7 @@ fn peers_outside_admin_group_are_refused() {
         );
     }
     // Without admin_group: only root and vgpud's uid.
-    let d = vgpud("admin_socket_mode = \"0666\"");
+    let d = vgpud(mediator("admin_socket_mode", "0666"));
     let refused = as_peer(&d, NOBODY, NOBODY, &[4242], 1);
     assert!(refused[0].contains("permission denied"), "{refused:?}");
     assert!(
@@ -489,7 +519,7 @@ fn refusal_floods_log_a_bounded_number_of_lines() {
     if skip_unless_root("refusal_floods_log_a_bounded_number_of_lines") {
         return;
     }
-    let d = vgpud("admin_socket_mode = \"0666\"");
+    let d = vgpud(mediator("admin_socket_mode", "0666"));
     let flood_ms = 2500;
     let out = run_peer(
         &d,

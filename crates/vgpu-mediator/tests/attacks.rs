@@ -205,7 +205,7 @@ fn one_huge_kernel_cannot_freeze_the_device() {
     big.nop().unwrap();
     let small = Device::connect(&d.socket("small")).unwrap();
     workload(&small, &mut Rng(3));
-    assert_eq!(d.vm_stats("big")["limit_refusals"], 1);
+    assert_eq!(d.vm_stats("big").limit_refusals, 1);
 }
 
 /// The host's consumer index of the device's submission ring.
@@ -225,7 +225,7 @@ fn reset_cannot_hide_device_time() {
     let kernel = Duration::from_millis(300);
     let d = start_with(
         &[Vm::new("storm", 1), Vm::new("victim", 2)],
-        "max_kernel_us = 5000000",
+        ConfigBuilder::new().mediator("max_kernel_us", 5_000_000),
     );
     let storm = Device::connect(&d.socket("storm")).unwrap();
     let victim = Device::connect(&d.socket("victim")).unwrap();
@@ -260,7 +260,7 @@ fn reset_cannot_hide_device_time() {
         waited < kernel,
         "the victim's 1 ms kernel waited {waited:?} behind reset-away work"
     );
-    let device_ns = d.vm_stats("storm")["device_ns"].as_u64().unwrap();
+    let device_ns = d.vm_stats("storm").device_ns;
     assert!(
         Duration::from_nanos(device_ns) >= kernel * (rounds - 1),
         "the reset-away work was not charged to the VM: {device_ns} ns"
@@ -282,7 +282,7 @@ fn a_full_completion_ring_does_not_spin_the_executor() {
         std::thread::sleep(Duration::from_millis(5));
     }
     wait_until("the CQ to fill", Duration::from_secs(10), || {
-        d.vm_stats("stuck")["commands"].as_u64() == Some(cqn as u64)
+        d.vm_stats("stuck").commands == cqn as u64
     });
     let pid = d.child.id();
     let (c0, t0) = (cpu_time(pid), Instant::now());
@@ -326,7 +326,7 @@ fn the_number_of_allocations_is_bounded() {
     assert_eq!(limited, 75_000 - limit);
     let grown = rss_kib(pid).saturating_sub(rss0);
     assert!(grown < 32 << 10, "vgpud grew by {grown} KiB");
-    assert_eq!(d.vm_stats("many")["limit_refusals"], limited);
+    assert_eq!(d.vm_stats("many").limit_refusals, u64::from(limited));
     // The limit is per VM and a reset gives the allocations back.
     dev.reset().unwrap();
     dev.alloc(1).unwrap();
@@ -408,7 +408,7 @@ fn guest_triggered_log_lines_are_throttled() {
         let _ = UnixStream::connect(d.socket("loud")).unwrap();
     }
     dev.nop().unwrap();
-    assert_eq!(d.vm_stats("loud")["fences"], cycles);
+    assert_eq!(d.vm_stats("loud").fences, cycles);
     // At most one line per kind per 10 s: two kinds of WARN (fence, refusal), one of INFO
     // (reset), whatever the number of cycles (a cycle takes a context creation on a GPU, so
     // the loop may span several intervals).

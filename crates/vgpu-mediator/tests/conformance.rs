@@ -21,7 +21,6 @@ macro_rules! skipped {
 
 use common::{bytes_f32, f32_bytes, workload, Rng, Vm};
 use std::path::PathBuf;
-use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 use vgpu_abi::cmd::reference as kernels;
 use vgpu_abi::cmd::{Command, LaunchBody, MAX_STREAMS};
@@ -58,55 +57,28 @@ fn ptx(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
-/// Starts vgpud on the suite's backend and waits until every VM socket exists.
+/// Starts vgpud on the suite's backend and waits until it is ready.
 fn start(vms: &[Vm]) -> common::Vgpud {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("vgpud.toml");
-    std::fs::write(
-        &cfg,
-        // Several cpu execution slots, so that streams can overlap there as on a GPU.
-        // VGPU_TEST_ISOLATION=process|none sets `fault_isolation` (else the backend's default).
-        common::config_text(
-            dir.path(),
-            vms,
-            &format!(
-                "max_kernel_us = 2000000\ncpu_slots = 4\n{}",
-                common::isolation_line()
-            ),
-        ),
-    )
-    .unwrap();
+    // Several cpu execution slots, so that streams can overlap there as on a GPU.
+    // VGPU_TEST_ISOLATION=process|none sets `fault_isolation` (else the backend's default).
+    let cfg = common::ConfigBuilder::new()
+        .mediator("max_kernel_us", 2_000_000)
+        .mediator("cpu_slots", 4)
+        .merge(common::isolation());
     // VGPU_TEST_LOG_DIR keeps vgpud's logs (for the GPU host's report).
-    let log = match std::env::var("VGPU_TEST_LOG_DIR") {
-        Ok(l) => {
-            std::fs::create_dir_all(&l).unwrap();
-            PathBuf::from(l).join(format!("vgpud-{}.log", vms[0].name))
-        }
-        Err(_) => dir.path().join("vgpud.log"),
-    };
-    let bin = std::env::var("VGPU_VGPUD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vgpud").into());
-    let child = Proc::new(bin)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--backend")
-        .arg(backend())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut d = common::Vgpud { child, dir, log };
-    let t0 = Instant::now();
-    while !vms.iter().all(|v| d.socket(v.name).exists()) || !d.admin().exists() {
-        assert!(d.alive(), "vgpud exited early:\n{}", d.log_text());
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "vgpud not ready:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    d
+    let log = std::env::var("VGPU_TEST_LOG_DIR").ok().map(|l| {
+        std::fs::create_dir_all(&l).unwrap();
+        PathBuf::from(l).join(format!("vgpud-{}.log", vms[0].name))
+    });
+    common::launch(
+        vms,
+        cfg,
+        common::Launch {
+            log,
+            args: vec!["--backend".into(), backend()],
+            ready_within: Duration::from_secs(60),
+        },
+    )
 }
 
 fn connect(d: &common::Vgpud, name: &str) -> Device {
@@ -191,7 +163,7 @@ fn allocs_copies_memset_and_quota() {
     dev.free(big).unwrap();
     dev.free(p).unwrap();
     assert_eq!(status_of(dev.free(p).unwrap_err()), Status::InvalidAddress);
-    assert_eq!(d.vm_stats("mem")["mem_used"], 0);
+    assert_eq!(d.vm_stats("mem").mem_used, 0);
     drop(dev);
     d.stop();
 }
@@ -452,7 +424,7 @@ fn fault_is_contained_to_its_vm() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let rounds = b.join().expect("B saw exact results throughout");
     assert!(rounds >= 3);
-    assert_eq!(d.vm_stats("b")["errors"], 0);
+    assert_eq!(d.vm_stats("b").errors, 0);
     drop(a);
     d.stop();
 }
@@ -473,7 +445,7 @@ fn disconnect_mid_work_frees_everything() {
         drop((busy, copy));
         drop(dev);
         let t0 = Instant::now();
-        while d.vm_stats("gone")["connected"] == true || d.vm_stats("gone")["mem_used"] != 0 {
+        while d.vm_stats("gone").connected || d.vm_stats("gone").mem_used != 0 {
             assert!(t0.elapsed() < Duration::from_secs(10), "not released");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -730,7 +702,7 @@ fn ptx_fault_is_contained() {
         .iter()
         .all(|&v| v == 0x5555_aaaa));
     workload(&other, &mut Rng(2));
-    assert_eq!(d.vm_stats("g")["errors"], 0);
+    assert_eq!(d.vm_stats("g").errors, 0);
     drop((dev, other));
     d.stop();
 }

@@ -10,7 +10,11 @@ use vgpu_abi::cmd::{Builtin, LaunchBody};
 use vgpu_abi::{DeviceStatus, Status};
 use vgpu_guest::{Device, Error};
 
-const ISOLATED: &str = "fault_isolation = \"process\"\nmax_kernel_us = 5000000";
+fn isolated() -> ConfigBuilder {
+    ConfigBuilder::new()
+        .mediator("fault_isolation", "process")
+        .mediator("max_kernel_us", 5_000_000)
+}
 
 fn status_of(e: Error) -> Status {
     e.status()
@@ -75,7 +79,7 @@ fn fds(pid: u32) -> Vec<(u32, String)> {
 
 #[test]
 fn each_vm_gets_a_worker_holding_only_its_own_memory() {
-    let d = start_with(&[Vm::new("iso-a", 1), Vm::new("iso-b", 2)], ISOLATED);
+    let d = start_with(&[Vm::new("iso-a", 1), Vm::new("iso-b", 2)], isolated());
     let a = Device::connect(&d.socket("iso-a")).unwrap();
     let b = Device::connect(&d.socket("iso-b")).unwrap();
     let ws = workers(&d, 2);
@@ -111,7 +115,7 @@ fn each_vm_gets_a_worker_holding_only_its_own_memory() {
 
 #[test]
 fn reset_kills_the_worker_even_mid_kernel_and_starts_a_fresh_one() {
-    let d = start_with(&[Vm::new("rst", 1)], ISOLATED);
+    let d = start_with(&[Vm::new("rst", 1)], isolated());
     let dev = Device::connect(&d.socket("rst")).unwrap();
     let old = workers(&d, 1);
     let p = dev.alloc(1 << 20).unwrap();
@@ -152,7 +156,7 @@ fn reset_kills_the_worker_even_mid_kernel_and_starts_a_fresh_one() {
 
 #[test]
 fn a_worker_that_dies_loses_only_its_vm_and_never_hangs_vgpud() {
-    let d = start_with(&[Vm::new("die", 1), Vm::new("live", 2)], ISOLATED);
+    let d = start_with(&[Vm::new("die", 1), Vm::new("live", 2)], isolated());
     let a = Device::connect(&d.socket("die")).unwrap();
     let before = workers(&d, 1);
     let b = Device::connect(&d.socket("live")).unwrap();
@@ -189,7 +193,7 @@ fn a_worker_that_dies_loses_only_its_vm_and_never_hangs_vgpud() {
     b.copy_dtoh(&mut back, keep).unwrap();
     assert!(back.chunks(4).all(|c| c == 0x1234_5678u32.to_le_bytes()));
     workload(&b, &mut Rng(4));
-    assert_eq!(d.vm_stats("live")["errors"], 0);
+    assert_eq!(d.vm_stats("live").errors, 0);
     // A resets onto a fresh worker and carries on.
     a.reset().unwrap();
     assert_eq!(a.info().status, Some(DeviceStatus::Ready));
@@ -218,34 +222,14 @@ fn isolation_cost_on_the_gpu() {
         return;
     }
     let run = |mode: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("vgpud.toml");
-        let text = config_text(
-            dir.path(),
-            &[Vm::new("cost", 1)],
-            &format!("fault_isolation = \"{mode}\""),
-        )
-        .replace("backend = \"cpu\"", "backend = \"cuda\"");
-        std::fs::write(&cfg, text).unwrap();
-        let log = dir.path().join("vgpud.log");
-        let bin =
-            std::env::var("VGPU_VGPUD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vgpud").into());
-        let child = std::process::Command::new(bin)
-            .arg("--config")
-            .arg(&cfg)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut d = Vgpud { child, dir, log };
-        let t0 = Instant::now();
-        while !d.socket("cost").exists() {
-            assert!(
-                d.alive() && t0.elapsed() < Duration::from_secs(60),
-                "{}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let cfg = ConfigBuilder::new()
+            .backend("cuda")
+            .mediator("fault_isolation", mode);
+        let how = Launch {
+            ready_within: Duration::from_secs(60),
+            ..Launch::default()
+        };
+        let d = launch(&[Vm::new("cost", 1)], cfg, how);
         let dev = Device::connect(&d.socket("cost")).unwrap();
         for _ in 0..500 {
             dev.busy(0).unwrap();
@@ -287,8 +271,8 @@ fn isolation_cost_on_the_gpu() {
 fn workers_do_not_inherit_the_executor_pinning() {
     let cpus = allowed_cpus();
     let last = *cpus.last().unwrap();
-    let extra = format!("{ISOLATED}\nexecutor_cpus = [{last}]");
-    let d = start_with(&[Vm::new("pin-a", 1)], &extra);
+    let cfg = isolated().mediator("executor_cpus", vec![last as i64]);
+    let d = start_with(&[Vm::new("pin-a", 1)], cfg);
     let a = Device::connect(&d.socket("pin-a")).unwrap();
     a.nop().unwrap();
     let w = workers(&d, 1);

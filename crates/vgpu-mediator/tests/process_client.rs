@@ -35,11 +35,11 @@ fn ids_workload_and_accounting() {
     dev.copy_dtoh(&mut back, p).unwrap();
     assert!(back == big, "chunked copy");
     let s = d.vm_stats("alpha");
-    assert!(s["commands"].as_u64().unwrap() > 20);
-    assert_eq!(s["errors"], 0);
-    assert_eq!(s["mem_used"].as_u64().unwrap(), big.len() as u64);
-    assert!(s["bytes_in"].as_u64().unwrap() >= big.len() as u64);
-    assert_eq!(s["connected"], true);
+    assert!(s.commands > 20);
+    assert_eq!(s.errors, 0);
+    assert_eq!(s.mem_used, big.len() as u64);
+    assert!(s.bytes_in >= big.len() as u64);
+    assert!(s.connected);
     drop(dev);
     d.stop();
 }
@@ -114,8 +114,8 @@ fn bad_commands_get_error_completions() {
     // The device still works, and the other VM was never disturbed.
     dev.nop().unwrap();
     other.free(theirs).unwrap();
-    assert_eq!(d.vm_stats("other")["errors"], 0);
-    assert!(d.vm_stats("small")["errors"].as_u64().unwrap() >= 9);
+    assert_eq!(d.vm_stats("other").errors, 0);
+    assert!(d.vm_stats("small").errors >= 9);
     assert_eq!(dev.info().status, Some(DeviceStatus::Ready));
     drop((dev, other));
     d.stop();
@@ -142,7 +142,7 @@ fn fault_breaks_only_this_context_until_reset() {
         "allocations are gone after reset"
     );
     workload(&a, &mut Rng(4));
-    assert_eq!(d.vm_stats("a")["resets"], 1);
+    assert_eq!(d.vm_stats("a").resets, 1);
     drop((a, b));
     d.stop();
 }
@@ -200,26 +200,26 @@ fn disconnect_frees_everything_and_the_socket_serves_the_next_boot() {
         // Leave once vgpud has taken the work into its queue (100 ms of kernels on one slot),
         // so that leaving drops queued work whatever the timing.
         let t0 = Instant::now();
-        while d.vm_stats("cycle")["queued"].as_u64().unwrap_or(0) == 0 {
+        while d.vm_stats("cycle").queued == 0 {
             assert!(t0.elapsed() < Duration::from_secs(5), "vgpud took no work");
             std::thread::sleep(Duration::from_millis(1));
         }
         drop(dev);
         let t0 = Instant::now();
-        while d.vm_stats("cycle")["connected"] == true {
+        while d.vm_stats("cycle").connected {
             assert!(t0.elapsed() < Duration::from_secs(5));
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(d.vm_stats("cycle")["mem_used"], 0);
-        assert_eq!(d.vm_stats("cycle")["queued"], 0);
+        assert_eq!(d.vm_stats("cycle").mem_used, 0);
+        assert_eq!(d.vm_stats("cycle").queued, 0);
     }
-    let dropped = d.vm_stats("cycle")["dropped_jobs"].as_u64().unwrap();
+    let dropped = d.vm_stats("cycle").dropped_jobs;
     assert!(
         dropped > 0,
         "queued work of departed clients is dropped, not run:\n{}",
         d.log_text()
     );
-    assert_eq!(d.vm_stats("cycle")["connects"], 3);
+    assert_eq!(d.vm_stats("cycle").connects, 3);
     // A second client while one is attached is refused; the first keeps working.
     let first = Device::connect(&d.socket("cycle")).unwrap();
     assert!(Device::connect(&d.socket("cycle")).is_err());

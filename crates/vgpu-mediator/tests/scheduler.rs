@@ -7,6 +7,7 @@ use common::*;
 use std::time::{Duration, Instant};
 use vgpu_abi::Status;
 use vgpu_guest::{Device, Error};
+use vgpu_mediator::testkit::PoolEntry;
 
 fn status_of(e: Error) -> Status {
     match e {
@@ -36,7 +37,9 @@ fn high_priority_overtakes_a_low_priority_backlog() {
         hp.priority = 3;
         let d = start_with(
             &[hp, Vm::new("lp", 2)],
-            &format!("cpu_slots = 1\n[scheduler]\npolicy = \"{policy}\"\n"),
+            ConfigBuilder::new()
+                .mediator("cpu_slots", 1)
+                .scheduler("policy", policy),
         );
         let hpd = Device::connect(&d.socket("hp")).unwrap();
         let lpd = Device::connect(&d.socket("lp")).unwrap();
@@ -49,9 +52,7 @@ fn high_priority_overtakes_a_low_priority_backlog() {
             assert!(c.iter().all(|c| c.status == 0));
         });
         // Wait until the backlog is queued in vgpud.
-        wait_for("the backlog", &d, || {
-            d.vm_stats("lp")["queued"].as_u64().unwrap() >= 20
-        });
+        wait_for("the backlog", &d, || d.vm_stats("lp").queued >= 20);
         let t0 = Instant::now();
         hpd.busy(1000).unwrap();
         let dt = t0.elapsed();
@@ -82,8 +83,11 @@ fn busy_sqe(us: u32, stream: u32, tag: u64) -> vgpu_abi::cmd::Sqe {
     Command::Launch { launch: l }.encode(stream, tag)
 }
 
-const POOLS: &str = "[[pool]]\nid = 0\nname = \"small\"\nmem_quota = \"1MiB\"\n\
-                     [[pool]]\nid = 1\nname = \"big\"\n";
+fn pools() -> ConfigBuilder {
+    ConfigBuilder::new()
+        .pool(PoolEntry::new(0).name("small").mem_quota("1MiB"))
+        .pool(PoolEntry::new(1).name("big"))
+}
 
 /// A pool's quota is shared by its VMs: an allocation over it fails in that VM only, and freed
 /// memory (or a VM that leaves) returns to it.
@@ -95,7 +99,7 @@ fn pool_quota_is_shared_and_returned() {
     b.quota = 1 << 20;
     let mut c = Vm::new("c", 3);
     c.pool_id = 1;
-    let d = start_with(&[a, b, c], POOLS);
+    let d = start_with(&[a, b, c], pools());
     let da = Device::connect(&d.socket("a")).unwrap();
     let db = Device::connect(&d.socket("b")).unwrap();
     let dc = Device::connect(&d.socket("c")).unwrap();
@@ -108,7 +112,7 @@ fn pool_quota_is_shared_and_returned() {
     let pb = db.alloc(256 << 10).unwrap();
     // Another pool is not affected.
     let pc = dc.alloc(8 << 20).unwrap();
-    let pool = |i: usize| d.stats()["pools"][i]["mem_used"].as_u64().unwrap();
+    let pool = |i: usize| d.stats().pools[i].mem_used;
     assert_eq!(pool(0), 1 << 20);
     assert_eq!(pool(1), 8 << 20);
     // Freed memory returns to the pool.
@@ -125,10 +129,12 @@ fn pool_quota_is_shared_and_returned() {
 }
 
 /// Several cpu devices: a pool over devices {0,1} places its VMs two and two (least loaded
-/// first); a pool pinned to device 1 stays there. Placement is logged and in `stats`.
+/// first); a pool pinned to device 1 stays there. Placement is logged and in `stats`, and a VM
+/// that leaves frees its place.
 #[test]
 fn vms_are_placed_on_the_least_loaded_device_of_their_pool() {
-    let mut vms: Vec<Vm> = ["v0", "v1", "v2", "v3"]
+    const SPREAD: [&str; 4] = ["v0", "v1", "v2", "v3"];
+    let mut vms: Vec<Vm> = SPREAD
         .iter()
         .enumerate()
         .map(|(i, n)| Vm::new(n, i as u32 + 1))
@@ -138,37 +144,49 @@ fn vms_are_placed_on_the_least_loaded_device_of_their_pool() {
     vms.push(pinned);
     let d = start_with(
         &vms,
-        "cpu_devices = 2\ncpu_slots = 2\n[[pool]]\nid = 0\ngpus = [0, 1]\n\
-         [[pool]]\nid = 1\ngpus = [1]\n",
+        ConfigBuilder::new()
+            .mediator("cpu_devices", 2)
+            .mediator("cpu_slots", 2)
+            .pool(PoolEntry::new(0).gpus(&[0, 1]))
+            .pool(PoolEntry::new(1).gpus(&[1])),
     );
     let s = d.stats();
-    assert_eq!(s["devices"].as_array().unwrap().len(), 2, "{s}");
-    let devs: Vec<Device> = ["v0", "v1", "v2", "v3", "pinned"]
+    assert_eq!(s.devices.len(), 2, "{s:?}");
+    let mut devs: Vec<Option<Device>> = SPREAD
         .iter()
-        .map(|n| Device::connect(&d.socket(n)).unwrap())
+        .chain(&["pinned"])
+        .map(|n| Some(Device::connect(&d.socket(n)).unwrap()))
         .collect();
-    let placed = |n: &str| d.vm_stats(n)["device"].as_i64();
-    let on: Vec<i64> = ["v0", "v1", "v2", "v3"]
-        .iter()
-        .map(|n| placed(n).unwrap())
-        .collect();
+    let placed = |n: &str| d.vm_stats(n).device;
+    let on: Vec<usize> = SPREAD.iter().map(|n| placed(n).unwrap()).collect();
     assert_eq!(on.iter().filter(|&&x| x == 0).count(), 2, "{on:?}");
     assert_eq!(on.iter().filter(|&&x| x == 1).count(), 2, "{on:?}");
     assert_eq!(placed("pinned"), Some(1));
-    for (i, dev) in devs.iter().enumerate() {
+    for (i, dev) in devs.iter().flatten().enumerate() {
         workload(dev, &mut Rng(i as u64 + 1));
     }
     let log = d.log_text();
     assert_eq!(log.matches("VM placed").count(), 5, "{log}");
     assert!(log.contains("vm=pinned device=1"), "{log}");
-    // Leaving frees the placement; the next VM goes to the emptier device.
-    let left = on[0];
-    drop(devs);
-    wait_for("disconnects", &d, || placed("v0").is_none());
-    let again = Device::connect(&d.socket("v1")).unwrap();
-    assert!(placed("v1").is_some());
-    let _ = left;
+    // Leaving frees the place: once the two spread VMs on device 1 left, it holds the pinned
+    // VM alone and device 0 two, so the next VM to connect goes to device 1. (Were they still
+    // counted there, device 1 would hold two besides the returning VM's own place, a tie that
+    // device 0 wins.)
+    let on_1: Vec<usize> = (0..SPREAD.len()).filter(|&i| on[i] == 1).collect();
+    for &i in &on_1 {
+        devs[i] = None;
+    }
+    wait_for("the VMs on device 1 to leave", &d, || {
+        on_1.iter().all(|&i| placed(SPREAD[i]).is_none())
+    });
+    let back = SPREAD[on_1[0]];
+    let again = Device::connect(&d.socket(back)).unwrap();
+    assert_eq!(placed(back), Some(1), "{back} goes to the emptier device");
     drop(again);
+    drop(devs);
+    wait_for("disconnects", &d, || {
+        SPREAD.iter().all(|n| placed(n).is_none())
+    });
     d.stop();
 }
 
@@ -180,13 +198,14 @@ fn sighup_reloads_what_is_safe() {
     a.priority = 1;
     a.quota = 4 << 20;
     let vms = [a, Vm::new("b", 2)];
-    let d = start_with(&vms, "[[pool]]\nid = 0\nweight = 2\n");
+    let d = start_with(&vms, ConfigBuilder::new().pool(PoolEntry::new(0).weight(2)));
     let dev = Device::connect(&d.socket("a")).unwrap();
     assert_eq!(dev.info().priority, 1);
     assert_eq!(dev.mem_info().unwrap(), (0, 4 << 20));
     let cfg_path = d.dir.path().join("vgpud.toml");
-    let write = |vms: &[Vm], extra: &str| {
-        std::fs::write(&cfg_path, config_text(d.dir.path(), vms, extra)).unwrap();
+    let weight = |w| ConfigBuilder::new().pool(PoolEntry::new(0).weight(w));
+    let write = |vms: &[Vm], cfg: ConfigBuilder| {
+        std::fs::write(&cfg_path, config_text(d.dir.path(), vms, cfg)).unwrap();
         signal(&d.child, rustix::process::Signal::HUP);
     };
 
@@ -194,22 +213,21 @@ fn sighup_reloads_what_is_safe() {
     a2.priority = 6;
     a2.quota = 1 << 20;
     let vms2 = [a2, Vm::new("b", 2)];
-    write(&vms2, "[[pool]]\nid = 0\nweight = 5\n");
+    write(&vms2, weight(5));
     wait_for("the new priority register", &d, || dev.info().priority == 6);
     assert_eq!(dev.mem_info().unwrap(), (0, 1 << 20));
     assert_eq!(
         status_of(dev.alloc(2 << 20).unwrap_err()),
         Status::QuotaExceeded
     );
-    let s = d.stats();
-    assert_eq!(s["pools"][0]["weight"], 5);
-    assert_eq!(d.vm_stats("a")["priority"], 6);
-    assert_eq!(d.vm_stats("a")["mem_quota"], 1 << 20);
+    assert_eq!(d.stats().pools[0].weight, 5);
+    assert_eq!(d.vm_stats("a").priority, 6);
+    assert_eq!(d.vm_stats("a").mem_quota, 1 << 20);
 
     // Unsafe: a VM's id changes. Refused, logged, nothing applied, vgpud alive.
     let mut a3 = Vm::new("a", 7);
     a3.priority = 2;
-    write(&[a3, Vm::new("b", 2)], "[[pool]]\nid = 0\nweight = 5\n");
+    write(&[a3, Vm::new("b", 2)], weight(5));
     wait_for("the refusal", &d, || {
         d.log_text().contains("reload refused")
     });
@@ -228,13 +246,14 @@ fn sighup_reloads_what_is_safe() {
     dd.stop();
 }
 
-fn run_vgpud(text: &str) -> (Option<i32>, String) {
+/// Runs vgpud on the config `cfg` gives for a fresh folder; its exit code and stderr.
+fn run_vgpud(cfg: impl FnOnce(&std::path::Path) -> ConfigBuilder) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("vgpud.toml");
-    std::fs::write(&cfg, text.replace("DIR", &dir.path().display().to_string())).unwrap();
+    let path = dir.path().join("vgpud.toml");
+    cfg(dir.path()).write(&path).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgpud"))
         .arg("--config")
-        .arg(&cfg)
+        .arg(&path)
         .output()
         .unwrap();
     (
@@ -246,27 +265,25 @@ fn run_vgpud(text: &str) -> (Option<i32>, String) {
 /// Bad pool configurations stop vgpud with exit code 2 and a clear message.
 #[test]
 fn bad_pool_configs_exit_2() {
-    let vm = "[[vm]]\nname = \"a\"\nsocket = \"DIR/a.sock\"\nvm_id = 1\npool = 4\nmem_quota = \"2MiB\"\n";
     let cases = [
+        (vec![PoolEntry::new(3)], "unknown pool 4"),
+        (vec![PoolEntry::new(4).mem_quota("1MiB")], "above its pool"),
+        (vec![PoolEntry::new(4).gpus(&[2])], "gpu 2 out of range"),
         (
-            format!("[mediator]\nbackend = \"cpu\"\n[[pool]]\nid = 3\n{vm}"),
-            "unknown pool 4",
-        ),
-        (
-            format!("[mediator]\nbackend = \"cpu\"\n[[pool]]\nid = 4\nmem_quota = \"1MiB\"\n{vm}"),
-            "above its pool",
-        ),
-        (
-            format!("[mediator]\nbackend = \"cpu\"\n[[pool]]\nid = 4\ngpus = [2]\n{vm}"),
-            "gpu 2 out of range",
-        ),
-        (
-            format!("[mediator]\nbackend = \"cpu\"\n[[pool]]\nid = 4\n[[pool]]\nid = 4\n{vm}"),
+            vec![PoolEntry::new(4), PoolEntry::new(4)],
             "duplicate pool id 4",
         ),
     ];
-    for (text, want) in cases {
-        let (code, err) = run_vgpud(&text);
+    for (pools, want) in cases {
+        let (code, err) = run_vgpud(|dir| {
+            let vm = VmEntry::new("a", dir.join("a.sock"), 1)
+                .set("pool", 4)
+                .mem_quota("2MiB");
+            pools
+                .into_iter()
+                .fold(ConfigBuilder::new().backend("cpu"), ConfigBuilder::pool)
+                .vm(vm)
+        });
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains(want), "{err:?} lacks {want:?}");
     }

@@ -22,19 +22,22 @@ fn run_vgpud(cfg_text: &str, dir: &std::path::Path) -> (i32, String) {
 #[test]
 fn bad_config_missing_dir_socket_in_use() {
     let dir = tempfile::tempdir().unwrap();
+    // Written by hand: the builder cannot leave out a VM's socket and id.
     let (code, err) = run_vgpud("[[vm]]\nname = \"a\"\n", dir.path());
     assert_eq!(code, 2);
     assert!(err.contains("missing field"), "{err}");
 
-    let (code, err) = run_vgpud(
-        "[[vm]]\nname = \"a\"\nsocket = \"/nonexistent-dir/a.sock\"\nvm_id = 1\n",
-        dir.path(),
-    );
+    let missing_dir = ConfigBuilder::new().vm(VmEntry::new("a", "/nonexistent-dir/a.sock", 1));
+    let (code, err) = run_vgpud(&missing_dir.to_toml().unwrap(), dir.path());
     assert_eq!(code, 2);
     assert!(err.contains("does not exist"), "{err}");
 
     let (code, err) = run_vgpud(
-        &config_text(dir.path(), &[Vm::new("x", 1), Vm::new("y", 1)], ""),
+        &config_text(
+            dir.path(),
+            &[Vm::new("x", 1), Vm::new("y", 1)],
+            ConfigBuilder::new(),
+        ),
         dir.path(),
     );
     assert_eq!(code, 2);
@@ -42,14 +45,19 @@ fn bad_config_missing_dir_socket_in_use() {
 
     let mut bad = Vm::new("z", 1);
     bad.shm = 3 << 20;
-    let (code, err) = run_vgpud(&config_text(dir.path(), &[bad], ""), dir.path());
+    let (code, err) = run_vgpud(
+        &config_text(dir.path(), &[bad], ConfigBuilder::new()),
+        dir.path(),
+    );
     assert_eq!(code, 2);
     assert!(err.contains("power of two"), "{err}");
 
-    // A socket already served by a running vgpud.
-    let d = start(&[Vm::new("busy", 1)]);
-    let text = std::fs::read_to_string(d.dir.path().join("vgpud.toml")).unwrap();
-    let (code, err) = run_vgpud(&text.replace("admin.sock", "admin2.sock"), dir.path());
+    // A socket already served by a running vgpud (the config of that vgpud with another
+    // admin socket).
+    let vms = [Vm::new("busy", 1)];
+    let d = start(&vms);
+    let admin2 = ConfigBuilder::new().admin_socket(&d.dir.path().join("admin2.sock"));
+    let (code, err) = run_vgpud(&config_text(d.dir.path(), &vms, admin2), dir.path());
     assert_eq!(code, 2);
     assert!(err.contains("already in use"), "{err}");
     d.stop();
@@ -59,7 +67,11 @@ fn bad_config_missing_dir_socket_in_use() {
 fn executor_cpus_pin_or_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let (code, err) = run_vgpud(
-        &config_text(dir.path(), &[Vm::new("a", 1)], "executor_cpus = [1023]"),
+        &config_text(
+            dir.path(),
+            &[Vm::new("a", 1)],
+            ConfigBuilder::new().mediator("executor_cpus", vec![1023]),
+        ),
         dir.path(),
     );
     assert_eq!(code, 2);
@@ -68,26 +80,25 @@ fn executor_cpus_pin_or_refuse() {
         "{err}"
     );
 
-    // A CPU it may run on: the executor thread is pinned there.
+    // A CPU it may run on: the executor thread is pinned there. vgpud is ready (what `start`
+    // waits for) only once each executor thread runs, named and pinned: one look suffices.
     let cpu = *allowed_cpus().last().unwrap();
-    let d = start_with(&[Vm::new("a", 1)], &format!("executor_cpus = [{cpu}]"));
-    let tasks = format!("/proc/{}/task", d.child.id());
-    // The sockets exist before the executor threads start, and a thread pins itself once it
-    // runs: look until the thread is there with the affinity it set (or 10 s have passed).
-    let t0 = std::time::Instant::now();
-    let mut exec_cpus = None;
-    while exec_cpus.as_deref() != Some(cpu.to_string().as_str())
-        && t0.elapsed() < std::time::Duration::from_secs(10)
-    {
-        for t in std::fs::read_dir(&tasks).unwrap() {
-            let t = t.unwrap().path();
-            let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
-            if name.trim() == "vgpud-exec-0" {
-                exec_cpus = Some(cpus_allowed(&t));
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    assert_eq!(exec_cpus, Some(cpu.to_string()), "executor thread affinity");
+    let d = start_with(
+        &[Vm::new("a", 1)],
+        ConfigBuilder::new().mediator("executor_cpus", vec![cpu as i64]),
+    );
+    let exec: Vec<std::path::PathBuf> = std::fs::read_dir(format!("/proc/{}/task", d.child.id()))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .filter(|t| {
+            std::fs::read_to_string(t.join("comm")).is_ok_and(|n| n.trim() == "vgpud-exec-0")
+        })
+        .collect();
+    assert_eq!(exec.len(), 1, "one executor thread:\n{}", d.log_text());
+    assert_eq!(
+        cpus_allowed(&exec[0]),
+        cpu.to_string(),
+        "executor thread affinity"
+    );
     d.stop();
 }

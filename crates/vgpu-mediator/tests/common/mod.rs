@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vgpu_abi::cmd::reference as kernels;
 use vgpu_guest::Device;
+pub use vgpu_mediator::testkit::{ConfigBuilder, StatsSnapshot, VmEntry, VmSnapshot};
 
 /// A VM entry for the test config.
 pub struct Vm {
@@ -15,8 +16,8 @@ pub struct Vm {
     pub priority: u32,
     pub quota: u64,
     pub shm: u64,
-    /// More keys of the `[[vm]]` table, as TOML lines.
-    pub extra: String,
+    /// More keys of the `[[vm]]` table.
+    pub extra: toml::Table,
 }
 
 impl Vm {
@@ -28,8 +29,29 @@ impl Vm {
             priority: 0,
             quota: 256 << 20,
             shm: 1 << 20,
-            extra: String::new(),
+            extra: toml::Table::new(),
         }
+    }
+
+    /// Sets another key of the `[[vm]]` table.
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// The `[[vm]]` entry, its socket in `dir`.
+    pub fn entry(&self, dir: &Path) -> VmEntry {
+        let mut e = VmEntry::new(
+            self.name,
+            dir.join(format!("{}.sock", self.name)),
+            self.vm_id,
+        )
+        .pool(self.pool_id)
+        .priority(self.priority)
+        .mem_quota(self.quota)
+        .shm_size(self.shm);
+        e.extra = self.extra.clone();
+        e
     }
 }
 
@@ -38,6 +60,10 @@ pub struct Vgpud {
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
 }
+
+/// What vgpud logs once every socket is bound (with its owner, group and mode) and every
+/// executor thread runs (named, pinned where `executor_cpus` says): its readiness signal.
+pub const READY_LINE: &str = "vgpud ready";
 
 impl Vgpud {
     pub fn socket(&self, name: &str) -> PathBuf {
@@ -52,23 +78,30 @@ impl Vgpud {
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
-    /// `stats` JSON from the admin socket.
-    pub fn stats(&self) -> serde_json::Value {
-        use std::io::{BufRead, BufReader, Write};
-        let mut c = std::os::unix::net::UnixStream::connect(self.admin()).unwrap();
-        writeln!(c, "stats").unwrap();
-        let mut line = String::new();
-        BufReader::new(&c).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
+    /// `stats` from the admin socket.
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot::request(&self.admin()).unwrap_or_else(|e| panic!("{e}"))
     }
-    pub fn vm_stats(&self, name: &str) -> serde_json::Value {
-        self.stats()["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == name)
+    /// The VM named `name` in `stats`.
+    pub fn vm_stats(&self, name: &str) -> VmSnapshot {
+        let s = self.stats();
+        s.vm(name)
             .cloned()
-            .unwrap()
+            .unwrap_or_else(|| panic!("no VM {name:?} in the stats: {s:?}"))
+    }
+    /// Waits until vgpud has logged its readiness ([`READY_LINE`]); fails if it exits first or
+    /// takes longer than `within`.
+    pub fn wait_ready(&mut self, within: Duration) {
+        let t0 = Instant::now();
+        while !self.log_text().contains(READY_LINE) {
+            assert!(self.alive(), "vgpud exited early:\n{}", self.log_text());
+            assert!(
+                t0.elapsed() < within,
+                "vgpud not ready within {within:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     pub fn stop(mut self) -> std::process::ExitStatus {
         signal(&self.child, rustix::process::Signal::TERM);
@@ -101,11 +134,11 @@ pub fn wait_timeout(c: &mut Child, d: Duration) -> Option<std::process::ExitStat
     }
 }
 
-/// `fault_isolation = "…"` from `VGPU_TEST_ISOLATION` (empty when unset: the default).
-pub fn isolation_line() -> String {
+/// `fault_isolation` from `VGPU_TEST_ISOLATION` (nothing when unset: the backend's default).
+pub fn isolation() -> ConfigBuilder {
     match std::env::var("VGPU_TEST_ISOLATION") {
-        Ok(v) if !v.is_empty() => format!("fault_isolation = \"{v}\""),
-        _ => String::new(),
+        Ok(v) if !v.is_empty() => ConfigBuilder::new().mediator("fault_isolation", v),
+        _ => ConfigBuilder::new(),
     }
 }
 
@@ -124,38 +157,60 @@ pub fn cpu_only(test: &str) -> bool {
     true
 }
 
-pub fn config_text(dir: &Path, vms: &[Vm], extra: &str) -> String {
-    let mut s = format!(
-        "[mediator]\nbackend = \"{}\"\nadmin_socket = \"{}\"\n{extra}\n",
-        backend(),
-        dir.join("admin.sock").display()
-    );
-    for v in vms {
-        s += &format!(
-            "[[vm]]\nname = \"{}\"\nsocket = \"{}\"\nvm_id = {}\npool_id = {}\npriority = {}\nmem_quota = {}\nshm_size = {}\n{}\n",
-            v.name,
-            dir.join(format!("{}.sock", v.name)).display(),
-            v.vm_id,
-            v.pool_id,
-            v.priority,
-            v.quota,
-            v.shm,
-            v.extra
-        );
-    }
-    s
+/// The config of a test vgpud: the test backend and an admin socket in `dir`, then `cfg` (whose
+/// keys win), then `vms` with their sockets in `dir`.
+pub fn config(dir: &Path, vms: &[Vm], cfg: ConfigBuilder) -> ConfigBuilder {
+    vms.iter().fold(
+        ConfigBuilder::new()
+            .backend(&backend())
+            .admin_socket(&dir.join("admin.sock"))
+            .merge(cfg),
+        |c, v| c.vm(v.entry(dir)),
+    )
 }
 
-/// Starts vgpud and waits until every VM socket exists.
+/// [`config`] as the TOML text vgpud reads.
+pub fn config_text(dir: &Path, vms: &[Vm], cfg: ConfigBuilder) -> String {
+    config(dir, vms, cfg).to_toml().unwrap()
+}
+
+/// Starts vgpud and waits until it is ready.
 pub fn start(vms: &[Vm]) -> Vgpud {
-    start_with(vms, "")
+    start_with(vms, ConfigBuilder::new())
 }
 
-pub fn start_with(vms: &[Vm], extra: &str) -> Vgpud {
+/// Starts vgpud with `cfg` on top of the test config ([`config`]) and waits until it is ready.
+pub fn start_with(vms: &[Vm], cfg: ConfigBuilder) -> Vgpud {
+    launch(vms, cfg, Launch::default())
+}
+
+/// How [`launch`] runs vgpud.
+pub struct Launch {
+    /// Where its log goes (default: `vgpud.log` in the test's folder).
+    pub log: Option<PathBuf>,
+    /// More arguments after `--config FILE`.
+    pub args: Vec<String>,
+    /// How long it may take to get ready.
+    pub ready_within: Duration,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Self {
+            log: None,
+            args: Vec::new(),
+            ready_within: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Writes the test config ([`config`]) to a fresh folder, starts vgpud on it and waits until
+/// it is ready ([`Vgpud::wait_ready`]).
+pub fn launch(vms: &[Vm], cfg: ConfigBuilder, how: Launch) -> Vgpud {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("vgpud.toml");
-    std::fs::write(&cfg, config_text(dir.path(), vms, extra)).unwrap();
-    let log = dir.path().join("vgpud.log");
+    let cfg_path = dir.path().join("vgpud.toml");
+    config(dir.path(), vms, cfg).write(&cfg_path).unwrap();
+    let log = how.log.unwrap_or_else(|| dir.path().join("vgpud.log"));
     // VGPU_VGPUD runs the tests against another vgpud: the GPU host's, or an older build (to
     // show that a test catches the defect it was written for).
     let bin = std::env::var_os("VGPU_VGPUD")
@@ -163,23 +218,16 @@ pub fn start_with(vms: &[Vm], extra: &str) -> Vgpud {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vgpud")));
     let child = Command::new(bin)
         .arg("--config")
-        .arg(&cfg)
+        .arg(&cfg_path)
+        .args(&how.args)
+        // The readiness line is logged at info.
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut d = Vgpud { child, dir, log };
-    let t0 = Instant::now();
-    while !vms.iter().all(|v| d.socket(v.name).exists()) || !d.admin().exists() {
-        assert!(d.alive(), "vgpud exited early:\n{}", d.log_text());
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "vgpud not ready:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    d.wait_ready(how.ready_within);
     d
 }
 
