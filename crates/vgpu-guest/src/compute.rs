@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use vgpu_abi::cmd::{Command, LaunchBody, MAX_EVENTS, MAX_INLINE_PARAMS};
-use vgpu_abi::{Builtin, Opcode};
+use vgpu_abi::{Builtin, Opcode, Status};
 
 use crate::{Device, Error};
 
@@ -353,6 +353,19 @@ impl<'d> Stream<'d> {
     /// Makes later work of this stream wait (on the device) for `e`'s latest record.
     pub fn wait_event(&self, e: &Event<'_>) -> Result<Pending<'d>, Error> {
         self.submit(Command::StreamWaitEvent { event: e.id })
+    }
+
+    /// Whether everything submitted on this stream so far has completed, without waiting for
+    /// it (`cuStreamQuery`).
+    pub fn query(&self) -> Result<bool, Error> {
+        match self.dev.exec_on(Command::StreamQuery, self.id) {
+            Ok(_) => Ok(true),
+            Err(Error::Command {
+                status: Status::NotReady,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits until everything submitted on this stream so far has completed.

@@ -217,4 +217,13 @@ commands! {
             waits_for_device: false,
         };
         effect Effect::Work;
+
+    /// Whether every earlier command of the entry's stream has completed (`cuStreamQuery`):
+    /// completes with `Ok` if so, with `NOT_READY` if not, without waiting for the stream.
+    /// It is ordered after the stream's earlier commands are issued; on a device that does not
+    /// order streams itself (cpu) that is after they retired, so it answers `Ok`.
+    StreamQuery = 0x41 => fn stream_query {}
+        flags {} check(_s) {} ranges []
+        class Class { stream: true, ..Class::HOST };
+        effect Effect::Work;
 }

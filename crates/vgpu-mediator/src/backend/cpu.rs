@@ -39,6 +39,7 @@ struct Ctx {
 #[derive(Debug, Clone, Copy)]
 struct Running {
     vm: VmKey,
+    stream: u32,
     slot: usize,
     started: Instant,
     until: Instant,
@@ -91,7 +92,7 @@ impl CpuBackend {
     }
 
     /// Puts a busy kernel of `dur` on the slot that frees first; returns its token.
-    fn occupy(&mut self, vm: VmKey, dur: Duration) -> Token {
+    fn occupy(&mut self, at: VmStream, dur: Duration) -> Token {
         let now = Instant::now();
         let slot = (0..self.slots.len())
             .min_by_key(|&i| self.slots[i])
@@ -104,7 +105,8 @@ impl CpuBackend {
         self.running.insert(
             token,
             Running {
-                vm,
+                vm: at.vm,
+                stream: at.stream,
                 slot,
                 started,
                 until,
@@ -383,7 +385,7 @@ impl Handler for CpuBackend {
             let p: BusyParams = params(l, b)?;
             self.ctx(vm)?;
             // A timed occupation of a slot: the device is busy, the host CPU is not.
-            let token = self.occupy(vm, Duration::from_micros(p.duration_us as u64));
+            let token = self.occupy(at, Duration::from_micros(p.duration_us as u64));
             return Ok(Issued::Pending(token, 0, 0));
         }
         if kernel_ops(l, b)? > MAX_KERNEL_OPS {
@@ -442,6 +444,19 @@ impl Handler for CpuBackend {
     fn event_record(&mut self, at: VmStream, event: u32) -> Result<Issued, Status> {
         self.ctx(at.vm)?.events.insert(event, Instant::now());
         Ok(Issued::DONE)
+    }
+
+    fn stream_query(&mut self, at: VmStream) -> Result<Issued, Status> {
+        self.ctx(at.vm)?;
+        let busy = self
+            .running
+            .values()
+            .any(|r| r.vm == at.vm && r.stream == at.stream);
+        if busy {
+            Err(Status::NotReady)
+        } else {
+            Ok(Issued::DONE)
+        }
     }
 
     fn stream_wait_event(&mut self, at: VmStream, _event: u32) -> Result<Issued, Status> {

@@ -864,6 +864,21 @@ impl Handler for CudaBackend {
         Ok(Issued::DONE)
     }
 
+    fn stream_query(&mut self, at: VmStream) -> Result<Issued, Status> {
+        // An event recorded behind the stream's work completes once that work has: the same
+        // answer as cuStreamQuery, from the backend's own event pool.
+        let c = self.ctx(at.vm)?;
+        let s = c.stream(at.stream)?;
+        let e = c.record_untimed(s)?;
+        let done = api::event_query(e);
+        c.spare_untimed.push(e);
+        match done {
+            Ok(true) => Ok(Issued::DONE),
+            Ok(false) => Err(Status::NotReady),
+            Err(r) => Err(status_of(r)),
+        }
+    }
+
     fn stream_wait_event(&mut self, at: VmStream, event: u32) -> Result<Issued, Status> {
         let c = self.ctx(at.vm)?;
         let s = c.stream(at.stream)?;
