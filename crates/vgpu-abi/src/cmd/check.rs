@@ -44,7 +44,7 @@ pub fn event(e: u32) -> Result<(), Status> {
 
 /// A memset element width (1 or 4 bytes) that divides the length.
 pub fn memset_width(len: u64, width: u32) -> Result<(), Status> {
-    if (width == 1 || width == 4) && len % width as u64 == 0 {
+    if (width == 1 || width == 4) && len.is_multiple_of(width as u64) {
         Ok(())
     } else {
         Err(Status::InvalidArgument)
