@@ -15,6 +15,8 @@ pub mod config;
 pub mod device;
 pub mod executor;
 pub mod queue;
+pub mod quota;
+pub mod router;
 pub mod sched;
 pub mod stats;
 pub mod throttle;

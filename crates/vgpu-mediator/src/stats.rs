@@ -1,7 +1,7 @@
 //! Per-VM accounting, shared between the executor (writer) and the admin socket (reader).
 
 use crate::config::{Config, VmConfig};
-use crate::sched::quota::PoolQuota;
+use crate::quota::PoolQuota;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
