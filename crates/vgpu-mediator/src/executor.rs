@@ -18,6 +18,8 @@
 
 mod dispatch;
 mod lifecycle;
+#[cfg(test)]
+mod tests;
 mod time_limit;
 mod wait;
 
