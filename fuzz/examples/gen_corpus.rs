@@ -73,14 +73,14 @@ fn commands() -> Vec<(&'static str, Command)> {
         ),
         (
             "launch_busy",
-            Command::Launch(
+            Command::Launch { launch: 
                 LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], busy.as_bytes())
                     .expect("params fit"),
-            ),
+             },
         ),
         (
             "launch_vadd",
-            Command::Launch(
+            Command::Launch { launch: 
                 LaunchBody::new(
                     Builtin::VectorAddF32.handle(),
                     [2, 1, 1],
@@ -88,7 +88,7 @@ fn commands() -> Vec<(&'static str, Command)> {
                     vadd.as_bytes(),
                 )
                 .expect("params fit"),
-            ),
+             },
         ),
         (
             "module_load",
@@ -283,6 +283,16 @@ fn channel_poll() {
         .store_u32(0x3040, 9)
         .poll(4);
     write(&dir, "fence", &fence.0);
+
+    // The guest scribbles on the host's SQ head word; a poll that takes nothing (budget 0)
+    // leaves the scribble, the next one that takes an entry publishes the real head.
+    let scribble = Script::default()
+        .store_u32(0x1040, 11)
+        .submit(Command::Nop, 4)
+        .poll(0)
+        .poll(4)
+        .complete(0);
+    write(&dir, "scribbled_sq_head", &scribble.0);
 }
 
 const CONFIGS: &[(&str, &str)] = &[

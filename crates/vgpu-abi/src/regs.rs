@@ -25,7 +25,7 @@ pub const CAP_RESET: u64 = 1 << 3;
 pub const CAP_MODULES: u64 = 1 << 4;
 
 /// Device status as published in the register page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, num_enum::TryFromPrimitive)]
 #[repr(u32)]
 pub enum DeviceStatus {
     /// Being set up or reset; do not submit.
@@ -44,14 +44,7 @@ pub enum DeviceStatus {
 impl DeviceStatus {
     /// Decodes a raw register value.
     pub fn from_raw(v: u32) -> Option<Self> {
-        Some(match v {
-            0 => Self::Reset,
-            1 => Self::Ready,
-            2 => Self::Error,
-            3 => Self::Fenced,
-            4 => Self::Stopped,
-            _ => return None,
-        })
+        Self::try_from(v).ok()
     }
     /// Lower-case name.
     pub fn name(self) -> &'static str {

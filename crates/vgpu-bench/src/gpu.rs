@@ -462,7 +462,7 @@ impl Vgpu {
 
 fn launch_sqe(k: Builtin, grid: [u32; 3], block: [u32; 3], params: &[u8]) -> Result<Sqe> {
     let body = LaunchBody::new(k.handle(), grid, block, params).context("parameters too long")?;
-    Ok(Command::Launch(body).encode(0, 0))
+    Ok(Command::Launch { launch: body }.encode(0, 0))
 }
 
 fn sync_sqe() -> Sqe {

@@ -203,7 +203,7 @@ fn busy(us: u32, geometry: Option<([u32; 3], [u32; 3])>, stream: u32, tag: u64) 
     let (grid, block) = geometry.unwrap_or(([1; 3], [1; 3]));
     let l = LaunchBody::new(Builtin::Busy.handle(), grid, block, p.as_bytes())
         .expect("busy params fit");
-    Cmd::Launch(l).encode(stream, tag)
+    Cmd::Launch { launch: l }.encode(stream, tag)
 }
 
 // ---- placement -------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ use vgpu_guest::transport::socket::read_setup;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use vgpu_abi::cmd::reference as kernels;
 use vgpu_abi::cmd::{
     Builtin, Command, LaunchBody, SaxpyParams, VectorAddParams, MAX_STREAMS, SQE_SIZE,
 };
@@ -49,7 +50,6 @@ use vgpu_abi::ivshmem::MEDIATOR_PEER_ID;
 use vgpu_abi::regs::{self, CAP_MODULES};
 use vgpu_abi::{Cqe, RegisterPage, Sqe, Status};
 use vgpu_guest::{Device, Error as GuestError, Launch};
-use vgpu_mediator::backend::kernels;
 use zerocopy::IntoBytes;
 
 use crate::vgpud::{Daemon, VmDef};
@@ -1980,18 +1980,20 @@ fn hostile_session(
                 value: rng.next_u64() as u32,
                 width: rng.below(6) as u32,
             },
-            5 => Command::Launch(LaunchBody::busy(rng.below(MAX_KERNEL_US as u64 * 2) as u32)),
+            5 => Command::Launch {
+                launch: LaunchBody::busy(rng.below(MAX_KERNEL_US as u64 * 2) as u32),
+            },
             6 => {
                 let len = rng.index(73);
-                Command::Launch(
-                    LaunchBody::new(
+                Command::Launch {
+                    launch: LaunchBody::new(
                         Builtin::ALL[rng.index(Builtin::ALL.len())].handle(),
                         [rng.next_u64() as u32, rng.below(3) as u32, 1],
                         [rng.below(2048) as u32, 1, 1],
                         &rng.bytes(len),
                     )
                     .expect("at most 72 bytes"),
-                )
+                }
             }
             7 => Command::EventElapsed {
                 start: rng.next_u64() as u32,

@@ -319,12 +319,12 @@ impl<'d> Stream<'d> {
     /// Queues a launch of a PTX function (or a built-in looked up with
     /// [`Device::builtin_function`]).
     pub fn launch(&self, l: &Launch<'_>) -> Result<Pending<'d>, Error> {
-        self.submit(Command::Launch(l.pack()?))
+        self.submit(Command::Launch { launch: l.pack()? })
     }
 
     /// Queues a launch of an already packed body.
     pub fn launch_body(&self, body: LaunchBody) -> Result<Pending<'d>, Error> {
-        self.submit(Command::Launch(body))
+        self.submit(Command::Launch { launch: body })
     }
 
     /// Queues filling `count` 32-bit words at `dst` with `value`.
@@ -507,7 +507,7 @@ impl Device {
 
     /// Launches a packed body on the default stream and waits.
     pub fn launch_body(&self, body: LaunchBody) -> Result<(), Error> {
-        self.exec_on(Command::Launch(body), 0).map(drop)
+        self.exec_on(Command::Launch { launch: body }, 0).map(drop)
     }
 
     /// Launches a PTX function (or built-in [`Function`]) on the default stream and waits.

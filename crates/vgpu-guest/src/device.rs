@@ -830,7 +830,7 @@ impl Device {
                 vgpu_abi::cmd::MAX_INLINE_PARAMS
             ))
         })?;
-        self.exec(Command::Launch(body)).map(drop)
+        self.exec(Command::Launch { launch: body }).map(drop)
     }
 
     /// Launches a built-in kernel.

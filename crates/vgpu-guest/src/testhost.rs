@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-use vgpu_abi::cmd::{BusyParams, Command, ReduceParams, SaxpyParams, SgemmParams, VectorAddParams};
+use vgpu_abi::cmd::{
+    reference, BusyParams, Command, Handler, LaunchBody, ReduceParams, SaxpyParams, SgemmParams,
+    VectorAddParams,
+};
 use vgpu_abi::regs::{self, off};
 use vgpu_abi::ring::{reset_rings, CqProducer, SqConsumer};
 use vgpu_abi::{Builtin, Cqe, DeviceStatus, Layout, RegisterPage, ShmView, Status};
@@ -197,22 +200,22 @@ fn params<T: FromBytes>(p: &[u8]) -> Result<T, Status> {
     T::read_from_bytes(p).map_err(|_| Status::InvalidArgument)
 }
 
+/// Runs a built-in with the reference kernels (the cpu backend's own).
 fn run_kernel(k: Builtin, p: &[u8], mem: &mut Mem) -> Result<(), Status> {
     match k {
         Builtin::VectorAddF32 => {
             let p: VectorAddParams = params(p)?;
             let a = mem.f32s(p.a, p.n)?;
             let b = mem.f32s(p.b, p.n)?;
-            let c: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+            let mut c = mem.f32s(p.c, p.n)?;
+            reference::vector_add(&a, &b, &mut c);
             mem.put_f32s(p.c, &c)
         }
         Builtin::Saxpy => {
             let p: SaxpyParams = params(p)?;
             let x = mem.f32s(p.x, p.n)?;
             let mut y = mem.f32s(p.y, p.n)?;
-            for (yi, xi) in y.iter_mut().zip(&x) {
-                *yi += p.alpha * xi;
-            }
+            reference::saxpy(p.alpha, &x, &mut y);
             mem.put_f32s(p.y, &y)
         }
         Builtin::Sgemm => {
@@ -221,22 +224,12 @@ fn run_kernel(k: Builtin, p: &[u8], mem: &mut Mem) -> Result<(), Status> {
             let a = mem.f32s(p.a, p.m * p.k)?;
             let b = mem.f32s(p.b, p.k * p.n)?;
             let mut c = mem.f32s(p.c, p.m * p.n)?;
-            let mut acc = vec![0f32; m * n];
-            for i in 0..m {
-                for kk in 0..k {
-                    for j in 0..n {
-                        acc[i * n + j] += a[i * k + kk] * b[kk * n + j];
-                    }
-                }
-            }
-            for (ci, ai) in c.iter_mut().zip(&acc) {
-                *ci = p.alpha * ai + p.beta * *ci;
-            }
+            reference::sgemm(m, n, k, p.alpha, &a, &b, p.beta, &mut c);
             mem.put_f32s(p.c, &c)
         }
         Builtin::ReduceSumF32 => {
             let p: ReduceParams = params(p)?;
-            let s: f32 = mem.f32s(p.x, p.n)?.iter().sum();
+            let s = reference::reduce_sum(&mem.f32s(p.x, p.n)?);
             mem.put_f32s(p.out, &[s])
         }
         Builtin::Busy => {
@@ -248,121 +241,145 @@ fn run_kernel(k: Builtin, p: &[u8], mem: &mut Mem) -> Result<(), Status> {
     }
 }
 
-fn execute(
-    cmd: Command,
-    view: &ShmView,
-    layout: &Layout,
-    mem: &mut Mem,
-    broken: &mut bool,
+/// The fake host's device: the commands it serves, with CPU semantics, everything in order.
+/// What it does not implement (PTX modules) is not supported, as on the cpu backend.
+struct FakeDevice<'a> {
+    view: &'a ShmView,
+    /// Offset of staging in the region.
+    staging: usize,
+    mem: &'a mut Mem,
+    broken: &'a mut bool,
+    /// Launches complete without running (throughput tests).
     lazy: bool,
-) -> Result<(u64, u64), Status> {
-    let st = layout.staging_offset as usize;
-    match cmd {
-        Command::Nop | Command::Synchronize { .. } => Ok((0, 0)),
-        Command::GetInfo => Ok((mem.used, mem.quota)),
-        Command::MemAlloc { size } => {
-            if mem.used + size > mem.quota {
-                return Err(Status::QuotaExceeded);
-            }
-            let ptr = mem.next;
-            mem.next += size.next_multiple_of(256) + 256;
-            mem.allocs.insert(ptr, vec![0; size as usize]);
-            mem.used += size;
-            Ok((ptr, 0))
+}
+
+impl Handler for FakeDevice<'_> {
+    type Ctx = ();
+    type Out = (u64, u64);
+
+    fn nop(&mut self, _: ()) -> Result<(u64, u64), Status> {
+        Ok((0, 0))
+    }
+    fn get_info(&mut self, _: ()) -> Result<(u64, u64), Status> {
+        Ok((self.mem.used, self.mem.quota))
+    }
+    fn mem_alloc(&mut self, _: (), size: u64) -> Result<(u64, u64), Status> {
+        let mem = &mut *self.mem;
+        if mem.used + size > mem.quota {
+            return Err(Status::QuotaExceeded);
         }
-        Command::MemFree { ptr } => {
-            let b = mem.allocs.remove(&ptr).ok_or(Status::InvalidAddress)?;
-            mem.used -= b.len() as u64;
-            Ok((0, 0))
-        }
-        Command::Memset {
-            dst,
-            len,
-            value,
-            width,
-        } => {
-            let b = mem.find(dst, len)?;
-            if width == 1 {
-                b.fill(value as u8);
-            } else {
-                for c in b.chunks_mut(4) {
-                    c.copy_from_slice(&value.to_le_bytes());
-                }
-            }
-            Ok((0, 0))
-        }
-        Command::CopyH2D {
-            dst,
-            staging_offset,
-            len,
-        } => {
-            let b = mem.find(dst, len)?;
-            view.read_bytes(st + staging_offset as usize, b);
-            Ok((0, 0))
-        }
-        Command::CopyD2H {
-            src,
-            staging_offset,
-            len,
-        } => {
-            let b = mem.find(src, len)?;
-            view.write_bytes(st + staging_offset as usize, b);
-            Ok((0, 0))
-        }
-        Command::CopyD2D { dst, src, len } => {
-            let tmp = mem.find(src, len)?.to_vec();
-            mem.find(dst, len)?.copy_from_slice(&tmp);
-            Ok((0, 0))
-        }
-        Command::Launch(l) => {
-            let k = Builtin::from_handle(l.func).ok_or(Status::InvalidFunction)?;
-            if l.params().len() != k.params_len() {
-                return Err(Status::InvalidArgument);
-            }
-            if *broken {
-                return Err(Status::ContextLost);
-            }
-            if lazy {
-                return Ok((0, 0));
-            }
-            let r = run_kernel(k, l.params(), mem);
-            if r == Err(Status::KernelFault) {
-                *broken = true;
-                view.store_u32(off::DEVICE_STATUS, DeviceStatus::Error as u32);
-                view.store_u32(off::LAST_ERROR, Status::KernelFault as u32);
-            }
-            r.map(|_| (0, 0))
-        }
-        // No PTX on the fake host (like the cpu backend).
-        Command::ModuleLoad { .. } | Command::ModuleUnload { .. } | Command::GetFunction { .. } => {
-            Err(Status::NotSupported)
-        }
-        Command::FuncParamInfo { func, index } => {
-            let k = Builtin::from_handle(func).ok_or(Status::InvalidFunction)?;
-            let &(o, s) = k
-                .param_layout()
-                .get(index as usize)
-                .ok_or(Status::InvalidArgument)?;
-            Ok((o as u64, s as u64))
-        }
-        Command::EventRecord { event } => {
-            mem.events.insert(event, std::time::Instant::now());
-            Ok((0, 0))
-        }
-        Command::StreamWaitEvent { .. } | Command::EventSynchronize { .. } => Ok((0, 0)),
-        Command::EventElapsed { start, end } => {
-            match (mem.events.get(&start), mem.events.get(&end)) {
-                (Some(s), Some(e)) => {
-                    let ns = if e >= s {
-                        (*e - *s).as_nanos() as i64
-                    } else {
-                        -((*s - *e).as_nanos() as i64)
-                    };
-                    Ok((ns as u64, 0))
-                }
-                _ => Err(Status::InvalidArgument),
+        let ptr = mem.next;
+        mem.next += size.next_multiple_of(256) + 256;
+        mem.allocs.insert(ptr, vec![0; size as usize]);
+        mem.used += size;
+        Ok((ptr, 0))
+    }
+    fn mem_free(&mut self, _: (), ptr: u64) -> Result<(u64, u64), Status> {
+        let b = self.mem.allocs.remove(&ptr).ok_or(Status::InvalidAddress)?;
+        self.mem.used -= b.len() as u64;
+        Ok((0, 0))
+    }
+    fn memset(
+        &mut self,
+        _: (),
+        dst: u64,
+        len: u64,
+        value: u32,
+        width: u32,
+    ) -> Result<(u64, u64), Status> {
+        let b = self.mem.find(dst, len)?;
+        if width == 1 {
+            b.fill(value as u8);
+        } else {
+            for c in b.chunks_mut(4) {
+                c.copy_from_slice(&value.to_le_bytes());
             }
         }
+        Ok((0, 0))
+    }
+    fn copy_h2d(
+        &mut self,
+        _: (),
+        dst: u64,
+        staging_offset: u64,
+        len: u64,
+    ) -> Result<(u64, u64), Status> {
+        let b = self.mem.find(dst, len)?;
+        self.view
+            .read_bytes(self.staging + staging_offset as usize, b);
+        Ok((0, 0))
+    }
+    fn copy_d2h(
+        &mut self,
+        _: (),
+        src: u64,
+        staging_offset: u64,
+        len: u64,
+    ) -> Result<(u64, u64), Status> {
+        let b = self.mem.find(src, len)?;
+        self.view
+            .write_bytes(self.staging + staging_offset as usize, b);
+        Ok((0, 0))
+    }
+    fn copy_d2d(&mut self, _: (), dst: u64, src: u64, len: u64) -> Result<(u64, u64), Status> {
+        let tmp = self.mem.find(src, len)?.to_vec();
+        self.mem.find(dst, len)?.copy_from_slice(&tmp);
+        Ok((0, 0))
+    }
+    fn launch(&mut self, _: (), l: LaunchBody) -> Result<(u64, u64), Status> {
+        let k = Builtin::from_handle(l.func).ok_or(Status::InvalidFunction)?;
+        if l.params().len() != k.params_len() {
+            return Err(Status::InvalidArgument);
+        }
+        if *self.broken {
+            return Err(Status::ContextLost);
+        }
+        if self.lazy {
+            return Ok((0, 0));
+        }
+        let r = run_kernel(k, l.params(), self.mem);
+        if r == Err(Status::KernelFault) {
+            *self.broken = true;
+            self.view
+                .store_u32(off::DEVICE_STATUS, DeviceStatus::Error as u32);
+            self.view
+                .store_u32(off::LAST_ERROR, Status::KernelFault as u32);
+        }
+        r.map(|_| (0, 0))
+    }
+    fn func_param_info(&mut self, _: (), func: u64, index: u32) -> Result<(u64, u64), Status> {
+        let k = Builtin::from_handle(func).ok_or(Status::InvalidFunction)?;
+        let &(o, s) = k
+            .param_layout()
+            .get(index as usize)
+            .ok_or(Status::InvalidArgument)?;
+        Ok((o as u64, s as u64))
+    }
+    fn event_record(&mut self, _: (), event: u32) -> Result<(u64, u64), Status> {
+        self.mem.events.insert(event, std::time::Instant::now());
+        Ok((0, 0))
+    }
+    fn stream_wait_event(&mut self, _: (), _event: u32) -> Result<(u64, u64), Status> {
+        Ok((0, 0))
+    }
+    fn event_synchronize(&mut self, _: (), _event: u32) -> Result<(u64, u64), Status> {
+        Ok((0, 0))
+    }
+    fn event_elapsed(&mut self, _: (), start: u32, end: u32) -> Result<(u64, u64), Status> {
+        match (self.mem.events.get(&start), self.mem.events.get(&end)) {
+            (Some(s), Some(e)) => {
+                let ns = if e >= s {
+                    (*e - *s).as_nanos() as i64
+                } else {
+                    -((*s - *e).as_nanos() as i64)
+                };
+                Ok((ns as u64, 0))
+            }
+            _ => Err(Status::InvalidArgument),
+        }
+    }
+    fn synchronize(&mut self, _: (), _all_streams: bool) -> Result<(u64, u64), Status> {
+        Ok((0, 0))
     }
 }
 
@@ -436,8 +453,15 @@ fn host_loop(map: Mapping, opts: HostOpts, ctl: Arc<HostCtl>) {
                 }
             }
             let sqe = sqc.pop();
-            let r = Command::decode(&sqe, layout.staging_size)
-                .and_then(|c| execute(c, &view, &layout, &mut mem, &mut broken, opts.lazy_kernels));
+            let mut dev = FakeDevice {
+                view: &view,
+                staging: layout.staging_offset as usize,
+                mem: &mut mem,
+                broken: &mut broken,
+                lazy: opts.lazy_kernels,
+            };
+            let r =
+                Command::decode(&sqe, layout.staging_size).and_then(|c| c.dispatch(&mut dev, ()));
             let cqe = match r {
                 Ok((r0, r1)) => Cqe {
                     tag: sqe.tag,

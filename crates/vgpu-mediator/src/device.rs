@@ -2,10 +2,10 @@
 //! sees it (allocation, module and function ownership, ranges, quota, stream count, sticky
 //! faults), and the accounting after.
 
-use crate::backend::{Backend, Issued, StreamOp, VmKey};
+use crate::backend::{Backend, Issued, VmKey, VmStream};
 use crate::config::Limits;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use vgpu_abi::cmd::{Builtin, BusyParams, Command, MAX_STREAMS};
+use vgpu_abi::cmd::{Builtin, BusyParams, Command, Effect, MAX_STREAMS};
 use vgpu_abi::Status;
 use zerocopy::FromBytes;
 
@@ -175,27 +175,97 @@ impl VirtualDevice {
         out
     }
 
+    /// Admits a command by its declared class, ranges and effect, has the backend run it, and
+    /// accounts what it allocated or loaded. Nothing here names a command: a new command with
+    /// no new kind of effect needs no change here.
     fn issue<B: Backend + ?Sized>(
         &mut self,
         be: &mut B,
         stream: u32,
         cmd: &Command,
     ) -> IssueOutcome {
-        let vm = self.vm;
-        let op = &StreamOp { stream };
-        match *cmd {
-            Command::Nop => return Ok(Issued::DONE),
-            Command::GetInfo => return Ok(Issued::Done(self.used, self.quota)),
+        let effect = cmd.effect();
+        match effect {
+            Effect::Ping => return Ok(Issued::DONE),
+            Effect::Info => return Ok(Issued::Done(self.used, self.quota)),
             _ if self.unavailable => return Err(Status::ContextUnavailable),
             _ if self.broken => return Err(Status::ContextLost),
             _ => {}
         }
-        if cmd.uses_stream() {
+        if cmd.class().stream {
             self.use_stream(stream)?;
         }
-        match *cmd {
-            Command::Nop | Command::GetInfo => unreachable!("handled above"),
-            Command::MemAlloc { size } => {
+        for (ptr, len) in cmd.device_ranges().iter() {
+            self.check_range(ptr, len)?;
+        }
+        if let Some(answer) = self.admit(&effect)? {
+            return Ok(answer);
+        }
+        let at = VmStream {
+            vm: self.vm,
+            stream,
+        };
+        let issued = be.submit(at, cmd);
+        match (effect, issued) {
+            (Effect::Alloc { size }, _) => match issued.and_then(done) {
+                Ok((ptr, _)) => {
+                    self.allocs.insert(ptr, size);
+                    self.used += size;
+                    Ok(Issued::Done(ptr, 0))
+                }
+                Err(e) => {
+                    if let Some(p) = &self.pool {
+                        p.give_back(size);
+                    }
+                    Err(e)
+                }
+            },
+            (_, Err(_)) => issued,
+            (Effect::Transfer { len, .. }, Ok(i)) => Ok(with_result(i, len)),
+            (Effect::Free { ptr }, Ok(i)) => {
+                done(i)?;
+                let size = self.allocs.remove(&ptr).unwrap_or(0);
+                self.used -= size;
+                if let Some(p) = &self.pool {
+                    p.give_back(size);
+                }
+                Ok(Issued::DONE)
+            }
+            (Effect::LoadModule { len }, Ok(i)) => {
+                let m = done(i)?.0;
+                self.modules.insert(m, (Vec::new(), len));
+                self.module_bytes += len;
+                Ok(Issued::Done(m, 0))
+            }
+            (Effect::UnloadModule { module }, Ok(i)) => {
+                done(i)?;
+                let (funcs, len) = self.modules.remove(&module).unwrap_or_default();
+                self.module_bytes -= len;
+                for f in funcs {
+                    self.functions.remove(&f);
+                }
+                Ok(Issued::DONE)
+            }
+            (Effect::LookupFunction { module }, Ok(i)) => {
+                let (f, nparams) = done(i)?;
+                if !self.functions.contains_key(&f) {
+                    if self.functions.len() >= MAX_FUNCTIONS {
+                        return Err(Status::InvalidArgument);
+                    }
+                    self.functions.insert(f, module);
+                    self.modules.entry(module).or_default().0.push(f);
+                }
+                Ok(Issued::Done(f, nparams))
+            }
+            (_, Ok(i)) => Ok(i),
+        }
+    }
+
+    /// The checks of an effect before the backend sees the command. Returns the answer where
+    /// the device gives it itself (a built-in's parameter layout is the ABI's).
+    fn admit(&mut self, effect: &Effect) -> Result<Option<Issued>, Status> {
+        match *effect {
+            Effect::Alloc { size } => {
                 // The byte quota alone does not bound vgpud's own memory: every allocation is
                 // an entry here and in the backend, whatever its size.
                 if self.allocs.len() >= self.limits.max_allocations as usize {
@@ -207,59 +277,25 @@ impl VirtualDevice {
                 if self.pool.as_ref().is_some_and(|p| !p.try_take(size)) {
                     return Err(Status::QuotaExceeded);
                 }
-                let ptr = be.alloc(vm, size).inspect_err(|_| {
-                    if let Some(p) = &self.pool {
-                        p.give_back(size);
-                    }
-                })?;
-                self.allocs.insert(ptr, size);
-                self.used += size;
-                Ok(Issued::Done(ptr, 0))
             }
-            Command::MemFree { ptr } => {
-                let size = *self.allocs.get(&ptr).ok_or(Status::InvalidAddress)?;
-                be.free(vm, ptr)?;
-                self.allocs.remove(&ptr);
-                self.used -= size;
-                if let Some(p) = &self.pool {
-                    p.give_back(size);
+            Effect::Free { ptr } => {
+                if !self.allocs.contains_key(&ptr) {
+                    return Err(Status::InvalidAddress);
                 }
-                Ok(Issued::DONE)
             }
-            Command::Memset {
-                dst,
-                len,
-                value,
-                width,
-            } => {
-                self.check_range(dst, len)?;
-                be.memset(vm, op, dst, len, value, width)
+            Effect::LoadModule { len } => {
+                if self.modules.len() >= self.limits.max_modules as usize
+                    || self.module_bytes.saturating_add(len) > self.limits.max_module_bytes.0
+                {
+                    return Err(Status::LimitExceeded);
+                }
             }
-            Command::CopyH2D {
-                dst,
-                staging_offset,
-                len,
-            } => {
-                self.check_range(dst, len)?;
-                be.copy_h2d(vm, op, dst, staging_offset, len)
-                    .map(|i| with_result(i, len))
+            Effect::UnloadModule { module } | Effect::LookupFunction { module } => {
+                if !self.modules.contains_key(&module) {
+                    return Err(Status::InvalidArgument);
+                }
             }
-            Command::CopyD2H {
-                src,
-                staging_offset,
-                len,
-            } => {
-                self.check_range(src, len)?;
-                be.copy_d2h(vm, op, src, staging_offset, len)
-                    .map(|i| with_result(i, len))
-            }
-            Command::CopyD2D { dst, src, len } => {
-                self.check_range(dst, len)?;
-                self.check_range(src, len)?;
-                be.copy_d2d(vm, op, dst, src, len)
-                    .map(|i| with_result(i, len))
-            }
-            Command::Launch(ref l) => {
+            Effect::Launch(ref l) => {
                 if self.check_function(l.func)? == Some(Builtin::Busy) {
                     let p = BusyParams::read_from_bytes(l.params())
                         .map_err(|_| Status::InvalidArgument)?;
@@ -267,73 +303,20 @@ impl VirtualDevice {
                         return Err(Status::InvalidArgument);
                     }
                 }
-                be.launch(vm, op, l)
             }
-            Command::Synchronize { all_streams } => be.synchronize(vm, op, all_streams),
-            Command::ModuleLoad {
-                staging_offset,
-                len,
-            } => {
-                if self.modules.len() >= self.limits.max_modules as usize
-                    || self.module_bytes.saturating_add(len) > self.limits.max_module_bytes.0
-                {
-                    return Err(Status::LimitExceeded);
+            Effect::ParamInfo { func, index } => {
+                if let Some(b) = self.check_function(func)? {
+                    let &(o, s) = b
+                        .param_layout()
+                        .get(index as usize)
+                        .ok_or(Status::InvalidArgument)?;
+                    return Ok(Some(Issued::Done(o as u64, s as u64)));
                 }
-                let m = be.module_load(vm, staging_offset, len)?;
-                self.modules.insert(m, (Vec::new(), len));
-                self.module_bytes += len;
-                Ok(Issued::Done(m, 0))
             }
-            Command::ModuleUnload { module } => {
-                if !self.modules.contains_key(&module) {
-                    return Err(Status::InvalidArgument);
-                }
-                be.module_unload(vm, module)?;
-                let (funcs, len) = self.modules.remove(&module).unwrap_or_default();
-                self.module_bytes -= len;
-                for f in funcs {
-                    self.functions.remove(&f);
-                }
-                Ok(Issued::DONE)
-            }
-            Command::GetFunction {
-                module,
-                staging_offset,
-                name_len,
-            } => {
-                if !self.modules.contains_key(&module) {
-                    return Err(Status::InvalidArgument);
-                }
-                let (f, nparams) = be.get_function(vm, module, staging_offset, name_len)?;
-                if !self.functions.contains_key(&f) {
-                    if self.functions.len() >= MAX_FUNCTIONS {
-                        return Err(Status::InvalidArgument);
-                    }
-                    self.functions.insert(f, module);
-                    self.modules.entry(module).or_default().0.push(f);
-                }
-                Ok(Issued::Done(f, nparams as u64))
-            }
-            Command::FuncParamInfo { func, index } => match self.check_function(func)? {
-                Some(b) => b
-                    .param_layout()
-                    .get(index as usize)
-                    .map(|&(o, s)| Issued::Done(o as u64, s as u64))
-                    .ok_or(Status::InvalidArgument),
-                None => be
-                    .func_param_info(vm, func, index)
-                    .map(|(o, s)| Issued::Done(o, s)),
-            },
-            Command::EventRecord { event } => {
-                self.use_event(event)?;
-                be.event_record(vm, op, event)
-            }
-            Command::StreamWaitEvent { event } => be.stream_wait_event(vm, op, event),
-            Command::EventSynchronize { event } => be.event_synchronize(vm, event),
-            Command::EventElapsed { start, end } => be
-                .event_elapsed(vm, start, end)
-                .map(|ns| Issued::Done(ns as u64, 0)),
+            Effect::RecordEvent { event } => self.use_event(event)?,
+            Effect::Ping | Effect::Info | Effect::Transfer { .. } | Effect::Work => {}
         }
+        Ok(None)
     }
 }
 
@@ -342,6 +325,15 @@ impl Drop for VirtualDevice {
         if let Some(p) = &self.pool {
             p.give_back(self.used);
         }
+    }
+}
+
+/// The results of a command the backend answered at once (a pending answer to a command
+/// whose class is not asynchronous is a backend bug).
+fn done(i: Issued) -> Result<(u64, u64), Status> {
+    match i {
+        Issued::Done(a, b) => Ok((a, b)),
+        Issued::Pending(..) => Err(Status::Internal),
     }
 }
 
@@ -415,12 +407,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            d.execute(&mut be, 0, &Command::Launch(busy)),
+            d.execute(&mut be, 0, &Command::Launch { launch: busy }),
             Err(Status::InvalidArgument)
         );
         let fault = LaunchBody::new(Builtin::Fault.handle(), [1; 3], [1; 3], &[]).unwrap();
         assert_eq!(
-            d.execute(&mut be, 0, &Command::Launch(fault)),
+            d.execute(&mut be, 0, &Command::Launch { launch: fault }),
             Err(Status::KernelFault)
         );
         assert!(d.is_broken());

@@ -120,8 +120,8 @@ pub fn pin_current_thread(cpu: usize) -> Result<(), ExecutorError> {
 }
 
 /// The executor of one device.
-pub struct Executor<B: Backend, Q: WorkQueue> {
-    backend: B,
+pub struct Executor<B: Backend + ?Sized, Q: WorkQueue> {
+    backend: Box<B>,
     queue: Q,
     cfg: Arc<Config>,
     registry: Arc<StatsRegistry>,
@@ -139,12 +139,12 @@ pub struct Executor<B: Backend, Q: WorkQueue> {
     next_limit_check: Instant,
 }
 
-impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
+impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
     /// Builds the executor of device `device_index`. `control` is the eventfd written after
     /// each event sent on `events`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        backend: B,
+        backend: Box<B>,
         queue: Q,
         cfg: Arc<Config>,
         registry: Arc<StatsRegistry>,

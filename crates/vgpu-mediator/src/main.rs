@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use tracing::{error, info};
 use vgpu_mediator::admin;
-use vgpu_mediator::backend::{isolated, select, Backend};
+use vgpu_mediator::backend::{isolated, select};
 use vgpu_mediator::config::{BackendChoice, Config};
 use vgpu_mediator::executor::{pin_current_thread, Executor};
 use vgpu_mediator::router::{ExecHandle, Router};

@@ -27,13 +27,7 @@ impl Job {
     /// waits and queries name an event that another stream may record, so on a device that does
     /// not order streams itself they wait for everything issued before them.
     pub fn is_barrier(&self) -> bool {
-        matches!(
-            self.cmd,
-            Command::Synchronize { all_streams: true }
-                | Command::StreamWaitEvent { .. }
-                | Command::EventSynchronize { .. }
-                | Command::EventElapsed { .. }
-        )
+        self.cmd.class().barrier
     }
 }
 
@@ -41,10 +35,7 @@ impl Job {
     /// Whether the backend answers this job with a call that waits for the VM's work on the
     /// device (CUDA's `cuMemFree` and `cuModuleUnload` synchronise), on the executor thread.
     pub fn waits_for_device(&self) -> bool {
-        matches!(
-            self.cmd,
-            Command::MemFree { .. } | Command::ModuleUnload { .. }
-        )
+        self.cmd.class().waits_for_device
     }
 }
 

@@ -9,6 +9,7 @@ use common::*;
 use memmap2::MmapOptions;
 use rustix::fd::AsFd;
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 use vgpu_abi::cmd::{Builtin, Command, LaunchBody, SgemmParams};
@@ -343,6 +344,43 @@ fn quick_reattach_is_accepted() {
             .unwrap_or_else(|e| panic!("attach {i}: {e}\n{}", d.log_text()));
         drop(dev);
     }
+}
+
+/// A connection that comes while the old client is still attached waits for it to go (the
+/// old end can close late: a process that forked holds a copy of the fd until its child
+/// execs, which made `quick_reattach_is_accepted` fail 1 in 200 under load), and is refused
+/// if the old client stays.
+#[test]
+fn a_new_connection_waits_for_the_old_client() {
+    let d = start(&[Vm::new("next", 1)]);
+    let old = Device::connect(&d.socket("next")).unwrap();
+    // Stays attached: the second connection is refused once the grace has passed.
+    let mut stay = UnixStream::connect(d.socket("next")).unwrap();
+    let t0 = Instant::now();
+    let mut b = [0u8; 8];
+    assert_eq!(
+        stay.read(&mut b).unwrap(),
+        0,
+        "refused: closed without set-up"
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited >= vgpu_mediator::transport::REATTACH_GRACE - Duration::from_millis(50),
+        "refused after {waited:?}"
+    );
+    old.nop().unwrap();
+    // Goes while the new one waits: the new one is set up.
+    let path = d.socket("next");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let s = UnixStream::connect(&path).unwrap();
+        tx.send(()).unwrap();
+        read_setup(&s).map(|_| s)
+    });
+    rx.recv().unwrap();
+    drop(old);
+    let new = t.join().unwrap();
+    assert!(new.is_ok(), "set up once the old client left: {new:?}");
 }
 
 /// Finding 9: a client flooded the log with one WARN line per fence or refused connection

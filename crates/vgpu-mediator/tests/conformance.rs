@@ -23,12 +23,12 @@ use common::{bytes_f32, f32_bytes, workload, Rng, Vm};
 use std::path::PathBuf;
 use std::process::{Command as Proc, Stdio};
 use std::time::{Duration, Instant};
+use vgpu_abi::cmd::reference as kernels;
 use vgpu_abi::cmd::{Command, LaunchBody, MAX_STREAMS};
 use vgpu_abi::regs::CAP_MODULES;
 use vgpu_abi::{Builtin, DeviceStatus, Status};
 use vgpu_guest::compute::Launch;
 use vgpu_guest::{Device, Error};
-use vgpu_mediator::backend::kernels;
 
 fn backend() -> String {
     std::env::var("VGPU_TEST_BACKEND").unwrap_or_else(|_| "cpu".into())
@@ -563,7 +563,7 @@ fn ptx_vector_add_and_foreign_handles() {
     // The other VM cannot use these handles (and its device is unaffected).
     let body = l.pack().unwrap();
     assert_eq!(
-        other.exec_raw(Command::Launch(body)),
+        other.exec_raw(Command::Launch { launch: body }),
         Status::InvalidFunction
     );
     assert_eq!(
@@ -581,7 +581,7 @@ fn ptx_vector_add_and_foreign_handles() {
     let mut short = body;
     short.params_len = 20;
     assert_eq!(
-        dev.exec_raw(Command::Launch(short)),
+        dev.exec_raw(Command::Launch { launch: short }),
         Status::InvalidArgument
     );
     other.nop().unwrap();

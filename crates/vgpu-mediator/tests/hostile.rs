@@ -64,19 +64,24 @@ fn hostile_client_cannot_disturb_another() {
                         1 => Command::MemAlloc {
                             size: rng.next_u64() >> (rng.next_u64() % 64) | 1,
                         },
-                        2 => Command::Launch(
-                            LaunchBody::new(
+                        2 => Command::Launch {
+                            launch: LaunchBody::new(
                                 Builtin::Busy.handle(),
                                 [1; 3],
                                 [1; 3],
                                 &2000u64.to_le_bytes(),
                             )
                             .unwrap(),
-                        ),
-                        3 => Command::Launch(
-                            LaunchBody::new(Builtin::Sgemm.handle(), [1; 3], [1; 3], &[0xff; 48])
-                                .unwrap(),
-                        ),
+                        },
+                        3 => Command::Launch {
+                            launch: LaunchBody::new(
+                                Builtin::Sgemm.handle(),
+                                [1; 3],
+                                [1; 3],
+                                &[0xff; 48],
+                            )
+                            .unwrap(),
+                        },
                         _ => Command::MemFree {
                             ptr: rng.next_u64(),
                         },

@@ -261,7 +261,7 @@ fn isolation_cost_on_the_gpu() {
         let body =
             LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], &0u64.to_le_bytes()).unwrap();
         let sqes: Vec<_> = (0..10_000u64)
-            .map(|i| Command::Launch(body).encode(0, i))
+            .map(|i| Command::Launch { launch: body }.encode(0, i))
             .collect();
         let t = Instant::now();
         let cqes = dev.submit_batch(&sqes).unwrap();

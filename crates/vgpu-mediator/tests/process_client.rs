@@ -98,12 +98,12 @@ fn bad_commands_get_error_completions() {
     // Wrong parameter sizes and unknown functions.
     let l = LaunchBody::new(Builtin::Saxpy.handle(), [1; 3], [1; 3], &[0; 5]).unwrap();
     assert_eq!(
-        raw(Command::Launch(l).encode(0, 5)),
+        raw(Command::Launch { launch: l }.encode(0, 5)),
         Status::InvalidArgument
     );
     let l = LaunchBody::new(0x1234, [1; 3], [1; 3], &[]).unwrap();
     assert_eq!(
-        raw(Command::Launch(l).encode(0, 6)),
+        raw(Command::Launch { launch: l }.encode(0, 6)),
         Status::InvalidFunction
     );
     // A busy kernel longer than the device limit.
@@ -192,7 +192,7 @@ fn disconnect_frees_everything_and_the_socket_serves_the_next_boot() {
             let slot = tail.wrapping_add(i) & (layout.sq_entries - 1);
             shm.write_obj(
                 layout.sqe_offset(slot),
-                &Command::Launch(l).encode(0, i as u64),
+                &Command::Launch { launch: l }.encode(0, i as u64),
             );
         }
         shm.store_u32(tail_off, tail.wrapping_add(50));

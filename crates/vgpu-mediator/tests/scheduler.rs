@@ -79,7 +79,7 @@ fn busy_sqe(us: u32, stream: u32, tag: u64) -> vgpu_abi::cmd::Sqe {
         _pad: 0,
     };
     let l = LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], p.as_bytes()).unwrap();
-    Command::Launch(l).encode(stream, tag)
+    Command::Launch { launch: l }.encode(stream, tag)
 }
 
 const POOLS: &str = "[[pool]]\nid = 0\nname = \"small\"\nmem_quota = \"1MiB\"\n\

@@ -1,15 +1,16 @@
 //! The cpu reference backend: device memory is host memory it owns, kernels are the reference
-//! implementations in [`super::kernels`]. It defines the semantics every backend must match.
+//! implementations in [`vgpu_abi::cmd::reference`]. It defines the semantics every backend must match.
 
-use super::kernels;
 use super::{
-    Backend, BackendError, ContextParams, DeviceInfo, Issued, Retired, Staging, StreamOp, Token,
-    VmKey,
+    Backend, BackendError, ContextParams, DeviceInfo, Handler, Issued, Retired, Staging, Token,
+    VmKey, VmStream,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+use vgpu_abi::cmd::reference as kernels;
 use vgpu_abi::cmd::{
-    Builtin, BusyParams, LaunchBody, ReduceParams, SaxpyParams, SgemmParams, VectorAddParams,
+    Builtin, BusyParams, Command, LaunchBody, ReduceParams, SaxpyParams, SgemmParams,
+    VectorAddParams,
 };
 use vgpu_abi::regs::BACKEND_CPU;
 use vgpu_abi::Status;
@@ -250,7 +251,43 @@ impl Backend for CpuBackend {
         true
     }
 
-    fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
+    fn submit(&mut self, at: VmStream, cmd: &Command) -> Result<Issued, Status> {
+        cmd.dispatch(self, at)
+    }
+
+    fn poll(&mut self, _vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
+        let Some(r) = self.running.get(&token) else {
+            return Some(Err(Status::Internal));
+        };
+        if Instant::now() < r.until {
+            return None;
+        }
+        let r = self.running.remove(&token).expect("present");
+        Some(Ok(Retired {
+            device_ns: (r.until - r.started).as_nanos() as u64,
+        }))
+    }
+
+    fn poll_hint(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.running
+            .values()
+            .map(|r| r.until.saturating_duration_since(now))
+            .min()
+    }
+
+    fn orders_streams(&self) -> bool {
+        false
+    }
+}
+
+/// The commands, one method each ([`Command::dispatch`] calls them).
+impl Handler for CpuBackend {
+    type Ctx = VmStream;
+    type Out = Issued;
+
+    fn mem_alloc(&mut self, at: VmStream, size: u64) -> Result<Issued, Status> {
+        let vm = at.vm;
         if self.used_mem.saturating_add(size) > self.total_mem {
             return Err(Status::OutOfMemory);
         }
@@ -267,28 +304,29 @@ impl Backend for CpuBackend {
             .ok_or(Status::OutOfMemory)?;
         self.ctx(vm)?.bufs.insert(addr, buf);
         self.used_mem += size;
-        Ok(addr)
+        Ok(Issued::Done(addr, 0))
     }
 
-    fn free(&mut self, vm: VmKey, ptr: u64) -> Result<(), Status> {
+    fn mem_free(&mut self, at: VmStream, ptr: u64) -> Result<Issued, Status> {
+        let vm = at.vm;
         let buf = self
             .ctx(vm)?
             .bufs
             .remove(&ptr)
             .ok_or(Status::InvalidAddress)?;
         self.used_mem -= buf.len() as u64;
-        Ok(())
+        Ok(Issued::DONE)
     }
 
     fn memset(
         &mut self,
-        vm: VmKey,
-        _op: &StreamOp,
+        at: VmStream,
         dst: u64,
         len: u64,
         value: u32,
         width: u32,
     ) -> Result<Issued, Status> {
+        let vm = at.vm;
         let b = self.ctx(vm)?.range(dst, len)?;
         match width {
             1 => b.fill(value as u8),
@@ -302,49 +340,44 @@ impl Backend for CpuBackend {
 
     fn copy_h2d(
         &mut self,
-        vm: VmKey,
-        _op: &StreamOp,
+        at: VmStream,
         dst: u64,
-        staging_off: u64,
+        staging_offset: u64,
         len: u64,
     ) -> Result<Issued, Status> {
+        let vm = at.vm;
         let ctx = self.ctx(vm)?;
         let staging = ctx.staging;
         let b = ctx.range(dst, len)?;
-        staging.view.read_bytes(staging.abs(staging_off), b);
+        staging.view.read_bytes(staging.abs(staging_offset), b);
         Ok(Issued::DONE)
     }
 
     fn copy_d2h(
         &mut self,
-        vm: VmKey,
-        _op: &StreamOp,
+        at: VmStream,
         src: u64,
-        staging_off: u64,
+        staging_offset: u64,
         len: u64,
     ) -> Result<Issued, Status> {
+        let vm = at.vm;
         let ctx = self.ctx(vm)?;
         let staging = ctx.staging;
         let b = ctx.range(src, len)?;
-        staging.view.write_bytes(staging.abs(staging_off), b);
+        staging.view.write_bytes(staging.abs(staging_offset), b);
         Ok(Issued::DONE)
     }
 
-    fn copy_d2d(
-        &mut self,
-        vm: VmKey,
-        _op: &StreamOp,
-        dst: u64,
-        src: u64,
-        len: u64,
-    ) -> Result<Issued, Status> {
+    fn copy_d2d(&mut self, at: VmStream, dst: u64, src: u64, len: u64) -> Result<Issued, Status> {
+        let vm = at.vm;
         let ctx = self.ctx(vm)?;
         let tmp = ctx.range(src, len)?.to_vec();
         ctx.range(dst, len)?.copy_from_slice(&tmp);
         Ok(Issued::DONE)
     }
 
-    fn launch(&mut self, vm: VmKey, _op: &StreamOp, l: &LaunchBody) -> Result<Issued, Status> {
+    fn launch(&mut self, at: VmStream, l: LaunchBody) -> Result<Issued, Status> {
+        let (vm, l) = (at.vm, &l);
         let b = Builtin::from_handle(l.func).ok_or(Status::InvalidFunction)?;
         if b == Builtin::Busy {
             let p: BusyParams = params(l, b)?;
@@ -396,12 +429,8 @@ impl Backend for CpuBackend {
         .map(|()| Issued::DONE)
     }
 
-    fn synchronize(
-        &mut self,
-        vm: VmKey,
-        _op: &StreamOp,
-        _all_streams: bool,
-    ) -> Result<Issued, Status> {
+    fn synchronize(&mut self, at: VmStream, _all_streams: bool) -> Result<Issued, Status> {
+        let vm = at.vm;
         // The executor holds a stream's later commands while a busy kernel of it is pending
         // (`orders_streams` is false), so everything issued earlier has finished by now.
         self.ctx(vm).map(|_| Issued::DONE)
@@ -410,70 +439,54 @@ impl Backend for CpuBackend {
     // Events: the executor issues a command of a stream only once everything earlier on that
     // stream has retired (`orders_streams` is false), so a record completes when it is issued.
 
-    fn event_record(&mut self, vm: VmKey, _op: &StreamOp, event: u32) -> Result<Issued, Status> {
-        self.ctx(vm)?.events.insert(event, Instant::now());
+    fn event_record(&mut self, at: VmStream, event: u32) -> Result<Issued, Status> {
+        self.ctx(at.vm)?.events.insert(event, Instant::now());
         Ok(Issued::DONE)
     }
 
-    fn stream_wait_event(
-        &mut self,
-        vm: VmKey,
-        _op: &StreamOp,
-        _event: u32,
-    ) -> Result<Issued, Status> {
+    fn stream_wait_event(&mut self, at: VmStream, _event: u32) -> Result<Issued, Status> {
+        let vm = at.vm;
         // Every record issued so far has completed.
         self.ctx(vm).map(|_| Issued::DONE)
     }
 
-    fn event_synchronize(&mut self, vm: VmKey, _event: u32) -> Result<Issued, Status> {
+    fn event_synchronize(&mut self, at: VmStream, _event: u32) -> Result<Issued, Status> {
+        let vm = at.vm;
         self.ctx(vm).map(|_| Issued::DONE)
     }
 
-    fn event_elapsed(&mut self, vm: VmKey, start: u32, end: u32) -> Result<i64, Status> {
+    fn event_elapsed(&mut self, at: VmStream, start: u32, end: u32) -> Result<Issued, Status> {
+        let vm = at.vm;
         let ev = &self.ctx(vm)?.events;
         let (s, e) = match (ev.get(&start), ev.get(&end)) {
             (Some(s), Some(e)) => (*s, *e),
             _ => return Err(Status::InvalidArgument),
         };
-        Ok(if e >= s {
+        let ns = if e >= s {
             (e - s).as_nanos() as i64
         } else {
             -((s - e).as_nanos() as i64)
-        })
-    }
-
-    fn poll(&mut self, _vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
-        let Some(r) = self.running.get(&token) else {
-            return Some(Err(Status::Internal));
         };
-        if Instant::now() < r.until {
-            return None;
-        }
-        let r = self.running.remove(&token).expect("present");
-        Some(Ok(Retired {
-            device_ns: (r.until - r.started).as_nanos() as u64,
-        }))
-    }
-
-    fn poll_hint(&self) -> Option<Duration> {
-        let now = Instant::now();
-        self.running
-            .values()
-            .map(|r| r.until.saturating_duration_since(now))
-            .min()
-    }
-
-    fn orders_streams(&self) -> bool {
-        false
+        Ok(Issued::Done(ns as u64, 0))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zerocopy::IntoBytes;
 
-    const S: StreamOp = StreamOp { stream: 0 };
+    fn at(vm: VmKey) -> VmStream {
+        VmStream { vm, stream: 0 }
+    }
+
+    /// The pointer an allocation answered with.
+    fn ptr(i: Issued) -> u64 {
+        match i {
+            Issued::Done(p, _) => p,
+            Issued::Pending(..) => panic!("allocations finish at once"),
+        }
+    }
+    use zerocopy::IntoBytes;
 
     fn with_backend(f: impl FnOnce(&mut CpuBackend, Staging, ContextParams)) {
         let mut mem = vec![0u64; 1024];
@@ -503,28 +516,28 @@ mod tests {
     #[test]
     fn copies_and_kernels() {
         with_backend(|be, st, params0| {
-            let x = be.alloc(0, 16).unwrap();
-            let y = be.alloc(0, 16).unwrap();
+            let x = be.mem_alloc(at(0), 16).map(ptr).unwrap();
+            let y = be.mem_alloc(at(0), 16).map(ptr).unwrap();
             let mut bytes = [0u8; 16];
             kernels::from_f32s(&[1., 2., 3., 4.], &mut bytes);
             st.view.write_bytes(st.abs(0), &bytes);
-            be.copy_h2d(0, &S, x, 0, 16).unwrap();
-            be.memset(0, &S, y, 16, 1.0f32.to_bits(), 4).unwrap();
+            be.copy_h2d(at(0), x, 0, 16).unwrap();
+            be.memset(at(0), y, 16, 1.0f32.to_bits(), 4).unwrap();
             let p = SaxpyParams {
                 x,
                 y,
                 n: 4,
                 alpha: 2.0,
             };
-            be.launch(0, &S, &launch(Builtin::Saxpy, p.as_bytes()))
+            be.launch(at(0), launch(Builtin::Saxpy, p.as_bytes()))
                 .unwrap();
-            be.copy_d2h(0, &S, y, 100, 16).unwrap();
+            be.copy_d2h(at(0), y, 100, 16).unwrap();
             let mut out = [0u8; 16];
             st.view.read_bytes(st.abs(100), &mut out);
             assert_eq!(kernels::to_f32s(&out), vec![3., 5., 7., 9.]);
             // another VM cannot see this VM's memory
-            assert_eq!(be.copy_d2h(1, &S, y, 0, 16), Err(Status::InvalidAddress));
-            assert_eq!(be.free(1, y), Err(Status::InvalidAddress));
+            assert_eq!(be.copy_d2h(at(1), y, 0, 16), Err(Status::InvalidAddress));
+            assert_eq!(be.mem_free(at(1), y), Err(Status::InvalidAddress));
             // kernels fault on bad pointers
             let p = SaxpyParams {
                 x,
@@ -533,26 +546,29 @@ mod tests {
                 alpha: 2.0,
             };
             assert_eq!(
-                be.launch(0, &S, &launch(Builtin::Saxpy, p.as_bytes())),
+                be.launch(at(0), launch(Builtin::Saxpy, p.as_bytes())),
                 Err(Status::KernelFault)
             );
             assert_eq!(
-                be.launch(0, &S, &launch(Builtin::Fault, &[])),
+                be.launch(at(0), launch(Builtin::Fault, &[])),
                 Err(Status::KernelFault)
             );
             assert_eq!(
-                be.launch(0, &S, &launch(Builtin::Saxpy, &[0; 3])),
+                be.launch(at(0), launch(Builtin::Saxpy, &[0; 3])),
                 Err(Status::InvalidArgument)
             );
             let mut l = launch(Builtin::Busy, &[0; 8]);
             l.func = 77;
-            assert_eq!(be.launch(0, &S, &l), Err(Status::InvalidFunction));
+            assert_eq!(be.launch(at(0), l), Err(Status::InvalidFunction));
             // out of range of one allocation
-            assert_eq!(be.copy_d2d(0, &S, x, y, 17), Err(Status::InvalidAddress));
-            be.copy_d2d(0, &S, x, y, 16).unwrap();
-            be.free(0, x).unwrap();
-            assert_eq!(be.free(0, x), Err(Status::InvalidAddress));
-            assert_eq!(be.alloc(0, 2 << 20), Err(Status::OutOfMemory));
+            assert_eq!(be.copy_d2d(at(0), x, y, 17), Err(Status::InvalidAddress));
+            be.copy_d2d(at(0), x, y, 16).unwrap();
+            be.mem_free(at(0), x).unwrap();
+            assert_eq!(be.mem_free(at(0), x), Err(Status::InvalidAddress));
+            assert_eq!(
+                be.mem_alloc(at(0), 2 << 20).map(ptr),
+                Err(Status::OutOfMemory)
+            );
             // a busy kernel occupies the one slot; a second one queues behind it
             let busy = launch(
                 Builtin::Busy,
@@ -562,10 +578,10 @@ mod tests {
                 }
                 .as_bytes(),
             );
-            let Issued::Pending(t1, ..) = be.launch(0, &S, &busy).unwrap() else {
+            let Issued::Pending(t1, ..) = be.launch(at(0), busy).unwrap() else {
                 panic!("busy kernels are pending")
             };
-            let Issued::Pending(t2, ..) = be.launch(1, &S, &busy).unwrap() else {
+            let Issued::Pending(t2, ..) = be.launch(at(1), busy).unwrap() else {
                 panic!("busy kernels are pending")
             };
             // Deterministic (no sleeps to race with): the second starts where the first ends.
@@ -592,10 +608,10 @@ mod tests {
                 }
                 .as_bytes(),
             );
-            let Issued::Pending(t3, ..) = be.launch(0, &S, &long).unwrap() else {
+            let Issued::Pending(t3, ..) = be.launch(at(0), long).unwrap() else {
                 panic!("busy kernels are pending")
             };
-            let Issued::Pending(t4, ..) = be.launch(1, &S, &busy).unwrap() else {
+            let Issued::Pending(t4, ..) = be.launch(at(1), busy).unwrap() else {
                 panic!("busy kernels are pending")
             };
             assert!(be.running[&t4].started >= be.running[&t3].until);

@@ -3,15 +3,17 @@
 //!
 //! The executor has already checked every device range against the VM's allocation table and
 //! quota (see [`crate::device`]); a backend still never trusts a pointer it cannot resolve.
+//! Each backend implements the commands as the methods of [`Handler`], one per command.
 
 pub mod cpu;
 pub mod cuda;
 pub mod isolated;
-pub mod kernels;
 pub mod select;
 
-use vgpu_abi::cmd::LaunchBody;
+use vgpu_abi::cmd::Command;
 use vgpu_abi::{ShmView, Status};
+
+pub use vgpu_abi::cmd::Handler;
 
 /// Index of a VM (its position in the config).
 pub type VmKey = usize;
@@ -115,9 +117,24 @@ pub enum BackendError {
     Context(String),
 }
 
+/// Whose command it is and where it runs: the VM and the submission entry's stream (0 = the
+/// default stream; commands that are not stream-ordered ignore it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VmStream {
+    /// The VM.
+    pub vm: VmKey,
+    /// The stream.
+    pub stream: u32,
+}
+
 /// A device that runs the vGPU command set.
 ///
-/// Operations either finish before they return ([`Issued::Done`]) or leave work on the device
+/// A backend implements each command as a method of [`Handler`] (the command set's one trait,
+/// declared with the commands) and answers [`Backend::submit`] with
+/// [`Command::dispatch`](vgpu_abi::cmd::Command::dispatch); a backend that runs commands
+/// elsewhere (a worker process, [`isolated`]) forwards the command whole.
+///
+/// Commands either finish before they return ([`Issued::Done`]) or leave work on the device
 /// ([`Issued::Pending`]); the executor polls pending tokens and completes the command when its
 /// token retires. A backend for which [`Backend::orders_streams`] is false relies on the
 /// executor never to issue a command of a stream while an earlier one of that stream is pending.
@@ -136,114 +153,10 @@ pub trait Backend: Send {
         let _ = vm;
         Some(Ok(()))
     }
-    /// Allocates `size` bytes; returns the device pointer.
-    fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status>;
-    /// Frees an allocation.
-    fn free(&mut self, vm: VmKey, ptr: u64) -> Result<(), Status>;
-    /// Fills `len` bytes at `dst` with `value` of `width` bytes.
-    fn memset(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        len: u64,
-        value: u32,
-        width: u32,
-    ) -> Result<Issued, Status>;
-    /// Staging → device.
-    fn copy_h2d(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<Issued, Status>;
-    /// Device → staging.
-    fn copy_d2h(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        src: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<Issued, Status>;
-    /// Device → device.
-    fn copy_d2d(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        src: u64,
-        len: u64,
-    ) -> Result<Issued, Status>;
-    /// Launches a kernel on the op's stream.
-    fn launch(&mut self, vm: VmKey, op: &StreamOp, launch: &LaunchBody) -> Result<Issued, Status>;
-    /// Completes once everything the VM issued earlier on the op's stream (or on every stream,
-    /// when `all_streams`) has finished.
-    fn synchronize(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        all_streams: bool,
-    ) -> Result<Issued, Status>;
-    /// Loads a PTX module from `[staging_off, +len)` of the VM's staging; returns its handle
-    /// (never one with [`vgpu_abi::cmd::BUILTIN_FUNC_FLAG`], unique across VMs).
-    fn module_load(&mut self, vm: VmKey, staging_off: u64, len: u64) -> Result<u64, Status> {
-        let _ = (vm, staging_off, len);
-        Err(Status::NotSupported)
-    }
-    /// Unloads a module of this VM; its functions become invalid.
-    fn module_unload(&mut self, vm: VmKey, module: u64) -> Result<(), Status> {
-        let _ = (vm, module);
-        Err(Status::NotSupported)
-    }
-    /// Looks up a kernel of a module of this VM by the name at `[staging_off, +len)`; returns
-    /// `(function handle, number of parameters)`.
-    fn get_function(
-        &mut self,
-        vm: VmKey,
-        module: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<(u64, u32), Status> {
-        let _ = (vm, module, staging_off, len);
-        Err(Status::NotSupported)
-    }
-    /// `(offset, size)` of parameter `index` of a function of this VM (not a built-in: those
-    /// are answered from the ABI).
-    fn func_param_info(&mut self, vm: VmKey, func: u64, index: u32) -> Result<(u64, u64), Status> {
-        let _ = (vm, func, index);
-        Err(Status::NotSupported)
-    }
-    /// Records `event` on the op's stream: it completes once everything issued earlier on
-    /// that stream has.
-    fn event_record(&mut self, vm: VmKey, op: &StreamOp, event: u32) -> Result<Issued, Status> {
-        let _ = (vm, op, event);
-        Err(Status::NotSupported)
-    }
-    /// Makes the op's stream wait (on the device) for the event's latest record. An event
-    /// never recorded is complete.
-    fn stream_wait_event(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        event: u32,
-    ) -> Result<Issued, Status> {
-        let _ = (vm, op, event);
-        Err(Status::NotSupported)
-    }
-    /// Completes once the event's latest record has completed (at once if never recorded).
-    fn event_synchronize(&mut self, vm: VmKey, event: u32) -> Result<Issued, Status> {
-        let _ = (vm, event);
-        Err(Status::NotSupported)
-    }
-    /// Nanoseconds from the record of `start` to that of `end` (both completed; else
-    /// [`Status::NotReady`], or [`Status::InvalidArgument`] if one was never recorded).
-    fn event_elapsed(&mut self, vm: VmKey, start: u32, end: u32) -> Result<i64, Status> {
-        let _ = (vm, start, end);
-        Err(Status::NotSupported)
-    }
+    /// Runs one command the VM's device admitted ([`crate::device`] checked its ranges, handles
+    /// and quota). Commands whose class is not asynchronous answer with [`Issued::Done`] and
+    /// their results.
+    fn submit(&mut self, at: VmStream, cmd: &Command) -> Result<Issued, Status>;
     /// Whether `token` (of `vm`) retired: `None` while it still runs, else how it ended. An
     /// error here (a kernel that faulted after its launch completed) breaks the VM's context.
     fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>>;
@@ -277,142 +190,5 @@ pub trait Backend: Send {
     fn kill_context(&mut self, vm: VmKey) -> bool {
         let _ = vm;
         false
-    }
-}
-
-/// Where a command runs: its VM-local stream id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StreamOp {
-    /// The submission entry's stream (0 = the default stream).
-    pub stream: u32,
-}
-
-/// A backend chosen at run time (`--backend auto|cpu|cuda`).
-impl Backend for Box<dyn Backend> {
-    fn info(&self) -> DeviceInfo {
-        (**self).info()
-    }
-    fn create_context(&mut self, vm: VmKey, params: ContextParams) -> Result<(), BackendError> {
-        (**self).create_context(vm, params)
-    }
-    fn destroy_context(&mut self, vm: VmKey) {
-        (**self).destroy_context(vm)
-    }
-    fn context_ready(&mut self, vm: VmKey) -> Option<Result<(), BackendError>> {
-        (**self).context_ready(vm)
-    }
-    fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
-        (**self).alloc(vm, size)
-    }
-    fn free(&mut self, vm: VmKey, ptr: u64) -> Result<(), Status> {
-        (**self).free(vm, ptr)
-    }
-    fn memset(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        len: u64,
-        value: u32,
-        width: u32,
-    ) -> Result<Issued, Status> {
-        (**self).memset(vm, op, dst, len, value, width)
-    }
-    fn copy_h2d(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<Issued, Status> {
-        (**self).copy_h2d(vm, op, dst, staging_off, len)
-    }
-    fn copy_d2h(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        src: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<Issued, Status> {
-        (**self).copy_d2h(vm, op, src, staging_off, len)
-    }
-    fn copy_d2d(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        src: u64,
-        len: u64,
-    ) -> Result<Issued, Status> {
-        (**self).copy_d2d(vm, op, dst, src, len)
-    }
-    fn launch(&mut self, vm: VmKey, op: &StreamOp, launch: &LaunchBody) -> Result<Issued, Status> {
-        (**self).launch(vm, op, launch)
-    }
-    fn synchronize(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        all_streams: bool,
-    ) -> Result<Issued, Status> {
-        (**self).synchronize(vm, op, all_streams)
-    }
-    fn module_load(&mut self, vm: VmKey, staging_off: u64, len: u64) -> Result<u64, Status> {
-        (**self).module_load(vm, staging_off, len)
-    }
-    fn module_unload(&mut self, vm: VmKey, module: u64) -> Result<(), Status> {
-        (**self).module_unload(vm, module)
-    }
-    fn get_function(
-        &mut self,
-        vm: VmKey,
-        module: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<(u64, u32), Status> {
-        (**self).get_function(vm, module, staging_off, len)
-    }
-    fn func_param_info(&mut self, vm: VmKey, func: u64, index: u32) -> Result<(u64, u64), Status> {
-        (**self).func_param_info(vm, func, index)
-    }
-    fn event_record(&mut self, vm: VmKey, op: &StreamOp, event: u32) -> Result<Issued, Status> {
-        (**self).event_record(vm, op, event)
-    }
-    fn stream_wait_event(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        event: u32,
-    ) -> Result<Issued, Status> {
-        (**self).stream_wait_event(vm, op, event)
-    }
-    fn event_synchronize(&mut self, vm: VmKey, event: u32) -> Result<Issued, Status> {
-        (**self).event_synchronize(vm, event)
-    }
-    fn event_elapsed(&mut self, vm: VmKey, start: u32, end: u32) -> Result<i64, Status> {
-        (**self).event_elapsed(vm, start, end)
-    }
-    fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
-        (**self).poll(vm, token)
-    }
-    fn poll_hint(&self) -> Option<std::time::Duration> {
-        (**self).poll_hint()
-    }
-    fn orders_streams(&self) -> bool {
-        (**self).orders_streams()
-    }
-    fn set_shared(&mut self, shared: bool) {
-        (**self).set_shared(shared)
-    }
-    fn calls_wait_for_device(&self) -> bool {
-        (**self).calls_wait_for_device()
-    }
-    fn destroy_stops_work(&self) -> bool {
-        (**self).destroy_stops_work()
-    }
-    fn kill_context(&mut self, vm: VmKey) -> bool {
-        (**self).kill_context(vm)
     }
 }

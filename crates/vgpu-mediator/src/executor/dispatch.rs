@@ -14,7 +14,7 @@ use vgpu_abi::Status;
 /// Jobs run per round before the channels are polled again.
 const RUN_BUDGET: usize = 64;
 
-impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
+impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
     pub(super) fn run_jobs(&mut self) -> usize {
         let mut ran = 0;
         while ran < RUN_BUDGET {
@@ -38,7 +38,7 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
                 continue;
             }
             let t0 = Instant::now();
-            let out = slot.dev.execute(&mut self.backend, job.stream, &job.cmd);
+            let out = slot.dev.execute(&mut *self.backend, job.stream, &job.cmd);
             let out = match out {
                 Ok(Issued::Done(a, b)) => {
                     let ns = t0.elapsed().as_nanos() as u64;
@@ -97,11 +97,19 @@ impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
 
     /// Byte and memory accounting of a command that was issued without error.
     fn account(st: &VmStats, slot: &Slot, cmd: &vgpu_abi::cmd::Command) {
-        use vgpu_abi::cmd::Command::*;
-        match *cmd {
-            CopyH2D { len, .. } => VmStats::bump(&st.bytes_in, len),
-            CopyD2H { len, .. } => VmStats::bump(&st.bytes_out, len),
-            MemAlloc { .. } | MemFree { .. } => st.mem_used.store(slot.dev.used(), Relaxed),
+        use vgpu_abi::cmd::{Direction, Effect};
+        match cmd.effect() {
+            Effect::Transfer {
+                len,
+                dir: Direction::In,
+            } => VmStats::bump(&st.bytes_in, len),
+            Effect::Transfer {
+                len,
+                dir: Direction::Out,
+            } => VmStats::bump(&st.bytes_out, len),
+            Effect::Alloc { .. } | Effect::Free { .. } => {
+                st.mem_used.store(slot.dev.used(), Relaxed)
+            }
             _ => {}
         }
     }

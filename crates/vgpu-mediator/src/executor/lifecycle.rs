@@ -22,7 +22,7 @@ fn unlimited() -> Arc<PoolQuota> {
     Arc::new(PoolQuota::new(u64::MAX))
 }
 
-impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
+impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
     /// The quota of VM `vm`'s pool as configured now.
     fn pool_quota(&self, vm: usize) -> Arc<PoolQuota> {
         let pool = self.cfg.vm_pool(vm);

@@ -82,7 +82,7 @@ impl Rig {
         let control = Arc::new(new_eventfd());
         let shutdown = Arc::new(AtomicBool::new(false));
         let exec = Executor::new(
-            CpuBackend::new(64 << 20),
+            Box::new(CpuBackend::new(64 << 20)),
             Scheduler::new(&cfg, DeviceDefaults::of(&cfg, "cpu")),
             cfg.clone(),
             registry.clone(),

@@ -12,7 +12,7 @@ use vgpu_abi::Status;
 /// How often, at most, the executor compares pending work with the kernel time limits.
 const LIMIT_CHECK_EVERY: Duration = Duration::from_millis(1);
 
-impl<B: Backend, Q: WorkQueue> Executor<B, Q> {
+impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
     /// Enforces the kernel time limit: a VM whose work on the device has made no progress for
     /// longer than its pool's `max_kernel_ms` is stopped (its context killed and recreated,
     /// its pending commands completed with `KERNEL_TIMEOUT`, the device in the error state

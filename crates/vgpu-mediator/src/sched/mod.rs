@@ -123,19 +123,7 @@ impl SchedParams {
 
 /// Whether a command only touches vgpud's bookkeeping, never the device's execution units.
 pub fn is_control(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::Nop
-            | Command::GetInfo
-            | Command::MemAlloc { .. }
-            | Command::MemFree { .. }
-            | Command::Synchronize { .. }
-            | Command::ModuleLoad { .. }
-            | Command::ModuleUnload { .. }
-            | Command::GetFunction { .. }
-            | Command::FuncParamInfo { .. }
-            | Command::EventElapsed { .. }
-    )
+    cmd.class().control
 }
 
 #[derive(Debug, Default)]

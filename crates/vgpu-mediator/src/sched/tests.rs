@@ -25,9 +25,9 @@ fn kernel(vm: usize, tag: u64, stream: u32) -> Job {
         vm,
         tag,
         stream,
-        cmd: Command::Launch(
-            LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], &[0; 8]).unwrap(),
-        ),
+        cmd: Command::Launch {
+            launch: LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], &[0; 8]).unwrap(),
+        },
         enqueued: Instant::now(),
     }
 }

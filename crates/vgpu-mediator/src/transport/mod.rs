@@ -12,7 +12,7 @@ mod server;
 
 pub use ivshmem::{send_msg, send_setup};
 pub use region::SharedRegion;
-pub use server::{Event, Server, Setup};
+pub use server::{Event, Server, Setup, REATTACH_GRACE};
 
 /// Transport errors.
 #[derive(Debug, thiserror::Error)]

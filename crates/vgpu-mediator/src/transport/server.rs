@@ -13,8 +13,14 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
+
+/// How long a new connection waits for the VM's attached client to go. A client that closes
+/// its socket and connects again at once can find its old end still open: a process that forks
+/// (any thread of it) holds a copy of every descriptor until the child execs, so the close is
+/// not the last one and the hang-up comes a little later.
+pub const REATTACH_GRACE: Duration = Duration::from_secs(1);
 
 /// What a new connection brings to the executor.
 #[derive(Debug)]
@@ -47,6 +53,9 @@ struct Vm {
     shm_size: u64,
     listener: UnixListener,
     client: Option<UnixStream>,
+    /// A connection that came while `client` was still attached, and when: it is set up if the
+    /// old client's end closes within [`REATTACH_GRACE`], refused otherwise.
+    waiting: Option<(UnixStream, Instant)>,
     /// Refused connections, for the log.
     refusals: Throttle,
     /// Clients that sent data, for the log.
@@ -120,6 +129,7 @@ impl Server {
                     shm_size: vm.shm_size.0,
                     listener,
                     client: None,
+                    waiting: None,
                     refusals: Throttle::default(),
                     chatty: Throttle::default(),
                 }),
@@ -170,7 +180,20 @@ impl Server {
                     map.push((true, i));
                 }
             }
-            match poll(&mut fds, None) {
+            // Wake for the first waiting connection whose grace runs out.
+            let deadline = self
+                .vms
+                .iter()
+                .filter_map(|vm| vm.waiting.as_ref().map(|(_, t)| *t + REATTACH_GRACE))
+                .min();
+            let timeout = deadline.map(|d| {
+                let left = d.saturating_duration_since(Instant::now());
+                rustix::time::Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: left.subsec_nanos() as i64,
+                }
+            });
+            match poll(&mut fds, timeout.as_ref()) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
@@ -198,12 +221,23 @@ impl Server {
                     self.accept(i);
                 }
             }
+            for i in 0..self.vms.len() {
+                let expired = self.vms[i]
+                    .waiting
+                    .as_ref()
+                    .is_some_and(|(_, t)| t.elapsed() >= REATTACH_GRACE);
+                if expired {
+                    self.vms[i].waiting = None;
+                    self.refused(i);
+                }
+            }
         }
         // Clients still attached are not reported as gone: the executors, stopping next, tell
         // each guest that its device stopped (which a detach would no longer reach) and free
         // everything themselves.
         for vm in &mut self.vms {
             vm.client = None;
+            vm.waiting = None;
             let _ = std::fs::remove_file(&vm.path);
         }
         info!("transport: stopped");
@@ -238,6 +272,9 @@ impl Server {
         }
         vm.client = None;
         self.notify(Event::Disconnected(i));
+        if let Some((stream, _)) = self.vms[i].waiting.take() {
+            self.attach(i, stream);
+        }
     }
 
     fn accept(&mut self, i: usize) {
@@ -255,9 +292,20 @@ impl Server {
             self.client_readable(i);
         }
         if self.vms[i].client.is_some() {
-            self.refused(i);
+            // Still attached: the new connection waits a little for it to go (see
+            // REATTACH_GRACE); one waiting connection per VM, any more are refused now.
+            if self.vms[i].waiting.is_some() {
+                self.refused(i);
+            } else {
+                self.vms[i].waiting = Some((stream, Instant::now()));
+            }
             return;
         }
+        self.attach(i, stream);
+    }
+
+    /// Sets `stream` up as the VM's client.
+    fn attach(&mut self, i: usize, stream: UnixStream) {
         match self.setup(i, &stream) {
             Ok(()) => {
                 let _ = stream.set_nonblocking(true);

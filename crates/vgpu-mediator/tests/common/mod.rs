@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use vgpu_abi::cmd::reference as kernels;
 use vgpu_guest::Device;
-use vgpu_mediator::backend::kernels;
 
 /// A VM entry for the test config.
 pub struct Vm {

@@ -41,8 +41,8 @@ mod api;
 pub mod nvrtc;
 
 use super::{
-    kernel_name, Backend, BackendError, ContextParams, DeviceInfo, Issued, Retired, Staging,
-    StreamOp, Token, VmKey,
+    kernel_name, Backend, BackendError, ContextParams, DeviceInfo, Handler, Issued, Retired,
+    Staging, Token, VmKey, VmStream,
 };
 use crate::throttle::{Throttle, GUEST_LOG_INTERVAL};
 use cudarc::driver::sys::{
@@ -53,7 +53,7 @@ use std::ffi::c_void;
 use std::sync::Mutex;
 use std::time::Duration;
 use tracing::{debug, warn};
-use vgpu_abi::cmd::{Builtin, LaunchBody, BUILTIN_FUNC_FLAG, MAX_STREAMS};
+use vgpu_abi::cmd::{Builtin, Command, LaunchBody, BUILTIN_FUNC_FLAG, MAX_STREAMS};
 use vgpu_abi::regs::{BACKEND_CUDA, CAP_MODULES};
 use vgpu_abi::Status;
 
@@ -286,11 +286,22 @@ impl CudaBackend {
         &self.name
     }
 
-    fn handle(&mut self) -> u64 {
+    /// Numbers modules and functions from `first` on (a worker process starts at its context's
+    /// serial number in bits 32..63, which keeps handles unique across VMs). Handles stay
+    /// inside the 2^32 block `first` starts.
+    pub fn with_first_handle(mut self, first: u64) -> Self {
+        self.next_handle = first.max(1);
+        self
+    }
+
+    fn handle(&mut self) -> Result<u64, Status> {
         let h = self.next_handle;
+        // The end of the block: the next handle would be another context's.
+        if h & 0xffff_ffff == 0 || h & BUILTIN_FUNC_FLAG != 0 {
+            return Err(Status::LimitExceeded);
+        }
         self.next_handle += 1;
-        debug_assert_eq!(h & BUILTIN_FUNC_FLAG, 0);
-        h
+        Ok(h)
     }
 
     /// The VM's context, made current on this thread.
@@ -452,21 +463,21 @@ impl CudaBackend {
     /// Runs a staging copy on the op's stream between two token events.
     fn staged_copy(
         &mut self,
-        vm: VmKey,
-        op: &StreamOp,
+        at: VmStream,
         len: u64,
         copy: impl FnOnce(CUstream) -> Result<(), CUresult>,
     ) -> Result<Issued, Status> {
+        let vm = at.vm;
         if len == 0 {
             return Ok(Issued::DONE);
         }
         if self.accounting && self.shared {
-            return self.timed(vm, op, |s| copy(s).map_err(status_of));
+            return self.timed(at, |s| copy(s).map_err(status_of));
         }
         // Unaccounted: the copy still completes only when it is done (the guest reads or reuses
         // staging after its completion), but one end event is enough.
         let c = self.ctx(vm)?;
-        let s = c.stream(op.stream)?;
+        let s = c.stream(at.stream)?;
         copy(s).map_err(status_of)?;
         let end = c.record_untimed(s)?;
         let t = self.token(PendingWork {
@@ -481,15 +492,15 @@ impl CudaBackend {
     /// token event, pending until the end event completed. Otherwise: done at once.
     fn device_work(
         &mut self,
-        vm: VmKey,
-        op: &StreamOp,
+        at: VmStream,
         work: impl FnOnce(CUstream) -> Result<(), Status>,
     ) -> Result<Issued, Status> {
+        let vm = at.vm;
         if self.accounting && self.shared {
-            return self.timed(vm, op, work);
+            return self.timed(at, work);
         }
         let c = self.ctx(vm)?;
-        let s = c.stream(op.stream)?;
+        let s = c.stream(at.stream)?;
         work(s)?;
         Ok(Issued::DONE)
     }
@@ -499,12 +510,12 @@ impl CudaBackend {
     /// `end − start` as its device time. On any error the events go back to the spare pool.
     fn timed(
         &mut self,
-        vm: VmKey,
-        op: &StreamOp,
+        at: VmStream,
         work: impl FnOnce(CUstream) -> Result<(), Status>,
     ) -> Result<Issued, Status> {
+        let vm = at.vm;
         let c = self.ctx(vm)?;
-        let s = c.stream(op.stream)?;
+        let s = c.stream(at.stream)?;
         let start = c.record_token(s)?;
         if let Err(e) = work(s) {
             c.spare.push(start);
@@ -563,282 +574,8 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
-        self.ctx(vm)?;
-        api::mem_alloc(size).map_err(status_of)
-    }
-
-    fn free(&mut self, vm: VmKey, ptr: u64) -> Result<(), Status> {
-        self.ctx(vm)?;
-        api::mem_free(ptr).map_err(status_of)
-    }
-
-    fn memset(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        len: u64,
-        value: u32,
-        width: u32,
-    ) -> Result<Issued, Status> {
-        if width != 1 && width != 4 {
-            return Err(Status::InvalidArgument);
-        }
-        self.device_work(vm, op, |s| {
-            if width == 1 {
-                api::memset_d8(dst, value as u8, len, s)
-            } else {
-                api::memset_d32(dst, value, len / 4, s)
-            }
-            .map_err(status_of)
-        })
-    }
-
-    fn copy_h2d(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<Issued, Status> {
-        let src = self.ctxs.get(&vm).ok_or(Status::Internal)?;
-        let src = src.staging_ptr(staging_off, len)?;
-        self.staged_copy(vm, op, len, |s| api::memcpy_htod(dst, src, len, s))
-    }
-
-    fn copy_d2h(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        src: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<Issued, Status> {
-        let dst = self.ctxs.get(&vm).ok_or(Status::Internal)?;
-        let dst = dst.staging_ptr(staging_off, len)?;
-        self.staged_copy(vm, op, len, |s| api::memcpy_dtoh(dst, src, len, s))
-    }
-
-    fn copy_d2d(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        src: u64,
-        len: u64,
-    ) -> Result<Issued, Status> {
-        if len == 0 {
-            return Ok(Issued::DONE);
-        }
-        self.device_work(vm, op, |s| {
-            api::memcpy_dtod(dst, src, len, s).map_err(status_of)
-        })
-    }
-
-    fn launch(&mut self, vm: VmKey, op: &StreamOp, l: &LaunchBody) -> Result<Issued, Status> {
-        let c = self.ctx(vm)?;
-        let func = match c.builtins.get(&l.func) {
-            Some(f) => f.clone(),
-            None => match c.functions.get(&l.func) {
-                Some((_, f)) => f.clone(),
-                None => return Err(Status::InvalidFunction),
-            },
-        };
-        let given = l.params().len();
-        let len_ok = match func.exact_len {
-            Some(n) => given == n,
-            None => given >= func.params_end,
-        };
-        if !len_ok {
-            return Err(Status::InvalidArgument);
-        }
-        let mut bytes = l.params;
-        let (grid, block, shared_mem) = (l.grid, l.block, l.shared_mem);
-        self.device_work(vm, op, move |s| {
-            let base = bytes.as_mut_ptr();
-            let mut ptrs: Vec<*mut c_void> = func
-                .params
-                .iter()
-                // In bounds: every parameter ends at or before `given` <= the array's length.
-                .map(|&(o, _)| base.wrapping_add(o).cast::<c_void>())
-                .collect();
-            api::launch(func.f, grid, block, shared_mem, s, &mut ptrs).map_err(status_of)
-        })
-    }
-
-    fn synchronize(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        all_streams: bool,
-    ) -> Result<Issued, Status> {
-        let c = self.ctx(vm)?;
-        let streams: Vec<CUstream> = if all_streams {
-            c.streams.values().copied().collect()
-        } else {
-            vec![c.stream(op.stream)?]
-        };
-        let mut events = Vec::with_capacity(streams.len());
-        for s in streams {
-            match c.record_untimed(s) {
-                Ok(e) => events.push(e),
-                Err(e) => {
-                    c.spare_untimed.extend(events);
-                    return Err(e);
-                }
-            }
-        }
-        if events.is_empty() {
-            return Ok(Issued::DONE);
-        }
-        let t = self.token(PendingWork {
-            vm,
-            events,
-            start: None,
-        });
-        Ok(Issued::Pending(t, 0, 0))
-    }
-
-    fn module_load(&mut self, vm: VmKey, staging_off: u64, len: u64) -> Result<u64, Status> {
-        if len > MAX_PTX {
-            return Err(Status::InvalidArgument);
-        }
-        let h = self.handle();
-        let c = self.ctx(vm)?;
-        let mut ptx = c.staging.read(staging_off, len)?;
-        // PTX is text: cut at the first NUL the guest put in, and terminate it.
-        if let Some(end) = ptx.iter().position(|&b| b == 0) {
-            ptx.truncate(end);
-        }
-        ptx.push(0);
-        match api::module_load(&ptx) {
-            Ok(m) => {
-                c.modules.insert(h, m);
-                Ok(h)
-            }
-            Err((r, log)) => {
-                let log: String = log.chars().take(2000).collect();
-                static LOG: Mutex<Throttle> = Mutex::new(Throttle::new(GUEST_LOG_INTERVAL));
-                if let Some(times) = crate::throttle::hit(&LOG) {
-                    warn!(vm, times, "PTX module rejected: {r:?}: {log}");
-                }
-                Err(match r {
-                    CUresult::CUDA_ERROR_OUT_OF_MEMORY => Status::OutOfMemory,
-                    r => fault_status(r).unwrap_or(Status::InvalidArgument),
-                })
-            }
-        }
-    }
-
-    fn module_unload(&mut self, vm: VmKey, module: u64) -> Result<(), Status> {
-        let c = self.ctx(vm)?;
-        let m = *c.modules.get(&module).ok_or(Status::InvalidArgument)?;
-        // Kernels of the module may still run: wait for them (bounded like any kernel).
-        api::ctx_synchronize().map_err(status_of)?;
-        api::module_unload(m).map_err(status_of)?;
-        c.modules.remove(&module);
-        c.functions.retain(|_, (mh, _)| *mh != module);
-        Ok(())
-    }
-
-    fn get_function(
-        &mut self,
-        vm: VmKey,
-        module: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<(u64, u32), Status> {
-        let h = self.handle();
-        let c = self.ctx(vm)?;
-        let m = *c.modules.get(&module).ok_or(Status::InvalidArgument)?;
-        let name = kernel_name(&c.staging.read(staging_off, len)?)?;
-        let f = api::module_function(m, &name).map_err(|r| match r {
-            CUresult::CUDA_ERROR_NOT_FOUND => Status::InvalidFunction,
-            r => status_of(r),
-        })?;
-        let params = api::function_params(f, MAX_PARAMS).map_err(status_of)?;
-        let n = params.len() as u32;
-        c.functions.insert(h, (module, Func::new(f, params, None)));
-        Ok((h, n))
-    }
-
-    fn func_param_info(&mut self, vm: VmKey, func: u64, index: u32) -> Result<(u64, u64), Status> {
-        let c = self.ctxs.get(&vm).ok_or(Status::Internal)?;
-        let (_, f) = c.functions.get(&func).ok_or(Status::InvalidFunction)?;
-        let &(o, s) = f
-            .params
-            .get(index as usize)
-            .ok_or(Status::InvalidArgument)?;
-        Ok((o as u64, s as u64))
-    }
-
-    fn event_record(&mut self, vm: VmKey, op: &StreamOp, event: u32) -> Result<Issued, Status> {
-        let c = self.ctx(vm)?;
-        let s = c.stream(op.stream)?;
-        let e = match c.events.get(&event) {
-            Some(&e) => e,
-            None => {
-                let e = api::event_create().map_err(status_of)?;
-                c.events.insert(event, e);
-                e
-            }
-        };
-        api::event_record(e, s).map_err(status_of)?;
-        Ok(Issued::DONE)
-    }
-
-    fn stream_wait_event(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        event: u32,
-    ) -> Result<Issued, Status> {
-        let c = self.ctx(vm)?;
-        let s = c.stream(op.stream)?;
-        if let Some(&e) = c.events.get(&event) {
-            api::stream_wait_event(s, e).map_err(status_of)?;
-        }
-        Ok(Issued::DONE)
-    }
-
-    fn event_synchronize(&mut self, vm: VmKey, event: u32) -> Result<Issued, Status> {
-        let c = self.ctx(vm)?;
-        let Some(&e) = c.events.get(&event) else {
-            return Ok(Issued::DONE);
-        };
-        // Capture the record made so far: a private stream waits for it, then a token event
-        // follows on that stream (a later re-record of the event does not move the token).
-        let s = match c.sync_stream {
-            Some(s) => s,
-            None => {
-                let s = api::stream_create(c.cuda_priority).map_err(status_of)?;
-                c.sync_stream = Some(s);
-                s
-            }
-        };
-        api::stream_wait_event(s, e).map_err(status_of)?;
-        let tok = c.record_untimed(s)?;
-        let t = self.token(PendingWork {
-            vm,
-            events: vec![tok],
-            start: None,
-        });
-        Ok(Issued::Pending(t, 0, 0))
-    }
-
-    fn event_elapsed(&mut self, vm: VmKey, start: u32, end: u32) -> Result<i64, Status> {
-        let c = self.ctx(vm)?;
-        let (Some(&s), Some(&e)) = (c.events.get(&start), c.events.get(&end)) else {
-            return Err(Status::InvalidArgument);
-        };
-        match api::event_elapsed_ms(s, e) {
-            Ok(ms) => Ok((ms as f64 * 1e6).round() as i64),
-            Err(CUresult::CUDA_ERROR_NOT_READY) => Err(Status::NotReady),
-            Err(CUresult::CUDA_ERROR_INVALID_HANDLE) => Err(Status::InvalidArgument),
-            Err(r) => Err(status_of(r)),
-        }
+    fn submit(&mut self, at: VmStream, cmd: &Command) -> Result<Issued, Status> {
+        cmd.dispatch(self, at)
     }
 
     fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
@@ -902,9 +639,295 @@ impl Backend for CudaBackend {
     }
 }
 
+/// The commands, one method each ([`Command::dispatch`] calls them).
+impl Handler for CudaBackend {
+    type Ctx = VmStream;
+    type Out = Issued;
+
+    fn mem_alloc(&mut self, at: VmStream, size: u64) -> Result<Issued, Status> {
+        self.ctx(at.vm)?;
+        let ptr = api::mem_alloc(size).map_err(status_of)?;
+        Ok(Issued::Done(ptr, 0))
+    }
+
+    fn mem_free(&mut self, at: VmStream, ptr: u64) -> Result<Issued, Status> {
+        self.ctx(at.vm)?;
+        api::mem_free(ptr).map_err(status_of)?;
+        Ok(Issued::DONE)
+    }
+
+    fn memset(
+        &mut self,
+        at: VmStream,
+        dst: u64,
+        len: u64,
+        value: u32,
+        width: u32,
+    ) -> Result<Issued, Status> {
+        if width != 1 && width != 4 {
+            return Err(Status::InvalidArgument);
+        }
+        self.device_work(at, |s| {
+            if width == 1 {
+                api::memset_d8(dst, value as u8, len, s)
+            } else {
+                api::memset_d32(dst, value, len / 4, s)
+            }
+            .map_err(status_of)
+        })
+    }
+
+    fn copy_h2d(
+        &mut self,
+        at: VmStream,
+        dst: u64,
+        staging_offset: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        let src = self.ctxs.get(&at.vm).ok_or(Status::Internal)?;
+        let src = src.staging_ptr(staging_offset, len)?;
+        self.staged_copy(at, len, |s| api::memcpy_htod(dst, src, len, s))
+    }
+
+    fn copy_d2h(
+        &mut self,
+        at: VmStream,
+        src: u64,
+        staging_offset: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        let dst = self.ctxs.get(&at.vm).ok_or(Status::Internal)?;
+        let dst = dst.staging_ptr(staging_offset, len)?;
+        self.staged_copy(at, len, |s| api::memcpy_dtoh(dst, src, len, s))
+    }
+
+    fn copy_d2d(&mut self, at: VmStream, dst: u64, src: u64, len: u64) -> Result<Issued, Status> {
+        if len == 0 {
+            return Ok(Issued::DONE);
+        }
+        self.device_work(at, |s| {
+            api::memcpy_dtod(dst, src, len, s).map_err(status_of)
+        })
+    }
+
+    fn launch(&mut self, at: VmStream, l: LaunchBody) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let func = match c.builtins.get(&l.func) {
+            Some(f) => f.clone(),
+            None => match c.functions.get(&l.func) {
+                Some((_, f)) => f.clone(),
+                None => return Err(Status::InvalidFunction),
+            },
+        };
+        let given = l.params().len();
+        let len_ok = match func.exact_len {
+            Some(n) => given == n,
+            None => given >= func.params_end,
+        };
+        if !len_ok {
+            return Err(Status::InvalidArgument);
+        }
+        let mut bytes = l.params;
+        let (grid, block, shared_mem) = (l.grid, l.block, l.shared_mem);
+        self.device_work(at, move |s| {
+            let base = bytes.as_mut_ptr();
+            let mut ptrs: Vec<*mut c_void> = func
+                .params
+                .iter()
+                // In bounds: every parameter ends at or before `given` <= the array's length.
+                .map(|&(o, _)| base.wrapping_add(o).cast::<c_void>())
+                .collect();
+            api::launch(func.f, grid, block, shared_mem, s, &mut ptrs).map_err(status_of)
+        })
+    }
+
+    fn synchronize(&mut self, at: VmStream, all_streams: bool) -> Result<Issued, Status> {
+        let vm = at.vm;
+        let c = self.ctx(vm)?;
+        let streams: Vec<CUstream> = if all_streams {
+            c.streams.values().copied().collect()
+        } else {
+            vec![c.stream(at.stream)?]
+        };
+        let mut events = Vec::with_capacity(streams.len());
+        for s in streams {
+            match c.record_untimed(s) {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    c.spare_untimed.extend(events);
+                    return Err(e);
+                }
+            }
+        }
+        if events.is_empty() {
+            return Ok(Issued::DONE);
+        }
+        let t = self.token(PendingWork {
+            vm,
+            events,
+            start: None,
+        });
+        Ok(Issued::Pending(t, 0, 0))
+    }
+
+    fn module_load(
+        &mut self,
+        at: VmStream,
+        staging_offset: u64,
+        len: u64,
+    ) -> Result<Issued, Status> {
+        let vm = at.vm;
+        if len > MAX_PTX {
+            return Err(Status::InvalidArgument);
+        }
+        let h = self.handle()?;
+        let c = self.ctx(vm)?;
+        let mut ptx = c.staging.read(staging_offset, len)?;
+        // PTX is text: cut at the first NUL the guest put in, and terminate it.
+        if let Some(end) = ptx.iter().position(|&b| b == 0) {
+            ptx.truncate(end);
+        }
+        ptx.push(0);
+        match api::module_load(&ptx) {
+            Ok(m) => {
+                c.modules.insert(h, m);
+                Ok(Issued::Done(h, 0))
+            }
+            Err((r, log)) => {
+                let log: String = log.chars().take(2000).collect();
+                static LOG: Mutex<Throttle> = Mutex::new(Throttle::new(GUEST_LOG_INTERVAL));
+                if let Some(times) = crate::throttle::hit(&LOG) {
+                    warn!(vm, times, "PTX module rejected: {r:?}: {log}");
+                }
+                Err(match r {
+                    CUresult::CUDA_ERROR_OUT_OF_MEMORY => Status::OutOfMemory,
+                    r => fault_status(r).unwrap_or(Status::InvalidArgument),
+                })
+            }
+        }
+    }
+
+    fn module_unload(&mut self, at: VmStream, module: u64) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let m = *c.modules.get(&module).ok_or(Status::InvalidArgument)?;
+        // Kernels of the module may still run: wait for them (bounded like any kernel).
+        api::ctx_synchronize().map_err(status_of)?;
+        api::module_unload(m).map_err(status_of)?;
+        c.modules.remove(&module);
+        c.functions.retain(|_, (mh, _)| *mh != module);
+        Ok(Issued::DONE)
+    }
+
+    fn get_function(
+        &mut self,
+        at: VmStream,
+        module: u64,
+        staging_offset: u64,
+        name_len: u64,
+    ) -> Result<Issued, Status> {
+        let h = self.handle()?;
+        let c = self.ctx(at.vm)?;
+        let m = *c.modules.get(&module).ok_or(Status::InvalidArgument)?;
+        let name = kernel_name(&c.staging.read(staging_offset, name_len)?)?;
+        let f = api::module_function(m, &name).map_err(|r| match r {
+            CUresult::CUDA_ERROR_NOT_FOUND => Status::InvalidFunction,
+            r => status_of(r),
+        })?;
+        let params = api::function_params(f, MAX_PARAMS).map_err(status_of)?;
+        let n = params.len() as u64;
+        c.functions.insert(h, (module, Func::new(f, params, None)));
+        Ok(Issued::Done(h, n))
+    }
+
+    fn func_param_info(&mut self, at: VmStream, func: u64, index: u32) -> Result<Issued, Status> {
+        let c = self.ctxs.get(&at.vm).ok_or(Status::Internal)?;
+        let (_, f) = c.functions.get(&func).ok_or(Status::InvalidFunction)?;
+        let &(o, s) = f
+            .params
+            .get(index as usize)
+            .ok_or(Status::InvalidArgument)?;
+        Ok(Issued::Done(o as u64, s as u64))
+    }
+
+    fn event_record(&mut self, at: VmStream, event: u32) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let s = c.stream(at.stream)?;
+        let e = match c.events.get(&event) {
+            Some(&e) => e,
+            None => {
+                let e = api::event_create().map_err(status_of)?;
+                c.events.insert(event, e);
+                e
+            }
+        };
+        api::event_record(e, s).map_err(status_of)?;
+        Ok(Issued::DONE)
+    }
+
+    fn stream_wait_event(&mut self, at: VmStream, event: u32) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let s = c.stream(at.stream)?;
+        if let Some(&e) = c.events.get(&event) {
+            api::stream_wait_event(s, e).map_err(status_of)?;
+        }
+        Ok(Issued::DONE)
+    }
+
+    fn event_synchronize(&mut self, at: VmStream, event: u32) -> Result<Issued, Status> {
+        let vm = at.vm;
+        let c = self.ctx(vm)?;
+        let Some(&e) = c.events.get(&event) else {
+            return Ok(Issued::DONE);
+        };
+        // Capture the record made so far: a private stream waits for it, then a token event
+        // follows on that stream (a later re-record of the event does not move the token).
+        let s = match c.sync_stream {
+            Some(s) => s,
+            None => {
+                let s = api::stream_create(c.cuda_priority).map_err(status_of)?;
+                c.sync_stream = Some(s);
+                s
+            }
+        };
+        api::stream_wait_event(s, e).map_err(status_of)?;
+        let tok = c.record_untimed(s)?;
+        let t = self.token(PendingWork {
+            vm,
+            events: vec![tok],
+            start: None,
+        });
+        Ok(Issued::Pending(t, 0, 0))
+    }
+
+    fn event_elapsed(&mut self, at: VmStream, start: u32, end: u32) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let (Some(&s), Some(&e)) = (c.events.get(&start), c.events.get(&end)) else {
+            return Err(Status::InvalidArgument);
+        };
+        match api::event_elapsed_ms(s, e) {
+            Ok(ms) => Ok(Issued::Done((ms as f64 * 1e6).round() as i64 as u64, 0)),
+            Err(CUresult::CUDA_ERROR_NOT_READY) => Err(Status::NotReady),
+            Err(CUresult::CUDA_ERROR_INVALID_HANDLE) => Err(Status::InvalidArgument),
+            Err(r) => Err(status_of(r)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(vm: VmKey) -> VmStream {
+        VmStream { vm, stream: 0 }
+    }
+
+    /// The pointer an allocation answered with.
+    fn ptr(i: Issued) -> u64 {
+        match i {
+            Issued::Done(p, _) => p,
+            Issued::Pending(..) => panic!("allocations finish at once"),
+        }
+    }
 
     /// Prints a skip notice straight to the process's stderr (not captured by the test harness,
     /// so a skipped test is visible in every run).
@@ -963,7 +986,6 @@ mod tests {
         let mut be = CudaBackend::open(0).unwrap();
         be.create_context(0, params.clone()).unwrap();
         be.create_context(1, params.clone()).unwrap();
-        let op = StreamOp { stream: 0 };
         let wait = |be: &mut CudaBackend, vm, i: Issued| match i {
             Issued::Done(..) => Ok(()),
             Issued::Pending(t, ..) => loop {
@@ -972,21 +994,21 @@ mod tests {
                 }
             },
         };
-        let p1 = be.alloc(1, 4096).unwrap();
+        let p1 = be.mem_alloc(at(1), 4096).map(ptr).unwrap();
         let fault = LaunchBody::new(Builtin::Fault.handle(), [1; 3], [1; 3], &[]).unwrap();
-        let r = be.launch(0, &op, &fault);
+        let r = be.launch(at(0), fault);
         eprintln!("vm0 fault launch: {r:?}");
         let r = be
-            .synchronize(0, &op, true)
+            .synchronize(at(0), true)
             .and_then(|i| wait(&mut be, 0, i));
         eprintln!("vm0 sync after fault: {r:?}");
         assert_eq!(r, Err(Status::KernelFault));
         let r = be
-            .memset(1, &op, p1, 4096, 7, 4)
+            .memset(at(1), p1, 4096, 7, 4)
             .and_then(|i| wait(&mut be, 1, i));
         eprintln!("vm1 memset: {r:?}");
         let r = be
-            .copy_d2h(1, &op, p1, 0, 4096)
+            .copy_d2h(at(1), p1, 0, 4096)
             .and_then(|i| wait(&mut be, 1, i));
         eprintln!("vm1 copy: {r:?}, word {:#x}", mem[0]);
         let r1 = r;
@@ -994,7 +1016,7 @@ mod tests {
         let r = be.create_context(0, params.clone());
         eprintln!("vm0 fresh context: {r:?}");
         let ok = r.is_ok();
-        let p0 = be.alloc(0, 64);
+        let p0 = be.mem_alloc(at(0), 64).map(ptr);
         eprintln!("vm0 alloc after reset: {p0:?}");
         be.destroy_context(0);
         be.destroy_context(1);
@@ -1026,7 +1048,8 @@ mod tests {
         let mut be = CudaBackend::open(0).unwrap();
         assert!(be.kernel_accounting());
         be.create_context(0, params).unwrap();
-        let op = StreamOp { stream: 1 };
+        // A stream other than the default one.
+        let on = VmStream { vm: 0, stream: 1 };
         let busy = |us: u32| {
             let p = vgpu_abi::cmd::BusyParams {
                 duration_us: us,
@@ -1038,7 +1061,7 @@ mod tests {
         let mut times = Vec::new();
         for us in [2000u32, 2000, 500] {
             let t0 = std::time::Instant::now();
-            let Issued::Pending(t, ..) = be.launch(0, &op, &busy(us)).unwrap() else {
+            let Issued::Pending(t, ..) = be.launch(on, busy(us)).unwrap() else {
                 panic!("an accounted launch must be pending");
             };
             let r = loop {
@@ -1051,8 +1074,8 @@ mod tests {
             times.push((us, r.device_ns, wall));
         }
         be.set_kernel_accounting(false);
-        let r = be.launch(0, &op, &busy(1000)).unwrap();
-        let sync = be.synchronize(0, &op, false).unwrap();
+        let r = be.launch(on, busy(1000)).unwrap();
+        let sync = be.synchronize(on, false).unwrap();
         if let Issued::Pending(t, ..) = sync {
             while be.poll(0, t).is_none() {}
         }

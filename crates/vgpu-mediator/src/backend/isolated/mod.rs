@@ -16,9 +16,10 @@
 //!   for their answer — bounded: a worker that does not answer in time is killed.
 //! * A worker that dies fails all its VM's work with [`Status::ContextLost`]; vgpud never
 //!   panics or hangs on it.
-//! * Module and function handles are made unique across VMs here (each worker numbers its own
-//!   from 1): a handle carries its context's serial number in bits 32..63. Device pointers are
-//!   each worker's own (ownership is enforced per VM by [`crate::device`]).
+//! * Module and function handles are unique across VMs: each worker numbers its own from its
+//!   context's serial number in bits 32..63 (given on its command line), so commands pass to
+//!   the worker unchanged. Device pointers are each worker's own (ownership is enforced per VM
+//!   by [`crate::device`]).
 
 mod link;
 pub mod proto;
@@ -30,7 +31,7 @@ pub use proto::{WorkerArgs, WorkerKind, WORKER_FLAG};
 pub use worker::{worker_main, WorkerError};
 
 use super::{
-    Backend, BackendError, ContextParams, DeviceInfo, Issued, Retired, StreamOp, Token, VmKey,
+    Backend, BackendError, ContextParams, DeviceInfo, Issued, Retired, Token, VmKey, VmStream,
 };
 use link::WorkerLink;
 use spawn::Reaper;
@@ -38,8 +39,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tracing::warn;
-use vgpu_abi::cmd::{Command, Cqe, LaunchBody, BUILTIN_FUNC_FLAG};
+use vgpu_abi::cmd::{Command, Cqe};
 use vgpu_abi::Status;
 
 /// How long a new worker may take to open its device and create its context.
@@ -71,8 +71,6 @@ impl WorkerSpec {
 /// One VM's worker.
 struct Worker {
     link: WorkerLink,
-    /// Serial number of this context: the high half of its module and function handles.
-    serial: u64,
     /// Tokens issued and not yet answered through `poll`.
     pending: HashSet<Token>,
     /// Set while the worker has not yet said that its context is ready: when it started.
@@ -134,7 +132,7 @@ impl IsolatedBackend {
     }
 
     /// Sends a command and waits for its answer.
-    fn call(&mut self, vm: VmKey, cmd: Command) -> Result<(u64, u64), Status> {
+    fn call(&mut self, vm: VmKey, stream: u32, cmd: Command) -> Result<(u64, u64), Status> {
         let tag = self.tag();
         let timeout = self.spec.call_timeout;
         // The executor sends nothing before `context_ready`; should a call come first anyway,
@@ -151,35 +149,9 @@ impl IsolatedBackend {
         }
         let w = self.workers.get_mut(&vm).ok_or(Status::Internal)?;
         let reaper = &mut self.reaper;
-        w.link.submit(&cmd, 0, tag, timeout, reaper)?;
+        w.link.submit(&cmd, stream, tag, timeout, reaper)?;
         let c = w.link.wait(tag, timeout, reaper)?;
         outcome(&c)
-    }
-
-    /// A worker's local handle as seen by vgpud and the guest.
-    fn global(serial: u64, local: u64) -> Result<u64, Status> {
-        if local == 0 || local >> 32 != 0 {
-            warn!("worker returned handle {local:#x}, out of range");
-            return Err(Status::Internal);
-        }
-        Ok(serial << 32 | local)
-    }
-
-    /// The worker's local handle of `global`, if it belongs to VM `vm`'s context; built-in
-    /// function handles pass unchanged.
-    fn local(&self, vm: VmKey, global: u64, foreign: Status) -> Result<u64, Status> {
-        if global & BUILTIN_FUNC_FLAG != 0 {
-            return Ok(global);
-        }
-        let w = self.workers.get(&vm).ok_or(Status::Internal)?;
-        if global >> 32 != w.serial {
-            return Err(foreign);
-        }
-        Ok(global & 0xffff_ffff)
-    }
-
-    fn serial(&self, vm: VmKey) -> Result<u64, Status> {
-        Ok(self.workers.get(&vm).ok_or(Status::Internal)?.serial)
     }
 }
 
@@ -221,6 +193,7 @@ impl Backend for IsolatedBackend {
             staging_offset: params.staging.offset,
             staging_size: params.staging.size,
             poll_us: self.spec.poll_us,
+            first_handle: (self.next_serial << 32) | 1,
         };
         // The worker is started and not waited for: creating a CUDA context takes a good
         // part of a second, which the executor must not spend away from the device's other
@@ -234,7 +207,6 @@ impl Backend for IsolatedBackend {
             vm,
             Worker {
                 link,
-                serial,
                 pending: HashSet::new(),
                 starting: Some(Instant::now()),
             },
@@ -302,149 +274,15 @@ impl Backend for IsolatedBackend {
         true
     }
 
-    fn alloc(&mut self, vm: VmKey, size: u64) -> Result<u64, Status> {
-        self.call(vm, Command::MemAlloc { size }).map(|r| r.0)
-    }
-
-    fn free(&mut self, vm: VmKey, ptr: u64) -> Result<(), Status> {
-        self.call(vm, Command::MemFree { ptr }).map(drop)
-    }
-
-    fn memset(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        len: u64,
-        value: u32,
-        width: u32,
-    ) -> Result<Issued, Status> {
-        let cmd = Command::Memset {
-            dst,
-            len,
-            value,
-            width,
-        };
-        self.issue(vm, op.stream, cmd)
-    }
-
-    fn copy_h2d(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<Issued, Status> {
-        let cmd = Command::CopyH2D {
-            dst,
-            staging_offset: staging_off,
-            len,
-        };
-        self.issue(vm, op.stream, cmd)
-    }
-
-    fn copy_d2h(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        src: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<Issued, Status> {
-        let cmd = Command::CopyD2H {
-            src,
-            staging_offset: staging_off,
-            len,
-        };
-        self.issue(vm, op.stream, cmd)
-    }
-
-    fn copy_d2d(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        dst: u64,
-        src: u64,
-        len: u64,
-    ) -> Result<Issued, Status> {
-        self.issue(vm, op.stream, Command::CopyD2D { dst, src, len })
-    }
-
-    fn launch(&mut self, vm: VmKey, op: &StreamOp, launch: &LaunchBody) -> Result<Issued, Status> {
-        let mut l = *launch;
-        l.func = self.local(vm, l.func, Status::InvalidFunction)?;
-        self.issue(vm, op.stream, Command::Launch(l))
-    }
-
-    fn synchronize(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        all_streams: bool,
-    ) -> Result<Issued, Status> {
-        self.issue(vm, op.stream, Command::Synchronize { all_streams })
-    }
-
-    fn module_load(&mut self, vm: VmKey, staging_off: u64, len: u64) -> Result<u64, Status> {
-        let serial = self.serial(vm)?;
-        let cmd = Command::ModuleLoad {
-            staging_offset: staging_off,
-            len,
-        };
-        let (h, _) = self.call(vm, cmd)?;
-        Self::global(serial, h)
-    }
-
-    fn module_unload(&mut self, vm: VmKey, module: u64) -> Result<(), Status> {
-        let module = self.local(vm, module, Status::InvalidArgument)?;
-        self.call(vm, Command::ModuleUnload { module }).map(drop)
-    }
-
-    fn get_function(
-        &mut self,
-        vm: VmKey,
-        module: u64,
-        staging_off: u64,
-        len: u64,
-    ) -> Result<(u64, u32), Status> {
-        let serial = self.serial(vm)?;
-        let module = self.local(vm, module, Status::InvalidArgument)?;
-        let cmd = Command::GetFunction {
-            module,
-            staging_offset: staging_off,
-            name_len: len,
-        };
-        let (f, n) = self.call(vm, cmd)?;
-        let n = u32::try_from(n).map_err(|_| Status::Internal)?;
-        Ok((Self::global(serial, f)?, n))
-    }
-
-    fn func_param_info(&mut self, vm: VmKey, func: u64, index: u32) -> Result<(u64, u64), Status> {
-        let func = self.local(vm, func, Status::InvalidFunction)?;
-        self.call(vm, Command::FuncParamInfo { func, index })
-    }
-
-    fn event_record(&mut self, vm: VmKey, op: &StreamOp, event: u32) -> Result<Issued, Status> {
-        self.issue(vm, op.stream, Command::EventRecord { event })
-    }
-
-    fn stream_wait_event(
-        &mut self,
-        vm: VmKey,
-        op: &StreamOp,
-        event: u32,
-    ) -> Result<Issued, Status> {
-        self.issue(vm, op.stream, Command::StreamWaitEvent { event })
-    }
-
-    fn event_synchronize(&mut self, vm: VmKey, event: u32) -> Result<Issued, Status> {
-        self.issue(vm, 0, Command::EventSynchronize { event })
-    }
-
-    fn event_elapsed(&mut self, vm: VmKey, start: u32, end: u32) -> Result<i64, Status> {
-        self.call(vm, Command::EventElapsed { start, end })
-            .map(|(ns, _)| ns as i64)
+    fn submit(&mut self, at: VmStream, cmd: &Command) -> Result<Issued, Status> {
+        // The worker runs the command through its own backend's dispatch; vgpud only chooses
+        // whether to wait for the answer.
+        if cmd.class().asynchronous {
+            self.issue(at.vm, at.stream, *cmd)
+        } else {
+            self.call(at.vm, at.stream, *cmd)
+                .map(|(a, b)| Issued::Done(a, b))
+        }
     }
 
     fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
@@ -487,19 +325,6 @@ impl Backend for IsolatedBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn handles_carry_their_context() {
-        let g = IsolatedBackend::global(5, 7).unwrap();
-        assert_eq!(g, 5 << 32 | 7);
-        assert_eq!(g & BUILTIN_FUNC_FLAG, 0);
-        assert_eq!(
-            IsolatedBackend::global(MAX_SERIAL, u32::MAX as u64).unwrap() & BUILTIN_FUNC_FLAG,
-            0
-        );
-        assert_eq!(IsolatedBackend::global(1, 0), Err(Status::Internal));
-        assert_eq!(IsolatedBackend::global(1, 1 << 32), Err(Status::Internal));
-    }
 
     #[test]
     fn answers_map_to_outcomes() {

@@ -5,15 +5,14 @@
 //! is its producer (like a guest), the worker its consumer (like vgpud). Each request is a
 //! [`Command`] encoded with [`Command::encode`]; the worker answers each with one `Cqe` carrying
 //! the request's tag once the work has **retired**:
-//! * commands vgpud waits for ([`is_async`] false): `result0` / `result1` are the results;
-//! * stream commands ([`is_async`] true): `result0` is the device time in nanoseconds (their
+//! * commands vgpud waits for (`Class::asynchronous` false): `result0` / `result1` are the results;
+//! * stream commands (`Class::asynchronous` true): `result0` is the device time in nanoseconds (their
 //!   results are always zero on every backend).
 //!
 //! Once its context exists, the worker posts one `Cqe` with tag [`READY_TAG`] (status `Ok`, or
 //! the error that prevented the context, after which it exits).
 
 use std::os::fd::RawFd;
-use vgpu_abi::cmd::Command;
 use vgpu_abi::Layout;
 
 /// The flag that makes `vgpud` a worker (first argument; hidden from `--help`).
@@ -57,23 +56,6 @@ pub fn ring_layout() -> Result<Layout, ProtoError> {
     Ok(Layout::compute(RING_SIZE, RING_SQ, RING_CQ)?)
 }
 
-/// Whether vgpud issues `cmd` without waiting (it completes through `Backend::poll`).
-pub fn is_async(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::Nop
-            | Command::Memset { .. }
-            | Command::CopyH2D { .. }
-            | Command::CopyD2H { .. }
-            | Command::CopyD2D { .. }
-            | Command::Launch(_)
-            | Command::Synchronize { .. }
-            | Command::EventRecord { .. }
-            | Command::StreamWaitEvent { .. }
-            | Command::EventSynchronize { .. }
-    )
-}
-
 /// Which backend a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerKind {
@@ -106,6 +88,9 @@ pub struct WorkerArgs {
     pub staging_size: u64,
     /// How long the worker keeps polling its ring after the last work, in microseconds.
     pub poll_us: u64,
+    /// The first module or function handle the worker gives out (its context's serial number
+    /// in bits 32..63), so that handles are unique across VMs without translation.
+    pub first_handle: u64,
 }
 
 impl WorkerArgs {
@@ -127,6 +112,8 @@ impl WorkerArgs {
             self.staging_size.to_string(),
             "--poll-us".into(),
             self.poll_us.to_string(),
+            "--first-handle".into(),
+            self.first_handle.to_string(),
         ];
         if let WorkerKind::Cuda { accounting } = self.kind {
             v.extend([
@@ -171,6 +158,7 @@ impl WorkerArgs {
         let staging_offset = num("--staging-offset", take("--staging-offset")?)?;
         let staging_size = num("--staging-size", take("--staging-size")?)?;
         let poll_us = num("--poll-us", take("--poll-us")?)?;
+        let first_handle = num("--first-handle", take("--first-handle")?)?;
         let kind = match backend {
             "cuda" => WorkerKind::Cuda {
                 accounting: num::<u8>("--kernel-accounting", take("--kernel-accounting")?)? != 0,
@@ -191,6 +179,7 @@ impl WorkerArgs {
             staging_offset,
             staging_size,
             poll_us,
+            first_handle,
         })
     }
 }
@@ -216,6 +205,7 @@ mod tests {
                 staging_offset: 0x10000,
                 staging_size: 123456,
                 poll_us: 50,
+                first_handle: 7 << 32 | 1,
             };
             assert_eq!(WorkerArgs::parse(&a.to_args()), Ok(a.clone()));
             let mut extra = a.to_args();
@@ -234,17 +224,5 @@ mod tests {
         let l = ring_layout().unwrap();
         assert!(l.cq_entries >= l.sq_entries);
         assert_eq!(l.shm_size, RING_SIZE);
-    }
-
-    #[test]
-    fn every_stream_command_is_async_and_results_are_not() {
-        assert!(is_async(&Command::Synchronize { all_streams: true }));
-        assert!(!is_async(&Command::MemAlloc { size: 1 }));
-        assert!(!is_async(&Command::EventElapsed { start: 0, end: 1 }));
-        assert!(!is_async(&Command::GetFunction {
-            module: 1,
-            staging_offset: 0,
-            name_len: 1
-        }));
     }
 }

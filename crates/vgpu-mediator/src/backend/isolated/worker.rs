@@ -8,7 +8,7 @@
 use super::proto::{self, WorkerArgs, WorkerKind, FD_DOORBELL, FD_REGION, FD_RING, READY_TAG};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
-use crate::backend::{Backend, ContextParams, Issued, Staging, StreamOp, Token};
+use crate::backend::{Backend, ContextParams, Issued, Staging, Token, VmStream};
 use memmap2::{MmapMut, MmapOptions};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{FromRawFd, OwnedFd};
@@ -89,7 +89,8 @@ fn open_backend(a: &WorkerArgs) -> Result<Box<dyn Backend>, WorkerError> {
         WorkerKind::Cuda { accounting } => Box::new(
             CudaBackend::open(a.device)
                 .map_err(|e| WorkerError::Backend(e.to_string()))?
-                .with_kernel_accounting(accounting),
+                .with_kernel_accounting(accounting)
+                .with_first_handle(a.first_handle),
         ),
         WorkerKind::Cpu { mem, slots } => {
             Box::new(CpuBackend::with_slots(mem, slots as usize).numbered(a.device))
@@ -263,61 +264,16 @@ impl Worker<'_> {
             Ok(c) => c,
             Err(s) => return fail(s),
         };
-        let op = StreamOp { stream: sqe.stream };
-        let be = &mut *self.be;
-        let t0 = Instant::now();
-        let r: Result<Issued, Status> = match cmd {
-            Command::Nop => Ok(Issued::DONE),
-            Command::GetInfo => Err(Status::NotSupported),
-            Command::MemAlloc { size } => be.alloc(VM, size).map(|p| Issued::Done(p, 0)),
-            Command::MemFree { ptr } => be.free(VM, ptr).map(|()| Issued::DONE),
-            Command::Memset {
-                dst,
-                len,
-                value,
-                width,
-            } => be.memset(VM, &op, dst, len, value, width),
-            Command::CopyH2D {
-                dst,
-                staging_offset,
-                len,
-            } => be.copy_h2d(VM, &op, dst, staging_offset, len),
-            Command::CopyD2H {
-                src,
-                staging_offset,
-                len,
-            } => be.copy_d2h(VM, &op, src, staging_offset, len),
-            Command::CopyD2D { dst, src, len } => be.copy_d2d(VM, &op, dst, src, len),
-            Command::Launch(l) => be.launch(VM, &op, &l),
-            Command::Synchronize { all_streams } => be.synchronize(VM, &op, all_streams),
-            Command::ModuleLoad {
-                staging_offset,
-                len,
-            } => be
-                .module_load(VM, staging_offset, len)
-                .map(|h| Issued::Done(h, 0)),
-            Command::ModuleUnload { module } => be.module_unload(VM, module).map(|()| Issued::DONE),
-            Command::GetFunction {
-                module,
-                staging_offset,
-                name_len,
-            } => be
-                .get_function(VM, module, staging_offset, name_len)
-                .map(|(f, n)| Issued::Done(f, n as u64)),
-            Command::FuncParamInfo { func, index } => be
-                .func_param_info(VM, func, index)
-                .map(|(o, s)| Issued::Done(o, s)),
-            Command::EventRecord { event } => be.event_record(VM, &op, event),
-            Command::StreamWaitEvent { event } => be.stream_wait_event(VM, &op, event),
-            Command::EventSynchronize { event } => be.event_synchronize(VM, event),
-            Command::EventElapsed { start, end } => be
-                .event_elapsed(VM, start, end)
-                .map(|ns| Issued::Done(ns as u64, 0)),
+        let at = VmStream {
+            vm: VM,
+            stream: sqe.stream,
         };
+        let t0 = Instant::now();
+        let r = self.be.submit(at, &cmd);
         match r {
             Err(s) => fail(s),
             Ok(Issued::Done(a, b)) => {
-                let (r0, r1) = if proto::is_async(&cmd) {
+                let (r0, r1) = if cmd.class().asynchronous {
                     (t0.elapsed().as_nanos() as u64, 0)
                 } else {
                     (a, b)

@@ -1,5 +1,6 @@
-//! Reference (CPU) implementations of the built-in kernels. The cuda backend's kernels compute
-//! the same functions; results are defined independently of grid and block (grid-stride loops).
+//! The reference implementations of the built-in kernels: what each built-in computes, bit for
+//! bit on the cpu backend and the guest's test host. The cuda backend's kernels compute the
+//! same functions; results are defined independently of grid and block (grid-stride loops).
 
 /// `c[i] = a[i] + b[i]`.
 pub fn vector_add(a: &[f32], b: &[f32], c: &mut [f32]) {

@@ -1,0 +1,78 @@
+//! The field checks a command's declaration applies when its entry is decoded. Each returns
+//! the status the guest gets for a field out of range.
+
+use super::launch::{LaunchBody, MAX_BLOCK_THREADS, MAX_GRID_DIM, MAX_INLINE_PARAMS};
+use super::status::Status;
+
+/// Event ids are chosen by the guest: `0..MAX_EVENTS` per VM (no allocation command).
+pub const MAX_EVENTS: u32 = 1024;
+/// Longest function name accepted by [`super::Opcode::GetFunction`], in bytes.
+pub const MAX_FUNC_NAME: u64 = 256;
+
+/// `[off, off + len)` lies inside a staging area of `staging_size` bytes.
+pub fn staging(off: u64, len: u64, staging_size: u64) -> Result<(), Status> {
+    match off.checked_add(len) {
+        Some(end) if end <= staging_size => Ok(()),
+        _ => Err(Status::StagingOutOfRange),
+    }
+}
+
+/// `[ptr, ptr + len)` does not wrap (whether it names memory of the VM is the host's check).
+pub fn device(ptr: u64, len: u64) -> Result<(), Status> {
+    ptr.checked_add(len)
+        .map(|_| ())
+        .ok_or(Status::InvalidAddress)
+}
+
+/// A count or size that must not be zero.
+pub fn nonzero(v: u64) -> Result<(), Status> {
+    if v == 0 {
+        Err(Status::InvalidArgument)
+    } else {
+        Ok(())
+    }
+}
+
+/// An event id below [`MAX_EVENTS`].
+pub fn event(e: u32) -> Result<(), Status> {
+    if e < MAX_EVENTS {
+        Ok(())
+    } else {
+        Err(Status::InvalidArgument)
+    }
+}
+
+/// A memset element width (1 or 4 bytes) that divides the length.
+pub fn memset_width(len: u64, width: u32) -> Result<(), Status> {
+    if (width == 1 || width == 4) && len % width as u64 == 0 {
+        Ok(())
+    } else {
+        Err(Status::InvalidArgument)
+    }
+}
+
+/// A function name length: 1..=[`MAX_FUNC_NAME`] bytes.
+pub fn name_len(len: u64) -> Result<(), Status> {
+    if (1..=MAX_FUNC_NAME).contains(&len) {
+        Ok(())
+    } else {
+        Err(Status::InvalidArgument)
+    }
+}
+
+/// A launch's shape and parameter length are inside the device's limits.
+pub fn launch(l: &LaunchBody) -> Result<(), Status> {
+    if l.params_len as usize > MAX_INLINE_PARAMS {
+        return Err(Status::InvalidArgument);
+    }
+    // Three u32 dimensions multiply to at most 2^96: in u128 the product cannot wrap (in u64,
+    // [2^31, 2^31, 4] wrapped to 0 and passed; found by `cargo xtask fuzz`).
+    let threads: u128 = l.block.iter().map(|&d| d as u128).product();
+    if l.grid.iter().any(|&d| d == 0 || d > MAX_GRID_DIM)
+        || l.block.contains(&0)
+        || threads > MAX_BLOCK_THREADS as u128
+    {
+        return Err(Status::InvalidArgument);
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The command set: one declaration per command (the syntax is in `declare.rs`). Adding a
+//! command is a declaration here, the guest's call, and each backend's handler method.
+
+use super::check;
+use super::class::{Class, DeviceRanges, Direction, Effect};
+use super::entry::Sqe;
+use super::launch::LaunchBody;
+use super::status::Status;
+use super::SYNC_ALL_STREAMS;
+
+commands! {
+    /// Does nothing; completes with `Ok`. The channel's round-trip probe.
+    Nop = 0x00 => fn nop {}
+        flags {} check(_s) {} ranges []
+        class Class::HOST;
+        effect Effect::Ping;
+
+    /// `result0` = device memory in use by this VM, `result1` = its quota.
+    GetInfo = 0x01 => fn get_info {}
+        flags {} check(_s) {} ranges []
+        class Class::HOST;
+        effect Effect::Info;
+
+    /// Allocates device memory. `result0` = the device pointer.
+    MemAlloc = 0x10 => fn mem_alloc {
+        /// Bytes (> 0).
+        size: u64,
+    }
+        flags {} check(_s) { check::nonzero(size)?; } ranges []
+        class Class::HOST;
+        effect Effect::Alloc { size };
+
+    /// Frees an allocation (the pointer `MemAlloc` returned). Waits for the VM's work on the
+    /// device first.
+    MemFree = 0x11 => fn mem_free {
+        /// The allocation's pointer.
+        ptr: u64,
+    }
+        flags {} check(_s) {} ranges []
+        class Class { waits_for_device: true, ..Class::HOST };
+        effect Effect::Free { ptr };
+
+    /// Fills device memory with a 1- or 4-byte value.
+    Memset = 0x12 => fn memset {
+        /// Destination.
+        dst: u64,
+        /// Bytes (a multiple of `width`).
+        len: u64,
+        /// Fill value (its low `width` bytes).
+        value: u32,
+        /// 1 or 4.
+        width: u32,
+    }
+        flags {}
+        check(_s) { check::memset_width(len, width)?; check::device(dst, len)?; }
+        ranges [(dst, len)]
+        class Class::STREAM_WORK;
+        effect Effect::Work;
+
+    /// Staging → device. `result0` = bytes moved.
+    CopyH2D = 0x13 => fn copy_h2d {
+        /// Destination device pointer.
+        dst: u64,
+        /// Offset in staging.
+        staging_offset: u64,
+        /// Bytes.
+        len: u64,
+    }
+        flags {}
+        check(s) { check::staging(staging_offset, len, s)?; check::device(dst, len)?; }
+        ranges [(dst, len)]
+        class Class::STREAM_WORK;
+        effect Effect::Transfer { len, dir: Direction::In };
+
+    /// Device → staging. `result0` = bytes moved.
+    CopyD2H = 0x14 => fn copy_d2h {
+        /// Source device pointer.
+        src: u64,
+        /// Offset in staging.
+        staging_offset: u64,
+        /// Bytes.
+        len: u64,
+    }
+        flags {}
+        check(s) { check::staging(staging_offset, len, s)?; check::device(src, len)?; }
+        ranges [(src, len)]
+        class Class::STREAM_WORK;
+        effect Effect::Transfer { len, dir: Direction::Out };
+
+    /// Device → device. `result0` = bytes moved.
+    CopyD2D = 0x15 => fn copy_d2d {
+        /// Destination.
+        dst: u64,
+        /// Source.
+        src: u64,
+        /// Bytes.
+        len: u64,
+    }
+        flags {}
+        check(_s) { check::device(dst, len)?; check::device(src, len)?; }
+        ranges [(dst, len), (src, len)]
+        class Class::STREAM_WORK;
+        effect Effect::Transfer { len, dir: Direction::Device };
+
+    /// Loads a PTX module from staging. `result0` = the module handle.
+    ModuleLoad = 0x20 => fn module_load {
+        /// Offset of the PTX text in staging.
+        staging_offset: u64,
+        /// Bytes of PTX text (> 0).
+        len: u64,
+    }
+        flags {}
+        check(s) { check::nonzero(len)?; check::staging(staging_offset, len, s)?; }
+        ranges []
+        class Class::HOST;
+        effect Effect::LoadModule { len };
+
+    /// Unloads a module (its functions become invalid). Waits for the VM's work on the
+    /// device first.
+    ModuleUnload = 0x21 => fn module_unload {
+        /// Module handle.
+        module: u64,
+    }
+        flags {} check(_s) {} ranges []
+        class Class { waits_for_device: true, ..Class::HOST };
+        effect Effect::UnloadModule { module };
+
+    /// Looks a kernel up by name. `result0` = the function handle, `result1` = its number
+    /// of parameters.
+    GetFunction = 0x22 => fn get_function {
+        /// Module handle.
+        module: u64,
+        /// Offset of the name in staging.
+        staging_offset: u64,
+        /// Bytes of the name (1..=[`check::MAX_FUNC_NAME`]).
+        name_len: u64,
+    }
+        flags {}
+        check(s) { check::name_len(name_len)?; check::staging(staging_offset, name_len, s)?; }
+        ranges []
+        class Class::HOST;
+        effect Effect::LookupFunction { module };
+
+    /// Launches a kernel on the entry's stream.
+    Launch = 0x23 => fn launch {
+        /// The kernel, its shape and its packed parameters.
+        launch: LaunchBody,
+    }
+        flags {} check(_s) { check::launch(&launch)?; } ranges []
+        class Class::STREAM_WORK;
+        effect Effect::Launch(launch);
+
+    /// Where a kernel parameter goes in the packed parameters. `result0` = its offset,
+    /// `result1` = its size in bytes.
+    FuncParamInfo = 0x24 => fn func_param_info {
+        /// Function handle.
+        func: u64,
+        /// Parameter index.
+        index: u32,
+    }
+        flags {} check(_s) {} ranges []
+        class Class::HOST;
+        effect Effect::ParamInfo { func, index };
+
+    /// Records `event` on the entry's stream: it completes once everything issued earlier on
+    /// the stream has.
+    EventRecord = 0x30 => fn event_record {
+        /// Event id (< [`check::MAX_EVENTS`]).
+        event: u32,
+    }
+        flags {} check(_s) { check::event(event)?; } ranges []
+        class Class::STREAM_WORK;
+        effect Effect::RecordEvent { event };
+
+    /// Makes the entry's stream wait (on the device) for the event's latest record.
+    StreamWaitEvent = 0x31 => fn stream_wait_event {
+        /// Event id.
+        event: u32,
+    }
+        flags {} check(_s) { check::event(event)?; } ranges []
+        class Class { barrier: true, ..Class::STREAM_WORK };
+        effect Effect::Work;
+
+    /// Completes once the event's latest record has completed.
+    EventSynchronize = 0x32 => fn event_synchronize {
+        /// Event id.
+        event: u32,
+    }
+        flags {} check(_s) { check::event(event)?; } ranges []
+        class Class { stream: false, barrier: true, ..Class::STREAM_WORK };
+        effect Effect::Work;
+
+    /// Time between two completed records: `result0` = `end − start` in ns (an `i64`).
+    EventElapsed = 0x33 => fn event_elapsed {
+        /// Start event id.
+        start: u32,
+        /// End event id.
+        end: u32,
+    }
+        flags {} check(_s) { check::event(start)?; check::event(end)?; } ranges []
+        class Class { barrier: true, ..Class::HOST };
+        effect Effect::Work;
+
+    /// Completes once every earlier command of the entry's stream (or of all the VM's
+    /// streams) has completed.
+    Synchronize = 0x40 => fn synchronize {}
+        flags {
+            /// Every stream rather than the entry's own.
+            all_streams = SYNC_ALL_STREAMS,
+        }
+        check(_s) {} ranges []
+        class Class {
+            stream: !all_streams,
+            barrier: all_streams,
+            control: true,
+            asynchronous: true,
+            waits_for_device: false,
+        };
+        effect Effect::Work;
+}
