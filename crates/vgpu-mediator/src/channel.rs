@@ -368,3 +368,376 @@ impl Channel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Backend;
+    use crate::config::Config;
+    use rustix::event::{eventfd, EventfdFlags};
+    use vgpu_abi::cmd::Sqe;
+    use vgpu_abi::layout::{ring_hdr, CQ_FLAG_IRQ, SQ_FLAG_HOST_POLLING};
+    use vgpu_abi::regs::{get_str, CAP_RESET};
+    use vgpu_abi::ring::{CqConsumer, SqProducer};
+
+    const CONFIG: &str = r#"
+        [mediator]
+        backend = "cpu"
+        [[vm]]
+        name = "chan"
+        socket = "/nonexistent/chan.sock"
+        vm_id = 3
+        pool_id = 5
+        priority = 2
+        mem_quota = 4096
+        shm_size = 131072
+        sq_entries = 4
+        cq_entries = 4
+    "#;
+
+    /// A channel over a fresh memfd region, and the guest's side of its rings.
+    struct H {
+        view: ShmView,
+        layout: Layout,
+        ch: Channel,
+        stats: Arc<VmStats>,
+        /// Another descriptor of the interrupt eventfd, read to see whether it was signalled.
+        irq: OwnedFd,
+        sq: SqProducer,
+        cq: CqConsumer,
+    }
+
+    impl H {
+        fn new() -> Self {
+            let irq = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap();
+            Self::with_irq(irq)
+        }
+
+        fn with_irq(irq: OwnedFd) -> Self {
+            let cfg = Config::from_toml(CONFIG).unwrap();
+            let vm = &cfg.vms[0];
+            let region = Arc::new(SharedRegion::create(&vm.name, vm.shm_size.0).unwrap());
+            let doorbell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap();
+            let irq_reader = irq.try_clone().unwrap();
+            let params = ChannelParams {
+                device: CpuBackend::new(1 << 30).info(),
+                capabilities: CAP_RESET,
+                max_kernel_us: 1000,
+            };
+            let stats = Arc::new(VmStats::default());
+            let ch = Channel::new(0, vm, region, doorbell, irq, &params, stats.clone()).unwrap();
+            let view = ch.region().view();
+            let layout = vm.layout().unwrap();
+            Self {
+                view,
+                layout,
+                ch,
+                stats,
+                irq: irq_reader,
+                sq: SqProducer::new(view, layout),
+                cq: CqConsumer::new(view, layout),
+            }
+        }
+
+        fn regs(&self) -> RegisterPage {
+            self.view.read_obj(0)
+        }
+
+        fn push(&mut self, sqe: &Sqe) {
+            self.sq.push(sqe);
+            self.sq.publish();
+        }
+
+        fn push_nops(&mut self, tags: std::ops::Range<u64>) {
+            for t in tags {
+                self.push(&Command::Nop.encode(0, t));
+            }
+        }
+
+        fn poll(&mut self, budget: u32) -> Vec<Job> {
+            let mut jobs = Vec::new();
+            let n = self.ch.poll(budget, &mut |j| jobs.push(j));
+            assert!(n as usize >= jobs.len());
+            jobs
+        }
+
+        fn cq_tags(&mut self) -> Vec<(u64, u32)> {
+            std::iter::from_fn(|| self.cq.pop())
+                .map(|c| (c.tag, c.status))
+                .collect()
+        }
+
+        fn hdr(&self, ring: u64, field: usize) -> u32 {
+            self.view.load_u32(ring as usize + field)
+        }
+
+        /// Whether the interrupt eventfd was signalled since the last look.
+        fn took_irq(&self) -> bool {
+            let mut b = [0u8; 8];
+            rustix::io::read(&self.irq, &mut b).is_ok()
+        }
+    }
+
+    #[test]
+    fn new_publishes_the_register_page_and_empty_rings() {
+        let h = H::new();
+        let r = h.regs();
+        assert_eq!(r.magic, MAGIC);
+        assert_eq!(r.abi_version, abi_version());
+        assert_eq!(r.device_status, DeviceStatus::Ready as u32);
+        assert_eq!((r.vm_id, r.pool_id, r.priority), (3, 5, 2));
+        assert_eq!((r.mem_quota, r.max_kernel_us), (4096, 1000));
+        assert_eq!((r.capabilities, r.generation), (CAP_RESET, 1));
+        assert_eq!(r.device_total_mem, 1 << 30);
+        assert_eq!(get_str(&r.vm_name), "chan");
+        assert!(get_str(&r.device_name).starts_with("vgpu cpu reference device"));
+        assert_eq!(Layout::from_regs(&r, h.layout.shm_size), Ok(h.layout));
+        for ring in [h.layout.sq_offset, h.layout.cq_offset] {
+            assert_eq!(h.hdr(ring, ring_hdr::TAIL), 0);
+            assert_eq!(h.hdr(ring, ring_hdr::HEAD), 0);
+        }
+        assert_eq!(h.stats.status.load(Relaxed), DeviceStatus::Ready as u32);
+        assert_eq!((h.ch.vm(), h.ch.name()), (0, "chan"));
+        let st = h.ch.staging();
+        assert_eq!(
+            (st.offset, st.size),
+            (h.layout.staging_offset, h.layout.staging_size)
+        );
+    }
+
+    #[test]
+    fn poll_queues_valid_entries_and_answers_invalid_ones_at_once() {
+        let mut h = H::new();
+        h.push(&Command::Nop.encode(0, 1));
+        h.push(&Sqe {
+            opcode: 0xffff,
+            tag: 2,
+            ..Sqe::default()
+        });
+        h.push(&Command::MemAlloc { size: 64 }.encode(7, 3));
+        assert_eq!(h.ch.pending(), 3);
+        let jobs = h.poll(8);
+        let got: Vec<(usize, u64, u32, Command)> = jobs
+            .iter()
+            .map(|j| (j.vm, j.tag, j.stream, j.cmd))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 1, 0, Command::Nop),
+                (0, 3, 7, Command::MemAlloc { size: 64 })
+            ]
+        );
+        assert_eq!(h.cq_tags(), [(2, Status::UnknownOpcode as u32)]);
+        assert_eq!(h.regs().last_error, Status::UnknownOpcode as u32);
+        assert_eq!(
+            h.hdr(h.layout.sq_offset, ring_hdr::HEAD),
+            3,
+            "SQ head published"
+        );
+        assert_eq!(h.stats.queued.load(Relaxed), 2);
+        assert_eq!(h.stats.errors.load(Relaxed), 1);
+        assert_eq!(h.stats.commands.load(Relaxed), 1);
+        // The queued ones complete later, with their results.
+        h.ch.complete(3, Ok((0xabc, 64)));
+        h.ch.complete(1, Err(Status::Internal));
+        let cqes: Vec<Cqe> = std::iter::from_fn(|| h.cq.pop()).collect();
+        assert_eq!(
+            (
+                cqes[0].tag,
+                cqes[0].status,
+                cqes[0].result0,
+                cqes[0].result1
+            ),
+            (3, 0, 0xabc, 64)
+        );
+        assert_eq!((cqes[1].tag, cqes[1].status), (1, Status::Internal as u32));
+        assert_eq!(h.stats.commands.load(Relaxed), 3);
+        assert_eq!(h.ch.pending(), 0);
+    }
+
+    #[test]
+    fn poll_keeps_to_its_budget_and_to_the_room_in_the_cq() {
+        let mut h = H::new();
+        h.push_nops(0..4);
+        assert_eq!(h.poll(2).len(), 2, "budget");
+        assert_eq!(h.ch.takeable(), 2);
+        assert_eq!(h.poll(8).len(), 2);
+        // Four taken, none completed: the CQ's four slots are all spoken for.
+        h.push_nops(4..8);
+        assert_eq!((h.ch.pending(), h.ch.takeable()), (4, 0));
+        assert!(h.ch.cq_blocked());
+        assert!(h.poll(8).is_empty());
+        for t in 0..2 {
+            h.ch.complete(t, Ok((0, 0)));
+        }
+        assert_eq!(
+            h.ch.takeable(),
+            0,
+            "two completions the guest has not consumed"
+        );
+        assert_eq!(h.cq_tags().len(), 2);
+        assert_eq!(h.ch.takeable(), 2);
+        assert!(!h.ch.cq_blocked());
+        let tags: Vec<u64> = h.poll(8).iter().map(|j| j.tag).collect();
+        assert_eq!(tags, [4, 5]);
+        assert!(!h.ch.is_fenced());
+    }
+
+    #[test]
+    fn an_impossible_sq_tail_fences_the_vm() {
+        let mut h = H::new();
+        h.view
+            .store_u32(h.layout.sq_offset as usize + ring_hdr::TAIL, 5);
+        assert_eq!(h.ch.pending(), 0);
+        assert!(h.ch.is_fenced());
+        let r = h.regs();
+        assert_eq!(r.device_status, DeviceStatus::Fenced as u32);
+        assert_eq!(r.last_error, FenceReason::SqIndexOutOfRange as u32);
+        assert_eq!(h.stats.fences.load(Relaxed), 1);
+        // Fenced: nothing more is read, nothing is written, and the fence is counted once.
+        h.view
+            .store_u32(h.layout.sq_offset as usize + ring_hdr::TAIL, 1);
+        assert!(h.poll(8).is_empty());
+        h.ch.fence(FenceReason::CqIndexOutOfRange);
+        assert_eq!(h.stats.fences.load(Relaxed), 1);
+        assert_eq!(h.regs().last_error, FenceReason::SqIndexOutOfRange as u32);
+    }
+
+    #[test]
+    fn an_impossible_cq_head_fences_the_vm() {
+        let mut h = H::new();
+        h.push_nops(0..1);
+        h.view
+            .store_u32(h.layout.cq_offset as usize + ring_hdr::HEAD, 3);
+        assert!(h.poll(8).is_empty());
+        assert!(h.ch.is_fenced());
+        assert_eq!(h.regs().last_error, FenceReason::CqIndexOutOfRange as u32);
+        assert_eq!(h.ch.takeable(), 0);
+    }
+
+    #[test]
+    fn completions_interrupt_once_per_flush_and_only_when_asked() {
+        let mut h = H::new();
+        h.push_nops(0..3);
+        assert_eq!(h.poll(8).len(), 3);
+        h.ch.complete(0, Ok((0, 0)));
+        h.ch.flush_irq();
+        assert!(!h.took_irq(), "the guest did not ask for interrupts");
+        h.cq.set_irq(true);
+        h.ch.flush_irq();
+        assert!(!h.took_irq(), "nothing posted since the last flush");
+        h.ch.complete(1, Ok((0, 0)));
+        h.ch.complete(2, Ok((0, 0)));
+        h.ch.flush_irq();
+        let mut b = [0u8; 8];
+        rustix::io::read(&h.irq, &mut b).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(b),
+            1,
+            "one interrupt for both completions"
+        );
+        assert_eq!(h.cq_tags().len(), 3);
+    }
+
+    #[test]
+    fn an_interrupt_eventfd_made_to_block_fences_the_vm() {
+        // What a hostile client can do to the file it shares: make it blocking and fill it.
+        let irq = eventfd(0, EventfdFlags::CLOEXEC).unwrap();
+        rustix::io::write(&irq, &(u64::MAX - 1).to_le_bytes()).unwrap();
+        let mut h = H::with_irq(irq);
+        h.push_nops(0..1);
+        assert_eq!(h.poll(8).len(), 1);
+        h.cq.set_irq(true);
+        h.ch.complete(0, Ok((0, 0)));
+        h.ch.flush_irq();
+        assert!(h.ch.is_fenced());
+        assert_eq!(h.regs().last_error, FenceReason::IrqBlocked as u32);
+    }
+
+    #[test]
+    fn reset_rewrites_the_host_half_and_empties_the_rings() {
+        let mut h = H::new();
+        h.push_nops(0..2);
+        assert_eq!(h.poll(8).len(), 2);
+        h.ch.fence(FenceReason::SqIndexOutOfRange);
+        // A hostile guest scribbles over the host's half of the register page.
+        h.view.write_bytes(0, &[0xee; 64]);
+        assert!(!h.ch.reset_requested());
+        let req = h.view.load_u32(regs::REG_RESET_REQUEST);
+        h.view
+            .store_u32(regs::REG_RESET_REQUEST, req.wrapping_add(1));
+        assert!(h.ch.reset_requested());
+        h.ch.finish_reset();
+        assert!(!h.ch.reset_requested());
+        assert!(!h.ch.is_fenced());
+        let r = h.regs();
+        assert_eq!((r.magic, r.vm_id, r.generation), (MAGIC, 3, 2));
+        assert_eq!(
+            (r.device_status, r.last_error),
+            (DeviceStatus::Ready as u32, 0)
+        );
+        assert_eq!(Layout::from_regs(&r, h.layout.shm_size), Ok(h.layout));
+        for ring in [h.layout.sq_offset, h.layout.cq_offset] {
+            assert_eq!(h.hdr(ring, ring_hdr::TAIL), 0);
+            assert_eq!(h.hdr(ring, ring_hdr::HEAD), 0);
+        }
+        assert_eq!(h.stats.resets.load(Relaxed), 1);
+        // Commands taken before the reset are forgotten: completing one writes nothing.
+        h.ch.complete(0, Ok((0, 0)));
+        assert_eq!(h.hdr(h.layout.cq_offset, ring_hdr::TAIL), 0);
+        // The rings work again from zero.
+        h.sq = SqProducer::new(h.view, h.layout);
+        h.cq = CqConsumer::new(h.view, h.layout);
+        h.push_nops(10..11);
+        assert_eq!(h.poll(8)[0].tag, 10);
+    }
+
+    #[test]
+    fn identity_status_and_polling_registers() {
+        let mut h = H::new();
+        h.ch.set_identity(7, 1, 1 << 20);
+        let r = h.regs();
+        assert_eq!((r.pool_id, r.priority, r.mem_quota), (7, 1, 1 << 20));
+        h.ch.set_broken();
+        assert_eq!(h.regs().device_status, DeviceStatus::Error as u32);
+        assert_eq!(h.regs().last_error, Status::KernelFault as u32);
+        h.ch.set_unavailable();
+        assert_eq!(h.regs().last_error, Status::ContextUnavailable as u32);
+        assert_eq!(
+            h.stats.last_error.load(Relaxed),
+            Status::ContextUnavailable as u32
+        );
+        // A reset keeps the reloaded identity (the host copy is rewritten).
+        let req = h.view.load_u32(regs::REG_RESET_REQUEST);
+        h.view
+            .store_u32(regs::REG_RESET_REQUEST, req.wrapping_add(1));
+        h.ch.finish_reset();
+        let r = h.regs();
+        assert_eq!((r.pool_id, r.priority, r.mem_quota), (7, 1, 1 << 20));
+        assert_eq!(r.device_status, DeviceStatus::Ready as u32);
+
+        let flags = h.layout.sq_offset as usize + ring_hdr::FLAGS;
+        h.ch.set_polling(true);
+        assert_ne!(h.view.load_u32(flags) & SQ_FLAG_HOST_POLLING, 0);
+        h.ch.set_polling(false);
+        assert_eq!(h.view.load_u32(flags) & SQ_FLAG_HOST_POLLING, 0);
+
+        // Stopping tells the guest, wakes it if it sleeps on its interrupt, and fences.
+        h.ch.set_polling(true);
+        h.view
+            .fetch_or_u32(h.layout.cq_offset as usize + ring_hdr::FLAGS, CQ_FLAG_IRQ);
+        h.ch.stop();
+        assert_eq!(h.regs().device_status, DeviceStatus::Stopped as u32);
+        assert_eq!(h.view.load_u32(flags) & SQ_FLAG_HOST_POLLING, 0);
+        assert!(h.took_irq());
+        assert!(h.ch.is_fenced());
+        h.ch.set_polling(true);
+        assert_eq!(
+            h.view.load_u32(flags) & SQ_FLAG_HOST_POLLING,
+            0,
+            "not once stopped"
+        );
+    }
+}

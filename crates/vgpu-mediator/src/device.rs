@@ -23,7 +23,7 @@ pub struct VirtualDevice {
     used: u64,
     quota: u64,
     /// The pool's quota, shared with the pool's other VMs (see [`VirtualDevice::with_pool`]).
-    pool: Option<std::sync::Arc<crate::sched::quota::PoolQuota>>,
+    pool: Option<std::sync::Arc<crate::quota::PoolQuota>>,
     max_kernel_us: u32,
     /// Set by a kernel fault; every later command fails until reset.
     broken: bool,
@@ -87,7 +87,7 @@ impl VirtualDevice {
     /// Also charges allocations to the pool quota `pool` (shared with the pool's other VMs).
     /// What the device still holds goes back to it when the device is dropped (the VM left or
     /// reset: its context and memory are gone).
-    pub fn with_pool(mut self, pool: std::sync::Arc<crate::sched::quota::PoolQuota>) -> Self {
+    pub fn with_pool(mut self, pool: std::sync::Arc<crate::quota::PoolQuota>) -> Self {
         self.pool = Some(pool);
         self
     }

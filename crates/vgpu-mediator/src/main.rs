@@ -11,7 +11,7 @@ use vgpu_mediator::admin;
 use vgpu_mediator::backend::{isolated, select};
 use vgpu_mediator::config::{BackendChoice, Config};
 use vgpu_mediator::executor::{pin_current_thread, Executor};
-use vgpu_mediator::sched::router::{ExecHandle, Router};
+use vgpu_mediator::router::{ExecHandle, Router};
 use vgpu_mediator::sched::{DeviceDefaults, Scheduler};
 use vgpu_mediator::stats::StatsRegistry;
 use vgpu_mediator::transport::Server;

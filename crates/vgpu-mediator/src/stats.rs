@@ -1,7 +1,7 @@
 //! Per-VM accounting, shared between the executor (writer) and the admin socket (reader).
 
 use crate::config::{Config, VmConfig};
-use crate::sched::quota::PoolQuota;
+use crate::quota::PoolQuota;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -220,5 +220,135 @@ impl StatsRegistry {
             "vms": vms,
             "pools": pools,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+        [mediator]
+        backend = "cpu"
+        [[pool]]
+        id = 4
+        name = "gold"
+        weight = 3
+        mem_quota = 1048576
+        [[pool]]
+        id = 9
+        name = "free"
+        [[vm]]
+        name = "a"
+        socket = "/nonexistent/a.sock"
+        vm_id = 1
+        pool = 4
+        priority = 2
+        mem_quota = 65536
+        [[vm]]
+        name = "b"
+        socket = "/nonexistent/b.sock"
+        vm_id = 2
+        pool = 9
+    "#;
+
+    fn registry() -> StatsRegistry {
+        let mut r = StatsRegistry::for_config(&Config::from_toml(CONFIG).unwrap());
+        r.backend = "cpu".into();
+        r.device = "dev0".into();
+        r.devices = vec!["dev0".into(), "dev1".into()];
+        r
+    }
+
+    #[test]
+    fn one_counter_set_per_vm_and_pool_with_the_configured_values() {
+        let r = registry();
+        assert_eq!(r.vms.len(), 2);
+        let a = &r.vms[0].1;
+        assert_eq!(a.device.load(Relaxed), -1, "not placed");
+        assert!(!a.connected.load(Relaxed));
+        assert_eq!((a.pool_id.load(Relaxed), a.priority.load(Relaxed)), (4, 2));
+        assert_eq!(a.mem_quota.load(Relaxed), 65536);
+        let ids: Vec<(u32, &str)> = r.pools.iter().map(|p| (p.id, p.name.as_str())).collect();
+        assert_eq!(ids, [(4, "gold"), (9, "free")]);
+        assert_eq!(r.pools[0].weight.load(Relaxed), 3);
+        assert_eq!(r.pools[0].quota.limit(), 1048576);
+        assert_eq!(r.pools[1].quota.limit(), u64::MAX, "no quota");
+        assert!(
+            StatsRegistry::new(&r.vms.iter().map(|v| v.0.clone()).collect::<Vec<_>>())
+                .pools
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_reload_takes_over_weights_quotas_and_priorities_and_keeps_usage() {
+        let r = registry();
+        assert!(r.pools[0].quota.try_take(4096));
+        let text = CONFIG
+            .replace("weight = 3", "weight = 5")
+            .replace("mem_quota = 1048576", "mem_quota = 2048")
+            .replace("priority = 2", "priority = 7");
+        r.apply(
+            &Config::from_toml(&text.replace("mem_quota = 65536", "mem_quota = 1024")).unwrap(),
+        );
+        assert_eq!(r.vms[0].1.priority.load(Relaxed), 7);
+        assert_eq!(r.vms[0].1.mem_quota.load(Relaxed), 1024);
+        assert_eq!(r.pools[0].weight.load(Relaxed), 5);
+        assert_eq!(r.pools[0].quota.limit(), 2048);
+        assert_eq!(r.pools[0].quota.used(), 4096, "held memory stays held");
+        assert!(!r.pools[0].quota.try_take(1));
+    }
+
+    #[test]
+    fn the_json_reports_counters_status_and_placement() {
+        let r = registry();
+        let a = &r.vms[0].1;
+        VmStats::bump(&a.commands, 10);
+        VmStats::bump(&a.commands, 2);
+        VmStats::bump(&a.errors, 1);
+        VmStats::bump(&a.bytes_in, 4096);
+        a.device_ns.fetch_add(1500, Relaxed);
+        a.connected.store(true, Relaxed);
+        a.status.store(DeviceStatus::Fenced as u32, Relaxed);
+        a.device.store(1, Relaxed);
+        // b is disconnected: its last status is not reported as current.
+        r.vms[1].1.status.store(DeviceStatus::Ready as u32, Relaxed);
+        assert!(r.pools[0].quota.try_take(512));
+        r.pools[0].device_ns.fetch_add(1500, Relaxed);
+
+        let j = r.to_json();
+        assert_eq!(j["backend"], "cpu");
+        assert_eq!(j["devices"], serde_json::json!(["dev0", "dev1"]));
+        let ja = &j["vms"][0];
+        assert_eq!(ja["name"], "a");
+        assert_eq!(ja["commands"], 12);
+        assert_eq!(ja["errors"], 1);
+        assert_eq!(ja["bytes_in"], 4096);
+        assert_eq!(ja["device_ns"], 1500);
+        assert_eq!(ja["status"], "fenced");
+        assert_eq!(ja["device"], 1);
+        assert_eq!(ja["mem_quota"], 65536);
+        let jb = &j["vms"][1];
+        assert_eq!(jb["status"], "disconnected");
+        assert!(jb["device"].is_null());
+        assert_eq!(jb["commands"], 0);
+        let gold = &j["pools"][0];
+        assert_eq!(
+            (gold["mem_used"].as_u64(), gold["mem_quota"].as_u64()),
+            (Some(512), Some(1048576))
+        );
+        assert_eq!(gold["device_ns"], 1500);
+        assert!(j["pools"][1]["mem_quota"].is_null(), "unlimited");
+    }
+
+    #[test]
+    fn a_vms_log_lines_are_throttled_per_kind() {
+        let r = registry();
+        let a = &r.vms[0].1;
+        assert_eq!(a.log_hit(|l| &mut l.fence), Some(1));
+        assert_eq!(a.log_hit(|l| &mut l.fence), None, "within the interval");
+        assert_eq!(a.log_hit(|l| &mut l.reset), Some(1), "another kind");
+        assert_eq!(r.vms[1].1.log_hit(|l| &mut l.fence), Some(1), "another VM");
     }
 }

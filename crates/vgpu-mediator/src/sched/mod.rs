@@ -16,10 +16,6 @@
 //! Control commands (nop, info, alloc, free, synchronize) never occupy the device and are not
 //! held back by the device limits (only by stream order).
 
-pub mod placement;
-pub mod quota;
-pub mod router;
-
 use crate::config::{Config, Policy};
 use crate::queue::{Gate, Job, WorkQueue};
 use std::collections::VecDeque;

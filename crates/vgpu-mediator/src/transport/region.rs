@@ -61,3 +61,46 @@ impl SharedRegion {
         self.map.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fd::AsRawFd;
+
+    #[test]
+    fn a_region_is_zeroed_sealed_and_one_memory_with_its_file() {
+        let r = SharedRegion::create("t", 128 << 10).unwrap();
+        assert_eq!(r.len(), 128 << 10);
+        assert!(!r.is_empty());
+        let name = std::fs::read_link(format!("/proc/self/fd/{}", r.fd().as_raw_fd())).unwrap();
+        assert!(
+            name.to_string_lossy().contains("memfd:vgpu-t"),
+            "{}",
+            name.display()
+        );
+        let mut b = [0xffu8; 64];
+        r.view().read_bytes((128 << 10) - 64, &mut b);
+        assert_eq!(b, [0; 64]);
+
+        // Whoever holds the file can neither resize it nor lift the seals.
+        let seals = rustix::fs::fcntl_get_seals(r.fd()).unwrap();
+        assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL));
+        assert!(ftruncate(r.fd(), 4096).is_err(), "shrunk");
+        assert!(ftruncate(r.fd(), 1 << 20).is_err(), "grown");
+        assert!(
+            fcntl_add_seals(r.fd(), SealFlags::WRITE).is_err(),
+            "resealed"
+        );
+        assert_eq!(rustix::fs::fstat(r.fd()).unwrap().st_size, 128 << 10);
+
+        // vgpud's view and the client's file are the same memory, both ways.
+        r.view().write_bytes(4096, b"host");
+        let mut got = [0u8; 4];
+        rustix::io::pread(r.fd(), &mut got, 4096).unwrap();
+        assert_eq!(&got, b"host");
+        rustix::io::pwrite(r.fd(), b"guest", 8192).unwrap();
+        let mut got = [0u8; 5];
+        r.view().read_bytes(8192, &mut got);
+        assert_eq!(&got, b"guest");
+    }
+}

@@ -370,3 +370,267 @@ impl Server {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use std::io::{IoSliceMut, Write};
+    use std::mem::MaybeUninit;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    use std::thread::JoinHandle;
+    use vgpu_abi::ivshmem::{CLIENT_PEER_ID, MEDIATOR_PEER_ID, PROTOCOL_VERSION};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long "nothing happens" is watched for.
+    const QUIET: Duration = Duration::from_millis(100);
+
+    fn config(dir: &Path, names: &[&str]) -> Config {
+        let mut t = String::from("[mediator]\nbackend = \"cpu\"\n");
+        for (i, n) in names.iter().enumerate() {
+            t += &format!(
+                "[[vm]]\nname = \"{n}\"\nsocket = \"{}\"\nvm_id = {}\nshm_size = 131072\n",
+                dir.join(format!("{n}.sock")).display(),
+                i + 1
+            );
+        }
+        Config::from_toml(&t).unwrap()
+    }
+
+    fn new_eventfd() -> OwnedFd {
+        eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap()
+    }
+
+    /// A server thread over the VMs of `config`, stopped when dropped.
+    struct Running {
+        events: Receiver<Event>,
+        wake: Arc<OwnedFd>,
+        stop: Arc<OwnedFd>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Running {
+        fn start(cfg: &Config) -> Self {
+            let (tx, rx) = channel();
+            let wake = Arc::new(new_eventfd());
+            let server = Server::bind_all(&cfg.vms, tx, wake.clone()).unwrap();
+            let stop = server.stop_handle();
+            Self {
+                events: rx,
+                wake,
+                stop,
+                thread: Some(std::thread::spawn(move || server.run())),
+            }
+        }
+
+        fn next(&self) -> Event {
+            self.events.recv_timeout(TIMEOUT).expect("an event")
+        }
+
+        fn quiet(&self) -> bool {
+            matches!(
+                self.events.recv_timeout(QUIET),
+                Err(RecvTimeoutError::Timeout)
+            )
+        }
+
+        /// Events signalled on the wake eventfd since the last look.
+        fn wakes(&self) -> u64 {
+            let mut b = [0u8; 8];
+            rustix::io::read(&*self.wake, &mut b).map_or(0, |_| u64::from_le_bytes(b))
+        }
+
+        fn stop(&mut self) {
+            let _ = rustix::io::write(&*self.stop, &1u64.to_le_bytes());
+            if let Some(t) = self.thread.take() {
+                t.join().expect("transport thread panicked");
+            }
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    /// The set-up messages a client receives: `(value, fd)` each.
+    fn read_setup(c: &UnixStream) -> Vec<(i64, Option<OwnedFd>)> {
+        (0..5)
+            .map(|_| {
+                let mut buf = [0u8; 8];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut anc = RecvAncillaryBuffer::new(&mut space);
+                let r = recvmsg(
+                    c,
+                    &mut [IoSliceMut::new(&mut buf)],
+                    &mut anc,
+                    RecvFlags::CMSG_CLOEXEC,
+                )
+                .unwrap();
+                assert_eq!(r.bytes, 8);
+                let fd = anc.drain().find_map(|m| match m {
+                    RecvAncillaryMessage::ScmRights(mut it) => it.next(),
+                    _ => None,
+                });
+                (i64::from_le_bytes(buf), fd)
+            })
+            .collect()
+    }
+
+    /// Reads from `c` until EOF (with a timeout); returns the bytes before it.
+    fn read_to_eof(c: &mut UnixStream) -> Vec<u8> {
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).expect("EOF");
+        all
+    }
+
+    #[test]
+    fn a_client_gets_its_device_once_the_executor_is_ready_and_leaving_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &["a", "b"]);
+        let srv = Running::start(&cfg);
+        let mode = std::fs::metadata(&cfg.vms[1].socket)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "only vgpud's user may connect by default"
+        );
+
+        let client = UnixStream::connect(&cfg.vms[1].socket).unwrap();
+        let Event::Connected(setup) = srv.next() else {
+            panic!("not a connect")
+        };
+        assert_eq!(setup.vm, 1);
+        assert_eq!(setup.region.len(), 131072);
+        // The wake-up follows the event (written just after it is sent).
+        let t0 = std::time::Instant::now();
+        while srv.wakes() == 0 {
+            assert!(t0.elapsed() < TIMEOUT, "no wake-up for the event");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Until the executor says the device is initialised, the client is told nothing.
+        client.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 8];
+        assert!((&client).read(&mut b).is_err());
+        client.set_nonblocking(false).unwrap();
+        setup.ready.send(()).unwrap();
+
+        let msgs = read_setup(&client);
+        let values: Vec<i64> = msgs.iter().map(|m| m.0).collect();
+        assert_eq!(
+            values,
+            [
+                PROTOCOL_VERSION,
+                CLIENT_PEER_ID as i64,
+                -1,
+                MEDIATOR_PEER_ID as i64,
+                CLIENT_PEER_ID as i64
+            ]
+        );
+        let [shm, doorbell, irq] = [2, 3, 4].map(|i| msgs[i].1.as_ref().expect("an fd"));
+        // The memory, the doorbell and the interrupt the executor holds are the client's.
+        rustix::io::pwrite(shm, b"hi", 100).unwrap();
+        let mut got = [0u8; 2];
+        setup.region.view().read_bytes(100, &mut got);
+        assert_eq!(&got, b"hi");
+        rustix::io::write(doorbell, &1u64.to_le_bytes()).unwrap();
+        rustix::io::read(&setup.doorbell, &mut b).unwrap();
+        rustix::io::write(&setup.irq, &1u64.to_le_bytes()).unwrap();
+        rustix::io::read(irq, &mut b).unwrap();
+
+        // One client per VM: a second is closed on, with no set-up and no event.
+        let mut second = UnixStream::connect(&cfg.vms[1].socket).unwrap();
+        assert!(read_to_eof(&mut second).is_empty());
+        assert!(srv.quiet());
+
+        drop(client);
+        assert!(matches!(srv.next(), Event::Disconnected(1)));
+        // The socket serves the next client.
+        let _again = UnixStream::connect(&cfg.vms[1].socket).unwrap();
+        let Event::Connected(s) = srv.next() else {
+            panic!("not a connect")
+        };
+        assert_eq!(s.vm, 1);
+        s.ready.send(()).unwrap();
+    }
+
+    #[test]
+    fn a_client_that_sends_data_is_disconnected() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &["a"]);
+        let srv = Running::start(&cfg);
+        let mut client = UnixStream::connect(&cfg.vms[0].socket).unwrap();
+        let Event::Connected(setup) = srv.next() else {
+            panic!("not a connect")
+        };
+        setup.ready.send(()).unwrap();
+        read_setup(&client);
+        client.write_all(b"hello").unwrap();
+        assert!(matches!(srv.next(), Event::Disconnected(0)));
+        assert!(read_to_eof(&mut client).is_empty());
+    }
+
+    #[test]
+    fn an_executor_that_never_answers_leaves_no_client_attached() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &["a"]);
+        let srv = Running::start(&cfg);
+        let mut client = UnixStream::connect(&cfg.vms[0].socket).unwrap();
+        let Event::Connected(setup) = srv.next() else {
+            panic!("not a connect")
+        };
+        // The executor is gone before acknowledging: the set-up fails, the client is closed
+        // on and the executor told to free what it may hold.
+        drop(setup);
+        assert!(read_to_eof(&mut client).is_empty());
+        assert!(matches!(srv.next(), Event::Disconnected(0)));
+    }
+
+    #[test]
+    fn stopping_removes_the_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &["a", "b"]);
+        let mut srv = Running::start(&cfg);
+        assert!(cfg.vms.iter().all(|v| v.socket.exists()));
+        srv.stop();
+        assert!(cfg.vms.iter().all(|v| !v.socket.exists()));
+    }
+
+    #[test]
+    fn bind_all_replaces_only_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = channel();
+        let wake = Arc::new(new_eventfd());
+        let bind = |cfg: &Config| Server::bind_all(&cfg.vms, tx.clone(), wake.clone());
+
+        let mut missing = config(dir.path(), &["a"]);
+        missing.vms[0].socket = dir.path().join("no-such-dir/a.sock");
+        assert!(matches!(
+            bind(&missing),
+            Err(TransportError::MissingDir { .. })
+        ));
+
+        // A file that is not a socket is never replaced; what was bound before is removed.
+        let cfg = config(dir.path(), &["a", "b"]);
+        std::fs::write(&cfg.vms[1].socket, b"precious").unwrap();
+        assert!(matches!(bind(&cfg), Err(TransportError::NotASocket { .. })));
+        assert_eq!(std::fs::read(&cfg.vms[1].socket).unwrap(), b"precious");
+        assert!(!cfg.vms[0].socket.exists(), "a's socket was not cleaned up");
+        std::fs::remove_file(&cfg.vms[1].socket).unwrap();
+
+        // A socket another server listens on is in use; one nobody listens on is stale.
+        let live = bind(&config(dir.path(), &["a"])).unwrap();
+        assert!(matches!(bind(&cfg), Err(TransportError::InUse { .. })));
+        drop(live);
+        assert!(cfg.vms[0].socket.exists(), "left behind, as by a crash");
+        let _server = bind(&cfg).expect("a stale socket is replaced");
+        assert!(UnixStream::connect(&cfg.vms[0].socket).is_ok());
+    }
+}

@@ -1,12 +1,17 @@
 //! Routes transport events to the executors of several devices: a VM that connects is placed
 //! on the least-loaded device of its pool ([`Placement`]) and stays there until it leaves; a
 //! configuration reload reaches every executor.
+//!
+//! The router sits above the executors (it feeds them), not in the scheduler below them: the
+//! scheduler decides what one device runs next and knows nothing of devices or VMs' placement.
 
-use super::placement::Placement;
+mod placement;
+
 use crate::config::Config;
 use crate::executor::ExecEvent;
 use crate::stats::StatsRegistry;
 use crate::transport::Event;
+pub use placement::{Placement, PlacementError};
 use rustix::fd::OwnedFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, Sender};
