@@ -159,7 +159,7 @@ impl Worker {
         }
         .context("kernel parameters")?;
         let mut batch: Vec<Sqe> = (0..o.batch)
-            .map(|i| Command::Launch { launch: launch }.encode(0, i as u64))
+            .map(|i| Command::Launch { launch }.encode(0, i as u64))
             .collect();
         batch.push(Command::Synchronize { all_streams: false }.encode(0, u64::MAX));
         Ok(Self {
