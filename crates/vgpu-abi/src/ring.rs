@@ -239,14 +239,13 @@ mod tests {
     use crate::cmd::Command;
     use proptest::prelude::*;
 
-    struct Mem(Vec<u64>);
+    struct Mem(ShmView);
     impl Mem {
         fn new(size: usize) -> Self {
-            Mem(vec![0; size / 8])
+            Mem(ShmView::leak_zeroed(size))
         }
         fn view(&mut self) -> ShmView {
-            // SAFETY: the Vec outlives every use in the test; 8-aligned; len in bytes.
-            unsafe { ShmView::new(self.0.as_mut_ptr().cast(), self.0.len() * 8) }
+            self.0
         }
     }
 

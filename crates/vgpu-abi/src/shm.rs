@@ -52,6 +52,16 @@ impl ShmView {
         }
     }
 
+    /// A view of a fresh zeroed buffer of `len` bytes that is never freed, so that no copy of
+    /// the view can outlive its memory: shared memory for tests and tools, without `unsafe`
+    /// at their call sites. Each call leaks its buffer; use it for bounded, test-sized needs.
+    pub fn leak_zeroed(len: usize) -> Self {
+        let buf: &'static mut [u64] = Vec::leak(vec![0u64; len.div_ceil(8)]);
+        // SAFETY: the buffer is 8-aligned, at least `len` bytes long, readable and writable,
+        // and leaked: it stays allocated for the rest of the process.
+        unsafe { Self::new(buf.as_mut_ptr().cast(), len) }
+    }
+
     /// The model memory behind this view, if any (model checking only).
     #[cfg(loom)]
     #[inline]

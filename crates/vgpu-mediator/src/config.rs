@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [mediator]
-//! backend = "auto"          # auto | cpu
+//! backend = "auto"          # auto | cpu | cuda
 //! admin_socket = "/run/vgpu/admin.sock"
 //! poll_us = 50              # how long to keep polling rings after the last work
 //! executor_cpus = [3]       # pin device i's executor thread to CPU executor_cpus[i % len]
@@ -329,7 +329,8 @@ pub enum Policy {
     /// Strict priority classes, weighted fair share between pools, round-robin in a pool.
     #[default]
     Priority,
-    /// Arrival order across all VMs (for comparison); the same limits apply.
+    /// Arrival order across all VMs (for comparison): the queued, in-flight and depth limits
+    /// apply, but not the reserve, the starvation guard or the `device_queue_us` budget.
     Fifo,
 }
 
@@ -350,7 +351,8 @@ pub struct SchedulerConfig {
     /// Jobs one VM may have on the device at once (0: only the device depth limits).
     #[serde(default)]
     pub vm_max_inflight: u32,
-    /// Jobs on one device at once (default: `cpu_slots` on the cpu backend, else 4). A short
+    /// Jobs on one device at once (default: `cpu_slots` on the cpu backend, else
+    /// [`crate::sched::DEFAULT_DEVICE_DEPTH`]). A short
     /// device queue is what lets a higher class overtake: running work is never preempted.
     #[serde(default)]
     pub device_depth: Option<u32>,

@@ -354,9 +354,7 @@ mod tests {
 
     #[test]
     fn quota_ownership_and_faults() {
-        let mut mem = vec![0u64; 1024];
-        // SAFETY: `mem` outlives the view; 8 KiB, 8-aligned.
-        let view = unsafe { vgpu_abi::ShmView::new(mem.as_mut_ptr().cast(), 8192) };
+        let view = vgpu_abi::ShmView::leak_zeroed(8192);
         let st = Staging {
             view,
             offset: 0,
@@ -421,6 +419,5 @@ mod tests {
             Err(Status::ContextLost)
         );
         assert_eq!(d.execute(&mut be, 0, &Command::Nop), Ok(Issued::DONE));
-        drop(mem);
     }
 }

@@ -536,3 +536,22 @@ fn device_ranges_and_effects() {
         Effect::Alloc { size: 9 }
     );
 }
+
+/// docs/abi.md has a row for every declared command, with its opcode.
+#[test]
+fn every_command_is_documented() {
+    let doc = include_str!("../../../../docs/abi.md");
+    for op in Opcode::ALL {
+        let mut name = String::new();
+        let mut prev_lower = false;
+        for c in op.name().chars() {
+            if c.is_ascii_uppercase() && prev_lower {
+                name.push('_');
+            }
+            prev_lower = c.is_ascii_lowercase();
+            name.push(c.to_ascii_uppercase());
+        }
+        let row = format!("| `{:#04x}` | {name}", *op as u16);
+        assert!(doc.contains(&row), "docs/abi.md lacks the row {row:?}");
+    }
+}

@@ -179,15 +179,11 @@ mod tests {
 
     /// Runs `f` on a view of a zeroed, 8-aligned buffer of `len` bytes holding `regs`.
     fn with_page(len: usize, regs: Option<&RegisterPage>, f: impl FnOnce(ShmView)) {
-        let mut buf = vec![0u64; len.div_ceil(8)];
-        // SAFETY: the buffer is 8-aligned and at least `len` bytes long, and it is dropped only
-        // after `f` returns; no test keeps the view beyond `f`.
-        let view = unsafe { ShmView::new(buf.as_mut_ptr().cast(), len) };
+        let view = vgpu_abi::ShmView::leak_zeroed(len);
         if let Some(r) = regs {
             view.write_obj(0, r);
         }
         f(view);
-        drop(buf);
     }
 
     #[test]

@@ -433,15 +433,11 @@ mod tests {
     /// Runs `f` with guest-side ring state and the host's completion producer over a zeroed
     /// buffer laid out like a BAR2 of `MIN_SHM_SIZE` bytes.
     fn with_rings(f: impl FnOnce(&mut Rings, &mut CqProducer)) {
-        let mut buf = vec![0u64; MIN_SHM_SIZE as usize / 8];
-        // SAFETY: the buffer is 8-aligned and `MIN_SHM_SIZE` bytes long, and it is dropped
-        // only after `f` returns; nothing keeps the view (or the ring state) beyond `f`.
-        let view = unsafe { ShmView::new(buf.as_mut_ptr().cast(), MIN_SHM_SIZE as usize) };
+        let view = vgpu_abi::ShmView::leak_zeroed(MIN_SHM_SIZE as usize);
         let layout = Layout::compute(MIN_SHM_SIZE, 4, 8).unwrap();
         let mut rings = Rings::new(view, layout);
         let mut host = CqProducer::new(view, layout);
         f(&mut rings, &mut host);
-        drop(buf);
     }
 
     fn cqe(tag: u64, result0: u64) -> Cqe {

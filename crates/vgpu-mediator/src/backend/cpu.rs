@@ -504,9 +504,7 @@ mod tests {
     use zerocopy::IntoBytes;
 
     fn with_backend(f: impl FnOnce(&mut CpuBackend, Staging, ContextParams)) {
-        let mut mem = vec![0u64; 1024];
-        // SAFETY: `mem` outlives the view and is 8 KiB, 8-aligned.
-        let view = unsafe { vgpu_abi::ShmView::new(mem.as_mut_ptr().cast(), 8192) };
+        let view = vgpu_abi::ShmView::leak_zeroed(8192);
         let staging = Staging {
             view,
             offset: 4096,
@@ -521,7 +519,6 @@ mod tests {
         b.create_context(0, params.clone()).unwrap();
         b.create_context(1, params.clone()).unwrap();
         f(&mut b, staging, params);
-        drop(mem);
     }
 
     fn launch(b: Builtin, p: &[u8]) -> LaunchBody {

@@ -477,4 +477,6 @@ impl WorkQueue for Scheduler {
 }
 
 #[cfg(test)]
+mod queue_tests;
+#[cfg(test)]
 mod tests;

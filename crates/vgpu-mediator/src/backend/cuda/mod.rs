@@ -986,9 +986,7 @@ mod tests {
             skipped!("SKIPPED (no GPU): fault_in_one_context_spares_the_other");
             return;
         }
-        let mut mem = vec![0u64; 1 << 16];
-        // SAFETY: `mem` outlives the backend's use of it (the contexts are destroyed below).
-        let view = unsafe { vgpu_abi::ShmView::new(mem.as_mut_ptr().cast(), 1 << 19) };
+        let view = vgpu_abi::ShmView::leak_zeroed(1 << 19);
         let params = ContextParams {
             staging: Staging {
                 view,
@@ -1025,7 +1023,7 @@ mod tests {
         let r = be
             .copy_d2h(at(1), p1, 0, 4096)
             .and_then(|i| wait(&mut be, 1, i));
-        eprintln!("vm1 copy: {r:?}, word {:#x}", mem[0]);
+        eprintln!("vm1 copy: {r:?}, word {:#x}", view.load_u64(0));
         let r1 = r;
         be.destroy_context(0);
         let r = be.create_context(0, params.clone());
@@ -1036,7 +1034,7 @@ mod tests {
         be.destroy_context(0);
         be.destroy_context(1);
         assert_eq!(r1, Ok(()));
-        assert_eq!(mem[0], 0x0000_0007_0000_0007);
+        assert_eq!(view.load_u64(0), 0x0000_0007_0000_0007);
         assert!(ok && p0.is_ok());
     }
 
@@ -1048,9 +1046,7 @@ mod tests {
             skipped!("SKIPPED (no GPU): kernel_accounting_reports_device_time");
             return;
         }
-        let mut mem = vec![0u64; 1 << 13];
-        // SAFETY: `mem` outlives the backend's use of it (the context is destroyed below).
-        let view = unsafe { vgpu_abi::ShmView::new(mem.as_mut_ptr().cast(), 1 << 16) };
+        let view = vgpu_abi::ShmView::leak_zeroed(1 << 16);
         let params = ContextParams {
             staging: Staging {
                 view,
