@@ -309,7 +309,17 @@ fn streams_keep_order_and_overlap() {
         other < Duration::from_millis(250),
         "another stream waited for s1's busy kernel ({other:?})"
     );
+    // STREAM_QUERY: where the device orders streams (cuda) it answers at once, and s1's
+    // kernel still runs; the cpu device answers it once s1's earlier commands retired.
+    let done = s1.query().unwrap();
+    if is_cuda() {
+        assert!(!done, "s1 reported idle while its busy kernel runs");
+        assert!(t0.elapsed() < Duration::from_millis(300), "the query waited");
+    } else {
+        assert!(done && t0.elapsed() >= Duration::from_millis(300));
+    }
     s1.synchronize().unwrap();
+    assert!(s1.query().unwrap() && s2.query().unwrap());
     assert!(t0.elapsed() >= Duration::from_millis(300));
     for p in [busy, m1, m2, c1] {
         p.wait().unwrap();
@@ -558,6 +568,12 @@ fn ptx_vector_add_and_foreign_handles() {
     );
     other.nop().unwrap();
     assert_eq!(other.info().status, Some(DeviceStatus::Ready));
+    // Handles are unique across VMs (each context numbers its own from a distinct base).
+    let m2 = other.load_module(&ptx("vector_add.ptx")).unwrap();
+    let f2 = m2.function("vadd").unwrap();
+    assert_ne!(m2.handle(), m.handle());
+    assert_ne!(f2.handle(), f.handle());
+    drop(m2);
     drop(m);
     drop((dev, other));
     d.stop();
