@@ -128,6 +128,7 @@ fn commands() -> Vec<(&'static str, Command)> {
             "synchronize_all",
             Command::Synchronize { all_streams: true },
         ),
+        ("stream_query", Command::StreamQuery),
     ]
 }
 

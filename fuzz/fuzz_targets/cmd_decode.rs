@@ -80,7 +80,8 @@ fn check_accepted(cmd: &Command, staging: u64) {
         | Command::MemFree { .. }
         | Command::ModuleUnload { .. }
         | Command::FuncParamInfo { .. }
-        | Command::Synchronize { .. } => {}
+        | Command::Synchronize { .. }
+        | Command::StreamQuery => {}
     }
 }
 

@@ -306,9 +306,16 @@ fn run(o: &Opts) -> Result<bool> {
         for l in tail.into_iter().rev() {
             eprintln!("  {l}");
         }
+        // libfuzzer-sys compiles libFuzzer itself: without a C++ compiler that is what fails.
+        let no_cxx = err.contains("failed to find tool") || err.contains("c++: not found");
         bail!(
-            "cargo fuzz build failed (full log: {}); libFuzzer needs a C++ compiler (g++)",
-            relative(&build_log)
+            "cargo fuzz build failed (full log: {}){}",
+            relative(&build_log),
+            if no_cxx {
+                "; libFuzzer needs a C++ compiler (g++)"
+            } else {
+                ""
+            }
         );
     }
 
