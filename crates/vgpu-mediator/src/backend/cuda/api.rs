@@ -11,9 +11,10 @@
 //!
 //! That contract is why the functions taking handles are safe `fn`s although clippy cannot see
 //! the handles are never dereferenced on the host (`not_unsafe_ptr_arg_deref`, allowed below).
-//! A few also take host pointers into memory the caller keeps mapped ([`memcpy_htod`],
-//! [`memcpy_dtoh`], [`host_register`], [`launch`]): the cuda backend's zero-copy path, whose
-//! guest memory has no Rust owner. Everything else uses the borrow-checked forms instead:
+//! The few that take host pointers into memory the caller keeps mapped are `unsafe fn`s
+//! ([`memcpy_htod`], [`memcpy_dtoh`], [`host_register`], [`launch`]): the cuda backend's
+//! zero-copy path, whose guest memory has no Rust owner. Everything else uses the
+//! borrow-checked forms instead:
 //! [`memcpy_htod_sync`], [`memcpy_dtoh_sync`], [`Kernel::launch`], [`HostMem`],
 //! [`RegisteredMap`].
 
@@ -177,8 +178,10 @@ pub fn stream_priority_range() -> CuResult<(i32, i32)> {
 
 /// Page-locks `[p, p+len)` for DMA in the current context.
 ///
-/// The caller keeps the range mapped until [`host_unregister`] (or the context's destruction).
-pub fn host_register(p: *mut u8, len: usize) -> CuResult<()> {
+/// # Safety
+/// `[p, p+len)` is a live mapping, and the caller keeps it mapped until [`host_unregister`]
+/// (or the context's destruction).
+pub unsafe fn host_register(p: *mut u8, len: usize) -> CuResult<()> {
     // SAFETY: the caller guarantees `[p, p+len)` is a live mapping; the driver pins its pages
     // and never dereferences beyond it. Flags 0: pinned for this context.
     check(unsafe { sys::cuMemHostRegister_v2(p.cast(), len, 0) })
@@ -290,14 +293,21 @@ pub fn memset_d32(dst: CUdeviceptr, v: u32, count: u64, s: CUstream) -> CuResult
 ///
 /// The caller keeps `[src, src+len)` mapped (and, for zero-copy DMA, registered) until the
 /// copy has completed (an event recorded after it has).
-pub fn memcpy_htod(dst: CUdeviceptr, src: *const u8, len: u64, s: CUstream) -> CuResult<()> {
+///
+/// # Safety
+/// `[src, src+len)` is readable memory that stays mapped until the copy has completed.
+pub unsafe fn memcpy_htod(dst: CUdeviceptr, src: *const u8, len: u64, s: CUstream) -> CuResult<()> {
     // SAFETY: `src` points to `len` bytes of the VM's shared region, which stays mapped while
     // the VM's context lives (the caller's invariant); the device range was checked.
     check(unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast::<c_void>(), len as usize, s) })
 }
 
 /// Device → host, asynchronous on `s` (same contract as [`memcpy_htod`]).
-pub fn memcpy_dtoh(dst: *mut u8, src: CUdeviceptr, len: u64, s: CUstream) -> CuResult<()> {
+///
+/// # Safety
+/// `[dst, dst+len)` is writable memory that stays mapped until the copy has completed, and no
+/// Rust reference to it is used meanwhile.
+pub unsafe fn memcpy_dtoh(dst: *mut u8, src: CUdeviceptr, len: u64, s: CUstream) -> CuResult<()> {
     // SAFETY: `dst` points to `len` bytes of the VM's shared region, mapped while the context
     // lives; the guest may race on those bytes but they are plain shared memory (no Rust
     // references exist to them).
@@ -307,14 +317,16 @@ pub fn memcpy_dtoh(dst: *mut u8, src: CUdeviceptr, len: u64, s: CUstream) -> CuR
 /// Host → device on `s`, waiting for the copy (and all else queued on `s`) to complete, so
 /// `src` is borrowed for no longer than the DMA reads it.
 pub fn memcpy_htod_sync(dst: CUdeviceptr, src: &[u8], s: CUstream) -> CuResult<()> {
-    memcpy_htod(dst, src.as_ptr(), src.len() as u64, s)?;
+    // SAFETY: `src` is borrowed until the stream (and so the copy) has completed.
+    unsafe { memcpy_htod(dst, src.as_ptr(), src.len() as u64, s)? };
     stream_synchronize(s)
 }
 
 /// Device → host on `s`, waiting as [`memcpy_htod_sync`] does (`dst` is borrowed mutably until
 /// the DMA has written it).
 pub fn memcpy_dtoh_sync(dst: &mut [u8], src: CUdeviceptr, s: CUstream) -> CuResult<()> {
-    memcpy_dtoh(dst.as_mut_ptr(), src, dst.len() as u64, s)?;
+    // SAFETY: `dst` is borrowed mutably until the stream (and so the copy) has completed.
+    unsafe { memcpy_dtoh(dst.as_mut_ptr(), src, dst.len() as u64, s)? };
     stream_synchronize(s)
 }
 
@@ -387,8 +399,12 @@ pub fn function_params(f: CUfunction, max: usize) -> CuResult<Vec<(usize, usize)
 }
 
 /// Launches `f` on `s`. `params[i]` points at the bytes of parameter `i`.
+///
+/// # Safety
+/// `params` has one pointer per parameter of `f`, each to at least that parameter's size of
+/// readable bytes that outlive the call.
 #[allow(clippy::too_many_arguments)]
-pub fn launch(
+pub unsafe fn launch(
     f: CUfunction,
     grid: [u32; 3],
     block: [u32; 3],
@@ -467,7 +483,9 @@ impl Kernel {
             // The driver only reads through these, and copies them before returning.
             ptrs.push(packed[off..].as_ptr() as *mut c_void);
         }
-        launch(self.f, grid, block, shared_mem, s, &mut ptrs)
+        // SAFETY: one pointer per parameter of `f`, each inside `packed` (checked above),
+        // which outlives the call.
+        unsafe { launch(self.f, grid, block, shared_mem, s, &mut ptrs) }
     }
 }
 
@@ -538,7 +556,8 @@ pub struct RegisteredMap {
 impl RegisteredMap {
     /// Registers the whole of `map`.
     pub fn new(mut map: memmap2::MmapMut) -> CuResult<Self> {
-        host_register(map.as_mut_ptr(), map.len())?;
+        // SAFETY: `map` is a live mapping that this value owns until after it unregisters it.
+        unsafe { host_register(map.as_mut_ptr(), map.len())? };
         Ok(Self { map })
     }
 

@@ -348,7 +348,9 @@ impl CudaBackend {
         c.cuda_priority = least - params.priority.min(steps) as i32;
         let view = params.staging.view;
         let base = view.raw_range(0, view.len());
-        match api::host_register(base, view.len()) {
+        // SAFETY: the region is mapped for the VM's whole life, and the context (which
+        // unregisters it, or takes the registration with it) never outlives the VM.
+        match unsafe { api::host_register(base, view.len()) } {
             Ok(()) => c.registered = Some(base),
             Err(r) => warn!(
                 "cuMemHostRegister of the shared region failed ({r:?}): copies will be staged by the driver"
@@ -686,7 +688,9 @@ impl Handler for CudaBackend {
     ) -> Result<Issued, Status> {
         let src = self.ctxs.get(&at.vm).ok_or(Status::Internal)?;
         let src = src.staging_ptr(staging_offset, len)?;
-        self.staged_copy(at, len, |s| api::memcpy_htod(dst, src, len, s))
+        // SAFETY: `src` is `len` bytes of the VM's staging (checked by `staging_ptr`), mapped
+        // while its context lives; the copy completes before the VM's region goes.
+        self.staged_copy(at, len, |s| unsafe { api::memcpy_htod(dst, src, len, s) })
     }
 
     fn copy_d2h(
@@ -698,7 +702,8 @@ impl Handler for CudaBackend {
     ) -> Result<Issued, Status> {
         let dst = self.ctxs.get(&at.vm).ok_or(Status::Internal)?;
         let dst = dst.staging_ptr(staging_offset, len)?;
-        self.staged_copy(at, len, |s| api::memcpy_dtoh(dst, src, len, s))
+        // SAFETY: as for `copy_h2d`; nothing in vgpud holds a reference into staging.
+        self.staged_copy(at, len, |s| unsafe { api::memcpy_dtoh(dst, src, len, s) })
     }
 
     fn copy_d2d(&mut self, at: VmStream, dst: u64, src: u64, len: u64) -> Result<Issued, Status> {
@@ -737,7 +742,9 @@ impl Handler for CudaBackend {
                 // In bounds: every parameter ends at or before `given` <= the array's length.
                 .map(|&(o, _)| base.wrapping_add(o).cast::<c_void>())
                 .collect();
-            api::launch(func.f, grid, block, shared_mem, s, &mut ptrs).map_err(status_of)
+            // SAFETY: one pointer per parameter of the function (its layout from
+            // `function_params`), each inside `bytes`, which outlives the call.
+            unsafe { api::launch(func.f, grid, block, shared_mem, s, &mut ptrs) }.map_err(status_of)
         })
     }
 
