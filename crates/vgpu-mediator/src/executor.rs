@@ -341,7 +341,9 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             }
             self.sleep(hint);
             self.set_polling(true);
-            last_work = Instant::now();
+            // No new polling window here: a wake that finds work opens one (above), and one
+            // on a timer alone (a full CQ, a context starting) goes back to sleep at once
+            // instead of spinning `poll_us` for nothing every time.
         }
         for slot in self.slots.iter_mut().flatten() {
             slot.ch.stop();

@@ -141,6 +141,20 @@ fn hostile_client_cannot_disturb_another() {
     // The hostile VM can recover by resetting its device.
     evil.reset().unwrap();
     assert_eq!(evil.info().status, Some(DeviceStatus::Ready));
+    // However the random phases fell (a random reset request can pre-empt each fence, and a
+    // loaded machine runs few phases), one certain violation: an SQ tail far ahead.
+    shm.store_u32(
+        layout.sq_offset as usize + vgpu_abi::layout::ring_hdr::TAIL,
+        1 << 30,
+    );
+    evil.ring_doorbell();
+    let t = Instant::now();
+    while evil.info().status != Some(DeviceStatus::Fenced) {
+        assert!(t.elapsed() < Duration::from_secs(10), "not fenced");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    evil.reset().unwrap();
+    assert_eq!(evil.info().status, Some(DeviceStatus::Ready));
     workload(&evil, &mut Rng(5));
     workload(&good_dev, &mut Rng(6));
     drop((evil, good_dev));
