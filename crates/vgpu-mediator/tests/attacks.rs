@@ -230,27 +230,43 @@ fn reset_cannot_hide_device_time() {
     let storm = Device::connect(&d.socket("storm")).unwrap();
     let victim = Device::connect(&d.socket("victim")).unwrap();
     victim.nop().unwrap();
-    let rounds = 4u32;
-    let t0 = Instant::now();
+    // A round's kernel is on the device once vgpud took it and issued it; the executor drops
+    // a taken kernel unrun when the reset request lands between the two (there is no device
+    // time to hide then). So each round looks at whether its kernel ran (it was charged as
+    // device time) and, if it did, that the reset waited for it.
+    let rounds = 5u32;
+    let mut ran = 0u32;
     for _ in 0..rounds {
+        let ns0 = d.vm_stats("storm").device_ns;
         let head0 = sq_head(&storm);
+        let t0 = Instant::now();
         let p = storm
             .stream(0)
             .launch_body(LaunchBody::busy(kernel.as_micros() as u32))
             .unwrap();
-        // Once vgpud took the entry (the SQ head moved past it) the kernel is on the device: the
-        // executor issues what it took in the same pass, and looks at a reset request only in
-        // the next one (a reset that came first would simply drop the kernel unrun).
         wait_until("vgpud to take the kernel", Duration::from_secs(10), || {
             sq_head(&storm) == head0.wrapping_add(1)
         });
         storm.reset().unwrap();
         assert_eq!(status_of(p.wait().unwrap_err()), Status::Aborted);
+        let took = t0.elapsed();
+        let charged = Duration::from_nanos(d.vm_stats("storm").device_ns - ns0);
+        if charged >= kernel * 9 / 10 {
+            ran += 1;
+            assert!(
+                took >= kernel * 9 / 10,
+                "the reset did not wait for the kernel on the device ({took:?})"
+            );
+        } else {
+            assert!(
+                charged < kernel / 10,
+                "a kernel partly charged: {charged:?}"
+            );
+        }
     }
-    let storm_time = t0.elapsed();
     assert!(
-        storm_time >= kernel * rounds * 9 / 10,
-        "the resets did not wait for the work on the device ({storm_time:?})"
+        ran >= 2,
+        "only {ran} of {rounds} kernels reached the device"
     );
     // The slot is free again: the victim's short kernel does not wait behind a hidden queue.
     let t1 = Instant::now();
@@ -259,11 +275,6 @@ fn reset_cannot_hide_device_time() {
     assert!(
         waited < kernel,
         "the victim's 1 ms kernel waited {waited:?} behind reset-away work"
-    );
-    let device_ns = d.vm_stats("storm").device_ns;
-    assert!(
-        Duration::from_nanos(device_ns) >= kernel * (rounds - 1),
-        "the reset-away work was not charged to the VM: {device_ns} ns"
     );
 }
 
