@@ -59,6 +59,8 @@ fn vgpud() -> Vgpud {
     let d = dir.path();
     let cfg = ConfigBuilder::new()
         .backend("cpu")
+        // Long enough for the busy kernel that `reset` must stop.
+        .mediator("max_kernel_us", 5_000_000)
         .admin_socket(&d.join("admin.sock"))
         .pool(PoolEntry::new(1).name("gold").weight(3))
         .pool(PoolEntry::new(2).name("free"))
@@ -261,6 +263,33 @@ fn reset_aborts_the_context_and_the_guest_goes_on() {
         e.contains("VM \"b\" is not connected") && e.contains("not_connected"),
         "{e}"
     );
+}
+
+#[test]
+fn reset_aborts_work_on_the_device() {
+    let d = vgpud();
+    let dev = Device::connect(&d.socket("a")).unwrap();
+    let kernel = Duration::from_secs(3);
+    let t0 = Instant::now();
+    let p = dev
+        .stream(0)
+        .launch_body(vgpu_abi::cmd::LaunchBody::busy(kernel.as_micros() as u32))
+        .unwrap();
+    // The kernel is on the device once vgpud took it (the cpu device runs it on a slot).
+    std::thread::sleep(Duration::from_millis(200));
+    ok(&d, &["reset", "a"]);
+    match p.wait().unwrap_err() {
+        vgpu_guest::Error::Command { status, .. } => {
+            assert_eq!(status, vgpu_abi::Status::Aborted)
+        }
+        other => panic!("expected ABORTED, got {other}"),
+    }
+    assert!(
+        t0.elapsed() < kernel,
+        "the kernel was stopped, not waited for"
+    );
+    dev.reset().unwrap();
+    dev.nop().unwrap();
 }
 
 #[test]
