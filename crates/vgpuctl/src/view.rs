@@ -215,7 +215,7 @@ pub fn list_text(stats: &Value) -> String {
     out
 }
 
-/// `vgpuctl show VM`: one field a line, in vgpud's order.
+/// `vgpuctl show VM`: one field a line, by field name; sizes and times also in units.
 pub fn show_text(vm: &Value) -> String {
     let mut out = String::new();
     for (k, v) in vm.as_object().into_iter().flatten() {
