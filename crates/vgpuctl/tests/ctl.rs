@@ -361,3 +361,100 @@ fn an_unprivileged_peer_is_told_permission_denied() {
         "{e}"
     );
 }
+
+/// `top` on a pseudo-terminal: it draws the VMs, redraws, quits on `q` and leaves the
+/// terminal as it found it (alternate screen left, cursor shown).
+#[test]
+fn top_draws_on_a_terminal_and_quits_on_q() {
+    use std::io::{Read, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let d = vgpud();
+    let dev = Device::connect(&d.socket("a")).unwrap();
+    dev.nop().unwrap();
+    let (mut master, slave) = {
+        let (mut m, mut s) = (0, 0);
+        let mut ws = libc::winsize {
+            ws_row: 30,
+            ws_col: 120,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two descriptors it opened into `m` and `s`; the name and
+        // termios pointers may be null, `ws` is a valid winsize.
+        let rc = unsafe {
+            libc::openpty(
+                &mut m,
+                &mut s,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &mut ws,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened by openpty and are owned by nobody else.
+        unsafe {
+            (
+                std::fs::File::from(OwnedFd::from_raw_fd(m)),
+                OwnedFd::from_raw_fd(s),
+            )
+        }
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
+        .arg("--admin-socket")
+        .arg(d.admin())
+        .args(["top", "--interval", "0.2"])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let reader = {
+        let mut m = master.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once the child closed its side.
+            while let Ok(n) = m.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                all.extend_from_slice(&buf[..n]);
+            }
+            all
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    master.write_all(b"q").unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "top did not quit on q"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    drop(master);
+    let out = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    for want in [
+        "VMs 1/2 connected",
+        "gold",
+        "free",
+        "ready",
+        "disconnected",
+        "CMD/S",
+    ] {
+        assert!(out.contains(want), "{want:?} not drawn:\n{out:?}");
+    }
+    assert!(
+        out.contains("\x1b[?1049h"),
+        "the alternate screen was not entered"
+    );
+    let left = out
+        .rfind("\x1b[?1049l")
+        .expect("the alternate screen was left");
+    assert!(left > out.rfind("\x1b[?1049h").unwrap());
+}
