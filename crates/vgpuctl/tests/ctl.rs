@@ -373,7 +373,7 @@ fn top_draws_on_a_terminal_and_quits_on_q() {
     dev.nop().unwrap();
     let (mut master, slave) = {
         let (mut m, mut s) = (0, 0);
-        let mut ws = libc::winsize {
+        let ws = libc::winsize {
             ws_row: 30,
             ws_col: 120,
             ws_xpixel: 0,
@@ -381,15 +381,8 @@ fn top_draws_on_a_terminal_and_quits_on_q() {
         };
         // SAFETY: openpty writes two descriptors it opened into `m` and `s`; the name and
         // termios pointers may be null, `ws` is a valid winsize.
-        let rc = unsafe {
-            libc::openpty(
-                &mut m,
-                &mut s,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &mut ws,
-            )
-        };
+        let rc =
+            unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
         // SAFETY: both descriptors were just opened by openpty and are owned by nobody else.
         unsafe {
