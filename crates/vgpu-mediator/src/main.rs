@@ -143,7 +143,9 @@ fn run(args: Args) -> Result<()> {
             .context("executor thread ended at start")?
             .with_context(|| format!("device {index}"))?;
     }
-    let router = Arc::new(Router::new(cfg.clone(), handles, registry.clone()));
+    let router = Arc::new(
+        Router::new(cfg.clone(), handles, registry.clone()).persisting_to(args.config.clone()),
+    );
     // Bound once the router exists: the admin socket's changing requests go through it.
     if let Some(a) = &cfg.mediator.admin_socket {
         admin::spawn(a, &cfg.mediator, registry.clone(), router.clone())

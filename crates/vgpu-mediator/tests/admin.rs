@@ -152,8 +152,8 @@ fn protocol_version_2() {
         "unknown_pool"
     );
     assert_eq!(
-        code(json!({"version": 2, "request": "set", "vm": "a", "priority": 5, "persist": true})),
-        "unsupported"
+        code(json!({"version": 2, "request": "set", "vm": "a", "priority": 5, "persist": 1})),
+        "bad_request"
     );
     assert_eq!(
         code(json!({"version": 2, "request": "set", "vm": "a", "priority": -5})),

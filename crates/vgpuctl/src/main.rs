@@ -56,8 +56,9 @@ enum Cmd {
         /// The VM's name.
         vm: String,
     },
-    /// Changes a VM's priority or a pool's weight at run time (not written to the config
-    /// file: a restart or SIGHUP reload goes back to the file's values).
+    /// Changes a VM's priority or a pool's weight at run time. Without --persist it is not
+    /// written to the config file (a restart or SIGHUP reload goes back to the file's value);
+    /// with it, vgpud writes that one key to its config file first.
     Set {
         #[command(subcommand)]
         what: SetCmd,
@@ -77,24 +78,39 @@ enum SetCmd {
         key: String,
         /// The new weight.
         weight: u32,
+        /// Also write it to vgpud's config file.
+        #[arg(long)]
+        persist: bool,
     },
-    /// `set VM priority N`: a VM's priority (0 = lowest).
+    /// `set VM priority N [--persist]`: a VM's priority (0 = lowest).
     #[command(external_subcommand)]
     Vm(Vec<String>),
 }
 
-/// `set VM priority N`, whose first word is the VM's name (clap takes it as a subcommand).
-fn set_vm(words: &[String]) -> Result<(String, u32)> {
-    match words {
+/// `set VM priority N [--persist]`, whose first word is the VM's name (clap takes it as a
+/// subcommand). Returns the VM, the priority and whether to persist it.
+fn set_vm(words: &[String]) -> Result<(String, u32, bool)> {
+    let persist = words.iter().any(|w| w == "--persist");
+    let rest: Vec<&String> = words.iter().filter(|w| *w != "--persist").collect();
+    match rest[..] {
         [vm, key, n] if key == "priority" => {
             let n = n
                 .parse()
                 .map_err(|_| anyhow!("priority must be an integer 0..=4294967295, not {n:?}"))?;
-            Ok((vm.clone(), n))
+            Ok((vm.clone(), n, persist))
         }
         _ => Err(anyhow!(
-            "usage: vgpuctl set VM priority N | vgpuctl set pool POOL weight W"
+            "usage: vgpuctl set VM priority N [--persist] | vgpuctl set pool POOL weight W [--persist]"
         )),
+    }
+}
+
+/// How long a `set` lasts.
+fn until(persisted: bool) -> &'static str {
+    if persisted {
+        "(also written to vgpud's config file)"
+    } else {
+        "(until restart or reload)"
     }
 }
 
@@ -144,17 +160,24 @@ fn run(args: Args) -> Result<()> {
                 v["generation"]
             );
         }
-        Cmd::Set { what } => match what {
-            SetCmd::Pool { pool, weight, .. } => {
-                c.call(json!({"request": "set", "pool": pool, "weight": weight}))?;
-                println!("pool {pool}: weight {weight} (until restart or reload)");
+        Cmd::Set { what } => {
+            match what {
+                SetCmd::Pool {
+                    pool,
+                    weight,
+                    persist,
+                    ..
+                } => {
+                    c.call(json!({"request": "set", "pool": pool, "weight": weight, "persist": persist}))?;
+                    println!("pool {pool}: weight {weight} {}", until(persist));
+                }
+                SetCmd::Vm(words) => {
+                    let (vm, priority, persist) = set_vm(&words)?;
+                    c.call(json!({"request": "set", "vm": vm, "priority": priority, "persist": persist}))?;
+                    println!("{vm}: priority {priority} {}", until(persist));
+                }
             }
-            SetCmd::Vm(words) => {
-                let (vm, priority) = set_vm(&words)?;
-                c.call(json!({"request": "set", "vm": vm, "priority": priority}))?;
-                println!("{vm}: priority {priority} (until restart or reload)");
-            }
-        },
+        }
     }
     Ok(())
 }

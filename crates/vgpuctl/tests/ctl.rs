@@ -225,6 +225,51 @@ fn set_weight_shows_in_the_stats() {
 }
 
 #[test]
+fn set_persist_writes_the_config_file_and_survives_a_reload() {
+    let d = vgpud();
+    let file = d.dir.path().join("vgpud.toml");
+    let before = std::fs::read_to_string(&file).unwrap();
+    let out = ok(&d, &["set", "a", "priority", "6", "--persist"]);
+    assert!(out.contains("written to vgpud's config file"), "{out}");
+    ok(&d, &["set", "pool", "free", "weight", "4", "--persist"]);
+    ok(&d, &["set", "pool", "gold", "weight", "8"]);
+    let after: toml::Table = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    let vm_a = &after["vm"].as_array().unwrap()[0];
+    assert_eq!(
+        (vm_a["name"].as_str(), vm_a["priority"].as_integer()),
+        (Some("a"), Some(6))
+    );
+    let pools = after["pool"].as_array().unwrap();
+    assert_eq!(pools[1]["weight"].as_integer(), Some(4));
+    assert_eq!(
+        pools[0]["weight"].as_integer(),
+        Some(3),
+        "not persisted: the file keeps 3"
+    );
+    assert_ne!(before, toml::to_string(&after).unwrap());
+    // A reload re-reads the file: the persisted values stay, the other goes back.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(d.child.id() as i32).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    until("the reload", || d.log().contains("reload applied"));
+    let stats = json(&ok(&d, &["stats"]));
+    assert_eq!(vm(&stats, "a")["priority"], 6);
+    assert_eq!(pool(&stats, "free")["weight"], 4);
+    assert_eq!(pool(&stats, "gold")["weight"], 3);
+    // A file vgpud cannot write: refused, nothing changed.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let e = fails(&d, &["set", "a", "priority", "9", "--persist"]);
+    assert!(
+        e.contains("persist_failed") && e.contains("nothing changed"),
+        "{e}"
+    );
+    assert_eq!(vm(&json(&ok(&d, &["stats"])), "a")["priority"], 6);
+}
+
+#[test]
 fn reset_aborts_the_context_and_the_guest_goes_on() {
     let d = vgpud();
     let dev = Device::connect(&d.socket("a")).unwrap();

@@ -36,6 +36,9 @@ pub enum ControlError {
     /// This vgpud cannot do it (e.g. no control path: a unit test's registry).
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// The change could not be written to the config file; nothing changed.
+    #[error("not persisted, nothing changed: {0}")]
+    Persist(String),
 }
 
 impl ControlError {
@@ -45,6 +48,7 @@ impl ControlError {
             Self::Busy(_) => "busy",
             Self::Invalid(_) => "out_of_range",
             Self::Unsupported(_) => "unsupported",
+            Self::Persist(_) => "persist_failed",
         }
     }
 }
@@ -52,10 +56,11 @@ impl ControlError {
 /// What the admin socket may ask of the running mediator; VMs and pools by their index in
 /// the configuration (names are resolved, and unknown ones refused, before it is called).
 pub trait Control: Send + Sync {
-    /// Sets VM `vm`'s priority at run time, as a SIGHUP reload would.
-    fn set_priority(&self, vm: usize, priority: u32) -> Result<(), ControlError>;
-    /// Sets pool `pool`'s weight at run time, as a SIGHUP reload would.
-    fn set_weight(&self, pool: usize, weight: u32) -> Result<(), ControlError>;
+    /// Sets VM `vm`'s priority at run time, as a SIGHUP reload would; with `persist`, also in
+    /// the config file (first: if that fails, nothing changes).
+    fn set_priority(&self, vm: usize, priority: u32, persist: bool) -> Result<(), ControlError>;
+    /// Sets pool `pool`'s weight at run time, as a SIGHUP reload would; `persist` as above.
+    fn set_weight(&self, pool: usize, weight: u32, persist: bool) -> Result<(), ControlError>;
     /// Resets VM `vm`'s device as its guest's reset would; returns the new generation.
     fn reset(&self, vm: usize) -> Result<u32, ControlError>;
 }
@@ -308,11 +313,10 @@ pub fn answer(
             persist,
         } => {
             let i = vm_index(&vm)?;
-            refuse_persist(persist)?;
             let c = control.ok_or(("unsupported", "this vgpud cannot change VMs".into()))?;
-            c.set_priority(i, priority)
+            c.set_priority(i, priority, persist)
                 .map_err(|e| (e.code(), e.to_string()))?;
-            Ok(json!({"ok": true, "vm": vm, "priority": priority, "persisted": false}))
+            Ok(json!({"ok": true, "vm": vm, "priority": priority, "persisted": persist}))
         }
         Request::SetWeight {
             pool,
@@ -334,11 +338,10 @@ pub fn answer(
                         ),
                     )
                 })?;
-            refuse_persist(persist)?;
             let c = control.ok_or(("unsupported", "this vgpud cannot change pools".into()))?;
-            c.set_weight(i, weight)
+            c.set_weight(i, weight, persist)
                 .map_err(|e| (e.code(), e.to_string()))?;
-            Ok(json!({"ok": true, "pool": pool, "weight": weight, "persisted": false}))
+            Ok(json!({"ok": true, "pool": pool, "weight": weight, "persisted": persist}))
         }
     })();
     match result {
@@ -349,21 +352,6 @@ pub fn answer(
         Ok(other) => other,
         Err((code, msg)) => error_reply(version, code, &msg),
     }
-}
-
-/// Run-time changes are not written back to the config file: vgpud does not rewrite an
-/// operator's file (its comments and layout would be lost), so a request that asks for it is
-/// refused before anything changes.
-fn refuse_persist(persist: bool) -> Result<(), (&'static str, String)> {
-    if persist {
-        return Err((
-            "unsupported",
-            "persist is not supported: vgpud does not rewrite its config file; edit the file \
-             (and send SIGHUP) to keep the change across restarts"
-                .into(),
-        ));
-    }
-    Ok(())
 }
 
 /// One VM's full state: its stats entry, with its pool's name and weight.

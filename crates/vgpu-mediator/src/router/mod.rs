@@ -6,6 +6,7 @@
 //! The router sits above the executors (it feeds them), not in the scheduler below them: the
 //! scheduler decides what one device runs next and knows nothing of devices or VMs' placement.
 
+mod persist;
 mod placement;
 
 use crate::admin::{Control, ControlError};
@@ -13,8 +14,10 @@ use crate::config::Config;
 use crate::executor::{ExecEvent, HostResetError};
 use crate::stats::StatsRegistry;
 use crate::transport::Event;
+pub use persist::{PersistError, Setting};
 pub use placement::{Placement, PlacementError};
 use rustix::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, RwLock};
@@ -59,6 +62,8 @@ pub struct Router {
     /// Held while a new configuration is made and applied, so that two changes (admin
     /// requests, a SIGHUP) cannot each start from the same old one and lose the other.
     edit: Mutex<()>,
+    /// The config file, where `set … --persist` writes (None: persisting is refused).
+    config_path: Option<PathBuf>,
 }
 
 /// How long an admin reset waits for the executor to carry it out.
@@ -73,7 +78,15 @@ impl Router {
             execs,
             registry,
             edit: Mutex::new(()),
+            config_path: None,
         }
+    }
+
+    /// Lets admin `set` requests that ask for it write their value to the config file at
+    /// `path` too (the file a SIGHUP re-reads).
+    pub fn persisting_to(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// The configuration in force.
@@ -119,12 +132,28 @@ impl Router {
 
     /// Applies the configuration in force changed by `change` (checked as a file would be),
     /// exactly as a reload of it: the run-time settings an operator sets over the admin socket.
-    pub fn update(&self, change: impl FnOnce(&mut Config)) -> Result<(), ReloadError> {
+    /// With `persist`, the setting is written to the config file first; if that fails,
+    /// nothing changes.
+    pub fn update(
+        &self,
+        change: impl FnOnce(&mut Config),
+        persist: Option<Setting<'_>>,
+    ) -> Result<(), ControlError> {
         let _edit = self.edit.lock().unwrap_or_else(|e| e.into_inner());
         let mut new = (*self.config()).clone();
         change(&mut new);
-        new.validate()?;
+        new.validate()
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        if let Some(setting) = persist {
+            let path = self.config_path.as_ref().ok_or_else(|| {
+                ControlError::Unsupported(
+                    "persist: this vgpud does not know its config file".into(),
+                )
+            })?;
+            persist::write(path, setting).map_err(|e| ControlError::Persist(e.to_string()))?;
+        }
         self.apply(new)
+            .map_err(|e| ControlError::Invalid(e.to_string()))
     }
 
     fn apply(&self, new: Config) -> Result<(), ReloadError> {
@@ -186,17 +215,31 @@ impl Router {
 
 /// The admin socket's changing requests.
 impl Control for Router {
-    fn set_priority(&self, vm: usize, priority: u32) -> Result<(), ControlError> {
-        self.update(|c| c.vms[vm].priority = priority)
-            .map_err(|e| ControlError::Invalid(e.to_string()))?;
-        info!(vm = %self.config().vms[vm].name, priority, "priority set by the operator");
+    fn set_priority(&self, vm: usize, priority: u32, persist: bool) -> Result<(), ControlError> {
+        let name = self.config().vms[vm].name.clone();
+        let setting = Setting::VmPriority {
+            vm: &name,
+            priority,
+        };
+        self.update(
+            |c| c.vms[vm].priority = priority,
+            persist.then_some(setting),
+        )?;
+        info!(vm = %name, priority, persist, "priority set by the operator");
         Ok(())
     }
 
-    fn set_weight(&self, pool: usize, weight: u32) -> Result<(), ControlError> {
-        self.update(|c| c.pools[pool].weight = weight)
-            .map_err(|e| ControlError::Invalid(e.to_string()))?;
-        info!(pool = %self.config().pools[pool].name, weight, "weight set by the operator");
+    fn set_weight(&self, pool: usize, weight: u32, persist: bool) -> Result<(), ControlError> {
+        let name = self.config().pools[pool].name.clone();
+        let setting = Setting::PoolWeight {
+            pool: &name,
+            weight,
+        };
+        self.update(
+            |c| c.pools[pool].weight = weight,
+            persist.then_some(setting),
+        )?;
+        info!(pool = %name, weight, persist, "weight set by the operator");
         Ok(())
     }
 
