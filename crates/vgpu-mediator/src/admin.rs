@@ -301,7 +301,18 @@ impl Server {
 
     fn serve(&self, c: UnixStream, peer: PeerCred) {
         let reply = match read_request(&c, Instant::now() + REQUEST_TIMEOUT) {
-            Ok(line) => handle_request_with(&line, &self.stats, Some(&*self.control)),
+            Ok(line) => {
+                let reply = handle_request_with(&line, &self.stats, Some(&*self.control));
+                // Changes are logged with who asked (an audit trail); reads are not.
+                let req = std::str::from_utf8(&line)
+                    .ok()
+                    .and_then(|t| protocol::parse(t).ok());
+                if let Some((_, req)) = req.filter(|(_, r)| r.changes()) {
+                    let outcome = reply.get("error").and_then(Value::as_str).unwrap_or("done");
+                    info!(uid = peer.uid, pid = peer.pid, request = ?req, outcome, "admin request");
+                }
+                reply
+            }
             Err(ReadError::Io(e)) => {
                 debug!(uid = peer.uid, "admin connection: {e}");
                 return;

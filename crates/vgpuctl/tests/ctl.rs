@@ -222,6 +222,16 @@ fn set_weight_shows_in_the_stats() {
     assert_eq!(pool(&stats, "gold")["weight"], 9);
     assert_eq!(pool(&stats, "free")["weight"], 1);
     assert_eq!(json(&ok(&d, &["show", "a", "--json"]))["pool_weight"], 9);
+    // Changes are logged with the peer that asked.
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("admin request") && l.contains("SetWeight"))
+        .unwrap_or_else(|| panic!("no audit line:\n{log}"));
+    assert!(
+        line.contains("uid=") && line.contains("outcome=\"done\""),
+        "{line}"
+    );
 }
 
 #[test]

@@ -90,6 +90,16 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether the request changes vgpud's state (such requests are logged with the peer).
+    pub fn changes(&self) -> bool {
+        matches!(
+            self,
+            Self::Reset { .. } | Self::SetPriority { .. } | Self::SetWeight { .. }
+        )
+    }
+}
+
 /// A request that could not be understood; `code` is the reply's `"code"`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{msg}")]
