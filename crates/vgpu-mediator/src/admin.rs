@@ -1,5 +1,6 @@
-//! The admin socket: `vgpuctl` sends one request line, gets one JSON line back.
-//! It is a management interface only; no guest data ever crosses it.
+//! The admin socket: `vgpuctl` sends one request line, gets one JSON line back (what a line
+//! may say is [`protocol`]'s). It is a management interface only; no guest data ever crosses
+//! it. Read-only and changing requests are served to the same peers (below).
 //!
 //! Limits (see `docs/operations.md`, "Admin socket"):
 //! * only root, vgpud's own uid and members of `[mediator] admin_group` are served (checked
@@ -11,6 +12,10 @@
 //!   a new connection gets an immediate error reply and is closed;
 //! * refusals and bad requests are logged at most once a second per peer uid and kind, with
 //!   the count of those not logged.
+
+mod protocol;
+
+pub use protocol::{Control, ControlError, Request, MAX_WEIGHT, PROTOCOL_VERSION};
 
 use crate::access::{self, AccessError, PeerCred, SocketPerms};
 use crate::config::MediatorConfig;
@@ -35,8 +40,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
-/// Longest part of an unknown request echoed back in the error.
-const ECHO_CHARS: usize = 64;
 
 /// Errors starting the admin socket.
 #[derive(Debug, thiserror::Error)]
@@ -52,28 +55,28 @@ pub enum AdminError {
     Thread(io::Error),
 }
 
-/// Answers one request line (without its newline; surrounding white space is ignored):
-/// `stats` → the stats JSON, `ping` → `{"ok": true}`, anything else → `{"error": …}`.
-/// Pure and total: any bytes give a JSON object.
+/// Answers one request line (without its newline; surrounding white space is ignored) with
+/// nothing allowed to change: see [`handle_request_with`].
 pub fn handle_request(line: &[u8], stats: &StatsRegistry) -> Value {
+    handle_request_with(line, stats, None)
+}
+
+/// Answers one request line (see [`protocol`] for what it may say); changing requests go to
+/// `control`. Pure apart from `control`, and total: any bytes give a JSON object.
+pub fn handle_request_with(
+    line: &[u8],
+    stats: &StatsRegistry,
+    control: Option<&dyn Control>,
+) -> Value {
     if line.len() > MAX_REQUEST_BYTES {
         return too_long();
     }
     let Ok(text) = std::str::from_utf8(line) else {
         return json!({"error": "request is not UTF-8; try \"stats\" or \"ping\""});
     };
-    match text.trim() {
-        "stats" => stats.to_json(),
-        "ping" => json!({"ok": true}),
-        other => {
-            let shown: String = other.chars().take(ECHO_CHARS).collect();
-            let more = if other.chars().count() > ECHO_CHARS {
-                "…"
-            } else {
-                ""
-            };
-            json!({"error": format!("unknown request {shown:?}{more}; try \"stats\" or \"ping\"")})
-        }
+    match protocol::parse(text) {
+        Ok((version, req)) => protocol::answer(version, req, stats, control),
+        Err((version, e)) => protocol::error_reply(version, e.code(), &e.to_string()),
     }
 }
 
@@ -84,11 +87,12 @@ fn too_long() -> Value {
 /// Binds the admin socket (replacing a stale one) with `[mediator] admin_socket_owner`,
 /// `admin_socket_group`, `admin_socket_mode` (default `0600`), and serves it: an accept thread
 /// that checks each peer against root, vgpud's uid and `admin_group`, and a thread per
-/// admitted connection.
+/// admitted connection. Changing requests (`reset`, `set`) are carried out through `control`.
 pub fn spawn(
     path: &Path,
     cfg: &MediatorConfig,
     stats: Arc<StatsRegistry>,
+    control: Arc<dyn Control>,
 ) -> Result<(), AdminError> {
     let perms = SocketPerms::for_admin(cfg)?;
     let admin_gid = cfg
@@ -127,6 +131,7 @@ pub fn spawn(
     );
     let server = Arc::new(Server {
         stats,
+        control,
         admin_gid,
         active: AtomicUsize::new(0),
         log: LogLimiter::default(),
@@ -140,6 +145,7 @@ pub fn spawn(
 
 struct Server {
     stats: Arc<StatsRegistry>,
+    control: Arc<dyn Control>,
     admin_gid: Option<u32>,
     active: AtomicUsize,
     log: LogLimiter,
@@ -295,7 +301,18 @@ impl Server {
 
     fn serve(&self, c: UnixStream, peer: PeerCred) {
         let reply = match read_request(&c, Instant::now() + REQUEST_TIMEOUT) {
-            Ok(line) => handle_request(&line, &self.stats),
+            Ok(line) => {
+                let reply = handle_request_with(&line, &self.stats, Some(&*self.control));
+                // Changes are logged with who asked (an audit trail); reads are not.
+                let req = std::str::from_utf8(&line)
+                    .ok()
+                    .and_then(|t| protocol::parse(t).ok());
+                if let Some((_, req)) = req.filter(|(_, r)| r.changes()) {
+                    let outcome = reply.get("error").and_then(Value::as_str).unwrap_or("done");
+                    info!(uid = peer.uid, pid = peer.pid, request = ?req, outcome, "admin request");
+                }
+                reply
+            }
             Err(ReadError::Io(e)) => {
                 debug!(uid = peer.uid, "admin connection: {e}");
                 return;

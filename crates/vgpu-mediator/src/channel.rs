@@ -234,6 +234,22 @@ impl Channel {
         }
     }
 
+    /// The host reset the VM's context (an operator's reset): a new generation, and the error
+    /// state with `ABORTED` until the guest resets (which re-initialises the rings: they stay
+    /// as they are here, the guest's producer state must not be pulled from under it). Returns
+    /// the new generation.
+    /// A fenced VM stays fenced (its fence reason stays in `last_error`): its rings are not
+    /// read until it resets either way.
+    pub fn reset_by_host(&mut self) -> u32 {
+        self.regs.generation = self.regs.generation.wrapping_add(1);
+        self.view
+            .store_u32(regs::off::GENERATION, self.regs.generation);
+        if !self.fenced {
+            self.set_error(Status::Aborted);
+        }
+        self.regs.generation
+    }
+
     /// Entries waiting in the SQ (0 when fenced; fences on a broken index).
     pub fn pending(&mut self) -> u32 {
         if self.fenced {

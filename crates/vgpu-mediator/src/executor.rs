@@ -56,6 +56,31 @@ pub enum ExecEvent {
     /// The configuration was reloaded (only run-time-safe changes; see
     /// [`Config::unsafe_changes`]).
     Reload(Arc<Config>),
+    /// An operator reset a VM's device (`vgpuctl reset`); the outcome (the new generation)
+    /// goes back on `reply`.
+    Reset {
+        /// The VM.
+        vm: usize,
+        /// Where the outcome goes.
+        reply: std::sync::mpsc::Sender<Result<u32, HostResetError>>,
+    },
+}
+
+/// Why an operator's reset was not done; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostResetError {
+    /// The VM is not attached to this device (it left meanwhile).
+    #[error("the VM is not attached")]
+    NotAttached,
+    /// Its context is still being created.
+    #[error("its device context is still being created; retry")]
+    Starting,
+    /// It has work running that this backend cannot stop.
+    #[error(
+        "it has work running on the device that this backend cannot stop \
+         (fault_isolation = \"process\" can); retry when it is done"
+    )]
+    CannotStopWork,
 }
 
 struct Slot {
@@ -190,6 +215,9 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 ExecEvent::Transport(Event::Connected(s)) => self.attach(s),
                 ExecEvent::Transport(Event::Disconnected(vm)) => self.detach(vm),
                 ExecEvent::Reload(cfg) => self.reload(cfg),
+                ExecEvent::Reset { vm, reply } => {
+                    let _ = reply.send(self.host_reset(vm));
+                }
             }
         }
     }

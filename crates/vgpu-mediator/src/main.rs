@@ -103,10 +103,6 @@ fn run(args: Args) -> Result<()> {
     let (tx, rx) = mpsc::channel();
     let server = Server::bind_all(&cfg.vms, tx, transport_wake.clone())?;
     let server_stop = server.stop_handle();
-    if let Some(a) = &cfg.mediator.admin_socket {
-        admin::spawn(a, &cfg.mediator, registry.clone())
-            .with_context(|| format!("admin socket {}", a.display()))?;
-    }
     let cfg = Arc::new(cfg);
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
@@ -147,7 +143,14 @@ fn run(args: Args) -> Result<()> {
             .context("executor thread ended at start")?
             .with_context(|| format!("device {index}"))?;
     }
-    let router = Arc::new(Router::new(cfg.clone(), handles, registry.clone()));
+    let router = Arc::new(
+        Router::new(cfg.clone(), handles, registry.clone()).persisting_to(args.config.clone()),
+    );
+    // Bound once the router exists: the admin socket's changing requests go through it.
+    if let Some(a) = &cfg.mediator.admin_socket {
+        admin::spawn(a, &cfg.mediator, registry.clone(), router.clone())
+            .with_context(|| format!("admin socket {}", a.display()))?;
+    }
 
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

@@ -107,6 +107,69 @@ fn protocol_is_unchanged() {
     assert_eq!(d.stats().vms.len(), 1, "the harness's client works");
 }
 
+/// Version 2: JSON requests naming their version, replies carrying it, errors with a code;
+/// a refused change changes nothing. (vgpuctl's tests drive the same requests end to end.)
+#[test]
+fn protocol_version_2() {
+    use serde_json::json;
+    let d = vgpud(ConfigBuilder::new());
+    let req = |v: serde_json::Value| request(&d.admin(), &v.to_string());
+    assert_eq!(
+        req(json!({"version": 2, "request": "ping"})),
+        json!({"version": 2, "ok": true})
+    );
+    let s = req(json!({"version": 2, "request": "stats"}));
+    assert_eq!(s["version"], 2);
+    assert_eq!(stats_of(&s["stats"]).vms.len(), 1);
+    let show = req(json!({"version": 2, "request": "show", "vm": "a"}));
+    assert_eq!(
+        (show["version"].clone(), show["vm"]["name"].clone()),
+        (json!(2), json!("a"))
+    );
+    assert_eq!(show["vm"]["pool"], "pool-0", "{show}");
+
+    let code = |v: serde_json::Value| {
+        let r = req(v);
+        assert_eq!(r["version"], 2, "{r}");
+        assert!(r["error"].is_string(), "{r}");
+        r["code"].as_str().unwrap().to_string()
+    };
+    assert_eq!(code(json!({"request": "ping"})), "bad_version");
+    assert_eq!(
+        code(json!({"version": 9, "request": "ping"})),
+        "bad_version"
+    );
+    assert_eq!(
+        code(json!({"version": 2, "request": "show", "vm": "zz"})),
+        "unknown_vm"
+    );
+    assert_eq!(
+        code(json!({"version": 2, "request": "reset", "vm": "a"})),
+        "not_connected"
+    );
+    assert_eq!(
+        code(json!({"version": 2, "request": "set", "pool": "zz", "weight": 2})),
+        "unknown_pool"
+    );
+    assert_eq!(
+        code(json!({"version": 2, "request": "set", "vm": "a", "priority": 5, "persist": 1})),
+        "bad_request"
+    );
+    assert_eq!(
+        code(json!({"version": 2, "request": "set", "vm": "a", "priority": -5})),
+        "out_of_range"
+    );
+    assert_eq!(d.vm_stats("a").priority, 0, "nothing changed");
+    let ok = req(json!({"version": 2, "request": "set", "vm": "a", "priority": 5}));
+    assert_eq!(
+        ok,
+        json!({"version": 2, "ok": true, "vm": "a", "priority": 5, "persisted": false})
+    );
+    assert_eq!(d.vm_stats("a").priority, 5);
+    // Version 1 replies are unchanged by all this.
+    assert_eq!(request(&d.admin(), "ping"), json!({"ok": true}));
+}
+
 /// (a) A 64 MiB line without a newline: vgpud never holds more than the cap, answers with an
 /// error and closes the connection.
 #[test]

@@ -1,7 +1,7 @@
 //! A VM's life on the executor: attach (channel, doorbell, device, context), detach, the
 //! guest's reset, and the (re)creation of its backend context, which may finish later.
 
-use super::{Executor, InFlight, Slot};
+use super::{Executor, HostResetError, InFlight, Slot};
 use crate::backend::{Backend, ContextParams};
 use crate::channel::Channel;
 use crate::device::VirtualDevice;
@@ -12,7 +12,8 @@ use crate::transport::Setup;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{error, info};
+use tracing::{error, info, warn};
+use vgpu_abi::Status;
 
 /// Resets of a VM whose context is a process come at most this often.
 const RESET_MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -170,6 +171,65 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
         slot.ch.finish_reset();
         self.new_context(vm);
         tracing::debug!(vm = %self.cfg.vms[vm].name, dropped_jobs = dropped, "reset done");
+    }
+
+    /// An operator's reset (`vgpuctl reset`): the VM's work is aborted — commands on the
+    /// device complete with `ABORTED`, queued ones and any it sends next with `CONTEXT_LOST` —
+    /// its context is destroyed and a fresh one created (its memory freed), and the register
+    /// page shows a new generation and the error state with `last_error = ABORTED`. The guest
+    /// goes on as after any lost context: it resets the device (its rings are its own, so vgpud
+    /// does not re-initialise them under it). Returns the new generation.
+    ///
+    /// Work already on the device is stopped where the backend can stop it; where it cannot,
+    /// the reset is refused (resetting around it would hide that device time from the
+    /// scheduler, as [`Executor::reset_ready`] explains for guest resets).
+    pub(super) fn host_reset(&mut self, vm: usize) -> Result<u32, HostResetError> {
+        let Some(slot) = self.slots[vm].as_ref() else {
+            return Err(HostResetError::NotAttached);
+        };
+        if slot.starting {
+            return Err(HostResetError::Starting);
+        }
+        if self.inflight.iter().any(|f| f.vm == vm) {
+            if !self.backend.kill_context(vm) {
+                return Err(HostResetError::CannotStopWork);
+            }
+        } else {
+            self.backend.destroy_context(vm);
+        }
+        let mut mine = Vec::new();
+        self.inflight.retain(|f| {
+            if f.vm == vm {
+                mine.push((f.tag, f.control, f.issued));
+                false
+            } else {
+                true
+            }
+        });
+        self.gate.forget_vm(vm);
+        let now = Instant::now();
+        for &(_, control, issued) in &mine {
+            self.charge(
+                vm,
+                control,
+                now.saturating_duration_since(issued).as_nanos() as u64,
+            );
+        }
+        self.stats[vm].mem_used.store(0, Relaxed);
+        let slot = self.slots[vm].as_mut().expect("checked above");
+        for &(tag, ..) in &mine {
+            slot.ch.complete(tag, Err(Status::Aborted));
+        }
+        let generation = slot.ch.reset_by_host();
+        warn!(vm = %self.cfg.vms[vm].name, aborted = mine.len(), generation,
+              "device reset by the operator; the guest must reset to go on");
+        self.new_context(vm);
+        if let Some(slot) = self.slots[vm].as_mut() {
+            // Queued commands and any sent before the guest resets fail with CONTEXT_LOST:
+            // the handles they name died with the old context.
+            slot.dev.set_broken();
+        }
+        Ok(generation)
     }
 
     /// Looks whether VM `vm`'s context, being created, is ready; a failure makes the device
