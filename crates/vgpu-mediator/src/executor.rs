@@ -80,6 +80,8 @@ struct InFlight {
     control: bool,
     /// When it was issued to the backend.
     issued: Instant,
+    /// When it was queued in vgpud (for the completion latency).
+    enqueued: Instant,
 }
 
 /// Executor errors (start-up only; at run time every failure is contained to one VM).
