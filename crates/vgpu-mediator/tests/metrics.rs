@@ -406,3 +406,35 @@ fn a_unix_socket_endpoint() {
     assert!(d.stop().success());
     assert!(!path.exists());
 }
+
+#[test]
+fn the_shipped_alert_rules_parse_and_pass_their_tests() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus");
+    for args in [
+        ["check", "rules", "vgpu-alerts.yml"],
+        ["test", "rules", "vgpu-alerts.test.yml"],
+    ] {
+        let out = match Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!(
+                    "SKIPPED: promtool {} (promtool is not on PATH)",
+                    args.join(" ")
+                );
+                return;
+            }
+            Err(e) => panic!("running promtool: {e}"),
+        };
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("promtool {}: {}", args.join(" "), said.trim());
+        assert!(out.status.success(), "promtool {}:\n{said}", args.join(" "));
+    }
+}
