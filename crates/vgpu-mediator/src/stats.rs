@@ -106,6 +106,8 @@ pub struct VmStats {
     pub last_error: AtomicU32,
     /// Commands queued and not yet run.
     pub queued: AtomicU64,
+    /// Commands issued to the device and not yet retired (work left running on it).
+    pub inflight: AtomicU64,
     /// The device the VM is placed on while connected, else -1.
     pub device: AtomicI64,
     /// Pool id in force (follows reloads).

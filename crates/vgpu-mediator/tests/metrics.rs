@@ -197,6 +197,7 @@ fn a_scrape_after_guest_work_reports_what_the_vm_did() {
     assert_eq!(sample(body, "vgpu_vm_fenced", &a), 0.0);
     assert_eq!(sample(body, "vgpu_vm_fences_total", &a), 0.0);
     assert_eq!(sample(body, "vgpu_vm_queued_commands", &a), 0.0);
+    assert_eq!(sample(body, "vgpu_vm_inflight_commands", &a), 0.0);
     assert!(sample(body, "vgpu_vm_device_time_seconds_total", &a) > 0.0);
     // Every command that ran has a latency sample; its +Inf bucket is the count.
     let lat = sample(body, "vgpu_vm_completion_latency_seconds_count", &a);

@@ -50,6 +50,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 }
                 Ok(Issued::Pending(token, a, b)) => {
                     self.gate.issued(job.vm, job.stream);
+                    VmStats::bump(&st.inflight, 1);
                     self.inflight.push(InFlight {
                         vm: job.vm,
                         stream: job.stream,
@@ -148,6 +149,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             };
             done += 1;
             self.gate.retired(f.vm, f.stream);
+            self.stats[f.vm].inflight.fetch_sub(1, Relaxed);
             let ns = res.map(|r| r.device_ns).unwrap_or(0);
             self.charge(f.vm, f.control, ns);
             let Some(slot) = self.slots[f.vm].as_mut() else {

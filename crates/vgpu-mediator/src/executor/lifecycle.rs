@@ -130,6 +130,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
         VmStats::bump(&st.dropped_jobs, dropped as u64);
         st.mem_used.store(0, Relaxed);
         st.queued.store(0, Relaxed);
+        st.inflight.store(0, Relaxed);
         dropped
     }
 

@@ -247,6 +247,12 @@ const VM_GAUGES: &[VmGauge] = &[
         |s| load(&s.queued),
     ),
     (
+        "vgpu_vm_inflight_commands",
+        "Commands issued to the device and not yet retired.",
+        None,
+        |s| load(&s.inflight),
+    ),
+    (
         "vgpu_vm_memory_used",
         "Device memory the VM holds now.",
         Some(Unit::Bytes),
