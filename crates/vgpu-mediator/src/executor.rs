@@ -286,6 +286,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 break;
             }
             self.handle_events();
+            self.publish_workers();
             let starting = self.check_all_started();
             // Work that retired is completed and signalled first: a waiting guest should not
             // wait for this round's ingestion and dispatch of other VMs' work.

@@ -200,6 +200,9 @@ pub struct StatsRegistry {
     /// Device time of every command run on each device, in nanoseconds, by device index
     /// (set with [`StatsRegistry::set_devices`]; empty: not counted).
     pub device_ns: Vec<AtomicU64>,
+    /// Worker processes holding each device's contexts (fault isolation), by device index;
+    /// -1 where the backend runs contexts inside vgpud.
+    pub device_workers: Vec<AtomicI64>,
     /// When vgpud started (the registry is made at start-up).
     pub started: SystemTime,
     /// The same instant on the monotonic clock, for the uptime.
@@ -219,6 +222,7 @@ impl StatsRegistry {
                 .collect(),
             pools: Vec::new(),
             device_ns: Vec::new(),
+            device_workers: Vec::new(),
             started: SystemTime::now(),
             started_mono: Instant::now(),
         }
@@ -229,6 +233,7 @@ impl StatsRegistry {
     pub fn set_devices(&mut self, names: Vec<String>) {
         let counters = || names.iter().map(|_| AtomicU64::new(0)).collect();
         self.device_ns = counters();
+        self.device_workers = names.iter().map(|_| AtomicI64::new(-1)).collect();
         for p in &mut self.pools {
             p.device_ns_by_device = counters();
         }
@@ -475,6 +480,7 @@ mod tests {
         r.set_devices(vec!["d0".into(), "d1".into(), "d2".into()]);
         assert_eq!(r.devices.len(), 3);
         assert_eq!(r.device_ns.len(), 3);
+        assert!(r.device_workers.iter().all(|w| w.load(Relaxed) == -1));
         assert!(r.pools.iter().all(|p| p.device_ns_by_device.len() == 3));
     }
 

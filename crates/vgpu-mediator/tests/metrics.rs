@@ -439,3 +439,34 @@ fn the_shipped_alert_rules_parse_and_pass_their_tests() {
         assert!(out.status.success(), "promtool {}:\n{said}", args.join(" "));
     }
 }
+
+#[test]
+fn worker_processes_are_counted_per_device() {
+    let d = start_with(
+        &[Vm::new("a", 1), Vm::new("b", 2)],
+        ConfigBuilder::new()
+            .mediator("metrics_listen", "127.0.0.1:0")
+            .mediator("fault_isolation", "process"),
+    );
+    let addr = metrics_addr(&d);
+    let workers = || {
+        let r = get(addr, "/metrics", None);
+        sample(&r.body, "vgpu_device_worker_processes", &[("device", "0")])
+    };
+    assert_eq!(workers(), 0.0);
+    let a = Device::connect(&d.socket("a")).unwrap();
+    let b = Device::connect(&d.socket("b")).unwrap();
+    a.alloc(4096).unwrap();
+    b.alloc(4096).unwrap();
+    assert_eq!(workers(), 2.0, "one per VM context");
+    drop(a);
+    let t0 = Instant::now();
+    while workers() != 1.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "a's worker still counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(b);
+}

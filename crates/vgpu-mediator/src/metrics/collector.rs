@@ -547,6 +547,20 @@ impl VgpuCollector {
         }
         let mut f = Family::new(
             d,
+            "vgpu_device_worker_processes",
+            "Worker processes holding the device's VM contexts (fault_isolation = \"process\"); \
+             absent where contexts run inside vgpud.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, w) in r.device_workers.iter().enumerate() {
+            let n = w.load(Relaxed);
+            if n >= 0 {
+                f.gauge(&dev_labels(i), n)?;
+            }
+        }
+        let mut f = Family::new(
+            d,
             "vgpu_device_vms",
             "VMs placed on the device now.",
             None,
@@ -669,6 +683,13 @@ mod tests {
             "no quota"
         );
         assert!(t.contains("vgpu_device_vms{device=\"1\"} 1\n"));
+        assert!(
+            !t.contains("vgpu_device_worker_processes{"),
+            "no workers: no sample"
+        );
+        r.device_workers[0].store(2, Relaxed);
+        let t = render(&reg, Format::OpenMetrics).unwrap();
+        assert!(t.contains("vgpu_device_worker_processes{device=\"0\"} 2\n"));
         assert!(t.contains("vgpu_device_vms{device=\"0\"} 0\n"));
         assert!(t.contains(r#"vgpud_build_info{version=""#));
         assert!(t.ends_with("# EOF\n"));
