@@ -77,6 +77,10 @@ impl LatencyHistogram {
     }
 }
 
+/// Error status codes counted one by one (the ABI's codes are 1..=16); larger ones share the
+/// last slot.
+pub const ERROR_STATUS_SLOTS: usize = 32;
+
 /// Counters of one VM. They survive the VM's disconnects (totals since vgpud started).
 #[derive(Debug, Default)]
 pub struct VmStats {
@@ -84,6 +88,9 @@ pub struct VmStats {
     pub commands: AtomicU64,
     /// Commands completed with an error status.
     pub errors: AtomicU64,
+    /// The same by status code (index: the code; codes from [`ERROR_STATUS_SLOTS`] on share
+    /// the last slot).
+    pub errors_by_status: [AtomicU64; ERROR_STATUS_SLOTS],
     /// Bytes copied host → device.
     pub bytes_in: AtomicU64,
     /// Bytes copied device → host.
@@ -134,6 +141,13 @@ pub struct VmStats {
 }
 
 impl VmStats {
+    /// Counts one command that completed with error `status` (a non-zero status code).
+    pub fn count_error(&self, status: u32) {
+        Self::bump(&self.errors, 1);
+        let i = (status as usize).min(ERROR_STATUS_SLOTS - 1);
+        Self::bump(&self.errors_by_status[i], 1);
+    }
+
     /// Counts one occurrence of a throttled log line of this VM; `Some(n)`: log it now, for
     /// `n` occurrences.
     pub fn log_hit(

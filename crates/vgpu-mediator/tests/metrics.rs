@@ -177,7 +177,10 @@ fn a_scrape_after_guest_work_reports_what_the_vm_did() {
     let commands = sample(body, "vgpu_vm_commands_total", &a);
     assert!(commands >= 20.0, "{commands}");
     assert_eq!(commands, stats.commands as f64);
-    assert_eq!(sample(body, "vgpu_vm_command_errors_total", &a), 0.0);
+    assert!(
+        !body.contains(r#"vgpu_vm_command_errors_total{vm="a""#),
+        "no errors yet, no error series"
+    );
     let bytes_in = sample(body, "vgpu_vm_host_to_device_bytes_total", &a);
     // workload: two 16 KiB vectors and three small matrices; then the 8 KiB above.
     assert!(bytes_in >= (2 * 16384 + 8192) as f64, "{bytes_in}");
@@ -281,6 +284,17 @@ fn a_scrape_after_guest_work_reports_what_the_vm_did() {
             .parse::<usize>()
             .unwrap()
             > 1000
+    );
+
+    // Errors are counted by status.
+    assert!(dev.alloc(1 << 30).is_err(), "beyond the 256 MiB quota");
+    let body = get(addr, "/metrics", None).body;
+    let quota = [a.as_slice(), &[("status", "quota_exceeded")]].concat();
+    assert_eq!(sample(&body, "vgpu_vm_command_errors_total", &quota), 1.0);
+    assert_eq!(
+        sample(&body, "vgpu_vm_commands_total", &a),
+        commands + 1.0,
+        "every command since, the failed one included"
     );
 
     dev.free(held).unwrap();

@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
-use vgpu_abi::DeviceStatus;
+use vgpu_abi::{DeviceStatus, Status};
 
 /// The two exposition formats [`render`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +152,22 @@ impl CounterValue for f64 {
     }
 }
 
+/// The `status` label of error code `code`: the ABI's name in snake case
+/// (`QuotaExceeded` → `quota_exceeded`), else `other`.
+fn status_name(code: usize) -> String {
+    let Some(st) = u32::try_from(code).ok().and_then(Status::from_raw) else {
+        return "other".into();
+    };
+    let mut out = String::new();
+    for (i, c) in format!("{st:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
@@ -174,12 +190,6 @@ const VM_COUNTERS: &[VmCounter] = &[
         "Commands completed (any status).",
         None,
         |s| load(&s.commands),
-    ),
-    (
-        "vgpu_vm_command_errors",
-        "Commands completed with an error status.",
-        None,
-        |s| load(&s.errors),
     ),
     (
         "vgpu_vm_host_to_device",
@@ -374,6 +384,24 @@ impl VgpuCollector {
             let mut f = Family::new(d, name, help, unit.as_ref(), MetricType::Counter)?;
             for ((_, s), l) in vms.iter().zip(&labels) {
                 f.counter(l, get(s))?;
+            }
+        }
+        // One series per status that occurred: a VM without errors has none.
+        let mut f = Family::new(
+            d,
+            "vgpu_vm_command_errors",
+            "Commands completed with an error status, by status.",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((_, s), l) in vms.iter().zip(&labels) {
+            for (code, n) in s.errors_by_status.iter().enumerate() {
+                let n = load(n);
+                if n > 0 {
+                    let mut l = l.clone();
+                    l.push(("status", status_name(code)));
+                    f.counter(&l, n)?;
+                }
             }
         }
         let mut f = Family::new(
@@ -638,7 +666,9 @@ mod tests {
         let (r, reg) = setup();
         let a = &r.vms[0].1;
         VmStats::bump(&a.commands, 12);
-        VmStats::bump(&a.errors, 2);
+        a.count_error(Status::QuotaExceeded as u32);
+        a.count_error(Status::QuotaExceeded as u32);
+        a.count_error(999);
         VmStats::bump(&a.bytes_in, 4096);
         a.mem_used.store(1 << 20, Relaxed);
         a.device_ns.fetch_add(1_500_000_000, Relaxed);
@@ -655,7 +685,21 @@ mod tests {
             line(&t, "vgpu_vm_commands_total{"),
             format!("vgpu_vm_commands_total{vm_a} 12")
         );
-        assert!(t.contains(&format!("vgpu_vm_command_errors_total{vm_a} 2\n")));
+        let errors = |status: &str| {
+            format!(
+                "vgpu_vm_command_errors_total{{vm=\"a\",vm_id=\"1\",pool=\"gold\",device=\"1\",\
+                 status=\"{status}\"}}"
+            )
+        };
+        assert!(
+            t.contains(&format!("{} 2\n", errors("quota_exceeded"))),
+            "{t}"
+        );
+        assert!(t.contains(&format!("{} 1\n", errors("other"))));
+        assert!(
+            !t.contains(r#"vgpu_vm_command_errors_total{vm="b""#),
+            "no errors, no series"
+        );
         assert!(t.contains(&format!("vgpu_vm_host_to_device_bytes_total{vm_a} 4096\n")));
         assert!(t.contains(&format!("vgpu_vm_memory_used_bytes{vm_a} 1048576\n")));
         assert!(t.contains(&format!("vgpu_vm_device_time_seconds_total{vm_a} 1.5\n")));
@@ -703,6 +747,23 @@ mod tests {
             "no info type in 0.0.4"
         );
         assert!(!t.contains("# EOF"));
+    }
+
+    #[test]
+    fn status_labels_are_the_abi_names() {
+        assert_eq!(
+            status_name(Status::QuotaExceeded as usize),
+            "quota_exceeded"
+        );
+        assert_eq!(
+            status_name(Status::UnknownOpcode as usize),
+            "unknown_opcode"
+        );
+        assert_eq!(
+            status_name(Status::KernelTimeout as usize),
+            "kernel_timeout"
+        );
+        assert_eq!(status_name(31), "other");
     }
 
     #[test]
