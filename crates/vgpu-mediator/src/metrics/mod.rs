@@ -2,11 +2,13 @@
 //! HTTP/1.x on a TCP address or a unix socket, answered with [`collector`]'s exposition of
 //! vgpud's counters. A read-only view of accounting; no guest data ever crosses it.
 //!
-//! The server is written out here (~150 lines) rather than taken from a crate: it answers one
-//! fixed resource, one request per connection, and needs exactly the admin socket's limits
+//! The server is written out here rather than taken from a crate: it answers one fixed
+//! resource, one request per connection, and must have exactly the admin socket's limits
 //! (`admin.rs`) — a cap on the request, one deadline for the whole request, a cap on
-//! connection threads — which small HTTP servers such as `tiny_http` do not offer as such
-//! (they buffer headers without a total deadline and run a pool of their own).
+//! connection threads — with the same code shape, so both front doors can be read and tested
+//! alike. A small server crate (`tiny_http`) brings its own threads and its own notion of
+//! timeouts, which would have to be checked against these limits and pinned across its
+//! updates; the few lines below are cheaper to keep.
 //!
 //! Limits:
 //! * the request head (request line and headers) is at most [`MAX_REQUEST_BYTES`] bytes and
