@@ -336,7 +336,7 @@ impl Channel {
             Err(s) => (s, 0, 0),
         };
         if status != Status::Ok {
-            VmStats::bump(&self.stats.errors, 1);
+            self.stats.count_error(status as u32);
             self.regs.last_error = status as u32;
             self.view.store_u32(regs::off::LAST_ERROR, status as u32);
             self.stats.last_error.store(status as u32, Relaxed);

@@ -4,6 +4,7 @@
 //! [mediator]
 //! backend = "auto"          # auto | cpu | cuda
 //! admin_socket = "/run/vgpu/admin.sock"
+//! metrics_listen = "127.0.0.1:9400" # Prometheus `GET /metrics`: TCP address or unix socket path
 //! poll_us = 50              # how long to keep polling rings after the last work
 //! executor_cpus = [3]       # pin device i's executor thread to CPU executor_cpus[i % len]
 //! fault_isolation = "process" # process (cuda default) | none: see `FaultIsolation`
@@ -214,6 +215,54 @@ impl<'de> Deserialize<'de> for FileMode {
     }
 }
 
+/// Where the Prometheus metrics endpoint listens (`[mediator] metrics_listen`): a TCP address
+/// (`"127.0.0.1:9400"`, `"[::1]:9400"`) or the absolute path of a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// A TCP address (IP and port; host names are not resolved, so the address is what it says).
+    Tcp(std::net::SocketAddr),
+    /// A unix socket, created like the admin socket (mode 0600, vgpud's user).
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+            return Ok(Self::Tcp(a));
+        }
+        if s.starts_with('/') {
+            // sun_path holds 108 bytes with the terminating NUL.
+            if s.len() > 107 {
+                return Err(format!("unix socket path {s:?} is longer than 107 bytes"));
+            }
+            return Ok(Self::Unix(PathBuf::from(s)));
+        }
+        Err(format!(
+            "invalid metrics_listen {s:?}: expected IP:PORT (\"127.0.0.1:9400\", \"[::1]:9400\") \
+             or an absolute unix socket path"
+        ))
+    }
+}
+
+impl std::fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "http://{a}/metrics"),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A user or group: a name (looked up when vgpud starts) or a numeric id.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
@@ -407,6 +456,9 @@ pub struct MediatorConfig {
     /// one may use the admin socket; everyone else is refused (checked with `SO_PEERCRED`).
     #[serde(default)]
     pub admin_group: Option<Principal>,
+    /// The Prometheus metrics endpoint (`GET /metrics`, see `metrics.rs`); absent: none.
+    #[serde(default)]
+    pub metrics_listen: Option<MetricsListen>,
     /// Polling window after the last work, in microseconds (0 = never poll).
     #[serde(default = "default_poll_us")]
     pub poll_us: u64,
@@ -454,6 +506,7 @@ impl Default for MediatorConfig {
             admin_socket_group: None,
             admin_socket_mode: None,
             admin_group: None,
+            metrics_listen: None,
             poll_us: default_poll_us(),
             max_kernel_us: default_max_kernel_us(),
             cpu_device_mem: None,
@@ -656,6 +709,10 @@ impl Config {
                 || a.admin_socket_mode != b.admin_socket_mode
                 || a.admin_group != b.admin_group,
         );
+        diff(
+            "mediator.metrics_listen",
+            a.metrics_listen != b.metrics_listen,
+        );
         diff("mediator.max_kernel_us", a.max_kernel_us != b.max_kernel_us);
         diff("mediator.cpu_slots", a.cpu_slots != b.cpu_slots);
         diff("mediator.cpu_devices", a.cpu_devices != b.cpu_devices);
@@ -828,6 +885,14 @@ impl Config {
                 return bad(format!("admin_socket {} is also a vm socket", a.display()));
             }
         }
+        if let Some(MetricsListen::Unix(p)) = &self.mediator.metrics_listen {
+            if socks.contains(p.as_path()) || self.mediator.admin_socket.as_deref() == Some(p) {
+                return bad(format!(
+                    "metrics_listen {} is also a vm socket or the admin socket",
+                    p.display()
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -916,6 +981,44 @@ mod tests {
         assert_eq!(
             p.unsafe_changes(&n),
             vec!["mediator.fault_isolation".to_string()]
+        );
+    }
+
+    #[test]
+    fn metrics_listen_key() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.mediator.metrics_listen, None, "no endpoint by default");
+        let with = |v: &str| {
+            GOOD.replace(
+                "backend = \"cpu\"",
+                &format!("backend = \"cpu\"\nmetrics_listen = {v}"),
+            )
+        };
+        let tcp = Config::from_toml(&with("\"127.0.0.1:9400\"")).unwrap();
+        assert_eq!(
+            tcp.mediator.metrics_listen,
+            Some(MetricsListen::Tcp("127.0.0.1:9400".parse().unwrap()))
+        );
+        let v6 = Config::from_toml(&with("\"[::1]:9400\"")).unwrap();
+        assert!(matches!(v6.mediator.metrics_listen, Some(MetricsListen::Tcp(a)) if a.is_ipv6()));
+        let unix = Config::from_toml(&with("\"/run/vgpu/metrics.sock\"")).unwrap();
+        assert_eq!(
+            unix.mediator.metrics_listen,
+            Some(MetricsListen::Unix("/run/vgpu/metrics.sock".into()))
+        );
+        // Host names are not resolved; relative paths and a missing port are refused.
+        expect_invalid(&with("\"localhost:9400\""), "invalid metrics_listen");
+        expect_invalid(&with("\"metrics.sock\""), "invalid metrics_listen");
+        expect_invalid(&with("\"127.0.0.1\""), "invalid metrics_listen");
+        expect_invalid(&with("9400"), "metrics_listen");
+        expect_invalid(
+            &with(&format!("\"/{}\"", "x".repeat(120))),
+            "longer than 107",
+        );
+        expect_invalid(&with("\"/tmp/a.sock\""), "is also a vm socket");
+        assert_eq!(
+            tcp.unsafe_changes(&unix),
+            vec!["mediator.metrics_listen".to_string()]
         );
     }
 

@@ -105,6 +105,8 @@ struct InFlight {
     control: bool,
     /// When it was issued to the backend.
     issued: Instant,
+    /// When it was queued in vgpud (for the completion latency).
+    enqueued: Instant,
 }
 
 /// Executor errors (start-up only; at run time every failure is contained to one VM).
@@ -312,6 +314,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 break;
             }
             self.handle_events();
+            self.publish_workers();
             let starting = self.check_all_started();
             // Work that retired is completed and signalled first: a waiting guest should not
             // wait for this round's ingestion and dispatch of other VMs' work.

@@ -16,9 +16,9 @@ const LAYERS: &[&[&str]] = &[
     &["config", "throttle", "quota"],
     // Socket permissions; per-VM and per-pool counters.
     &["access", "stats"],
-    // The two front doors: the ivshmem server for VMs (and its shared region and
-    // notification), the admin socket for operators.
-    &["transport", "admin"],
+    // The front doors: the ivshmem server for VMs (and its shared region and notification),
+    // the admin socket for operators, the metrics endpoint for Prometheus.
+    &["transport", "admin", "metrics"],
     // The devices.
     &["backend"],
     // A VM's device state and checks; the work-queue seam (`Job`, `Gate`, `WorkQueue`).

@@ -5,7 +5,7 @@
 //! (one per device) → [`backend`]. [`router`] places each connecting VM on a device and hands
 //! its events to that device's executor. [`device`] holds each VM's backend-neutral device
 //! state (allocations, quota, faults) and [`quota`] the pool quotas its memory is charged to;
-//! [`stats`] and [`admin`] expose accounting. [`testkit`] is for code that starts a real vgpud
+//! [`stats`] and [`admin`] expose accounting, [`metrics`] the same to Prometheus. [`testkit`] is for code that starts a real vgpud
 //! (tests, benchmarks): its config file and its stats, typed.
 //!
 //! Layers, lowest first; a module uses only modules of lower layers (`layers.rs` holds the
@@ -19,7 +19,7 @@
 //! | 5 | [`channel`], [`sched`] |
 //! | 4 | [`device`], [`queue`] |
 //! | 3 | [`backend`] |
-//! | 2 | [`transport`], [`admin`] |
+//! | 2 | [`transport`], [`admin`], [`metrics`] |
 //! | 1 | [`access`], [`stats`] |
 //! | 0 | [`config`], [`throttle`], [`quota`] |
 //!
@@ -36,6 +36,7 @@ pub mod device;
 pub mod executor;
 #[cfg(test)]
 mod layers;
+pub mod metrics;
 pub mod queue;
 pub mod quota;
 pub mod router;

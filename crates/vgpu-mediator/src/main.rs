@@ -9,8 +9,9 @@ use std::sync::{mpsc, Arc};
 use tracing::{error, info};
 use vgpu_mediator::admin;
 use vgpu_mediator::backend::{isolated, select};
-use vgpu_mediator::config::{BackendChoice, Config};
+use vgpu_mediator::config::{self, BackendChoice, Config};
 use vgpu_mediator::executor::{pin_current_thread, Executor};
+use vgpu_mediator::metrics;
 use vgpu_mediator::router::{ExecHandle, Router};
 use vgpu_mediator::sched::{DeviceDefaults, Scheduler};
 use vgpu_mediator::stats::StatsRegistry;
@@ -96,13 +97,16 @@ fn run(args: Args) -> Result<()> {
     let mut registry = StatsRegistry::for_config(&cfg);
     registry.backend = infos[0].backend.to_string();
     registry.device = infos[0].name.clone();
-    registry.devices = infos.iter().map(|i| i.name.clone()).collect();
+    registry.set_devices(infos.iter().map(|i| i.name.clone()).collect());
     let registry = Arc::new(registry);
 
     let transport_wake = new_eventfd()?;
     let (tx, rx) = mpsc::channel();
     let server = Server::bind_all(&cfg.vms, tx, transport_wake.clone())?;
     let server_stop = server.stop_handle();
+    if let Some(m) = &cfg.mediator.metrics_listen {
+        metrics::spawn(m, &cfg, registry.clone()).with_context(|| format!("metrics_listen {m}"))?;
+    }
     let cfg = Arc::new(cfg);
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
@@ -199,6 +203,9 @@ fn run(args: Args) -> Result<()> {
     }
     if let Some(a) = &cfg.mediator.admin_socket {
         let _ = std::fs::remove_file(a);
+    }
+    if let Some(config::MetricsListen::Unix(p)) = &cfg.mediator.metrics_listen {
+        let _ = std::fs::remove_file(p);
     }
     info!("vgpud stopped");
     Ok(())

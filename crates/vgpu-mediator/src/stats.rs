@@ -1,11 +1,85 @@
-//! Per-VM accounting, shared between the executor (writer) and the admin socket (reader).
+//! Per-VM accounting, shared between the executor (writer) and the admin socket and the
+//! metrics endpoint (readers).
 
 use crate::config::{Config, VmConfig};
 use crate::quota::PoolQuota;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 use vgpu_abi::DeviceStatus;
+
+/// Upper bounds of the latency histograms' buckets, in microseconds: 10 µs to 10 s in 1-2.5-5
+/// steps (a control command on the cpu backend takes ~10 µs; a kernel past `max_kernel_us`
+/// is stopped long before 10 s). Above the last: the `+Inf` bucket.
+pub const LATENCY_BUCKETS_US: [u64; 19] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram with the fixed buckets [`LATENCY_BUCKETS_US`], written by the executor
+/// thread and read at scrape time without a lock: one relaxed atomic add per bucket hit and one
+/// for the sum. A reader may see a sample in a bucket and not yet in the sum (or the reverse);
+/// the count is derived from the buckets, so count and `+Inf` bucket always agree.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    /// Samples per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of all samples, in nanoseconds (wraps after 584 years of latency).
+    sum_ns: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS_US.len() + 1],
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A copy of a [`LatencyHistogram`]'s values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// (upper bound in seconds, samples in that bucket alone), the last bound `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the samples, in seconds.
+    pub sum_seconds: f64,
+    /// Number of samples.
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one sample.
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // A sample equal to a bound belongs to that bound's bucket (`le`).
+        let i = LATENCY_BUCKETS_US.partition_point(|&b| b.saturating_mul(1000) < ns);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// The values now.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let bounds = LATENCY_BUCKETS_US
+            .iter()
+            .map(|&us| us as f64 / 1e6)
+            .chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.buckets)
+            .map(|(b, n)| (b, n.load(Relaxed)))
+            .collect();
+        HistogramSnapshot {
+            count: buckets.iter().map(|b| b.1).sum(),
+            buckets,
+            sum_seconds: self.sum_ns.load(Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// Error status codes counted one by one (the ABI's codes are 1..=16); larger ones share the
+/// last slot.
+pub const ERROR_STATUS_SLOTS: usize = 32;
 
 /// Counters of one VM. They survive the VM's disconnects (totals since vgpud started).
 #[derive(Debug, Default)]
@@ -14,6 +88,9 @@ pub struct VmStats {
     pub commands: AtomicU64,
     /// Commands completed with an error status.
     pub errors: AtomicU64,
+    /// The same by status code (index: the code; codes from [`ERROR_STATUS_SLOTS`] on share
+    /// the last slot).
+    pub errors_by_status: [AtomicU64; ERROR_STATUS_SLOTS],
     /// Bytes copied host → device.
     pub bytes_in: AtomicU64,
     /// Bytes copied device → host.
@@ -36,6 +113,8 @@ pub struct VmStats {
     pub last_error: AtomicU32,
     /// Commands queued and not yet run.
     pub queued: AtomicU64,
+    /// Commands issued to the device and not yet retired (work left running on it).
+    pub inflight: AtomicU64,
     /// The device the VM is placed on while connected, else -1.
     pub device: AtomicI64,
     /// Pool id in force (follows reloads).
@@ -50,11 +129,25 @@ pub struct VmStats {
     pub limit_refusals: AtomicU64,
     /// Resets vgpud forced because the VM's work ran past its kernel time limit.
     pub kernel_timeouts: AtomicU64,
+    /// Time from a command being queued in vgpud to its completion being written, for
+    /// commands run on the device (run at once or retired later; not those refused before
+    /// they were queued, nor those dropped unrun).
+    pub completion_latency: LatencyHistogram,
+    /// Time from a command being queued in vgpud to its being issued to the device: what
+    /// the scheduler's latency promise bounds (`docs/scheduling.md`, "Guarantees").
+    pub queue_wait: LatencyHistogram,
     /// The VM's throttled log lines.
     pub log: std::sync::Mutex<crate::throttle::VmLog>,
 }
 
 impl VmStats {
+    /// Counts one command that completed with error `status` (a non-zero status code).
+    pub fn count_error(&self, status: u32) {
+        Self::bump(&self.errors, 1);
+        let i = (status as usize).min(ERROR_STATUS_SLOTS - 1);
+        Self::bump(&self.errors_by_status[i], 1);
+    }
+
     /// Counts one occurrence of a throttled log line of this VM; `Some(n)`: log it now, for
     /// `n` occurrences.
     pub fn log_hit(
@@ -93,6 +186,9 @@ pub struct PoolStats {
     pub quota: Arc<PoolQuota>,
     /// Device time of the pool's commands, in nanoseconds.
     pub device_ns: AtomicU64,
+    /// The same by device index (fair share is per device; set with
+    /// [`StatsRegistry::set_devices`]; empty: not counted).
+    pub device_ns_by_device: Vec<AtomicU64>,
 }
 
 impl VmStats {
@@ -115,6 +211,16 @@ pub struct StatsRegistry {
     pub vms: Vec<(VmConfig, Arc<VmStats>)>,
     /// Pools, in config order (empty when built from VMs alone).
     pub pools: Vec<PoolStats>,
+    /// Device time of every command run on each device, in nanoseconds, by device index
+    /// (set with [`StatsRegistry::set_devices`]; empty: not counted).
+    pub device_ns: Vec<AtomicU64>,
+    /// Worker processes holding each device's contexts (fault isolation), by device index;
+    /// -1 where the backend runs contexts inside vgpud.
+    pub device_workers: Vec<AtomicI64>,
+    /// When vgpud started (the registry is made at start-up).
+    pub started: SystemTime,
+    /// The same instant on the monotonic clock, for the uptime.
+    pub started_mono: Instant,
 }
 
 impl StatsRegistry {
@@ -129,7 +235,23 @@ impl StatsRegistry {
                 .map(|v| (v.clone(), Arc::new(VmStats::for_vm(v))))
                 .collect(),
             pools: Vec::new(),
+            device_ns: Vec::new(),
+            device_workers: Vec::new(),
+            started: SystemTime::now(),
+            started_mono: Instant::now(),
         }
+    }
+
+    /// Names the devices (by index) and gives each, and each pool on each, a device-time
+    /// counter.
+    pub fn set_devices(&mut self, names: Vec<String>) {
+        let counters = || names.iter().map(|_| AtomicU64::new(0)).collect();
+        self.device_ns = counters();
+        self.device_workers = names.iter().map(|_| AtomicI64::new(-1)).collect();
+        for p in &mut self.pools {
+            p.device_ns_by_device = counters();
+        }
+        self.devices = names;
     }
 
     /// Counters for every VM and pool of `cfg`.
@@ -144,6 +266,7 @@ impl StatsRegistry {
                 weight: AtomicU32::new(p.weight),
                 quota: Arc::new(PoolQuota::new(p.mem_quota.0)),
                 device_ns: AtomicU64::new(0),
+                device_ns_by_device: Vec::new(),
             })
             .collect();
         r
@@ -340,6 +463,39 @@ mod tests {
         );
         assert_eq!(gold["device_ns"], 1500);
         assert!(j["pools"][1]["mem_quota"].is_null(), "unlimited");
+    }
+
+    #[test]
+    fn the_latency_histogram_buckets_by_upper_bound() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(5));
+        h.observe(Duration::from_micros(10)); // on the bound: that bucket
+        h.observe(Duration::from_nanos(10_001));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let s = h.snapshot();
+        assert_eq!(s.buckets.len(), LATENCY_BUCKETS_US.len() + 1);
+        assert_eq!(s.buckets[0], (10e-6, 2));
+        assert_eq!(s.buckets[1], (25e-6, 1));
+        let at = |secs: f64| s.buckets.iter().find(|b| b.0 == secs).unwrap().1;
+        assert_eq!(at(5e-3), 1);
+        assert_eq!(at(f64::INFINITY), 1);
+        assert_eq!(s.count, 5);
+        assert!(
+            (s.sum_seconds - 60.003_025_001).abs() < 1e-9,
+            "{}",
+            s.sum_seconds
+        );
+    }
+
+    #[test]
+    fn devices_get_a_time_counter_each() {
+        let mut r = registry();
+        r.set_devices(vec!["d0".into(), "d1".into(), "d2".into()]);
+        assert_eq!(r.devices.len(), 3);
+        assert_eq!(r.device_ns.len(), 3);
+        assert!(r.device_workers.iter().all(|w| w.load(Relaxed) == -1));
+        assert!(r.pools.iter().all(|p| p.device_ns_by_device.len() == 3));
     }
 
     #[test]

@@ -191,4 +191,9 @@ pub trait Backend: Send {
         let _ = vm;
         false
     }
+    /// Worker processes holding this device's contexts now; `None` where the backend runs
+    /// the contexts inside vgpud (for the metrics).
+    fn worker_processes(&self) -> Option<usize> {
+        None
+    }
 }

@@ -38,6 +38,8 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 continue;
             }
             let t0 = Instant::now();
+            st.queue_wait
+                .observe(t0.saturating_duration_since(job.enqueued));
             let out = slot.dev.execute(&mut *self.backend, job.stream, &job.cmd);
             let out = match out {
                 Ok(Issued::Done(a, b)) => {
@@ -48,6 +50,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 }
                 Ok(Issued::Pending(token, a, b)) => {
                     self.gate.issued(job.vm, job.stream);
+                    VmStats::bump(&st.inflight, 1);
                     self.inflight.push(InFlight {
                         vm: job.vm,
                         stream: job.stream,
@@ -56,6 +59,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                         results: (a, b),
                         control,
                         issued: Instant::now(),
+                        enqueued: job.enqueued,
                     });
                     Self::account(st, slot, &job.cmd);
                     continue;
@@ -82,6 +86,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 VmStats::bump(&st.limit_refusals, 1);
             }
             slot.ch.complete(job.tag, out);
+            st.completion_latency.observe(job.enqueued.elapsed());
         }
         ran
     }
@@ -92,6 +97,12 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
         self.queue.finished(vm, control, ns);
         if let Some(p) = self.registry.pools.get(self.cfg.vm_pool(vm)) {
             p.device_ns.fetch_add(ns, Relaxed);
+            if let Some(d) = p.device_ns_by_device.get(self.device_index) {
+                d.fetch_add(ns, Relaxed);
+            }
+        }
+        if let Some(d) = self.registry.device_ns.get(self.device_index) {
+            d.fetch_add(ns, Relaxed);
         }
     }
 
@@ -138,6 +149,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             };
             done += 1;
             self.gate.retired(f.vm, f.stream);
+            self.stats[f.vm].inflight.fetch_sub(1, Relaxed);
             let ns = res.map(|r| r.device_ns).unwrap_or(0);
             self.charge(f.vm, f.control, ns);
             let Some(slot) = self.slots[f.vm].as_mut() else {
@@ -162,6 +174,9 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 }
             };
             slot.ch.complete(f.tag, out);
+            self.stats[f.vm]
+                .completion_latency
+                .observe(f.enqueued.elapsed());
         }
         self.inflight = keep;
         done

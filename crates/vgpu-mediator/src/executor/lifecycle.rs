@@ -121,6 +121,21 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
         }
     }
 
+    /// Publishes the backend's worker process count for the metrics when it changed (once a
+    /// round: workers come and go with attaches, resets, time limits and crashes alike).
+    pub(super) fn publish_workers(&self) {
+        let Some(w) = self.registry.device_workers.get(self.device_index) else {
+            return;
+        };
+        let n = self
+            .backend
+            .worker_processes()
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        if w.load(Relaxed) != n {
+            w.store(n, Relaxed);
+        }
+    }
+
     /// Drops everything of a VM that left, reset or was stopped: its pending and queued work
     /// (its context is destroyed next) and its memory figures. Returns the queued jobs dropped.
     pub(super) fn drop_work(&mut self, vm: usize) -> usize {
@@ -131,6 +146,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
         VmStats::bump(&st.dropped_jobs, dropped as u64);
         st.mem_used.store(0, Relaxed);
         st.queued.store(0, Relaxed);
+        st.inflight.store(0, Relaxed);
         dropped
     }
 

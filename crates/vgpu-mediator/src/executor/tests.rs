@@ -320,6 +320,10 @@ fn attach_publishes_the_device_and_runs_commands() {
     assert_eq!(st.bytes_out.load(Relaxed), 4096);
     assert_eq!(st.mem_used.load(Relaxed), 0);
     assert_eq!(st.queued.load(Relaxed), 0);
+    assert_eq!(st.inflight.load(Relaxed), 0);
+    // The six that ran (not the one that did not decode) waited and completed once each.
+    assert_eq!(st.completion_latency.snapshot().count, 6);
+    assert_eq!(st.queue_wait.snapshot().count, 6);
 }
 
 #[test]

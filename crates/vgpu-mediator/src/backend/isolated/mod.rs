@@ -177,6 +177,10 @@ impl Backend for IsolatedBackend {
         self.info.clone()
     }
 
+    fn worker_processes(&self) -> Option<usize> {
+        Some(self.workers.len())
+    }
+
     fn create_context(&mut self, vm: VmKey, params: ContextParams) -> Result<(), BackendError> {
         if self.workers.contains_key(&vm) {
             return Err(BackendError::Context(format!(
