@@ -77,6 +77,23 @@ impl LatencyHistogram {
     }
 }
 
+impl HistogramSnapshot {
+    /// The upper bound (seconds) of the bucket that holds quantile `q` of the samples: the
+    /// quantile to the buckets' resolution, never below it. `None` without samples; infinite
+    /// when the quantile lies past the last bound.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        self.buckets.iter().find_map(|&(bound, n)| {
+            seen += n;
+            (seen >= rank).then_some(bound)
+        })
+    }
+}
+
 /// Error status codes counted one by one (the ABI's codes are 1..=16); larger ones share the
 /// last slot.
 pub const ERROR_STATUS_SLOTS: usize = 32;
@@ -318,6 +335,13 @@ impl StatsRegistry {
                     "limit_refusals": s.limit_refusals.load(Relaxed),
                     "kernel_timeouts": s.kernel_timeouts.load(Relaxed),
                     "queued": s.queued.load(Relaxed),
+                    // To the histogram's bucket bound, over vgpud's life (vgpuctl top).
+                    "latency_p99_us": s
+                        .completion_latency
+                        .snapshot()
+                        .quantile_bound(0.99)
+                        .filter(|b| b.is_finite())
+                        .map(|b| (b * 1e6).round() as u64),
                 })
             })
             .collect();
@@ -468,6 +492,7 @@ mod tests {
     #[test]
     fn the_latency_histogram_buckets_by_upper_bound() {
         let h = LatencyHistogram::default();
+        assert_eq!(h.snapshot().quantile_bound(0.99), None);
         h.observe(Duration::from_micros(5));
         h.observe(Duration::from_micros(10)); // on the bound: that bucket
         h.observe(Duration::from_nanos(10_001));
@@ -481,6 +506,11 @@ mod tests {
         assert_eq!(at(5e-3), 1);
         assert_eq!(at(f64::INFINITY), 1);
         assert_eq!(s.count, 5);
+        // 5 samples: the median is the 3rd (25 µs bucket), the p80 the 4th (5 ms bucket), the
+        // p99 the 5th (past the last bound).
+        assert_eq!(s.quantile_bound(0.5), Some(25e-6));
+        assert_eq!(s.quantile_bound(0.8), Some(5e-3));
+        assert_eq!(s.quantile_bound(0.99), Some(f64::INFINITY));
         assert!(
             (s.sum_seconds - 60.003_025_001).abs() < 1e-9,
             "{}",

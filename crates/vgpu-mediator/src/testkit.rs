@@ -366,6 +366,9 @@ pub struct VmSnapshot {
     pub kernel_timeouts: u64,
     /// Commands queued in vgpud now.
     pub queued: u64,
+    /// p99 completion latency in µs (the bound of its histogram bucket), over vgpud's life;
+    /// `None` before the first completion.
+    pub latency_p99_us: Option<u64>,
 }
 
 /// One pool in [`StatsSnapshot`].
