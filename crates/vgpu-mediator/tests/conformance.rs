@@ -314,7 +314,10 @@ fn streams_keep_order_and_overlap() {
     let done = s1.query().unwrap();
     if is_cuda() {
         assert!(!done, "s1 reported idle while its busy kernel runs");
-        assert!(t0.elapsed() < Duration::from_millis(300), "the query waited");
+        assert!(
+            t0.elapsed() < Duration::from_millis(300),
+            "the query waited"
+        );
     } else {
         assert!(done && t0.elapsed() >= Duration::from_millis(300));
     }
