@@ -533,33 +533,35 @@ mod tests {
         assert_eq!(admin, PathBuf::from("/run/vgpu/admin.sock"));
     }
 
-    /// README's libvirt XML is an excerpt of the committed domain, line for line (indentation
-    /// aside), so that what README shows is what CI runs.
+    /// The libvirt XML in README and in docs/operations.md is an excerpt of the committed
+    /// domain, line for line (indentation aside), so that what they show is what CI runs.
     #[test]
-    fn readme_xml_is_from_the_domain() {
+    fn documented_xml_is_from_the_domain() {
         let root = paths::root();
         let xml = std::fs::read_to_string(root.join(DOMAIN_XML)).unwrap();
         let xml: Vec<&str> = xml.lines().map(str::trim).collect();
-        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-        let blocks: Vec<Vec<&str>> = readme
-            .split("```xml\n")
-            .skip(1)
-            .map(|b| {
-                b.split("```")
-                    .next()
-                    .unwrap()
-                    .lines()
-                    .map(str::trim)
-                    .collect()
-            })
-            .collect();
-        assert!(!blocks.is_empty(), "README.md has no ```xml block");
-        for b in blocks {
-            assert!(
-                xml.windows(b.len()).any(|w| w == &b[..]),
-                "README.md's xml block is not an excerpt of {DOMAIN_XML}:\n{}",
-                b.join("\n")
-            );
+        for doc in ["README.md", "docs/operations.md"] {
+            let text = std::fs::read_to_string(root.join(doc)).unwrap();
+            let blocks: Vec<Vec<&str>> = text
+                .split("```xml\n")
+                .skip(1)
+                .map(|b| {
+                    b.split("```")
+                        .next()
+                        .unwrap()
+                        .lines()
+                        .map(str::trim)
+                        .collect()
+                })
+                .collect();
+            assert!(!blocks.is_empty(), "{doc} has no ```xml block");
+            for b in blocks {
+                assert!(
+                    xml.windows(b.len()).any(|w| w == &b[..]),
+                    "{doc}'s xml block is not an excerpt of {DOMAIN_XML}:\n{}",
+                    b.join("\n")
+                );
+            }
         }
     }
 }
