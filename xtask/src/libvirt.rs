@@ -1,7 +1,9 @@
 //! `cargo xtask libvirt`: the committed libvirt domain (`deploy/libvirt/vm-a.xml`) run by a
 //! real libvirt against vgpud on its committed config (`deploy/libvirt/vgpud.toml`).
 //!
-//! vgpud serves `/run/vgpu/vm-a.sock` owned by `libvirt-qemu`; libvirt defines and starts the
+//! vgpud serves `/run/vgpu/vm-a.sock` owned by `libvirt-qemu`, with no more privilege than
+//! `deploy/vgpud.service` gives it (its capability bounding set and `no_new_privs`, through
+//! `setpriv`); libvirt defines and starts the
 //! domain (TCG, direct kernel boot of the test guest, serial console to a file) with QEMU
 //! running unprivileged as libvirt does it; the guest's selftest must pass through the vGPU
 //! (the criterion of the `vm e2e` stage); `virsh destroy` must leave vgpud with the VM freed
@@ -29,6 +31,8 @@ const DOMAIN_XML: &str = "deploy/libvirt/vm-a.xml";
 const VGPUD_TOML: &str = "deploy/libvirt/vgpud.toml";
 /// libvirt's system connection (QEMU as `libvirt-qemu`, as on a real host).
 const URI: &str = "qemu:///system";
+/// The systemd unit, whose capability restrictions vgpud runs under here.
+const UNIT: &str = "deploy/vgpud.service";
 /// How soon after `virsh destroy` returns vgpud must have freed the VM.
 const FREE_WITHIN: Duration = Duration::from_secs(1);
 /// How long a libvirt daemon started here may take to answer.
@@ -272,6 +276,41 @@ fn read_serial(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The unit's `CapabilityBoundingSet=` and `NoNewPrivileges=` as a `setpriv` command line, so
+/// that vgpud serves libvirt's QEMU with no more privilege than the unit gives it (the rest
+/// of the unit's sandbox needs systemd). Empty where `setpriv` is missing.
+fn unit_restrictions() -> Result<Vec<String>> {
+    if deps::which(Path::new("setpriv")).is_none() {
+        step("no setpriv (util-linux): vgpud runs with root's full capabilities");
+        return Ok(Vec::new());
+    }
+    let unit = std::fs::read_to_string(paths::root().join(UNIT))?;
+    setpriv_args(&unit)
+}
+
+fn setpriv_args(unit: &str) -> Result<Vec<String>> {
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(str::trim)
+    };
+    let caps = value("CapabilityBoundingSet")
+        .with_context(|| format!("{UNIT}: no CapabilityBoundingSet="))?;
+    let mut bounding = String::from("-all");
+    for cap in caps.split_whitespace() {
+        let name = cap
+            .strip_prefix("CAP_")
+            .with_context(|| format!("{UNIT}: {cap} is not a CAP_ name"))?;
+        bounding.push_str(&format!(",+{}", name.to_lowercase()));
+    }
+    let mut args = vec!["setpriv".to_string()];
+    if value("NoNewPrivileges") == Some("yes") {
+        args.push("--no-new-privs".into());
+    }
+    args.extend(["--bounding-set".into(), bounding, "--inh-caps=-all".into()]);
+    Ok(args)
+}
+
 /// `user:group mode` of a file, as `stat` prints them.
 fn owner_mode(path: &Path) -> String {
     Command::new("stat")
@@ -346,8 +385,13 @@ pub fn run(vm: &VmOpts) -> Result<()> {
         std::fs::create_dir_all(sock_dir)?;
     }
     let log = dir.join("vgpud.log");
-    step(&format!("starting vgpud --config {VGPUD_TOML}"));
-    let mut daemon = Vgpud::start_file(
+    let wrapper = unit_restrictions()?;
+    step(&format!(
+        "starting {}vgpud --config {VGPUD_TOML}",
+        wrapper.iter().map(|w| format!("{w} ")).collect::<String>()
+    ));
+    let mut daemon = Vgpud::start_wrapped(
+        &wrapper,
         &build::host_bin("vgpud"),
         &toml_path,
         &[&vm_cfg.socket, &admin],
@@ -391,10 +435,14 @@ fn drive(
     remove_domain(&setup.domain);
     let _ = std::fs::remove_file(&setup.serial);
     let xml = xml_path.to_string_lossy();
+    let t = Instant::now();
     virsh(&["define", &xml])?;
+    // Slow where libvirt (re)probes QEMU's capabilities: once per cache, or every time on a
+    // host whose /dev/kvm libvirt finds unusable after probing with it (KVM-PVM machines).
     step(&format!(
-        "virsh define {DOMAIN_XML}: domain {}",
-        setup.domain
+        "virsh define {DOMAIN_XML}: domain {} ({:.1} s)",
+        setup.domain,
+        t.elapsed().as_secs_f64()
     ));
 
     let boot = Instant::now();
@@ -531,6 +579,21 @@ mod tests {
         assert_eq!(vm.name, "vm-a");
         assert_eq!(vm.vm_id, 1);
         assert_eq!(admin, PathBuf::from("/run/vgpu/admin.sock"));
+    }
+
+    #[test]
+    fn setpriv_from_the_unit() {
+        let unit = std::fs::read_to_string(paths::root().join(UNIT)).unwrap();
+        assert_eq!(
+            setpriv_args(&unit).unwrap(),
+            [
+                "setpriv",
+                "--no-new-privs",
+                "--bounding-set",
+                "-all,+chown,+fowner",
+                "--inh-caps=-all"
+            ]
+        );
     }
 
     /// The libvirt XML in README and in docs/operations.md is an excerpt of the committed

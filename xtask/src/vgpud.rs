@@ -90,8 +90,28 @@ impl Vgpud {
         sockets: &[&Path],
         log: &Path,
     ) -> Result<Self> {
+        Self::start_wrapped(&[], bin, config_path, sockets, log)
+    }
+
+    /// [`Vgpud::start_file`] with `bin` run by a wrapper command (`wrapper[0]`, its arguments,
+    /// then `bin` and vgpud's arguments), e.g. `setpriv` restricting its capabilities.
+    pub fn start_wrapped(
+        wrapper: &[String],
+        bin: &Path,
+        config_path: &Path,
+        sockets: &[&Path],
+        log: &Path,
+    ) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("--config")
             .arg(config_path)
             .env(
