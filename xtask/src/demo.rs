@@ -192,7 +192,7 @@ fn boot_all(specs: &[VmSpec]) -> Vec<Result<VmOutput>> {
 
 /// The guest must report exactly its configured identity and a passing selftest.
 fn check_guest(cfg: &VmConfig, out: &VmOutput) -> Result<()> {
-    let fail = |why: String| -> anyhow::Error {
+    check_serial(cfg, &out.serial).map_err(|why| {
         anyhow!(
             "{}: {why} (qemu {}, serial log {})\n{}{}",
             cfg.name,
@@ -201,17 +201,22 @@ fn check_guest(cfg: &VmConfig, out: &VmOutput) -> Result<()> {
             tail(&out.serial, 40),
             tail(&out.stderr, 10)
         )
-    };
-    let idents: Vec<&str> = out
-        .serial
+    })
+}
+
+/// The pass criterion of a guest's serial console (`serial` with `\n` line ends): exactly one
+/// identity line matching `cfg`, `selftest: PASS` and no `selftest: FAIL`, `vgpu-smi` exited
+/// with 0. The error says what was wrong.
+pub fn check_serial(cfg: &VmConfig, serial: &str) -> std::result::Result<(), String> {
+    let idents: Vec<&str> = serial
         .lines()
         .filter_map(|l| l.find("vgpu: vm_id=").map(|i| &l[i..]))
         .collect();
     let [ident] = idents[..] else {
-        return Err(fail(format!(
+        return Err(format!(
             "expected one `vgpu: vm_id=...` line, got {}",
             idents.len()
-        )));
+        ));
     };
     let want = [
         ("vm_id", cfg.vm_id.to_string()),
@@ -222,20 +227,20 @@ fn check_guest(cfg: &VmConfig, out: &VmOutput) -> Result<()> {
     for (key, value) in &want {
         let got = field(ident, key);
         if got != Some(value.as_str()) {
-            return Err(fail(format!(
+            return Err(format!(
                 "guest saw {key}={} but the config says {value}",
                 got.unwrap_or("<missing>")
-            )));
+            ));
         }
     }
-    if let Some(line) = out.serial.lines().find(|l| l.contains("selftest: FAIL")) {
-        return Err(fail(format!("guest {}", line.trim())));
+    if let Some(line) = serial.lines().find(|l| l.contains("selftest: FAIL")) {
+        return Err(format!("guest {}", line.trim()));
     }
-    if !out.serial.lines().any(|l| l.contains("selftest: PASS")) {
-        return Err(fail("no `selftest: PASS` on the serial console".into()));
+    if !serial.lines().any(|l| l.contains("selftest: PASS")) {
+        return Err("no `selftest: PASS` on the serial console".into());
     }
-    if !out.serial.contains(&format!("{}0", initramfs::EXIT_MARKER)) {
-        return Err(fail("vgpu-smi did not exit with status 0".into()));
+    if !serial.contains(&format!("{}0", initramfs::EXIT_MARKER)) {
+        return Err("vgpu-smi did not exit with status 0".into());
     }
     Ok(())
 }

@@ -19,8 +19,13 @@ const APPLETS: &[&str] = &[
     "true", "false", "test", "[",
 ];
 
+/// Printed by `/init` when `vgpu.then=hold` keeps the VM running after the guest binary.
+pub const HOLD_MARKER: &str = "vgpu-guest: holding";
+
 /// `/init`. Arguments for the guest binary come from `vgpu.args=` on the kernel command line,
 /// with commas standing for spaces (`vgpu.args=selftest,--verbose`); the default is `selftest`.
+/// `vgpu.then=hold` keeps the VM (and its vGPU connection) up afterwards instead of powering
+/// off, for a test that destroys it from outside (libvirt's `virsh destroy`).
 const INIT_SCRIPT: &str = r#"#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
@@ -28,9 +33,11 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "vgpu-guest: init"
 args=selftest
+then=poweroff
 for w in $(cat /proc/cmdline); do
   case "$w" in
     vgpu.args=*) args=$(echo "${w#vgpu.args=}" | tr , ' ') ;;
+    vgpu.then=*) then="${w#vgpu.then=}" ;;
   esac
 done
 if [ -x /bin/vgpu-smi ]; then
@@ -42,6 +49,10 @@ else
   code=127
 fi
 echo "vgpu-guest: exit=$code"
+if [ "$then" = hold ]; then
+  echo "vgpu-guest: holding (vgpu.then=hold)"
+  while :; do sleep 3600; done
+fi
 poweroff -f
 "#;
 
@@ -169,6 +180,13 @@ impl Archive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn init_prints_the_markers() {
+        for marker in [INIT_MARKER, EXIT_MARKER, HOLD_MARKER] {
+            assert!(INIT_SCRIPT.contains(marker), "{marker:?}");
+        }
+    }
 
     #[test]
     fn newc_layout() {

@@ -9,6 +9,7 @@
 //! - `gpu-check`: prepare (and where a GPU is usable, run) the GPU-host suite folder.
 //! - `fuzz`: run the cargo-fuzz targets for a bounded time.
 //! - `soak`: random valid work from many process clients plus a hostile one, resources checked.
+//! - `libvirt`: the committed libvirt domain run by a real libvirt against vgpud (root only).
 
 mod bench;
 mod build;
@@ -19,6 +20,7 @@ mod fuzz;
 mod gpucheck;
 mod initramfs;
 mod kernel;
+mod libvirt;
 mod paths;
 mod qemu;
 mod soak;
@@ -112,6 +114,12 @@ enum Command {
     /// Many process clients doing random valid work plus a hostile one against a real vgpud;
     /// checks results and that vgpud's resources come back to where they started.
     Soak(soak::Opts),
+    /// Run `deploy/libvirt/vm-a.xml` under libvirt (virsh define / start / destroy) against
+    /// vgpud on `deploy/libvirt/vgpud.toml`; skips when not root or without virsh.
+    Libvirt {
+        #[command(flatten)]
+        vm: VmOpts,
+    },
 }
 
 fn main() -> ExitCode {
@@ -136,6 +144,7 @@ fn main() -> ExitCode {
         Command::VmKill { vm } => report(vmkill::run(&vm)),
         Command::Fuzz(o) => fuzz::main(&o),
         Command::Soak(o) => soak::main(&o),
+        Command::Libvirt { vm } => libvirt::main(&vm),
     }
 }
 

@@ -78,8 +78,40 @@ impl Vgpud {
         {
             let _ = std::fs::remove_file(sock);
         }
+        let sockets: Vec<&Path> = config.vms.iter().map(|v| v.socket.as_path()).collect();
+        Self::start_file(bin, config_path, &sockets, log)
+    }
+
+    /// Starts `bin` on an existing config file, its stderr (and stdout) in `log`, and waits
+    /// until each of `sockets` listens (30 s at most).
+    pub fn start_file(
+        bin: &Path,
+        config_path: &Path,
+        sockets: &[&Path],
+        log: &Path,
+    ) -> Result<Self> {
+        Self::start_wrapped(&[], bin, config_path, sockets, log)
+    }
+
+    /// [`Vgpud::start_file`] with `bin` run by a wrapper command (`wrapper[0]`, its arguments,
+    /// then `bin` and vgpud's arguments), e.g. `setpriv` restricting its capabilities.
+    pub fn start_wrapped(
+        wrapper: &[String],
+        bin: &Path,
+        config_path: &Path,
+        sockets: &[&Path],
+        log: &Path,
+    ) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("--config")
             .arg(config_path)
             .env(
@@ -95,8 +127,7 @@ impl Vgpud {
             child: Some(child),
             log: log.to_path_buf(),
         };
-        let sockets: Vec<&Path> = config.vms.iter().map(|v| v.socket.as_path()).collect();
-        me.wait_ready(&sockets, Duration::from_secs(30))?;
+        me.wait_ready(sockets, Duration::from_secs(30))?;
         Ok(me)
     }
 

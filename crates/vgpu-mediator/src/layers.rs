@@ -12,8 +12,9 @@
 
 /// The layers, lowest first.
 const LAYERS: &[&[&str]] = &[
-    // Plain data and helpers: the configuration, log throttling, pool memory quotas.
-    &["config", "throttle", "quota"],
+    // Plain data and helpers: the configuration, log throttling, pool memory quotas, the
+    // systemd readiness protocol.
+    &["config", "throttle", "quota", "sd_notify"],
     // Socket permissions; per-VM and per-pool counters.
     &["access", "stats"],
     // The front doors: the ivshmem server for VMs (and its shared region and notification),

@@ -5,8 +5,9 @@
 //! (one per device) → [`backend`]. [`router`] places each connecting VM on a device and hands
 //! its events to that device's executor. [`device`] holds each VM's backend-neutral device
 //! state (allocations, quota, faults) and [`quota`] the pool quotas its memory is charged to;
-//! [`stats`] and [`admin`] expose accounting, [`metrics`] the same to Prometheus. [`testkit`] is for code that starts a real vgpud
-//! (tests, benchmarks): its config file and its stats, typed.
+//! [`stats`] and [`admin`] expose accounting, [`metrics`] the same to Prometheus. [`testkit`]
+//! is for code that starts a real vgpud (tests, benchmarks): its config file and its stats,
+//! typed. [`sd_notify`] tells systemd when vgpud is ready, reloading or stopping.
 //!
 //! Layers, lowest first; a module uses only modules of lower layers (`layers.rs` holds the
 //! table and a test that checks every source file against it):
@@ -21,7 +22,7 @@
 //! | 3 | [`backend`] |
 //! | 2 | [`transport`], [`admin`], [`metrics`] |
 //! | 1 | [`access`], [`stats`] |
-//! | 0 | [`config`], [`throttle`], [`quota`] |
+//! | 0 | [`config`], [`throttle`], [`quota`], [`sd_notify`] |
 //!
 //! The binary (`main.rs`) wires them: transport → router → executors.
 
@@ -41,6 +42,7 @@ pub mod queue;
 pub mod quota;
 pub mod router;
 pub mod sched;
+pub mod sd_notify;
 pub mod stats;
 pub mod testkit;
 pub mod throttle;

@@ -14,6 +14,7 @@ use vgpu_mediator::executor::{pin_current_thread, Executor};
 use vgpu_mediator::metrics;
 use vgpu_mediator::router::{ExecHandle, Router};
 use vgpu_mediator::sched::{DeviceDefaults, Scheduler};
+use vgpu_mediator::sd_notify;
 use vgpu_mediator::stats::StatsRegistry;
 use vgpu_mediator::transport::Server;
 
@@ -182,16 +183,28 @@ fn run(args: Args) -> Result<()> {
         devices,
         infos[0].backend
     );
+    // systemd (Type=notify): started only now, with every socket bound and every executor
+    // running, so that units ordered after vgpud (the VMs) find their sockets.
+    tell_systemd(sd_notify::ready(&format!(
+        "serving {} VMs on {} device(s)",
+        cfg.vms.len(),
+        devices
+    )));
 
     let mut last = None;
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
+            tell_systemd(sd_notify::reloading());
             reload(&args.config, &router);
+            // Ready again whether or not the reload was applied: a refused reload leaves vgpud
+            // serving on its running configuration.
+            tell_systemd(sd_notify::ready("reload done"));
             continue;
         }
         last = Some(sig);
         break;
     }
+    tell_systemd(sd_notify::stopping());
     info!("signal {last:?}: shutting down");
     rustix::io::write(&*server_stop, &1u64.to_le_bytes()).ok();
     server_thread.join().ok();
@@ -209,6 +222,14 @@ fn run(args: Args) -> Result<()> {
     }
     info!("vgpud stopped");
     Ok(())
+}
+
+/// A failed notification is logged, not fatal: vgpud serves its VMs either way, and systemd
+/// reports a unit that never became ready on its own.
+fn tell_systemd(result: Result<bool, sd_notify::NotifyError>) {
+    if let Err(e) = result {
+        error!("sd_notify: {e}");
+    }
 }
 
 /// SIGHUP: re-reads the config and applies what may change at run time; anything else is
