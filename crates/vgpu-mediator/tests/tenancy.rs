@@ -401,8 +401,10 @@ fn a_reset_storm_does_not_stall_the_neighbour() {
     let n = resets.load(Ordering::Relaxed);
     eprintln!("neighbour p99 alone {alone:?}, during {n} resets (a worker each): {contended:?}");
     assert!(n >= 5, "only {n} resets in 3 s");
-    // As in the runaway test: a stall, not a ratio (see there).
-    let bound = (2 * alone).max(Duration::from_millis(5));
+    // As in the runaway test: a stall, not a ratio (see there). Each reset forks and execs a
+    // worker, CPU that a 2-core host under other load takes from the neighbour too (its p99
+    // reached 10 ms with 4.5 ms alone while builds ran); the floor is above that noise.
+    let bound = (2 * alone).max(Duration::from_millis(20));
     assert!(
         contended < bound,
         "neighbour p99 {contended:?} vs alone {alone:?}"
