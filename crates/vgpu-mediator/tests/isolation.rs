@@ -62,7 +62,15 @@ fn workers(d: &Vgpud, n: usize) -> BTreeSet<u32> {
     }
 }
 
-/// `fd number → link target` of a process.
+/// Whether an fd target is a shared library: the dynamic loader holds one open for the instant
+/// it maps it (glibc loads `libgcc_s` lazily, e.g. when a thread exits), which a listing can
+/// catch (seen: a worker listed with fd 6 = libgcc_s.so.1).
+fn is_shared_library(target: &str) -> bool {
+    let name = target.rsplit('/').next().unwrap_or(target);
+    target.starts_with('/') && (name.ends_with(".so") || name.contains(".so."))
+}
+
+/// `fd number → link target` of a process, shared libraries being loaded left out.
 fn fds(pid: u32) -> Vec<(u32, String)> {
     let mut v: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -72,6 +80,7 @@ fn fds(pid: u32) -> Vec<(u32, String)> {
             let t = std::fs::read_link(e.path()).ok()?;
             Some((n, t.display().to_string()))
         })
+        .filter(|(_, t)| !is_shared_library(t))
         .collect();
     v.sort();
     v
