@@ -19,10 +19,11 @@ pub use protocol::{Control, ControlError, Request, MAX_WEIGHT, PROTOCOL_VERSION}
 
 use crate::access::{self, AccessError, PeerCred, SocketPerms};
 use crate::config::MediatorConfig;
+use crate::deadline_io::{self, Request as Got};
 use crate::stats::StatsRegistry;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -364,39 +365,13 @@ pub enum ReadError {
 /// Reads one request line (without its newline; at EOF, what came) before `deadline`, never
 /// buffering more than [`MAX_REQUEST_BYTES`]. Bytes after the newline are ignored.
 pub fn read_request(c: &UnixStream, deadline: Instant) -> Result<Vec<u8>, ReadError> {
-    let mut buf = vec![0u8; MAX_REQUEST_BYTES];
-    let mut len = 0;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ReadError::Timeout);
-        }
-        c.set_read_timeout(Some(left)).map_err(ReadError::Io)?;
-        let n = match (&mut &*c).read(&mut buf[len..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ReadError::Timeout)
-            }
-            Err(e) => return Err(ReadError::Io(e)),
-        };
-        if n == 0 {
-            buf.truncate(len);
-            return Ok(buf);
-        }
-        if let Some(i) = buf[len..len + n].iter().position(|&b| b == b'\n') {
-            buf.truncate(len + i);
-            return Ok(buf);
-        }
-        len += n;
-        if len == MAX_REQUEST_BYTES {
-            return Err(ReadError::TooLong);
-        }
+    let newline =
+        |b: &[u8], from: usize| b[from..].iter().position(|&x| x == b'\n').map(|i| from + i);
+    match deadline_io::read_request(&mut &*c, MAX_REQUEST_BYTES, deadline, newline) {
+        Ok(Got::Complete(line) | Got::Eof(line)) => Ok(line),
+        Err(deadline_io::ReadError::TooLong) => Err(ReadError::TooLong),
+        Err(deadline_io::ReadError::Timeout) => Err(ReadError::Timeout),
+        Err(deadline_io::ReadError::Io(e)) => Err(ReadError::Io(e)),
     }
 }
 
@@ -405,24 +380,7 @@ pub fn read_request(c: &UnixStream, deadline: Instant) -> Result<Vec<u8>, ReadEr
 fn write_reply(c: &UnixStream, v: &Value, deadline: Instant) -> io::Result<()> {
     let mut out = serde_json::to_vec(v).map_err(io::Error::other)?;
     out.push(b'\n');
-    let mut done = 0;
-    while done < out.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "reply not taken in time",
-            ));
-        }
-        c.set_write_timeout(Some(left))?;
-        match (&mut &*c).write(&out[done..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    deadline_io::write_all(&mut &*c, &out, deadline)
 }
 
 #[cfg(test)]
@@ -430,6 +388,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use proptest::prelude::*;
+    use std::io::Write;
 
     fn registry() -> StatsRegistry {
         let cfg = Config::from_toml(

@@ -14,7 +14,7 @@
 const LAYERS: &[&[&str]] = &[
     // Plain data and helpers: the configuration, log throttling, pool memory quotas, the
     // systemd readiness protocol.
-    &["config", "throttle", "quota", "sd_notify"],
+    &["config", "throttle", "quota", "sd_notify", "deadline_io"],
     // Socket permissions; per-VM and per-pool counters.
     &["access", "stats"],
     // The front doors: the ivshmem server for VMs (and its shared region and notification),

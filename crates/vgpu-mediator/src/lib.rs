@@ -22,7 +22,7 @@
 //! | 3 | [`backend`] |
 //! | 2 | [`transport`], [`admin`], [`metrics`] |
 //! | 1 | [`access`], [`stats`] |
-//! | 0 | [`config`], [`throttle`], [`quota`], [`sd_notify`] |
+//! | 0 | [`config`], [`throttle`], [`quota`], [`sd_notify`], [`deadline_io`] |
 //!
 //! The binary (`main.rs`) wires them: transport → router → executors.
 
@@ -33,6 +33,7 @@ pub mod admin;
 pub mod backend;
 pub mod channel;
 pub mod config;
+pub mod deadline_io;
 pub mod device;
 pub mod executor;
 #[cfg(test)]

@@ -31,6 +31,7 @@ pub mod collector;
 
 use crate::access::{self, AccessError, SocketPerms};
 use crate::config::{Config, MetricsListen};
+use crate::deadline_io::{self, Conn, Request};
 use crate::stats::StatsRegistry;
 use prometheus_client::registry::Registry;
 use std::io::{self, Read, Write};
@@ -156,7 +157,7 @@ enum Stream {
     Unix(UnixStream),
 }
 
-impl Stream {
+impl Conn for Stream {
     fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
         match self {
             Self::Tcp(s) => s.set_read_timeout(Some(d)),
@@ -270,7 +271,9 @@ impl Server {
             ),
             Err(HeadError::Timeout) => Reply::error(408, "Request Timeout", "request too slow"),
         };
-        if let Err(e) = write_all(&mut c, &reply.to_bytes(), Instant::now() + REPLY_TIMEOUT) {
+        if let Err(e) =
+            deadline_io::write_all(&mut c, &reply.to_bytes(), Instant::now() + REPLY_TIMEOUT)
+        {
             debug!("metrics reply: {e}");
             return;
         }
@@ -406,45 +409,18 @@ pub enum HeadError {
 /// Reads a request head (up to and including the empty line; at EOF, what came if it holds a
 /// request line) before `deadline`, never buffering more than [`MAX_REQUEST_BYTES`].
 fn read_head(c: &mut Stream, deadline: Instant) -> Result<Vec<u8>, HeadError> {
-    let mut buf = vec![0u8; MAX_REQUEST_BYTES];
-    let mut len = 0;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HeadError::Timeout);
-        }
-        c.set_read_timeout(left).map_err(HeadError::Io)?;
-        let n = match c.read(&mut buf[len..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(HeadError::Timeout)
-            }
-            Err(e) => return Err(HeadError::Io(e)),
-        };
-        if n == 0 {
-            if buf[..len].contains(&b'\n') {
-                buf.truncate(len);
-                return Ok(buf);
-            }
-            return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        // The end may straddle two reads: look again from 3 bytes back.
-        let from = len.saturating_sub(3);
-        len += n;
-        let seen = &buf[from..len];
-        if let Some(i) = find_end(seen) {
-            buf.truncate(from + i);
-            return Ok(buf);
-        }
-        if len == MAX_REQUEST_BYTES {
-            return Err(HeadError::TooLong);
-        }
+    // The end may straddle two reads: look again from 3 bytes back.
+    let end = |b: &[u8], from: usize| {
+        let from = from.saturating_sub(3);
+        find_end(&b[from..]).map(|i| from + i)
+    };
+    match deadline_io::read_request(c, MAX_REQUEST_BYTES, deadline, end) {
+        Ok(Request::Complete(head)) => Ok(head),
+        Ok(Request::Eof(head)) if head.contains(&b'\n') => Ok(head),
+        Ok(Request::Eof(_)) => Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
+        Err(deadline_io::ReadError::TooLong) => Err(HeadError::TooLong),
+        Err(deadline_io::ReadError::Timeout) => Err(HeadError::Timeout),
+        Err(deadline_io::ReadError::Io(e)) => Err(HeadError::Io(e)),
     }
 }
 
@@ -500,28 +476,6 @@ fn reply_now(c: &Stream, r: &Reply) {
         &r.to_bytes(),
         rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
     );
-}
-
-/// Writes `out` before `deadline` (a client that does not read cannot hold the thread longer).
-fn write_all(c: &mut Stream, out: &[u8], deadline: Instant) -> io::Result<()> {
-    let mut done = 0;
-    while done < out.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "reply not taken in time",
-            ));
-        }
-        c.set_write_timeout(left)?;
-        match c.write(&out[done..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
