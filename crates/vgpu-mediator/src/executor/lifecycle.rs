@@ -213,6 +213,26 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
         } else {
             self.backend.destroy_context(vm);
         }
+        let aborted = self.end_stopped_work(vm, Status::Aborted);
+        self.gate.forget_vm(vm);
+        self.stats[vm].mem_used.store(0, Relaxed);
+        let slot = self.slots[vm].as_mut().expect("checked above");
+        let generation = slot.ch.reset_by_host();
+        warn!(vm = %self.cfg.vms[vm].name, aborted, generation,
+              "device reset by the operator; the guest must reset to go on");
+        self.new_context(vm);
+        if let Some(slot) = self.slots[vm].as_mut() {
+            // Queued commands and any sent before the guest resets fail with CONTEXT_LOST:
+            // the handles they name died with the old context.
+            slot.dev.set_broken();
+        }
+        Ok(generation)
+    }
+
+    /// Ends VM `vm`'s commands pending on the device after its work there was stopped (its
+    /// context killed): each is charged the device time up to now (it held the device that
+    /// long) and completes with `status`. Returns how many there were.
+    pub(super) fn end_stopped_work(&mut self, vm: usize, status: Status) -> usize {
         let mut mine = Vec::new();
         self.inflight.retain(|f| {
             if f.vm == vm {
@@ -222,30 +242,17 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 true
             }
         });
-        self.gate.forget_vm(vm);
         let now = Instant::now();
         for &(_, control, issued) in &mine {
-            self.charge(
-                vm,
-                control,
-                now.saturating_duration_since(issued).as_nanos() as u64,
-            );
+            let ns = now.saturating_duration_since(issued).as_nanos() as u64;
+            self.charge(vm, control, ns);
         }
-        self.stats[vm].mem_used.store(0, Relaxed);
-        let slot = self.slots[vm].as_mut().expect("checked above");
-        for &(tag, ..) in &mine {
-            slot.ch.complete(tag, Err(Status::Aborted));
-        }
-        let generation = slot.ch.reset_by_host();
-        warn!(vm = %self.cfg.vms[vm].name, aborted = mine.len(), generation,
-              "device reset by the operator; the guest must reset to go on");
-        self.new_context(vm);
         if let Some(slot) = self.slots[vm].as_mut() {
-            // Queued commands and any sent before the guest resets fail with CONTEXT_LOST:
-            // the handles they name died with the old context.
-            slot.dev.set_broken();
+            for &(tag, ..) in &mine {
+                slot.ch.complete(tag, Err(status));
+            }
         }
-        Ok(generation)
+        mine.len()
     }
 
     /// Looks whether VM `vm`'s context, being created, is ready; a failure makes the device

@@ -76,25 +76,9 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                   "kernel time limit passed: the VM's context was killed; it must reset");
         }
         // Its pending commands end now, with the reason.
-        let mut mine = Vec::new();
-        self.inflight.retain(|f| {
-            if f.vm == vm {
-                mine.push((f.tag, f.control, f.issued));
-                false
-            } else {
-                true
-            }
-        });
-        let now = Instant::now();
-        for &(_, control, issued) in &mine {
-            let ns = now.saturating_duration_since(issued).as_nanos() as u64;
-            self.charge(vm, control, ns);
-        }
+        self.end_stopped_work(vm, Status::KernelTimeout);
         self.drop_work(vm);
         if let Some(slot) = self.slots[vm].as_mut() {
-            for (tag, ..) in mine {
-                slot.ch.complete(tag, Err(Status::KernelTimeout));
-            }
             slot.ch.set_error(Status::KernelTimeout);
         }
         self.new_context(vm);
