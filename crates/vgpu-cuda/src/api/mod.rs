@@ -1,0 +1,39 @@
+//! The driver API entry points this library implements, one module per area of the API.
+//! Every entry point runs its body through [`guard`], so that a panic becomes an error code
+//! instead of unwinding into C.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::types::CUresult;
+
+pub mod error;
+pub mod init;
+pub mod proc;
+
+/// The CUDA version this library implements (`CUDA_VERSION` of the CUDA 13.0 headers).
+pub const IMPLEMENTED_VERSION: i32 = 13000;
+
+/// Runs an entry point's body; a panic is reported once on stderr and answered
+/// `CUDA_ERROR_UNKNOWN`.
+pub(crate) fn guard(name: &'static str, body: impl FnOnce() -> CUresult) -> CUresult {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(rc) => rc,
+        Err(_) => {
+            eprintln!("vgpu libcuda: internal error in {name} (CUDA_ERROR_UNKNOWN)");
+            CUresult::CUDA_ERROR_UNKNOWN
+        }
+    }
+}
+
+/// Writes `v` through an out-pointer the caller passed; `CUDA_ERROR_INVALID_VALUE` for NULL.
+///
+/// # Safety
+/// `p` is NULL or valid for a write of `T`.
+pub(crate) unsafe fn put<T>(p: *mut T, v: T) -> CUresult {
+    if p.is_null() {
+        return CUresult::CUDA_ERROR_INVALID_VALUE;
+    }
+    // SAFETY: non-NULL, and the caller promises it is valid for a write of T.
+    unsafe { p.write(v) };
+    CUresult::CUDA_SUCCESS
+}
