@@ -17,6 +17,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cmd;
+pub mod info;
 pub mod ivshmem;
 pub mod layout;
 pub mod regs;
@@ -24,6 +25,7 @@ pub mod ring;
 pub mod shm;
 
 pub use cmd::{Builtin, Cqe, Opcode, Sqe, Status};
+pub use info::DeviceInfoPage;
 pub use layout::{Layout, LayoutError};
 pub use regs::{DeviceStatus, RegisterPage};
 pub use shm::ShmView;
@@ -34,7 +36,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"VGPUBAR2");
 /// ABI major version. A guest built for another major version must refuse the device.
 pub const ABI_MAJOR: u16 = 1;
 /// ABI minor version. Minor versions only add (new opcodes, new capability bits).
-pub const ABI_MINOR: u16 = 3;
+pub const ABI_MINOR: u16 = 4;
 
 /// The encoded ABI version as stored in the register page: `major << 16 | minor`.
 pub const fn abi_version() -> u32 {

@@ -23,6 +23,8 @@ pub const CAP_HOST_POLLING: u64 = 1 << 2;
 pub const CAP_RESET: u64 = 1 << 3;
 /// Capability: PTX modules (cuda backend only).
 pub const CAP_MODULES: u64 = 1 << 4;
+/// Capability: the device-info page at [`crate::info::INFO_OFFSET`] is filled in.
+pub const CAP_DEVICE_INFO: u64 = 1 << 5;
 
 /// Device status as published in the register page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, num_enum::TryFromPrimitive)]

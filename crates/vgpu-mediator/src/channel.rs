@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::{info, warn};
 use vgpu_abi::cmd::{Command, Cqe};
+use vgpu_abi::info::INFO_OFFSET;
 use vgpu_abi::regs::{self, put_str, RegisterPage};
 use vgpu_abi::ring::{reset_rings, CqProducer, FenceReason, SqConsumer};
-use vgpu_abi::{abi_version, DeviceStatus, Layout, ShmView, Status, MAGIC};
+use vgpu_abi::{abi_version, DeviceInfoPage, DeviceStatus, Layout, ShmView, Status, MAGIC};
 
 /// Static facts the register page publishes.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct Channel {
     doorbell: OwnedFd,
     irq: OwnedFd,
     regs: RegisterPage,
+    /// The host copy of the device-info page.
+    info: DeviceInfoPage,
     /// Commands taken from the SQ whose completion is not yet written (CQ slots reserved).
     outstanding: u32,
     /// Last reset-request counter acted on.
@@ -50,6 +53,16 @@ pub struct Channel {
     /// The interrupt eventfd could not be written without blocking: never signal it again.
     irq_broken: bool,
     stats: Arc<VmStats>,
+}
+
+/// The VM's device-info page: the device's, with the VM's own UUID and its quota as the
+/// device's memory.
+fn vm_info(device: &DeviceInfoPage, vm_name: &str, mem_quota: u64) -> DeviceInfoPage {
+    DeviceInfoPage {
+        total_mem: mem_quota.min(device.total_mem),
+        uuid: vgpu_abi::info::vgpu_uuid(&device.uuid, vm_name),
+        ..*device
+    }
 }
 
 impl Channel {
@@ -72,7 +85,7 @@ impl Channel {
             vm_id: cfg.vm_id,
             pool_id: cfg.pool_id,
             priority: cfg.priority,
-            capabilities: params.capabilities,
+            capabilities: params.capabilities | regs::CAP_DEVICE_INFO,
             mem_quota: cfg.mem_quota.0,
             max_kernel_us: params.max_kernel_us,
             host_peer_id: vgpu_abi::ivshmem::MEDIATOR_PEER_ID as u32,
@@ -87,6 +100,8 @@ impl Channel {
         layout.fill(&mut r);
         reset_rings(&view, &layout);
         view.write_obj(0, &r);
+        let info = vm_info(&params.device.props, &cfg.name, cfg.mem_quota.0);
+        view.write_obj(INFO_OFFSET, &info);
         stats.status.store(DeviceStatus::Ready as u32, Relaxed);
         stats.last_error.store(0, Relaxed);
         Ok(Self {
@@ -100,6 +115,7 @@ impl Channel {
             doorbell,
             irq,
             regs: r,
+            info,
             outstanding: 0,
             reset_seen: view.load_u32(regs::REG_RESET_REQUEST),
             fenced: false,
@@ -179,6 +195,11 @@ impl Channel {
         self.view.store_u32(regs::off::PRIORITY, priority);
         self.view
             .store_u64(std::mem::offset_of!(RegisterPage, mem_quota), mem_quota);
+        self.info.total_mem = mem_quota.min(self.regs.device_total_mem);
+        self.view.store_u64(
+            INFO_OFFSET + std::mem::offset_of!(DeviceInfoPage, total_mem),
+            self.info.total_mem,
+        );
     }
 
     /// vgpud is shutting down: tells the guest that nothing will answer again, and wakes it
@@ -227,6 +248,7 @@ impl Channel {
         self.regs.device_status = DeviceStatus::Reset as u32;
         self.regs.last_error = 0;
         self.view.write_obj(0, &self.regs);
+        self.view.write_obj(INFO_OFFSET, &self.info);
         self.set_status(DeviceStatus::Ready, 0);
         VmStats::bump(&self.stats.resets, 1);
         if let Some(times) = self.stats.log_hit(|l| &mut l.reset) {
@@ -504,9 +526,19 @@ mod tests {
         assert_eq!(r.device_status, DeviceStatus::Ready as u32);
         assert_eq!((r.vm_id, r.pool_id, r.priority), (3, 5, 2));
         assert_eq!((r.mem_quota, r.max_kernel_us), (4096, 1000));
-        assert_eq!((r.capabilities, r.generation), (CAP_RESET, 1));
+        assert_eq!(
+            (r.capabilities, r.generation),
+            (CAP_RESET | regs::CAP_DEVICE_INFO, 1)
+        );
         assert_eq!(r.device_total_mem, 1 << 30);
         assert_eq!(get_str(&r.vm_name), "chan");
+        // The device-info page: the VM's quota as its memory, its own UUID.
+        let info: DeviceInfoPage = h.view.read_obj(INFO_OFFSET);
+        assert_eq!(info.total_mem, 4096);
+        assert_eq!(info.attribute(75), Some(9), "compute capability major");
+        assert_eq!(info.driver_version, 13000);
+        let physical = vgpu_abi::info::vgpu_uuid(&[0; 16], "cpu reference device");
+        assert_eq!(info.uuid, vgpu_abi::info::vgpu_uuid(&physical, "chan"));
         assert!(get_str(&r.device_name).starts_with("vgpu cpu reference device"));
         assert_eq!(Layout::from_regs(&r, h.layout.shm_size), Ok(h.layout));
         for ring in [h.layout.sq_offset, h.layout.cq_offset] {

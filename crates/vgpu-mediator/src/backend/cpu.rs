@@ -200,6 +200,85 @@ fn kernel_ops(l: &LaunchBody, b: Builtin) -> Result<u64, Status> {
     })
 }
 
+/// The device-info page of the cpu reference device. It describes a compute capability 9.0
+/// device with a Hopper GPU's limits, so that programs built for the GPU hosts (sm_90) start up
+/// and size their launches as they would there; its multiprocessors are its execution slots.
+/// Values are `CUdevice_attribute` numbers of the CUDA 13.0 headers.
+fn describe(total_mem: u64, slots: usize) -> vgpu_abi::DeviceInfoPage {
+    const ATTRS: &[(usize, i32)] = &[
+        (1, 1024),        // MAX_THREADS_PER_BLOCK
+        (2, 1024),        // MAX_BLOCK_DIM_X
+        (3, 1024),        // MAX_BLOCK_DIM_Y
+        (4, 64),          // MAX_BLOCK_DIM_Z
+        (5, i32::MAX),    // MAX_GRID_DIM_X
+        (6, 65535),       // MAX_GRID_DIM_Y
+        (7, 65535),       // MAX_GRID_DIM_Z
+        (8, 49152),       // MAX_SHARED_MEMORY_PER_BLOCK
+        (9, 65536),       // TOTAL_CONSTANT_MEMORY
+        (10, 32),         // WARP_SIZE
+        (11, i32::MAX),   // MAX_PITCH
+        (12, 65536),      // MAX_REGISTERS_PER_BLOCK
+        (13, 1_980_000),  // CLOCK_RATE (kHz)
+        (14, 512),        // TEXTURE_ALIGNMENT
+        (15, 1),          // GPU_OVERLAP
+        (17, 0),          // KERNEL_EXEC_TIMEOUT
+        (18, 0),          // INTEGRATED
+        (19, 1),          // CAN_MAP_HOST_MEMORY
+        (20, 0),          // COMPUTE_MODE (default)
+        (21, 131072),     // MAXIMUM_TEXTURE1D_WIDTH
+        (22, 131072),     // MAXIMUM_TEXTURE2D_WIDTH
+        (23, 65536),      // MAXIMUM_TEXTURE2D_HEIGHT
+        (24, 16384),      // MAXIMUM_TEXTURE3D_WIDTH
+        (25, 16384),      // MAXIMUM_TEXTURE3D_HEIGHT
+        (26, 16384),      // MAXIMUM_TEXTURE3D_DEPTH
+        (30, 512),        // SURFACE_ALIGNMENT
+        (31, 1),          // CONCURRENT_KERNELS
+        (32, 0),          // ECC_ENABLED
+        (35, 0),          // TCC_DRIVER
+        (36, 2_619_000),  // MEMORY_CLOCK_RATE (kHz)
+        (37, 5120),       // GLOBAL_MEMORY_BUS_WIDTH
+        (38, 52_428_800), // L2_CACHE_SIZE
+        (39, 2048),       // MAX_THREADS_PER_MULTIPROCESSOR
+        (40, 2),          // ASYNC_ENGINE_COUNT
+        (41, 1),          // UNIFIED_ADDRESSING
+        (75, 9),          // COMPUTE_CAPABILITY_MAJOR
+        (76, 0),          // COMPUTE_CAPABILITY_MINOR
+        (78, 1),          // STREAM_PRIORITIES_SUPPORTED
+        (79, 1),          // GLOBAL_L1_CACHE_SUPPORTED
+        (80, 1),          // LOCAL_L1_CACHE_SUPPORTED
+        (81, 233_472),    // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
+        (82, 65536),      // MAX_REGISTERS_PER_MULTIPROCESSOR
+        (83, 0),          // MANAGED_MEMORY
+        (84, 0),          // MULTI_GPU_BOARD
+        (85, 0),          // MULTI_GPU_BOARD_GROUP_ID
+        (87, 64),         // SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO
+        (95, 1),          // COOPERATIVE_LAUNCH
+        (97, 232_448),    // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        (106, 32),        // MAX_BLOCKS_PER_MULTIPROCESSOR
+        (111, 1024),      // RESERVED_SHARED_MEMORY_PER_BLOCK
+        (120, 1),         // CLUSTER_LAUNCH
+        (123, 1),         // DEFERRED_MAPPING_CUDA_ARRAY_SUPPORTED
+        (125, 0),         // IPC_EVENT_SUPPORTED
+        (127, 1),         // MEM_SYNC_DOMAIN_COUNT
+        (131, -1),        // NUMA_ID
+        (134, -1),        // HOST_NUMA_ID
+    ];
+    let mut p = vgpu_abi::DeviceInfoPage {
+        driver_version: crate::backend::CPU_DRIVER_VERSION,
+        attr_count: 148,
+        total_mem,
+        name: vgpu_abi::regs::put_str("vgpu cpu reference device"),
+        ..Default::default()
+    };
+    for &(a, v) in ATTRS {
+        p.attributes[a] = v;
+    }
+    // MULTIPROCESSOR_COUNT: the execution slots.
+    p.attributes[16] = slots as i32;
+    p.uuid = vgpu_abi::info::vgpu_uuid(&[0; 16], "cpu reference device");
+    p
+}
+
 impl Backend for CpuBackend {
     fn info(&self) -> DeviceInfo {
         DeviceInfo {
@@ -216,6 +295,7 @@ impl Backend for CpuBackend {
             },
             total_mem: self.total_mem,
             caps: 0,
+            props: describe(self.total_mem, self.slots.len()),
         }
     }
 

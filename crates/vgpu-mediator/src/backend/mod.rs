@@ -15,6 +15,10 @@ use vgpu_abi::{ShmView, Status};
 
 pub use vgpu_abi::cmd::Handler;
 
+/// The CUDA version the cpu reference device reports as its driver's: the API of the CUDA 13.0
+/// headers, which its description follows.
+pub const CPU_DRIVER_VERSION: u32 = 13000;
+
 /// Index of a VM (its position in the config).
 pub type VmKey = usize;
 
@@ -31,6 +35,9 @@ pub struct DeviceInfo {
     pub total_mem: u64,
     /// Extra `CAP_*` bits this backend offers (e.g. [`vgpu_abi::regs::CAP_MODULES`]).
     pub caps: u64,
+    /// The device as the guest's driver describes it: attributes, driver version, PCI ids,
+    /// and the physical device's UUID and memory (each VM's page is made from it).
+    pub props: vgpu_abi::DeviceInfoPage,
 }
 
 /// Names one piece of work a backend put on the device and has not retired yet.

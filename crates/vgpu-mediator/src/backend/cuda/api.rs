@@ -104,6 +104,32 @@ pub fn device_attribute(d: CUdevice, a: CUdevice_attribute) -> CuResult<i32> {
     Ok(v)
 }
 
+/// A device attribute by its number, for every attribute the driver defines, including those
+/// the Rust enum of this binding lacks (an enum may not hold a value it does not declare).
+pub fn device_attribute_raw(d: CUdevice, a: i32) -> CuResult<i32> {
+    type GetAttribute = unsafe extern "C" fn(*mut i32, i32, CUdevice) -> CUresult;
+    // SAFETY: the driver library is loaded by the time a device exists; the symbol's C type
+    // takes the attribute as a 32-bit enum, passed exactly as an i32.
+    let f: GetAttribute = unsafe {
+        *sys::culib()
+            .get::<GetAttribute>(b"cuDeviceGetAttribute\0")
+            .map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?
+    };
+    let mut v = 0i32;
+    // SAFETY: `v` is a valid out-pointer; an unknown attribute is an error, not UB.
+    check(unsafe { f(&mut v, a, d) })?;
+    Ok(v)
+}
+
+/// The device's UUID.
+pub fn device_uuid(d: CUdevice) -> CuResult<[u8; 16]> {
+    let mut u = MaybeUninit::<sys::CUuuid>::zeroed();
+    // SAFETY: `u` is a valid out-pointer.
+    check(unsafe { sys::cuDeviceGetUuid_v2(u.as_mut_ptr(), d) })?;
+    // SAFETY: initialised (zeroed, then written by the successful call).
+    Ok(unsafe { u.assume_init() }.bytes.map(|b| b as u8))
+}
+
 /// The CUDA driver API version (`major * 1000 + minor * 10`, e.g. 13000).
 pub fn driver_version() -> CuResult<i32> {
     let mut v = 0i32;

@@ -203,6 +203,7 @@ pub struct CudaBackend {
     dev: CUdevice,
     name: String,
     total_mem: u64,
+    props: vgpu_abi::DeviceInfoPage,
     cubin: Vec<u8>,
     ctxs: HashMap<VmKey, VmCtx>,
     pending: HashMap<Token, PendingWork>,
@@ -240,6 +241,7 @@ impl CudaBackend {
                 "libnvrtc.so.13 not found (needed to compile the built-in kernels)".into(),
             ));
         }
+        let props = describe(dev, &name, total_mem)?;
         let t0 = std::time::Instant::now();
         let cubin = nvrtc::compile_cubin(nvrtc::BUILTINS_CU, "builtins.cu", major, minor)
             .map_err(CudaError::Nvrtc)?;
@@ -250,6 +252,7 @@ impl CudaBackend {
             dev,
             name,
             total_mem,
+            props,
             cubin,
             ctxs: HashMap::new(),
             pending: HashMap::new(),
@@ -547,6 +550,34 @@ impl Drop for CudaBackend {
     }
 }
 
+/// The device-info page of `dev`: every attribute the driver answers, its version, UUID and
+/// PCI location.
+fn describe(
+    dev: CUdevice,
+    name: &str,
+    total_mem: u64,
+) -> Result<vgpu_abi::DeviceInfoPage, CudaError> {
+    use vgpu_abi::info::ATTR_SLOTS;
+    let mut p = vgpu_abi::DeviceInfoPage {
+        driver_version: api::driver_version().map_err(|r| drv("cuDriverGetVersion", r))? as u32,
+        total_mem,
+        uuid: api::device_uuid(dev).map_err(|r| drv("cuDeviceGetUuid_v2", r))?,
+        name: vgpu_abi::regs::put_str(name),
+        ..Default::default()
+    };
+    for a in 1..ATTR_SLOTS {
+        if let Ok(v) = api::device_attribute_raw(dev, a as i32) {
+            p.attributes[a] = v;
+            p.attr_count = a as u32 + 1;
+        }
+    }
+    let attr = |a: CUdevice_attribute| p.attributes[a as usize] as u32;
+    p.pci_domain = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID);
+    p.pci_bus = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID);
+    p.pci_device = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID);
+    Ok(p)
+}
+
 impl Backend for CudaBackend {
     fn info(&self) -> DeviceInfo {
         DeviceInfo {
@@ -555,6 +586,7 @@ impl Backend for CudaBackend {
             name: self.name.clone(),
             total_mem: self.total_mem,
             caps: CAP_MODULES,
+            props: self.props,
         }
     }
 
