@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod dark_api;
+pub mod driver;
 pub mod exports;
 pub mod proc_address;
 pub mod unsupported;

@@ -32,8 +32,8 @@ pub fn name(code: u32) -> Option<&'static str> {
     table().get(&code).and_then(|(n, _)| n.to_str().ok())
 }
 
-fn lookup(code: CUresult, out: *mut *const c_char, desc: bool) -> CUresult {
-    match table().get(&(code as u32)) {
+fn lookup(code: u32, out: *mut *const c_char, desc: bool) -> CUresult {
+    match table().get(&code) {
         Some((n, d)) => {
             let s = if desc { d } else { n };
             // SAFETY: forwarded from the entry point's caller.
@@ -47,12 +47,12 @@ fn lookup(code: CUresult, out: *mut *const c_char, desc: bool) -> CUresult {
     }
 }
 
-/// `cuGetErrorName`.
+/// `cuGetErrorName`. The code is taken as an integer: a program may pass any value.
 ///
 /// # Safety
 /// `p_str` is NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn cuGetErrorName(error: CUresult, p_str: *mut *const c_char) -> CUresult {
+pub unsafe extern "C" fn cuGetErrorName(error: u32, p_str: *mut *const c_char) -> CUresult {
     guard("cuGetErrorName", || lookup(error, p_str, false))
 }
 
@@ -61,7 +61,7 @@ pub unsafe extern "C" fn cuGetErrorName(error: CUresult, p_str: *mut *const c_ch
 /// # Safety
 /// `p_str` is NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn cuGetErrorString(error: CUresult, p_str: *mut *const c_char) -> CUresult {
+pub unsafe extern "C" fn cuGetErrorString(error: u32, p_str: *mut *const c_char) -> CUresult {
     guard("cuGetErrorString", || lookup(error, p_str, true))
 }
 
@@ -76,7 +76,7 @@ mod tests {
         assert_eq!(name(801), Some("CUDA_ERROR_NOT_SUPPORTED"));
         let mut p: *const c_char = std::ptr::null();
         // SAFETY: a valid out-pointer.
-        let rc = unsafe { cuGetErrorString(CUresult::CUDA_ERROR_INVALID_VALUE, &mut p) };
+        let rc = unsafe { cuGetErrorString(1, &mut p) };
         assert_eq!(rc, CUresult::CUDA_SUCCESS);
         // SAFETY: the table's strings are NUL-terminated and live forever.
         let s = unsafe { std::ffi::CStr::from_ptr(p) }.to_str().unwrap();

@@ -12,7 +12,10 @@ pub extern "C" fn cuInit(flags: u32) -> CUresult {
         if flags != 0 {
             return CUresult::CUDA_ERROR_INVALID_VALUE;
         }
-        CUresult::CUDA_SUCCESS
+        match crate::driver::init() {
+            Ok(_) => CUresult::CUDA_SUCCESS,
+            Err(e) => e,
+        }
     })
 }
 

@@ -6,8 +6,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::types::CUresult;
 
+pub mod context;
+pub mod device;
 pub mod error;
 pub mod init;
+pub mod memory;
 pub mod proc;
 
 /// The CUDA version this library implements (`CUDA_VERSION` of the CUDA 13.0 headers).

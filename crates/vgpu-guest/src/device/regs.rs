@@ -1,8 +1,9 @@
 //! The register page: checked once when the device is opened (magic, ABI version, geometry),
 //! read fresh for [`DeviceInfo`] and for the fence check before and while waiting.
 
+use vgpu_abi::info::INFO_OFFSET;
 use vgpu_abi::regs::{self, off};
-use vgpu_abi::{DeviceStatus, Layout, LayoutError, RegisterPage, ShmView, Status};
+use vgpu_abi::{DeviceInfoPage, DeviceStatus, Layout, LayoutError, RegisterPage, ShmView, Status};
 
 use super::Device;
 use crate::Error;
@@ -151,6 +152,15 @@ impl Device {
     /// A fresh reading of the register page.
     pub fn info(&self) -> DeviceInfo {
         DeviceInfo::from_regs(&self.view.read_obj::<RegisterPage>(0))
+    }
+
+    /// The device-info page (what a CUDA driver reports about the device), when vgpud
+    /// publishes one (capability `CAP_DEVICE_INFO`, ABI 1.4).
+    pub fn device_info_page(&self) -> Option<DeviceInfoPage> {
+        let caps = self
+            .view
+            .load_u64(std::mem::offset_of!(RegisterPage, capabilities));
+        (caps & regs::CAP_DEVICE_INFO != 0).then(|| self.view.read_obj(INFO_OFFSET))
     }
 
     /// Fails when the device will not answer: fenced, or stopped by vgpud.

@@ -1,0 +1,508 @@
+//! Contexts: the device's primary context (what the CUDA runtime uses), contexts a program
+//! creates itself, and each thread's context stack.
+//!
+//! Every context of the process runs on the VM's one context in vgpud, so all of them share
+//! one device address space; they differ in their flags, limits and identity, which is what
+//! programs observe of them without a second device.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::{c_int, c_uint};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::device::DEVICE;
+use super::{guard, put};
+use crate::driver;
+use crate::types::{CUcontext, CUdevice, CUresult};
+
+/// One context. Its address is its `CUcontext` handle.
+#[derive(Debug)]
+pub struct Context {
+    /// Unique id (`cuCtxGetId`).
+    pub id: u64,
+    /// `CU_CTX_*` flags.
+    pub flags: Mutex<u32>,
+    /// `CUlimit` values, by limit number.
+    limits: Mutex<[usize; 8]>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Context {
+    fn new(flags: u32) -> Self {
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            flags: Mutex::new(flags),
+            // Stack size, printf FIFO, malloc heap, runtime sync depth, pending launches,
+            // max L2 fetch granularity, persisting L2, (reserved): NVIDIA's defaults.
+            limits: Mutex::new([1024, 1 << 20, 8 << 20, 2, 2048, 32, 0, 0]),
+        }
+    }
+    fn handle(&'static self) -> CUcontext {
+        self as *const Context as CUcontext
+    }
+}
+
+/// The primary context and its state.
+struct Primary {
+    ctx: &'static Context,
+    retained: u32,
+}
+
+static PRIMARY: Mutex<Option<Primary>> = Mutex::new(None);
+
+/// Contexts alive: the primary one once made, and every created one not yet destroyed.
+static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+thread_local! {
+    static STACK: RefCell<Vec<CUcontext>> = const { RefCell::new(Vec::new()) };
+}
+
+fn primary() -> &'static Context {
+    let mut p = PRIMARY.lock().unwrap_or_else(|e| e.into_inner());
+    let ctx = p
+        .get_or_insert_with(|| {
+            let ctx: &'static Context = Box::leak(Box::new(Context::new(0)));
+            track(ctx.handle(), true);
+            Primary { ctx, retained: 0 }
+        })
+        .ctx;
+    ctx
+}
+
+fn track(c: CUcontext, alive: bool) {
+    let mut l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let set = l.get_or_insert_with(HashSet::new);
+    if alive {
+        set.insert(c as usize);
+    } else {
+        set.remove(&(c as usize));
+    }
+}
+
+/// The context behind a handle, if it is alive.
+pub fn resolve(c: CUcontext) -> Option<&'static Context> {
+    let l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if l.as_ref().is_some_and(|s| s.contains(&(c as usize))) {
+        // SAFETY: live handles are addresses of leaked (never freed while alive) contexts.
+        Some(unsafe { &*(c as *const Context) })
+    } else {
+        None
+    }
+}
+
+/// The calling thread's current context (NULL when none).
+pub fn current() -> CUcontext {
+    STACK.with(|s| s.borrow().last().copied().unwrap_or(std::ptr::null_mut()))
+}
+
+/// The current context, or `CUDA_ERROR_INVALID_CONTEXT` when the thread has none.
+pub fn require_current() -> Result<&'static Context, CUresult> {
+    resolve(current()).ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)
+}
+
+fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
+    guard(name, || body().unwrap_or_else(|e| e))
+}
+
+fn check_device(dev: CUdevice) -> Result<(), CUresult> {
+    driver::get()?;
+    if dev == DEVICE {
+        Ok(())
+    } else {
+        Err(CUresult::CUDA_ERROR_INVALID_DEVICE)
+    }
+}
+
+/// `cuDevicePrimaryCtxRetain`: the primary context, retained, not made current.
+///
+/// # Safety
+/// `pctx` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
+    run("cuDevicePrimaryCtxRetain", || {
+        check_device(dev)?;
+        if pctx.is_null() {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        let ctx = primary();
+        if let Some(p) = PRIMARY.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            p.retained += 1;
+        }
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { put(pctx, ctx.handle()) })
+    })
+}
+
+fn primary_release(dev: CUdevice) -> Result<CUresult, CUresult> {
+    check_device(dev)?;
+    let mut p = PRIMARY.lock().unwrap_or_else(|e| e.into_inner());
+    match p.as_mut() {
+        Some(p) if p.retained > 0 => {
+            p.retained -= 1;
+            Ok(CUresult::CUDA_SUCCESS)
+        }
+        _ => Err(CUresult::CUDA_ERROR_INVALID_CONTEXT),
+    }
+}
+
+/// `cuDevicePrimaryCtxRelease`.
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
+    run("cuDevicePrimaryCtxRelease", || primary_release(dev))
+}
+
+/// `cuDevicePrimaryCtxRelease_v2`.
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
+    run("cuDevicePrimaryCtxRelease_v2", || primary_release(dev))
+}
+
+/// `cuDevicePrimaryCtxGetState`: its flags and whether it is retained.
+///
+/// # Safety
+/// `flags` and `active` are NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
+    dev: CUdevice,
+    flags: *mut c_uint,
+    active: *mut c_int,
+) -> CUresult {
+    run("cuDevicePrimaryCtxGetState", || {
+        check_device(dev)?;
+        if flags.is_null() || active.is_null() {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        let f = *primary().flags.lock().unwrap_or_else(|e| e.into_inner());
+        let on = PRIMARY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|p| p.retained > 0);
+        // SAFETY: both non-NULL and valid for writes (the caller's promise).
+        unsafe {
+            flags.write(f);
+            active.write(c_int::from(on));
+        }
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+fn primary_set_flags(dev: CUdevice, flags: c_uint) -> Result<CUresult, CUresult> {
+    check_device(dev)?;
+    // CU_CTX_SCHED_MASK | CU_CTX_MAP_HOST | CU_CTX_LMEM_RESIZE_TO_MAX | CU_CTX_COREDUMP_ENABLE
+    // | CU_CTX_USER_COREDUMP_ENABLE | CU_CTX_SYNC_MEMOPS
+    if flags & !0x3f & !0x80 & !0x10 & !0x20 != 0 {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    *primary().flags.lock().unwrap_or_else(|e| e.into_inner()) = flags;
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuDevicePrimaryCtxSetFlags`.
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxSetFlags(dev: CUdevice, flags: c_uint) -> CUresult {
+    run("cuDevicePrimaryCtxSetFlags", || {
+        primary_set_flags(dev, flags)
+    })
+}
+
+/// `cuDevicePrimaryCtxSetFlags_v2`.
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxSetFlags_v2(dev: CUdevice, flags: c_uint) -> CUresult {
+    run("cuDevicePrimaryCtxSetFlags_v2", || {
+        primary_set_flags(dev, flags)
+    })
+}
+
+/// `cuCtxGetCurrent`: NULL (and success) when the thread has no context.
+///
+/// # Safety
+/// `pctx` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
+    run("cuCtxGetCurrent", || {
+        driver::get()?;
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { put(pctx, current()) })
+    })
+}
+
+/// `cuCtxSetCurrent`: replaces the top of the thread's stack (NULL pops it).
+#[no_mangle]
+pub extern "C" fn cuCtxSetCurrent(ctx: CUcontext) -> CUresult {
+    run("cuCtxSetCurrent", || {
+        driver::get()?;
+        if !ctx.is_null() && resolve(ctx).is_none() {
+            return Err(CUresult::CUDA_ERROR_INVALID_CONTEXT);
+        }
+        STACK.with(|s| {
+            let mut s = s.borrow_mut();
+            s.pop();
+            if !ctx.is_null() {
+                s.push(ctx);
+            }
+        });
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+fn push(ctx: CUcontext) -> Result<CUresult, CUresult> {
+    driver::get()?;
+    if resolve(ctx).is_none() {
+        return Err(CUresult::CUDA_ERROR_INVALID_CONTEXT);
+    }
+    STACK.with(|s| s.borrow_mut().push(ctx));
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuCtxPushCurrent_v2`.
+#[no_mangle]
+pub extern "C" fn cuCtxPushCurrent_v2(ctx: CUcontext) -> CUresult {
+    run("cuCtxPushCurrent_v2", || push(ctx))
+}
+
+/// `cuCtxPushCurrent`.
+#[no_mangle]
+pub extern "C" fn cuCtxPushCurrent(ctx: CUcontext) -> CUresult {
+    run("cuCtxPushCurrent", || push(ctx))
+}
+
+/// # Safety
+/// `pctx` is NULL or valid for a write.
+unsafe fn pop(pctx: *mut CUcontext) -> Result<CUresult, CUresult> {
+    driver::get()?;
+    let top = STACK
+        .with(|s| s.borrow_mut().pop())
+        .ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
+    if !pctx.is_null() {
+        // SAFETY: non-NULL, valid for a write (the caller's promise).
+        unsafe { pctx.write(top) };
+    }
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuCtxPopCurrent_v2`.
+///
+/// # Safety
+/// `pctx` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxPopCurrent_v2(pctx: *mut CUcontext) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuCtxPopCurrent_v2", || unsafe { pop(pctx) })
+}
+
+/// `cuCtxPopCurrent`.
+///
+/// # Safety
+/// `pctx` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxPopCurrent(pctx: *mut CUcontext) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuCtxPopCurrent", || unsafe { pop(pctx) })
+}
+
+/// # Safety
+/// `dev` is NULL or valid for a write.
+unsafe fn ctx_device(dev: *mut CUdevice, ctx: CUcontext) -> Result<CUresult, CUresult> {
+    driver::get()?;
+    let c = if ctx.is_null() { current() } else { ctx };
+    resolve(c).ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
+    // SAFETY: forwarded from the caller.
+    Ok(unsafe { put(dev, DEVICE) })
+}
+
+/// `cuCtxGetDevice`: the current context's device.
+///
+/// # Safety
+/// `dev` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuCtxGetDevice", || unsafe {
+        ctx_device(dev, std::ptr::null_mut())
+    })
+}
+
+/// `cuCtxGetDevice_v2`: `ctx`'s device (NULL = the current context).
+///
+/// # Safety
+/// `dev` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetDevice_v2(dev: *mut CUdevice, ctx: CUcontext) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuCtxGetDevice_v2", || unsafe { ctx_device(dev, ctx) })
+}
+
+/// `cuCtxGetFlags`.
+///
+/// # Safety
+/// `flags` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetFlags(flags: *mut c_uint) -> CUresult {
+    run("cuCtxGetFlags", || {
+        let c = require_current()?;
+        let f = *c.flags.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { put(flags, f) })
+    })
+}
+
+/// `cuCtxGetId`.
+///
+/// # Safety
+/// `id` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetId(ctx: CUcontext, id: *mut u64) -> CUresult {
+    run("cuCtxGetId", || {
+        driver::get()?;
+        let c = resolve(if ctx.is_null() { current() } else { ctx })
+            .ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { put(id, c.id) })
+    })
+}
+
+/// `cuCtxGetApiVersion`: 3020, the API version of contexts made through the `_v2` entry
+/// points (every context of this library).
+///
+/// # Safety
+/// `version` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetApiVersion(ctx: CUcontext, version: *mut c_uint) -> CUresult {
+    run("cuCtxGetApiVersion", || {
+        driver::get()?;
+        resolve(if ctx.is_null() { current() } else { ctx })
+            .ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { put(version, 3020) })
+    })
+}
+
+/// `cuCtxGetStreamPriorityRange`: 0 (lowest) to -5 (highest), the range NVIDIA's driver
+/// reports on the Hopper GPUs vgpu runs on.
+///
+/// # Safety
+/// Each pointer is NULL (not wanted) or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
+    least: *mut c_int,
+    greatest: *mut c_int,
+) -> CUresult {
+    run("cuCtxGetStreamPriorityRange", || {
+        require_current()?;
+        // SAFETY: each is NULL or valid for a write (the caller's promise).
+        unsafe {
+            if !least.is_null() {
+                least.write(0);
+            }
+            if !greatest.is_null() {
+                greatest.write(-5);
+            }
+        }
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuCtxGetLimit`.
+///
+/// # Safety
+/// `value` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetLimit(value: *mut usize, limit: c_int) -> CUresult {
+    run("cuCtxGetLimit", || {
+        let c = require_current()?;
+        let l = c.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let v = usize::try_from(limit)
+            .ok()
+            .and_then(|i| l.get(i).copied())
+            .ok_or(CUresult::CUDA_ERROR_UNSUPPORTED_LIMIT)?;
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { put(value, v) })
+    })
+}
+
+/// `cuCtxSetLimit`: recorded; the limits apply to kernels on the host, which keep the host's.
+#[no_mangle]
+pub extern "C" fn cuCtxSetLimit(limit: c_int, value: usize) -> CUresult {
+    run("cuCtxSetLimit", || {
+        let c = require_current()?;
+        let mut l = c.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = usize::try_from(limit)
+            .ok()
+            .and_then(|i| l.get_mut(i))
+            .ok_or(CUresult::CUDA_ERROR_UNSUPPORTED_LIMIT)?;
+        *slot = value;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuCtxSynchronize`: waits for all work of the device.
+#[no_mangle]
+pub extern "C" fn cuCtxSynchronize() -> CUresult {
+    run("cuCtxSynchronize", || {
+        require_current()?;
+        let d = driver::get()?;
+        d.dev.synchronize().map_err(|e| driver::error_of(&e))?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuCtxSynchronize_v2`: waits for all work of `ctx` (NULL = the current context).
+#[no_mangle]
+pub extern "C" fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult {
+    run("cuCtxSynchronize_v2", || {
+        driver::get()?;
+        resolve(if ctx.is_null() { current() } else { ctx })
+            .ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
+        let d = driver::get()?;
+        d.dev.synchronize().map_err(|e| driver::error_of(&e))?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// # Safety
+/// `pctx` is NULL or valid for a write.
+unsafe fn create(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> Result<CUresult, CUresult> {
+    check_device(dev)?;
+    if pctx.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    let ctx: &'static Context = Box::leak(Box::new(Context::new(flags)));
+    track(ctx.handle(), true);
+    STACK.with(|s| s.borrow_mut().push(ctx.handle()));
+    // SAFETY: non-NULL, valid for a write (the caller's promise).
+    unsafe { pctx.write(ctx.handle()) };
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuCtxCreate_v2`: a new context, made current.
+///
+/// # Safety
+/// `pctx` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxCreate_v2(
+    pctx: *mut CUcontext,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuCtxCreate_v2", || unsafe { create(pctx, flags, dev) })
+}
+
+/// `cuCtxDestroy_v2`: the context is popped from the calling thread's stack. Its memory is
+/// the VM's (one address space), so nothing is freed with it.
+#[no_mangle]
+pub extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
+    run("cuCtxDestroy_v2", || {
+        driver::get()?;
+        if resolve(ctx).is_none() || ctx == primary().handle() {
+            return Err(CUresult::CUDA_ERROR_INVALID_CONTEXT);
+        }
+        track(ctx, false);
+        STACK.with(|s| s.borrow_mut().retain(|&c| c != ctx));
+        // The Context stays leaked: a stale handle must never point at reused memory.
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}

@@ -1,0 +1,172 @@
+//! Device memory: allocation at the real device addresses of the VM's context, synchronous
+//! copies and memsets. Host memory on the guest's side of a copy is pageable memory, moved
+//! through the staging area.
+
+use std::ffi::{c_uint, c_void};
+
+use super::context::require_current;
+use super::{guard, put};
+use crate::driver::{self, Driver};
+use crate::types::{CUdeviceptr, CUresult};
+
+fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
+    guard(name, || body().unwrap_or_else(|e| e))
+}
+
+/// The driver, when the calling thread has a context.
+fn ready() -> Result<&'static Driver, CUresult> {
+    require_current()?;
+    driver::get()
+}
+
+fn dev_err(e: vgpu_guest::Error) -> CUresult {
+    driver::error_of(&e)
+}
+
+/// `cuMemAlloc_v2`. A zero-byte request is `CUDA_ERROR_INVALID_VALUE`, as NVIDIA's is.
+///
+/// # Safety
+/// `dptr` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    run("cuMemAlloc_v2", || {
+        let d = ready()?;
+        if dptr.is_null() || bytes == 0 {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        let p = d.dev.alloc(bytes as u64).map_err(dev_err)?;
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { put(dptr, p) })
+    })
+}
+
+/// `cuMemFree_v2`. Freeing NULL succeeds.
+#[no_mangle]
+pub extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
+    run("cuMemFree_v2", || {
+        let d = ready()?;
+        if dptr == 0 {
+            return Ok(CUresult::CUDA_SUCCESS);
+        }
+        d.dev.free(dptr).map_err(dev_err)?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuMemGetInfo_v2`: free and total memory of the VM's quota.
+///
+/// # Safety
+/// `free` and `total` are NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    run("cuMemGetInfo_v2", || {
+        let d = ready()?;
+        if free.is_null() || total.is_null() {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        let (f, t) = d.dev.mem_info().map_err(dev_err)?;
+        let t = t.min(d.info.total_mem);
+        // SAFETY: both non-NULL and valid for writes (the caller's promise).
+        unsafe {
+            free.write(f.min(t) as usize);
+            total.write(t as usize);
+        }
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuMemcpyHtoD_v2`: returns once the bytes are on the device.
+///
+/// # Safety
+/// `src` is valid for `bytes` bytes of reads.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    bytes: usize,
+) -> CUresult {
+    run("cuMemcpyHtoD_v2", || {
+        let d = ready()?;
+        if bytes == 0 {
+            return Ok(CUresult::CUDA_SUCCESS);
+        }
+        if src.is_null() {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: valid for `bytes` bytes of reads (the caller's promise).
+        let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), bytes) };
+        d.dev.copy_htod(dst, data).map_err(dev_err)?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuMemcpyDtoH_v2`.
+///
+/// # Safety
+/// `dst` is valid for `bytes` bytes of writes.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoH_v2(
+    dst: *mut c_void,
+    src: CUdeviceptr,
+    bytes: usize,
+) -> CUresult {
+    run("cuMemcpyDtoH_v2", || {
+        let d = ready()?;
+        if bytes == 0 {
+            return Ok(CUresult::CUDA_SUCCESS);
+        }
+        if dst.is_null() {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: valid for `bytes` bytes of writes (the caller's promise), not aliased by
+        // anything this call reads.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), bytes) };
+        d.dev.copy_dtoh(out, src).map_err(dev_err)?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuMemcpyDtoD_v2`: ordered after earlier work, like NVIDIA's (it runs on the legacy
+/// stream); returns without waiting for the copy.
+#[no_mangle]
+pub extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, bytes: usize) -> CUresult {
+    run("cuMemcpyDtoD_v2", || {
+        let d = ready()?;
+        if bytes == 0 {
+            return Ok(CUresult::CUDA_SUCCESS);
+        }
+        d.dev.copy_dtod(dst, src, bytes as u64).map_err(dev_err)?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuMemsetD8_v2`.
+#[no_mangle]
+pub extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, value: u8, count: usize) -> CUresult {
+    run("cuMemsetD8_v2", || {
+        let d = ready()?;
+        if count == 0 {
+            return Ok(CUresult::CUDA_SUCCESS);
+        }
+        d.dev.memset_d8(dst, value, count as u64).map_err(dev_err)?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuMemsetD32_v2`: `dst` must be 4-byte aligned.
+#[no_mangle]
+pub extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, value: c_uint, count: usize) -> CUresult {
+    run("cuMemsetD32_v2", || {
+        let d = ready()?;
+        if !dst.is_multiple_of(4) {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        if count == 0 {
+            return Ok(CUresult::CUDA_SUCCESS);
+        }
+        d.dev
+            .memset_d32(dst, value, count as u64)
+            .map_err(dev_err)?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}

@@ -1,0 +1,93 @@
+//! The driver's process-wide state: the device connection `cuInit` opens and the device-info
+//! snapshot every query answers from.
+//!
+//! The device is the vGPU PCI device inside a VM, or the vgpud socket named by `VGPU_SOCKET`
+//! for a host process or container. One device per process (ordinal 0).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use vgpu_abi::{DeviceInfoPage, Status};
+use vgpu_guest::{Device, Error};
+
+use crate::types::CUresult;
+
+/// The environment variable naming the vgpud socket of a host process or container.
+pub const SOCKET_ENV: &str = "VGPU_SOCKET";
+
+/// An open device and what it reported when it was opened.
+pub struct Driver {
+    /// The channel to vgpud.
+    pub dev: Device,
+    /// The device-info page as read at `cuInit`.
+    pub info: DeviceInfoPage,
+}
+
+static DRIVER: OnceLock<Result<Driver, CUresult>> = OnceLock::new();
+
+fn open() -> Result<Driver, CUresult> {
+    let opened = match std::env::var_os(SOCKET_ENV) {
+        Some(p) if !p.is_empty() => Device::connect(&PathBuf::from(p)),
+        _ => Device::open_pci(),
+    };
+    let dev = opened.map_err(|e| {
+        if crate::unsupported::warnings_enabled() {
+            eprintln!("vgpu libcuda: no vGPU: {e}");
+        }
+        CUresult::CUDA_ERROR_NO_DEVICE
+    })?;
+    let Some(info) = dev.device_info_page() else {
+        if crate::unsupported::warnings_enabled() {
+            eprintln!(
+                "vgpu libcuda: the vGPU publishes no device-info page (vgpud older than ABI 1.4)"
+            );
+        }
+        return Err(CUresult::CUDA_ERROR_NO_DEVICE);
+    };
+    // The process keeps the device for its whole life: BAR2 stays mapped.
+    let _ = dev.shm();
+    Ok(Driver { dev, info })
+}
+
+/// Opens the device once (`cuInit`); later calls return the first outcome.
+pub fn init() -> Result<&'static Driver, CUresult> {
+    DRIVER.get_or_init(open).as_ref().map_err(|e| *e)
+}
+
+/// The open device; `CUDA_ERROR_NOT_INITIALIZED` before a successful `cuInit`.
+pub fn get() -> Result<&'static Driver, CUresult> {
+    match DRIVER.get() {
+        Some(Ok(d)) => Ok(d),
+        Some(Err(_)) | None => Err(CUresult::CUDA_ERROR_NOT_INITIALIZED),
+    }
+}
+
+/// The CUDA error for a failed device operation.
+pub fn error_of(e: &Error) -> CUresult {
+    match e {
+        Error::Command { status, .. } => match status {
+            Status::InvalidArgument | Status::StagingOutOfRange => {
+                CUresult::CUDA_ERROR_INVALID_VALUE
+            }
+            Status::InvalidAddress => CUresult::CUDA_ERROR_INVALID_VALUE,
+            Status::OutOfMemory | Status::QuotaExceeded | Status::LimitExceeded => {
+                CUresult::CUDA_ERROR_OUT_OF_MEMORY
+            }
+            Status::NotSupported | Status::UnknownOpcode => CUresult::CUDA_ERROR_NOT_SUPPORTED,
+            Status::KernelFault => CUresult::CUDA_ERROR_ILLEGAL_ADDRESS,
+            Status::KernelTimeout => CUresult::CUDA_ERROR_LAUNCH_TIMEOUT,
+            Status::InvalidFunction => CUresult::CUDA_ERROR_INVALID_HANDLE,
+            Status::NotReady => CUresult::CUDA_ERROR_NOT_READY,
+            Status::ContextLost | Status::ContextUnavailable | Status::Aborted => {
+                CUresult::CUDA_ERROR_CONTEXT_IS_DESTROYED
+            }
+            Status::Ok | Status::Internal => CUresult::CUDA_ERROR_UNKNOWN,
+        },
+        Error::InvalidArgument(_) => CUresult::CUDA_ERROR_INVALID_VALUE,
+        Error::NotSupported(_) => CUresult::CUDA_ERROR_NOT_SUPPORTED,
+        Error::Timeout { .. } => CUresult::CUDA_ERROR_LAUNCH_TIMEOUT,
+        Error::Fenced { .. } | Error::Stopped => CUresult::CUDA_ERROR_DEVICE_UNAVAILABLE,
+        Error::NotFound(_) => CUresult::CUDA_ERROR_NO_DEVICE,
+        _ => CUresult::CUDA_ERROR_UNKNOWN,
+    }
+}
