@@ -76,7 +76,6 @@ fn a_program_walks_the_driver_api_through_vgpud() {
 
     // Before cuInit: versions answer, queries say NOT_INITIALIZED.
     let mut v = 0;
-    // SAFETY (all calls below): out-pointers are valid locals.
     assert_eq!(
         // SAFETY: the pointers are valid locals of the right types.
         unsafe { cuDriverGetVersion(&mut v) },
