@@ -284,8 +284,33 @@ pub struct Pending<'d> {
 }
 
 impl Pending<'_> {
+    /// The completion if it has arrived, without waiting: `Ok(None)` while the command
+    /// runs. Once it returned the completion (or its error), later calls answer `Ok(None)`.
+    pub fn try_wait(&mut self) -> Result<Option<vgpu_abi::Cqe>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.dev.try_take_tag(self.tag, self.op) {
+            None => Ok(None),
+            Some(r) => {
+                self.done = true;
+                r.map(Some)
+            }
+        }
+    }
+
+    /// Whether the completion was taken ([`Pending::wait`] or [`Pending::try_wait`]).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
     /// Waits for the completion; an error status becomes an error.
     pub fn wait(mut self) -> Result<vgpu_abi::Cqe, Error> {
+        if self.done {
+            return Err(Error::InvalidArgument(
+                "the completion was already taken by try_wait".into(),
+            ));
+        }
         self.done = true;
         self.dev.wait_tag(self.tag, self.op)
     }

@@ -9,9 +9,11 @@ use crate::types::CUresult;
 pub mod context;
 pub mod device;
 pub mod error;
+pub mod event;
 pub mod init;
 pub mod memory;
 pub mod proc;
+pub mod stream;
 
 /// The CUDA version this library implements (`CUDA_VERSION` of the CUDA 13.0 headers).
 pub const IMPLEMENTED_VERSION: i32 = 13000;

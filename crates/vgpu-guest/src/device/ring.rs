@@ -220,6 +220,14 @@ impl Device {
         check(op, self.wait(tag, op as u16)?)
     }
 
+    /// The completion of the command started with `tag`, checked without waiting: `None`
+    /// while it has not arrived; once returned it is gone.
+    pub(crate) fn try_take_tag(&self, tag: u64, op: Opcode) -> Option<Result<Cqe, Error>> {
+        let mut r = self.lock();
+        r.drain();
+        r.take(tag).map(|(_, c)| check(op, c))
+    }
+
     /// Stops waiting for `tag` (its completion, when it comes, is dropped).
     pub(crate) fn forget_tag(&self, tag: u64) {
         self.lock().pending.remove(&tag);

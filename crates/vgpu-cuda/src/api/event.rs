@@ -1,0 +1,265 @@
+//! Events. A `CUevent` is the address of an [`EventObj`] holding one of vgpud's event ids.
+//! The completion of an event's latest record arrives on the completion ring when the record
+//! completes on the device, so `cuEventQuery` looks for it without a round trip.
+
+use std::collections::HashSet;
+use std::ffi::c_uint;
+use std::sync::Mutex;
+
+use vgpu_guest::{Event, Pending};
+
+use super::context::require_current;
+use super::guard;
+use super::stream::{resolve, stream};
+use crate::driver;
+use crate::types::{CUevent, CUresult, CUstream};
+
+/// `CU_EVENT_DISABLE_TIMING`.
+pub const DISABLE_TIMING: u32 = 0x2;
+/// Every `CU_EVENT_*` flag (default, blocking sync, disable timing, interprocess).
+const KNOWN_FLAGS: u32 = 0x7;
+
+/// An event a program created.
+#[derive(Debug)]
+pub struct EventObj {
+    ev: Event<'static>,
+    flags: u32,
+    state: Mutex<Record>,
+}
+
+/// The state of an event's latest record.
+#[derive(Debug, Default)]
+struct Record {
+    /// Never recorded: queries succeed, timing fails.
+    recorded: bool,
+    /// The latest record's completion, until it is seen.
+    pending: Option<Pending<'static>>,
+}
+
+static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+fn obj(e: CUevent) -> Result<&'static EventObj, CUresult> {
+    let l = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    if l.as_ref().is_some_and(|s| s.contains(&(e as usize))) {
+        // SAFETY: live handles are addresses of leaked EventObjs.
+        Ok(unsafe { &*(e as *const EventObj) })
+    } else {
+        Err(CUresult::CUDA_ERROR_INVALID_HANDLE)
+    }
+}
+
+fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
+    guard(name, || body().unwrap_or_else(|e| e))
+}
+
+/// `cuEventCreate`.
+///
+/// # Safety
+/// `ph` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuEventCreate(ph: *mut CUevent, flags: c_uint) -> CUresult {
+    run("cuEventCreate", || {
+        require_current()?;
+        let d = driver::get()?;
+        if ph.is_null() || flags & !KNOWN_FLAGS != 0 {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        let ev = d.dev.create_event().map_err(|e| driver::error_of(&e))?;
+        let o: &'static EventObj = Box::leak(Box::new(EventObj {
+            ev,
+            flags,
+            state: Mutex::new(Record::default()),
+        }));
+        let h = o as *const EventObj as CUevent;
+        LIVE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(HashSet::new)
+            .insert(h as usize);
+        // SAFETY: non-NULL and valid for a write (the caller's promise).
+        unsafe { ph.write(h) };
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuEventDestroy_v2`. The event's id stays in use (its EventObj is kept) so that a stale
+/// handle never names another event.
+#[no_mangle]
+pub extern "C" fn cuEventDestroy_v2(e: CUevent) -> CUresult {
+    run("cuEventDestroy_v2", || {
+        obj(e)?;
+        LIVE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(HashSet::new)
+            .remove(&(e as usize));
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+fn record(e: CUevent, s: CUstream, per_thread: bool) -> Result<CUresult, CUresult> {
+    require_current()?;
+    let o = obj(e)?;
+    let st = stream(resolve(s, per_thread)?)?;
+    let p = st.record(&o.ev).map_err(|e| driver::error_of(&e))?;
+    let mut r = o.state.lock().unwrap_or_else(|p| p.into_inner());
+    r.recorded = true;
+    r.pending = Some(p);
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuEventRecord`.
+#[no_mangle]
+pub extern "C" fn cuEventRecord(e: CUevent, s: CUstream) -> CUresult {
+    run("cuEventRecord", || record(e, s, false))
+}
+
+/// `cuEventRecord_ptsz`.
+#[no_mangle]
+pub extern "C" fn cuEventRecord_ptsz(e: CUevent, s: CUstream) -> CUresult {
+    run("cuEventRecord_ptsz", || record(e, s, true))
+}
+
+/// `cuEventRecordWithFlags`: `CU_EVENT_RECORD_DEFAULT` only.
+#[no_mangle]
+pub extern "C" fn cuEventRecordWithFlags(e: CUevent, s: CUstream, flags: c_uint) -> CUresult {
+    run("cuEventRecordWithFlags", || {
+        if flags != 0 {
+            return Err(CUresult::CUDA_ERROR_NOT_SUPPORTED);
+        }
+        record(e, s, false)
+    })
+}
+
+/// `cuEventRecordWithFlags_ptsz`.
+#[no_mangle]
+pub extern "C" fn cuEventRecordWithFlags_ptsz(e: CUevent, s: CUstream, flags: c_uint) -> CUresult {
+    run("cuEventRecordWithFlags_ptsz", || {
+        if flags != 0 {
+            return Err(CUresult::CUDA_ERROR_NOT_SUPPORTED);
+        }
+        record(e, s, true)
+    })
+}
+
+/// Whether `o`'s latest record has completed (an error of the record is the answer's).
+fn complete(o: &EventObj) -> Result<bool, CUresult> {
+    let mut r = o.state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(p) = r.pending.as_mut() else {
+        return Ok(true);
+    };
+    match p.try_wait() {
+        Ok(Some(_)) => {
+            r.pending = None;
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(e) => {
+            r.pending = None;
+            Err(driver::error_of(&e))
+        }
+    }
+}
+
+/// `cuEventQuery`: success once the latest record completed (or if never recorded).
+#[no_mangle]
+pub extern "C" fn cuEventQuery(e: CUevent) -> CUresult {
+    run("cuEventQuery", || {
+        let o = obj(e)?;
+        if complete(o)? {
+            Ok(CUresult::CUDA_SUCCESS)
+        } else {
+            Ok(CUresult::CUDA_ERROR_NOT_READY)
+        }
+    })
+}
+
+fn synchronize(o: &EventObj) -> Result<(), CUresult> {
+    let p = o
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pending
+        .take();
+    match p {
+        Some(p) => p.wait().map(drop).map_err(|e| driver::error_of(&e)),
+        None => Ok(()),
+    }
+}
+
+/// `cuEventSynchronize`.
+#[no_mangle]
+pub extern "C" fn cuEventSynchronize(e: CUevent) -> CUresult {
+    run("cuEventSynchronize", || {
+        synchronize(obj(e)?)?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// # Safety
+/// `ms` is NULL or valid for a write.
+unsafe fn elapsed(ms: *mut f32, start: CUevent, end: CUevent) -> Result<CUresult, CUresult> {
+    let (s, e) = (obj(start)?, obj(end)?);
+    if ms.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    if (s.flags | e.flags) & DISABLE_TIMING != 0 {
+        return Err(CUresult::CUDA_ERROR_INVALID_HANDLE);
+    }
+    let recorded = |o: &EventObj| o.state.lock().unwrap_or_else(|p| p.into_inner()).recorded;
+    if !recorded(s) || !recorded(e) {
+        return Err(CUresult::CUDA_ERROR_INVALID_HANDLE);
+    }
+    if !complete(s)? || !complete(e)? {
+        return Err(CUresult::CUDA_ERROR_NOT_READY);
+    }
+    let ns = e
+        .ev
+        .elapsed_ns_since(&s.ev)
+        .map_err(|x| driver::error_of(&x))?;
+    // SAFETY: non-NULL and valid for a write (the caller's promise).
+    unsafe { ms.write(ns as f32 / 1e6) };
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuEventElapsedTime`: milliseconds between two completed records.
+///
+/// # Safety
+/// `ms` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: CUevent, end: CUevent) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuEventElapsedTime", || unsafe { elapsed(ms, start, end) })
+}
+
+/// `cuEventElapsedTime_v2`.
+///
+/// # Safety
+/// `ms` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, start: CUevent, end: CUevent) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuEventElapsedTime_v2", || unsafe { elapsed(ms, start, end) })
+}
+
+fn wait_event(s: CUstream, e: CUevent, flags: c_uint, per_thread: bool) -> Result<CUresult, CUresult> {
+    require_current()?;
+    let o = obj(e)?;
+    if flags & !0x1 != 0 {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    let st = stream(resolve(s, per_thread)?)?;
+    // The wait is device-side; its completion is of no interest.
+    drop(st.wait_event(&o.ev).map_err(|e| driver::error_of(&e))?);
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuStreamWaitEvent`.
+#[no_mangle]
+pub extern "C" fn cuStreamWaitEvent(s: CUstream, e: CUevent, flags: c_uint) -> CUresult {
+    run("cuStreamWaitEvent", || wait_event(s, e, flags, false))
+}
+
+/// `cuStreamWaitEvent_ptsz`.
+#[no_mangle]
+pub extern "C" fn cuStreamWaitEvent_ptsz(s: CUstream, e: CUevent, flags: c_uint) -> CUresult {
+    run("cuStreamWaitEvent_ptsz", || wait_event(s, e, flags, true))
+}

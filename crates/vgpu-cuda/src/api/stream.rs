@@ -1,0 +1,374 @@
+//! Streams. A `CUstream` is the address of a [`StreamObj`]; the legacy default stream (NULL
+//! or `CU_STREAM_LEGACY`) is vgpud's stream 0 and the per-thread default stream
+//! (`CU_STREAM_PER_THREAD`, or NULL through the `_ptsz`/`_ptds` entry points) is a stream of
+//! the thread's own.
+//!
+//! vgpud bounds the distinct stream ids a VM uses (`MAX_STREAMS`); ids of destroyed streams
+//! are reused, so the bound is on streams alive at once.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::ffi::{c_int, c_uint};
+use std::sync::Mutex;
+
+use vgpu_guest::Stream;
+
+use super::context::{current, require_current};
+use super::{guard, put};
+use crate::driver::{self, Driver};
+use crate::types::{CUcontext, CUresult, CUstream};
+
+/// `CU_STREAM_LEGACY`.
+pub const STREAM_LEGACY: usize = 0x1;
+/// `CU_STREAM_PER_THREAD`.
+pub const STREAM_PER_THREAD: usize = 0x2;
+/// `CU_STREAM_NON_BLOCKING`.
+pub const NON_BLOCKING: u32 = 0x1;
+
+/// A stream a program created.
+#[derive(Debug)]
+pub struct StreamObj {
+    /// vgpud's stream id.
+    pub id: u32,
+    /// `CU_STREAM_*` flags.
+    pub flags: u32,
+    /// Priority as asked (clamped to the context's range).
+    pub priority: i32,
+    /// The context it was created in.
+    pub ctx: CUcontext,
+}
+
+// SAFETY: `ctx` is an opaque handle (never dereferenced through this struct); the rest is
+// plain data.
+unsafe impl Send for StreamObj {}
+// SAFETY: as above; shared access only reads.
+unsafe impl Sync for StreamObj {}
+
+/// Streams alive, by handle.
+static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+/// Stream ids free for reuse.
+static FREE_IDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This thread's per-thread default stream id (0 = not made yet).
+    static PER_THREAD: Cell<u32> = const { Cell::new(0) };
+}
+
+fn live() -> std::sync::MutexGuard<'static, Option<HashSet<usize>>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn new_id(d: &'static Driver) -> u32 {
+    FREE_IDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_else(|| d.dev.create_stream().id())
+}
+
+/// The vgpud stream id behind `s`. `per_thread` is set for the `_ptsz`/`_ptds` entry points,
+/// where NULL names the per-thread default stream.
+pub fn resolve(s: CUstream, per_thread: bool) -> Result<u32, CUresult> {
+    let d = driver::get()?;
+    let raw = s as usize;
+    if raw == STREAM_PER_THREAD || (raw == 0 && per_thread) {
+        return Ok(PER_THREAD.with(|c| {
+            if c.get() == 0 {
+                c.set(new_id(d));
+            }
+            c.get()
+        }));
+    }
+    if raw == 0 || raw == STREAM_LEGACY {
+        return Ok(0);
+    }
+    if !live().as_ref().is_some_and(|l| l.contains(&raw)) {
+        return Err(CUresult::CUDA_ERROR_INVALID_HANDLE);
+    }
+    // SAFETY: live handles are addresses of leaked StreamObjs, freed only after removal
+    // from LIVE (never: see `destroy`).
+    Ok(unsafe { &*(s as *const StreamObj) }.id)
+}
+
+/// The vgpud stream `id` as a guest stream.
+pub fn stream(id: u32) -> Result<Stream<'static>, CUresult> {
+    Ok(driver::get()?.dev.stream(id))
+}
+
+fn obj(s: CUstream) -> Option<&'static StreamObj> {
+    let raw = s as usize;
+    if live().as_ref().is_some_and(|l| l.contains(&raw)) {
+        // SAFETY: as in `resolve`.
+        Some(unsafe { &*(s as *const StreamObj) })
+    } else {
+        None
+    }
+}
+
+fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
+    guard(name, || body().unwrap_or_else(|e| e))
+}
+
+/// # Safety
+/// `ph` is NULL or valid for a write.
+unsafe fn create(ph: *mut CUstream, flags: c_uint, priority: c_int) -> Result<CUresult, CUresult> {
+    require_current()?;
+    let d = driver::get()?;
+    if ph.is_null() || flags & !NON_BLOCKING != 0 {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    let obj: &'static StreamObj = Box::leak(Box::new(StreamObj {
+        id: new_id(d),
+        flags,
+        priority: priority.clamp(-5, 0),
+        ctx: current(),
+    }));
+    let h = obj as *const StreamObj as CUstream;
+    live().get_or_insert_with(HashSet::new).insert(h as usize);
+    // SAFETY: non-NULL and valid for a write (the caller's promise).
+    unsafe { ph.write(h) };
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuStreamCreate`.
+///
+/// # Safety
+/// `ph` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreate(ph: *mut CUstream, flags: c_uint) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamCreate", || unsafe { create(ph, flags, 0) })
+}
+
+/// `cuStreamCreateWithPriority`. Priorities are recorded and reported; vgpud schedules by
+/// the VM's priority and pool.
+///
+/// # Safety
+/// `ph` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreateWithPriority(
+    ph: *mut CUstream,
+    flags: c_uint,
+    priority: c_int,
+) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamCreateWithPriority", || unsafe { create(ph, flags, priority) })
+}
+
+fn destroy(s: CUstream) -> Result<CUresult, CUresult> {
+    driver::get()?;
+    let o = obj(s).ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)?;
+    live().get_or_insert_with(HashSet::new).remove(&(s as usize));
+    // Work already queued on the stream still completes; the id is reused only for work
+    // queued after it, which vgpud orders after it (a stronger order than CUDA's).
+    FREE_IDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(o.id);
+    // The StreamObj stays leaked: a stale handle must never point at reused memory.
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuStreamDestroy_v2`.
+#[no_mangle]
+pub extern "C" fn cuStreamDestroy_v2(s: CUstream) -> CUresult {
+    run("cuStreamDestroy_v2", || destroy(s))
+}
+
+/// `cuStreamDestroy`.
+#[no_mangle]
+pub extern "C" fn cuStreamDestroy(s: CUstream) -> CUresult {
+    run("cuStreamDestroy", || destroy(s))
+}
+
+fn synchronize(s: CUstream, per_thread: bool) -> Result<CUresult, CUresult> {
+    require_current()?;
+    let id = resolve(s, per_thread)?;
+    stream(id)?
+        .synchronize()
+        .map_err(|e| driver::error_of(&e))?;
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuStreamSynchronize`.
+#[no_mangle]
+pub extern "C" fn cuStreamSynchronize(s: CUstream) -> CUresult {
+    run("cuStreamSynchronize", || synchronize(s, false))
+}
+
+/// `cuStreamSynchronize_ptsz`.
+#[no_mangle]
+pub extern "C" fn cuStreamSynchronize_ptsz(s: CUstream) -> CUresult {
+    run("cuStreamSynchronize_ptsz", || synchronize(s, true))
+}
+
+fn query(s: CUstream, per_thread: bool) -> Result<CUresult, CUresult> {
+    require_current()?;
+    let id = resolve(s, per_thread)?;
+    match stream(id)?.query() {
+        Ok(true) => Ok(CUresult::CUDA_SUCCESS),
+        Ok(false) => Ok(CUresult::CUDA_ERROR_NOT_READY),
+        Err(e) => Err(driver::error_of(&e)),
+    }
+}
+
+/// `cuStreamQuery`.
+#[no_mangle]
+pub extern "C" fn cuStreamQuery(s: CUstream) -> CUresult {
+    run("cuStreamQuery", || query(s, false))
+}
+
+/// `cuStreamQuery_ptsz`.
+#[no_mangle]
+pub extern "C" fn cuStreamQuery_ptsz(s: CUstream) -> CUresult {
+    run("cuStreamQuery_ptsz", || query(s, true))
+}
+
+/// # Safety
+/// `flags` is NULL or valid for a write.
+unsafe fn get_flags(s: CUstream, flags: *mut c_uint, per_thread: bool) -> Result<CUresult, CUresult> {
+    resolve(s, per_thread)?;
+    // The default streams are blocking streams.
+    let f = obj(s).map_or(0, |o| o.flags);
+    // SAFETY: forwarded from the caller.
+    Ok(unsafe { put(flags, f) })
+}
+
+/// `cuStreamGetFlags`.
+///
+/// # Safety
+/// `flags` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetFlags(s: CUstream, flags: *mut c_uint) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamGetFlags", || unsafe { get_flags(s, flags, false) })
+}
+
+/// `cuStreamGetFlags_ptsz`.
+///
+/// # Safety
+/// `flags` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetFlags_ptsz(s: CUstream, flags: *mut c_uint) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamGetFlags_ptsz", || unsafe { get_flags(s, flags, true) })
+}
+
+/// # Safety
+/// `prio` is NULL or valid for a write.
+unsafe fn get_priority(s: CUstream, prio: *mut c_int, per_thread: bool) -> Result<CUresult, CUresult> {
+    resolve(s, per_thread)?;
+    let p = obj(s).map_or(0, |o| o.priority);
+    // SAFETY: forwarded from the caller.
+    Ok(unsafe { put(prio, p) })
+}
+
+/// `cuStreamGetPriority`.
+///
+/// # Safety
+/// `prio` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetPriority(s: CUstream, prio: *mut c_int) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamGetPriority", || unsafe { get_priority(s, prio, false) })
+}
+
+/// `cuStreamGetPriority_ptsz`.
+///
+/// # Safety
+/// `prio` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetPriority_ptsz(s: CUstream, prio: *mut c_int) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamGetPriority_ptsz", || unsafe { get_priority(s, prio, true) })
+}
+
+/// # Safety
+/// `pctx` is NULL or valid for a write.
+unsafe fn get_ctx(s: CUstream, pctx: *mut CUcontext, per_thread: bool) -> Result<CUresult, CUresult> {
+    resolve(s, per_thread)?;
+    let c = match obj(s) {
+        Some(o) => o.ctx,
+        None => require_current()? as *const _ as CUcontext,
+    };
+    // SAFETY: forwarded from the caller.
+    Ok(unsafe { put(pctx, c) })
+}
+
+/// `cuStreamGetCtx`.
+///
+/// # Safety
+/// `pctx` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCtx(s: CUstream, pctx: *mut CUcontext) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamGetCtx", || unsafe { get_ctx(s, pctx, false) })
+}
+
+/// `cuStreamGetCtx_ptsz`.
+///
+/// # Safety
+/// `pctx` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCtx_ptsz(s: CUstream, pctx: *mut CUcontext) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamGetCtx_ptsz", || unsafe { get_ctx(s, pctx, true) })
+}
+
+/// # Safety
+/// `id` is NULL or valid for a write.
+unsafe fn get_id(s: CUstream, out: *mut u64, per_thread: bool) -> Result<CUresult, CUresult> {
+    let id = resolve(s, per_thread)?;
+    // SAFETY: forwarded from the caller.
+    Ok(unsafe { put(out, u64::from(id)) })
+}
+
+/// `cuStreamGetId`: vgpud's stream id (unique among the process's live streams).
+///
+/// # Safety
+/// `id` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetId(s: CUstream, id: *mut u64) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamGetId", || unsafe { get_id(s, id, false) })
+}
+
+/// `cuStreamGetId_ptsz`.
+///
+/// # Safety
+/// `id` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetId_ptsz(s: CUstream, id: *mut u64) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamGetId_ptsz", || unsafe { get_id(s, id, true) })
+}
+
+/// # Safety
+/// `status` is NULL or valid for a write.
+unsafe fn is_capturing(s: CUstream, status: *mut c_int, per_thread: bool) -> Result<CUresult, CUresult> {
+    resolve(s, per_thread)?;
+    // Stream capture is not offered (cuStreamBeginCapture answers NOT_SUPPORTED), so no
+    // stream is ever capturing: CU_STREAM_CAPTURE_STATUS_NONE.
+    // SAFETY: forwarded from the caller.
+    Ok(unsafe { put(status, 0) })
+}
+
+/// `cuStreamIsCapturing`.
+///
+/// # Safety
+/// `status` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamIsCapturing(s: CUstream, status: *mut c_int) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamIsCapturing", || unsafe { is_capturing(s, status, false) })
+}
+
+/// `cuStreamIsCapturing_ptsz`.
+///
+/// # Safety
+/// `status` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(s: CUstream, status: *mut c_int) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuStreamIsCapturing_ptsz", || unsafe { is_capturing(s, status, true) })
+}
