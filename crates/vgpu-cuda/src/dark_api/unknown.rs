@@ -30,9 +30,11 @@ const TABLES: [[u8; 16]; 9] = [
     ids::DA9151D3,
 ];
 
-/// The slots already reported, a bit per slot (the largest table has 93 words). The hot path
-/// (some of these slots are called on every cuBLAS call) is one atomic load.
-static SEEN: [[AtomicU64; 2]; TABLES.len()] = [const { [AtomicU64::new(0), AtomicU64::new(0)] }; 9];
+/// The slots already reported, a bit per slot: the hot path (some of these slots are called on
+/// every cuBLAS call) is one atomic load. Two words cover the largest table (93 words); a slot
+/// beyond them is still reported, through the name set alone.
+static SEEN: [[AtomicU64; 2]; TABLES.len()] =
+    [const { [AtomicU64::new(0), AtomicU64::new(0)] }; TABLES.len()];
 
 /// The name a slot is reported under.
 pub(crate) fn name(table: usize, slot: usize) -> String {
@@ -44,8 +46,14 @@ pub(crate) fn name(table: usize, slot: usize) -> String {
 }
 
 fn called(table: usize, slot: usize) -> CUresult {
-    let (word, bit) = (&SEEN[table][slot / 64], 1u64 << (slot % 64));
-    if word.load(Ordering::Relaxed) & bit == 0 && word.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+    let bit = 1u64 << (slot % 64);
+    let first = match SEEN[table].get(slot / 64) {
+        Some(w) => {
+            w.load(Ordering::Relaxed) & bit == 0 && w.fetch_or(bit, Ordering::Relaxed) & bit == 0
+        }
+        None => true,
+    };
+    if first {
         return crate::unsupported::report_owned(name(table, slot));
     }
     CUresult::CUDA_ERROR_NOT_SUPPORTED
