@@ -16,6 +16,9 @@
 pub mod api;
 pub mod dark_api;
 pub mod driver;
+// The generated export table declares every export without its signature; modules that call
+// an export declare it with the real one.
+#[allow(clashing_extern_declarations)]
 pub mod exports;
 pub mod proc_address;
 pub mod unsupported;

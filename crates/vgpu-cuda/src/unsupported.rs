@@ -27,6 +27,21 @@ pub fn report(name: &'static str) -> CUresult {
     CUresult::CUDA_ERROR_NOT_SUPPORTED
 }
 
+/// As [`report`], for a name made at run time (a private table's slot, `export table
+/// 21318c60[4]`). Each distinct name is kept for the life of the process, like the static ones.
+pub fn report_owned(name: String) -> CUresult {
+    let first = REPORTED
+        .lock()
+        .map(|mut s| {
+            !s.contains(name.as_str()) && s.insert(Box::leak(name.clone().into_boxed_str()))
+        })
+        .unwrap_or(false);
+    if first && warnings_enabled() {
+        eprintln!("vgpu libcuda: {name} is not supported (CUDA_ERROR_NOT_SUPPORTED)");
+    }
+    CUresult::CUDA_ERROR_NOT_SUPPORTED
+}
+
 /// The unimplemented functions called so far, in name order.
 pub fn reported() -> Vec<&'static str> {
     REPORTED
