@@ -502,6 +502,8 @@ pub extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
         }
         track(ctx, false);
         STACK.with(|s| s.borrow_mut().retain(|&c| c != ctx));
+        // SAFETY: the context is gone: the runtime's state kept for it may be freed.
+        unsafe { crate::dark_api::context_destroyed(ctx) };
         // The Context stays leaked: a stale handle must never point at reused memory.
         Ok(CUresult::CUDA_SUCCESS)
     })

@@ -211,10 +211,9 @@ unsafe fn elapsed(ms: *mut f32, start: CUevent, end: CUevent) -> Result<CUresult
     if !complete(s)? || !complete(e)? {
         return Err(CUresult::CUDA_ERROR_NOT_READY);
     }
-    let ns = e
-        .ev
-        .elapsed_ns_since(&s.ev)
-        .map_err(|x| driver::error_of(&x))?;
+    let ns =
+        e.ev.elapsed_ns_since(&s.ev)
+            .map_err(|x| driver::error_of(&x))?;
     // SAFETY: non-NULL and valid for a write (the caller's promise).
     unsafe { ms.write(ns as f32 / 1e6) };
     Ok(CUresult::CUDA_SUCCESS)
@@ -225,7 +224,11 @@ unsafe fn elapsed(ms: *mut f32, start: CUevent, end: CUevent) -> Result<CUresult
 /// # Safety
 /// `ms` is NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: CUevent, end: CUevent) -> CUresult {
+pub unsafe extern "C" fn cuEventElapsedTime(
+    ms: *mut f32,
+    start: CUevent,
+    end: CUevent,
+) -> CUresult {
     // SAFETY: forwarded from the caller.
     run("cuEventElapsedTime", || unsafe { elapsed(ms, start, end) })
 }
@@ -235,12 +238,23 @@ pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: CUevent, end: C
 /// # Safety
 /// `ms` is NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, start: CUevent, end: CUevent) -> CUresult {
+pub unsafe extern "C" fn cuEventElapsedTime_v2(
+    ms: *mut f32,
+    start: CUevent,
+    end: CUevent,
+) -> CUresult {
     // SAFETY: forwarded from the caller.
-    run("cuEventElapsedTime_v2", || unsafe { elapsed(ms, start, end) })
+    run("cuEventElapsedTime_v2", || unsafe {
+        elapsed(ms, start, end)
+    })
 }
 
-fn wait_event(s: CUstream, e: CUevent, flags: c_uint, per_thread: bool) -> Result<CUresult, CUresult> {
+fn wait_event(
+    s: CUstream,
+    e: CUevent,
+    flags: c_uint,
+    per_thread: bool,
+) -> Result<CUresult, CUresult> {
     require_current()?;
     let o = obj(e)?;
     if flags & !0x1 != 0 {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod init;
 pub mod memory;
+pub mod module;
 pub mod proc;
 pub mod stream;
 

@@ -152,13 +152,17 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(
     priority: c_int,
 ) -> CUresult {
     // SAFETY: forwarded from the caller.
-    run("cuStreamCreateWithPriority", || unsafe { create(ph, flags, priority) })
+    run("cuStreamCreateWithPriority", || unsafe {
+        create(ph, flags, priority)
+    })
 }
 
 fn destroy(s: CUstream) -> Result<CUresult, CUresult> {
     driver::get()?;
     let o = obj(s).ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)?;
-    live().get_or_insert_with(HashSet::new).remove(&(s as usize));
+    live()
+        .get_or_insert_with(HashSet::new)
+        .remove(&(s as usize));
     // Work already queued on the stream still completes; the id is reused only for work
     // queued after it, which vgpud orders after it (a stronger order than CUDA's).
     FREE_IDS
@@ -226,7 +230,11 @@ pub extern "C" fn cuStreamQuery_ptsz(s: CUstream) -> CUresult {
 
 /// # Safety
 /// `flags` is NULL or valid for a write.
-unsafe fn get_flags(s: CUstream, flags: *mut c_uint, per_thread: bool) -> Result<CUresult, CUresult> {
+unsafe fn get_flags(
+    s: CUstream,
+    flags: *mut c_uint,
+    per_thread: bool,
+) -> Result<CUresult, CUresult> {
     resolve(s, per_thread)?;
     // The default streams are blocking streams.
     let f = obj(s).map_or(0, |o| o.flags);
@@ -251,12 +259,18 @@ pub unsafe extern "C" fn cuStreamGetFlags(s: CUstream, flags: *mut c_uint) -> CU
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetFlags_ptsz(s: CUstream, flags: *mut c_uint) -> CUresult {
     // SAFETY: forwarded from the caller.
-    run("cuStreamGetFlags_ptsz", || unsafe { get_flags(s, flags, true) })
+    run("cuStreamGetFlags_ptsz", || unsafe {
+        get_flags(s, flags, true)
+    })
 }
 
 /// # Safety
 /// `prio` is NULL or valid for a write.
-unsafe fn get_priority(s: CUstream, prio: *mut c_int, per_thread: bool) -> Result<CUresult, CUresult> {
+unsafe fn get_priority(
+    s: CUstream,
+    prio: *mut c_int,
+    per_thread: bool,
+) -> Result<CUresult, CUresult> {
     resolve(s, per_thread)?;
     let p = obj(s).map_or(0, |o| o.priority);
     // SAFETY: forwarded from the caller.
@@ -270,7 +284,9 @@ unsafe fn get_priority(s: CUstream, prio: *mut c_int, per_thread: bool) -> Resul
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetPriority(s: CUstream, prio: *mut c_int) -> CUresult {
     // SAFETY: forwarded from the caller.
-    run("cuStreamGetPriority", || unsafe { get_priority(s, prio, false) })
+    run("cuStreamGetPriority", || unsafe {
+        get_priority(s, prio, false)
+    })
 }
 
 /// `cuStreamGetPriority_ptsz`.
@@ -280,12 +296,18 @@ pub unsafe extern "C" fn cuStreamGetPriority(s: CUstream, prio: *mut c_int) -> C
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetPriority_ptsz(s: CUstream, prio: *mut c_int) -> CUresult {
     // SAFETY: forwarded from the caller.
-    run("cuStreamGetPriority_ptsz", || unsafe { get_priority(s, prio, true) })
+    run("cuStreamGetPriority_ptsz", || unsafe {
+        get_priority(s, prio, true)
+    })
 }
 
 /// # Safety
 /// `pctx` is NULL or valid for a write.
-unsafe fn get_ctx(s: CUstream, pctx: *mut CUcontext, per_thread: bool) -> Result<CUresult, CUresult> {
+unsafe fn get_ctx(
+    s: CUstream,
+    pctx: *mut CUcontext,
+    per_thread: bool,
+) -> Result<CUresult, CUresult> {
     resolve(s, per_thread)?;
     let c = match obj(s) {
         Some(o) => o.ctx,
@@ -345,7 +367,11 @@ pub unsafe extern "C" fn cuStreamGetId_ptsz(s: CUstream, id: *mut u64) -> CUresu
 
 /// # Safety
 /// `status` is NULL or valid for a write.
-unsafe fn is_capturing(s: CUstream, status: *mut c_int, per_thread: bool) -> Result<CUresult, CUresult> {
+unsafe fn is_capturing(
+    s: CUstream,
+    status: *mut c_int,
+    per_thread: bool,
+) -> Result<CUresult, CUresult> {
     resolve(s, per_thread)?;
     // Stream capture is not offered (cuStreamBeginCapture answers NOT_SUPPORTED), so no
     // stream is ever capturing: CU_STREAM_CAPTURE_STATUS_NONE.
@@ -360,7 +386,9 @@ unsafe fn is_capturing(s: CUstream, status: *mut c_int, per_thread: bool) -> Res
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamIsCapturing(s: CUstream, status: *mut c_int) -> CUresult {
     // SAFETY: forwarded from the caller.
-    run("cuStreamIsCapturing", || unsafe { is_capturing(s, status, false) })
+    run("cuStreamIsCapturing", || unsafe {
+        is_capturing(s, status, false)
+    })
 }
 
 /// `cuStreamIsCapturing_ptsz`.
@@ -370,5 +398,7 @@ pub unsafe extern "C" fn cuStreamIsCapturing(s: CUstream, status: *mut c_int) ->
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(s: CUstream, status: *mut c_int) -> CUresult {
     // SAFETY: forwarded from the caller.
-    run("cuStreamIsCapturing_ptsz", || unsafe { is_capturing(s, status, true) })
+    run("cuStreamIsCapturing_ptsz", || unsafe {
+        is_capturing(s, status, true)
+    })
 }
