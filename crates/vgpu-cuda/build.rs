@@ -23,18 +23,26 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Names after `extern "C" fn ` in `src`.
+/// Names after `extern "C" fn ` in `src`, and the first argument of macro invocations that
+/// define entry points (`name!(cuXxx, ...)`).
 fn implemented(src: &str, into: &mut BTreeSet<String>) {
-    let key = "extern \"C\" fn ";
-    let mut rest = src;
-    while let Some(i) = rest.find(key) {
-        rest = &rest[i + key.len()..];
-        let name: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if rest[name.len()..].starts_with('(') {
-            into.insert(name);
+    for (key, next) in [("extern \"C\" fn ", '('), ("!(cu", ',')] {
+        let mut rest = src;
+        while let Some(i) = rest.find(key) {
+            // The macro pattern's "cu" belongs to the name.
+            let skip = if key.ends_with("cu") {
+                key.len() - 2
+            } else {
+                key.len()
+            };
+            rest = &rest[i + skip..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && rest[name.len()..].starts_with(next) {
+                into.insert(name);
+            }
         }
     }
 }

@@ -13,6 +13,7 @@
 
 mod bench;
 mod build;
+mod cudaprog;
 mod demo;
 mod deps;
 mod elf;
@@ -109,6 +110,9 @@ enum Command {
         #[command(flatten)]
         vm: VmOpts,
     },
+    /// Build the CUDA C++ programs of crates/vgpu-cuda/tests/cuda with NVIDIA's toolkit (pip
+    /// wheels) and run them through vgpu's libcuda.so.1 against vgpud's cpu backend.
+    CudaPrograms,
     /// Run the cargo-fuzz targets (what a guest or an admin client controls) for a bounded time.
     Fuzz(fuzz::Opts),
     /// Many process clients doing random valid work plus a hostile one against a real vgpud;
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Command::Fuzz(o) => fuzz::main(&o),
         Command::Soak(o) => soak::main(&o),
         Command::Libvirt { vm } => libvirt::main(&vm),
+        Command::CudaPrograms => report(cudaprog::run()),
     }
 }
 

@@ -1,5 +1,6 @@
-//! `cargo xtask test`: the workspace's cargo tests, the loom model checks, then the VM
-//! end-to-end test (the demo) and the VM kill test.
+//! `cargo xtask test`: the workspace's cargo tests, the loom model checks, the CUDA C++
+//! programs through the guest driver, then the VM end-to-end test (the demo) and the VM kill
+//! test.
 
 use std::process::{Command, ExitCode};
 
@@ -21,6 +22,16 @@ pub fn main(no_vm: bool, vm: &VmOpts) -> ExitCode {
     results.push(("cargo tests", ok));
 
     results.push(("loom models", loom()));
+
+    println!("xtask test: stage `cuda programs`: CUDA C++ programs through vgpu's libcuda.so.1");
+    let ok = match crate::cudaprog::run() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("cuda-programs: FAILED: {e:#}");
+            false
+        }
+    };
+    results.push(("cuda programs", ok));
 
     if no_vm {
         println!("xtask test: stages `vm e2e` and `vm kill` skipped (--no-vm)");

@@ -274,8 +274,13 @@ fn a_program_walks_the_driver_api_through_vgpud() {
     // SAFETY: the pointers are valid locals of the right types.
     assert_eq!(unsafe { cuCtxGetId(c2, &mut id2) }, CUresult::CUDA_SUCCESS);
     assert_ne!(id1, id2);
-    assert_eq!(cuCtxDestroy_v2(c2), CUresult::CUDA_SUCCESS);
-    assert_eq!(cuCtxDestroy_v2(c2), CUresult::CUDA_ERROR_INVALID_CONTEXT);
+    // SAFETY: any handle may be passed; only live ones are acted on.
+    assert_eq!(unsafe { cuCtxDestroy_v2(c2) }, CUresult::CUDA_SUCCESS);
+    assert_eq!(
+        // SAFETY: as above.
+        unsafe { cuCtxDestroy_v2(c2) },
+        CUresult::CUDA_ERROR_INVALID_CONTEXT
+    );
     // SAFETY: the pointers are valid locals of the right types.
     assert_eq!(unsafe { cuCtxGetCurrent(&mut cur) }, CUresult::CUDA_SUCCESS);
     assert_eq!(cur, ctx);

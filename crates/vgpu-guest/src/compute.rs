@@ -352,6 +352,16 @@ impl<'d> Stream<'d> {
         self.submit(Command::Launch { launch: body })
     }
 
+    /// Queues filling `len` bytes at `dst` with `value`.
+    pub fn memset_d8(&self, dst: u64, value: u8, len: u64) -> Result<Pending<'d>, Error> {
+        self.submit(Command::Memset {
+            dst,
+            len,
+            value: u32::from(value),
+            width: 1,
+        })
+    }
+
     /// Queues filling `count` 32-bit words at `dst` with `value`.
     pub fn memset_d32(&self, dst: u64, value: u32, count: u64) -> Result<Pending<'d>, Error> {
         let len = count

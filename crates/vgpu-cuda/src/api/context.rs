@@ -493,8 +493,11 @@ pub unsafe extern "C" fn cuCtxCreate_v2(
 
 /// `cuCtxDestroy_v2`: the context is popped from the calling thread's stack. Its memory is
 /// the VM's (one address space), so nothing is freed with it.
+///
+/// # Safety
+/// `ctx` is any value; only a live context's handle is acted on.
 #[no_mangle]
-pub extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
+pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
     run("cuCtxDestroy_v2", || {
         driver::get()?;
         if resolve(ctx).is_none() || ctx == primary().handle() {

@@ -2,7 +2,9 @@
 //! copies and memsets. Host memory on the guest's side of a copy is pageable memory, moved
 //! through the staging area.
 
+use std::collections::BTreeMap;
 use std::ffi::{c_uint, c_void};
+use std::sync::Mutex;
 
 use super::context::require_current;
 use super::{guard, put};
@@ -13,8 +15,25 @@ fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) ->
     guard(name, || body().unwrap_or_else(|e| e))
 }
 
+/// Device allocations of this process: base → size.
+static ALLOCATIONS: Mutex<BTreeMap<u64, u64>> = Mutex::new(BTreeMap::new());
+
+/// The allocation holding `p`: (base, size).
+pub fn allocation_of(p: u64) -> Option<(u64, u64)> {
+    let a = ALLOCATIONS.lock().unwrap_or_else(|e| e.into_inner());
+    a.range(..=p)
+        .next_back()
+        .map(|(&b, &s)| (b, s))
+        .filter(|&(b, s)| p - b < s)
+}
+
+/// Whether `p` is device memory this process allocated.
+pub fn is_device(p: u64) -> bool {
+    allocation_of(p).is_some()
+}
+
 /// The driver, when the calling thread has a context.
-fn ready() -> Result<&'static Driver, CUresult> {
+pub(crate) fn ready() -> Result<&'static Driver, CUresult> {
     require_current()?;
     driver::get()
 }
@@ -35,6 +54,10 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> 
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
         let p = d.dev.alloc(bytes as u64).map_err(dev_err)?;
+        ALLOCATIONS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p, bytes as u64);
         // SAFETY: forwarded from the caller.
         Ok(unsafe { put(dptr, p) })
     })
@@ -49,6 +72,10 @@ pub extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
             return Ok(CUresult::CUDA_SUCCESS);
         }
         d.dev.free(dptr).map_err(dev_err)?;
+        ALLOCATIONS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&dptr);
         Ok(CUresult::CUDA_SUCCESS)
     })
 }
@@ -167,6 +194,32 @@ pub extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, value: c_uint, count: usize) 
         d.dev
             .memset_d32(dst, value, count as u64)
             .map_err(dev_err)?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuMemGetAddressRange_v2`: the allocation holding `dptr`.
+///
+/// # Safety
+/// `base` and `size` are NULL (not wanted) or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetAddressRange_v2(
+    base: *mut CUdeviceptr,
+    size: *mut usize,
+    dptr: CUdeviceptr,
+) -> CUresult {
+    run("cuMemGetAddressRange_v2", || {
+        ready()?;
+        let (b, s) = allocation_of(dptr).ok_or(CUresult::CUDA_ERROR_NOT_FOUND)?;
+        // SAFETY: each is NULL or valid for a write (the caller's promise).
+        unsafe {
+            if !base.is_null() {
+                base.write(b);
+            }
+            if !size.is_null() {
+                size.write(s as usize);
+            }
+        }
         Ok(CUresult::CUDA_SUCCESS)
     })
 }

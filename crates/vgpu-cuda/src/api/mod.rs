@@ -7,9 +7,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::types::CUresult;
 
 pub mod context;
+pub mod copy;
 pub mod device;
 pub mod error;
 pub mod event;
+pub mod host_memory;
 pub mod init;
 pub mod memory;
 pub mod module;

@@ -1,0 +1,351 @@
+//! Copies and memsets beyond the synchronous basics: the stream-ordered (`Async`) forms, the
+//! unified-address forms (`cuMemcpy`, direction from the pointers), 16-bit memsets.
+//!
+//! Host memory is the guest's: a copy to or from it goes through the staging area. An
+//! asynchronous host copy therefore first waits for the stream's earlier work and then copies
+//! (the bytes are in place when the call returns, which CUDA allows); device-to-device copies
+//! and memsets are queued on the stream without waiting.
+
+use std::ffi::c_void;
+
+use super::context::require_current;
+use super::guard;
+use super::memory::{is_device, ready};
+use super::stream::{resolve, stream};
+use crate::driver;
+use crate::types::{CUdeviceptr, CUresult, CUstream};
+
+fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
+    guard(name, || body().unwrap_or_else(|e| e))
+}
+
+fn dev_err(e: vgpu_guest::Error) -> CUresult {
+    driver::error_of(&e)
+}
+
+/// Waits for the earlier work of stream `s`.
+fn drain(s: CUstream, per_thread: bool) -> Result<(), CUresult> {
+    let id = resolve(s, per_thread)?;
+    stream(id)?.synchronize().map_err(dev_err)
+}
+
+/// # Safety
+/// `src` is valid for `n` bytes of reads.
+unsafe fn htod(dst: CUdeviceptr, src: *const c_void, n: usize) -> Result<CUresult, CUresult> {
+    let d = ready()?;
+    if n == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    if src.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: valid for `n` bytes of reads (the caller's promise).
+    let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), n) };
+    d.dev.copy_htod(dst, data).map_err(dev_err)?;
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// # Safety
+/// `dst` is valid for `n` bytes of writes.
+unsafe fn dtoh(dst: *mut c_void, src: CUdeviceptr, n: usize) -> Result<CUresult, CUresult> {
+    let d = ready()?;
+    if n == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    if dst.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: valid for `n` bytes of writes (the caller's promise).
+    let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), n) };
+    d.dev.copy_dtoh(out, src).map_err(dev_err)?;
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+fn dtod_async(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    s: CUstream,
+    pt: bool,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if n == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    let st = stream(resolve(s, pt)?)?;
+    drop(st.copy_dtod(dst, src, n as u64).map_err(dev_err)?);
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+macro_rules! htod_async {
+    ($name:ident, $pt:expr) => {
+        /// Host → device on a stream (see the module's note on host copies).
+        ///
+        /// # Safety
+        /// `src` is valid for `n` bytes of reads.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            dst: CUdeviceptr,
+            src: *const c_void,
+            n: usize,
+            s: CUstream,
+        ) -> CUresult {
+            run(stringify!($name), || {
+                require_current()?;
+                drain(s, $pt)?;
+                // SAFETY: forwarded from the caller.
+                unsafe { htod(dst, src, n) }
+            })
+        }
+    };
+}
+htod_async!(cuMemcpyHtoDAsync_v2, false);
+htod_async!(cuMemcpyHtoDAsync_v2_ptsz, true);
+
+macro_rules! dtoh_async {
+    ($name:ident, $pt:expr) => {
+        /// Device → host on a stream (see the module's note on host copies).
+        ///
+        /// # Safety
+        /// `dst` is valid for `n` bytes of writes.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            dst: *mut c_void,
+            src: CUdeviceptr,
+            n: usize,
+            s: CUstream,
+        ) -> CUresult {
+            run(stringify!($name), || {
+                require_current()?;
+                drain(s, $pt)?;
+                // SAFETY: forwarded from the caller.
+                unsafe { dtoh(dst, src, n) }
+            })
+        }
+    };
+}
+dtoh_async!(cuMemcpyDtoHAsync_v2, false);
+dtoh_async!(cuMemcpyDtoHAsync_v2_ptsz, true);
+
+/// `cuMemcpyDtoDAsync_v2`.
+#[no_mangle]
+pub extern "C" fn cuMemcpyDtoDAsync_v2(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    s: CUstream,
+) -> CUresult {
+    run("cuMemcpyDtoDAsync_v2", || dtod_async(dst, src, n, s, false))
+}
+
+/// `cuMemcpyDtoDAsync_v2_ptsz`.
+#[no_mangle]
+pub extern "C" fn cuMemcpyDtoDAsync_v2_ptsz(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    s: CUstream,
+) -> CUresult {
+    run("cuMemcpyDtoDAsync_v2_ptsz", || {
+        dtod_async(dst, src, n, s, true)
+    })
+}
+
+/// A unified-address copy: the direction follows from which pointers are device memory
+/// (allocations of this process); host-to-host copies are plain memory copies.
+///
+/// # Safety
+/// Host pointers are valid for `n` bytes (reads of `src`, writes of `dst`).
+unsafe fn unified(
+    dst: u64,
+    src: u64,
+    n: usize,
+    s: Option<(CUstream, bool)>,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if n == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    match (is_device(dst), is_device(src)) {
+        (true, true) => match s {
+            Some((s, pt)) => dtod_async(dst, src, n, s, pt),
+            None => {
+                ready()?
+                    .dev
+                    .copy_dtod(dst, src, n as u64)
+                    .map_err(dev_err)?;
+                Ok(CUresult::CUDA_SUCCESS)
+            }
+        },
+        (dev_dst, dev_src) => {
+            if let Some((s, pt)) = s {
+                drain(s, pt)?;
+            }
+            if dev_dst {
+                // SAFETY: `src` is host memory valid for n bytes (the caller's promise).
+                unsafe { htod(dst, src as *const c_void, n) }
+            } else if dev_src {
+                // SAFETY: `dst` is host memory valid for n bytes (the caller's promise).
+                unsafe { dtoh(dst as *mut c_void, src, n) }
+            } else {
+                if dst == 0 || src == 0 {
+                    return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+                }
+                // SAFETY: both host memory valid for n bytes; `copy` allows overlap.
+                unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, n) };
+                Ok(CUresult::CUDA_SUCCESS)
+            }
+        }
+    }
+}
+
+/// `cuMemcpy`.
+///
+/// # Safety
+/// Host pointers are valid for `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuMemcpy", || unsafe { unified(dst, src, n, None) })
+}
+
+/// `cuMemcpy_ptds`.
+///
+/// # Safety
+/// Host pointers are valid for `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    // SAFETY: forwarded from the caller; the per-thread stream orders it.
+    run("cuMemcpy_ptds", || unsafe {
+        unified(dst, src, n, Some((std::ptr::null_mut(), true)))
+    })
+}
+
+/// `cuMemcpyAsync`.
+///
+/// # Safety
+/// Host pointers are valid for `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyAsync(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    s: CUstream,
+) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuMemcpyAsync", || unsafe {
+        unified(dst, src, n, Some((s, false)))
+    })
+}
+
+/// `cuMemcpyAsync_ptsz`.
+///
+/// # Safety
+/// Host pointers are valid for `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyAsync_ptsz(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    s: CUstream,
+) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuMemcpyAsync_ptsz", || unsafe {
+        unified(dst, src, n, Some((s, true)))
+    })
+}
+
+fn memset8_async(
+    dst: CUdeviceptr,
+    v: u8,
+    n: usize,
+    s: CUstream,
+    pt: bool,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if n == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    let st = stream(resolve(s, pt)?)?;
+    drop(st.memset_d8(dst, v, n as u64).map_err(dev_err)?);
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+fn memset32_async(
+    dst: CUdeviceptr,
+    v: u32,
+    n: usize,
+    s: CUstream,
+    pt: bool,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if !dst.is_multiple_of(4) {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    if n == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    let st = stream(resolve(s, pt)?)?;
+    drop(st.memset_d32(dst, v, n as u64).map_err(dev_err)?);
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// 16-bit fills have no device command: equal bytes are a byte fill, an even count on a
+/// 4-byte boundary a 32-bit fill, anything else a copy of the pattern from the host.
+fn memset16(
+    dst: CUdeviceptr,
+    v: u16,
+    n: usize,
+    s: CUstream,
+    pt: bool,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if !dst.is_multiple_of(2) {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    let [lo, hi] = v.to_le_bytes();
+    if lo == hi {
+        return memset8_async(dst, lo, n * 2, s, pt);
+    }
+    if dst.is_multiple_of(4) && n.is_multiple_of(2) {
+        let w = u32::from(v) | (u32::from(v) << 16);
+        return memset32_async(dst, w, n / 2, s, pt);
+    }
+    drain(s, pt)?;
+    let pattern: Vec<u8> = std::iter::repeat_n([lo, hi], n).flatten().collect();
+    // SAFETY: `pattern` holds exactly n * 2 bytes.
+    unsafe { htod(dst, pattern.as_ptr().cast::<c_void>(), pattern.len()) }
+}
+
+macro_rules! memset_entry {
+    ($name:ident, $t:ty, $f:ident, $pt:expr) => {
+        /// A memset on a stream.
+        #[no_mangle]
+        pub extern "C" fn $name(dst: CUdeviceptr, v: $t, n: usize, s: CUstream) -> CUresult {
+            run(stringify!($name), || $f(dst, v, n, s, $pt))
+        }
+    };
+    ($name:ident, $t:ty, $f:ident, sync $pt:expr) => {
+        /// A memset ordered like a synchronous call.
+        #[no_mangle]
+        pub extern "C" fn $name(dst: CUdeviceptr, v: $t, n: usize) -> CUresult {
+            run(stringify!($name), || {
+                $f(dst, v, n, std::ptr::null_mut(), $pt)?;
+                stream(resolve(std::ptr::null_mut(), $pt)?)?
+                    .synchronize()
+                    .map_err(dev_err)?;
+                Ok(CUresult::CUDA_SUCCESS)
+            })
+        }
+    };
+}
+memset_entry!(cuMemsetD8Async, u8, memset8_async, false);
+memset_entry!(cuMemsetD8Async_ptsz, u8, memset8_async, true);
+memset_entry!(cuMemsetD16Async, u16, memset16, false);
+memset_entry!(cuMemsetD16Async_ptsz, u16, memset16, true);
+memset_entry!(cuMemsetD32Async, u32, memset32_async, false);
+memset_entry!(cuMemsetD32Async_ptsz, u32, memset32_async, true);
+memset_entry!(cuMemsetD16_v2, u16, memset16, sync false);
+memset_entry!(cuMemsetD8_v2_ptds, u8, memset8_async, sync true);
+memset_entry!(cuMemsetD16_v2_ptds, u16, memset16, sync true);
+memset_entry!(cuMemsetD32_v2_ptds, u32, memset32_async, sync true);
