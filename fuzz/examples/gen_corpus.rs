@@ -95,6 +95,7 @@ fn commands() -> Vec<(&'static str, Command)> {
             Command::ModuleLoad {
                 staging_offset: 0,
                 len: 100,
+                binary: false,
             },
         ),
         ("module_unload", Command::ModuleUnload { module: 1 }),

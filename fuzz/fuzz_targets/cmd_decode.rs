@@ -62,6 +62,7 @@ fn check_accepted(cmd: &Command, staging: u64) {
         Command::ModuleLoad {
             staging_offset,
             len,
+            ..
         } => assert!(len > 0 && inside(staging_offset, len)),
         Command::GetFunction {
             staging_offset,

@@ -3,7 +3,7 @@
 # That host has no Rust toolchain, no QEMU and no network: everything it needs is in this folder.
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
-#   stages, in order: env, conformance, bench, breakdown, sched, multigpu (two GPUs), vm,
+#   stages, in order: env, conformance, bench, cuda, breakdown, sched, multigpu (two GPUs), vm,
 #   tenancy, soak (10 minutes: run it on its own, `--only soak`)
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
 # the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
 done
 out=${out:-${OUT:-}}
 if [ -z "$out" ]; then
-  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,breakdown,sched,multigpu,vm,tenancy,soak]   (or set OUT)" >&2
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,breakdown,sched,multigpu,vm,tenancy,soak]   (or set OUT)" >&2
   exit 2
 fi
 mkdir -p "$out" || exit 2
@@ -154,6 +154,78 @@ stage_bench() {
   else
     note=$(tail -n 3 "$log" | tr '\n' ' ')
     record bench FAIL $((SECONDS - t0)) "exit $rc: $note"
+  fi
+}
+
+# ---- cuda: CUDA C++ programs through vgpu's libcuda.so.1, next to NVIDIA's driver -----------
+# Every program of cuda/ (kernel-free, as CI runs them) and cuda-gpu/ (with kernels) is built
+# here with the host's nvcc (runtime static and shared) and run twice: on NVIDIA's driver and
+# through vgpu's libcuda.so.1 attached to a vgpud (cuda backend) by VGPU_SOCKET. Both runs must
+# print PASS, and their `result:` lines must be identical.
+stage_cuda() {
+  local t0=$SECONDS log="$out/cuda.log" dir="$work/cuda" nvcc src stem v flags exe rcn rcv
+  local n=0 bad=0 failed="" i vpid
+  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  if [ ! -x "$nvcc" ]; then
+    record cuda FAIL 0 "no nvcc on this host"
+    return
+  fi
+  mkdir -p "$dir/lib"
+  ln -sf "$here/lib/libvgpucuda.so" "$dir/lib/libcuda.so.1"
+  ln -sf "$here/lib/libvgpucuda.so" "$dir/lib/libcuda.so"
+  cat >"$dir/vgpud.toml" <<EOF
+[mediator]
+backend = "cuda"
+
+[[vm]]
+name = "cuda-programs"
+socket = "$dir/vm.sock"
+vm_id = 1
+pool = 0
+shm_size = "256MiB"
+mem_quota = "16GiB"
+EOF
+  "$here/bin/vgpud" --config "$dir/vgpud.toml" >"$out/cuda-vgpud.log" 2>&1 &
+  vpid=$!
+  pids+=("$vpid")
+  for i in $(seq 300); do
+    [ -S "$dir/vm.sock" ] && break
+    sleep 0.1
+  done
+  : >"$log"
+  for src in "$here"/cuda/*.cu "$here"/cuda-gpu/*.cu; do
+    [ -f "$src" ] || continue
+    stem=$(basename "$src" .cu)
+    for v in static shared; do
+      flags=""
+      [ "$v" = shared ] && flags="-cudart shared"
+      exe="$dir/$stem-$v"
+      n=$((n + 1))
+      # shellcheck disable=SC2086 # flags is a list of words
+      if ! "$nvcc" -arch=sm_90 $flags -o "$exe" "$src" >>"$log" 2>&1; then
+        bad=$((bad + 1)); failed="$failed $stem-$v(nvcc)"; continue
+      fi
+      "$exe" >"$exe.native" 2>&1
+      rcn=$?
+      LD_LIBRARY_PATH="$dir/lib:$LD_LIBRARY_PATH" VGPU_SOCKET="$dir/vm.sock" "$exe" >"$exe.vgpu" 2>&1
+      rcv=$?
+      {
+        echo "=== $stem ($v): native exit $rcn, vgpu exit $rcv"
+        echo "--- native"; cat "$exe.native"
+        echo "--- vgpu"; cat "$exe.vgpu"
+      } >>"$log"
+      if [ $rcn != 0 ] || [ $rcv != 0 ] || ! grep -qx PASS "$exe.vgpu" ||
+        ! diff <(grep '^result' "$exe.native") <(grep '^result' "$exe.vgpu") >>"$log"; then
+        bad=$((bad + 1)); failed="$failed $stem-$v"
+      fi
+    done
+  done
+  kill -TERM "$vpid" 2>/dev/null
+  wait "$vpid" 2>/dev/null
+  if [ $bad = 0 ] && [ $n -gt 0 ]; then
+    record cuda PASS $((SECONDS - t0)) "$n program builds identical to native; $(basename "$log")"
+  else
+    record cuda FAIL $((SECONDS - t0)) "$bad of $n failed:$failed; see $(basename "$log")"
   fi
 }
 
@@ -337,7 +409,7 @@ stage_soak() {
   fi
 }
 
-for s in env conformance bench breakdown sched multigpu vm tenancy soak; do
+for s in env conformance bench cuda breakdown sched multigpu vm tenancy soak; do
   if wanted "$s"; then
     "stage_$s"
   fi

@@ -129,10 +129,26 @@ pub fn prepare(dir: &Path) -> Result<()> {
         format!("built: {} on {}", utc_now(), os_name()),
     ];
 
-    step("building vgpud, vgpuctl, vgpu-bench (release)");
-    build::cargo_build_release(&["vgpu-mediator", "vgpuctl", "vgpu-bench"])?;
+    step("building vgpud, vgpuctl, vgpu-bench and the guest driver (release)");
+    build::cargo_build_release(&["vgpu-mediator", "vgpuctl", "vgpu-bench", "vgpu-cuda"])?;
     for bin in ["vgpud", "vgpuctl", "vgpu-bench"] {
         install(&build::host_bin(bin), &dir.join("bin").join(bin))?;
+    }
+    // The guest driver and the CUDA C++ programs of the `cuda` stage (compiled there).
+    std::fs::create_dir_all(dir.join("lib"))?;
+    install(
+        &build::host_bin("libvgpucuda.so"),
+        &dir.join("lib/libvgpucuda.so"),
+    )?;
+    for sub in ["cuda", "cuda-gpu"] {
+        let src = paths::root().join("crates/vgpu-cuda/tests").join(sub);
+        std::fs::create_dir_all(dir.join(sub))?;
+        for e in std::fs::read_dir(&src).with_context(|| format!("listing {}", src.display()))? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "cu") {
+                std::fs::copy(&p, dir.join(sub).join(p.file_name().unwrap_or_default()))?;
+            }
+        }
     }
 
     step("building the GPU test executables (release)");

@@ -468,11 +468,24 @@ impl Device {
         if ptx.is_empty() {
             return Err(Error::InvalidArgument("empty PTX".into()));
         }
-        let c = self.with_staging(ptx.as_bytes(), |off| {
+        self.load_image_as(ptx.as_bytes(), false)
+    }
+
+    /// Loads a cubin or fatbin image, as the CUDA toolkit makes it, into a module.
+    pub fn load_image(&self, image: &[u8]) -> Result<Module<'_>, Error> {
+        if image.is_empty() {
+            return Err(Error::InvalidArgument("empty image".into()));
+        }
+        self.load_image_as(image, true)
+    }
+
+    fn load_image_as(&self, image: &[u8], binary: bool) -> Result<Module<'_>, Error> {
+        let c = self.with_staging(image, |off| {
             self.exec_on(
                 Command::ModuleLoad {
                     staging_offset: off,
-                    len: ptx.len() as u64,
+                    len: image.len() as u64,
+                    binary,
                 },
                 0,
             )
@@ -482,6 +495,13 @@ impl Device {
             handle: c.result0,
             loaded: true,
         })
+    }
+
+    /// Unloads the module `handle` (for a caller that keeps its [`Module`] alive elsewhere, as
+    /// a driver keeping handles does; the [`Module`] must then not be used or dropped).
+    pub fn unload_module(&self, handle: u64) -> Result<(), Error> {
+        self.exec_on(Command::ModuleUnload { module: handle }, 0)
+            .map(drop)
     }
 
     /// A built-in kernel as a [`Function`], its layout asked from vgpud.

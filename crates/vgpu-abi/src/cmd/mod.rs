@@ -40,6 +40,9 @@ pub use table::{Command, Handler, Opcode};
 
 /// Submission entry flag for [`Opcode::Synchronize`]: wait for every stream, not only `stream`.
 pub const SYNC_ALL_STREAMS: u16 = 1 << 0;
+/// Submission entry flag for [`Opcode::ModuleLoad`]: the image is a cubin or fatbin, not PTX
+/// text (1.4).
+pub const MODULE_BINARY: u16 = 1 << 0;
 /// Distinct stream ids one VM may use (until it resets); a command naming one more stream
 /// fails with [`Status::InvalidArgument`].
 pub const MAX_STREAMS: usize = 64;

@@ -6,7 +6,7 @@ use super::class::{Class, DeviceRanges, Direction, Effect};
 use super::entry::Sqe;
 use super::launch::LaunchBody;
 use super::status::Status;
-use super::SYNC_ALL_STREAMS;
+use super::{MODULE_BINARY, SYNC_ALL_STREAMS};
 
 commands! {
     /// Does nothing; completes with `Ok`. The channel's round-trip probe.
@@ -102,14 +102,18 @@ commands! {
         class Class::STREAM_WORK;
         effect Effect::Transfer { len, dir: Direction::Device };
 
-    /// Loads a PTX module from staging. `result0` = the module handle.
+    /// Loads a module from staging: PTX text, or (with the binary flag) a cubin or fatbin
+    /// image as the CUDA toolkit makes it. `result0` = the module handle.
     ModuleLoad = 0x20 => fn module_load {
-        /// Offset of the PTX text in staging.
+        /// Offset of the image in staging.
         staging_offset: u64,
-        /// Bytes of PTX text (> 0).
+        /// Bytes of the image (> 0).
         len: u64,
     }
-        flags {}
+        flags {
+            /// A cubin or fatbin image (taken as is), not PTX text (1.4).
+            binary = MODULE_BINARY,
+        }
         check(s) { check::nonzero(len)?; check::staging(staging_offset, len, s)?; }
         ranges []
         class Class::HOST;

@@ -135,12 +135,14 @@ fn rejects_bad_entries() {
     s = Command::ModuleLoad {
         staging_offset: 0,
         len: 0,
+        binary: false,
     }
     .encode(0, 1);
     assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
     s = Command::ModuleLoad {
         staging_offset: 4000,
         len: 97,
+        binary: true,
     }
     .encode(0, 1);
     assert_eq!(Command::decode(&s, 4096), Err(Status::StagingOutOfRange));
@@ -223,10 +225,11 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 launch: LaunchBody::new(f, g, b, &p).unwrap()
             }),
         any::<bool>().prop_map(|all_streams| Command::Synchronize { all_streams }),
-        (0u64..1 << 20, 1u64..1 << 20).prop_map(|(staging_offset, len)| {
+        (0u64..1 << 20, 1u64..1 << 20, any::<bool>()).prop_map(|(staging_offset, len, binary)| {
             Command::ModuleLoad {
                 staging_offset,
                 len,
+                binary,
             }
         }),
         any::<u64>().prop_map(|module| Command::ModuleUnload { module }),
@@ -275,7 +278,11 @@ proptest! {
                     prop_assert!(l.block.iter().map(|&b| b as u128).product::<u128>() <= MAX_BLOCK_THREADS as u128);
                 }
                 Command::Memset { len, width, .. } => prop_assert_eq!(len % width as u64, 0),
-                Command::ModuleLoad { staging_offset, len } => {
+                Command::ModuleLoad {
+                    staging_offset,
+                    len,
+                    ..
+                } => {
                     prop_assert!(len > 0 && staging_offset + len <= staging);
                 }
                 Command::GetFunction { staging_offset, name_len, .. } => {

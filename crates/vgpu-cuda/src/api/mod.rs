@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod host_memory;
 pub mod init;
+pub mod launch;
 pub mod memory;
 pub mod module;
 pub mod proc;

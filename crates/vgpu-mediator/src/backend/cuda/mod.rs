@@ -550,6 +550,14 @@ impl Drop for CudaBackend {
     }
 }
 
+/// A module image as vgpud hands it to the driver.
+enum Image {
+    /// A cubin or fatbin, in 8-byte words (the driver reads its headers aligned).
+    Binary(Vec<u64>),
+    /// NUL-terminated PTX text.
+    Ptx(Vec<u8>),
+}
+
 /// The device-info page of `dev`: every attribute the driver answers, its version, UUID and
 /// PCI location.
 fn describe(
@@ -814,6 +822,7 @@ impl Handler for CudaBackend {
         at: VmStream,
         staging_offset: u64,
         len: u64,
+        binary: bool,
     ) -> Result<Issued, Status> {
         let vm = at.vm;
         if len > MAX_PTX {
@@ -821,13 +830,27 @@ impl Handler for CudaBackend {
         }
         let h = self.handle()?;
         let c = self.ctx(vm)?;
-        let mut ptx = c.staging.read(staging_offset, len)?;
-        // PTX is text: cut at the first NUL the guest put in, and terminate it.
-        if let Some(end) = ptx.iter().position(|&b| b == 0) {
-            ptx.truncate(end);
-        }
-        ptx.push(0);
-        match api::module_load(&ptx) {
+        let bytes = c.staging.read(staging_offset, len)?;
+        use zerocopy::IntoBytes;
+        let image = if binary {
+            // A cubin or fatbin: the driver reads its headers at 8-byte alignment.
+            let mut words = vec![0u64; bytes.len().div_ceil(8) + 1];
+            words.as_mut_slice().as_mut_bytes()[..bytes.len()].copy_from_slice(&bytes);
+            Image::Binary(words)
+        } else {
+            // PTX is text: cut at the first NUL the guest put in, and terminate it.
+            let mut ptx = bytes;
+            if let Some(end) = ptx.iter().position(|&b| b == 0) {
+                ptx.truncate(end);
+            }
+            ptx.push(0);
+            Image::Ptx(ptx)
+        };
+        let loaded = match &image {
+            Image::Binary(w) => api::module_load(w.as_slice().as_bytes()),
+            Image::Ptx(p) => api::module_load(p),
+        };
+        match loaded {
             Ok(m) => {
                 c.modules.insert(h, m);
                 Ok(Issued::Done(h, 0))
@@ -836,7 +859,7 @@ impl Handler for CudaBackend {
                 let log: String = log.chars().take(2000).collect();
                 static LOG: Mutex<Throttle> = Mutex::new(Throttle::new(GUEST_LOG_INTERVAL));
                 if let Some(times) = crate::throttle::hit(&LOG) {
-                    warn!(vm, times, "PTX module rejected: {r:?}: {log}");
+                    warn!(vm, times, binary, "module image rejected: {r:?}: {log}");
                 }
                 Err(match r {
                     CUresult::CUDA_ERROR_OUT_OF_MEMORY => Status::OutOfMemory,
