@@ -352,6 +352,32 @@ impl<'d> Stream<'d> {
         self.submit(Command::Launch { launch: body })
     }
 
+    /// Queues a launch of `func` whose packed parameters are staging bytes
+    /// `[staging_offset, staging_offset + params_len)` (see [`Device::spare_staging`]); they
+    /// must stay unchanged until the launch completed.
+    pub fn launch_indirect(
+        &self,
+        func: u64,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem: u32,
+        staging_offset: u64,
+        params_len: u32,
+    ) -> Result<Pending<'d>, Error> {
+        self.submit(Command::LaunchIndirect {
+            func,
+            staging_offset,
+            params_len,
+            shared_mem,
+            grid_x: grid[0],
+            grid_y: grid[1],
+            grid_z: grid[2],
+            block_x: block[0],
+            block_y: block[1],
+            block_z: block[2],
+        })
+    }
+
     /// Queues filling `len` bytes at `dst` with `value`.
     pub fn memset_d8(&self, dst: u64, value: u8, len: u64) -> Result<Pending<'d>, Error> {
         self.submit(Command::Memset {

@@ -304,6 +304,12 @@ impl VirtualDevice {
                     }
                 }
             }
+            Effect::LaunchFunction { func } => {
+                // Built-ins take the inline launch (their parameters are checked at admission).
+                if self.check_function(func)?.is_some() {
+                    return Err(Status::InvalidFunction);
+                }
+            }
             Effect::ParamInfo { func, index } => {
                 if let Some(b) = self.check_function(func)? {
                     let &(o, s) = b

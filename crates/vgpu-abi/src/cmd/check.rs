@@ -9,6 +9,32 @@ pub const MAX_EVENTS: u32 = 1024;
 /// Longest function name accepted by [`super::Opcode::GetFunction`], in bytes.
 pub const MAX_FUNC_NAME: u64 = 256;
 
+/// Largest packed kernel parameters of [`super::Opcode::LaunchIndirect`] (CUDA 12.1's limit).
+pub const MAX_KERNEL_PARAMS: u32 = 32764;
+
+/// Packed kernel parameters of at most [`MAX_KERNEL_PARAMS`] bytes.
+pub fn kernel_params(len: u32) -> Result<(), Status> {
+    if len <= MAX_KERNEL_PARAMS {
+        Ok(())
+    } else {
+        Err(Status::InvalidArgument)
+    }
+}
+
+/// A launch shape: every grid dimension in `1..=MAX_GRID_DIM`, every block dimension non-zero
+/// and at most [`MAX_BLOCK_THREADS`] threads per block.
+pub fn dims(grid: [u32; 3], block: [u32; 3]) -> Result<(), Status> {
+    // Three u32 dimensions multiply to at most 2^96: in u128 the product cannot wrap.
+    let threads: u128 = block.iter().map(|&d| d as u128).product();
+    if grid.iter().any(|&d| d == 0 || d > MAX_GRID_DIM)
+        || block.contains(&0)
+        || threads > MAX_BLOCK_THREADS as u128
+    {
+        return Err(Status::InvalidArgument);
+    }
+    Ok(())
+}
+
 /// `[off, off + len)` lies inside a staging area of `staging_size` bytes.
 pub fn staging(off: u64, len: u64, staging_size: u64) -> Result<(), Status> {
     match off.checked_add(len) {
@@ -65,14 +91,7 @@ pub fn launch(l: &LaunchBody) -> Result<(), Status> {
     if l.params_len as usize > MAX_INLINE_PARAMS {
         return Err(Status::InvalidArgument);
     }
-    // Three u32 dimensions multiply to at most 2^96: in u128 the product cannot wrap (in u64,
-    // [2^31, 2^31, 4] wrapped to 0 and passed; found by `cargo xtask fuzz`).
-    let threads: u128 = l.block.iter().map(|&d| d as u128).product();
-    if l.grid.iter().any(|&d| d == 0 || d > MAX_GRID_DIM)
-        || l.block.contains(&0)
-        || threads > MAX_BLOCK_THREADS as u128
-    {
-        return Err(Status::InvalidArgument);
-    }
-    Ok(())
+    // In u64 the thread count of [2^31, 2^31, 4] wrapped to 0 and passed (found by
+    // `cargo xtask fuzz`); `dims` multiplies in u128.
+    dims(l.grid, l.block)
 }

@@ -99,6 +99,11 @@ pub enum Effect {
     },
     /// Launches a built-in or one of the VM's functions.
     Launch(LaunchBody),
+    /// Launches one of the VM's functions (not a built-in) with parameters from staging.
+    LaunchFunction {
+        /// The function.
+        func: u64,
+    },
     /// Records an event (event limit).
     RecordEvent {
         /// Event id.

@@ -154,6 +154,41 @@ commands! {
         class Class::STREAM_WORK;
         effect Effect::Launch(launch);
 
+    /// Launches a kernel whose packed parameters are in staging (1.4): for parameters larger
+    /// than a launch entry holds, up to [`check::MAX_KERNEL_PARAMS`] bytes. vgpud reads them
+    /// when it issues the launch; the guest may reuse the bytes once the launch completed.
+    LaunchIndirect = 0x25 => fn launch_indirect {
+        /// Function handle (a module's function; built-ins take [`Opcode::Launch`]).
+        func: u64,
+        /// Offset of the packed parameters in staging.
+        staging_offset: u64,
+        /// Bytes of packed parameters.
+        params_len: u32,
+        /// Dynamic shared memory in bytes.
+        shared_mem: u32,
+        /// Grid x.
+        grid_x: u32,
+        /// Grid y.
+        grid_y: u32,
+        /// Grid z.
+        grid_z: u32,
+        /// Block x.
+        block_x: u32,
+        /// Block y.
+        block_y: u32,
+        /// Block z.
+        block_z: u32,
+    }
+        flags {}
+        check(s) {
+            check::kernel_params(params_len)?;
+            check::staging(staging_offset, params_len as u64, s)?;
+            check::dims([grid_x, grid_y, grid_z], [block_x, block_y, block_z])?;
+        }
+        ranges []
+        class Class::STREAM_WORK;
+        effect Effect::LaunchFunction { func };
+
     /// Where a kernel parameter goes in the packed parameters. `result0` = its offset,
     /// `result1` = its size in bytes.
     FuncParamInfo = 0x24 => fn func_param_info {

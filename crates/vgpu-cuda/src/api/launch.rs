@@ -4,13 +4,14 @@
 
 use std::ffi::{c_uint, c_void};
 
-use vgpu_abi::cmd::{LaunchBody, MAX_INLINE_PARAMS};
+use vgpu_abi::cmd::{LaunchBody, MAX_INLINE_PARAMS, MAX_KERNEL_PARAMS};
 
 use super::context::require_current;
 use super::guard;
 use super::module::function;
 use super::stream::{resolve, stream};
 use crate::driver;
+use crate::params::{arena_for, ARENA};
 use crate::types::{CUfunction, CUresult, CUstream};
 
 /// `CU_LAUNCH_PARAM_END`.
@@ -117,20 +118,11 @@ unsafe fn launch(
     let func = function(f.cast())?;
     // SAFETY: forwarded from the caller.
     let bytes = unsafe { pack(func.params(), params, extra) }?;
-    if bytes.len() > MAX_INLINE_PARAMS {
-        static REPORTED: std::sync::Once = std::sync::Once::new();
-        REPORTED.call_once(|| {
-            if crate::unsupported::warnings_enabled() {
-                eprintln!(
-                    "vgpu libcuda: kernel parameters of {} bytes (over {MAX_INLINE_PARAMS}) are not supported yet",
-                    bytes.len()
-                );
-            }
-        });
-        return Err(CUresult::CUDA_ERROR_NOT_SUPPORTED);
-    }
     if grid.contains(&0) || block.contains(&0) {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    if bytes.len() > MAX_INLINE_PARAMS {
+        return launch_indirect(func.handle(), grid, block, shared, s, per_thread, &bytes);
     }
     let mut body = LaunchBody::new(func.handle(), grid, block, &bytes)
         .ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
@@ -139,6 +131,45 @@ unsafe fn launch(
     // Queued: its completion is not waited for.
     drop(st.launch_body(body).map_err(|e| driver::error_of(&e))?);
     Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// A launch whose parameters go through the staging arena ([`crate::params`]).
+fn launch_indirect(
+    func: u64,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared: c_uint,
+    s: CUstream,
+    per_thread: bool,
+    bytes: &[u8],
+) -> Result<CUresult, CUresult> {
+    if bytes.len() > MAX_KERNEL_PARAMS as usize {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    let d = driver::get()?;
+    let st = stream(resolve(s, per_thread)?)?;
+    let mut guard = ARENA.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        *guard = Some(arena_for(&d.dev).ok_or(CUresult::CUDA_ERROR_NOT_SUPPORTED)?);
+    }
+    let arena = guard.as_mut().expect("made above");
+    let (off, end) = arena
+        .reserve(bytes.len() as u64)
+        .map_err(|e| driver::error_of(&e))?;
+    let queued = d
+        .dev
+        .write_staging(off, bytes)
+        .and_then(|()| st.launch_indirect(func, grid, block, shared, off, bytes.len() as u32));
+    match queued {
+        Ok(p) => {
+            arena.commit(end, p);
+            Ok(CUresult::CUDA_SUCCESS)
+        }
+        Err(e) => {
+            arena.cancel(end);
+            Err(driver::error_of(&e))
+        }
+    }
 }
 
 macro_rules! launch_kernel {

@@ -65,17 +65,29 @@ impl Device {
         data: &[u8],
         f: impl FnOnce(u64) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        if data.len() as u64 > self.layout.staging_size {
+        let room = self.layout.staging_size - self.spare_staging().map_or(0, |(_, len)| len);
+        if data.len() as u64 > room {
             return Err(Error::InvalidArgument(format!(
-                "{} bytes do not fit the {}-byte staging area",
+                "{} bytes do not fit the {room} bytes of the staging area for command payloads",
                 data.len(),
-                self.layout.staging_size
             )));
         }
         let _g = self.staging_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.view
             .write_bytes(self.layout.staging_offset as usize, data);
         f(0)
+    }
+
+    /// Staging bytes this library never uses, `(offset, len)`, for payloads a caller manages
+    /// itself (launch parameters, which vgpud reads when it issues the launch): the top
+    /// quarter of a staging area of at least 4 MiB, 16 MiB at most. Copies use two chunks of
+    /// at most 1 MiB at the start; command payloads stay below it.
+    pub fn spare_staging(&self) -> Option<(u64, u64)> {
+        let s = self.layout.staging_size;
+        (s >= 4 << 20).then(|| {
+            let len = (s / 4).min(16 << 20);
+            (s - len, len)
+        })
     }
 
     /// Size of a copy chunk for this device's staging area.

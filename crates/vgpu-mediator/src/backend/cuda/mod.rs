@@ -550,6 +550,49 @@ impl Drop for CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// Launches `func` with its packed parameters (`given` bytes of `bytes` in use).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_packed(
+        &mut self,
+        at: VmStream,
+        func: u64,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem: u32,
+        mut bytes: Vec<u8>,
+        given: usize,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let func = match c.builtins.get(&func) {
+            Some(f) => f.clone(),
+            None => match c.functions.get(&func) {
+                Some((_, f)) => f.clone(),
+                None => return Err(Status::InvalidFunction),
+            },
+        };
+        let len_ok = match func.exact_len {
+            Some(n) => given == n,
+            None => given >= func.params_end,
+        };
+        if !len_ok {
+            return Err(Status::InvalidArgument);
+        }
+        self.device_work(at, move |s| {
+            let base = bytes.as_mut_ptr();
+            let mut ptrs: Vec<*mut c_void> = func
+                .params
+                .iter()
+                // In bounds: every parameter ends at or before `given` <= the array's length.
+                .map(|&(o, _)| base.wrapping_add(o).cast::<c_void>())
+                .collect();
+            // SAFETY: one pointer per parameter of the function (its layout from
+            // `function_params`), each inside `bytes`, which outlives the call.
+            unsafe { api::launch(func.f, grid, block, shared_mem, s, &mut ptrs) }.map_err(status_of)
+        })
+    }
+}
+
 /// A module image as vgpud hands it to the driver.
 enum Image {
     /// A cubin or fatbin, in 8-byte words (the driver reads its headers aligned).
@@ -756,36 +799,47 @@ impl Handler for CudaBackend {
     }
 
     fn launch(&mut self, at: VmStream, l: LaunchBody) -> Result<Issued, Status> {
-        let c = self.ctx(at.vm)?;
-        let func = match c.builtins.get(&l.func) {
-            Some(f) => f.clone(),
-            None => match c.functions.get(&l.func) {
-                Some((_, f)) => f.clone(),
-                None => return Err(Status::InvalidFunction),
-            },
-        };
         let given = l.params().len();
-        let len_ok = match func.exact_len {
-            Some(n) => given == n,
-            None => given >= func.params_end,
-        };
-        if !len_ok {
-            return Err(Status::InvalidArgument);
-        }
-        let mut bytes = l.params;
-        let (grid, block, shared_mem) = (l.grid, l.block, l.shared_mem);
-        self.device_work(at, move |s| {
-            let base = bytes.as_mut_ptr();
-            let mut ptrs: Vec<*mut c_void> = func
-                .params
-                .iter()
-                // In bounds: every parameter ends at or before `given` <= the array's length.
-                .map(|&(o, _)| base.wrapping_add(o).cast::<c_void>())
-                .collect();
-            // SAFETY: one pointer per parameter of the function (its layout from
-            // `function_params`), each inside `bytes`, which outlives the call.
-            unsafe { api::launch(func.f, grid, block, shared_mem, s, &mut ptrs) }.map_err(status_of)
-        })
+        self.launch_packed(
+            at,
+            l.func,
+            l.grid,
+            l.block,
+            l.shared_mem,
+            l.params.to_vec(),
+            given,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_indirect(
+        &mut self,
+        at: VmStream,
+        func: u64,
+        staging_offset: u64,
+        params_len: u32,
+        shared_mem: u32,
+        grid_x: u32,
+        grid_y: u32,
+        grid_z: u32,
+        block_x: u32,
+        block_y: u32,
+        block_z: u32,
+    ) -> Result<Issued, Status> {
+        let bytes = self
+            .ctx(at.vm)?
+            .staging
+            .read(staging_offset, params_len as u64)?;
+        let given = bytes.len();
+        self.launch_packed(
+            at,
+            func,
+            [grid_x, grid_y, grid_z],
+            [block_x, block_y, block_z],
+            shared_mem,
+            bytes,
+            given,
+        )
     }
 
     fn synchronize(&mut self, at: VmStream, all_streams: bool) -> Result<Issued, Status> {
