@@ -72,6 +72,25 @@ fn check_accepted(cmd: &Command, staging: u64) {
             assert!((1..=MAX_FUNC_NAME).contains(&name_len));
             assert!(inside(staging_offset, name_len));
         }
+        Command::LaunchIndirect {
+            staging_offset,
+            params_len,
+            grid_x,
+            grid_y,
+            grid_z,
+            block_x,
+            block_y,
+            block_z,
+            ..
+        } => {
+            assert!(params_len <= vgpu_abi::cmd::MAX_KERNEL_PARAMS);
+            assert!(inside(staging_offset, params_len as u64));
+            assert!([grid_x, grid_y, grid_z]
+                .iter()
+                .all(|&g| (1..=MAX_GRID_DIM).contains(&g)));
+            let threads: u128 = [block_x, block_y, block_z].iter().map(|&b| b as u128).product();
+            assert!(threads > 0 && threads <= MAX_BLOCK_THREADS as u128);
+        }
         Command::EventRecord { event }
         | Command::StreamWaitEvent { event }
         | Command::EventSynchronize { event } => assert!(event < MAX_EVENTS),

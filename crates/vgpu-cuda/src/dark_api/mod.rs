@@ -49,7 +49,7 @@ impl<const N: usize> Table<N> {
 pub(crate) mod ids {
     use super::uuid;
 
-    /// Requested by every cudart copy first, before `cuInit`; nothing calls its slots.
+    /// Requested by every cudart copy first, before `cuInit` (answered NOT_FOUND: [`table`]).
     pub const F8CFF951: [u8; 16] = uuid("f8cff951-2146-8b4e-b9e2-fb469e7c0dd9");
     pub const CUDART_INTERFACE: [u8; 16] = uuid("6bd5fb6c-5bf4-e74a-8987-d93912fd9df9");
     pub const TOOLS_RUNTIME_CALLBACK_HOOKS: [u8; 16] = uuid("a094798c-2e74-2e74-93f2-0800200c0a66");
@@ -92,7 +92,11 @@ const fn uuid(s: &str) -> [u8; 16] {
 /// The table with id `uuid` (bytes in the order of `CUuuid`), if this library has it.
 pub fn table(uuid: &[u8; 16]) -> Option<*const c_void> {
     Some(match *uuid {
-        ids::F8CFF951 => opaque::F8CFF951.addr(),
+        // The real driver (580) returns a 2-slot table here that nothing calls, but with this
+        // library cudart 13.0 calls its slot [1] at exit, whose meaning nobody knows.
+        // Answering NOT_FOUND, as smolvm and Lupine do, keeps cudart off it; the runtime's
+        // start-up is the same either way (tried with static and shared cudart 13.0).
+        ids::F8CFF951 => return None,
         ids::CUDART_INTERFACE => cudart::TABLE.addr(),
         ids::TOOLS_RUNTIME_CALLBACK_HOOKS => tools::CALLBACK_HOOKS.addr(),
         ids::TOOLS_TLS => tools::TLS.addr(),

@@ -1,22 +1,10 @@
 //! Tables nobody has decoded: only their measured shapes, every code slot an [`unknown`]
 //! reporter.
 //!
-//! `f8cff951` is asked for by every cudart copy first, before `cuInit`. Some ports (smolvm,
-//! after Lupine) answer it `CUDA_ERROR_NOT_FOUND`, believing success makes cudart skip the
-//! CUDART_INTERFACE path; on driver 580 the real driver returns this 2-slot table, nothing
-//! calls its slots, and cudart still asks for CUDART_INTERFACE and the rest (driver-api-probe
-//! §6.12). Answering what the driver answers keeps cudart on the path that was measured.
-//!
 //! [`unknown`]: super::unknown
 
 use super::unknown::{self, unknown_slots};
 use super::Table;
-
-pub(crate) static F8CFF951: Table<3> = Table({
-    let mut w = Table::<3>::sized();
-    unknown_slots!(w, unknown::F8CFF951; 1 2);
-    w
-});
 
 /// Slot [91] is not code in the driver's table (its value was not recorded): NULL here.
 pub(crate) static T21318C60: Table<93> = Table({

@@ -7,8 +7,7 @@ use super::*;
 use crate::types::{CUcontext, CUmodule, CUresult};
 
 /// (id, has a size word, words, NULL slots) as measured.
-const SHAPES: [([u8; 16], bool, usize, &[usize]); 10] = [
-    (ids::F8CFF951, true, 3, &[]),
+const SHAPES: [([u8; 16], bool, usize, &[usize]); 9] = [
     (ids::CUDART_INTERFACE, true, 13, &[10]),
     (ids::TOOLS_RUNTIME_CALLBACK_HOOKS, true, 7, &[]),
     (ids::TOOLS_TLS, true, 3, &[]),
@@ -30,7 +29,6 @@ fn words(id: &[u8; 16], n: usize) -> &'static [*const c_void] {
 
 fn static_len(id: &[u8; 16]) -> usize {
     match *id {
-        ids::F8CFF951 => opaque::F8CFF951.0.len(),
         ids::CUDART_INTERFACE => cudart::TABLE.0.len(),
         ids::TOOLS_RUNTIME_CALLBACK_HOOKS => tools::CALLBACK_HOOKS.0.len(),
         ids::TOOLS_TLS => tools::TLS.0.len(),
@@ -367,4 +365,9 @@ fn cudart_interface_slots() {
         assert_eq!(fn7(5), CUresult::CUDA_SUCCESS);
         assert_eq!(compilers(), CUresult::CUDA_SUCCESS);
     }
+}
+
+#[test]
+fn the_skip_init_probe_is_not_found() {
+    assert!(table(&ids::F8CFF951).is_none());
 }

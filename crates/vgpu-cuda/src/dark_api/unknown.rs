@@ -8,18 +8,16 @@ use super::ids;
 use crate::types::CUresult;
 
 /// The tables with such slots, by the index [`slot`] is instantiated with.
-pub(crate) const F8CFF951: usize = 0;
-pub(crate) const CUDART_INTERFACE: usize = 1;
-pub(crate) const TOOLS_RUNTIME_CALLBACK_HOOKS: usize = 2;
-pub(crate) const TOOLS_TLS: usize = 3;
-pub(crate) const CONTEXT_CHECKS: usize = 4;
-pub(crate) const INTEGRITY_CHECK: usize = 5;
-pub(crate) const T21318C60: usize = 6;
-pub(crate) const T69A28E9F: usize = 7;
-pub(crate) const DA9151D3: usize = 8;
+pub(crate) const CUDART_INTERFACE: usize = 0;
+pub(crate) const TOOLS_RUNTIME_CALLBACK_HOOKS: usize = 1;
+pub(crate) const TOOLS_TLS: usize = 2;
+pub(crate) const CONTEXT_CHECKS: usize = 3;
+pub(crate) const INTEGRITY_CHECK: usize = 4;
+pub(crate) const T21318C60: usize = 5;
+pub(crate) const T69A28E9F: usize = 6;
+pub(crate) const DA9151D3: usize = 7;
 
-const TABLES: [[u8; 16]; 9] = [
-    ids::F8CFF951,
+const TABLES: [[u8; 16]; 8] = [
     ids::CUDART_INTERFACE,
     ids::TOOLS_RUNTIME_CALLBACK_HOOKS,
     ids::TOOLS_TLS,
