@@ -100,6 +100,8 @@ fn check_accepted(cmd: &Command, staging: u64) {
         | Command::MemFree { .. }
         | Command::ModuleUnload { .. }
         | Command::FuncParamInfo { .. }
+        | Command::FuncGetAttribute { .. }
+        | Command::FuncSetAttribute { .. }
         | Command::Synchronize { .. }
         | Command::StreamQuery => {}
     }

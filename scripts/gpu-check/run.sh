@@ -3,7 +3,7 @@
 # That host has no Rust toolchain, no QEMU and no network: everything it needs is in this folder.
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
-#   stages, in order: env, conformance, bench, cuda, breakdown, sched, multigpu (two GPUs), vm,
+#   stages, in order: env, conformance, bench, cuda, cuda-bench, breakdown, sched, multigpu (two GPUs), vm,
 #   tenancy, soak (10 minutes: run it on its own, `--only soak`)
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
 # the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
 done
 out=${out:-${OUT:-}}
 if [ -z "$out" ]; then
-  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,breakdown,sched,multigpu,vm,tenancy,soak]   (or set OUT)" >&2
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,breakdown,sched,multigpu,vm,tenancy,soak]   (or set OUT)" >&2
   exit 2
 fi
 mkdir -p "$out" || exit 2
@@ -157,19 +157,10 @@ stage_bench() {
   fi
 }
 
-# ---- cuda: CUDA C++ programs through vgpu's libcuda.so.1, next to NVIDIA's driver -----------
-# Every program of cuda/ (kernel-free, as CI runs them) and cuda-gpu/ (with kernels) is built
-# here with the host's nvcc (runtime static and shared) and run twice: on NVIDIA's driver and
-# through vgpu's libcuda.so.1 attached to a vgpud (cuda backend) by VGPU_SOCKET. Both runs must
-# print PASS, and their `result:` lines must be identical.
-stage_cuda() {
-  local t0=$SECONDS log="$out/cuda.log" dir="$work/cuda" nvcc src stem v flags exe rcn rcv
-  local n=0 bad=0 failed="" i vpid
-  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-  if [ ! -x "$nvcc" ]; then
-    record cuda FAIL 0 "no nvcc on this host"
-    return
-  fi
+# Starts a vgpud (cuda backend) with one VM whose socket is DIR/vm.sock and a folder DIR/lib
+# holding vgpu's libcuda.so.1; its log goes to LOG. The caller reads its pid from $!.
+start_cuda_vgpud() { # DIR LOG
+  local dir=$1 i
   mkdir -p "$dir/lib"
   ln -sf "$here/lib/libvgpucuda.so" "$dir/lib/libcuda.so.1"
   ln -sf "$here/lib/libvgpucuda.so" "$dir/lib/libcuda.so"
@@ -185,13 +176,29 @@ pool = 0
 shm_size = "256MiB"
 mem_quota = "16GiB"
 EOF
-  "$here/bin/vgpud" --config "$dir/vgpud.toml" >"$out/cuda-vgpud.log" 2>&1 &
-  vpid=$!
-  pids+=("$vpid")
+  "$here/bin/vgpud" --config "$dir/vgpud.toml" >"$2" 2>&1 &
+  pids+=("$!")
   for i in $(seq 300); do
     [ -S "$dir/vm.sock" ] && break
     sleep 0.1
   done
+}
+
+# ---- cuda: CUDA C++ programs through vgpu's libcuda.so.1, next to NVIDIA's driver -----------
+# Every program of cuda/ (kernel-free, as CI runs them) and cuda-gpu/ (with kernels) is built
+# here with the host's nvcc (runtime static and shared) and run twice: on NVIDIA's driver and
+# through vgpu's libcuda.so.1 attached to a vgpud (cuda backend) by VGPU_SOCKET. Both runs must
+# print PASS, and their `result:` lines must be identical.
+stage_cuda() {
+  local t0=$SECONDS log="$out/cuda.log" dir="$work/cuda" nvcc src stem v flags exe rcn rcv
+  local n=0 bad=0 failed="" i vpid
+  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  if [ ! -x "$nvcc" ]; then
+    record cuda FAIL 0 "no nvcc on this host"
+    return
+  fi
+  start_cuda_vgpud "$dir" "$out/cuda-vgpud.log"
+  vpid=$!
   : >"$log"
   for src in "$here"/cuda/*.cu "$here"/cuda-gpu/*.cu; do
     [ -f "$src" ] || continue
@@ -227,6 +234,47 @@ EOF
   else
     record cuda FAIL $((SECONDS - t0)) "$bad of $n failed:$failed; see $(basename "$log")"
   fi
+}
+
+# ---- cuda-bench: the CUDA runtime's costs, native vs through vgpu, one binary ---------------
+# cuda-bench/cudabench.cu, built here, runs on NVIDIA's driver and then through vgpu's
+# libcuda.so.1; the table (cuda-bench.log) and cuda-bench.json give both and the ratio
+# vgpu / native of each metric's median.
+stage_cuda-bench() {
+  local t0=$SECONDS log="$out/cuda-bench.log" dir="$work/cuda-bench" nvcc exe vpid
+  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  exe="$dir/cudabench"
+  mkdir -p "$dir"
+  if ! "$nvcc" -arch=sm_90 -O2 -o "$exe" "$here/cuda-bench/cudabench.cu" >"$log" 2>&1; then
+    record cuda-bench FAIL $((SECONDS - t0)) "nvcc failed; see $(basename "$log")"
+    return
+  fi
+  start_cuda_vgpud "$dir" "$out/cuda-bench-vgpud.log"
+  vpid=$!
+  "$exe" >"$dir/native.txt" 2>&1
+  LD_LIBRARY_PATH="$dir/lib:$LD_LIBRARY_PATH" VGPU_SOCKET="$dir/vm.sock" "$exe" >"$dir/vgpu.txt" 2>&1
+  kill -TERM "$vpid" 2>/dev/null
+  wait "$vpid" 2>/dev/null
+  if ! grep -qx PASS "$dir/native.txt" || ! grep -qx PASS "$dir/vgpu.txt"; then
+    { echo "--- native"; cat "$dir/native.txt"; echo "--- vgpu"; cat "$dir/vgpu.txt"; } >>"$log"
+    record cuda-bench FAIL $((SECONDS - t0)) "a run failed; see $(basename "$log")"
+    return
+  fi
+  awk -v json="$out/cuda-bench.json" '
+    FNR == NR && $1 == "metric" { n50[$2] = $3; n99[$2] = $4; unit[$2] = $5; order[++k] = $2; next }
+    $1 == "metric" { v50[$2] = $3; v99[$2] = $4 }
+    END {
+      printf "%-34s %12s %12s %12s %12s %8s\n", "metric (p50; p99)", "native", "", "vgpu", "", "ratio" 
+      printf "{\"metrics\": [" > json
+      for (i = 1; i <= k; i++) {
+        m = order[i]; r = (n50[m] > 0) ? v50[m] / n50[m] : 0
+        printf "%-34s %12.3f %12.3f %12.3f %12.3f %8.3f %s\n", m, n50[m], n99[m], v50[m], v99[m], r, unit[m]
+        printf "%s{\"name\": \"%s\", \"unit\": \"%s\", \"native_p50\": %s, \"native_p99\": %s, \"vgpu_p50\": %s, \"vgpu_p99\": %s, \"ratio\": %.4f}", (i > 1 ? ", " : ""), m, unit[m], n50[m], n99[m], v50[m], v99[m], r > json
+      }
+      printf "]}\n" > json
+      print "ratio = vgpu / native (p50); latencies (us): lower is better, rates: higher"
+    }' "$dir/native.txt" "$dir/vgpu.txt" >>"$log"
+  record cuda-bench PASS $((SECONDS - t0)) "table in $(basename "$log"), cuda-bench.json"
 }
 
 # ---- sched: the scheduler benchmark (issue 5) on this GPU ------------------------------------
@@ -409,7 +457,7 @@ stage_soak() {
   fi
 }
 
-for s in env conformance bench cuda breakdown sched multigpu vm tenancy soak; do
+for s in env conformance bench cuda cuda-bench breakdown sched multigpu vm tenancy soak; do
   if wanted "$s"; then
     "stage_$s"
   fi

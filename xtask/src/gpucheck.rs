@@ -140,7 +140,7 @@ pub fn prepare(dir: &Path) -> Result<()> {
         &build::host_bin("libvgpucuda.so"),
         &dir.join("lib/libvgpucuda.so"),
     )?;
-    for sub in ["cuda", "cuda-gpu"] {
+    for sub in ["cuda", "cuda-gpu", "cuda-bench"] {
         let src = paths::root().join("crates/vgpu-cuda/tests").join(sub);
         std::fs::create_dir_all(dir.join(sub))?;
         for e in std::fs::read_dir(&src).with_context(|| format!("listing {}", src.display()))? {

@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use vgpu_abi::{DeviceInfoPage, Status};
+use vgpu_abi::regs::off;
+use vgpu_abi::{DeviceInfoPage, DeviceStatus, ShmView, Status};
 use vgpu_guest::{Device, Error};
 
 use crate::types::CUresult;
@@ -21,6 +22,31 @@ pub struct Driver {
     pub dev: Device,
     /// The device-info page as read at `cuInit`.
     pub info: DeviceInfoPage,
+    /// BAR2, for the device status register.
+    view: ShmView,
+}
+
+impl Driver {
+    /// The error every call answers once the device context broke (a kernel faulted or ran
+    /// past its time limit, vgpud fenced or stopped the device): sticky, as in CUDA, until the
+    /// device is reset.
+    pub fn sticky(&self) -> Result<(), CUresult> {
+        let status = self.view.load_u32(off::DEVICE_STATUS);
+        match DeviceStatus::from_raw(status) {
+            Some(DeviceStatus::Ready | DeviceStatus::Reset) => Ok(()),
+            Some(DeviceStatus::Error) => {
+                let why = Status::from_raw(self.view.load_u32(off::LAST_ERROR));
+                Err(match why {
+                    Some(Status::KernelTimeout) => CUresult::CUDA_ERROR_LAUNCH_TIMEOUT,
+                    Some(Status::ContextUnavailable) => CUresult::CUDA_ERROR_DEVICE_UNAVAILABLE,
+                    _ => CUresult::CUDA_ERROR_ILLEGAL_ADDRESS,
+                })
+            }
+            Some(DeviceStatus::Fenced | DeviceStatus::Stopped) | None => {
+                Err(CUresult::CUDA_ERROR_DEVICE_UNAVAILABLE)
+            }
+        }
+    }
 }
 
 static DRIVER: OnceLock<Result<Driver, CUresult>> = OnceLock::new();
@@ -45,8 +71,8 @@ fn open() -> Result<Driver, CUresult> {
         return Err(CUresult::CUDA_ERROR_NO_DEVICE);
     };
     // The process keeps the device for its whole life: BAR2 stays mapped.
-    let _ = dev.shm();
-    Ok(Driver { dev, info })
+    let view = dev.shm();
+    Ok(Driver { dev, info, view })
 }
 
 /// Opens the device once (`cuInit`); later calls return the first outcome.
@@ -62,8 +88,14 @@ pub fn get() -> Result<&'static Driver, CUresult> {
     }
 }
 
-/// The CUDA error for a failed device operation.
+/// The CUDA error for a failed device operation: the device's sticky error when its context
+/// broke (the operation failed because of it), else the operation's own.
 pub fn error_of(e: &Error) -> CUresult {
+    if let Some(Ok(d)) = DRIVER.get() {
+        if let Err(sticky) = d.sticky() {
+            return sticky;
+        }
+    }
     match e {
         Error::Command { status, .. } => match status {
             Status::InvalidArgument | Status::StagingOutOfRange => {

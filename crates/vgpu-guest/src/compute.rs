@@ -530,6 +530,25 @@ impl Device {
             .map(drop)
     }
 
+    /// A function attribute (`CUfunction_attribute` number) of a module's function.
+    pub fn func_attribute(&self, func: u64, attribute: u32) -> Result<i32, Error> {
+        let c = self.exec_on(Command::FuncGetAttribute { func, attribute }, 0)?;
+        Ok(c.result0 as u32 as i32)
+    }
+
+    /// Sets a function attribute of a module's function.
+    pub fn set_func_attribute(&self, func: u64, attribute: u32, value: i32) -> Result<(), Error> {
+        self.exec_on(
+            Command::FuncSetAttribute {
+                func,
+                attribute,
+                value: value as u32,
+            },
+            0,
+        )
+        .map(drop)
+    }
+
     /// A built-in kernel as a [`Function`], its layout asked from vgpud.
     pub fn builtin_function(&self, b: Builtin) -> Result<Function, Error> {
         self.function_layout(b.handle(), b.name(), b.param_layout().len() as u32)

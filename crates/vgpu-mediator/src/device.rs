@@ -304,8 +304,9 @@ impl VirtualDevice {
                     }
                 }
             }
-            Effect::LaunchFunction { func } => {
-                // Built-ins take the inline launch (their parameters are checked at admission).
+            Effect::LaunchFunction { func } | Effect::FunctionQuery { func } => {
+                // Built-ins take the inline launch (their parameters are checked at admission)
+                // and have no attributes to read or set.
                 if self.check_function(func)?.is_some() {
                     return Err(Status::InvalidFunction);
                 }

@@ -99,6 +99,11 @@ pub enum Effect {
     },
     /// Launches a built-in or one of the VM's functions.
     Launch(LaunchBody),
+    /// Reads or sets an attribute of one of the VM's functions (not a built-in).
+    FunctionQuery {
+        /// The function.
+        func: u64,
+    },
     /// Launches one of the VM's functions (not a built-in) with parameters from staging.
     LaunchFunction {
         /// The function.

@@ -201,6 +201,31 @@ commands! {
         class Class::HOST;
         effect Effect::ParamInfo { func, index };
 
+    /// A function attribute (`CUfunction_attribute`, 1.4). `result0` = its value (an `i32`).
+    FuncGetAttribute = 0x26 => fn func_get_attribute {
+        /// Function handle.
+        func: u64,
+        /// The attribute's number.
+        attribute: u32,
+    }
+        flags {} check(_s) {} ranges []
+        class Class::HOST;
+        effect Effect::FunctionQuery { func };
+
+    /// Sets a function attribute (`CUfunction_attribute`, the settable ones: the dynamic
+    /// shared memory limit, the shared memory carveout, …; 1.4).
+    FuncSetAttribute = 0x27 => fn func_set_attribute {
+        /// Function handle.
+        func: u64,
+        /// The attribute's number.
+        attribute: u32,
+        /// Its new value.
+        value: u32,
+    }
+        flags {} check(_s) {} ranges []
+        class Class::HOST;
+        effect Effect::FunctionQuery { func };
+
     /// Records `event` on the entry's stream: it completes once everything issued earlier on
     /// the stream has.
     EventRecord = 0x30 => fn event_record {

@@ -97,9 +97,12 @@ pub fn current() -> CUcontext {
     STACK.with(|s| s.borrow().last().copied().unwrap_or(std::ptr::null_mut()))
 }
 
-/// The current context, or `CUDA_ERROR_INVALID_CONTEXT` when the thread has none.
+/// The current context, or `CUDA_ERROR_INVALID_CONTEXT` when the thread has none, or the
+/// device's sticky error when its context broke.
 pub fn require_current() -> Result<&'static Context, CUresult> {
-    resolve(current()).ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)
+    let c = resolve(current()).ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
+    driver::get()?.sticky()?;
+    Ok(c)
 }
 
 fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {

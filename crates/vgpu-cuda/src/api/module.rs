@@ -61,6 +61,8 @@ pub struct FuncObj {
     name: Vec<u8>,
     /// vgpud's function and its parameter layout.
     host: Function,
+    /// Attributes read so far (they change only when set through this driver).
+    attributes: Mutex<HashMap<c_int, c_int>>,
 }
 
 static MODULES: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
@@ -256,6 +258,7 @@ impl ModuleObj {
             module: self,
             name: name.to_vec(),
             host,
+            attributes: Mutex::new(HashMap::new()),
         }));
         register(&FUNCTIONS, f as *const FuncObj as usize, true);
         fs.insert(name.to_vec(), f);
@@ -597,4 +600,150 @@ impl FuncObj {
     pub fn module_handle(&self) -> CUmodule {
         self.module as *const ModuleObj as CUmodule
     }
+}
+
+/// `CU_FUNC_ATTRIBUTE_MAX` of the CUDA 13.0 headers: attributes are below it.
+const FUNC_ATTRIBUTE_MAX: c_int = 16;
+
+/// `CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK`.
+pub const ATTR_MAX_THREADS_PER_BLOCK: c_int = 0;
+/// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`.
+pub const ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES: c_int = 8;
+
+/// An attribute of a function, cached after the first read.
+pub fn get_attribute(h: *mut c_void, attrib: c_int) -> Result<c_int, CUresult> {
+    require_current()?;
+    let f = function(h)?;
+    if !(0..FUNC_ATTRIBUTE_MAX).contains(&attrib) {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    if let Some(&v) = f
+        .attributes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&attrib)
+    {
+        return Ok(v);
+    }
+    let d = driver::get()?;
+    let v = d
+        .dev
+        .func_attribute(f.handle(), attrib as u32)
+        .map_err(|e| driver::error_of(&e))?;
+    f.attributes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(attrib, v);
+    Ok(v)
+}
+
+fn set_attribute(h: *mut c_void, attrib: c_int, value: c_int) -> Result<CUresult, CUresult> {
+    require_current()?;
+    let f = function(h)?;
+    if !(0..FUNC_ATTRIBUTE_MAX).contains(&attrib) {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    let d = driver::get()?;
+    d.dev
+        .set_func_attribute(f.handle(), attrib as u32, value)
+        .map_err(|e| driver::error_of(&e))?;
+    // Setting one attribute may change what others read (the dynamic shared memory limit and
+    // the carveout move together): read them afresh.
+    f.attributes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuFuncGetAttribute`.
+///
+/// # Safety
+/// `pi` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuFuncGetAttribute(pi: *mut c_int, attrib: c_int, f: CUfunction) -> CUresult {
+    run("cuFuncGetAttribute", || {
+        let v = get_attribute(f.cast(), attrib)?;
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { put(pi, v) })
+    })
+}
+
+/// `cuFuncSetAttribute`.
+#[no_mangle]
+pub extern "C" fn cuFuncSetAttribute(f: CUfunction, attrib: c_int, value: c_int) -> CUresult {
+    run("cuFuncSetAttribute", || set_attribute(f.cast(), attrib, value))
+}
+
+/// `cuKernelGetAttribute`: the one device.
+///
+/// # Safety
+/// `pi` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuKernelGetAttribute(
+    pi: *mut c_int,
+    attrib: c_int,
+    k: CUkernel,
+    dev: c_int,
+) -> CUresult {
+    run("cuKernelGetAttribute", || {
+        if dev != super::device::DEVICE {
+            return Err(CUresult::CUDA_ERROR_INVALID_DEVICE);
+        }
+        let v = get_attribute(k.cast(), attrib)?;
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { put(pi, v) })
+    })
+}
+
+/// `cuKernelSetAttribute`: the one device.
+#[no_mangle]
+pub extern "C" fn cuKernelSetAttribute(attrib: c_int, value: c_int, k: CUkernel, dev: c_int) -> CUresult {
+    run("cuKernelSetAttribute", || {
+        if dev != super::device::DEVICE {
+            return Err(CUresult::CUDA_ERROR_INVALID_DEVICE);
+        }
+        set_attribute(k.cast(), attrib, value)
+    })
+}
+
+/// `cuFuncSetCacheConfig`: a preference; vgpud's driver keeps its default split of the L1
+/// cache and shared memory.
+#[no_mangle]
+pub extern "C" fn cuFuncSetCacheConfig(f: CUfunction, config: c_int) -> CUresult {
+    run("cuFuncSetCacheConfig", || {
+        function(f.cast())?;
+        if !(0..=3).contains(&config) {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuKernelSetCacheConfig`: as `cuFuncSetCacheConfig`.
+#[no_mangle]
+pub extern "C" fn cuKernelSetCacheConfig(k: CUkernel, config: c_int, dev: c_int) -> CUresult {
+    run("cuKernelSetCacheConfig", || {
+        function(k.cast())?;
+        if dev != super::device::DEVICE {
+            return Err(CUresult::CUDA_ERROR_INVALID_DEVICE);
+        }
+        if !(0..=3).contains(&config) {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuFuncGetModule`.
+///
+/// # Safety
+/// `pm` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuFuncGetModule(pm: *mut CUmodule, f: CUfunction) -> CUresult {
+    run("cuFuncGetModule", || {
+        let f = function(f.cast())?;
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { put(pm, f.module_handle()) })
+    })
 }

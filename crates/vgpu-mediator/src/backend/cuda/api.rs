@@ -121,6 +121,36 @@ pub fn device_attribute_raw(d: CUdevice, a: i32) -> CuResult<i32> {
     Ok(v)
 }
 
+/// A function attribute by its number (every `CUfunction_attribute`, whatever this binding's
+/// enum declares).
+pub fn func_attribute(f: CUfunction, a: i32) -> CuResult<i32> {
+    type GetAttribute = unsafe extern "C" fn(*mut i32, i32, CUfunction) -> CUresult;
+    // SAFETY: the driver library is loaded by the time a function exists; the symbol's C type
+    // takes the attribute as a 32-bit enum, passed exactly as an i32.
+    let get: GetAttribute = unsafe {
+        *sys::culib()
+            .get::<GetAttribute>(b"cuFuncGetAttribute\0")
+            .map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?
+    };
+    let mut v = 0i32;
+    // SAFETY: `v` is a valid out-pointer; an unknown attribute or function is an error.
+    check(unsafe { get(&mut v, a, f) })?;
+    Ok(v)
+}
+
+/// Sets a function attribute by its number.
+pub fn func_set_attribute(f: CUfunction, a: i32, v: i32) -> CuResult<()> {
+    type SetAttribute = unsafe extern "C" fn(CUfunction, i32, i32) -> CUresult;
+    // SAFETY: as in `func_attribute`.
+    let set: SetAttribute = unsafe {
+        *sys::culib()
+            .get::<SetAttribute>(b"cuFuncSetAttribute\0")
+            .map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?
+    };
+    // SAFETY: plain values; an unknown attribute or a bad value is an error.
+    check(unsafe { set(f, a, v) })
+}
+
 /// The device's UUID.
 pub fn device_uuid(d: CUdevice) -> CuResult<[u8; 16]> {
     let mut u = MaybeUninit::<sys::CUuuid>::zeroed();

@@ -965,6 +965,26 @@ impl Handler for CudaBackend {
         Ok(Issued::Done(o as u64, s as u64))
     }
 
+    fn func_get_attribute(&mut self, at: VmStream, func: u64, attribute: u32) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let (_, f) = c.functions.get(&func).ok_or(Status::InvalidFunction)?;
+        let v = api::func_attribute(f.f, attribute as i32).map_err(status_of)?;
+        Ok(Issued::Done(v as u32 as u64, 0))
+    }
+
+    fn func_set_attribute(
+        &mut self,
+        at: VmStream,
+        func: u64,
+        attribute: u32,
+        value: u32,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let (_, f) = c.functions.get(&func).ok_or(Status::InvalidFunction)?;
+        api::func_set_attribute(f.f, attribute as i32, value as i32).map_err(status_of)?;
+        Ok(Issued::DONE)
+    }
+
     fn event_record(&mut self, at: VmStream, event: u32) -> Result<Issued, Status> {
         let c = self.ctx(at.vm)?;
         let s = c.stream(at.stream)?;
