@@ -229,6 +229,16 @@ struct Symbol {
 /// Parses an ELF cubin into the kernels and globals it declares.
 pub fn parse(data: &[u8]) -> Result<Module> {
     let h = parse_header(data)?;
+    // A truncated image is refused even where the parts read below survive: the driver would
+    // refuse it too.
+    let end = extent(data, &h)?;
+    if end > data.len() as u64 {
+        return Err(Error::Truncated {
+            what: "ELF image",
+            needed: end,
+            available: data.len() as u64,
+        });
+    }
     let sections = sections(data, &h)?;
     let shstrndx = if h.shstrndx == 0xffff {
         sections.first().map_or(0, |s| s.link)

@@ -290,6 +290,14 @@ fn decompress_zstd(input: &[u8], declared: u64, limit: u64) -> Result<Vec<u8>> {
         declared.min(limit)
     };
     let decoder = ruzstd::decoding::StreamingDecoder::new(input).map_err(|e| err(&e))?;
+    // The frame's own content size (0 when absent), refused before decoding anything.
+    if decoder.decoder.content_size() > cap {
+        return Err(if declared == 0 || declared > limit {
+            Error::TooLarge { limit }
+        } else {
+            err(&"frame larger than declared")
+        });
+    }
     let mut out = Vec::new();
     // One byte more than allowed tells "too large" from "exactly at the cap"; growth is driven by
     // what really decodes, not by the declared size.
