@@ -17,6 +17,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 mod bytes;
 pub mod elf;
 mod error;

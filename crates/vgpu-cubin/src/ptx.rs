@@ -461,3 +461,129 @@ fn matching(toks: &[(Tok, u32)], open: usize) -> Option<usize> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(offset: u32, size: u32) -> Param {
+        Param { offset, size }
+    }
+
+    #[test]
+    fn parameter_layouts() {
+        let m = parse(
+            br#"
+            .version 9.0
+            .target sm_90a, debug
+            .address_size 64
+            .visible .entry k(
+                .param .u8 a,
+                .param .u64 .ptr .global .align 16 ptr,   // .align after .ptr: the pointee's
+                .param .u16 b,
+                .param .align 16 .b8 s[48],
+                .param .f16x2 h,
+                .param .b8 grid[2][3],
+                .param .texref t
+            )
+            .maxntid 256
+            .reqntid 64, 2
+            {
+                .param .b64 call_arg;   // parameters of calls in the body are no kernel's
+                ret;
+            }
+            .weak .entry w() { }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.source, Source::Ptx { arch: 90 });
+        let [k, w] = m.kernels.as_slice() else {
+            panic!("{:?}", m.kernels)
+        };
+        assert_eq!(k.name, "k");
+        assert_eq!(
+            k.params,
+            [
+                p(0, 1),
+                p(8, 8),
+                p(16, 2),
+                p(32, 48),
+                p(80, 4),
+                p(84, 6),
+                p(96, 8)
+            ]
+        );
+        assert_eq!(k.param_size, 104);
+        assert_eq!(k.max_threads, Some([256, 1, 1]));
+        assert_eq!(k.req_threads, Some([64, 2, 1]));
+        assert_eq!((w.name.as_str(), w.params.len(), w.param_size), ("w", 0, 0));
+    }
+
+    #[test]
+    fn module_variables() {
+        let m = parse(
+            br#"
+            .version 8.0
+            .target sm_100f
+            .file 1 "kernels.cu"
+            /* .global .u32 commented_out; */
+            .extern .global .align 4 .u32 elsewhere;
+            .global .align 4 .u32 a = 7, b[3] = {1, 2, 3};
+            .visible .global .align 16 .v4 .f32 vec;
+            .global .align 8 .u64 table[2] = {generic(a), generic(b)};
+            .const .align 4 .b8 coeffs[2][32];
+            .shared .align 4 .b8 not_global[64];
+            .func (.param .b32 r) helper(.param .b32 x) { .reg .b32 %r<2>; ret; }
+            .section .debug_info { .b8 1, 2 .b32 3 }
+            .global .f64 after;
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.source, Source::Ptx { arch: 100 });
+        assert!(m.kernels.is_empty());
+        let got: Vec<_> = m
+            .globals
+            .iter()
+            .map(|g| (g.name.as_str(), g.size, g.space))
+            .collect();
+        let (g, c) = (GlobalSpace::Global, GlobalSpace::Constant);
+        assert_eq!(
+            got,
+            [
+                ("a", 4, g),
+                ("b", 12, g),
+                ("vec", 16, g),
+                ("table", 16, g),
+                ("coeffs", 64, c),
+                ("after", 8, g)
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_text_is_an_error() {
+        for (src, line) in [
+            (&b".entry k(.param .u32 a"[..], 1),
+            (b".version 9.0\n.entry k(.param .nosuchtype a) {}", 2),
+            (b".entry k() {\n ret;\n", 1),
+            (b"\n\n.global .u32 x[zz];", 3),
+            (b"/* open", 1),
+            (b".file 1 \"open", 1),
+            (b".entry k() {}\n}", 2),
+            (b".global .align 3 .u32 odd;", 1),
+        ] {
+            match parse(src) {
+                Err(Error::Ptx { line: l, .. }) => {
+                    assert_eq!(l, line, "{}", String::from_utf8_lossy(src))
+                }
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(src)),
+            }
+        }
+        assert!(matches!(
+            parse(b".version 9.0 \xff"),
+            Err(Error::Ptx { .. })
+        ));
+        // The text ends at the first NUL, whatever follows.
+        assert!(parse(b".global .u32 x;\0\xff\xff{{{").is_ok());
+    }
+}
