@@ -43,15 +43,3 @@ pub(crate) fn u64_at(data: &[u8], off: u64, what: &'static str) -> Result<u64> {
     a.copy_from_slice(b);
     Ok(u64::from_le_bytes(a))
 }
-
-/// The NUL-terminated string at `off` (lossily decoded: names in images are ASCII in practice,
-/// and a lookup by a name that is not valid UTF-8 can never match anyway).
-pub(crate) fn cstr_at(data: &[u8], off: u64, what: &'static str) -> Result<String> {
-    let rest = slice(data, off, (data.len() as u64).saturating_sub(off), what)?;
-    let end = rest.iter().position(|&b| b == 0).ok_or(Error::Truncated {
-        what,
-        needed: data.len() as u64 + 1,
-        available: data.len() as u64,
-    })?;
-    Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
-}

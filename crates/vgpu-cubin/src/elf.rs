@@ -26,7 +26,9 @@
 //! * Globals (`__device__`, `__constant__`): `STT_OBJECT` symbols (type 13 in relocatable cubins)
 //!   defined in `.nv.global*` or `.nv.constant<N>` sections other than bank 0 (the parameters).
 
-use crate::bytes::{cstr_at, slice, u16_at, u32_at, u64_at, u8_at};
+use std::collections::HashMap;
+
+use crate::bytes::{slice, u16_at, u32_at, u64_at, u8_at};
 use crate::error::{Error, Result};
 use crate::{Global, GlobalSpace, Kernel, Module, Param, Source};
 
@@ -219,7 +221,8 @@ pub(crate) fn extent(data: &[u8], h: &Header) -> Result<u64> {
 }
 
 struct Symbol {
-    name: String,
+    /// Offset of the name in the string table, read only for the symbols kept.
+    name: u32,
     info: u8,
     other: u8,
     shndx: u16,
@@ -249,17 +252,41 @@ pub fn parse(data: &[u8]) -> Result<Module> {
         Some(s) => section_data(data, s)?,
         None => &[],
     };
-    let name_of = |s: &Section| cstr_at(shstr, s.name.into(), "ELF section name");
-    let names: Vec<String> = sections.iter().map(name_of).collect::<Result<_>>()?;
+    let mut names_read = NameReader {
+        left: (data.len() as u64).saturating_mul(2).saturating_add(4096),
+    };
+    let names: Vec<&[u8]> = sections
+        .iter()
+        .map(|s| names_read.read(shstr, s.name, "ELF section name"))
+        .collect::<Result<_>>()?;
+    let by_name: HashMap<&[u8], usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    // `.nv.info.<name>` by the index of the `.text.<name>` it describes (its `sh_info`).
+    let info_by_text: HashMap<u32, usize> = sections
+        .iter()
+        .zip(&names)
+        .enumerate()
+        .filter(|(_, (s, n))| s.ty == SHT_CUDA_INFO && n.starts_with(b".nv.info."))
+        .map(|(i, (s, _))| (s.info, i))
+        .collect();
 
-    let symbols = match sections.iter().position(|s| s.ty == SHT_SYMTAB) {
+    let (symbols, strtab) = match sections.iter().position(|s| s.ty == SHT_SYMTAB) {
         Some(i) => symbols(data, &sections, i)?,
-        None => Vec::new(),
+        None => (Vec::new(), &[][..]),
+    };
+    let regcounts: HashMap<u32, u32> = match by_name.get(&b".nv.info"[..]) {
+        Some(&i) => regcounts(section_data(data, &sections[i])?)?,
+        None => HashMap::new(),
     };
 
-    let regcounts = match names.iter().position(|n| n == ".nv.info") {
-        Some(i) => regcounts(section_data(data, &sections[i])?)?,
-        None => Vec::new(),
+    let mut own = |name_offset: u32| -> Result<(&[u8], String)> {
+        let name = names_read.read(strtab, name_offset, "ELF symbol name")?;
+        Ok((name, String::from_utf8_lossy(name).into_owned()))
+    };
+    let by_suffix = |prefix: &[u8], name: &[u8]| {
+        let mut wanted = Vec::with_capacity(prefix.len() + name.len());
+        wanted.extend_from_slice(prefix);
+        wanted.extend_from_slice(name);
+        by_name.get(wanted.as_slice()).copied()
     };
 
     let mut kernels = Vec::new();
@@ -267,50 +294,46 @@ pub fn parse(data: &[u8]) -> Result<Module> {
     for (index, sym) in symbols.iter().enumerate() {
         let ty = sym.info & 0xf;
         if ty == STT_FUNC && sym.other & STO_CUDA_ENTRY != 0 {
-            let info = sections.iter().zip(&names).find(|(s, n)| {
-                s.ty == SHT_CUDA_INFO
-                    && s.info == u32::from(sym.shndx)
-                    && n.starts_with(".nv.info.")
-            });
-            let info = info.or_else(|| {
-                let wanted = format!(".nv.info.{}", sym.name);
-                sections.iter().zip(&names).find(|(_, n)| **n == wanted)
-            });
+            let (name, owned) = own(sym.name)?;
             let mut kernel = Kernel {
-                name: sym.name.clone(),
+                name: owned,
                 ..Kernel::default()
             };
-            if let Some((s, _)) = info {
-                apply_info(&mut kernel, section_data(data, s)?)?;
+            let info = info_by_text
+                .get(&u32::from(sym.shndx))
+                .copied()
+                .or_else(|| by_suffix(b".nv.info.", name));
+            if let Some(i) = info {
+                apply_info(&mut kernel, section_data(data, &sections[i])?)?;
             }
-            let shared = format!(".nv.shared.{}", sym.name);
-            kernel.static_shared = sections
-                .iter()
-                .zip(&names)
-                .find(|(_, n)| **n == shared)
-                .map(|(s, _)| u32::try_from(s.size).unwrap_or(u32::MAX));
-            kernel.registers = regcounts
-                .iter()
-                .find(|(i, _)| *i as usize == index)
-                .map(|(_, r)| *r);
+            kernel.static_shared = by_suffix(b".nv.shared.", name)
+                .map(|i| u32::try_from(sections[i].size).unwrap_or(u32::MAX));
+            kernel.registers = u32::try_from(index)
+                .ok()
+                .and_then(|i| regcounts.get(&i).copied());
             kernels.push(kernel);
         } else if (ty == STT_OBJECT || ty == STT_CUDA_OBJECT)
-            && !sym.name.is_empty()
+            && sym.name != 0
             && sym.shndx != 0
             && sym.shndx < SHN_LORESERVE
         {
             let Some(section) = names.get(usize::from(sym.shndx)) else {
                 continue;
             };
-            let space = if section.starts_with(".nv.global") {
+            let space = if section.starts_with(b".nv.global") {
                 GlobalSpace::Global
-            } else if section.starts_with(".nv.constant") && !section.starts_with(".nv.constant0") {
+            } else if section.starts_with(b".nv.constant") && !section.starts_with(b".nv.constant0")
+            {
                 GlobalSpace::Constant
             } else {
                 continue;
             };
+            let (name, owned) = own(sym.name)?;
+            if name.is_empty() {
+                continue;
+            }
             globals.push(Global {
-                name: sym.name.clone(),
+                name: owned,
                 size: sym.size,
                 space,
             });
@@ -323,7 +346,12 @@ pub fn parse(data: &[u8]) -> Result<Module> {
     })
 }
 
-fn symbols(data: &[u8], sections: &[Section], symtab: usize) -> Result<Vec<Symbol>> {
+/// The symbols of the table in section `symtab`, and the string table their names are in.
+fn symbols<'a>(
+    data: &'a [u8],
+    sections: &[Section],
+    symtab: usize,
+) -> Result<(Vec<Symbol>, &'a [u8])> {
     let st = &sections[symtab];
     let table = section_data(data, st)?;
     let strtab = match sections.get(st.link as usize) {
@@ -336,23 +364,58 @@ fn symbols(data: &[u8], sections: &[Section], symtab: usize) -> Result<Vec<Symbo
         }
     };
     let count = table.len() as u64 / SYM_SIZE;
-    (0..count)
+    let symbols = (0..count)
         .map(|i| {
             let e = slice(table, i * SYM_SIZE, SYM_SIZE, "ELF symbol")?;
-            let name = u32_at(e, 0, "")?;
             Ok(Symbol {
-                name: if name == 0 {
-                    String::new()
-                } else {
-                    cstr_at(strtab, name.into(), "ELF symbol name")?
-                },
+                name: u32_at(e, 0, "")?,
                 info: u8_at(e, 4, "")?,
                 other: u8_at(e, 5, "")?,
                 shndx: u16_at(e, 6, "")?,
                 size: u64_at(e, 16, "")?,
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((symbols, strtab))
+}
+
+/// Reads NUL-terminated names within a budget of bytes scanned, for the whole image: a hostile
+/// image could point thousands of headers at one long string, and reading (or copying) it each
+/// time would cost the square of the image's size. Twice the image (plus a little) is generous
+/// for real ones: each name is stored once, or as the tail of one other.
+struct NameReader {
+    left: u64,
+}
+
+impl NameReader {
+    fn read<'a>(&mut self, table: &'a [u8], offset: u32, what: &'static str) -> Result<&'a [u8]> {
+        let rest = slice(
+            table,
+            offset.into(),
+            (table.len() as u64).saturating_sub(offset.into()),
+            what,
+        )?;
+        let window = &rest[..rest
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX))];
+        let Some(len) = window.iter().position(|&b| b == 0) else {
+            return Err(if window.len() < rest.len() {
+                Error::BadField {
+                    what: "ELF names (total length)",
+                    value: rest.len() as u64,
+                }
+            } else {
+                Error::Truncated {
+                    what,
+                    needed: table.len() as u64 + 1,
+                    available: table.len() as u64,
+                }
+            });
+        };
+        // len < window.len() <= left.
+        self.left -= len as u64 + 1;
+        Ok(&rest[..len])
+    }
 }
 
 /// One `.nv.info` record: attribute, the u16 of the record header, and the payload (empty unless
@@ -391,12 +454,13 @@ fn records(info: &[u8]) -> impl Iterator<Item = Result<(u8, u16, &[u8])>> {
     })
 }
 
-fn regcounts(info: &[u8]) -> Result<Vec<(u32, u32)>> {
-    let mut out = Vec::new();
+/// `EIATTR_REGCOUNT` records: registers by function symbol index.
+fn regcounts(info: &[u8]) -> Result<HashMap<u32, u32>> {
+    let mut out = HashMap::new();
     for r in records(info) {
         let (attr, _, p) = r?;
         if attr == EIATTR_REGCOUNT && p.len() >= 8 {
-            out.push((u32_at(p, 0, "")?, u32_at(p, 4, "")?));
+            out.insert(u32_at(p, 0, "")?, u32_at(p, 4, "")?);
         }
     }
     Ok(out)
@@ -435,13 +499,11 @@ fn apply_info(k: &mut Kernel, info: &[u8]) -> Result<()> {
         }
     }
     params.sort_by_key(|p| p.0);
-    for (i, w) in params.windows(2).enumerate() {
-        if w[0].0 == w[1].0 {
-            return Err(Error::BadField {
-                what: "duplicate kernel parameter ordinal",
-                value: i as u64 + 1,
-            });
-        }
+    if let Some(w) = params.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(Error::BadField {
+            what: "kernel parameter ordinal given twice",
+            value: w[0].0.into(),
+        });
     }
     k.params = params
         .into_iter()

@@ -36,8 +36,8 @@ pub enum Error {
         /// The decoder's complaint.
         reason: String,
     },
-    /// A compressed entry would decompress to more than the limit allows.
-    #[error("entry decompresses to more than {limit} bytes")]
+    /// Decompressing would produce more than the limit allows.
+    #[error("decompressed data would exceed the limit of {limit} bytes")]
     TooLarge {
         /// The limit in force.
         limit: u64,

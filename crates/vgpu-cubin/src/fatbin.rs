@@ -34,9 +34,11 @@ pub const FLAG_ZSTD: u64 = 0x8000;
 pub const HEADER_SIZE: usize = 16;
 /// Smallest entry header (ELF entries; PTX entries have 80 bytes).
 pub const ENTRY_HEADER_MIN: usize = 64;
-/// Default ceiling on one decompressed entry. Real entries are far smaller (a large library's
-/// biggest ELF is tens of MiB); the ceiling keeps a hostile "zip bomb" from exhausting vgpud.
-pub const DEFAULT_DECOMPRESS_LIMIT: u64 = 256 << 20;
+/// Default ceiling on the bytes decompressed for one image, all its entries together. Real
+/// images are far smaller (a large library's biggest entry is tens of MiB); the ceiling bounds
+/// the memory and time a hostile "zip bomb" can cost vgpud (Zstandard's RLE blocks expand a few
+/// bytes to 128 KiB).
+pub const DEFAULT_DECOMPRESS_LIMIT: u64 = 512 << 20;
 /// LZ4 cannot expand one input byte into more than 255 output bytes; a declared size beyond
 /// this ratio is a lie, and refusing it keeps the up-front allocation honest.
 const LZ4_MAX_RATIO: u64 = 255;

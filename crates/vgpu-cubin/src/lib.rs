@@ -25,6 +25,8 @@ mod error;
 pub mod fatbin;
 pub mod ptx;
 
+use std::collections::BTreeMap;
+
 pub use error::{Error, Result};
 pub use fatbin::{Compression, Entry, EntryKind, Fatbin, Wrapper, DEFAULT_DECOMPRESS_LIMIT};
 
@@ -206,21 +208,21 @@ pub struct Image {
     /// One per ELF or PTX entry (one in all for a bare cubin or PTX), in image order. Entries of
     /// unknown kinds are skipped.
     pub modules: Vec<Module>,
-    /// Every kernel any module declares, once per name: from the first SASS module that has it,
-    /// else from the first PTX module.
+    /// Every kernel any module declares, once per name, sorted by name (which [`Image::kernel`]
+    /// relies on): from the first SASS module that has it, else from the first PTX module.
     pub kernels: Vec<Kernel>,
-    /// Every global any module declares, once per name, chosen as kernels are.
+    /// Every global any module declares, once per name, sorted and chosen as kernels are.
     pub globals: Vec<Global>,
 }
 
 impl Image {
     /// Parses a fatbin container, ELF cubin or PTX text (NUL-terminated or not), decompressing
-    /// fatbin entries up to [`DEFAULT_DECOMPRESS_LIMIT`] each.
+    /// at most [`DEFAULT_DECOMPRESS_LIMIT`] bytes of fatbin entries.
     pub fn parse(bytes: &[u8]) -> Result<Image> {
         Image::parse_with_limit(bytes, DEFAULT_DECOMPRESS_LIMIT)
     }
 
-    /// [`Image::parse`] with another ceiling on one entry's decompressed size.
+    /// [`Image::parse`] with another ceiling on the bytes decompressed, all entries together.
     pub fn parse_with_limit(bytes: &[u8], limit: u64) -> Result<Image> {
         let format = detect(bytes).ok_or(Error::UnknownFormat)?;
         let modules = match format {
@@ -230,6 +232,7 @@ impl Image {
             Format::Fatbin => {
                 let fatbin = Fatbin::parse(bytes)?;
                 let mut modules = Vec::new();
+                let mut left = limit;
                 for entry in &fatbin.entries {
                     let parse = match entry.kind {
                         EntryKind::Elf => elf::parse,
@@ -237,7 +240,14 @@ impl Image {
                         EntryKind::Other(_) => continue,
                     };
                     // One entry's decompressed bytes live at a time.
-                    let mut module = parse(&entry.contents(limit)?)?;
+                    let contents = entry.contents(left).map_err(|e| match e {
+                        Error::TooLarge { .. } => Error::TooLarge { limit },
+                        e => e,
+                    })?;
+                    if entry.compression != Compression::None {
+                        left -= contents.len() as u64;
+                    }
+                    let mut module = parse(&contents)?;
                     // The entry header is authoritative for PTX; the text's .target may be absent.
                     if let Source::Ptx { arch } = &mut module.source {
                         *arch = entry.arch;
@@ -247,8 +257,8 @@ impl Image {
                 modules
             }
         };
-        let mut kernels: Vec<Kernel> = Vec::new();
-        let mut globals: Vec<Global> = Vec::new();
+        let mut kernels = BTreeMap::new();
+        let mut globals = BTreeMap::new();
         let sass_first = modules
             .iter()
             .filter(|m| matches!(m.source, Source::Elf { .. }));
@@ -257,32 +267,36 @@ impl Image {
             .filter(|m| matches!(m.source, Source::Ptx { .. }));
         for m in sass_first.chain(ptx_then) {
             for k in &m.kernels {
-                if !kernels.iter().any(|have| have.name == k.name) {
-                    kernels.push(k.clone());
-                }
+                kernels.entry(k.name.as_str()).or_insert(k);
             }
             for g in &m.globals {
-                if !globals.iter().any(|have| have.name == g.name) {
-                    globals.push(g.clone());
-                }
+                globals.entry(g.name.as_str()).or_insert(g);
             }
         }
         Ok(Image {
             format,
+            kernels: kernels.into_values().cloned().collect(),
+            globals: globals.into_values().cloned().collect(),
             modules,
-            kernels,
-            globals,
         })
     }
 
-    /// The kernel named `name`.
+    /// The kernel named `name` (a binary search: [`Image::kernels`] is sorted).
     pub fn kernel(&self, name: &str) -> Option<&Kernel> {
-        self.kernels.iter().find(|k| k.name == name)
+        let i = self
+            .kernels
+            .binary_search_by(|k| k.name.as_str().cmp(name))
+            .ok()?;
+        self.kernels.get(i)
     }
 
-    /// The global named `name`.
+    /// The global named `name` (a binary search: [`Image::globals`] is sorted).
     pub fn global(&self, name: &str) -> Option<&Global> {
-        self.globals.iter().find(|g| g.name == name)
+        let i = self
+            .globals
+            .binary_search_by(|g| g.name.as_str().cmp(name))
+            .ok()?;
+        self.globals.get(i)
     }
 
     /// The SM architectures the image has SASS for, ascending, without repeats.

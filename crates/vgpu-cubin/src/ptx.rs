@@ -142,10 +142,13 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
     // One top-level statement at a time: tokens up to `;` or to a function body's `{`.
     let mut stmt: Vec<(Tok, u32)> = Vec::new();
     let mut depth = 0u32;
+    // Whether the statement so far declares a function, so that a `{` at depth 0 opens its body
+    // (kept up to date rather than searched for: a statement may be long).
+    let mut is_func = false;
     while let Some((tok, line)) = lx.next_tok()? {
-        let is_func = stmt
-            .iter()
-            .any(|(t, _)| matches!(t, Tok::Word(".entry" | ".func")));
+        if stmt.is_empty() {
+            is_func = false;
+        }
         match tok {
             Tok::Punct(b'{') if depth == 0 && is_func => {
                 handle(&stmt, &mut arch, &mut kernels, &mut globals)?;
@@ -174,6 +177,7 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
             Tok::Word(w @ line_directives!()) if depth == 0 => {
                 handle(&stmt, &mut arch, &mut kernels, &mut globals)?;
                 stmt.clear();
+                is_func = false;
                 stmt.push((Tok::Word(w), line));
             }
             t => {
@@ -181,8 +185,10 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
                     if *l != line {
                         handle(&stmt, &mut arch, &mut kernels, &mut globals)?;
                         stmt.clear();
+                        is_func = false;
                     }
                 }
+                is_func |= matches!(t, Tok::Word(".entry" | ".func"));
                 stmt.push((t, line));
             }
         }

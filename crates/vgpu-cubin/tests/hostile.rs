@@ -55,8 +55,8 @@ fn truncated_ptx_does_not_panic() {
     }
 }
 
-/// A fatbin of one entry with the given flags, declared uncompressed size and payload.
-fn fatbin_with(flags: u64, uncompressed: u64, payload: &[u8]) -> Vec<u8> {
+/// A fatbin entry (kind ELF, sm_90) with the given flags, declared uncompressed size and payload.
+fn entry_with(flags: u64, uncompressed: u64, payload: &[u8]) -> Vec<u8> {
     let mut entry = vec![0u8; 64];
     entry[0..2].copy_from_slice(&2u16.to_le_bytes());
     entry[2..4].copy_from_slice(&0x101u16.to_le_bytes());
@@ -67,13 +67,22 @@ fn fatbin_with(flags: u64, uncompressed: u64, payload: &[u8]) -> Vec<u8> {
     entry[40..48].copy_from_slice(&(flags | 0x11).to_le_bytes());
     entry[56..64].copy_from_slice(&uncompressed.to_le_bytes());
     entry.extend_from_slice(payload);
+    entry
+}
+
+/// A fatbin container around `entries`.
+fn container(entries: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&0xBA55_ED50u32.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes());
     out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(&(entry.len() as u64).to_le_bytes());
-    out.extend_from_slice(&entry);
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    out.extend_from_slice(entries);
     out
+}
+
+fn fatbin_with(flags: u64, uncompressed: u64, payload: &[u8]) -> Vec<u8> {
+    container(&entry_with(flags, uncompressed, payload))
 }
 
 #[test]
@@ -116,6 +125,23 @@ fn zip_bombs_are_refused() {
     // Decoded for real: 64 KiB of zeros is no ELF.
     let zeros = Image::parse_with_limit(&fatbin_with(0x8000, 64 << 10, &frame), 1 << 20);
     assert_eq!(zeros, Err(Error::UnknownFormat));
+    // The limit holds for all entries together: the zstd fixture's sm_90 entry (13,904 bytes
+    // decompressed) 100 times is 1.4 MB.
+    let zstd = fixture("kernels.zstd.fatbin");
+    let sm90 = Fatbin::parse(&zstd).unwrap().entries[2];
+    let raw = &zstd[sm90.offset..sm90.offset + 64 + sm90.payload.len().next_multiple_of(8)];
+    let many = container(&raw.repeat(100));
+    assert_eq!(
+        Image::parse_with_limit(&many, 2 << 20)
+            .unwrap()
+            .modules
+            .len(),
+        100
+    );
+    assert_eq!(
+        Image::parse_with_limit(&many, 1 << 20),
+        Err(Error::TooLarge { limit: 1 << 20 })
+    );
     // Both codecs flagged at once.
     assert!(matches!(
         Image::parse(&fatbin_with(0xa000, 0, &frame)),
@@ -234,4 +260,104 @@ proptest! {
         bytes.extend_from_slice(&tail);
         exercise(&bytes);
     }
+}
+
+/// A minimal CUDA ELF: sections null, .shstrtab, .strtab, .symtab, .nv.global (NOBITS), with
+/// `symbols` as (name offset in .strtab, st_info, st_other, st_shndx, st_size).
+fn elf_with(strtab: &[u8], symbols: &[(u32, u8, u8, u16, u64)]) -> Vec<u8> {
+    let shstrtab = b"\0.shstrtab\0.strtab\0.symtab\0.nv.global\0";
+    let mut symtab = vec![0u8; 24];
+    for &(name, info, other, shndx, size) in symbols {
+        symtab.extend_from_slice(&name.to_le_bytes());
+        symtab.extend_from_slice(&[info, other]);
+        symtab.extend_from_slice(&shndx.to_le_bytes());
+        symtab.extend_from_slice(&0u64.to_le_bytes());
+        symtab.extend_from_slice(&size.to_le_bytes());
+    }
+    let mut out = vec![0u8; 64];
+    let mut place = |bytes: &[u8]| {
+        let at = out.len() as u64;
+        out.extend_from_slice(bytes);
+        at
+    };
+    let (o_shstr, o_str, o_sym) = (place(shstrtab), place(strtab), place(&symtab));
+    let shoff = out.len() as u64;
+    // (name, type, offset, size, link, entsize)
+    let headers: [(u32, u32, u64, u64, u32, u64); 5] = [
+        (0, 0, 0, 0, 0, 0),
+        (1, 3, o_shstr, shstrtab.len() as u64, 0, 0),
+        (11, 3, o_str, strtab.len() as u64, 0, 0),
+        (19, 2, o_sym, symtab.len() as u64, 2, 24),
+        (27, 8, 0, 0x1000, 0, 0),
+    ];
+    for (name, ty, offset, size, link, entsize) in headers {
+        let mut sh = [0u8; 64];
+        sh[0..4].copy_from_slice(&name.to_le_bytes());
+        sh[4..8].copy_from_slice(&ty.to_le_bytes());
+        sh[24..32].copy_from_slice(&offset.to_le_bytes());
+        sh[32..40].copy_from_slice(&size.to_le_bytes());
+        sh[40..44].copy_from_slice(&link.to_le_bytes());
+        sh[56..64].copy_from_slice(&entsize.to_le_bytes());
+        out.extend_from_slice(&sh);
+    }
+    out[0..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x41");
+    out[8] = 8;
+    out[16..18].copy_from_slice(&2u16.to_le_bytes());
+    out[18..20].copy_from_slice(&190u16.to_le_bytes());
+    out[40..48].copy_from_slice(&shoff.to_le_bytes());
+    out[48..52].copy_from_slice(&0x5a00u32.to_le_bytes());
+    out[52..54].copy_from_slice(&64u16.to_le_bytes());
+    out[58..60].copy_from_slice(&64u16.to_le_bytes());
+    out[60..62].copy_from_slice(&5u16.to_le_bytes());
+    out[62..64].copy_from_slice(&1u16.to_le_bytes());
+    out
+}
+
+#[test]
+fn hand_made_elf() {
+    let elf = elf_with(
+        b"\0counter\0k\0",
+        &[(1, 0x11, 0, 4, 4), (9, 0x12, 0x10, 0, 0)],
+    );
+    let image = Image::parse(&elf).unwrap();
+    assert_eq!(
+        image.modules[0].source,
+        vgpu_cubin::Source::Elf { arch: 90 }
+    );
+    assert_eq!(image.global("counter").map(|g| g.size), Some(4));
+    let k = image.kernel("k").unwrap();
+    assert!(k.params.is_empty() && k.registers.is_none() && k.static_shared.is_none());
+}
+
+#[test]
+fn names_shared_by_many_symbols_are_refused() {
+    // 20,000 globals all named by one 100 KiB string: copying each name would take 2 GB.
+    let mut strtab = vec![0u8];
+    strtab.extend(std::iter::repeat_n(b'g', 100 << 10));
+    strtab.push(0);
+    let symbols = vec![(1, 0x11, 0, 4, 4); 20_000];
+    let elf = elf_with(&strtab, &symbols);
+    assert!(matches!(
+        Image::parse(&elf),
+        Err(Error::BadField {
+            what: "ELF names (total length)",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn one_long_ptx_statement_is_linear() {
+    // Half a million tokens without a `;`: quadratic work here would not finish.
+    let mut ptx = b".version 9.0\n.target sm_90\n.global .u32 ".to_vec();
+    for _ in 0..500_000 {
+        ptx.extend_from_slice(b"x ");
+    }
+    let _ = Image::parse(&ptx);
+    ptx.extend_from_slice(b";\n.entry k(");
+    for _ in 0..100_000 {
+        ptx.extend_from_slice(b".param .u8 p,");
+    }
+    ptx.extend_from_slice(b".param .u8 last) {}");
+    let _ = Image::parse(&ptx);
 }
