@@ -340,7 +340,7 @@ pub fn parse(data: &[u8]) -> Result<Module> {
         }
     }
     Ok(Module {
-        source: Source::Elf { arch: h.arch() },
+        source: Source::sass(h.arch()),
         kernels,
         globals,
     })

@@ -9,8 +9,10 @@
 //!   at 0 (1 PTX, 2 ELF), version u16 at 2 (`0x101`), header size u32 at 4, payload size u32 at 8
 //!   (the bytes after the header, padding included: the next entry starts at header size + this),
 //!   compressed size u32 at 16 (0 unless compressed), sm arch u32 at 28 (90 for sm_90 SASS and for
-//!   compute_90 PTX), flags u64 at 40 (0x1 64-bit, 0x10 Linux, `0x2000` LZ4, `0x8000` Zstandard),
-//!   uncompressed size u64 at 56 (0 unless compressed).
+//!   compute_90 PTX), flags u64 at 40 (0x1 64-bit, 0x10 Linux, `0x2000` LZ4, `0x8000` Zstandard,
+//!   `0x100000` arch-specific "a" target, `0x200000` family-specific "f" target; the last two
+//!   observed in nvcc 13.0's output, `tests/fixtures/variants.zstd.fatbin`), uncompressed size
+//!   u64 at 56 (0 unless compressed). ELF entries for sm_100 and later have 112-byte headers.
 //! * an LZ4 payload is one raw LZ4 *block* (no frame header, no size prefix) of compressed-size
 //!   bytes that decodes to exactly uncompressed-size bytes; a Zstandard payload is one standard
 //!   frame (magic `28 B5 2F FD`). Both observed in the fixtures (`tests/fixtures`).
@@ -30,6 +32,10 @@ pub const WRAPPER_MAGIC: u32 = 0x4662_43B1;
 pub const FLAG_LZ4: u64 = 0x2000;
 /// Entry flag: the payload is a Zstandard frame.
 pub const FLAG_ZSTD: u64 = 0x8000;
+/// Entry flag: code for an architecture-specific target (`sm_90a`, `compute_100a`).
+pub const FLAG_ARCH_SPECIFIC: u64 = 0x10_0000;
+/// Entry flag: code for a family-specific target (`sm_100f`, `compute_100f`).
+pub const FLAG_FAMILY_SPECIFIC: u64 = 0x20_0000;
 /// Size of the container header.
 pub const HEADER_SIZE: usize = 16;
 /// Smallest entry header (ELF entries; PTX entries have 80 bytes).
@@ -128,6 +134,17 @@ pub struct Entry<'a> {
 }
 
 impl<'a> Entry<'a> {
+    /// Plain, family- or architecture-specific, from the flags.
+    pub fn variant(&self) -> crate::Variant {
+        if self.flags & FLAG_ARCH_SPECIFIC != 0 {
+            crate::Variant::ArchSpecific
+        } else if self.flags & FLAG_FAMILY_SPECIFIC != 0 {
+            crate::Variant::FamilySpecific
+        } else {
+            crate::Variant::Base
+        }
+    }
+
     /// The entry's contents, decompressed if need be, at most `limit` bytes
     /// ([`DEFAULT_DECOMPRESS_LIMIT`] is a sensible one).
     pub fn contents(&self, limit: u64) -> Result<Cow<'a, [u8]>> {

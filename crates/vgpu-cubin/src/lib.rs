@@ -174,19 +174,71 @@ pub struct Global {
     pub space: GlobalSpace,
 }
 
+/// SASS or PTX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// Machine code in an ELF cubin, for a real architecture (`sm_XY`).
+    Sass,
+    /// PTX text for a virtual architecture (`compute_XY`), JIT-compiled by the driver.
+    Ptx,
+}
+
+/// Which devices an architecture-specific target is limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Variant {
+    /// `sm_90`, `compute_90`: SASS runs on later minors of its major version, PTX on any
+    /// later device.
+    Base,
+    /// `sm_100f`: runs on the devices of its family (same major version, minor not below).
+    FamilySpecific,
+    /// `sm_90a`: runs on exactly that architecture.
+    ArchSpecific,
+}
+
 /// Which code a [`Module`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    /// SASS for `sm_<arch>`.
-    Elf {
-        /// 90 for sm_90.
-        arch: u32,
-    },
-    /// PTX for `compute_<arch>` (0 when the text names no `.target sm_NN`).
-    Ptx {
-        /// 90 for compute_90.
-        arch: u32,
-    },
+pub struct Source {
+    /// SASS or PTX.
+    pub code: Code,
+    /// 90 for sm_90 or compute_90 (PTX without a `.target sm_NN`: 0).
+    pub arch: u32,
+    /// Plain, family- or architecture-specific. In a fatbin the entry's flags tell; a bare cubin
+    /// does not (its ELF flags are the same for sm_90 and sm_90a), so it reads as
+    /// [`Variant::Base`]; PTX tells by the suffix of its `.target`.
+    pub variant: Variant,
+}
+
+impl Source {
+    /// SASS for `arch`, plain.
+    pub fn sass(arch: u32) -> Source {
+        Source {
+            code: Code::Sass,
+            arch,
+            variant: Variant::Base,
+        }
+    }
+
+    /// PTX for `arch`, plain.
+    pub fn ptx(arch: u32) -> Source {
+        Source {
+            code: Code::Ptx,
+            arch,
+            variant: Variant::Base,
+        }
+    }
+
+    /// Whether a device of compute capability `device` (90 for 9.0) can run this code, SASS
+    /// directly or PTX after JIT compilation (CUDA's compatibility rules: SASS within a major
+    /// version, PTX forward to any later device, `a` targets on their own architecture only,
+    /// `f` targets within their family).
+    pub fn runs_on(&self, device: u32) -> bool {
+        let same_major = self.arch / 10 == device / 10 && self.arch <= device;
+        match (self.variant, self.code) {
+            (Variant::ArchSpecific, _) => self.arch == device,
+            (Variant::FamilySpecific, _) | (Variant::Base, Code::Sass) => same_major,
+            (Variant::Base, Code::Ptx) => self.arch <= device,
+        }
+    }
 }
 
 /// What one piece of code (one ELF or one PTX text) declares.
@@ -248,10 +300,10 @@ impl Image {
                         left -= contents.len() as u64;
                     }
                     let mut module = parse(&contents)?;
-                    // The entry header is authoritative for PTX; the text's .target may be absent.
-                    if let Source::Ptx { arch } = &mut module.source {
-                        *arch = entry.arch;
-                    }
+                    // The entry header is authoritative: a cubin does not tell its variant, and the
+                    // text's .target may be absent.
+                    module.source.arch = entry.arch;
+                    module.source.variant = entry.variant();
                     modules.push(module);
                 }
                 modules
@@ -259,12 +311,8 @@ impl Image {
         };
         let mut kernels = BTreeMap::new();
         let mut globals = BTreeMap::new();
-        let sass_first = modules
-            .iter()
-            .filter(|m| matches!(m.source, Source::Elf { .. }));
-        let ptx_then = modules
-            .iter()
-            .filter(|m| matches!(m.source, Source::Ptx { .. }));
+        let sass_first = modules.iter().filter(|m| m.source.code == Code::Sass);
+        let ptx_then = modules.iter().filter(|m| m.source.code == Code::Ptx);
         for m in sass_first.chain(ptx_then) {
             for k in &m.kernels {
                 kernels.entry(k.name.as_str()).or_insert(k);
@@ -304,10 +352,8 @@ impl Image {
         let mut v: Vec<u32> = self
             .modules
             .iter()
-            .filter_map(|m| match m.source {
-                Source::Elf { arch } => Some(arch),
-                Source::Ptx { .. } => None,
-            })
+            .filter(|m| m.source.code == Code::Sass)
+            .map(|m| m.source.arch)
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -316,33 +362,19 @@ impl Image {
 
     /// Whether the image carries PTX (so a device without matching SASS can JIT it).
     pub fn has_ptx(&self) -> bool {
-        self.modules
-            .iter()
-            .any(|m| matches!(m.source, Source::Ptx { .. }))
+        self.modules.iter().any(|m| m.source.code == Code::Ptx)
     }
 
-    /// The module a device of compute capability `arch` (90 for 9.0) would load, as the driver
-    /// chooses: SASS of the same major version and the highest minor not above the device's,
-    /// else the newest PTX not newer than the device (JIT-compiled); `None`: no usable code
-    /// (`CUDA_ERROR_NO_BINARY_FOR_GPU`).
+    /// The module a device of compute capability `arch` (90 for 9.0) would load: SASS that runs
+    /// on it ([`Source::runs_on`]) for the highest architecture, the most specific variant first,
+    /// else such PTX (JIT-compiled); `None`: no usable code (`CUDA_ERROR_NO_BINARY_FOR_GPU`).
     pub fn for_arch(&self, arch: u32) -> Option<&Module> {
-        let sass = self
-            .modules
-            .iter()
-            .filter_map(|m| match m.source {
-                Source::Elf { arch: a } if a / 10 == arch / 10 && a <= arch => Some((a, m)),
-                _ => None,
-            })
-            .max_by_key(|(a, _)| *a);
-        let ptx = || {
+        let best = |code: Code| {
             self.modules
                 .iter()
-                .filter_map(|m| match m.source {
-                    Source::Ptx { arch: a } if a <= arch => Some((a, m)),
-                    _ => None,
-                })
-                .max_by_key(|(a, _)| *a)
+                .filter(|m| m.source.code == code && m.source.runs_on(arch))
+                .max_by_key(|m| (m.source.arch, m.source.variant))
         };
-        sass.or_else(ptx).map(|(_, m)| m)
+        best(Code::Sass).or_else(|| best(Code::Ptx))
     }
 }

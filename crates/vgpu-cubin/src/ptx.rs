@@ -8,7 +8,7 @@
 //! (PTX ISA, "Kernel Function Parameter Attributes").
 
 use crate::error::{Error, Result};
-use crate::{Global, GlobalSpace, Kernel, Module, Param, Source};
+use crate::{Global, GlobalSpace, Kernel, Module, Param, Source, Variant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok<'a> {
@@ -136,7 +136,7 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
         pos: 0,
         line: 1,
     };
-    let mut arch = 0;
+    let mut target = Source::ptx(0);
     let mut kernels = Vec::new();
     let mut globals = Vec::new();
     // One top-level statement at a time: tokens up to `;` or to a function body's `{`.
@@ -151,12 +151,12 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
         }
         match tok {
             Tok::Punct(b'{') if depth == 0 && is_func => {
-                handle(&stmt, &mut arch, &mut kernels, &mut globals)?;
+                handle(&stmt, &mut target, &mut kernels, &mut globals)?;
                 stmt.clear();
                 skip_body(&mut lx, line)?;
             }
             Tok::Punct(b';') if depth == 0 => {
-                handle(&stmt, &mut arch, &mut kernels, &mut globals)?;
+                handle(&stmt, &mut target, &mut kernels, &mut globals)?;
                 stmt.clear();
             }
             Tok::Punct(c @ (b'{' | b'(' | b'[')) => {
@@ -175,7 +175,7 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
             }
             // These directives end at the line's end, without `;`.
             Tok::Word(w @ line_directives!()) if depth == 0 => {
-                handle(&stmt, &mut arch, &mut kernels, &mut globals)?;
+                handle(&stmt, &mut target, &mut kernels, &mut globals)?;
                 stmt.clear();
                 is_func = false;
                 stmt.push((Tok::Word(w), line));
@@ -183,7 +183,7 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
             t => {
                 if let Some((Tok::Word(line_directives!()), l)) = stmt.first() {
                     if *l != line {
-                        handle(&stmt, &mut arch, &mut kernels, &mut globals)?;
+                        handle(&stmt, &mut target, &mut kernels, &mut globals)?;
                         stmt.clear();
                         is_func = false;
                     }
@@ -196,9 +196,9 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
     if depth != 0 {
         return Err(ptx_err(lx.line, "unbalanced bracket at end of text"));
     }
-    handle(&stmt, &mut arch, &mut kernels, &mut globals)?;
+    handle(&stmt, &mut target, &mut kernels, &mut globals)?;
     Ok(Module {
-        source: Source::Ptx { arch },
+        source: target,
         kernels,
         globals,
     })
@@ -223,7 +223,7 @@ fn skip_body(lx: &mut Lexer, line: u32) -> Result<()> {
 
 fn handle(
     stmt: &[(Tok, u32)],
-    arch: &mut u32,
+    target: &mut Source,
     kernels: &mut Vec<Kernel>,
     globals: &mut Vec<Global>,
 ) -> Result<()> {
@@ -237,10 +237,15 @@ fn handle(
     if *first == Tok::Word(".target") {
         // `.target sm_90a, debug`: the first sm_NN names the architecture.
         if let Some(sm) = words().find_map(|w| w.strip_prefix("sm_")) {
-            let digits: String = sm.chars().take_while(char::is_ascii_digit).collect();
-            *arch = digits
+            let digits = sm.len() - sm.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            target.arch = sm[..digits]
                 .parse()
                 .map_err(|_| ptx_err(*line, format!("bad target sm_{sm}")))?;
+            target.variant = match &sm[digits..] {
+                "a" => Variant::ArchSpecific,
+                "f" => Variant::FamilySpecific,
+                _ => Variant::Base,
+            };
         }
         return Ok(());
     }
@@ -502,7 +507,13 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(m.source, Source::Ptx { arch: 90 });
+        assert_eq!(
+            m.source,
+            Source {
+                variant: Variant::ArchSpecific,
+                ..Source::ptx(90)
+            }
+        );
         let [k, w] = m.kernels.as_slice() else {
             panic!("{:?}", m.kernels)
         };
@@ -545,7 +556,13 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(m.source, Source::Ptx { arch: 100 });
+        assert_eq!(
+            m.source,
+            Source {
+                variant: Variant::FamilySpecific,
+                ..Source::ptx(100)
+            }
+        );
         assert!(m.kernels.is_empty());
         let got: Vec<_> = m
             .globals

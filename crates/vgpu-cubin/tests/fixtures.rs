@@ -5,7 +5,7 @@
 
 use vgpu_cubin::{
     detect, image_len, Compression, EntryKind, Fatbin, Format, Global, GlobalSpace, Image,
-    ImageLen, Kernel, Param, Source, Wrapper, DEFAULT_DECOMPRESS_LIMIT,
+    ImageLen, Kernel, Param, Source, Variant, Wrapper, DEFAULT_DECOMPRESS_LIMIT,
 };
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -89,7 +89,7 @@ fn cubin() {
     let image = Image::parse(&bytes).unwrap();
     assert_eq!(image.format, Format::Elf);
     assert_eq!(image.modules.len(), 1);
-    assert_eq!(image.modules[0].source, Source::Elf { arch: 90 });
+    assert_eq!(image.modules[0].source, Source::sass(90));
     assert_eq!(image.sm_versions(), [90]);
     assert!(!image.has_ptx());
     check_image(&image, "cubin");
@@ -112,7 +112,7 @@ fn ptx() {
     let mut bytes = fixture("kernels.ptx");
     assert_eq!(detect(&bytes), Some(Format::Ptx));
     let image = Image::parse(&bytes).unwrap();
-    assert_eq!(image.modules[0].source, Source::Ptx { arch: 90 });
+    assert_eq!(image.modules[0].source, Source::ptx(90));
     assert!(image.has_ptx() && image.sm_versions().is_empty());
     check_image(&image, "ptx");
     // NUL-terminated, with garbage after the NUL, parses the same.
@@ -155,12 +155,12 @@ fn fatbin_uncompressed() {
     assert!(image.has_ptx());
     check_image(&image, "fatbin");
     let sources = |arch| image.for_arch(arch).map(|m| m.source);
-    assert_eq!(sources(90), Some(Source::Elf { arch: 90 }));
+    assert_eq!(sources(90), Some(Source::sass(90)));
     // SASS runs on later minors of its major version, never across majors: PTX is JIT-compiled.
-    assert_eq!(sources(89), Some(Source::Elf { arch: 80 }));
-    assert_eq!(sources(86), Some(Source::Elf { arch: 80 }));
-    assert_eq!(sources(100), Some(Source::Ptx { arch: 90 }));
-    assert_eq!(sources(120), Some(Source::Ptx { arch: 90 }));
+    assert_eq!(sources(89), Some(Source::sass(80)));
+    assert_eq!(sources(86), Some(Source::sass(80)));
+    assert_eq!(sources(100), Some(Source::ptx(90)));
+    assert_eq!(sources(120), Some(Source::ptx(90)));
     assert_eq!(sources(75), None);
 }
 
@@ -252,7 +252,7 @@ fn large_parameter() {
         image
             .modules
             .iter()
-            .find(|m| m.source == Source::Ptx { arch: 90 })
+            .find(|m| m.source == Source::ptx(90))
             .unwrap()
             .kernels
     );
@@ -320,4 +320,87 @@ fn wrapper() {
     w[4] = 3;
     assert!(Wrapper::parse(&w).is_err());
     assert!(Wrapper::parse(&w[..20]).is_err());
+}
+
+#[test]
+fn architecture_variants() {
+    let image = Image::parse(&fixture("variants.zstd.fatbin")).unwrap();
+    let (base, a, f) = (
+        Variant::Base,
+        Variant::ArchSpecific,
+        Variant::FamilySpecific,
+    );
+    let sass = |arch, variant| Source {
+        variant,
+        ..Source::sass(arch)
+    };
+    let got: Vec<Source> = image.modules.iter().map(|m| m.source).collect();
+    let ptx100f = Source {
+        variant: f,
+        ..Source::ptx(100)
+    };
+    assert_eq!(
+        got,
+        [
+            sass(90, a),
+            sass(90, base),
+            sass(100, a),
+            ptx100f,
+            sass(100, f),
+            sass(103, base)
+        ]
+    );
+    assert_eq!(image.sm_versions(), [90, 100, 103]);
+    let chosen = |arch| image.for_arch(arch).map(|m| m.source);
+    assert_eq!(chosen(90), Some(sass(90, a)));
+    assert_eq!(chosen(100), Some(sass(100, a)));
+    assert_eq!(chosen(103), Some(sass(103, base)));
+    // A later Blackwell minor without its own SASS runs the family's (not the 'a' build), and
+    // family PTX stays within the family.
+    assert_eq!(chosen(101), Some(sass(100, f)));
+    assert_eq!(chosen(110), None);
+    assert_eq!(chosen(89), None);
+    let [k] = image.kernels.as_slice() else {
+        panic!("{:?}", image.kernels)
+    };
+    assert_eq!(
+        (k.name.as_str(), k.params.as_slice()),
+        ("k_variant", &[p(0, 8)][..])
+    );
+    assert!(image
+        .modules
+        .iter()
+        .all(|m| m.kernels[0].params == k.params));
+}
+
+#[test]
+fn compatibility_rules() {
+    let (a, f) = (Variant::ArchSpecific, Variant::FamilySpecific);
+    assert!(
+        Source::sass(80).runs_on(86)
+            && Source::sass(80).runs_on(89)
+            && !Source::sass(80).runs_on(90)
+    );
+    assert!(!Source::sass(86).runs_on(80));
+    assert!(Source::ptx(80).runs_on(120) && !Source::ptx(90).runs_on(89));
+    assert!(Source {
+        variant: a,
+        ..Source::sass(90)
+    }
+    .runs_on(90));
+    assert!(!Source {
+        variant: a,
+        ..Source::ptx(100)
+    }
+    .runs_on(103));
+    assert!(Source {
+        variant: f,
+        ..Source::sass(100)
+    }
+    .runs_on(103));
+    assert!(!Source {
+        variant: f,
+        ..Source::ptx(100)
+    }
+    .runs_on(120));
 }

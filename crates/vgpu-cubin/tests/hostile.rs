@@ -320,10 +320,7 @@ fn hand_made_elf() {
         &[(1, 0x11, 0, 4, 4), (9, 0x12, 0x10, 0, 0)],
     );
     let image = Image::parse(&elf).unwrap();
-    assert_eq!(
-        image.modules[0].source,
-        vgpu_cubin::Source::Elf { arch: 90 }
-    );
+    assert_eq!(image.modules[0].source, vgpu_cubin::Source::sass(90));
     assert_eq!(image.global("counter").map(|g| g.size), Some(4));
     let k = image.kernel("k").unwrap();
     assert!(k.params.is_empty() && k.registers.is_none() && k.static_shared.is_none());
