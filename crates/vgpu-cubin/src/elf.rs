@@ -24,7 +24,9 @@
 //! * Static shared memory of a kernel: the size of its `.nv.shared.<name>` section (in linked sm_90
 //!   cubins this includes the 1 KiB the system reserves; relocatable cubins lack it).
 //! * Globals (`__device__`, `__constant__`): `STT_OBJECT` symbols (type 13 in relocatable cubins)
-//!   defined in `.nv.global*` or `.nv.constant<N>` sections other than bank 0 (the parameters).
+//!   defined in `.nv.global*` or `.nv.constant<N>` sections other than bank 0 (the parameters);
+//!   `__managed__` ones have `STO_CUDA_MANAGED` (4) in `st_other` (both `STO_` values as in
+//!   cuda-gdb's `cuda-tdep.c`).
 
 use std::collections::HashMap;
 
@@ -41,6 +43,7 @@ const STT_FUNC: u8 = 2;
 /// Variables in relocatable cubins.
 const STT_CUDA_OBJECT: u8 = 13;
 const STO_CUDA_ENTRY: u8 = 0x10;
+const STO_CUDA_MANAGED: u8 = 0x04;
 const SHN_LORESERVE: u16 = 0xff00;
 
 const EIFMT_SVAL: u8 = 4;
@@ -336,6 +339,7 @@ pub fn parse(data: &[u8]) -> Result<Module> {
                 name: owned,
                 size: sym.size,
                 space,
+                managed: sym.other & STO_CUDA_MANAGED != 0,
             });
         }
     }

@@ -172,6 +172,9 @@ pub struct Global {
     pub size: u64,
     /// Global or constant memory.
     pub space: GlobalSpace,
+    /// `__managed__`: unified memory that the runtime registers (and the module loads eagerly
+    /// for, under lazy loading).
+    pub managed: bool,
 }
 
 /// SASS or PTX.

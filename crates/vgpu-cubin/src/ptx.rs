@@ -263,11 +263,14 @@ fn handle(
     } else {
         return Ok(());
     };
+    // `.global .attribute(.managed) .u32 x;`
+    let managed = words().any(|w| w == ".managed");
     for decl in variables(stmt)? {
         globals.push(Global {
             name: decl.name.to_owned(),
             size: decl.size,
             space,
+            managed,
         });
     }
     Ok(())
@@ -546,6 +549,7 @@ mod tests {
             /* .global .u32 commented_out; */
             .extern .global .align 4 .u32 elsewhere;
             .global .align 4 .u32 a = 7, b[3] = {1, 2, 3};
+            .global .attribute(.managed) .align 8 .u64 m;
             .visible .global .align 16 .v4 .f32 vec;
             .global .align 8 .u64 table[2] = {generic(a), generic(b)};
             .const .align 4 .b8 coeffs[2][32];
@@ -569,12 +573,14 @@ mod tests {
             .iter()
             .map(|g| (g.name.as_str(), g.size, g.space))
             .collect();
+        assert!(m.globals.iter().all(|g| g.managed == (g.name == "m")));
         let (g, c) = (GlobalSpace::Global, GlobalSpace::Constant);
         assert_eq!(
             got,
             [
                 ("a", 4, g),
                 ("b", 12, g),
+                ("m", 8, g),
                 ("vec", 16, g),
                 ("table", 16, g),
                 ("coeffs", 64, c),

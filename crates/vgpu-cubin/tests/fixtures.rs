@@ -62,13 +62,17 @@ fn check_kernels(kernels: &[Kernel], what: &str) {
 fn check_globals(globals: &[Global], what: &str) {
     let mut got: Vec<_> = globals
         .iter()
-        .map(|g| (g.name.as_str(), g.size, g.space))
+        .map(|g| (g.name.as_str(), g.size, g.space, g.managed))
         .collect();
     got.sort_unstable_by_key(|g| g.0);
+    let (global, constant) = (GlobalSpace::Global, GlobalSpace::Constant);
     let want = [
-        ("const_coeffs", 64, GlobalSpace::Constant),
-        ("dev_counter", 4, GlobalSpace::Global),
-        ("dev_table", 400, GlobalSpace::Global),
+        ("_ZN2ns6scopedE", 4, global, false),
+        ("const_coeffs", 64, constant, false),
+        ("dev_counter", 4, global, false),
+        ("dev_init", 24, global, false),
+        ("dev_table", 400, global, false),
+        ("managed_flag", 4, global, true),
     ];
     assert_eq!(got, want, "{what}: globals");
 }
@@ -176,12 +180,18 @@ fn check_compressed(name: &str, codec: Compression) {
         ],
         "{name}"
     );
-    // Decompressed, each entry is byte for byte the uncompressed fatbin's.
+    // Decompressed, each entry is byte for byte the uncompressed fatbin's, but for the padding
+    // of an uncompressed payload to 8 bytes (PTX: text and NUL, 4,239 bytes, padded to 4,240).
     let plain_bytes = fixture("kernels.fatbin");
     let plain = Fatbin::parse(&plain_bytes).unwrap();
     for (c, u) in fatbin.entries.iter().zip(&plain.entries) {
         let c = c.contents(DEFAULT_DECOMPRESS_LIMIT).unwrap();
-        assert_eq!(*c, *u.contents(DEFAULT_DECOMPRESS_LIMIT).unwrap(), "{name}");
+        let u = u.contents(DEFAULT_DECOMPRESS_LIMIT).unwrap();
+        assert_eq!(*c, u[..c.len()], "{name}");
+        assert!(
+            u.len() - c.len() < 8 && u[c.len()..].iter().all(|&b| b == 0),
+            "{name}"
+        );
     }
     let image = Image::parse(&bytes).unwrap();
     check_image(&image, name);
