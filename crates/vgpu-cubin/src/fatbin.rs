@@ -124,8 +124,8 @@ pub struct Entry<'a> {
     pub flags: u64,
     /// How [`Entry::payload`] is stored.
     pub compression: Compression,
-    /// The stored bytes: compressed-size bytes when compressed, else the whole payload (PTX is
-    /// NUL-padded).
+    /// The stored bytes: compressed-size bytes when compressed, else the whole payload, padded
+    /// with NULs to a multiple of 8 bytes (PTX text is NUL-terminated before the padding).
     pub payload: &'a [u8],
     /// The size once decompressed, as declared (0 for an uncompressed entry).
     pub uncompressed_size: u64,
@@ -207,12 +207,8 @@ impl<'a> Fatbin<'a> {
         let mut pos = 0usize;
         // Fewer bytes than an entry header left: padding, as ZLUDA treats it.
         while body.len() - pos >= ENTRY_HEADER_MIN {
-            let rest = &body[pos..];
-            let entry = parse_entry(rest, base + pos)?;
-            let hsize = u64::from(u32_at(rest, 4, "fatbin entry header")?);
-            let psize = u64::from(u32_at(rest, 8, "fatbin entry header")?);
-            // At most rest.len(): parse_entry checked that header and payload fit.
-            pos += (hsize + psize) as usize;
+            let (entry, len) = parse_entry(&body[pos..], base + pos)?;
+            pos += len;
             entries.push(entry);
         }
         Ok(Fatbin {
@@ -223,7 +219,8 @@ impl<'a> Fatbin<'a> {
     }
 }
 
-fn parse_entry(rest: &[u8], offset: usize) -> Result<Entry<'_>> {
+/// The entry at the start of `rest`, and its length (header and payload) within `rest`.
+fn parse_entry(rest: &[u8], offset: usize) -> Result<(Entry<'_>, usize)> {
     const W: &str = "fatbin entry header";
     let kind = match u16_at(rest, 0, W)? {
         1 => EntryKind::Ptx,
@@ -243,6 +240,8 @@ fn parse_entry(rest: &[u8], offset: usize) -> Result<Entry<'_>> {
     let flags = u64_at(rest, 40, W)?;
     let uncompressed_size = u64_at(rest, 56, W)?;
     let payload = slice(rest, header_size, payload_size, "fatbin entry payload")?;
+    // Within rest.len(): the slice above checked it.
+    let len = (header_size + payload_size) as usize;
     let compression = match (flags & FLAG_LZ4 != 0, flags & FLAG_ZSTD != 0) {
         (false, false) => Compression::None,
         (true, false) => Compression::Lz4,
@@ -259,7 +258,7 @@ fn parse_entry(rest: &[u8], offset: usize) -> Result<Entry<'_>> {
     } else {
         slice(payload, 0, compressed_size, "fatbin compressed payload")?
     };
-    Ok(Entry {
+    let entry = Entry {
         kind,
         arch,
         flags,
@@ -267,7 +266,8 @@ fn parse_entry(rest: &[u8], offset: usize) -> Result<Entry<'_>> {
         payload,
         uncompressed_size,
         offset,
-    })
+    };
+    Ok((entry, len))
 }
 
 fn decompress_lz4(input: &[u8], declared: u64, limit: u64) -> Result<Vec<u8>> {
@@ -283,8 +283,9 @@ fn decompress_lz4(input: &[u8], declared: u64, limit: u64) -> Result<Vec<u8>> {
             value: declared,
         });
     }
-    // Below limit, which callers keep within memory.
-    let mut out = vec![0u8; declared as usize];
+    // At most the limit, which callers keep within memory.
+    let len = usize::try_from(declared).map_err(|_| Error::TooLarge { limit })?;
+    let mut out = vec![0u8; len];
     let n = lz4_flex::block::decompress_into(input, &mut out).map_err(|e| Error::Decompress {
         codec: "LZ4",
         reason: e.to_string(),
