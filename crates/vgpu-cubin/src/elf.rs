@@ -136,19 +136,20 @@ impl Header {
     }
 }
 
+/// The fields of a section header that this parser uses.
 #[derive(Clone, Copy)]
-pub(crate) struct Section {
-    pub(crate) name: u32,
-    pub(crate) ty: u32,
-    pub(crate) offset: u64,
-    pub(crate) size: u64,
-    pub(crate) link: u32,
-    pub(crate) info: u32,
+struct Section {
+    name: u32,
+    ty: u32,
+    offset: u64,
+    size: u64,
+    link: u32,
+    info: u32,
 }
 
 /// The section headers. Their count is bounded by the bytes present (each takes 64), so a hostile
 /// count cannot make this allocate more than the input's size.
-pub(crate) fn sections(data: &[u8], h: &Header) -> Result<Vec<Section>> {
+fn sections(data: &[u8], h: &Header) -> Result<Vec<Section>> {
     let read = |i: u64| -> Result<Section> {
         let off = h
             .shoff

@@ -385,32 +385,14 @@ fn architecture_variants() {
 
 #[test]
 fn compatibility_rules() {
+    let with = |variant, source: Source| Source { variant, ..source };
     let (a, f) = (Variant::ArchSpecific, Variant::FamilySpecific);
-    assert!(
-        Source::sass(80).runs_on(86)
-            && Source::sass(80).runs_on(89)
-            && !Source::sass(80).runs_on(90)
-    );
+    let sass80 = Source::sass(80);
+    assert!(sass80.runs_on(86) && sass80.runs_on(89) && !sass80.runs_on(90));
     assert!(!Source::sass(86).runs_on(80));
     assert!(Source::ptx(80).runs_on(120) && !Source::ptx(90).runs_on(89));
-    assert!(Source {
-        variant: a,
-        ..Source::sass(90)
-    }
-    .runs_on(90));
-    assert!(!Source {
-        variant: a,
-        ..Source::ptx(100)
-    }
-    .runs_on(103));
-    assert!(Source {
-        variant: f,
-        ..Source::sass(100)
-    }
-    .runs_on(103));
-    assert!(!Source {
-        variant: f,
-        ..Source::ptx(100)
-    }
-    .runs_on(120));
+    assert!(with(a, Source::sass(90)).runs_on(90));
+    assert!(!with(a, Source::ptx(100)).runs_on(103));
+    assert!(with(f, Source::sass(100)).runs_on(103));
+    assert!(!with(f, Source::ptx(100)).runs_on(120));
 }
