@@ -4,7 +4,8 @@
 //!
 //! * 64-bit little-endian ELF, `e_machine` 190 (EM_CUDA); the SM in `e_flags` bits 8..16 when the
 //!   ELF ABI version (`e_ident[8]`) is 8 or more (CUDA 13: flags `0x6005a04` = sm_90), in bits 0..8
-//!   before (CUDA ≤ 12, `EF_CUDA_SM`).
+//!   before (LLVM `llvm/BinaryFormat/ELF.h`: `ELFABIVERSION_CUDA_V1`/`V2`, `EF_CUDA_SM`,
+//!   `EF_CUDA_SM_MASK`). The flags are the same for sm_90 and sm_90a (checked with nvcc 13.0).
 //! * A kernel is an `STT_FUNC` symbol with `STO_CUDA_ENTRY` (0x10) in `st_other`; device functions
 //!   lack it (and in relocatable cubins have a `.nv.info.<name>` section too, so that section is
 //!   no kernel marker).
