@@ -19,7 +19,8 @@
 //!   size as the u16 value), `EIATTR_PARAM_CBANK` 0x0a (symbol u32, bank offset u16, size u16),
 //!   `EIATTR_MAX_THREADS` 0x05 (`__launch_bounds__`/`.maxntid`: x, y, z u32), `EIATTR_REQNTID`
 //!   0x10 (`.reqntid`: x, y, z u32). The module-wide `.nv.info` holds `EIATTR_REGCOUNT` 0x2f
-//!   (symbol u32, registers u32) per function. Attribute numbers: the EIATTR table of NVIDIA's
+//!   (symbol u32, registers u32) and `EIATTR_FRAME_SIZE` 0x11 (symbol u32, bytes u32) per
+//!   function. Attribute numbers: the EIATTR table of NVIDIA's
 //!   tools as listed by cuobjdump; record layouts from the fixtures' bytes and the research notes
 //!   (`shared/libcuda-research.md` §4).
 //! * Static shared memory of a kernel: the size of its `.nv.shared.<name>` section (in linked sm_90
@@ -51,6 +52,7 @@ const EIFMT_SVAL: u8 = 4;
 const EIATTR_MAX_THREADS: u8 = 0x05;
 const EIATTR_PARAM_CBANK: u8 = 0x0a;
 const EIATTR_REQNTID: u8 = 0x10;
+const EIATTR_FRAME_SIZE: u8 = 0x11;
 const EIATTR_KPARAM_INFO: u8 = 0x17;
 const EIATTR_CBANK_PARAM_SIZE: u8 = 0x19;
 const EIATTR_REGCOUNT: u8 = 0x2f;
@@ -278,8 +280,8 @@ pub fn parse(data: &[u8]) -> Result<Module> {
         Some(i) => symbols(data, &sections, i)?,
         None => (Vec::new(), &[][..]),
     };
-    let regcounts: HashMap<u32, u32> = match by_name.get(&b".nv.info"[..]) {
-        Some(&i) => regcounts(section_data(data, &sections[i])?)?,
+    let function_info = match by_name.get(&b".nv.info"[..]) {
+        Some(&i) => function_info(section_data(data, &sections[i])?)?,
         None => HashMap::new(),
     };
 
@@ -313,9 +315,12 @@ pub fn parse(data: &[u8]) -> Result<Module> {
             }
             kernel.static_shared = by_suffix(b".nv.shared.", name)
                 .map(|i| u32::try_from(sections[i].size).unwrap_or(u32::MAX));
-            kernel.registers = u32::try_from(index)
+            let info = u32::try_from(index)
                 .ok()
-                .and_then(|i| regcounts.get(&i).copied());
+                .and_then(|i| function_info.get(&i).copied())
+                .unwrap_or_default();
+            kernel.registers = info.registers;
+            kernel.frame_size = info.frame_size;
             kernels.push(kernel);
         } else if (ty == STT_OBJECT || ty == STT_CUDA_OBJECT)
             && sym.name != 0
@@ -460,13 +465,27 @@ fn records(info: &[u8]) -> impl Iterator<Item = Result<(u8, u16, &[u8])>> {
     })
 }
 
-/// `EIATTR_REGCOUNT` records: registers by function symbol index.
-fn regcounts(info: &[u8]) -> Result<HashMap<u32, u32>> {
-    let mut out = HashMap::new();
+/// What the module-wide `.nv.info` says of one function.
+#[derive(Default, Clone, Copy)]
+struct FunctionInfo {
+    registers: Option<u32>,
+    frame_size: Option<u32>,
+}
+
+/// The module-wide `.nv.info` records (`EIATTR_REGCOUNT`, `EIATTR_FRAME_SIZE`: symbol index u32,
+/// value u32), by function symbol index.
+fn function_info(info: &[u8]) -> Result<HashMap<u32, FunctionInfo>> {
+    let mut out: HashMap<u32, FunctionInfo> = HashMap::new();
     for r in records(info) {
         let (attr, _, p) = r?;
-        if attr == EIATTR_REGCOUNT && p.len() >= 8 {
-            out.insert(u32_at(p, 0, "")?, u32_at(p, 4, "")?);
+        if (attr == EIATTR_REGCOUNT || attr == EIATTR_FRAME_SIZE) && p.len() >= 8 {
+            let f = out.entry(u32_at(p, 0, "")?).or_default();
+            let value = Some(u32_at(p, 4, "")?);
+            if attr == EIATTR_REGCOUNT {
+                f.registers = value;
+            } else {
+                f.frame_size = value;
+            }
         }
     }
     Ok(out)

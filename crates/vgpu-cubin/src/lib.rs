@@ -152,6 +152,8 @@ pub struct Kernel {
     pub static_shared: Option<u32>,
     /// SASS only: registers per thread (`EIATTR_REGCOUNT`).
     pub registers: Option<u32>,
+    /// SASS only: bytes of stack frame (local memory) per thread (`EIATTR_FRAME_SIZE`).
+    pub frame_size: Option<u32>,
 }
 
 /// Where a global variable lives.

@@ -33,6 +33,8 @@ fn expected_kernels() -> Vec<(&'static str, Vec<Param>, u32)> {
         ("k_empty", vec![], 0),
         ("_Z9k_mangledi", vec![p(0, 4)], 4),
         ("_Z9k_boundedPi", vec![p(0, 8)], 8),
+        // (int, int*)
+        ("k_local", vec![p(0, 4), p(8, 8)], 16),
     ]
 }
 
@@ -43,7 +45,7 @@ fn check_kernels(kernels: &[Kernel], what: &str) {
     want.sort_unstable();
     assert_eq!(
         names, want,
-        "{what}: kernel names (the device function _Z6helperi is none)"
+        "{what}: kernel names (device functions like _Z6helperi and their copies like $k_local$_Z4fillPii are none)"
     );
     for (name, params, size) in expected_kernels() {
         let k = kernels.iter().find(|k| k.name == name).unwrap();
@@ -106,6 +108,11 @@ fn cubin() {
     assert_eq!(regs("k_pointers"), Some(12));
     assert_eq!(regs("k_empty"), Some(4));
     assert_eq!(regs("_Z9k_boundedPi"), Some(10));
+    // Only k_local has a stack frame: its 128-byte array ("frame size: 0x80").
+    for k in &image.kernels {
+        let frame = if k.name == "k_local" { 128 } else { 0 };
+        assert_eq!(k.frame_size, Some(frame), "{}", k.name);
+    }
     assert_eq!(image.kernel("k_scalars").unwrap().static_shared, None);
     assert!(image.kernel("_Z6helperi").is_none());
     assert!(image.global("dev_counter").is_some() && image.global("nope").is_none());
