@@ -83,7 +83,15 @@ impl<'a> Lexer<'a> {
                 }
                 c if is_word(c) => {
                     let start = self.pos;
-                    while self.pos < b.len() && is_word(b[self.pos]) {
+                    self.pos += 1;
+                    // A directive ends at the next dot: `.ptr.global.align` is three of them (PTX
+                    // ISA, "Kernel Function Parameter Attributes"). Instructions such as
+                    // `ld.param.u32` start with a letter and stay whole.
+                    let directive = c == b'.';
+                    while self.pos < b.len()
+                        && is_word(b[self.pos])
+                        && !(directive && b[self.pos] == b'.')
+                    {
                         self.pos += 1;
                     }
                     // Word bytes are ASCII, so these are char boundaries.
@@ -337,11 +345,13 @@ fn variables<'a>(stmt: &[(Tok<'a>, u32)]) -> Result<Vec<Decl<'a>>> {
                     .ok_or_else(|| ptx_err(*l, format!("{name}: no type")))?
                     .saturating_mul(vec);
                 let mut size = elem;
+                let mut unsized_dim = false;
                 i += 1;
-                // Array dimensions; `[]` takes its length from the initializer, not counted here.
+                // Array dimensions; `[]` takes its length from the initializer.
                 while let Some((Tok::Punct(b'['), _)) = stmt.get(i) {
                     let n = match stmt.get(i + 1) {
                         Some((Tok::Punct(b']'), _)) => {
+                            unsized_dim = true;
                             i += 2;
                             continue;
                         }
@@ -357,21 +367,37 @@ fn variables<'a>(stmt: &[(Tok<'a>, u32)]) -> Result<Vec<Decl<'a>>> {
                 if !align.is_power_of_two() {
                     return Err(ptx_err(*l, format!("{name}: alignment {align}")));
                 }
-                out.push(Decl { name, size, align });
-                // Skip an initializer, up to the next declarator.
-                let mut depth = 0u32;
+                // Skip an initializer, up to the next declarator, counting its outermost elements
+                // (commas directly within the outer braces, plus one) for a `[]` dimension.
+                let (mut depth, mut braces, mut values) = (0u32, 0u32, 0u64);
                 while let Some((t, _)) = stmt.get(i) {
                     match t {
-                        Tok::Punct(b'{' | b'(' | b'[') => depth += 1,
-                        Tok::Punct(b'}' | b')' | b']') => depth = depth.saturating_sub(1),
+                        Tok::Punct(c @ (b'{' | b'(' | b'[')) => {
+                            depth += 1;
+                            if *c == b'{' {
+                                braces += 1;
+                                values = values.max(1);
+                            }
+                        }
+                        Tok::Punct(c @ (b'}' | b')' | b']')) => {
+                            depth = depth.saturating_sub(1);
+                            if *c == b'}' {
+                                braces = braces.saturating_sub(1);
+                            }
+                        }
                         Tok::Punct(b',') if depth == 0 => {
                             i += 1;
                             break;
                         }
+                        Tok::Punct(b',') if braces == 1 => values += 1,
                         _ => {}
                     }
                     i += 1;
                 }
+                if unsized_dim {
+                    size = size.saturating_mul(values);
+                }
+                out.push(Decl { name, size, align });
             }
             _ => i += 1,
         }
@@ -494,6 +520,7 @@ mod tests {
             .visible .entry k(
                 .param .u8 a,
                 .param .u64 .ptr .global .align 16 ptr,   // .align after .ptr: the pointee's
+                .param .u32 .ptr.global.align 16 packed,  // the PTX ISA's own spelling
                 .param .u16 b,
                 .param .align 16 .b8 s[48],
                 .param .f16x2 h,
@@ -526,7 +553,8 @@ mod tests {
             [
                 p(0, 1),
                 p(8, 8),
-                p(16, 2),
+                p(16, 4),
+                p(20, 2),
                 p(32, 48),
                 p(80, 4),
                 p(84, 6),
@@ -548,7 +576,7 @@ mod tests {
             .file 1 "kernels.cu"
             /* .global .u32 commented_out; */
             .extern .global .align 4 .u32 elsewhere;
-            .global .align 4 .u32 a = 7, b[3] = {1, 2, 3};
+            .global .align 4 .u32 a = 7, b[3] = {1, 2, 3}, c[] = {4, 5}, d[][2] = {{1, 2}, {3, 4}};
             .global .attribute(.managed) .align 8 .u64 m;
             .visible .global .align 16 .v4 .f32 vec;
             .global .align 8 .u64 table[2] = {generic(a), generic(b)};
@@ -580,6 +608,8 @@ mod tests {
             [
                 ("a", 4, g),
                 ("b", 12, g),
+                ("c", 8, g),
+                ("d", 16, g),
                 ("m", 8, g),
                 ("vec", 16, g),
                 ("table", 16, g),
