@@ -18,7 +18,8 @@
 //!   u16, offset u16, size u16, flags u16), `EIATTR_CBANK_PARAM_SIZE` 0x19 (the parameters' total
 //!   size as the u16 value), `EIATTR_PARAM_CBANK` 0x0a (symbol u32, bank offset u16, size u16),
 //!   `EIATTR_MAX_THREADS` 0x05 (`__launch_bounds__`/`.maxntid`: x, y, z u32), `EIATTR_REQNTID`
-//!   0x10 (`.reqntid`: x, y, z u32). The module-wide `.nv.info` holds `EIATTR_REGCOUNT` 0x2f
+//!   0x10 (`.reqntid`: x, y, z u32), `EIATTR_CTA_PER_CLUSTER` 0x3d (`__cluster_dims__`: x, y, z
+//!   u32). The module-wide `.nv.info` holds `EIATTR_REGCOUNT` 0x2f
 //!   (symbol u32, registers u32) and `EIATTR_FRAME_SIZE` 0x11 (symbol u32, bytes u32) per
 //!   function. Attribute numbers: the EIATTR table of NVIDIA's
 //!   tools as listed by cuobjdump; record layouts from the fixtures' bytes and the research notes
@@ -56,6 +57,7 @@ const EIATTR_FRAME_SIZE: u8 = 0x11;
 const EIATTR_KPARAM_INFO: u8 = 0x17;
 const EIATTR_CBANK_PARAM_SIZE: u8 = 0x19;
 const EIATTR_REGCOUNT: u8 = 0x2f;
+const EIATTR_CTA_PER_CLUSTER: u8 = 0x3d;
 const EIATTR_KPARAM_INFO_V2: u8 = 0x45;
 
 /// An ELF file header's facts that locate everything else.
@@ -520,6 +522,7 @@ fn apply_info(k: &mut Kernel, info: &[u8]) -> Result<()> {
             }
             EIATTR_MAX_THREADS => k.max_threads = Some(xyz(p)?),
             EIATTR_REQNTID => k.req_threads = Some(xyz(p)?),
+            EIATTR_CTA_PER_CLUSTER => k.cluster_dims = Some(xyz(p)?),
             _ => {}
         }
     }

@@ -146,6 +146,8 @@ pub struct Kernel {
     pub max_threads: Option<[u32; 3]>,
     /// `.reqntid`: the block shape the kernel requires.
     pub req_threads: Option<[u32; 3]>,
+    /// `__cluster_dims__` / `.reqnctapercluster`: the thread block cluster shape it requires.
+    pub cluster_dims: Option<[u32; 3]>,
     /// SASS only: bytes of static shared memory, the size of the `.nv.shared.<name>` section: in
     /// linked sm_90 cubins that includes the 1 KiB the system reserves (2048 for a 1 KiB array),
     /// in relocatable ones not.

@@ -452,7 +452,7 @@ fn entry(rest: &[(Tok, u32)], line: u32) -> Result<Kernel> {
         i = close + 1;
     }
     while i < rest.len() {
-        if let Tok::Word(w @ (".maxntid" | ".reqntid")) = rest[i].0 {
+        if let Tok::Word(w @ (".maxntid" | ".reqntid" | ".reqnctapercluster")) = rest[i].0 {
             let mut dims = [1u32; 3];
             let mut j = i + 1;
             for d in &mut dims {
@@ -471,11 +471,12 @@ fn entry(rest: &[(Tok, u32)], line: u32) -> Result<Kernel> {
                     break;
                 }
             }
-            if w == ".maxntid" {
-                kernel.max_threads = Some(dims);
-            } else {
-                kernel.req_threads = Some(dims);
-            }
+            let field = match w {
+                ".maxntid" => &mut kernel.max_threads,
+                ".reqntid" => &mut kernel.req_threads,
+                _ => &mut kernel.cluster_dims,
+            };
+            *field = Some(dims);
             i = j;
         } else {
             i += 1;
@@ -529,6 +530,8 @@ mod tests {
             )
             .maxntid 256
             .reqntid 64, 2
+            .explicitcluster
+            .reqnctapercluster 4
             {
                 .param .b64 call_arg;   // parameters of calls in the body are no kernel's
                 ret;
@@ -564,6 +567,7 @@ mod tests {
         assert_eq!(k.param_size, 104);
         assert_eq!(k.max_threads, Some([256, 1, 1]));
         assert_eq!(k.req_threads, Some([64, 2, 1]));
+        assert_eq!(k.cluster_dims, Some([4, 1, 1]));
         assert_eq!((w.name.as_str(), w.params.len(), w.param_size), ("w", 0, 0));
     }
 

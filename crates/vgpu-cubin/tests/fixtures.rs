@@ -377,17 +377,20 @@ fn architecture_variants() {
     assert_eq!(chosen(101), Some(sass(100, f)));
     assert_eq!(chosen(110), None);
     assert_eq!(chosen(89), None);
-    let [k] = image.kernels.as_slice() else {
-        panic!("{:?}", image.kernels)
-    };
-    assert_eq!(
-        (k.name.as_str(), k.params.as_slice()),
-        ("k_variant", &[p(0, 8)][..])
-    );
-    assert!(image
-        .modules
-        .iter()
-        .all(|m| m.kernels[0].params == k.params));
+    // Every module has both kernels, with the same layout, and k_cluster its cluster shape.
+    for m in &image.modules {
+        let mut got: Vec<_> = m
+            .kernels
+            .iter()
+            .map(|k| (k.name.as_str(), k.params.clone(), k.cluster_dims))
+            .collect();
+        got.sort_unstable_by_key(|k| k.0);
+        let want = [
+            ("k_cluster", vec![p(0, 8)], Some([2, 1, 1])),
+            ("k_variant", vec![p(0, 8)], None),
+        ];
+        assert_eq!(got, want, "{:?}", m.source);
+    }
 }
 
 #[test]
