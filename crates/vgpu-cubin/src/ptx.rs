@@ -7,6 +7,8 @@
 //! end of the last one, unpadded. After `.ptr`, an `.align` is the pointee's, not the parameter's
 //! (PTX ISA, "Kernel Function Parameter Attributes").
 
+use std::borrow::Cow;
+
 use crate::error::{Error, Result};
 use crate::{Global, GlobalSpace, Kernel, Module, Param, Source, Variant};
 
@@ -130,15 +132,17 @@ macro_rules! line_directives {
     };
 }
 
-/// The PTX text of `bytes`: up to the first NUL if there is one, which must be ASCII-clean UTF-8.
-pub(crate) fn text(bytes: &[u8]) -> Result<&str> {
+/// The PTX text of `bytes`: up to the first NUL if there is one. Bytes that are not UTF-8
+/// become U+FFFD: harmless in comments and strings (a path in a `.file`), an error elsewhere.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    std::str::from_utf8(&bytes[..end]).map_err(|e| ptx_err(0, format!("not UTF-8: {e}")))
+    String::from_utf8_lossy(&bytes[..end])
 }
 
 /// Parses PTX text (NUL-terminated or not) into the entries and variables it declares.
 pub fn parse(bytes: &[u8]) -> Result<Module> {
-    let src = text(bytes)?;
+    let text = text(bytes);
+    let src: &str = &text;
     let mut lx = Lexer {
         src,
         pos: 0,
@@ -648,5 +652,7 @@ mod tests {
         ));
         // The text ends at the first NUL, whatever follows.
         assert!(parse(b".global .u32 x;\0\xff\xff{{{").is_ok());
+        // Not UTF-8 in a comment or string is no matter.
+        assert!(parse(b"// caf\xe9\n.file 1 \"/tmp/caf\xe9.cu\"\n.global .u32 x;").is_ok());
     }
 }
