@@ -125,7 +125,7 @@ pub fn image_len(prefix: &[u8]) -> Result<ImageLen> {
 }
 
 /// One kernel parameter's place in the parameter buffer (what `cuFuncGetParamInfo` answers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Param {
     /// Byte offset in the buffer.
     pub offset: u32,

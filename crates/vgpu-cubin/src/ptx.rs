@@ -8,6 +8,7 @@
 //! (PTX ISA, "Kernel Function Parameter Attributes").
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::{Global, GlobalSpace, Kernel, Module, Param, Source, Variant};
@@ -148,9 +149,12 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
         pos: 0,
         line: 1,
     };
-    let mut target = Source::ptx(0);
-    let mut kernels = Vec::new();
-    let mut globals = Vec::new();
+    let mut out = Collected {
+        target: Source::ptx(0),
+        kernels: Vec::new(),
+        kernel_index: HashMap::new(),
+        globals: Vec::new(),
+    };
     // One top-level statement at a time: tokens up to `;` or to a function body's `{`.
     let mut stmt: Vec<(Tok, u32)> = Vec::new();
     let mut depth = 0u32;
@@ -163,12 +167,12 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
         }
         match tok {
             Tok::Punct(b'{') if depth == 0 && is_func => {
-                handle(&stmt, &mut target, &mut kernels, &mut globals)?;
+                out.statement(&stmt, true)?;
                 stmt.clear();
                 skip_body(&mut lx, line)?;
             }
             Tok::Punct(b';') if depth == 0 => {
-                handle(&stmt, &mut target, &mut kernels, &mut globals)?;
+                out.statement(&stmt, false)?;
                 stmt.clear();
             }
             Tok::Punct(c @ (b'{' | b'(' | b'[')) => {
@@ -187,7 +191,7 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
             }
             // These directives end at the line's end, without `;`.
             Tok::Word(w @ line_directives!()) if depth == 0 => {
-                handle(&stmt, &mut target, &mut kernels, &mut globals)?;
+                out.statement(&stmt, false)?;
                 stmt.clear();
                 is_func = false;
                 stmt.push((Tok::Word(w), line));
@@ -195,7 +199,7 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
             t => {
                 if let Some((Tok::Word(line_directives!()), l)) = stmt.first() {
                     if *l != line {
-                        handle(&stmt, &mut target, &mut kernels, &mut globals)?;
+                        out.statement(&stmt, false)?;
                         stmt.clear();
                         is_func = false;
                     }
@@ -208,11 +212,11 @@ pub fn parse(bytes: &[u8]) -> Result<Module> {
     if depth != 0 {
         return Err(ptx_err(lx.line, "unbalanced bracket at end of text"));
     }
-    handle(&stmt, &mut target, &mut kernels, &mut globals)?;
+    out.statement(&stmt, false)?;
     Ok(Module {
-        source: target,
-        kernels,
-        globals,
+        source: out.target,
+        kernels: out.kernels,
+        globals: out.globals,
     })
 }
 
@@ -233,59 +237,82 @@ fn skip_body(lx: &mut Lexer, line: u32) -> Result<()> {
     Err(ptx_err(line, "function body not closed"))
 }
 
-fn handle(
-    stmt: &[(Tok, u32)],
-    target: &mut Source,
-    kernels: &mut Vec<Kernel>,
-    globals: &mut Vec<Global>,
-) -> Result<()> {
-    let Some((first, line)) = stmt.first() else {
-        return Ok(());
-    };
-    let words = || {
-        stmt.iter()
-            .filter_map(|(t, _)| if let Tok::Word(w) = t { Some(*w) } else { None })
-    };
-    if *first == Tok::Word(".target") {
-        // `.target sm_90a, debug`: the first sm_NN names the architecture.
-        if let Some(sm) = words().find_map(|w| w.strip_prefix("sm_")) {
-            let digits = sm.len() - sm.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-            target.arch = sm[..digits]
-                .parse()
-                .map_err(|_| ptx_err(*line, format!("bad target sm_{sm}")))?;
-            target.variant = match &sm[digits..] {
-                "a" => Variant::ArchSpecific,
-                "f" => Variant::FamilySpecific,
-                _ => Variant::Base,
-            };
+/// What a PTX text declares, as it is read.
+struct Collected {
+    target: Source,
+    kernels: Vec<Kernel>,
+    /// Index in `kernels` by name: entries may be declared (`.entry k(...);`) before they are
+    /// defined, and are recorded once.
+    kernel_index: HashMap<String, usize>,
+    globals: Vec<Global>,
+}
+
+impl Collected {
+    /// Records one top-level statement; `has_body`: a function body followed it.
+    fn statement(&mut self, stmt: &[(Tok, u32)], has_body: bool) -> Result<()> {
+        let target = &mut self.target;
+        let Some((first, line)) = stmt.first() else {
+            return Ok(());
+        };
+        let words = || {
+            stmt.iter()
+                .filter_map(|(t, _)| if let Tok::Word(w) = t { Some(*w) } else { None })
+        };
+        if *first == Tok::Word(".target") {
+            // `.target sm_90a, debug`: the first sm_NN names the architecture.
+            if let Some(sm) = words().find_map(|w| w.strip_prefix("sm_")) {
+                let digits = sm.len() - sm.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                target.arch = sm[..digits]
+                    .parse()
+                    .map_err(|_| ptx_err(*line, format!("bad target sm_{sm}")))?;
+                target.variant = match &sm[digits..] {
+                    "a" => Variant::ArchSpecific,
+                    "f" => Variant::FamilySpecific,
+                    _ => Variant::Base,
+                };
+            }
+            return Ok(());
         }
-        return Ok(());
+        if let Some(i) = stmt.iter().position(|(t, _)| *t == Tok::Word(".entry")) {
+            // An `.extern` entry is defined elsewhere.
+            if words().any(|w| w == ".extern") {
+                return Ok(());
+            }
+            let kernel = entry(&stmt[i + 1..], *line)?;
+            match self.kernel_index.get(&kernel.name) {
+                // The definition's performance directives win over a declaration's.
+                Some(&k) if has_body => self.kernels[k] = kernel,
+                Some(_) => {}
+                None => {
+                    self.kernel_index
+                        .insert(kernel.name.clone(), self.kernels.len());
+                    self.kernels.push(kernel);
+                }
+            }
+            return Ok(());
+        }
+        if words().any(|w| w == ".func" || w == ".extern") {
+            return Ok(());
+        }
+        let space = if words().any(|w| w == ".global") {
+            GlobalSpace::Global
+        } else if words().any(|w| w == ".const") {
+            GlobalSpace::Constant
+        } else {
+            return Ok(());
+        };
+        // `.global .attribute(.managed) .u32 x;`
+        let managed = words().any(|w| w == ".managed");
+        for decl in variables(stmt)? {
+            self.globals.push(Global {
+                name: decl.name.to_owned(),
+                size: decl.size,
+                space,
+                managed,
+            });
+        }
+        Ok(())
     }
-    if let Some(i) = stmt.iter().position(|(t, _)| *t == Tok::Word(".entry")) {
-        kernels.push(entry(&stmt[i + 1..], *line)?);
-        return Ok(());
-    }
-    if words().any(|w| w == ".func" || w == ".extern") {
-        return Ok(());
-    }
-    let space = if words().any(|w| w == ".global") {
-        GlobalSpace::Global
-    } else if words().any(|w| w == ".const") {
-        GlobalSpace::Constant
-    } else {
-        return Ok(());
-    };
-    // `.global .attribute(.managed) .u32 x;`
-    let managed = words().any(|w| w == ".managed");
-    for decl in variables(stmt)? {
-        globals.push(Global {
-            name: decl.name.to_owned(),
-            size: decl.size,
-            space,
-            managed,
-        });
-    }
-    Ok(())
 }
 
 struct Decl<'a> {
@@ -573,6 +600,24 @@ mod tests {
         assert_eq!(k.req_threads, Some([64, 2, 1]));
         assert_eq!(k.cluster_dims, Some([4, 1, 1]));
         assert_eq!((w.name.as_str(), w.params.len(), w.param_size), ("w", 0, 0));
+    }
+
+    #[test]
+    fn declared_then_defined_entries_count_once() {
+        // As in libcudadevrt's PTX: prototypes first, definitions with their directives later.
+        let m = parse(
+            br#"
+            .entry k(.param .u64 p);
+            .extern .entry elsewhere(.param .u32 x);
+            .entry k(.param .u64 p) .maxntid 32 { ret; }
+            .entry k(.param .u64 p);
+            "#,
+        )
+        .unwrap();
+        let [k] = m.kernels.as_slice() else {
+            panic!("{:?}", m.kernels)
+        };
+        assert_eq!((k.name.as_str(), k.max_threads), ("k", Some([32, 1, 1])));
     }
 
     #[test]
