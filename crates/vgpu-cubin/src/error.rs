@@ -42,6 +42,13 @@ pub enum Error {
         /// The limit in force.
         limit: u64,
     },
+    /// The image has no code that a device of this compute capability can run
+    /// (`CUDA_ERROR_NO_BINARY_FOR_GPU`).
+    #[error("no code for compute capability {}.{}", arch / 10, arch % 10)]
+    NoCodeFor {
+        /// The device's compute capability (90 for 9.0).
+        arch: u32,
+    },
     /// PTX text that this parser cannot read.
     #[error("PTX line {line}: {reason}")]
     Ptx {

@@ -138,6 +138,20 @@ pub struct Entry<'a> {
 }
 
 impl<'a> Entry<'a> {
+    /// What the entry holds for which target; `None` for an [`EntryKind::Other`] entry.
+    pub fn source(&self) -> Option<crate::Source> {
+        let code = match self.kind {
+            EntryKind::Elf => crate::Code::Sass,
+            EntryKind::Ptx => crate::Code::Ptx,
+            EntryKind::Other(_) => return None,
+        };
+        Some(crate::Source {
+            code,
+            arch: self.arch,
+            variant: self.variant(),
+        })
+    }
+
     /// Plain, family- or architecture-specific, from the flags.
     pub fn variant(&self) -> crate::Variant {
         if self.flags & FLAG_ARCH_SPECIFIC != 0 {

@@ -283,6 +283,19 @@ impl Image {
 
     /// [`Image::parse`] with another ceiling on the bytes decompressed, all entries together.
     pub fn parse_with_limit(bytes: &[u8], limit: u64) -> Result<Image> {
+        Image::parse_selected(bytes, limit, None)
+    }
+
+    /// Only what a device of compute capability `arch` (90 for 9.0) would load: of a fatbin,
+    /// the entry [`Image::for_arch`] would choose, chosen from the entry headers so that no other
+    /// entry is decompressed or parsed (cheap enough for the guest driver to do at the first
+    /// use of a lazily loaded image); a cubin or PTX text that the device cannot run is
+    /// [`Error::NoCodeFor`].
+    pub fn parse_for_arch(bytes: &[u8], arch: u32) -> Result<Image> {
+        Image::parse_selected(bytes, DEFAULT_DECOMPRESS_LIMIT, Some(arch))
+    }
+
+    fn parse_selected(bytes: &[u8], limit: u64, arch: Option<u32>) -> Result<Image> {
         let format = detect(bytes).ok_or(Error::UnknownFormat)?;
         let modules = match format {
             Format::Wrapper => return Err(Error::Wrapper),
@@ -290,14 +303,14 @@ impl Image {
             Format::Ptx => vec![ptx::parse(bytes)?],
             Format::Fatbin => {
                 let fatbin = Fatbin::parse(bytes)?;
+                let entries = fatbin.entries.iter().filter_map(|e| Some((e.source()?, e)));
+                let chosen: Vec<&Entry> = match arch {
+                    None => entries.map(|(_, e)| e).collect(),
+                    Some(arch) => best_for(entries, arch).into_iter().collect(),
+                };
                 let mut modules = Vec::new();
                 let mut left = limit;
-                for entry in &fatbin.entries {
-                    let parse = match entry.kind {
-                        EntryKind::Elf => elf::parse,
-                        EntryKind::Ptx => ptx::parse,
-                        EntryKind::Other(_) => continue,
-                    };
+                for entry in chosen {
                     // One entry's decompressed bytes live at a time.
                     let contents = entry.contents(left).map_err(|e| match e {
                         Error::TooLarge { .. } => Error::TooLarge { limit },
@@ -306,16 +319,23 @@ impl Image {
                     if entry.compression != Compression::None {
                         left -= contents.len() as u64;
                     }
-                    let mut module = parse(&contents)?;
+                    let mut module = match entry.kind {
+                        EntryKind::Ptx => ptx::parse(&contents)?,
+                        _ => elf::parse(&contents)?,
+                    };
                     // The entry header is authoritative: a cubin does not tell its variant, and the
                     // text's .target may be absent.
-                    module.source.arch = entry.arch;
-                    module.source.variant = entry.variant();
+                    module.source = entry.source().unwrap_or(module.source);
                     modules.push(module);
                 }
                 modules
             }
         };
+        if let Some(arch) = arch {
+            if !modules.iter().any(|m| m.source.runs_on(arch)) {
+                return Err(Error::NoCodeFor { arch });
+            }
+        }
         let mut kernels = BTreeMap::new();
         let mut globals = BTreeMap::new();
         let sass_first = modules.iter().filter(|m| m.source.code == Code::Sass);
@@ -376,12 +396,17 @@ impl Image {
     /// on it ([`Source::runs_on`]) for the highest architecture, the most specific variant first,
     /// else such PTX (JIT-compiled); `None`: no usable code (`CUDA_ERROR_NO_BINARY_FOR_GPU`).
     pub fn for_arch(&self, arch: u32) -> Option<&Module> {
-        let best = |code: Code| {
-            self.modules
-                .iter()
-                .filter(|m| m.source.code == code && m.source.runs_on(arch))
-                .max_by_key(|m| (m.source.arch, m.source.variant))
-        };
-        best(Code::Sass).or_else(|| best(Code::Ptx))
+        best_for(self.modules.iter().map(|m| (m.source, m)), arch)
     }
+}
+
+/// Of `candidates`, the one a device of compute capability `arch` loads (see [`Image::for_arch`]).
+fn best_for<T>(candidates: impl Iterator<Item = (Source, T)> + Clone, arch: u32) -> Option<T> {
+    let best = |code: Code| {
+        candidates
+            .clone()
+            .filter(|(s, _)| s.code == code && s.runs_on(arch))
+            .max_by_key(|(s, _)| (s.arch, s.variant))
+    };
+    best(Code::Sass).or_else(|| best(Code::Ptx)).map(|(_, t)| t)
 }

@@ -4,7 +4,7 @@
 //! with the C layout of the parameters in the sources.
 
 use vgpu_cubin::{
-    detect, image_len, Compression, EntryKind, Fatbin, Format, Global, GlobalSpace, Image,
+    detect, image_len, Compression, EntryKind, Error, Fatbin, Format, Global, GlobalSpace, Image,
     ImageLen, Kernel, Param, Source, Variant, Wrapper, DEFAULT_DECOMPRESS_LIMIT,
 };
 
@@ -405,4 +405,65 @@ fn compatibility_rules() {
     assert!(!with(a, Source::ptx(100)).runs_on(103));
     assert!(with(f, Source::sass(100)).runs_on(103));
     assert!(!with(f, Source::ptx(100)).runs_on(120));
+}
+
+#[test]
+fn parse_for_arch_takes_one_entry() {
+    let bytes = fixture("kernels.zstd.fatbin");
+    let sources = |arch| -> Result<Vec<Source>, Error> {
+        Ok(Image::parse_for_arch(&bytes, arch)?
+            .modules
+            .iter()
+            .map(|m| m.source)
+            .collect())
+    };
+    assert_eq!(sources(90), Ok(vec![Source::sass(90)]));
+    assert_eq!(sources(86), Ok(vec![Source::sass(80)]));
+    assert_eq!(sources(100), Ok(vec![Source::ptx(90)]));
+    assert_eq!(sources(75), Err(Error::NoCodeFor { arch: 75 }));
+    check_image(
+        &Image::parse_for_arch(&bytes, 90).unwrap(),
+        "zstd for sm_90",
+    );
+
+    // The other entries are not even decompressed: breaking the sm_80 one's Zstandard frame
+    // breaks a whole parse, not the sm_90 one's.
+    let mut broken = bytes.clone();
+    let sm80 = Fatbin::parse(&bytes).unwrap().entries[0];
+    broken[sm80.offset + 64..sm80.offset + 64 + 16].fill(0xee);
+    assert!(matches!(
+        Image::parse(&broken),
+        Err(Error::Decompress { .. })
+    ));
+    assert!(Image::parse_for_arch(&broken, 90).is_ok());
+    assert!(Image::parse_for_arch(&broken, 80).is_err());
+
+    let variants = fixture("variants.zstd.fatbin");
+    let family = Image::parse_for_arch(&variants, 101).unwrap();
+    let want = Source {
+        variant: Variant::FamilySpecific,
+        ..Source::sass(100)
+    };
+    assert_eq!(
+        family.modules.iter().map(|m| m.source).collect::<Vec<_>>(),
+        [want]
+    );
+
+    // A bare cubin or PTX text is taken whole, if the device can run it.
+    let cubin = fixture("kernels.sm90.cubin");
+    assert_eq!(Image::parse_for_arch(&cubin, 90), Image::parse(&cubin));
+    assert_eq!(
+        Image::parse_for_arch(&cubin, 80),
+        Err(Error::NoCodeFor { arch: 80 })
+    );
+    let ptx = fixture("kernels.ptx");
+    assert_eq!(Image::parse_for_arch(&ptx, 120), Image::parse(&ptx));
+    assert_eq!(
+        Image::parse_for_arch(&ptx, 89),
+        Err(Error::NoCodeFor { arch: 89 })
+    );
+    assert_eq!(
+        Error::NoCodeFor { arch: 121 }.to_string(),
+        "no code for compute capability 12.1"
+    );
 }
