@@ -25,6 +25,7 @@ fn fixture(name: &str) -> Vec<u8> {
 fn exercise(bytes: &[u8]) {
     let _ = image_len(bytes);
     let _ = Image::parse_with_limit(bytes, 1 << 20);
+    let _ = Image::parse_for_arch(bytes, 90);
     if let Ok(f) = Fatbin::parse(bytes) {
         for e in &f.entries {
             let _ = e.contents(1 << 20);
