@@ -259,6 +259,18 @@ pub struct Module {
     pub globals: Vec<Global>,
 }
 
+impl Module {
+    /// The kernel named `name` (a linear search: modules keep their image's order).
+    pub fn kernel(&self, name: &str) -> Option<&Kernel> {
+        self.kernels.iter().find(|k| k.name == name)
+    }
+
+    /// The global named `name` (a linear search).
+    pub fn global(&self, name: &str) -> Option<&Global> {
+        self.globals.iter().find(|g| g.name == name)
+    }
+}
+
 /// A parsed image: every piece of code in it, and what they declare together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
