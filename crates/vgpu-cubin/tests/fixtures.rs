@@ -421,10 +421,12 @@ fn parse_for_arch_takes_one_entry() {
     assert_eq!(sources(86), Ok(vec![Source::sass(80)]));
     assert_eq!(sources(100), Ok(vec![Source::ptx(90)]));
     assert_eq!(sources(75), Err(Error::NoCodeFor { arch: 75 }));
-    check_image(
-        &Image::parse_for_arch(&bytes, 90).unwrap(),
-        "zstd for sm_90",
-    );
+    let sm90 = Image::parse_for_arch(&bytes, 90).unwrap();
+    check_image(&sm90, "zstd for sm_90");
+    let module = &sm90.modules[0];
+    assert_eq!(module.kernel("k_struct"), sm90.kernel("k_struct"));
+    assert_eq!(module.global("dev_table").map(|g| g.size), Some(400));
+    assert!(module.kernel("_Z6helperi").is_none() && module.global("nope").is_none());
 
     // The other entries are not even decompressed: breaking the sm_80 one's Zstandard frame
     // breaks a whole parse, not the sm_90 one's.
