@@ -2,8 +2,10 @@
 //! NVIDIA's own toolkit (the pip wheels of CUDA 13.0, the GPU hosts' version) run unchanged
 //! through vgpu's guest driver (`libcuda.so.1` = target/release/libvgpucuda.so) against a
 //! vgpud on the cpu backend: runtime start-up, device queries, allocations, copies, streams,
-//! events and error paths. Each program in `crates/vgpu-cuda/tests/cuda/` is built with the
-//! runtime linked statically (nvcc's default) and shared, and must exit 0 printing `PASS`.
+//! events, kernel registration and error paths. Each program in `crates/vgpu-cuda/tests/cuda/`
+//! is built with the runtime linked statically (nvcc's default) and shared, with compressed
+//! fatbins and relocatable device code, and run with lazy and eager module loading; each run
+//! must exit 0 printing `PASS`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -95,20 +97,39 @@ pub fn toolkit() -> Result<Toolkit> {
         .context("the wheels installed no nvidia/cu13/bin/nvcc")
 }
 
-/// One way of building the programs.
+/// One way of building and running the programs.
 struct Variant {
     name: &'static str,
     flags: &'static [&'static str],
+    /// `CUDA_MODULE_LOADING` for the run (the runtime's default, lazy, when `None`).
+    loading: Option<&'static str>,
 }
 
 const VARIANTS: &[Variant] = &[
     Variant {
         name: "static",
         flags: &[],
+        loading: None,
     },
     Variant {
         name: "shared",
         flags: &["-cudart", "shared"],
+        loading: None,
+    },
+    Variant {
+        name: "eager",
+        flags: &[],
+        loading: Some("EAGER"),
+    },
+    Variant {
+        name: "compressed",
+        flags: &["-Xfatbin", "-compress-all"],
+        loading: None,
+    },
+    Variant {
+        name: "rdc",
+        flags: &["-rdc=true"],
+        loading: None,
     },
 ];
 
@@ -148,8 +169,12 @@ fn compile(tk: &Toolkit, src: &Path, out: &Path, libdir: &Path, flags: &[&str]) 
 }
 
 /// Runs `exe` with the guest driver first on its library path; returns its output.
-fn run_program(exe: &Path, libpath: &str, socket: &Path) -> Result<String> {
-    let mut child = Command::new(exe)
+fn run_program(exe: &Path, libpath: &str, socket: &Path, loading: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new(exe);
+    if let Some(mode) = loading {
+        cmd.env("CUDA_MODULE_LOADING", mode);
+    }
+    let mut child = cmd
         .env("LD_LIBRARY_PATH", libpath)
         .env("VGPU_SOCKET", socket)
         .stdout(Stdio::piped())
@@ -237,7 +262,7 @@ pub fn run() -> Result<()> {
             let name = format!("{stem} ({})", v.name);
             let exe = work.join(format!("{stem}-{}", v.name));
             let r = compile(&tk, &src, &exe, &link_dir, v.flags)
-                .and_then(|()| run_program(&exe, &libpath, &socket));
+                .and_then(|()| run_program(&exe, &libpath, &socket, v.loading));
             match r {
                 Ok(_) => {
                     step(&format!("{name}: PASS"));

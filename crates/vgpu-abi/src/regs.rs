@@ -21,7 +21,8 @@ pub const CAP_COMPLETION_IRQ: u64 = 1 << 1;
 pub const CAP_HOST_POLLING: u64 = 1 << 2;
 /// Capability: reset through [`REG_RESET_REQUEST`].
 pub const CAP_RESET: u64 = 1 << 3;
-/// Capability: PTX modules (cuda backend only).
+/// Capability: the VM's own module kernels run (cuda backend only; the cpu device loads
+/// modules and refuses to run their kernels).
 pub const CAP_MODULES: u64 = 1 << 4;
 /// Capability: the device-info page at [`crate::info::INFO_OFFSET`] is filled in.
 pub const CAP_DEVICE_INFO: u64 = 1 << 5;

@@ -24,6 +24,9 @@ pub struct Driver {
     pub info: DeviceInfoPage,
     /// BAR2, for the device status register.
     view: ShmView,
+    /// Whether the device runs a program's own kernels (`CAP_MODULES`: the cuda backend; the
+    /// cpu reference device loads modules but runs only its built-ins).
+    pub runs_kernels: bool,
 }
 
 impl Driver {
@@ -72,7 +75,13 @@ fn open() -> Result<Driver, CUresult> {
     };
     // The process keeps the device for its whole life: BAR2 stays mapped.
     let view = dev.shm();
-    Ok(Driver { dev, info, view })
+    let runs_kernels = dev.info().capabilities & vgpu_abi::regs::CAP_MODULES != 0;
+    Ok(Driver {
+        dev,
+        info,
+        view,
+        runs_kernels,
+    })
 }
 
 /// Opens the device once (`cuInit`); later calls return the first outcome.

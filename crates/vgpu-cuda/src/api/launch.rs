@@ -118,6 +118,18 @@ unsafe fn launch(
 ) -> Result<CUresult, CUresult> {
     require_current()?;
     let func = function(f.cast())?;
+    if !driver::get()?.runs_kernels {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            if crate::unsupported::warnings_enabled() {
+                eprintln!(
+                    "vgpu libcuda: this vGPU (vgpud's cpu reference device) runs no program kernels: \
+                     launches answer CUDA_ERROR_NOT_SUPPORTED"
+                );
+            }
+        });
+        return Err(CUresult::CUDA_ERROR_NOT_SUPPORTED);
+    }
     // SAFETY: forwarded from the caller.
     let bytes = unsafe { pack(func.params(), params, extra) }?;
     if grid.contains(&0) || block.contains(&0) {

@@ -661,7 +661,11 @@ fn set_attribute(h: *mut c_void, attrib: c_int, value: c_int) -> Result<CUresult
 /// # Safety
 /// `pi` is NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn cuFuncGetAttribute(pi: *mut c_int, attrib: c_int, f: CUfunction) -> CUresult {
+pub unsafe extern "C" fn cuFuncGetAttribute(
+    pi: *mut c_int,
+    attrib: c_int,
+    f: CUfunction,
+) -> CUresult {
     run("cuFuncGetAttribute", || {
         let v = get_attribute(f.cast(), attrib)?;
         // SAFETY: forwarded from the caller.
@@ -672,7 +676,9 @@ pub unsafe extern "C" fn cuFuncGetAttribute(pi: *mut c_int, attrib: c_int, f: CU
 /// `cuFuncSetAttribute`.
 #[no_mangle]
 pub extern "C" fn cuFuncSetAttribute(f: CUfunction, attrib: c_int, value: c_int) -> CUresult {
-    run("cuFuncSetAttribute", || set_attribute(f.cast(), attrib, value))
+    run("cuFuncSetAttribute", || {
+        set_attribute(f.cast(), attrib, value)
+    })
 }
 
 /// `cuKernelGetAttribute`: the one device.
@@ -698,7 +704,12 @@ pub unsafe extern "C" fn cuKernelGetAttribute(
 
 /// `cuKernelSetAttribute`: the one device.
 #[no_mangle]
-pub extern "C" fn cuKernelSetAttribute(attrib: c_int, value: c_int, k: CUkernel, dev: c_int) -> CUresult {
+pub extern "C" fn cuKernelSetAttribute(
+    attrib: c_int,
+    value: c_int,
+    k: CUkernel,
+    dev: c_int,
+) -> CUresult {
     run("cuKernelSetAttribute", || {
         if dev != super::device::DEVICE {
             return Err(CUresult::CUDA_ERROR_INVALID_DEVICE);

@@ -1,6 +1,7 @@
 //! The cpu reference backend: device memory is host memory it owns, kernels are the reference
 //! implementations in [`vgpu_abi::cmd::reference`]. It defines the semantics every backend must match.
 
+use super::images::{self, Images};
 use super::{
     Backend, BackendError, ContextParams, DeviceInfo, Handler, Issued, Retired, Staging, Token,
     VmKey, VmStream,
@@ -33,6 +34,8 @@ struct Ctx {
     bufs: BTreeMap<u64, Vec<u8>>,
     /// When each event was last recorded.
     events: HashMap<u32, Instant>,
+    /// The module images the VM loaded (recorded, never run).
+    images: Images,
 }
 
 /// A busy kernel occupying execution slot `slot` from `started` until `until`.
@@ -58,6 +61,8 @@ pub struct CpuBackend {
     next_token: Token,
     /// Which cpu device this is (several model a multi-GPU host).
     index: usize,
+    /// The next module or function handle.
+    next_handle: u64,
 }
 
 impl CpuBackend {
@@ -77,7 +82,21 @@ impl CpuBackend {
             running: HashMap::new(),
             next_token: 1,
             index: 0,
+            next_handle: 1,
         }
+    }
+
+    /// Hands out module and function handles from `first` on (a worker process's are
+    /// numbered apart from every other worker's, so that handles are unique across VMs).
+    pub fn with_first_handle(mut self, first: u64) -> Self {
+        self.next_handle = first.max(1);
+        self
+    }
+
+    fn handle(&mut self) -> u64 {
+        let h = self.next_handle;
+        self.next_handle += 1;
+        h
     }
 
     /// The same device, as device `index` of several (named after it).
@@ -312,6 +331,7 @@ impl Backend for CpuBackend {
                 staging,
                 bufs: BTreeMap::new(),
                 events: HashMap::new(),
+                images: Images::default(),
             },
         );
         Ok(())
@@ -364,6 +384,22 @@ impl Backend for CpuBackend {
 }
 
 /// The commands, one method each ([`Command::dispatch`] calls them).
+/// Logs (throttled) that a VM asked the cpu device to run one of its own kernels.
+fn refuse_user_kernel(vm: VmKey) -> Status {
+    use std::sync::Mutex;
+    static LOG: Mutex<crate::throttle::Throttle> = Mutex::new(crate::throttle::Throttle::new(
+        crate::throttle::GUEST_LOG_INTERVAL,
+    ));
+    if let Some(times) = crate::throttle::hit(&LOG) {
+        tracing::info!(
+            vm,
+            times,
+            "cpu reference device: a VM's own kernels are not run here (NOT_SUPPORTED)"
+        );
+    }
+    Status::NotSupported
+}
+
 impl Handler for CpuBackend {
     type Ctx = VmStream;
     type Out = Issued;
@@ -460,7 +496,13 @@ impl Handler for CpuBackend {
 
     fn launch(&mut self, at: VmStream, l: LaunchBody) -> Result<Issued, Status> {
         let (vm, l) = (at.vm, &l);
-        let b = Builtin::from_handle(l.func).ok_or(Status::InvalidFunction)?;
+        let Some(b) = Builtin::from_handle(l.func) else {
+            return Err(if self.ctx(vm)?.images.get(l.func).is_some() {
+                refuse_user_kernel(vm)
+            } else {
+                Status::InvalidFunction
+            });
+        };
         if b == Builtin::Busy {
             let p: BusyParams = params(l, b)?;
             self.ctx(vm)?;
@@ -548,6 +590,90 @@ impl Handler for CpuBackend {
     fn event_synchronize(&mut self, at: VmStream, _event: u32) -> Result<Issued, Status> {
         let vm = at.vm;
         self.ctx(vm).map(|_| Issued::DONE)
+    }
+
+    fn module_load(
+        &mut self,
+        at: VmStream,
+        staging_offset: u64,
+        len: u64,
+        binary: bool,
+    ) -> Result<Issued, Status> {
+        let bytes = self.ctx(at.vm)?.staging.read(staging_offset, len)?;
+        let image = images::parse(&bytes, binary)?;
+        let h = self.handle();
+        self.ctx(at.vm)?.images.load(h, image);
+        Ok(Issued::Done(h, 0))
+    }
+
+    fn module_unload(&mut self, at: VmStream, module: u64) -> Result<Issued, Status> {
+        self.ctx(at.vm)?.images.unload(module)?;
+        Ok(Issued::DONE)
+    }
+
+    fn get_function(
+        &mut self,
+        at: VmStream,
+        module: u64,
+        staging_offset: u64,
+        name_len: u64,
+    ) -> Result<Issued, Status> {
+        let bytes = self.ctx(at.vm)?.staging.read(staging_offset, name_len)?;
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        let name = std::str::from_utf8(&bytes[..end]).map_err(|_| Status::InvalidArgument)?;
+        let h = self.handle();
+        let (f, n) = self.ctx(at.vm)?.images.function(module, name, h)?;
+        Ok(Issued::Done(f, n))
+    }
+
+    fn func_param_info(&mut self, at: VmStream, func: u64, index: u32) -> Result<Issued, Status> {
+        let (o, s) = self.ctx(at.vm)?.images.param(func, index)?;
+        Ok(Issued::Done(o, s))
+    }
+
+    fn func_get_attribute(
+        &mut self,
+        at: VmStream,
+        func: u64,
+        attribute: u32,
+    ) -> Result<Issued, Status> {
+        let v = self.ctx(at.vm)?.images.attribute(func, attribute)?;
+        Ok(Issued::Done(v as u32 as u64, 0))
+    }
+
+    fn func_set_attribute(
+        &mut self,
+        at: VmStream,
+        func: u64,
+        attribute: u32,
+        value: u32,
+    ) -> Result<Issued, Status> {
+        self.ctx(at.vm)?
+            .images
+            .set_attribute(func, attribute, value as i32)?;
+        Ok(Issued::DONE)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_indirect(
+        &mut self,
+        at: VmStream,
+        func: u64,
+        _staging_offset: u64,
+        _params_len: u32,
+        _shared_mem: u32,
+        _grid_x: u32,
+        _grid_y: u32,
+        _grid_z: u32,
+        _block_x: u32,
+        _block_y: u32,
+        _block_z: u32,
+    ) -> Result<Issued, Status> {
+        if self.ctx(at.vm)?.images.get(func).is_some() {
+            Err(refuse_user_kernel(at.vm))
+        } else {
+            Err(Status::InvalidFunction)
+        }
     }
 
     fn event_elapsed(&mut self, at: VmStream, start: u32, end: u32) -> Result<Issued, Status> {

@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod images;
 pub mod isolated;
 pub mod select;
 

@@ -965,7 +965,12 @@ impl Handler for CudaBackend {
         Ok(Issued::Done(o as u64, s as u64))
     }
 
-    fn func_get_attribute(&mut self, at: VmStream, func: u64, attribute: u32) -> Result<Issued, Status> {
+    fn func_get_attribute(
+        &mut self,
+        at: VmStream,
+        func: u64,
+        attribute: u32,
+    ) -> Result<Issued, Status> {
         let c = self.ctx(at.vm)?;
         let (_, f) = c.functions.get(&func).ok_or(Status::InvalidFunction)?;
         let v = api::func_attribute(f.f, attribute as i32).map_err(status_of)?;

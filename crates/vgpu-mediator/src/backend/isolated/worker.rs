@@ -92,9 +92,11 @@ fn open_backend(a: &WorkerArgs) -> Result<Box<dyn Backend>, WorkerError> {
                 .with_kernel_accounting(accounting)
                 .with_first_handle(a.first_handle),
         ),
-        WorkerKind::Cpu { mem, slots } => {
-            Box::new(CpuBackend::with_slots(mem, slots as usize).numbered(a.device))
-        }
+        WorkerKind::Cpu { mem, slots } => Box::new(
+            CpuBackend::with_slots(mem, slots as usize)
+                .numbered(a.device)
+                .with_first_handle(a.first_handle),
+        ),
     })
 }
 

@@ -1,0 +1,195 @@
+//! Module images on the cpu reference device: it parses each image a VM loads (PTX, cubin or
+//! fatbin, compressed or not) and records the kernels it declares, so that module, function,
+//! parameter-layout and attribute commands behave as on a GPU. It runs none of them: a launch
+//! of a VM's own kernel is refused with `NOT_SUPPORTED`.
+
+use std::collections::HashMap;
+
+use vgpu_abi::Status;
+use vgpu_cubin::{Image, Kernel};
+
+/// The device's compute capability (its description says 9.0).
+const ARCH: u32 = 90;
+/// Decompressed bytes one image may expand to.
+const MAX_EXPANDED: u64 = 256 << 20;
+/// Dynamic shared memory a kernel gets without asking (48 KiB, as on NVIDIA GPUs).
+const DEFAULT_DYNAMIC_SHARED: i32 = 48 << 10;
+/// Most shared memory a block may opt into (the description's attribute 97).
+const MAX_SHARED_OPTIN: i32 = 232_448;
+
+/// `CU_FUNC_ATTRIBUTE_*` numbers.
+mod attr {
+    pub const MAX_THREADS_PER_BLOCK: u32 = 0;
+    pub const SHARED_SIZE_BYTES: u32 = 1;
+    pub const CONST_SIZE_BYTES: u32 = 2;
+    pub const LOCAL_SIZE_BYTES: u32 = 3;
+    pub const NUM_REGS: u32 = 4;
+    pub const PTX_VERSION: u32 = 5;
+    pub const BINARY_VERSION: u32 = 6;
+    pub const CACHE_MODE_CA: u32 = 7;
+    pub const MAX_DYNAMIC_SHARED_SIZE_BYTES: u32 = 8;
+    pub const PREFERRED_SHARED_MEMORY_CARVEOUT: u32 = 9;
+    pub const CLUSTER_SIZE_MUST_BE_SET: u32 = 10;
+    pub const REQUIRED_CLUSTER_WIDTH: u32 = 11;
+    pub const REQUIRED_CLUSTER_HEIGHT: u32 = 12;
+    pub const REQUIRED_CLUSTER_DEPTH: u32 = 13;
+    pub const NON_PORTABLE_CLUSTER_SIZE_ALLOWED: u32 = 14;
+    pub const CLUSTER_SCHEDULING_POLICY_PREFERENCE: u32 = 15;
+}
+
+/// A kernel of a loaded image.
+#[derive(Debug, Clone)]
+pub struct Function {
+    /// The module it belongs to.
+    pub module: u64,
+    /// What the image says of it.
+    pub kernel: Kernel,
+    /// The code's architecture (SASS sm_XY as XY, or the PTX's virtual one).
+    arch: u32,
+    /// Dynamic shared memory limit (settable).
+    max_dynamic_shared: i32,
+    /// Shared memory carveout preference (settable; -1 = none).
+    carveout: i32,
+}
+
+/// The images one VM loaded.
+#[derive(Debug, Default)]
+pub struct Images {
+    /// Module handle → the parsed image and its functions' handles.
+    modules: HashMap<u64, (Image, Vec<u64>)>,
+    functions: HashMap<u64, Function>,
+}
+
+/// Parses an image: PTX text, or (`binary`) a cubin or fatbin; the code for this device's
+/// architecture is what counts.
+pub fn parse(bytes: &[u8], binary: bool) -> Result<Image, Status> {
+    let parsed = if binary {
+        Image::parse_for_arch(bytes, ARCH)
+    } else {
+        // PTX is text: up to the first NUL.
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        Image::parse_with_limit(&bytes[..end], MAX_EXPANDED)
+    };
+    parsed.map_err(|_| Status::InvalidArgument)
+}
+
+impl Images {
+    /// Records `image` as module `handle`.
+    pub fn load(&mut self, handle: u64, image: Image) {
+        self.modules.insert(handle, (image, Vec::new()));
+    }
+
+    /// Forgets module `handle` and its functions.
+    pub fn unload(&mut self, handle: u64) -> Result<(), Status> {
+        let (_, funcs) = self
+            .modules
+            .remove(&handle)
+            .ok_or(Status::InvalidArgument)?;
+        for f in funcs {
+            self.functions.remove(&f);
+        }
+        Ok(())
+    }
+
+    /// Looks kernel `name` up in module `module`; records it as function `handle` (or returns
+    /// the handle it already has). Returns the function's handle and parameter count.
+    pub fn function(&mut self, module: u64, name: &str, handle: u64) -> Result<(u64, u64), Status> {
+        let (image, funcs) = self
+            .modules
+            .get_mut(&module)
+            .ok_or(Status::InvalidArgument)?;
+        if let Some(&f) = funcs.iter().find(|&&f| {
+            self.functions
+                .get(&f)
+                .is_some_and(|x| x.kernel.name == name)
+        }) {
+            let n = self.functions[&f].kernel.params.len() as u64;
+            return Ok((f, n));
+        }
+        let kernel = image.kernel(name).ok_or(Status::InvalidFunction)?.clone();
+        let arch = image.for_arch(ARCH).map_or(ARCH, |m| m.source.arch);
+        let static_shared = kernel.static_shared.unwrap_or(0) as i32;
+        let n = kernel.params.len() as u64;
+        funcs.push(handle);
+        self.functions.insert(
+            handle,
+            Function {
+                module,
+                kernel,
+                arch,
+                max_dynamic_shared: DEFAULT_DYNAMIC_SHARED
+                    - static_shared.min(DEFAULT_DYNAMIC_SHARED),
+                carveout: -1,
+            },
+        );
+        Ok((handle, n))
+    }
+
+    /// The function `handle`, if this VM has it.
+    pub fn get(&self, handle: u64) -> Option<&Function> {
+        self.functions.get(&handle)
+    }
+
+    /// Where parameter `index` of `handle` goes: (offset, size).
+    pub fn param(&self, handle: u64, index: u32) -> Result<(u64, u64), Status> {
+        let f = self.functions.get(&handle).ok_or(Status::InvalidFunction)?;
+        let p = f
+            .kernel
+            .params
+            .get(index as usize)
+            .ok_or(Status::InvalidArgument)?;
+        Ok((p.offset as u64, p.size as u64))
+    }
+
+    /// A function attribute, as the image describes the kernel.
+    pub fn attribute(&self, handle: u64, a: u32) -> Result<i32, Status> {
+        let f = self.functions.get(&handle).ok_or(Status::InvalidFunction)?;
+        let k = &f.kernel;
+        let dims = |d: Option<[u32; 3]>| d.map(|d| d.iter().product::<u32>() as i32);
+        let cluster = k.cluster_dims.unwrap_or([0; 3]);
+        Ok(match a {
+            attr::MAX_THREADS_PER_BLOCK => dims(k.req_threads)
+                .or(dims(k.max_threads))
+                .unwrap_or(1024)
+                .min(1024),
+            attr::SHARED_SIZE_BYTES => k.static_shared.unwrap_or(0) as i32,
+            attr::CONST_SIZE_BYTES | attr::CACHE_MODE_CA | attr::CLUSTER_SIZE_MUST_BE_SET => 0,
+            attr::LOCAL_SIZE_BYTES => k.frame_size.unwrap_or(0) as i32,
+            attr::NUM_REGS => k.registers.unwrap_or(0) as i32,
+            attr::PTX_VERSION | attr::BINARY_VERSION => f.arch as i32,
+            attr::MAX_DYNAMIC_SHARED_SIZE_BYTES => f.max_dynamic_shared,
+            attr::PREFERRED_SHARED_MEMORY_CARVEOUT => f.carveout,
+            attr::REQUIRED_CLUSTER_WIDTH => cluster[0] as i32,
+            attr::REQUIRED_CLUSTER_HEIGHT => cluster[1] as i32,
+            attr::REQUIRED_CLUSTER_DEPTH => cluster[2] as i32,
+            attr::NON_PORTABLE_CLUSTER_SIZE_ALLOWED
+            | attr::CLUSTER_SCHEDULING_POLICY_PREFERENCE => 0,
+            _ => return Err(Status::InvalidArgument),
+        })
+    }
+
+    /// Sets a settable function attribute.
+    pub fn set_attribute(&mut self, handle: u64, a: u32, v: i32) -> Result<(), Status> {
+        let f = self
+            .functions
+            .get_mut(&handle)
+            .ok_or(Status::InvalidFunction)?;
+        match a {
+            attr::MAX_DYNAMIC_SHARED_SIZE_BYTES => {
+                let room = MAX_SHARED_OPTIN - f.kernel.static_shared.unwrap_or(0) as i32;
+                if v < 0 || v > room {
+                    return Err(Status::InvalidArgument);
+                }
+                f.max_dynamic_shared = v;
+            }
+            attr::PREFERRED_SHARED_MEMORY_CARVEOUT => {
+                if !(-1..=100).contains(&v) {
+                    return Err(Status::InvalidArgument);
+                }
+                f.carveout = v;
+            }
+            _ => return Err(Status::InvalidArgument),
+        }
+        Ok(())
+    }
+}
