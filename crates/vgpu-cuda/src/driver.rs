@@ -30,6 +30,12 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// This process's address of staging bytes `[off, off + len)` (inside BAR2's mapping).
+    pub fn staging_ptr(&self, off: u64, len: u64) -> *mut u8 {
+        let at = self.dev.layout().staging_offset + off;
+        self.view.raw_range(at as usize, len as usize)
+    }
+
     /// The error every call answers once the device context broke (a kernel faulted or ran
     /// past its time limit, vgpud fenced or stopped the device): sticky, as in CUDA, until the
     /// device is reset.

@@ -131,9 +131,16 @@ impl Arena {
     }
 }
 
+/// The ring's share of the spare staging area: an eighth, 8 MiB at most (the rest is for
+/// page-locked host memory, [`crate::pinned`]).
+pub fn arena_len(spare: u64) -> u64 {
+    (spare / 8).min(8 << 20) / ALIGN * ALIGN
+}
+
 /// The arena for `dev`, if its staging area has room for one.
 pub fn arena_for(dev: &Device) -> Option<Arena> {
-    dev.spare_staging().map(|(off, len)| Arena::new(off, len))
+    dev.spare_staging()
+        .map(|(off, len)| Arena::new(off, arena_len(len)))
 }
 
 #[cfg(test)]

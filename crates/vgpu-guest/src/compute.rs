@@ -352,6 +352,37 @@ impl<'d> Stream<'d> {
         self.submit(Command::Launch { launch: body })
     }
 
+    /// Queues a copy of staging bytes `[staging_offset, staging_offset + len)` to the device
+    /// (host memory the caller keeps in staging, see [`Device::spare_staging`]): vgpud moves
+    /// them when the copy runs, in stream order.
+    pub fn copy_htod_staged(
+        &self,
+        dst: u64,
+        staging_offset: u64,
+        len: u64,
+    ) -> Result<Pending<'d>, Error> {
+        self.submit(Command::CopyH2D {
+            dst,
+            staging_offset,
+            len,
+        })
+    }
+
+    /// Queues a copy from the device into staging bytes `[staging_offset, staging_offset +
+    /// len)`, in stream order.
+    pub fn copy_dtoh_staged(
+        &self,
+        src: u64,
+        staging_offset: u64,
+        len: u64,
+    ) -> Result<Pending<'d>, Error> {
+        self.submit(Command::CopyD2H {
+            src,
+            staging_offset,
+            len,
+        })
+    }
+
     /// Queues a launch of `func` whose packed parameters are staging bytes
     /// `[staging_offset, staging_offset + params_len)` (see [`Device::spare_staging`]); they
     /// must stay unchanged until the launch completed.

@@ -12,8 +12,8 @@ use super::context::require_current;
 use super::guard;
 use super::memory::{is_device, ready};
 use super::stream::{resolve, stream};
-use crate::driver;
 use crate::types::{CUdeviceptr, CUresult, CUstream};
+use crate::{driver, pinned};
 
 fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
     guard(name, || body().unwrap_or_else(|e| e))
@@ -23,10 +23,83 @@ fn dev_err(e: vgpu_guest::Error) -> CUresult {
     driver::error_of(&e)
 }
 
-/// Waits for the earlier work of stream `s`.
+/// Waits for the earlier work of stream `s` before a bounce-buffered host copy. The legacy
+/// stream needs no wait: the copy's own commands run on it, in order.
 fn drain(s: CUstream, per_thread: bool) -> Result<(), CUresult> {
     let id = resolve(s, per_thread)?;
+    if id == 0 {
+        return Ok(());
+    }
     stream(id)?.synchronize().map_err(dev_err)
+}
+
+/// Host → device on stream `s`: from page-locked memory in staging, one DMA command queued on
+/// the stream (waited for with `wait`); from other host memory, through the bounce buffer once
+/// the stream's earlier work is done (the bytes are in place when the call returns).
+///
+/// # Safety
+/// `src` is valid for `n` bytes of reads.
+pub(crate) unsafe fn host_to_device(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    n: usize,
+    s: CUstream,
+    pt: bool,
+    wait: bool,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if n == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    if src.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    if let Some(off) = pinned::staging_of(src as usize, n) {
+        let p = stream(resolve(s, pt)?)?
+            .copy_htod_staged(dst, off, n as u64)
+            .map_err(dev_err)?;
+        if wait {
+            p.wait().map_err(dev_err)?;
+        }
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    drain(s, pt)?;
+    // SAFETY: forwarded from the caller.
+    unsafe { htod(dst, src, n) }
+}
+
+/// Device → host on stream `s`, as [`host_to_device`]; into memory that is not page-locked
+/// the call always waits (the bytes must be there when it returns).
+///
+/// # Safety
+/// `dst` is valid for `n` bytes of writes.
+pub(crate) unsafe fn device_to_host(
+    dst: *mut c_void,
+    src: CUdeviceptr,
+    n: usize,
+    s: CUstream,
+    pt: bool,
+    wait: bool,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if n == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    if dst.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    if let Some(off) = pinned::staging_of(dst as usize, n) {
+        let p = stream(resolve(s, pt)?)?
+            .copy_dtoh_staged(src, off, n as u64)
+            .map_err(dev_err)?;
+        if wait {
+            p.wait().map_err(dev_err)?;
+        }
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    drain(s, pt)?;
+    // SAFETY: forwarded from the caller.
+    unsafe { dtoh(dst, src, n) }
 }
 
 /// # Safety
@@ -90,11 +163,9 @@ macro_rules! htod_async {
             n: usize,
             s: CUstream,
         ) -> CUresult {
-            run(stringify!($name), || {
-                require_current()?;
-                drain(s, $pt)?;
-                // SAFETY: forwarded from the caller.
-                unsafe { htod(dst, src, n) }
+            // SAFETY: forwarded from the caller.
+            run(stringify!($name), || unsafe {
+                host_to_device(dst, src, n, s, $pt, false)
             })
         }
     };
@@ -115,11 +186,9 @@ macro_rules! dtoh_async {
             n: usize,
             s: CUstream,
         ) -> CUresult {
-            run(stringify!($name), || {
-                require_current()?;
-                drain(s, $pt)?;
-                // SAFETY: forwarded from the caller.
-                unsafe { dtoh(dst, src, n) }
+            // SAFETY: forwarded from the caller.
+            run(stringify!($name), || unsafe {
+                device_to_host(dst, src, n, s, $pt, false)
             })
         }
     };
@@ -178,16 +247,20 @@ unsafe fn unified(
             }
         },
         (dev_dst, dev_src) => {
-            if let Some((s, pt)) = s {
-                drain(s, pt)?;
-            }
+            let (st, pt, wait) = match s {
+                Some((st, pt)) => (st, pt, false),
+                None => (std::ptr::null_mut(), false, true),
+            };
             if dev_dst {
                 // SAFETY: `src` is host memory valid for n bytes (the caller's promise).
-                unsafe { htod(dst, src as *const c_void, n) }
+                unsafe { host_to_device(dst, src as *const c_void, n, st, pt, wait) }
             } else if dev_src {
                 // SAFETY: `dst` is host memory valid for n bytes (the caller's promise).
-                unsafe { dtoh(dst as *mut c_void, src, n) }
+                unsafe { device_to_host(dst as *mut c_void, src, n, st, pt, wait) }
             } else {
+                if let Some((st, pt)) = s {
+                    drain(st, pt)?;
+                }
                 if dst == 0 || src == 0 {
                     return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
                 }

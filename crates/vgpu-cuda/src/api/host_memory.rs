@@ -1,11 +1,12 @@
 //! Page-locked ("pinned") host memory and pointer attributes.
 //!
-//! The guest's host memory is ordinary guest memory: copies from and to it go through the
-//! staging area whether or not the program allocated it with `cuMemHostAlloc`, so pinned
-//! allocations are page-aligned allocations the driver tracks (for `cuMemHostGetFlags`,
-//! `cuPointerGetAttribute`). Memory mapped into the device's address space
-//! (`cuMemHostGetDevicePointer`) is not offered: a kernel runs on the host and cannot reach
-//! guest memory.
+//! `cuMemHostAlloc` / `cuMemAllocHost` carve page-locked memory out of BAR2's staging area
+//! ([`crate::pinned`]): vgpud registered it with CUDA, so a copy between it and the device is
+//! one DMA command queued on the stream. When that area is full (or the BAR is too small to
+//! have one) the allocation is ordinary page-aligned guest memory, which copies move through
+//! the bounce buffer. Memory mapped into the device's address space
+//! (`cuMemHostGetDevicePointer`) is not offered: a kernel runs on the host GPU and reaches
+//! staging only through copies.
 
 use std::alloc::Layout;
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use std::sync::Mutex;
 use super::context::{current, require_current};
 use super::guard;
 use super::memory::allocation_of;
+use crate::pinned;
 use crate::types::{CUdeviceptr, CUresult};
 
 /// Page size of host allocations.
@@ -24,13 +26,23 @@ const ALLOC_FLAGS: u32 = 0x7;
 /// `CU_MEMHOSTREGISTER_*` flags (portable, devicemap, iomemory, read-only).
 const REGISTER_FLAGS: u32 = 0xf;
 
+/// Who owns a range of host memory the driver knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// Page-locked memory in BAR2's staging area.
+    Staging,
+    /// Page-aligned guest memory the driver allocated.
+    Heap,
+    /// The program's own memory, registered.
+    Registered,
+}
+
 /// One range of host memory the driver knows.
 #[derive(Debug, Clone, Copy)]
 struct HostRange {
     size: usize,
     flags: u32,
-    /// Allocated by the driver (freed by `cuMemFreeHost`), not registered.
-    owned: bool,
+    owner: Owner,
 }
 
 static HOST: Mutex<BTreeMap<usize, HostRange>> = Mutex::new(BTreeMap::new());
@@ -59,21 +71,22 @@ unsafe fn host_alloc(pp: *mut *mut c_void, size: usize, flags: u32) -> Result<CU
         unsafe { pp.write(std::ptr::null_mut()) };
         return Ok(CUresult::CUDA_SUCCESS);
     }
-    let layout =
-        Layout::from_size_align(size, PAGE).map_err(|_| CUresult::CUDA_ERROR_OUT_OF_MEMORY)?;
-    // SAFETY: the layout has a non-zero size.
-    let p = unsafe { std::alloc::alloc_zeroed(layout) };
-    if p.is_null() {
-        return Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
-    }
-    HOST.lock().unwrap_or_else(|e| e.into_inner()).insert(
-        p as usize,
-        HostRange {
-            size,
-            flags,
-            owned: true,
-        },
-    );
+    let (p, owner) = match pinned::with_heap(|h| h.alloc(size as u64)).flatten() {
+        Some(addr) => (addr as *mut u8, Owner::Staging),
+        None => {
+            let layout = Layout::from_size_align(size, PAGE)
+                .map_err(|_| CUresult::CUDA_ERROR_OUT_OF_MEMORY)?;
+            // SAFETY: the layout has a non-zero size.
+            let p = unsafe { std::alloc::alloc_zeroed(layout) };
+            if p.is_null() {
+                return Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
+            }
+            (p, Owner::Heap)
+        }
+    };
+    HOST.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(p as usize, HostRange { size, flags, owner });
     // SAFETY: non-NULL and valid for a write (the caller's promise).
     unsafe { pp.write(p.cast()) };
     Ok(CUresult::CUDA_SUCCESS)
@@ -108,8 +121,13 @@ pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, size: usize) ->
 pub extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
     run("cuMemFreeHost", || {
         let mut h = HOST.lock().unwrap_or_else(|e| e.into_inner());
-        match h.get(&(p as usize)) {
-            Some(r) if r.owned => {
+        match h.get(&(p as usize)).copied() {
+            Some(r) if r.owner == Owner::Staging => {
+                h.remove(&(p as usize));
+                pinned::with_heap(|heap| heap.free(p as usize));
+                Ok(CUresult::CUDA_SUCCESS)
+            }
+            Some(r) if r.owner == Owner::Heap => {
                 let layout = Layout::from_size_align(r.size, PAGE)
                     .map_err(|_| CUresult::CUDA_ERROR_INVALID_VALUE)?;
                 h.remove(&(p as usize));
@@ -163,7 +181,7 @@ pub extern "C" fn cuMemHostRegister_v2(p: *mut c_void, size: usize, flags: c_uin
             HostRange {
                 size,
                 flags,
-                owned: false,
+                owner: Owner::Registered,
             },
         );
         Ok(CUresult::CUDA_SUCCESS)
@@ -176,7 +194,7 @@ pub extern "C" fn cuMemHostUnregister(p: *mut c_void) -> CUresult {
     run("cuMemHostUnregister", || {
         let mut h = HOST.lock().unwrap_or_else(|e| e.into_inner());
         match h.get(&(p as usize)) {
-            Some(r) if !r.owned => {
+            Some(r) if r.owner == Owner::Registered => {
                 h.remove(&(p as usize));
                 Ok(CUresult::CUDA_SUCCESS)
             }

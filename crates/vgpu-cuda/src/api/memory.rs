@@ -113,17 +113,8 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2(
     bytes: usize,
 ) -> CUresult {
     run("cuMemcpyHtoD_v2", || {
-        let d = ready()?;
-        if bytes == 0 {
-            return Ok(CUresult::CUDA_SUCCESS);
-        }
-        if src.is_null() {
-            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
-        }
-        // SAFETY: valid for `bytes` bytes of reads (the caller's promise).
-        let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), bytes) };
-        d.dev.copy_htod(dst, data).map_err(dev_err)?;
-        Ok(CUresult::CUDA_SUCCESS)
+        // SAFETY: forwarded from the caller; the legacy stream, waited for.
+        unsafe { super::copy::host_to_device(dst, src, bytes, std::ptr::null_mut(), false, true) }
     })
 }
 
@@ -138,18 +129,8 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2(
     bytes: usize,
 ) -> CUresult {
     run("cuMemcpyDtoH_v2", || {
-        let d = ready()?;
-        if bytes == 0 {
-            return Ok(CUresult::CUDA_SUCCESS);
-        }
-        if dst.is_null() {
-            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
-        }
-        // SAFETY: valid for `bytes` bytes of writes (the caller's promise), not aliased by
-        // anything this call reads.
-        let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), bytes) };
-        d.dev.copy_dtoh(out, src).map_err(dev_err)?;
-        Ok(CUresult::CUDA_SUCCESS)
+        // SAFETY: forwarded from the caller; the legacy stream, waited for.
+        unsafe { super::copy::device_to_host(dst, src, bytes, std::ptr::null_mut(), false, true) }
     })
 }
 

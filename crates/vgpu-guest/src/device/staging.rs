@@ -78,14 +78,15 @@ impl Device {
         f(0)
     }
 
-    /// Staging bytes this library never uses, `(offset, len)`, for payloads a caller manages
-    /// itself (launch parameters, which vgpud reads when it issues the launch): the top
-    /// quarter of a staging area of at least 4 MiB, 16 MiB at most. Copies use two chunks of
-    /// at most 1 MiB at the start; command payloads stay below it.
+    /// Staging bytes this library never uses, `(offset, len)`, for what a caller manages
+    /// itself (launch parameters, which vgpud reads when it issues the launch; page-locked
+    /// host memory that copies move to and from the device directly): the upper half of a
+    /// staging area of at least 4 MiB. Copies use two chunks of at most 1 MiB at the start;
+    /// command payloads (module images, names) stay in the lower half.
     pub fn spare_staging(&self) -> Option<(u64, u64)> {
         let s = self.layout.staging_size;
         (s >= 4 << 20).then(|| {
-            let len = (s / 4).min(16 << 20);
+            let len = s / 2;
             (s - len, len)
         })
     }
