@@ -3,8 +3,12 @@
 //! Loop: take new entries from every channel (round-robin, bounded per channel), run queued
 //! jobs on the backend, post completions. After the last work it keeps polling for
 //! `poll_us` (guests see `SQ_FLAG_HOST_POLLING` and skip the doorbell); then it clears the
-//! flag, re-checks every ring, and sleeps on the doorbell eventfds — no CPU burnt while idle;
-//! while work is on the device, a timerfd wakes it when the earliest piece may have retired.
+//! flag, re-checks every ring, and sleeps on the doorbell eventfds — no CPU burnt while idle.
+//! Work on the device is waited for the same way: polled within that window (a short command
+//! retires inside it, and a wake-up would only add its latency), then the executor blocks until
+//! the backend's wake fd says a piece retired (`device_wait = "block"`, see
+//! [`Backend::arm_wake`]); a backend without one bounds the sleep with its
+//! [`Backend::poll_hint`] (a timerfd).
 //!
 //! The queue decides what runs (see [`crate::sched`]); the executor tells it how much device
 //! time each job took, and takes no more from a VM's ring than the queue has room for.
@@ -23,9 +27,9 @@ mod tests;
 mod time_limit;
 mod wait;
 
-use crate::backend::{Backend, Token};
+use crate::backend::{Backend, Token, Wake};
 use crate::channel::{Channel, ChannelParams};
-use crate::config::Config;
+use crate::config::{Config, DeviceWait};
 use crate::device::VirtualDevice;
 use crate::queue::{Gate, WorkQueue};
 use crate::stats::{StatsRegistry, VmStats};
@@ -43,6 +47,10 @@ use wait::Waiter;
 const POLL_BUDGET: u32 = 32;
 /// How close to the earliest retirement of device work the executor stops sleeping and polls.
 const SPIN_BEFORE_RETIRE: Duration = Duration::from_micros(200);
+/// Longest sleep while blocked on the backend's wake fd: a completion that never signals (a
+/// worker process that died, a CUDA context broken by a fault) is noticed within this. About
+/// a hundred wake-ups a second of a few microseconds each: a fraction of a percent of a core.
+const BLOCKED_RECHECK: Duration = Duration::from_millis(10);
 /// How often the executor looks whether a context being created is ready.
 const START_RECHECK: Duration = Duration::from_millis(1);
 /// How often the executor looks again at a VM whose SQ waits on its full CQ.
@@ -164,6 +172,9 @@ pub struct Executor<B: Backend + ?Sized, Q: WorkQueue> {
     inflight: Vec<InFlight>,
     /// When the kernel time limits are next looked at.
     next_limit_check: Instant,
+    /// Pending device work is waited for on the backend's wake fd (it has one and
+    /// `device_wait = "block"`).
+    blocking: bool,
 }
 
 impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
@@ -180,7 +191,14 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
         shutdown: Arc<AtomicBool>,
         device_index: usize,
     ) -> Result<Self, ExecutorError> {
-        let wait = Waiter::new(control)?;
+        let mut wait = Waiter::new(control)?;
+        let blocking = match backend.wake_fd() {
+            Some(fd) if cfg.mediator.device_wait == DeviceWait::Block => {
+                wait.watch_wake(fd)?;
+                true
+            }
+            _ => false,
+        };
         let device = backend.info();
         let params = ChannelParams {
             capabilities: CAP_BUILTIN_KERNELS
@@ -196,6 +214,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 .holding_blocking_calls(backend.calls_wait_for_device()),
             inflight: Vec::new(),
             next_limit_check: Instant::now(),
+            blocking,
             backend,
             queue,
             poll_window: Duration::from_micros(cfg.mediator.poll_us),
@@ -338,6 +357,12 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             // Pending device work bounds the sleep: wake when it may have retired.
             let hint = if self.inflight.is_empty() {
                 None
+            } else if self.blocking {
+                match self.backend.arm_wake(SPIN_BEFORE_RETIRE) {
+                    // Retirement is near, or happened: poll it rather than pay a wake-up.
+                    Wake::Poll => continue,
+                    Wake::Armed => Some(BLOCKED_RECHECK),
+                }
             } else {
                 match self.backend.poll_hint() {
                     // Retirement is near (or unknown): keep polling rather than pay a wake-up,
