@@ -27,6 +27,7 @@ mod tests;
 mod time_limit;
 mod wait;
 
+use crate::backend::wake::SPIN_BEFORE_RETIRE;
 use crate::backend::{Backend, Token, Wake};
 use crate::channel::{Channel, ChannelParams};
 use crate::config::{Config, DeviceWait};
@@ -45,8 +46,6 @@ use wait::Waiter;
 
 /// Entries taken from one channel per round (keeps one VM from hogging ingestion).
 const POLL_BUDGET: u32 = 32;
-/// How close to the earliest retirement of device work the executor stops sleeping and polls.
-const SPIN_BEFORE_RETIRE: Duration = Duration::from_micros(200);
 /// Longest sleep while blocked on the backend's wake fd: a completion that never signals (a
 /// worker process that died, a CUDA context broken by a fault) is noticed within this. About
 /// a hundred wake-ups a second of a few microseconds each: a fraction of a percent of a core.

@@ -50,6 +50,7 @@ fn worker_spec(cfg: &MediatorConfig, index: usize, kind: WorkerKind) -> WorkerSp
         kind,
         device: index,
         poll_us: cfg.poll_us,
+        block: cfg.device_wait == crate::config::DeviceWait::Block,
         call_timeout: WorkerSpec::call_timeout_for(cfg.max_kernel_us),
     }
 }

@@ -10,6 +10,10 @@ use rustix::time::{
 };
 use std::time::Duration;
 
+/// How long before a predicted retirement a waiter stops sleeping and polls: a wake-up's
+/// latency (tens of microseconds, more on a loaded host) must not land on the guest waiting.
+pub const SPIN_BEFORE_RETIRE: Duration = Duration::from_micros(200);
+
 /// A non-blocking, close-on-exec eventfd for completions to write.
 pub fn event() -> rustix::io::Result<OwnedFd> {
     eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)

@@ -58,6 +58,7 @@ impl WorkerLink {
         exe: &Path,
         args: &proto::WorkerArgs,
         region: BorrowedFd<'_>,
+        wake: BorrowedFd<'_>,
     ) -> Result<Self, LinkError> {
         let layout = proto::ring_layout()?;
         let ring = SharedRegion::create("worker-ring", proto::RING_SIZE)?;
@@ -65,7 +66,7 @@ impl WorkerLink {
         reset_rings(&view, &layout);
         let doorbell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(std::io::Error::from)?;
-        let fds: [BorrowedFd<'_>; FD_COUNT] = [region, ring.fd(), doorbell.as_fd()];
+        let fds: [BorrowedFd<'_>; FD_COUNT] = [region, ring.fd(), doorbell.as_fd(), wake];
         let child = spawn::spawn(exe, &args.to_args(), fds)?;
         Ok(Self {
             pid: child.id(),
@@ -87,6 +88,22 @@ impl WorkerLink {
         self._ring
             .view()
             .store_u32(proto::REG_SHARED, u32::from(shared));
+    }
+
+    /// Asks the worker to write the wake fd after its next answers (`on`), or stops asking.
+    pub(super) fn set_wake(&self, on: bool) {
+        self.cq.set_irq(on);
+    }
+
+    /// Asks for the wake fd, then looks once more: true when an answer is already here (or
+    /// the worker is gone), so that the caller polls instead of blocking. The full fence pairs
+    /// with the worker's "publish the answer, fence, read the flag": either the worker sees the
+    /// flag and writes the fd, or this sees its answer.
+    pub(super) fn arm_wake(&mut self) -> bool {
+        self.set_wake(true);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.drain();
+        !self.answers.is_empty() || !self.check_alive(true)
     }
 
     /// The worker's process id.
