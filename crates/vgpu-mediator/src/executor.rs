@@ -46,10 +46,6 @@ use wait::Waiter;
 
 /// Entries taken from one channel per round (keeps one VM from hogging ingestion).
 const POLL_BUDGET: u32 = 32;
-/// Longest sleep while blocked on the backend's wake fd: a completion that never signals (a
-/// worker process that died, a CUDA context broken by a fault) is noticed within this. About
-/// a hundred wake-ups a second of a few microseconds each: a fraction of a percent of a core.
-const BLOCKED_RECHECK: Duration = Duration::from_millis(10);
 /// How often the executor looks whether a context being created is ready.
 const START_RECHECK: Duration = Duration::from_millis(1);
 /// How often the executor looks again at a VM whose SQ waits on its full CQ.
@@ -360,7 +356,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 match self.backend.arm_wake(SPIN_BEFORE_RETIRE) {
                     // Retirement is near, or happened: poll it rather than pay a wake-up.
                     Wake::Poll => continue,
-                    Wake::Armed => Some(BLOCKED_RECHECK),
+                    Wake::Armed(recheck) => recheck,
                 }
             } else {
                 match self.backend.poll_hint() {

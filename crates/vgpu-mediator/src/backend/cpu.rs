@@ -296,7 +296,8 @@ impl Backend for CpuBackend {
             return Wake::Poll;
         }
         match wake::arm_timer(timer, Some(d - early)) {
-            Ok(()) => Wake::Armed,
+            // The kernel's own timer: it cannot be lost.
+            Ok(()) => Wake::Armed(None),
             Err(_) => Wake::Poll,
         }
     }
@@ -564,7 +565,7 @@ mod tests {
             let until = be.running[&t].until;
             // Within `early` of the end: keep polling.
             assert_eq!(be.arm_wake(Duration::from_secs(1)), Wake::Poll);
-            assert_eq!(be.arm_wake(Duration::ZERO), Wake::Armed);
+            assert_eq!(be.arm_wake(Duration::ZERO), Wake::Armed(None));
             let fd = be.wake_fd().expect("a timerfd");
             assert!(!wake::readable(fd));
             // Blocks until the timer fired (no sleep to race with), then the kernel retired.

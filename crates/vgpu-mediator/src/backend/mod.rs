@@ -40,8 +40,10 @@ pub type Token = u64;
 /// What [`Backend::arm_wake`] arranged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
-    /// [`Backend::wake_fd`] becomes readable when pending work may have retired: block on it.
-    Armed,
+    /// [`Backend::wake_fd`] becomes readable when pending work may have retired: block on it,
+    /// for at most the given time where that signal could be lost (a worker process that
+    /// died; a context the driver tore down) and must be looked for by polling.
+    Armed(Option<std::time::Duration>),
     /// Retirement is near or has happened: keep polling.
     Poll,
 }

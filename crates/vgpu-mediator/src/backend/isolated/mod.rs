@@ -101,6 +101,10 @@ pub struct IsolatedBackend {
     armed: bool,
 }
 
+/// Longest vgpud blocks on the workers' wake fd: a worker that died writes nothing, and
+/// its VM's pending work must fail with `ContextLost` (found by the next poll) soon after.
+const LIVENESS_RECHECK: Duration = Duration::from_millis(50);
+
 /// Largest context serial (handles keep bit 63 clear for built-ins).
 const MAX_SERIAL: u64 = (1 << 31) - 1;
 
@@ -353,7 +357,7 @@ impl Backend for IsolatedBackend {
         if ready {
             Wake::Poll
         } else {
-            Wake::Armed
+            Wake::Armed(Some(LIVENESS_RECHECK))
         }
     }
 

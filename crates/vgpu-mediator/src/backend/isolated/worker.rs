@@ -242,7 +242,8 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
             continue;
         } else {
             match (w.be.wake_fd().is_some(), w.be.arm_wake(SPIN_BEFORE_RETIRE)) {
-                (true, Wake::Armed) => w.be.wake_fd(),
+                // A lost signal is caught by the poll's timeout below.
+                (true, Wake::Armed(_)) => w.be.wake_fd(),
                 // Retirement is near (or the backend cannot signal it): poll.
                 _ => {
                     std::hint::spin_loop();
