@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod isolated;
 pub mod select;
+pub mod waiters;
 pub mod wake;
 
 use vgpu_abi::cmd::Command;
