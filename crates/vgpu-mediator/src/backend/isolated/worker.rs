@@ -96,6 +96,7 @@ fn open_backend(a: &WorkerArgs) -> Result<Box<dyn Backend>, WorkerError> {
             CudaBackend::open(a.device)
                 .map_err(|e| WorkerError::Backend(e.to_string()))?
                 .with_kernel_accounting(accounting)
+                .with_blocking_wait(a.block)
                 .with_first_handle(a.first_handle),
         ),
         WorkerKind::Cpu { mem, slots } => {
