@@ -353,6 +353,12 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             let hint = if self.inflight.is_empty() {
                 None
             } else if self.blocking {
+                // Device work may end any moment after it was issued: keep polling it as long
+                // as the backend would if it knew the end was that near, so that short work
+                // (a null kernel's round trip) never pays a wake-up.
+                if last_work.elapsed() < SPIN_BEFORE_RETIRE {
+                    continue;
+                }
                 match self.backend.arm_wake(SPIN_BEFORE_RETIRE) {
                     // Retirement is near, or happened: poll it rather than pay a wake-up.
                     Wake::Poll => continue,

@@ -18,43 +18,7 @@ use common::*;
 use std::time::{Duration, Instant};
 use vgpu_abi::cmd::{Builtin, LaunchBody};
 use vgpu_guest::Device;
-
-/// Nanoseconds process `pid` has spent on a CPU, all its threads together.
-fn cpu_ns(pid: u32) -> u64 {
-    let mut total = 0;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        // A thread that ended between the listing and the read took its time with it; the
-        // ones measured here (executor, worker loop) live as long as the process.
-        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-            total += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    total
-}
-
-/// Process ids whose parent is `parent` (vgpud's workers, started by its executor thread:
-/// `children` lists each thread's own).
-fn children(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{parent}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
-    }
-    out
-}
+use vgpu_mediator::testkit::{child_processes, cpu_ns};
 
 /// One VM waits on a 1 s busy kernel; returns the CPU share of a core that vgpud and its
 /// workers spent meanwhile, and how many workers there were.
@@ -67,7 +31,7 @@ fn waiting_share(isolation: &str) -> (f64, usize) {
     // Answered: the VM's context (its worker, if any) is up and idle.
     dev.nop().unwrap();
     let pids: Vec<u32> = std::iter::once(d.child.id())
-        .chain(children(d.child.id()))
+        .chain(child_processes(d.child.id()))
         .collect();
     let s = dev.create_stream();
     let busy = LaunchBody::new(

@@ -227,7 +227,14 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
             last_work = Instant::now();
             continue;
         }
-        if last_work.elapsed() < window {
+        // Device work may end any moment: polled for at least `SPIN_BEFORE_RETIRE` (the
+        // executor's rule) so that short work never pays a wake-up.
+        let spin = if w.pending.is_empty() {
+            window
+        } else {
+            window.max(SPIN_BEFORE_RETIRE)
+        };
+        if last_work.elapsed() < spin {
             std::hint::spin_loop();
             continue;
         }
