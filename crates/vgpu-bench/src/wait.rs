@@ -72,7 +72,8 @@ pub struct Opts {
     #[arg(long, default_value_t = 10_000)]
     pub async_launches: usize,
     /// Extra `[mediator]` line of both vgpuds' config (repeatable), e.g.
-    /// `fault_isolation = "none"` (the default here is `process`: vgpud and a worker).
+    /// `fault_isolation = "none"` (the default here is `process`: vgpud and a worker) or
+    /// `poll_us = 2000` (default 50).
     #[arg(long = "mediator", value_name = "KEY = VALUE")]
     pub mediator: Vec<String>,
 }
@@ -122,13 +123,15 @@ impl Side {
     fn start(o: &Opts, mode: &'static str) -> Result<Self> {
         let explicit = |k: &str| o.mediator.iter().any(|l| l.trim_start().starts_with(k));
         let mut head = format!(
-            "[mediator]\nbackend = \"{}\"\npoll_us = 50\ndevice_wait = \"{mode}\"\n\
-             max_kernel_us = {}\n",
+            "[mediator]\nbackend = \"{}\"\ndevice_wait = \"{mode}\"\nmax_kernel_us = {}\n",
             o.backend,
             (o.kernel_ms as u64 * 1000 * 4).max(1_000_000)
         );
-        if !explicit("fault_isolation") {
-            head.push_str("fault_isolation = \"process\"\n");
+        // Defaults of this benchmark that `--mediator` may override.
+        for (k, v) in [("fault_isolation", "\"process\""), ("poll_us", "50")] {
+            if !explicit(k) {
+                head.push_str(&format!("{k} = {v}\n"));
+            }
         }
         head.push_str(&o.mediator.join("\n"));
         let vm = VmDef {

@@ -4,11 +4,12 @@
 //! jobs on the backend, post completions. After the last work it keeps polling for
 //! `poll_us` (guests see `SQ_FLAG_HOST_POLLING` and skip the doorbell); then it clears the
 //! flag, re-checks every ring, and sleeps on the doorbell eventfds — no CPU burnt while idle.
-//! Work on the device is waited for the same way: polled within that window (a short command
-//! retires inside it, and a wake-up would only add its latency), then the executor blocks until
-//! the backend's wake fd says a piece retired (`device_wait = "block"`, see
-//! [`Backend::arm_wake`]); a backend without one bounds the sleep with its
-//! [`Backend::poll_hint`] (a timerfd).
+//! Work on the device is waited for the same way: polled for that window and at least
+//! `SPIN_BEFORE_RETIRE` after the last progress (a short command retires inside it, and a
+//! wake-up would only add its latency), then the executor blocks until the backend's wake fd
+//! says a piece retired (`device_wait = "block"`, see [`Backend::arm_wake`] and
+//! docs/architecture.md, "Waiting for the device"); a backend without one bounds the sleep with
+//! its [`Backend::poll_hint`] (a timerfd).
 //!
 //! The queue decides what runs (see [`crate::sched`]); the executor tells it how much device
 //! time each job took, and takes no more from a VM's ring than the queue has room for.

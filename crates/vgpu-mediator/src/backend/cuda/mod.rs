@@ -286,6 +286,11 @@ impl Waiters {
                 // Its token is still pending: the event is spared when it retires.
                 continue;
             };
+            if self.pool.is_lent(&l) {
+                // Given back once before, spared, recorded for a newer token and lent again:
+                // it comes back once more when that wait ends.
+                continue;
+            }
             let (vm, e, timed) = self.retired_lent.swap_remove(i);
             if let Some(c) = ctxs.get_mut(&vm) {
                 if timed {

@@ -238,6 +238,8 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
             std::hint::spin_loop();
             continue;
         }
+        // How long a wake of the device may take to come, where it can be lost.
+        let mut recheck = None;
         let device_wake = if w.pending.is_empty() {
             None
         } else if !a.block {
@@ -250,8 +252,10 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
             continue;
         } else {
             match (w.be.wake_fd().is_some(), w.be.arm_wake(SPIN_BEFORE_RETIRE)) {
-                // A lost signal is caught by the poll's timeout below.
-                (true, Wake::Armed(_)) => w.be.wake_fd(),
+                (true, Wake::Armed(r)) => {
+                    recheck = r;
+                    w.be.wake_fd()
+                }
                 // Retirement is near (or the backend cannot signal it): poll.
                 _ => {
                     std::hint::spin_loop();
@@ -263,15 +267,16 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
         // on the doorbell (and the device's wake fd).
         sq.set_polling(false);
         if sq.available()? == 0 {
-            let second = rustix::time::Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
+            let limit = recheck.unwrap_or(Duration::from_secs(1));
+            let limit = rustix::time::Timespec {
+                tv_sec: limit.as_secs() as _,
+                tv_nsec: limit.subsec_nanos() as _,
             };
             let mut fds = vec![PollFd::new(&doorbell, PollFlags::IN)];
             if let Some(fd) = device_wake {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
             }
-            match poll(&mut fds, Some(&second)) {
+            match poll(&mut fds, Some(&limit)) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => warn!("worker: poll: {e}"),
             }
