@@ -12,6 +12,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 use tracing::warn;
 use vgpu_abi::cmd::{Command, Cqe};
+use vgpu_abi::layout::{ring_hdr, SQ_FLAG_HOST_POLLING};
 use vgpu_abi::ring::{reset_rings, CqConsumer, SqProducer};
 use vgpu_abi::Status;
 
@@ -47,6 +48,8 @@ pub(super) struct WorkerLink {
     /// Requests pushed whose answer has not been taken off the ring.
     outstanding: u32,
     cq_entries: u32,
+    /// Offset of the private SQ's flags word (`SQ_FLAG_HOST_POLLING`: the worker is polling).
+    sq_flags: usize,
     last_liveness: Instant,
     /// The worker is gone (died or killed); everything fails with `ContextLost`.
     lost: bool,
@@ -78,6 +81,7 @@ impl WorkerLink {
             answers: HashMap::new(),
             outstanding: 0,
             cq_entries: layout.cq_entries,
+            sq_flags: layout.sq_offset as usize + ring_hdr::FLAGS,
             last_liveness: Instant::now(),
             lost: false,
         })
@@ -88,6 +92,13 @@ impl WorkerLink {
         self._ring
             .view()
             .store_u32(proto::REG_SHARED, u32::from(shared));
+    }
+
+    /// Whether the worker is polling its ring now (it sets `SQ_FLAG_HOST_POLLING` while it
+    /// spins, within its window after progress or just before its device work retires, and
+    /// clears it before it sleeps): its answer is expected soon.
+    pub(super) fn worker_polling(&self) -> bool {
+        self._ring.view().load_u32(self.sq_flags) & SQ_FLAG_HOST_POLLING != 0
     }
 
     /// Asks the worker to write the wake fd after its next answers (`on`), or stops asking.

@@ -348,7 +348,14 @@ impl Backend for IsolatedBackend {
     fn arm_wake(&mut self, _early: Duration) -> Wake {
         // A worker cannot say when its device work ends, only that it has: each worker with
         // work in flight writes the wake fd once it posted answers. Its own wait on its device
-        // is the worker's business (it blocks on its backend's wake fd in turn).
+        // is the worker's business (it blocks on its backend's wake fd in turn). While a worker
+        // with work in flight still polls, it expects its answer soon (the same rule, applied
+        // in the worker): vgpud polls with it instead of paying a wake-up — on a host short of
+        // cores, the worker's answer is late because it waits for a CPU, not for the device.
+        let busy = || self.workers.values().filter(|w| !w.pending.is_empty());
+        if busy().any(|w| w.link.worker_polling()) {
+            return Wake::Poll;
+        }
         let mut ready = false;
         for w in self.workers.values_mut().filter(|w| !w.pending.is_empty()) {
             ready |= w.link.arm_wake();
