@@ -17,8 +17,8 @@
 //!   pending work is lent to a helper thread of that stream ([`super::waiters`]), which
 //!   sleeps in `cuEventSynchronize` and writes the wake eventfd when it returns. Nothing is
 //!   added to the streams: no host callback stalls them, and the fast path (work that retires
-//!   while the executor still polls) is unchanged. docs/scheduling.md says why not
-//!   `cuLaunchHostFunc` or `cuStreamAddCallback`.
+//!   while the executor still polls) is unchanged. docs/architecture.md ("Waiting for the
+//!   device") says why not `cuLaunchHostFunc` or `cuStreamAddCallback`.
 //! * **Device-work accounting** (on by default, [`CudaBackend::set_kernel_accounting`]; vgpud's
 //!   `[mediator] cuda_kernel_accounting`): kernel launches, memsets and device-to-device copies
 //!   are bracketed by two timing events from the VM's spare-event pool and return
