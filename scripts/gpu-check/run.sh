@@ -308,7 +308,7 @@ stage_wait() {
       --mediator "fault_isolation = \"$iso\"" --json "$json" ${VGPU_WAIT_ARGS:-} >"$log" 2>&1
     rc=$?
     if [ $rc != 0 ] || [ ! -s "$json" ]; then
-      fail="$fail $iso: exit $rc: $(tail -n 3 "$log" | tr '\n' ' ');"
+      fail="$fail $iso: exit $rc: $(sed -n '/^[Ee]rror/,/^$/p' "$log" | head -n 4 | tr '\n' ' ');"
       continue
     fi
     grep -q 'goal: .*NOT MET' "$log" && fail="$fail $iso: CPU goal NOT MET;"
