@@ -3,7 +3,8 @@
 # That host has no Rust toolchain, no QEMU and no network: everything it needs is in this folder.
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
-#   stages, in order: env, conformance, bench, cuda, cuda-bench, breakdown, sched, multigpu (two GPUs), vm,
+#   stages, in order: env, conformance, bench, cuda, cuda-bench, breakdown, wait, sched,
+#   multigpu (two GPUs), vm,
 #   tenancy, soak (10 minutes: run it on its own, `--only soak`)
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
 # the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
@@ -13,6 +14,7 @@
 #   VGPU_GUEST_ARGS   arguments of the guest's vgpu-smi, commas for spaces (default: selftest)
 #   VGPU_BENCH_ARGS   extra arguments of `vgpu-bench gpu` (e.g. "--sgemm-reps 5")
 #   VGPU_SCHED_ARGS   extra arguments of `vgpu-bench sched --backend cuda` (e.g. "--gpu-blocks 1056")
+#   VGPU_WAIT_ARGS    extra arguments of `vgpu-bench wait --stage host --backend cuda` (e.g. "--rounds 5")
 #   VGPU_SCHED_TIMEOUT  seconds the sched stage may run (default 300)
 #   VGPU_VM_TIMEOUT   seconds the VM may run (default 240)
 #   VGPU_SOAK_MINUTES  minutes of the soak stage (default 10)
@@ -27,14 +29,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=${2:-}; shift 2 || { echo "run.sh: --only needs a value" >&2; exit 2; } ;;
     --only=*) only=${1#--only=}; shift ;;
-    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
 done
 out=${out:-${OUT:-}}
 if [ -z "$out" ]; then
-  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,breakdown,sched,multigpu,vm,tenancy,soak]   (or set OUT)" >&2
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,breakdown,wait,sched,multigpu,vm,tenancy,soak]   (or set OUT)" >&2
   exit 2
 fi
 mkdir -p "$out" || exit 2
@@ -414,6 +416,32 @@ stage_breakdown() {
   fi
 }
 
+# ---- wait: what waiting on the GPU costs the host (issue 12) ---------------------------------
+# vgpud + worker CPU while a VM waits on a 1 s kernel, sync round trip and async launch rate,
+# `device_wait` spin vs block side by side; once with worker processes (the default), once
+# with every context inside vgpud. Fails when the CPU goal (block < 5 % of a core) is not met.
+stage_wait() {
+  local t0=$SECONDS rc fail="" note="" iso log json
+  for iso in process none; do
+    log="$out/wait-$iso.log" json="$out/wait-$iso.json"
+    # shellcheck disable=SC2086 # VGPU_WAIT_ARGS is a list of words
+    timeout -k 10 300 "$here/bin/vgpu-bench" wait --stage host --backend cuda \
+      --mediator "fault_isolation = \"$iso\"" --json "$json" ${VGPU_WAIT_ARGS:-} >"$log" 2>&1
+    rc=$?
+    if [ $rc != 0 ] || [ ! -s "$json" ]; then
+      fail="$fail $iso: exit $rc: $(sed -n '/^[Ee]rror/,/^$/p' "$log" | head -n 4 | tr '\n' ' ');"
+      continue
+    fi
+    grep -q 'goal: .*NOT MET' "$log" && fail="$fail $iso: CPU goal NOT MET;"
+    note="$note $iso: $(grep -E 'host CPU while waiting|sync null kernel p50|async launches' "$log" | tr -s ' ' | tr '\n' ';')"
+  done
+  if [ -z "$fail" ]; then
+    record wait PASS $((SECONDS - t0)) "$note"
+  else
+    record wait FAIL $((SECONDS - t0)) "$fail$note"
+  fi
+}
+
 # ---- multigpu: pools over two GPUs (issue 6); needs at least two GPUs ------------------------
 stage_multigpu() {
   local t0=$SECONDS log="$out/multigpu.log" rc gpus
@@ -457,7 +485,7 @@ stage_soak() {
   fi
 }
 
-for s in env conformance bench cuda cuda-bench breakdown sched multigpu vm tenancy soak; do
+for s in env conformance bench cuda cuda-bench breakdown wait sched multigpu vm tenancy soak; do
   if wanted "$s"; then
     "stage_$s"
   fi
@@ -488,6 +516,12 @@ fi
     echo "breakdown (fault_isolation none: contexts inside vgpud):"
     sed -n '/^  metric/,/ratio = vgpu/p' "$out/bench-gpu-fast.log"
   fi
+  for f in "$out"/wait-process.log "$out"/wait-none.log; do
+    if [ -f "$f" ]; then
+      echo
+      sed -n '/^wait (host)/,/ratio = block/p' "$f"
+    fi
+  done
   if [ -f "$out/multigpu.log" ]; then
     echo
     cat "$out/multigpu.log"

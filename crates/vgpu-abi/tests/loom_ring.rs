@@ -98,6 +98,41 @@ mod cross_check {
         );
     }
 
+    const WORKER: &str = include_str!("../../vgpu-mediator/src/backend/isolated/worker.rs");
+    const LINK: &str = include_str!("../../vgpu-mediator/src/backend/isolated/link.rs");
+
+    #[test]
+    fn worker_wake_sequence() {
+        // A worker process posts answers on its private ring the way vgpud posts completions
+        // (`host_post`: push, fence, read the flag, signal), and vgpud blocking on the workers
+        // arms the way a guest does (`guest_block`: set the flag, fence, look again): the
+        // modelled handshake, with vgpud in the guest's seat.
+        in_order(
+            "worker::run",
+            body(WORKER, "run"),
+            &[
+                "answered = true",
+                "std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst)",
+                "cq.irq_wanted()",
+                "wake::signal(&vgpud_wake)",
+            ],
+        );
+        in_order(
+            "WorkerLink::arm_wake",
+            body(LINK, "arm_wake"),
+            &[
+                "self.set_wake(true)",
+                "std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst)",
+                "self.drain()",
+            ],
+        );
+        in_order(
+            "WorkerLink::set_wake",
+            body(LINK, "set_wake"),
+            &["self.cq.set_irq(on)"],
+        );
+    }
+
     #[test]
     fn host_irq_sequence() {
         // `host_post`: push, then (flush_irq) fence, read the flag, signal.

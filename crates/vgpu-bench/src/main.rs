@@ -9,6 +9,7 @@ mod soak;
 mod stats;
 mod tenancy;
 mod vgpud;
+mod wait;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -48,6 +49,9 @@ enum Cmd {
     Soak(soak::Opts),
     /// A victim VM's latency next to a kernel that never ends and next to a reset storm.
     Tenancy(tenancy::Opts),
+    /// What waiting for the device costs: host CPU while a VM waits on a long kernel, round
+    /// trips and launch rate, `device_wait` spin vs block side by side.
+    Wait(wait::Opts),
     /// Internal: the other process of the raw ping-pong.
     #[command(hide = true)]
     PingpongChild {
@@ -80,6 +84,7 @@ fn main() -> Result<()> {
         Cmd::Multigpu(o) => multigpu::cli(&o),
         Cmd::Soak(o) => soak::cli(&o),
         Cmd::Tenancy(o) => tenancy::cli(&o),
+        Cmd::Wait(o) => wait::cli(&o),
         Cmd::PingpongChild { path } => pingpong::child(&path),
     }
 }

@@ -8,6 +8,7 @@
 //! poll_us = 50              # how long to keep polling rings after the last work
 //! executor_cpus = [3]       # pin device i's executor thread to CPU executor_cpus[i % len]
 //! fault_isolation = "process" # process (cuda default) | none: see `FaultIsolation`
+//! device_wait = "block"     # block | spin: how pending device work is waited for (`DeviceWait`)
 //!
 //! [scheduler]
 //! policy = "priority"       # priority | fifo
@@ -150,6 +151,19 @@ impl FaultIsolation {
             Self::None
         }
     }
+}
+
+/// How the executor and the worker processes wait for pending device work once the polling
+/// window after the last progress has passed (`[mediator] device_wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceWait {
+    /// Block until the backend signals a retirement (its wake fd): no CPU burnt on long work.
+    #[default]
+    Block,
+    /// Keep polling the device while work is pending (one core per waiter; kept to measure
+    /// the blocking path against it side by side).
+    Spin,
 }
 
 fn default_poll_us() -> u64 {
@@ -483,6 +497,9 @@ pub struct MediatorConfig {
     /// on its GPU is never accounted); false: launches always complete at once, unaccounted.
     #[serde(default = "default_true")]
     pub cuda_kernel_accounting: bool,
+    /// How pending device work is waited for once the polling window has passed.
+    #[serde(default)]
+    pub device_wait: DeviceWait,
     /// CPUs the executor threads are pinned to: device `i`'s executor runs on
     /// `executor_cpus[i % len]`. Empty (the default): not pinned. A polling executor on a core
     /// of its own wakes no sleeping CPU and is never delayed by the VMs' vCPU threads.
@@ -514,6 +531,7 @@ impl Default for MediatorConfig {
             cpu_devices: 1,
             fault_isolation: None,
             cuda_kernel_accounting: true,
+            device_wait: DeviceWait::Block,
             executor_cpus: Vec::new(),
         }
     }
@@ -724,6 +742,7 @@ impl Config {
             "mediator.fault_isolation",
             a.fault_isolation != b.fault_isolation,
         );
+        diff("mediator.device_wait", a.device_wait != b.device_wait);
         diff(
             "mediator.cpu_device_mem",
             a.cpu_device_mem != b.cpu_device_mem,
@@ -981,6 +1000,25 @@ mod tests {
         assert_eq!(
             p.unsafe_changes(&n),
             vec!["mediator.fault_isolation".to_string()]
+        );
+    }
+
+    #[test]
+    fn device_wait_key() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.mediator.device_wait, DeviceWait::Block);
+        let with = |v: &str| {
+            GOOD.replace(
+                "backend = \"cpu\"",
+                &format!("backend = \"cpu\"\ndevice_wait = {v}"),
+            )
+        };
+        let s = Config::from_toml(&with("\"spin\"")).unwrap();
+        assert_eq!(s.mediator.device_wait, DeviceWait::Spin);
+        expect_invalid(&with("\"nap\""), "unknown variant");
+        assert_eq!(
+            c.unsafe_changes(&s),
+            vec!["mediator.device_wait".to_string()]
         );
     }
 

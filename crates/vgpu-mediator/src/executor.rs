@@ -3,8 +3,13 @@
 //! Loop: take new entries from every channel (round-robin, bounded per channel), run queued
 //! jobs on the backend, post completions. After the last work it keeps polling for
 //! `poll_us` (guests see `SQ_FLAG_HOST_POLLING` and skip the doorbell); then it clears the
-//! flag, re-checks every ring, and sleeps on the doorbell eventfds — no CPU burnt while idle;
-//! while work is on the device, a timerfd wakes it when the earliest piece may have retired.
+//! flag, re-checks every ring, and sleeps on the doorbell eventfds — no CPU burnt while idle.
+//! Work on the device is waited for the same way: polled for that window and at least
+//! `SPIN_BEFORE_RETIRE` after the last progress (a short command retires inside it, and a
+//! wake-up would only add its latency), then the executor blocks until the backend's wake fd
+//! says a piece retired (`device_wait = "block"`, see [`Backend::arm_wake`] and
+//! docs/architecture.md, "Waiting for the device"); a backend without one bounds the sleep with
+//! its [`Backend::poll_hint`] (a timerfd).
 //!
 //! The queue decides what runs (see [`crate::sched`]); the executor tells it how much device
 //! time each job took, and takes no more from a VM's ring than the queue has room for.
@@ -23,9 +28,10 @@ mod tests;
 mod time_limit;
 mod wait;
 
-use crate::backend::{Backend, Token};
+use crate::backend::wake::SPIN_BEFORE_RETIRE;
+use crate::backend::{Backend, Token, Wake};
 use crate::channel::{Channel, ChannelParams};
-use crate::config::Config;
+use crate::config::{Config, DeviceWait};
 use crate::device::VirtualDevice;
 use crate::queue::{Gate, WorkQueue};
 use crate::stats::{StatsRegistry, VmStats};
@@ -41,8 +47,6 @@ use wait::Waiter;
 
 /// Entries taken from one channel per round (keeps one VM from hogging ingestion).
 const POLL_BUDGET: u32 = 32;
-/// How close to the earliest retirement of device work the executor stops sleeping and polls.
-const SPIN_BEFORE_RETIRE: Duration = Duration::from_micros(200);
 /// How often the executor looks whether a context being created is ready.
 const START_RECHECK: Duration = Duration::from_millis(1);
 /// How often the executor looks again at a VM whose SQ waits on its full CQ.
@@ -164,6 +168,9 @@ pub struct Executor<B: Backend + ?Sized, Q: WorkQueue> {
     inflight: Vec<InFlight>,
     /// When the kernel time limits are next looked at.
     next_limit_check: Instant,
+    /// Pending device work is waited for on the backend's wake fd (it has one and
+    /// `device_wait = "block"`).
+    blocking: bool,
 }
 
 impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
@@ -180,7 +187,14 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
         shutdown: Arc<AtomicBool>,
         device_index: usize,
     ) -> Result<Self, ExecutorError> {
-        let wait = Waiter::new(control)?;
+        let mut wait = Waiter::new(control)?;
+        let blocking = match backend.wake_fd() {
+            Some(fd) if cfg.mediator.device_wait == DeviceWait::Block => {
+                wait.watch_wake(fd)?;
+                true
+            }
+            _ => false,
+        };
         let device = backend.info();
         let params = ChannelParams {
             capabilities: CAP_BUILTIN_KERNELS
@@ -196,6 +210,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 .holding_blocking_calls(backend.calls_wait_for_device()),
             inflight: Vec::new(),
             next_limit_check: Instant::now(),
+            blocking,
             backend,
             queue,
             poll_window: Duration::from_micros(cfg.mediator.poll_us),
@@ -338,6 +353,18 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             // Pending device work bounds the sleep: wake when it may have retired.
             let hint = if self.inflight.is_empty() {
                 None
+            } else if self.blocking {
+                // Device work may end any moment after it was issued: keep polling it as long
+                // as the backend would if it knew the end was that near, so that short work
+                // (a null kernel's round trip) never pays a wake-up.
+                if last_work.elapsed() < SPIN_BEFORE_RETIRE {
+                    continue;
+                }
+                match self.backend.arm_wake(SPIN_BEFORE_RETIRE) {
+                    // Retirement is near, or happened: poll it rather than pay a wake-up.
+                    Wake::Poll => continue,
+                    Wake::Armed(recheck) => recheck,
+                }
             } else {
                 match self.backend.poll_hint() {
                     // Retirement is near (or unknown): keep polling rather than pay a wake-up,

@@ -1,7 +1,8 @@
 //! For code that starts a real vgpud and watches it (the integration tests, `vgpu-bench`): its
 //! config file built from typed values ([`ConfigBuilder`], written by the `toml` crate, so names
-//! and paths are always quoted right), and its admin `stats` reply as typed data
-//! ([`StatsSnapshot`]).
+//! and paths are always quoted right), its admin `stats` reply as typed data
+//! ([`StatsSnapshot`]), and the CPU time it and its worker processes spend ([`cpu_ns`],
+//! [`child_processes`]).
 //!
 //! The builder is deliberately open: a section's keys take any TOML value (vgpud's own parser,
 //! [`crate::config::Config`], is what judges them), so a test can also write the config a
@@ -414,6 +415,38 @@ impl StatsSnapshot {
     pub fn vm(&self, name: &str) -> Option<&VmSnapshot> {
         self.vms.iter().find(|v| v.name == name)
     }
+}
+
+/// Nanoseconds process `pid` has spent on a CPU, all its threads together, from
+/// `/proc/<pid>/task/<tid>/schedstat` (scheduler accounting in nanoseconds, not sampled ticks).
+/// A thread that ended since the last look took its time with it (vgpud's long-lived threads
+/// are what is measured); a process that is gone counts 0.
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The child processes of `pid` (vgpud's workers: started by its executor threads, and
+/// `children` lists each thread's own).
+pub fn child_processes(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|l| {
+            l.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 #[cfg(test)]

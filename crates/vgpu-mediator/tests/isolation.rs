@@ -92,11 +92,14 @@ fn each_vm_gets_a_worker_holding_only_its_own_memory() {
     let a = Device::connect(&d.socket("iso-a")).unwrap();
     let b = Device::connect(&d.socket("iso-b")).unwrap();
     let ws = workers(&d, 2);
+    // Work answered: each worker's context (and its backend's own fds) exists.
+    workload(&a, &mut Rng(1));
+    workload(&b, &mut Rng(2));
     let mut regions = BTreeSet::new();
     for &w in &ws {
         let f = fds(w);
         let numbers: Vec<u32> = f.iter().map(|(n, _)| *n).collect();
-        assert_eq!(numbers, [0, 1, 2, 3, 4, 5], "worker {w} holds {f:?}");
+        assert_eq!(numbers, [0, 1, 2, 3, 4, 5, 6, 7], "worker {w} holds {f:?}");
         assert!(f[3].1.contains("memfd:vgpu-iso-"), "fd 3 = {}", f[3].1);
         assert!(
             f[4].1.contains("memfd:vgpu-worker-ring"),
@@ -104,6 +107,9 @@ fn each_vm_gets_a_worker_holding_only_its_own_memory() {
             f[4].1
         );
         assert!(f[5].1.contains("eventfd"), "fd 5 = {}", f[5].1);
+        // vgpud's wake eventfd, and the worker's own: its cpu backend's timerfd.
+        assert!(f[6].1.contains("eventfd"), "fd 6 = {}", f[6].1);
+        assert!(f[7].1.contains("timerfd"), "fd 7 = {}", f[7].1);
         regions.insert(f[3].1.clone());
         let cmdline = std::fs::read_to_string(format!("/proc/{w}/cmdline")).unwrap();
         assert!(cmdline.contains("--worker"), "{cmdline:?}");
@@ -113,8 +119,6 @@ fn each_vm_gets_a_worker_holding_only_its_own_memory() {
         2,
         "each worker maps its own VM's region: {regions:?}"
     );
-    workload(&a, &mut Rng(1));
-    workload(&b, &mut Rng(2));
     assert!(d.log_text().contains("each VM in its own worker process"));
     drop((a, b));
     // A VM that leaves takes its worker with it.

@@ -3,9 +3,10 @@
 
 use super::images::{self, Images};
 use super::{
-    Backend, BackendError, ContextParams, DeviceInfo, Handler, Issued, Retired, Staging, Token,
-    VmKey, VmStream,
+    wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, Issued, Retired, Staging,
+    Token, VmKey, VmStream, Wake,
 };
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use vgpu_abi::cmd::reference as kernels;
@@ -63,6 +64,10 @@ pub struct CpuBackend {
     index: usize,
     /// The next module or function handle.
     next_handle: u64,
+    /// The wake fd: a timerfd armed for the end of the kernel whose slot frees first, so that
+    /// waiting on a cpu device takes the same blocking path as on a GPU. `None` when no timerfd
+    /// could be made (then callers poll, bounded by `poll_hint`).
+    wake: Option<OwnedFd>,
 }
 
 impl CpuBackend {
@@ -83,6 +88,7 @@ impl CpuBackend {
             next_token: 1,
             index: 0,
             next_handle: 1,
+            wake: wake::timer().ok(),
         }
     }
 
@@ -376,6 +382,24 @@ impl Backend for CpuBackend {
             .values()
             .map(|r| r.until.saturating_duration_since(now))
             .min()
+    }
+
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.wake.as_ref().map(|w| w.as_fd())
+    }
+
+    fn arm_wake(&mut self, early: Duration) -> Wake {
+        let (Some(timer), Some(d)) = (&self.wake, self.poll_hint()) else {
+            return Wake::Poll;
+        };
+        if d <= early {
+            return Wake::Poll;
+        }
+        match wake::arm_timer(timer, Some(d - early)) {
+            // The kernel's own timer: it cannot be lost.
+            Ok(()) => Wake::Armed(None),
+            Err(_) => Wake::Poll,
+        }
     }
 
     fn orders_streams(&self) -> bool {
@@ -725,6 +749,42 @@ mod tests {
         b.create_context(0, params.clone()).unwrap();
         b.create_context(1, params.clone()).unwrap();
         f(&mut b, staging, params);
+    }
+
+    #[test]
+    fn wake_fd_fires_when_the_first_slot_frees() {
+        with_backend(|be, _, _| {
+            let busy = |us: u32| {
+                launch(
+                    Builtin::Busy,
+                    BusyParams {
+                        duration_us: us,
+                        _pad: 0,
+                    }
+                    .as_bytes(),
+                )
+            };
+            assert_eq!(be.arm_wake(Duration::ZERO), Wake::Poll, "nothing pending");
+            let Issued::Pending(t, ..) = be.launch(at(0), busy(20_000)).unwrap() else {
+                panic!("busy kernels are pending")
+            };
+            let until = be.running[&t].until;
+            // Within `early` of the end: keep polling.
+            assert_eq!(be.arm_wake(Duration::from_secs(1)), Wake::Poll);
+            assert_eq!(be.arm_wake(Duration::ZERO), Wake::Armed(None));
+            let fd = be.wake_fd().expect("a timerfd");
+            assert!(!wake::readable(fd));
+            // Blocks until the timer fired (no sleep to race with), then the kernel retired.
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
+            rustix::event::poll(&mut fds, None).unwrap();
+            assert!(Instant::now() >= until);
+            wake::drain(be.wake_fd().unwrap());
+            assert!(be.poll(0, t).is_some_and(|r| r.is_ok()));
+            assert_eq!(be.arm_wake(Duration::ZERO), Wake::Poll);
+        });
     }
 
     fn launch(b: Builtin, p: &[u8]) -> LaunchBody {

@@ -10,6 +10,8 @@ pub mod cuda;
 pub mod images;
 pub mod isolated;
 pub mod select;
+pub mod waiters;
+pub mod wake;
 
 use vgpu_abi::cmd::Command;
 use vgpu_abi::{ShmView, Status};
@@ -43,6 +45,17 @@ pub struct DeviceInfo {
 
 /// Names one piece of work a backend put on the device and has not retired yet.
 pub type Token = u64;
+
+/// What [`Backend::arm_wake`] arranged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// [`Backend::wake_fd`] becomes readable when pending work may have retired: block on it,
+    /// for at most the given time where that signal could be lost (a worker process that
+    /// died; a context the driver tore down) and must be looked for by polling.
+    Armed(Option<std::time::Duration>),
+    /// Retirement is near or has happened: keep polling.
+    Poll,
+}
 
 /// What a backend did with a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,8 +182,25 @@ pub trait Backend: Send {
     /// error here (a kernel that faulted after its launch completed) breaks the VM's context.
     fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>>;
     /// How long the executor may sleep before some pending token could retire: `None` when
-    /// nothing is pending, zero when the backend cannot tell (the executor then keeps polling).
+    /// nothing is pending, zero when the backend cannot tell (the executor then keeps polling,
+    /// unless the backend has a [`Backend::wake_fd`]).
     fn poll_hint(&self) -> Option<std::time::Duration>;
+    /// An fd that becomes readable once [`Backend::arm_wake`] said [`Wake::Armed`] and some
+    /// pending work may have retired; the same fd for the backend's whole life. Whoever waits
+    /// on it drains it with [`wake::drain`] after it fired. `None`: the backend cannot say
+    /// when its work retires (the executor polls, bounded by [`Backend::poll_hint`]).
+    fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+    /// Called with work pending, when the caller is about to block on [`Backend::wake_fd`]:
+    /// makes the fd readable no later than `early` before the earliest pending work may
+    /// retire (a backend that cannot predict retirement signals when it happened). Answers
+    /// [`Wake::Poll`] when something retires within `early` or already has: the caller keeps
+    /// polling instead of blocking. A spurious wake-up is allowed; a missed one is not.
+    fn arm_wake(&mut self, early: std::time::Duration) -> Wake {
+        let _ = early;
+        Wake::Poll
+    }
     /// Whether the device itself keeps each stream's commands in order (CUDA streams do). When
     /// false the executor holds a stream's next command until its pending one retires.
     fn orders_streams(&self) -> bool;

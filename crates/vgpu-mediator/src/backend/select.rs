@@ -6,7 +6,7 @@ use super::cpu::CpuBackend;
 use super::cuda::{self, CudaBackend};
 use super::isolated::{IsolatedBackend, WorkerKind, WorkerSpec};
 use super::Backend;
-use crate::config::{BackendChoice, FaultIsolation, MediatorConfig};
+use crate::config::{BackendChoice, DeviceWait, FaultIsolation, MediatorConfig};
 use std::path::PathBuf;
 
 /// Default "device memory" of the cpu backend.
@@ -50,6 +50,7 @@ fn worker_spec(cfg: &MediatorConfig, index: usize, kind: WorkerKind) -> WorkerSp
         kind,
         device: index,
         poll_us: cfg.poll_us,
+        block: cfg.device_wait == DeviceWait::Block,
         call_timeout: WorkerSpec::call_timeout_for(cfg.max_kernel_us),
     }
 }
@@ -99,7 +100,7 @@ fn cuda(be: CudaBackend, cfg: &MediatorConfig, index: usize) -> (Box<dyn Backend
             (Box::new(iso), ", each VM in its own worker process")
         }
         FaultIsolation::None => (
-            Box::new(be),
+            Box::new(be.with_blocking_wait(cfg.device_wait == DeviceWait::Block)),
             ", all VMs in vgpud's process (fault_isolation = \"none\": a fault breaks every VM)",
         ),
     }

@@ -1,11 +1,10 @@
 //! How the executor sleeps: one epoll set over the VMs' doorbells, the control eventfd (events
-//! from the router) and a timerfd that bounds the sleep while work is on the device.
+//! from the router), the backend's wake fd (device work retired) and a timerfd that bounds the
+//! sleep while work is on the device.
 
+use crate::backend::wake;
 use rustix::event::epoll;
 use rustix::fd::{BorrowedFd, OwnedFd};
-use rustix::time::{
-    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
-};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
@@ -14,6 +13,8 @@ use tracing::warn;
 const CONTROL_KEY: u64 = u64::MAX;
 /// epoll key of the timerfd that wakes the executor when device work may have retired.
 const TIMER_KEY: u64 = u64::MAX - 1;
+/// epoll key of the backend's wake fd.
+const WAKE_KEY: u64 = u64::MAX - 2;
 
 /// The executor's epoll set and timerfd. A doorbell's key is its VM's index.
 pub(super) struct Waiter {
@@ -21,6 +22,9 @@ pub(super) struct Waiter {
     timer: OwnedFd,
     /// Written after each event sent to the executor; drained here.
     control: Arc<OwnedFd>,
+    /// A duplicate of the backend's wake fd (same open file: draining it here drains the
+    /// backend's), when it has one.
+    wake: Option<OwnedFd>,
 }
 
 impl Waiter {
@@ -33,10 +37,7 @@ impl Waiter {
             epoll::EventData::new_u64(CONTROL_KEY),
             epoll::EventFlags::IN,
         )?;
-        let timer = timerfd_create(
-            TimerfdClockId::Monotonic,
-            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
-        )?;
+        let timer = wake::timer()?;
         epoll::add(
             &epoll,
             &timer,
@@ -47,7 +48,21 @@ impl Waiter {
             epoll,
             timer,
             control,
+            wake: None,
         })
+    }
+
+    /// Also wakes when `fd` (the backend's [`crate::backend::Backend::wake_fd`]) is readable.
+    pub(super) fn watch_wake(&mut self, fd: BorrowedFd<'_>) -> rustix::io::Result<()> {
+        let dup = rustix::io::fcntl_dupfd_cloexec(fd, 0)?;
+        epoll::add(
+            &self.epoll,
+            &dup,
+            epoll::EventData::new_u64(WAKE_KEY),
+            epoll::EventFlags::IN,
+        )?;
+        self.wake = Some(dup);
+        Ok(())
     }
 
     /// Wakes the executor when VM `vm` rings `doorbell`.
@@ -74,29 +89,13 @@ impl Waiter {
     /// has millisecond resolution, it wakes the executor within microseconds of a short
     /// kernel's end.
     fn arm_timer(&self, d: Option<Duration>) {
-        let zero = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        let value = match d {
-            // A zero it_value would disarm the timer: fire after 1 ns instead.
-            Some(d) => rustix::time::Timespec {
-                tv_sec: d.as_secs() as _,
-                tv_nsec: d.subsec_nanos().max(u32::from(d.as_secs() == 0)) as _,
-            },
-            None => zero,
-        };
-        let spec = Itimerspec {
-            it_interval: zero,
-            it_value: value,
-        };
-        if let Err(e) = timerfd_settime(&self.timer, TimerfdTimerFlags::empty(), &spec) {
+        if let Err(e) = wake::arm_timer(&self.timer, d) {
             warn!("timerfd_settime: {e}");
         }
     }
 
-    /// Sleeps until a doorbell rings, an event arrives or `timeout` passes (`None`: no
-    /// timeout).
+    /// Sleeps until a doorbell rings, an event arrives, the backend's wake fd fires or
+    /// `timeout` passes (`None`: no timeout).
     pub(super) fn sleep(&self, timeout: Option<Duration>) {
         let mut events = Vec::with_capacity(64);
         self.arm_timer(timeout);
@@ -119,8 +118,11 @@ impl Waiter {
                 let mut b = [0u8; 8];
                 let _ = rustix::io::read(&*self.control, &mut b);
             } else if key == TIMER_KEY {
-                let mut b = [0u8; 8];
-                let _ = rustix::io::read(&self.timer, &mut b);
+                wake::drain(&self.timer);
+            } else if key == WAKE_KEY {
+                if let Some(w) = &self.wake {
+                    wake::drain(w);
+                }
             }
             // A doorbell needs nothing: waking up was the point, the rings are read next.
         }

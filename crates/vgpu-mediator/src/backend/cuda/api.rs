@@ -272,19 +272,35 @@ pub fn stream_synchronize(s: CUstream) -> CuResult<()> {
 
 /// An event with timing enabled.
 pub fn event_create() -> CuResult<CUevent> {
-    let mut e = ptr::null_mut();
-    // SAFETY: `e` is a valid out-pointer; flags 0 = default (timing on).
-    check(unsafe { sys::cuEventCreate(&mut e, 0) })?;
-    Ok(e)
+    event_create_with(true, false)
 }
 
 /// An event without timing (cheaper to record and to query): completion tokens.
 pub fn event_create_untimed() -> CuResult<CUevent> {
+    event_create_with(false, false)
+}
+
+/// An event, timed or not; `blocking`: [`event_synchronize`] on it sleeps until the GPU
+/// signals its completion instead of spinning (`CU_EVENT_BLOCKING_SYNC`).
+pub fn event_create_with(timed: bool, blocking: bool) -> CuResult<CUevent> {
+    let mut flags = 0u32;
+    if !timed {
+        flags |= sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+    }
+    if blocking {
+        flags |= sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32;
+    }
     let mut e = ptr::null_mut();
-    let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
-    // SAFETY: `e` is a valid out-pointer.
+    // SAFETY: `e` is a valid out-pointer; the flags are valid `CUevent_flags` bits.
     check(unsafe { sys::cuEventCreate(&mut e, flags) })?;
     Ok(e)
+}
+
+/// Waits until `e`'s latest record completed (sleeping when `e` is a blocking event). Any
+/// thread may call it while the event lives, with the event's context current on it.
+pub fn event_synchronize(e: CUevent) -> CuResult<()> {
+    // SAFETY: live event of the current context.
+    check(unsafe { sys::cuEventSynchronize(e) })
 }
 
 /// Records `e` on `s`.

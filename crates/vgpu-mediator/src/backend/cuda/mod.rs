@@ -11,6 +11,14 @@
 //!   lowest, each step one higher, clamped at the device's highest).
 //! * **Completion**: copies touching staging and synchronisations complete when an event
 //!   recorded after them has ([`Backend::poll`] = `cuEventQuery`).
+//! * **Waiting without spinning** ([`CudaBackend::with_blocking_wait`], vgpud's
+//!   `device_wait = "block"`): token events are created `CU_EVENT_BLOCKING_SYNC`; once the
+//!   executor stops polling ([`Backend::arm_wake`]), the head token event of each stream with
+//!   pending work is lent to a helper thread of that stream ([`super::waiters`]), which
+//!   sleeps in `cuEventSynchronize` and writes the wake eventfd when it returns. Nothing is
+//!   added to the streams: no host callback stalls them, and the fast path (work that retires
+//!   while the executor still polls) is unchanged. docs/architecture.md ("Waiting for the
+//!   device") says why not `cuLaunchHostFunc` or `cuStreamAddCallback`.
 //! * **Device-work accounting** (on by default, [`CudaBackend::set_kernel_accounting`]; vgpud's
 //!   `[mediator] cuda_kernel_accounting`): kernel launches, memsets and device-to-device copies
 //!   are bracketed by two timing events from the VM's spare-event pool and return
@@ -40,16 +48,19 @@
 pub mod api;
 pub mod nvrtc;
 
+use super::waiters::WaitPool;
 use super::{
-    kernel_name, Backend, BackendError, ContextParams, DeviceInfo, Handler, Issued, Retired,
-    Staging, Token, VmKey, VmStream,
+    kernel_name, wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, Issued, Retired,
+    Staging, Token, VmKey, VmStream, Wake,
 };
 use crate::throttle::{Throttle, GUEST_LOG_INTERVAL};
 use cudarc::driver::sys::{
     CUcontext, CUdevice, CUdevice_attribute, CUevent, CUfunction, CUmodule, CUresult, CUstream,
 };
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use tracing::{debug, warn};
@@ -61,6 +72,12 @@ use vgpu_abi::Status;
 const MAX_PARAMS: usize = 256;
 /// Largest PTX module accepted (bytes).
 pub const MAX_PTX: u64 = 16 << 20;
+/// Longest the executor blocks on the wake fd before it polls anyway: a completion whose
+/// `cuEventSynchronize` never returned (a driver that lost the context) is noticed within this.
+const WAIT_RECHECK: Duration = Duration::from_millis(100);
+/// How long destroying a context waits for its streams' helper threads to return from their
+/// `cuEventSynchronize` (the context was synchronised first, so they return at once).
+const WAITERS_QUIESCE: Duration = Duration::from_secs(5);
 
 /// Why the cuda backend cannot be used here.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +204,8 @@ struct VmCtx {
     spare: Vec<CUevent>,
     /// Spare events without timing, for completion tokens that measure nothing.
     spare_untimed: Vec<CUevent>,
+    /// Token events are blocking-sync ([`CudaBackend::with_blocking_wait`]).
+    blocking: bool,
 }
 
 /// Work left on the device.
@@ -194,6 +213,8 @@ struct PendingWork {
     vm: VmKey,
     /// Retired once all of these completed.
     events: Vec<CUevent>,
+    /// The stream each of `events` was recorded on.
+    streams: Vec<CUstream>,
     /// Recorded before the work, for its device time.
     start: Option<CUevent>,
 }
@@ -216,6 +237,84 @@ pub struct CudaBackend {
     /// Whether several VMs share the device ([`Backend::set_shared`]); a VM that has it alone
     /// is not accounted, whatever `accounting` says.
     shared: bool,
+    /// The wake eventfd and the helper threads that write it, one per stream
+    /// ([`Self::with_blocking_wait`]); `None`: the executor polls.
+    waiters: Option<Waiters>,
+}
+
+/// A token event lent to a helper thread, with its context (made current on that thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lent {
+    ctx: CUcontext,
+    event: CUevent,
+}
+
+// SAFETY: plain driver handles, usable from any thread; the helper thread only synchronises
+// on the event while it is lent (never recorded again, its context never destroyed: see
+// `Waiters`).
+unsafe impl Send for Lent {}
+
+/// What blocking waits need: the eventfd, the helper threads (one per VM stream, keyed by the
+/// CUDA stream's address) and the token events that retired while still lent.
+struct Waiters {
+    wake: Arc<OwnedFd>,
+    pool: WaitPool<(VmKey, usize), Lent>,
+    /// `(vm, event, timed)` of events whose token retired while a helper still waited on them:
+    /// they go back to their spare pool once the helper gave them back.
+    retired_lent: Vec<(VmKey, CUevent, bool)>,
+}
+
+impl Waiters {
+    fn new() -> Option<Self> {
+        let wake = Arc::new(wake::event().ok()?);
+        let pool = WaitPool::new(wake.clone(), |l: &Lent| {
+            // An error (a faulted context) ends the wait too: the executor's poll reports it.
+            if api::ctx_set_current(l.ctx).is_ok() {
+                let _ = api::event_synchronize(l.event);
+            }
+        });
+        Some(Self {
+            wake,
+            pool,
+            retired_lent: Vec::new(),
+        })
+    }
+
+    /// Puts events the helpers gave back, whose tokens retired, back in their spare pools.
+    fn reclaim(&mut self, ctxs: &mut HashMap<VmKey, VmCtx>) {
+        for l in self.pool.take_done() {
+            let Some(i) = self.retired_lent.iter().position(|r| r.1 == l.event) else {
+                // Its token is still pending: the event is spared when it retires.
+                continue;
+            };
+            if self.pool.is_lent(&l) {
+                // Given back once before, spared, recorded for a newer token and lent again:
+                // it comes back once more when that wait ends.
+                continue;
+            }
+            let (vm, e, timed) = self.retired_lent.swap_remove(i);
+            if let Some(c) = ctxs.get_mut(&vm) {
+                if timed {
+                    c.spare.push(e);
+                } else {
+                    c.spare_untimed.push(e);
+                }
+            }
+        }
+    }
+
+    /// Ends VM `vm`'s helper threads (its context was synchronised, so their waits returned)
+    /// and forgets its lent events; before its context is destroyed.
+    fn forget_vm(&mut self, vm: VmKey) {
+        let (_, all) = self.pool.quiesce(|&(v, _)| v == vm, WAITERS_QUIESCE);
+        if !all {
+            warn!(
+                vm,
+                "cuda: a wait thread did not return from cuEventSynchronize"
+            );
+        }
+        self.retired_lent.retain(|r| r.0 != vm);
+    }
 }
 
 // SAFETY: the raw CUDA handles inside are plain driver handles usable from any thread; the
@@ -260,7 +359,16 @@ impl CudaBackend {
             next_handle: 1,
             accounting: true,
             shared: true,
+            waiters: None,
         })
+    }
+
+    /// Whether pending work may be waited for without polling (vgpud's `device_wait =
+    /// "block"`): token events become blocking-sync and [`Backend::wake_fd`] is offered (see
+    /// the module documentation). Call before the first context is created.
+    pub fn with_blocking_wait(mut self, on: bool) -> Self {
+        self.waiters = if on { Waiters::new() } else { None };
+        self
     }
 
     /// Whether kernel launches, memsets and device-to-device copies are accounted (default
@@ -333,11 +441,12 @@ impl CudaBackend {
             events: HashMap::new(),
             spare: Vec::new(),
             spare_untimed: Vec::new(),
+            blocking: self.waiters.is_some(),
         };
         match self.fill_ctx(&mut c, params) {
             Ok(()) => Ok(c),
             Err(e) => {
-                destroy(&c);
+                destroy(&c, || {});
                 Err(e)
             }
         }
@@ -393,10 +502,15 @@ impl CudaBackend {
 }
 
 /// Destroys a context (waits for its work; frees all its memory, streams, events, modules).
-fn destroy(c: &VmCtx) {
+/// `idle` runs once its work has ended, before anything is freed (the helper threads that
+/// wait on its events end there).
+fn destroy(c: &VmCtx, idle: impl FnOnce()) {
     if api::ctx_set_current(c.ctx).is_ok() {
         // A faulted context reports its fault here; nothing more to do about it.
         let _ = api::ctx_synchronize();
+    }
+    idle();
+    if api::ctx_set_current(c.ctx).is_ok() {
         if let Some(base) = c.registered {
             let _ = api::host_unregister(base);
         }
@@ -424,7 +538,7 @@ impl VmCtx {
     fn spare_event(&mut self) -> Result<CUevent, Status> {
         match self.spare.pop() {
             Some(e) => Ok(e),
-            None => api::event_create().map_err(status_of),
+            None => api::event_create_with(true, self.blocking).map_err(status_of),
         }
     }
 
@@ -432,7 +546,7 @@ impl VmCtx {
     fn record_untimed(&mut self, s: CUstream) -> Result<CUevent, Status> {
         let e = match self.spare_untimed.pop() {
             Some(e) => e,
-            None => api::event_create_untimed().map_err(status_of)?,
+            None => api::event_create_with(false, self.blocking).map_err(status_of)?,
         };
         if let Err(r) = api::event_record(e, s) {
             self.spare_untimed.push(e);
@@ -488,6 +602,7 @@ impl CudaBackend {
         let t = self.token(PendingWork {
             vm,
             events: vec![end],
+            streams: vec![s],
             start: None,
         });
         Ok(Issued::Pending(t, 0, 0))
@@ -536,6 +651,7 @@ impl CudaBackend {
         let t = self.token(PendingWork {
             vm,
             events: vec![end],
+            streams: vec![s],
             start: Some(start),
         });
         Ok(Issued::Pending(t, 0, 0))
@@ -544,8 +660,13 @@ impl CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
-        for (_, c) in self.ctxs.drain() {
-            destroy(&c);
+        let waiters = &mut self.waiters;
+        for (vm, c) in self.ctxs.drain() {
+            destroy(&c, || {
+                if let Some(w) = waiters.as_mut() {
+                    w.forget_vm(vm);
+                }
+            });
         }
     }
 }
@@ -655,7 +776,12 @@ impl Backend for CudaBackend {
     fn destroy_context(&mut self, vm: VmKey) {
         self.pending.retain(|_, p| p.vm != vm);
         if let Some(c) = self.ctxs.remove(&vm) {
-            destroy(&c);
+            let waiters = &mut self.waiters;
+            destroy(&c, || {
+                if let Some(w) = waiters.as_mut() {
+                    w.forget_vm(vm);
+                }
+            });
         }
     }
 
@@ -694,10 +820,18 @@ impl Backend for CudaBackend {
             _ => 0,
         };
         // Tokens with a start event are timed (both events from `spare`); the others untimed.
-        if work.start.is_some() {
-            c.spare.extend(work.events);
-        } else {
-            c.spare_untimed.extend(work.events);
+        // An event a helper thread still waits on is spared once the helper gave it back.
+        let timed = work.start.is_some();
+        for e in work.events {
+            let lent = Lent {
+                ctx: c.ctx,
+                event: e,
+            };
+            match self.waiters.as_mut() {
+                Some(w) if w.pool.is_lent(&lent) => w.retired_lent.push((vm, e, timed)),
+                _ if timed => c.spare.push(e),
+                _ => c.spare_untimed.push(e),
+            }
         }
         c.spare.extend(work.start);
         Some(outcome.map(|()| Retired { device_ns }))
@@ -709,6 +843,38 @@ impl Backend for CudaBackend {
         } else {
             Some(Duration::ZERO)
         }
+    }
+
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.waiters.as_ref().map(|w| w.wake.as_fd())
+    }
+
+    fn arm_wake(&mut self, _early: Duration) -> Wake {
+        // CUDA cannot say when work will end, only that it has: each stream's oldest pending
+        // token event (a stream retires in order) is lent to that stream's helper thread.
+        let Some(w) = self.waiters.as_mut() else {
+            return Wake::Poll;
+        };
+        w.reclaim(&mut self.ctxs);
+        let mut heads: HashMap<(VmKey, usize), (Token, Lent)> = HashMap::new();
+        for (&t, p) in &self.pending {
+            let Some(c) = self.ctxs.get(&p.vm) else {
+                continue;
+            };
+            for (&event, &s) in p.events.iter().zip(&p.streams) {
+                let key = (p.vm, s as usize);
+                if heads.get(&key).is_none_or(|&(h, _)| t < h) {
+                    heads.insert(key, (t, Lent { ctx: c.ctx, event }));
+                }
+            }
+        }
+        for (key, (_, lent)) in heads {
+            if let Err(e) = w.pool.wait_for(key, lent) {
+                warn!("cuda: {e}; polling instead");
+                return Wake::Poll;
+            }
+        }
+        Wake::Armed(Some(WAIT_RECHECK))
     }
 
     fn orders_streams(&self) -> bool {
@@ -851,7 +1017,7 @@ impl Handler for CudaBackend {
             vec![c.stream(at.stream)?]
         };
         let mut events = Vec::with_capacity(streams.len());
-        for s in streams {
+        for &s in &streams {
             match c.record_untimed(s) {
                 Ok(e) => events.push(e),
                 Err(e) => {
@@ -866,6 +1032,7 @@ impl Handler for CudaBackend {
         let t = self.token(PendingWork {
             vm,
             events,
+            streams,
             start: None,
         });
         Ok(Issued::Pending(t, 0, 0))
@@ -1050,6 +1217,7 @@ impl Handler for CudaBackend {
         let t = self.token(PendingWork {
             vm,
             events: vec![tok],
+            streams: vec![s],
             start: None,
         });
         Ok(Issued::Pending(t, 0, 0))

@@ -12,6 +12,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 use tracing::warn;
 use vgpu_abi::cmd::{Command, Cqe};
+use vgpu_abi::layout::{ring_hdr, SQ_FLAG_HOST_POLLING};
 use vgpu_abi::ring::{reset_rings, CqConsumer, SqProducer};
 use vgpu_abi::Status;
 
@@ -47,6 +48,8 @@ pub(super) struct WorkerLink {
     /// Requests pushed whose answer has not been taken off the ring.
     outstanding: u32,
     cq_entries: u32,
+    /// Offset of the private SQ's flags word (`SQ_FLAG_HOST_POLLING`: the worker is polling).
+    sq_flags: usize,
     last_liveness: Instant,
     /// The worker is gone (died or killed); everything fails with `ContextLost`.
     lost: bool,
@@ -58,6 +61,7 @@ impl WorkerLink {
         exe: &Path,
         args: &proto::WorkerArgs,
         region: BorrowedFd<'_>,
+        wake: BorrowedFd<'_>,
     ) -> Result<Self, LinkError> {
         let layout = proto::ring_layout()?;
         let ring = SharedRegion::create("worker-ring", proto::RING_SIZE)?;
@@ -65,7 +69,7 @@ impl WorkerLink {
         reset_rings(&view, &layout);
         let doorbell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(std::io::Error::from)?;
-        let fds: [BorrowedFd<'_>; FD_COUNT] = [region, ring.fd(), doorbell.as_fd()];
+        let fds: [BorrowedFd<'_>; FD_COUNT] = [region, ring.fd(), doorbell.as_fd(), wake];
         let child = spawn::spawn(exe, &args.to_args(), fds)?;
         Ok(Self {
             pid: child.id(),
@@ -77,6 +81,7 @@ impl WorkerLink {
             answers: HashMap::new(),
             outstanding: 0,
             cq_entries: layout.cq_entries,
+            sq_flags: layout.sq_offset as usize + ring_hdr::FLAGS,
             last_liveness: Instant::now(),
             lost: false,
         })
@@ -87,6 +92,29 @@ impl WorkerLink {
         self._ring
             .view()
             .store_u32(proto::REG_SHARED, u32::from(shared));
+    }
+
+    /// Whether the worker is polling its ring now (it sets `SQ_FLAG_HOST_POLLING` while it
+    /// spins, within its window after progress or just before its device work retires, and
+    /// clears it before it sleeps): its answer is expected soon.
+    pub(super) fn worker_polling(&self) -> bool {
+        self._ring.view().load_u32(self.sq_flags) & SQ_FLAG_HOST_POLLING != 0
+    }
+
+    /// Asks the worker to write the wake fd after its next answers (`on`), or stops asking.
+    pub(super) fn set_wake(&self, on: bool) {
+        self.cq.set_irq(on);
+    }
+
+    /// Asks for the wake fd, then looks once more: true when an answer is already here (or
+    /// the worker is gone), so that the caller polls instead of blocking. The full fence pairs
+    /// with the worker's "publish the answer, fence, read the flag": either the worker sees the
+    /// flag and writes the fd, or this sees its answer.
+    pub(super) fn arm_wake(&mut self) -> bool {
+        self.set_wake(true);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.drain();
+        !self.answers.is_empty() || !self.check_alive(true)
     }
 
     /// The worker's process id.

@@ -31,9 +31,11 @@ pub use proto::{WorkerArgs, WorkerKind, WORKER_FLAG};
 pub use worker::{worker_main, WorkerError};
 
 use super::{
-    Backend, BackendError, ContextParams, DeviceInfo, Issued, Retired, Token, VmKey, VmStream,
+    wake, Backend, BackendError, ContextParams, DeviceInfo, Issued, Retired, Token, VmKey,
+    VmStream, Wake,
 };
 use link::WorkerLink;
+use rustix::fd::{BorrowedFd, OwnedFd};
 use spawn::Reaper;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -56,6 +58,9 @@ pub struct WorkerSpec {
     pub device: usize,
     /// Worker's ring polling window after its last work, in microseconds.
     pub poll_us: u64,
+    /// Whether vgpud and the workers block on wake fds while device work is pending
+    /// (`device_wait = "block"`).
+    pub block: bool,
     /// Longest time vgpud waits for an answer it needs at once (then the worker is killed).
     pub call_timeout: Duration,
 }
@@ -88,7 +93,17 @@ pub struct IsolatedBackend {
     reaper: Reaper,
     /// Whether several VMs share the device (passed on to every worker).
     shared: bool,
+    /// The wake eventfd every worker holds ([`proto::FD_WAKE`]); `None` when it could not be
+    /// made (then vgpud polls the workers' answers).
+    wake: Option<OwnedFd>,
+    /// Workers were asked to write `wake` with their next answers ([`Backend::arm_wake`]);
+    /// cleared at the next poll, so that a vgpud that polls costs the workers no writes.
+    armed: bool,
 }
+
+/// Longest vgpud blocks on the workers' wake fd: a worker that died writes nothing, and
+/// its VM's pending work must fail with `ContextLost` (found by the next poll) soon after.
+const LIVENESS_RECHECK: Duration = Duration::from_millis(50);
 
 /// Largest context serial (handles keep bit 63 clear for built-ins).
 const MAX_SERIAL: u64 = (1 << 31) - 1;
@@ -106,6 +121,8 @@ impl IsolatedBackend {
             next_serial: 1,
             reaper: Reaper::new(),
             shared: true,
+            wake: wake::event().ok(),
+            armed: false,
         }
     }
 
@@ -197,12 +214,16 @@ impl Backend for IsolatedBackend {
             staging_offset: params.staging.offset,
             staging_size: params.staging.size,
             poll_us: self.spec.poll_us,
+            block: self.spec.block,
             first_handle: (self.next_serial << 32) | 1,
         };
         // The worker is started and not waited for: creating a CUDA context takes a good
         // part of a second, which the executor must not spend away from the device's other
         // VMs. It says when the context is ready (`context_ready`).
-        let link = WorkerLink::spawn(&self.spec.exe, &args, region.fd().as_fd())
+        let wake = self.wake.as_ref().ok_or_else(|| {
+            BackendError::Context("no wake eventfd for the worker (out of fds?)".into())
+        })?;
+        let link = WorkerLink::spawn(&self.spec.exe, &args, region.fd().as_fd(), wake.as_fd())
             .map_err(|e| BackendError::Context(e.to_string()))?;
         link.set_shared(self.shared);
         let serial = self.next_serial;
@@ -290,6 +311,12 @@ impl Backend for IsolatedBackend {
     }
 
     fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
+        if self.armed {
+            self.armed = false;
+            for w in self.workers.values() {
+                w.link.set_wake(false);
+            }
+        }
         let Some(w) = self.workers.get_mut(&vm) else {
             return Some(Err(Status::Aborted));
         };
@@ -312,6 +339,33 @@ impl Backend for IsolatedBackend {
             .values()
             .any(|w| !w.pending.is_empty())
             .then_some(Duration::ZERO)
+    }
+
+    fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.wake.as_ref().map(|w| w.as_fd())
+    }
+
+    fn arm_wake(&mut self, _early: Duration) -> Wake {
+        // A worker cannot say when its device work ends, only that it has: each worker with
+        // work in flight writes the wake fd once it posted answers. Its own wait on its device
+        // is the worker's business (it blocks on its backend's wake fd in turn). While a worker
+        // with work in flight still polls, it expects its answer soon (the same rule, applied
+        // in the worker): vgpud polls with it instead of paying a wake-up — on a host short of
+        // cores, the worker's answer is late because it waits for a CPU, not for the device.
+        let busy = || self.workers.values().filter(|w| !w.pending.is_empty());
+        if busy().any(|w| w.link.worker_polling()) {
+            return Wake::Poll;
+        }
+        let mut ready = false;
+        for w in self.workers.values_mut().filter(|w| !w.pending.is_empty()) {
+            ready |= w.link.arm_wake();
+        }
+        self.armed = true;
+        if ready {
+            Wake::Poll
+        } else {
+            Wake::Armed(Some(LIVENESS_RECHECK))
+        }
     }
 
     fn orders_streams(&self) -> bool {

@@ -23,8 +23,12 @@ pub const FD_REGION: RawFd = 3;
 pub const FD_RING: RawFd = 4;
 /// The doorbell eventfd (vgpud → worker) in the worker.
 pub const FD_DOORBELL: RawFd = 5;
+/// The wake eventfd (worker → vgpud): written after the worker posted answers while vgpud
+/// asked for it (`CQ_FLAG_IRQ` in the private ring, set by a vgpud that blocks on it). One for
+/// all of a device's workers: all a worker can do with it is wake vgpud.
+pub const FD_WAKE: RawFd = 6;
 /// The fds the worker receives, in order of their numbers from [`FD_REGION`].
-pub const FD_COUNT: usize = 3;
+pub const FD_COUNT: usize = 4;
 
 /// Size of the private ring memfd.
 pub const RING_SIZE: u64 = 512 << 10;
@@ -88,6 +92,9 @@ pub struct WorkerArgs {
     pub staging_size: u64,
     /// How long the worker keeps polling its ring after the last work, in microseconds.
     pub poll_us: u64,
+    /// Whether the worker blocks on its backend's wake fd once `poll_us` passed with device
+    /// work pending (`device_wait = "block"`), instead of polling the device.
+    pub block: bool,
     /// The first module or function handle the worker gives out (its context's serial number
     /// in bits 32..63), so that handles are unique across VMs without translation.
     pub first_handle: u64,
@@ -112,6 +119,8 @@ impl WorkerArgs {
             self.staging_size.to_string(),
             "--poll-us".into(),
             self.poll_us.to_string(),
+            "--block".into(),
+            u8::from(self.block).to_string(),
             "--first-handle".into(),
             self.first_handle.to_string(),
         ];
@@ -158,6 +167,7 @@ impl WorkerArgs {
         let staging_offset = num("--staging-offset", take("--staging-offset")?)?;
         let staging_size = num("--staging-size", take("--staging-size")?)?;
         let poll_us = num("--poll-us", take("--poll-us")?)?;
+        let block = num::<u8>("--block", take("--block")?)? != 0;
         let first_handle = num("--first-handle", take("--first-handle")?)?;
         let kind = match backend {
             "cuda" => WorkerKind::Cuda {
@@ -179,6 +189,7 @@ impl WorkerArgs {
             staging_offset,
             staging_size,
             poll_us,
+            block,
             first_handle,
         })
     }
@@ -205,6 +216,7 @@ mod tests {
                 staging_offset: 0x10000,
                 staging_size: 123456,
                 poll_us: 50,
+                block: true,
                 first_handle: 7 << 32 | 1,
             };
             assert_eq!(WorkerArgs::parse(&a.to_args()), Ok(a.clone()));

@@ -1,14 +1,20 @@
 //! The worker process: one VM's context on the real backend, fed through the private ring.
 //!
 //! It consumes requests like vgpud consumes a guest's ring and answers each once its work has
-//! retired. While it has work (or within `poll_us` of the last) it spins, with
-//! `SQ_FLAG_HOST_POLLING` set so that vgpud skips the doorbell; then it clears the flag,
-//! re-checks the ring and sleeps on the doorbell eventfd.
+//! retired. Within `poll_us` of its last progress it spins, with `SQ_FLAG_HOST_POLLING` set so
+//! that vgpud skips the doorbell; then it clears the flag, re-checks the ring and sleeps on the
+//! doorbell eventfd — and, while device work is pending, on its backend's wake fd too
+//! (`--block 1`; the executor's rule, see [`crate::backend::Backend::arm_wake`]). Answers
+//! posted while vgpud asked for them (`CQ_FLAG_IRQ`) are followed by a write of the wake
+//! eventfd vgpud blocks on.
 
-use super::proto::{self, WorkerArgs, WorkerKind, FD_DOORBELL, FD_REGION, FD_RING, READY_TAG};
+use super::proto::{
+    self, WorkerArgs, WorkerKind, FD_DOORBELL, FD_REGION, FD_RING, FD_WAKE, READY_TAG,
+};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
-use crate::backend::{Backend, ContextParams, Issued, Staging, Token, VmStream};
+use crate::backend::wake::{self, SPIN_BEFORE_RETIRE};
+use crate::backend::{Backend, ContextParams, Issued, Staging, Token, VmStream, Wake};
 use memmap2::{MmapMut, MmapOptions};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{FromRawFd, OwnedFd};
@@ -90,6 +96,7 @@ fn open_backend(a: &WorkerArgs) -> Result<Box<dyn Backend>, WorkerError> {
             CudaBackend::open(a.device)
                 .map_err(|e| WorkerError::Backend(e.to_string()))?
                 .with_kernel_accounting(accounting)
+                .with_blocking_wait(a.block)
                 .with_first_handle(a.first_handle),
         ),
         WorkerKind::Cpu { mem, slots } => Box::new(
@@ -107,6 +114,8 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
     let (_ring_fd, _ring_map, ring) = map(FD_RING)?;
     // SAFETY: as for the memfds: placed here by vgpud before exec, owned by nobody else.
     let doorbell = unsafe { OwnedFd::from_raw_fd(FD_DOORBELL) };
+    // SAFETY: as for the doorbell.
+    let vgpud_wake = unsafe { OwnedFd::from_raw_fd(FD_WAKE) };
     let layout = proto::ring_layout()?;
     if ring.len() as u64 != layout.shm_size {
         return Err(WorkerError::Fd {
@@ -189,6 +198,7 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
     let mut shared = true;
     loop {
         let mut progress = false;
+        let mut answered = false;
         let n = sq.available()?;
         let now_shared = ring.load_u32(proto::REG_SHARED) != 0;
         if now_shared != shared {
@@ -199,47 +209,91 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
             let sqe = sq.pop();
             if let Some(c) = w.handle(&sqe) {
                 answer(&mut cq, c);
+                answered = true;
             }
             progress = true;
         }
         for c in w.retire() {
             answer(&mut cq, c);
+            answered = true;
             progress = true;
+        }
+        if answered {
+            // Pairs with vgpud's "ask for the wake fd, fence, look at the answers".
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            if cq.irq_wanted() {
+                wake::signal(&vgpud_wake);
+            }
         }
         if progress {
             last_work = Instant::now();
             continue;
         }
-        if !w.pending.is_empty() {
-            // Device work in flight: keep polling it (a backend that knows when it retires,
-            // like the cpu backend, lets the worker nap briefly instead).
+        // Device work may end any moment: polled for at least `SPIN_BEFORE_RETIRE` (the
+        // executor's rule) so that short work never pays a wake-up.
+        let spin = if w.pending.is_empty() {
+            window
+        } else {
+            window.max(SPIN_BEFORE_RETIRE)
+        };
+        if last_work.elapsed() < spin {
+            std::hint::spin_loop();
+            continue;
+        }
+        // How long a wake of the device may take to come, where it can be lost.
+        let mut recheck = None;
+        let device_wake = if w.pending.is_empty() {
+            None
+        } else if !a.block {
+            // `device_wait = "spin"`: keep polling the device (a backend that knows when its
+            // work retires, like the cpu backend, lets the worker nap briefly instead).
             match w.be.poll_hint() {
                 Some(d) if !d.is_zero() => std::thread::sleep(d.min(Duration::from_micros(100))),
                 _ => std::hint::spin_loop(),
             }
             continue;
-        }
-        if last_work.elapsed() < window {
-            std::hint::spin_loop();
-            continue;
-        }
-        // Idle: clear the flag (with a fence), re-check, then sleep on the doorbell.
+        } else {
+            match (w.be.wake_fd().is_some(), w.be.arm_wake(SPIN_BEFORE_RETIRE)) {
+                (true, Wake::Armed(r)) => {
+                    recheck = r;
+                    w.be.wake_fd()
+                }
+                // Retirement is near (or the backend cannot signal it): poll.
+                _ => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+            }
+        };
+        // Idle, or blocked on the device: clear the flag (with a fence), re-check, then sleep
+        // on the doorbell (and the device's wake fd).
         sq.set_polling(false);
         if sq.available()? == 0 {
-            let mut fds = [PollFd::new(&doorbell, PollFlags::IN)];
-            let second = rustix::time::Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
+            let limit = recheck.unwrap_or(Duration::from_secs(1));
+            let limit = rustix::time::Timespec {
+                tv_sec: limit.as_secs() as _,
+                tv_nsec: limit.subsec_nanos() as _,
             };
-            match poll(&mut fds, Some(&second)) {
+            let mut fds = vec![PollFd::new(&doorbell, PollFlags::IN)];
+            if let Some(fd) = device_wake {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+            }
+            match poll(&mut fds, Some(&limit)) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => warn!("worker: poll: {e}"),
             }
-            let mut b = [0u8; 8];
-            let _ = rustix::io::read(&doorbell, &mut b);
+            wake::drain(&doorbell);
+            if let Some(fd) = device_wake {
+                wake::drain(fd);
+            }
         }
         sq.set_polling(true);
-        last_work = Instant::now();
+        if device_wake.is_none() {
+            last_work = Instant::now();
+        }
+        // With device work pending no new window: a wake that finds nothing retired (the cpu
+        // backend's timer fires `SPIN_BEFORE_RETIRE` early) polls until it does, without
+        // spinning `poll_us` first; a wake that finds a request or an answer opens one above.
     }
 }
 
