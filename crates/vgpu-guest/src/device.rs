@@ -244,8 +244,33 @@ impl Device {
         }
     }
 
-    /// Waits for a completion interrupt; `Ok(false)` on timeout. Socket transport only
-    /// (PCI: [`Error::NotSupported`]).
+    /// Whether waits for completions may block on the transport's completion interrupt (the
+    /// default; it is used where the transport has one) or always poll (spin, yield, sleep).
+    pub fn use_interrupts(&self, on: bool) {
+        self.irq_usable.store(on, Ordering::Relaxed);
+    }
+
+    /// How a wait for a completion ends: `"msi-x"` (PCI device driven through VFIO),
+    /// `"eventfd"` (socket transport), or `"poll"` (no interrupt, or turned off with
+    /// [`Device::use_interrupts`]).
+    pub fn wait_mode(&self) -> &'static str {
+        match self.transport.wait_kind() {
+            Some(kind) if self.irq_usable.load(Ordering::Relaxed) => kind,
+            _ => "poll",
+        }
+    }
+
+    /// [`Device::wait_mode`], and for a transport that could have had an interrupt, why it
+    /// has none: `poll (no VFIO: the vfio-pci driver is not loaded (modprobe vfio-pci))`.
+    pub fn wait_description(&self) -> String {
+        match self.transport.poll_reason() {
+            Some(why) => format!("{} (no VFIO: {why})", self.wait_mode()),
+            None => self.wait_mode().to_string(),
+        }
+    }
+
+    /// Waits for a completion interrupt; `Ok(false)` on timeout. Socket transport, and PCI
+    /// through VFIO (else [`Error::NotSupported`]).
     pub fn wait_irq(&self, timeout: Duration) -> Result<bool, Error> {
         self.transport.wait_irq(timeout)
     }

@@ -340,7 +340,8 @@ impl<W: Write> Run<'_, W> {
 }
 
 /// Runs the self-test, printing one line per step to `out`, first the identity line
-/// `vgpu: vm_id=… pool_id=… priority=… name=…`, last `selftest: PASS (N commands)` or
+/// `vgpu: vm_id=… pool_id=… priority=… name=…` and how completions are awaited
+/// (`wait: msi-x`, `wait: eventfd` or `wait: poll …`, see [`Device::wait_description`]), last `selftest: PASS (N commands)` or
 /// `selftest: FAIL reason`. Returns whether it passed.
 pub fn run(dev: &Device, opts: &Options, mut out: impl Write) -> bool {
     let info = dev.info();
@@ -349,6 +350,7 @@ pub fn run(dev: &Device, opts: &Options, mut out: impl Write) -> bool {
         "vgpu: vm_id={} pool_id={} priority={} name={}",
         info.vm_id, info.pool_id, info.priority, info.vm_name
     );
+    let _ = writeln!(out, "wait: {}", dev.wait_description());
     let before = dev.commands_submitted();
     let mut run = Run {
         dev,

@@ -5,8 +5,9 @@
 //! What is modelled: several threads of one `Device` waiting for their completions, each
 //! blocking on the completion interrupt (`Device::wait` → `Backoff::snooze_or` →
 //! `Device::block`), the interrupt armed while any thread waits (`irq_waiters`,
-//! `Device::unwait`), the socket transport's interrupt wait (`SocketTransport::irq_epoch`,
-//! `SocketTransport::wait_irq_since`: an interrupt another thread took ends a stale wait), and
+//! `Device::unwait`), the transports' interrupt wait (`IrqEventfd::epoch`,
+//! `IrqEventfd::wait_since`, shared by the socket and the VFIO transports: an interrupt another
+//! thread took ends a stale wait), and
 //! vgpud posting completions (`Channel::complete` + `Channel::flush_irq`).
 //!
 //! How: the ring calls are the shipped code (`vgpu_abi::ring::{CqProducer, CqConsumer}` on a
@@ -31,9 +32,9 @@
 //!    interrupt armed (so no interrupt comes): the waiter blocked with its completion already in
 //!    `pending` until its wait timed out (`without_seq_check_completion_drained_by_another`).
 //!    The shipped re-check also ends the wait when `Rings::seq` moved since the caller looked.
-//! 3. `as_shipped_waiter_behind_irq_lock`: `SocketTransport::wait_irq_since` holds `irq_lock`
+//! 3. `as_shipped_waiter_behind_irq_lock`: `IrqEventfd::wait_since` holds its `lock`
 //!    while it blocks in `poll`. Waiter A may drain B's completion into `pending`, take the
-//!    interrupt meant for B, and block again holding `irq_lock`; B, whose epoch is stale,
+//!    interrupt meant for B, and block again holding that lock; B, whose epoch is stale,
 //!    cannot even look at the epoch until A's poll ends: its completion waits for A's timeout
 //!    (up to `IRQ_WAIT`, or the back-off's sleep) or A's own completion.
 //!    `proposed_transport_waiter_not_stuck` checks a transport where one thread polls and the
@@ -79,7 +80,7 @@ mod cross_check {
 
     const DEVICE: &str = include_str!("../src/device.rs");
     const RING: &str = include_str!("../src/device/ring.rs");
-    const SOCKET: &str = include_str!("../src/transport/socket.rs");
+    const IRQ: &str = include_str!("../src/transport/irq.rs");
     const WAIT: &str = include_str!("../src/wait.rs");
 
     #[test]
@@ -150,30 +151,30 @@ mod cross_check {
     }
 
     #[test]
-    fn socket_wait_sequence() {
-        let w = body(SOCKET, "wait_irq_since");
+    fn irq_wait_sequence() {
+        let w = body(IRQ, "wait_since");
         in_order(
-            "SocketTransport::wait_irq_since",
+            "IrqEventfd::wait_since",
             w,
             &[
-                "self.irq_lock.lock()",
+                "self.lock.lock()",
                 "loop",
-                "if self.irq_epoch() != epoch",
+                "if self.epoch() != epoch",
                 "return Ok(true)",
                 "rustix::event::poll(",
                 "rustix::io::read(",
-                "self.irq_taken.fetch_add(1",
+                "self.taken.fetch_add(1",
             ],
         );
         assert!(
             !w.contains("drop(_g)") && !w.contains("Condvar"),
-            "wait_irq_since no longer holds irq_lock across poll: update `Transport::Shipped` \
+            "wait_since no longer holds its lock across poll: update `Transport::Shipped` \
              and `as_shipped_waiter_behind_irq_lock`"
         );
         in_order(
-            "SocketTransport::irq_epoch",
-            body(SOCKET, "irq_epoch"),
-            &["self.irq_taken.load("],
+            "IrqEventfd::epoch",
+            body(IRQ, "epoch"),
+            &["self.taken.load("],
         );
     }
 }
@@ -217,7 +218,7 @@ mod model {
     /// Which interrupt wait the transport does.
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Transport {
-        /// `SocketTransport::wait_irq_since` as shipped.
+        /// `IrqEventfd::wait_since` as shipped.
         Shipped,
         /// The proposed fix: one poller, the others wait for the epoch to change.
         Proposed,
@@ -308,9 +309,9 @@ mod model {
         /// The eventfd's counter (vgpud adds, a read takes all).
         counter: Mutex<u64>,
         readable: Condvar,
-        /// `SocketTransport::irq_lock`.
+        /// `IrqEventfd::lock`.
         irq_lock: Mutex<()>,
-        /// `SocketTransport::irq_taken`.
+        /// `IrqEventfd::taken`.
         irq_taken: AtomicU64,
         /// Proposed transport: whether a thread is polling the eventfd.
         poller: Mutex<bool>,
@@ -333,12 +334,12 @@ mod model {
             *c = 0;
         }
 
-        /// Mirrors `SocketTransport::irq_epoch`.
+        /// Mirrors `IrqEventfd::epoch`.
         fn irq_epoch(&self) -> u64 {
             self.irq_taken.load(SeqCst)
         }
 
-        /// Mirrors `SocketTransport::wait_irq_since` (without its timeout, see the module
+        /// Mirrors `IrqEventfd::wait_since` (without its timeout, see the module
         /// docs), or the proposed variant.
         fn wait_irq_since(&self, epoch: u64, v: Variant) {
             match v.transport {

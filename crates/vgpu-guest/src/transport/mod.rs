@@ -1,6 +1,8 @@
-//! How the guest reaches the device: through the PCI device's BARs inside a VM ([`pci`]), or
-//! as an ivshmem client process on the vgpud socket ([`socket`]). Both give a shared-memory
-//! mapping (BAR2) and a way to ring a peer's doorbell; everything above is the same.
+//! How the guest reaches the device: through the PCI device's BARs inside a VM ([`pci`], with
+//! MSI-X completion interrupts where the device can be driven through VFIO, [`vfio`]), or as
+//! an ivshmem client process on the vgpud socket ([`socket`]). Both give a shared-memory
+//! mapping (BAR2) and a way to ring a peer's doorbell, and most give a completion interrupt
+//! as an eventfd; everything above is the same.
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +13,11 @@ use vgpu_abi::ShmView;
 
 use crate::Error;
 
+mod irq;
 pub(crate) mod mmio;
 pub mod pci;
 pub mod socket;
+pub mod vfio;
 
 pub use pci::PciTransport;
 pub use socket::SocketTransport;
@@ -88,6 +92,15 @@ pub(crate) trait Transport: Send + Sync + Debug {
     fn wait_irq_since(&self, epoch: u64, timeout: Duration) -> Result<bool, Error> {
         let _ = epoch;
         self.wait_irq(timeout)
+    }
+    /// What [`Transport::wait_irq`] waits on ("msi-x", "eventfd"), or `None` when the
+    /// transport has no interrupt and waiters poll.
+    fn wait_kind(&self) -> Option<&'static str> {
+        None
+    }
+    /// Why the transport has no interrupt, where it could have one.
+    fn poll_reason(&self) -> Option<String> {
+        None
     }
     /// A short description ("pci 0000:00:04.0", "socket /run/vgpu/vm1.sock").
     fn describe(&self) -> String;
