@@ -53,6 +53,16 @@ impl SharedMapping {
         unsafe { ShmView::new(map.as_mut_ptr(), self.len) }
     }
 
+    /// Checks the vgpu magic and ABI version at the start of the mapping.
+    pub(crate) fn check_compat(&self) -> Result<(), Error> {
+        let v = self.view();
+        vgpu_abi::check_compat(
+            v.load_u64(vgpu_abi::regs::off::MAGIC),
+            v.load_u32(vgpu_abi::regs::off::ABI_VERSION),
+        )?;
+        Ok(())
+    }
+
     /// Never unmap this mapping (it is leaked when `self` is dropped).
     pub(crate) fn keep_mapped(&self) {
         self.keep.store(true, Ordering::SeqCst);

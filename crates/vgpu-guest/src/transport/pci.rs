@@ -127,11 +127,7 @@ impl PciTransport {
             Ok(v) => Self::from_vfio(dir, v),
             Err(e) => Self::open_sysfs(dir, e.to_string())?,
         };
-        let shm = t.bar2.view();
-        vgpu_abi::check_compat(
-            shm.load_u64(vgpu_abi::regs::off::MAGIC),
-            shm.load_u32(vgpu_abi::regs::off::ABI_VERSION),
-        )?;
+        t.bar2.check_compat()?;
         Ok(t)
     }
 

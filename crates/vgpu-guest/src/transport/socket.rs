@@ -223,11 +223,7 @@ impl SocketTransport {
             peers: s.peers,
             irq: IrqEventfd::new(irq),
         };
-        let v = t.shm.view();
-        vgpu_abi::check_compat(
-            v.load_u64(vgpu_abi::regs::off::MAGIC),
-            v.load_u32(vgpu_abi::regs::off::ABI_VERSION),
-        )?;
+        t.shm.check_compat()?;
         Ok(t)
     }
 
