@@ -1,5 +1,7 @@
 //! `cargo xtask bench <name> [--json FILE]`: build `vgpu-bench` and run it, output streamed,
-//! exit code propagated.
+//! exit code propagated. `wait` is run here: its VM stage boots a guest ([`wait_vm`]).
+
+mod wait_vm;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -7,6 +9,15 @@ use std::process::{Command, ExitCode};
 use crate::build;
 
 pub fn main(name: &str, json: Option<&Path>, rest: &[String]) -> ExitCode {
+    if name == "wait" {
+        return match wait_vm::run(json, rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask bench wait: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The benchmarks that start a real vgpud (sched, gpu, multigpu) run the one next to
     // vgpu-bench: build both packages.
     if let Err(e) = build::cargo_build_release(&["vgpu-bench", "vgpu-mediator"]) {
