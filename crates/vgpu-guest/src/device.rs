@@ -23,7 +23,7 @@ use std::time::Duration;
 use vgpu_abi::{Layout, ShmView};
 
 use crate::transport::{PciTransport, SocketTransport, Transport};
-use crate::wait::Backoff;
+use crate::wait::{irq_block, Backoff};
 use crate::Error;
 
 mod builtins;
@@ -186,15 +186,25 @@ impl Device {
 
     /// Blocks waiting for a completion: on the completion interrupt where the transport has
     /// one (armed here while any thread waits; the interrupt ends the wait as soon as vgpud
-    /// posts), else by sleeping `d`. The interrupt wait lasts `d`, or, for a waiter that
-    /// blocks without spinning ([`Device::set_eager_wait`] off) when only a completion can end
-    /// the wait (`only_completions`), up to [`IRQ_WAIT`]: such a waiter then wakes once per
-    /// completion instead of every few microseconds. (An eager waiter keeps the short, growing
-    /// waits: on an H200 host, one long wait made 64 MiB copies 2–3% slower, probably as the
-    /// CPU went deeper idle; see BENCHMARKS.md.) A caller that asked for interrupts itself
-    /// ([`Device::enable_irq`]) keeps them: this then only sleeps.
-    fn block(&self, d: Duration, only_completions: bool, seen: u64) {
+    /// posts), else by sleeping `d`. An eager waiter sleeps instead during the first
+    /// [`Transport::poll_before_irq`] of its wait (`waited` so far): where an interrupt costs
+    /// more than a short poll (in a VM, MSI-X delivery runs on the vCPU), short commands are
+    /// polled and only long waits arm the interrupt. The interrupt wait lasts `d`, or, for a
+    /// waiter that blocks without spinning ([`Device::set_eager_wait`] off) when only a
+    /// completion can end the wait (`only_completions`), up to [`IRQ_WAIT`]: such a waiter
+    /// then wakes once per completion instead of every few microseconds. (An eager waiter
+    /// keeps the short, growing waits: on an H200 host, one long wait made 64 MiB copies 2–3%
+    /// slower, probably as the CPU went deeper idle; see BENCHMARKS.md.) Either grows with the
+    /// time waited once the wait is long ([`crate::wait::irq_block`]), so that a waiter on a
+    /// kernel of a second wakes tens of times, not a thousand. A caller that asked for
+    /// interrupts itself ([`Device::enable_irq`]) keeps them: this then only sleeps.
+    fn block(&self, d: Duration, waited: Duration, only_completions: bool, seen: u64) {
         if !self.irq_usable.load(Ordering::Relaxed) {
+            std::thread::sleep(d);
+            return;
+        }
+        let eager = self.eager_wait.load(Ordering::Relaxed);
+        if eager && waited < self.transport.poll_before_irq() {
             std::thread::sleep(d);
             return;
         }
@@ -223,8 +233,11 @@ impl Device {
             }
             epoch
         };
-        let long = only_completions && !self.eager_wait.load(Ordering::Relaxed);
-        let bound = if long { d.max(IRQ_WAIT) } else { d };
+        let bound = match (only_completions, eager) {
+            (false, _) => d,
+            (true, true) => irq_block(d, waited, Duration::ZERO),
+            (true, false) => irq_block(d, waited, IRQ_WAIT),
+        };
         match self.transport.wait_irq_since(epoch, bound) {
             Ok(_) => {}
             Err(Error::NotSupported(_)) => {

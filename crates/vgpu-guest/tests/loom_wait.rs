@@ -94,7 +94,7 @@ mod cross_check {
                 "r.take(tag)",
                 "return Ok(c)",
                 "r.seq",
-                "snooze_or(|d| self.block(d, true, seen))",
+                "snooze_or(|d, waited| self.block(d, waited, true, seen))",
             ],
         );
         in_order(

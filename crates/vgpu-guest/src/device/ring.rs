@@ -193,7 +193,7 @@ impl Device {
                 }
                 r.seq
             };
-            backoff.snooze_or(|d| self.block(d, true, seen));
+            backoff.snooze_or(|d, waited| self.block(d, waited, true, seen));
         }
     }
 
@@ -323,7 +323,7 @@ impl Device {
             } else {
                 // While entries still wait for ring space, look again after `d`: space frees as
                 // vgpud takes entries, which raises no interrupt.
-                backoff.snooze_or(|d| self.block(d, pushed == n, seen));
+                backoff.snooze_or(|d, waited| self.block(d, waited, pushed == n, seen));
             }
         }
     }

@@ -108,6 +108,11 @@ pub(crate) trait Transport: Send + Sync + Debug {
     fn wait_kind(&self) -> Option<&'static str> {
         None
     }
+    /// How long an eager waiter polls before it arms the interrupt: zero where an interrupt is
+    /// as cheap as a wake-up from a sleep (an eventfd on the host).
+    fn poll_before_irq(&self) -> Duration {
+        Duration::ZERO
+    }
     /// Why the transport has no interrupt, where it could have one.
     fn poll_reason(&self) -> Option<String> {
         None

@@ -18,6 +18,12 @@ use super::vfio::{VfioDevice, VfioFds};
 use super::{irq::IrqEventfd, SharedMapping, Transport};
 use crate::Error;
 
+/// How long an eager waiter polls before it arms MSI-X: in a VM the interrupt is delivered on
+/// the vCPU (an injection, the guest's handler, VFIO's eventfd, a wake-up), which under TCG
+/// costs a few hundred microseconds of the vCPU per interrupt, more than a short command's
+/// whole round trip when polled. Work that takes longer is waited for on the interrupt.
+const MSIX_POLL_FIRST: Duration = Duration::from_millis(1);
+
 /// Where sysfs lists PCI devices.
 pub const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
@@ -276,6 +282,10 @@ impl Transport for PciTransport {
             Wait::Msix { .. } => Some("msi-x"),
             Wait::Poll { .. } => None,
         }
+    }
+
+    fn poll_before_irq(&self) -> Duration {
+        MSIX_POLL_FIRST
     }
 
     fn poll_reason(&self) -> Option<String> {
