@@ -64,8 +64,9 @@ enum Cmd {
         kernel_ms: Option<u32>,
     },
     /// Measure what waiting costs: this process's CPU time while it waits for busy kernels,
-    /// and the round trip of a nop; with the completion interrupt (where there is one) and
-    /// polling. Prints one `bench-wait: {json}` line per mode.
+    /// the round trip of a nop, and how late the completion of a 5 ms kernel reaches the
+    /// waiter; with the completion interrupt (where there is one) and polling. Prints one
+    /// `bench-wait: {json}` line per mode.
     BenchWait {
         /// Duration of each busy kernel, in milliseconds.
         #[arg(long, default_value_t = 1000)]
@@ -76,6 +77,9 @@ enum Cmd {
         /// Nop round trips per mode.
         #[arg(long, default_value_t = 2000)]
         iters: u32,
+        /// 5 ms busy kernels per mode whose completion latency is measured.
+        #[arg(long, default_value_t = 200)]
+        medium: u32,
     },
     /// Measure synchronous nop round trips.
     BenchNop {
@@ -157,17 +161,21 @@ fn info(dev: &Device) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sorted round trips of `iters` nops (after a warm-up), and how long they all took.
-fn nop_round_trips(dev: &Device, iters: u32) -> anyhow::Result<(Vec<Duration>, Duration)> {
+/// Sorted times of `iters` synchronous commands `cmd` (after a warm-up of up to 100), and how
+/// long they all took.
+fn round_trips(
+    iters: u32,
+    mut cmd: impl FnMut() -> Result<(), vgpu_guest::Error>,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
     let iters = iters.max(1);
     for _ in 0..iters.min(100) {
-        dev.nop()?;
+        cmd()?;
     }
     let mut t: Vec<Duration> = Vec::with_capacity(iters as usize);
     let all = Instant::now();
     for _ in 0..iters {
         let s = Instant::now();
-        dev.nop()?;
+        cmd()?;
         t.push(s.elapsed());
     }
     let total = all.elapsed();
@@ -200,7 +208,17 @@ fn cpu_time() -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 10))
 }
 
-fn bench_wait(dev: &Device, kernel_ms: u32, kernels: u32, iters: u32) -> anyhow::Result<()> {
+/// The busy kernel whose completion latency `bench-wait` measures: longer than the time a
+/// waiter polls before it arms MSI-X (1 ms), so that with interrupts the interrupt ends it.
+const MEDIUM_KERNEL_US: u32 = 5000;
+
+fn bench_wait(
+    dev: &Device,
+    kernel_ms: u32,
+    kernels: u32,
+    iters: u32,
+    medium: u32,
+) -> anyhow::Result<()> {
     let kernels = kernels.max(1);
     let mut modes = vec![dev.wait_mode()];
     if modes[0] != "poll" {
@@ -217,24 +235,31 @@ fn bench_wait(dev: &Device, kernel_ms: u32, kernels: u32, iters: u32) -> anyhow:
         }
         let waited = wall0.elapsed();
         let cpu = cpu_time()?.saturating_sub(cpu0);
-        let (t, _) = nop_round_trips(dev, iters)?;
+        let (t, _) = round_trips(iters, || dev.nop())?;
+        // How long after its 5 ms the medium kernel's completion reached the waiter.
+        let (m, _) = round_trips(medium, || dev.busy(MEDIUM_KERNEL_US))?;
+        let late = |p| quantile_us(&m, p) - f64::from(MEDIUM_KERNEL_US);
         println!(
             "bench-wait: {{\"wait\":\"{mode}\",\"kernels\":{kernels},\"kernel_ms\":{kernel_ms},\
              \"waited_s\":{:.3},\"cpu_s\":{:.3},\"cpu_pct\":{:.2},\"nop_iters\":{},\
-             \"nop_p50_us\":{:.1},\"nop_p99_us\":{:.1}}}",
+             \"nop_p50_us\":{:.1},\"nop_p99_us\":{:.1},\"busy5ms_iters\":{},\
+             \"busy5ms_late_p50_us\":{:.1},\"busy5ms_late_p99_us\":{:.1}}}",
             waited.as_secs_f64(),
             cpu.as_secs_f64(),
             100.0 * cpu.as_secs_f64() / waited.as_secs_f64(),
             t.len(),
             quantile_us(&t, 0.50),
             quantile_us(&t, 0.99),
+            m.len(),
+            late(0.50),
+            late(0.99),
         );
     }
     Ok(())
 }
 
 fn bench_nop(dev: &Device, iters: u32) -> anyhow::Result<()> {
-    let (t, total) = nop_round_trips(dev, iters)?;
+    let (t, total) = round_trips(iters, || dev.nop())?;
     let pct = |p: f64| quantile_us(&t, p);
     println!(
         "bench-nop: iters={iters} p50={:.2}us p99={:.2}us min={:.2}us max={:.2}us rate={:.0}/s",
@@ -308,7 +333,8 @@ fn main() -> ExitCode {
             kernel_ms,
             kernels,
             iters,
-        }) => bench_wait(&dev, kernel_ms, kernels, iters),
+            medium,
+        }) => bench_wait(&dev, kernel_ms, kernels, iters, medium),
         Some(Cmd::Stress {
             copy_mib,
             kernel_ms,
