@@ -103,13 +103,12 @@ pub fn run(json_out: Option<&Path>, rest: &[String]) -> Result<()> {
         "busy5ms_late_p50_us",
         "busy5ms_late_p99_us",
     ];
-    println!(
-        "  {:<6} {}",
-        "wait",
-        COLUMNS.map(|c| format!("{c:>10}")).join(" ")
-    );
+    println!("  {:<6} {}", "wait", COLUMNS.join(" "));
     for r in &results {
-        let cells = COLUMNS.map(|c| format!("{:>10.2}", r[c].as_f64().unwrap_or(f64::NAN)));
+        let cells = COLUMNS.map(|c| {
+            let w = c.len();
+            format!("{:>w$.2}", r[c].as_f64().unwrap_or(f64::NAN))
+        });
         println!(
             "  {:<6} {}",
             r["wait"].as_str().unwrap_or("?"),
