@@ -24,14 +24,19 @@ const LONG_WAIT: Duration = Duration::from_millis(16);
 /// The longest single block on the interrupt: what still bounds a wait that only the interrupt
 /// ends is the fence and timeout checks between blocks.
 const IRQ_WAIT_MAX: Duration = Duration::from_millis(100);
+/// Past [`LONG_WAIT`], a block on the interrupt may last the time waited divided by this. Not
+/// [`SLEEP_FRACTION`]: that bounds how far a sleep overshoots the completion, and the
+/// interrupt ends a block at the completion; what is left to bound is how late a fence or a
+/// timeout is noticed.
+const IRQ_BLOCK_FRACTION: u32 = 4;
 
 /// How long one block on the completion interrupt may last, for a back-off that offered `d`
-/// after `waited`, with at least `floor`: past [`LONG_WAIT`], a `1/SLEEP_FRACTION` of the time
-/// waited, up to [`IRQ_WAIT_MAX`] (the interrupt ends the block as soon as vgpud posts).
+/// after `waited`, with at least `floor`: past [`LONG_WAIT`], a quarter of the time waited, up
+/// to [`IRQ_WAIT_MAX`] (the interrupt ends the block as soon as vgpud posts).
 pub(crate) fn irq_block(d: Duration, waited: Duration, floor: Duration) -> Duration {
     let b = d.max(floor);
     if waited >= LONG_WAIT {
-        b.max((waited / SLEEP_FRACTION).min(IRQ_WAIT_MAX))
+        b.max((waited / IRQ_BLOCK_FRACTION).min(IRQ_WAIT_MAX))
     } else {
         b
     }
@@ -79,6 +84,11 @@ impl Backoff {
         } else {
             Self::blocking()
         };
+    }
+
+    /// Whether the next snooze blocks (spinning and yielding are over).
+    pub(crate) fn is_blocking(&self) -> bool {
+        !self.spinning && self.yields >= YIELDS
     }
 
     /// Waits a little, longer each call.
@@ -154,9 +164,9 @@ mod tests {
         assert_eq!(irq_block(us(40), ms(1), Duration::ZERO), us(40));
         assert_eq!(irq_block(us(40), ms(1), ms(2)), ms(2));
         assert_eq!(irq_block(us(40), ms(15), Duration::ZERO), us(40));
-        // Long waits: a sixteenth of the time waited, up to the maximum.
-        assert_eq!(irq_block(ms(1), ms(32), Duration::ZERO), ms(2));
-        assert_eq!(irq_block(ms(1), ms(800), Duration::ZERO), ms(50));
+        // Long waits: a quarter of the time waited, up to the maximum.
+        assert_eq!(irq_block(ms(1), ms(32), Duration::ZERO), ms(8));
+        assert_eq!(irq_block(ms(1), ms(200), Duration::ZERO), ms(50));
         assert_eq!(
             irq_block(ms(1), Duration::from_secs(60), ms(2)),
             IRQ_WAIT_MAX

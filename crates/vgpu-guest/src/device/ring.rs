@@ -170,8 +170,9 @@ impl Device {
                     return Ok(c);
                 }
                 polls = polls.wrapping_add(1);
-                // The status register and the clock are read every 64 polls only.
-                let give_up = if !polls.is_multiple_of(64) {
+                // While spinning, the status register and the clock are read every 64 polls
+                // only; once blocking (a block may last up to 100 ms), at every poll.
+                let give_up = if !polls.is_multiple_of(64) && !backoff.is_blocking() {
                     None
                 } else if let Err(e) = self.fenced() {
                     Some(e)
