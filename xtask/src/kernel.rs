@@ -78,9 +78,15 @@ fn cached(vmlinuz: &Path) -> Result<Kernel> {
         .parent()
         .expect("vmlinuz has a parent")
         .join("modules");
-    let modules = modules_in(&dir)?;
+    let modules = modules_in(&dir).unwrap_or_default();
     if !vmlinuz.is_file() || modules.len() != VFIO_MODULES.len() {
-        bail!("no complete kernel cache at {}", vmlinuz.display());
+        bail!(
+            "no complete kernel cache at {} (the kernel and its {} VFIO modules in {}): \
+             run once as root, or where apt can resolve {META_PACKAGE}, to download it",
+            vmlinuz.display(),
+            VFIO_MODULES.len(),
+            dir.display()
+        );
     }
     Ok(Kernel {
         vmlinuz: vmlinuz.to_path_buf(),
