@@ -45,15 +45,27 @@ const VFIO_DEVICE_GET_REGION_INFO: u64 = vfio_io(8);
 const VFIO_DEVICE_GET_IRQ_INFO: u64 = vfio_io(9);
 const VFIO_DEVICE_SET_IRQS: u64 = vfio_io(10);
 
+/// What `VFIO_GET_API_VERSION` answers.
 const VFIO_API_VERSION: i32 = 0;
+/// IOMMU backends (`VFIO_CHECK_EXTENSION`, `VFIO_SET_IOMMU`), the newer preferred.
 const VFIO_TYPE1_IOMMU: u64 = 1;
 const VFIO_TYPE1V2_IOMMU: u64 = 3;
+/// `vfio_group_status.flags`: every device of the group is bound to VFIO (or to no driver).
 const VFIO_GROUP_FLAGS_VIABLE: u32 = 1;
+/// `vfio_region_info.flags`: the region may be mapped through the device fd.
 const VFIO_REGION_INFO_FLAG_MMAP: u32 = 1 << 2;
-const VFIO_PCI_BAR0_REGION_INDEX: u32 = 0;
-const VFIO_PCI_BAR2_REGION_INDEX: u32 = 2;
-const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
+
+/// vfio-pci's region indices: the BARs by number, then ROM (6), then config space.
+#[derive(Clone, Copy, Debug)]
+#[repr(u32)]
+enum RegionIndex {
+    Bar0 = 0,
+    Bar2 = 2,
+    Config = 7,
+}
+/// vfio-pci's interrupt indices: INTx (0), MSI (1), MSI-X (2).
 const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
+/// `vfio_irq_set.flags`: the data are eventfds, to be signalled when the interrupt fires.
 const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
 const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
 
@@ -273,10 +285,10 @@ fn open_dev(path: &str) -> Result<OwnedFd, VfioError> {
         .map_err(io_err(format!("opening {path}")))
 }
 
-fn region_info(device: &File, index: u32) -> Result<Region, VfioError> {
+fn region_info(device: &File, index: RegionIndex) -> Result<Region, VfioError> {
     let mut info = RegionInfo {
         argsz: argsz::<RegionInfo>(),
-        index,
+        index: index as u32,
         ..Default::default()
     };
     // SAFETY: VFIO_DEVICE_GET_REGION_INFO takes a `struct vfio_region_info`, which
@@ -375,10 +387,10 @@ impl VfioDevice {
         // else owns.
         let device = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
 
-        let bar0 = region_info(&device, VFIO_PCI_BAR0_REGION_INDEX)?;
+        let bar0 = region_info(&device, RegionIndex::Bar0)?;
         if bar0.size < vgpu_abi::ivshmem::BAR0_SIZE as u64 {
             return Err(VfioError::Region {
-                index: VFIO_PCI_BAR0_REGION_INDEX,
+                index: RegionIndex::Bar0 as u32,
                 why: format!("BAR0 is {} bytes", bar0.size),
             });
         }
@@ -391,15 +403,15 @@ impl VfioDevice {
         } else {
             None
         };
-        let bar2 = region_info(&device, VFIO_PCI_BAR2_REGION_INDEX)?;
+        let bar2 = region_info(&device, RegionIndex::Bar2)?;
         if !bar2.mmap {
             return Err(VfioError::Region {
-                index: VFIO_PCI_BAR2_REGION_INDEX,
+                index: RegionIndex::Bar2 as u32,
                 why: "BAR2 cannot be mapped".into(),
             });
         }
         let bar2_len = usize::try_from(bar2.size).map_err(|_| VfioError::Region {
-            index: VFIO_PCI_BAR2_REGION_INDEX,
+            index: RegionIndex::Bar2 as u32,
             why: format!("BAR2 of {} bytes", bar2.size),
         })?;
         let bar2_map = MmapOptions::new()
@@ -409,7 +421,7 @@ impl VfioDevice {
             .map_err(io_err("mapping BAR2 through VFIO"))?;
 
         // Bus Master Enable: the device's MSI-X messages are memory writes it masters.
-        let config = region_info(&device, VFIO_PCI_CONFIG_REGION_INDEX)?;
+        let config = region_info(&device, RegionIndex::Config)?;
         let mut cmd = [0u8; 2];
         device
             .read_exact_at(&mut cmd, config.offset + PCI_COMMAND)
