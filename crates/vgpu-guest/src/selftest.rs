@@ -335,6 +335,20 @@ impl<W: Write> Run<'_, W> {
             ));
         }
         self.step(format_args!("free ok, mem used={used}"));
+        let mode = self.dev.wait_mode();
+        if mode != "poll" {
+            // With the flag held up (`enable_irq`), the completion must raise the interrupt.
+            self.dev.enable_irq(true);
+            let r = self.dev.nop().and_then(|()| {
+                self.dev
+                    .wait_irq(std::time::Duration::from_secs(10).min(self.dev.timeout()))
+            });
+            self.dev.enable_irq(false);
+            if !r.map_err(e("completion interrupt"))? {
+                return Err(format!("completion interrupt: no {mode} interrupt came"));
+            }
+            self.step(format_args!("completion interrupt ({mode}) ok"));
+        }
         Ok(())
     }
 }

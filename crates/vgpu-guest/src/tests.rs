@@ -681,6 +681,11 @@ fn selftest_passes_against_the_fake_host() {
     assert_eq!(lines[0], "vgpu: vm_id=7 pool_id=2 priority=3 name=test-vm");
     assert!(text.contains("selftest: saxpy n=65536 ok"), "{text}");
     assert!(text.contains("selftest: sgemm m=n=k=64 ok"), "{text}");
+    assert_eq!(lines[1], "wait: eventfd");
+    assert!(
+        text.contains("selftest: completion interrupt (eventfd) ok"),
+        "{text}"
+    );
     let last = lines.last().unwrap();
     let n = r.dev.commands_submitted();
     assert_eq!(*last, format!("selftest: PASS ({n} commands)"));

@@ -64,8 +64,13 @@ impl Registers {
 /// How completions reach a waiter on the PCI transport.
 #[derive(Debug)]
 enum Wait {
-    /// MSI-X vector 0 through VFIO (the fds keep the device ours).
-    Msix { irq: IrqEventfd, _fds: VfioFds },
+    /// MSI-X vector 0 through VFIO (the device fd and the container and group fds keep the
+    /// device and its interrupt set-up ours: closing them disables MSI-X).
+    Msix {
+        irq: IrqEventfd,
+        _device: File,
+        _fds: VfioFds,
+    },
     /// Polling: why VFIO was not usable.
     Poll { why: String },
 }
@@ -130,30 +135,34 @@ impl PciTransport {
             )));
         }
         let t = match VfioDevice::open(dir) {
-            Ok(v) => Self::from_vfio(dir, v),
+            Ok(v) => Self::from_vfio(dir, v)?,
             Err(e) => Self::open_sysfs(dir, e.to_string())?,
         };
         t.bar2.check_compat()?;
         Ok(t)
     }
 
-    fn from_vfio(dir: &Path, v: VfioDevice) -> Self {
+    fn from_vfio(dir: &Path, v: VfioDevice) -> Result<Self, Error> {
         let bar0 = match v.bar0_map {
             Some(map) => Registers::Mapped(RegisterBar::new(map, ivshmem::BAR0_SIZE)),
             None => Registers::Vfio {
-                device: v.device,
+                device: v
+                    .device
+                    .try_clone()
+                    .map_err(|e| Error::io("duplicating the VFIO device fd", e))?,
                 offset: v.bar0.offset,
             },
         };
-        Self {
+        Ok(Self {
             dir: dir.to_path_buf(),
             bar0,
             bar2: SharedMapping::new(v.bar2, v.bar2_len),
             wait: Wait::Msix {
                 irq: v.irq,
+                _device: v.device,
                 _fds: v.fds,
             },
-        }
+        })
     }
 
     /// Maps the BARs through sysfs; `why` says why VFIO was not used.
