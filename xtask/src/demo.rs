@@ -65,7 +65,11 @@ pub fn run(vm: &VmOpts) -> Result<()> {
     step("preparing guest kernel");
     let kernel = kernel::ensure_kernel()?;
     step("building initramfs");
-    let initrd = initramfs::build(Some(&guest_bin), &paths::vm_dir().join("initramfs.cpio"))?;
+    let initrd = initramfs::build(
+        Some(&guest_bin),
+        &kernel.modules,
+        &paths::vm_dir().join("initramfs.cpio"),
+    )?;
 
     let dir = paths::target_dir().join("vgpu-demo");
     std::fs::create_dir_all(&dir)?;
@@ -86,10 +90,11 @@ pub fn run(vm: &VmOpts) -> Result<()> {
         .iter()
         .map(|c| VmSpec {
             name: c.name.clone(),
-            kernel: kernel.clone(),
+            kernel: kernel.vmlinuz.clone(),
             initrd: initrd.clone(),
             extra_append: String::new(),
             socket: Some(c.socket.clone()),
+            iommu: true,
             log: dir.join(format!("{}.serial.log", c.name)),
             timeout: vm.timeout(),
             accel: vm.accel,
@@ -103,7 +108,10 @@ pub fn run(vm: &VmOpts) -> Result<()> {
             Ok(o) => {
                 // What the guest itself printed: the ids it read from the device and its verdict.
                 for l in o.serial.lines().map(str::trim) {
-                    if l.starts_with("vgpu: ") || l.starts_with("selftest: ") {
+                    if l.starts_with("vgpu: ")
+                        || l.starts_with("wait: ")
+                        || l.starts_with("selftest: ")
+                    {
                         println!("  [{}] {l}", o.name);
                     }
                 }
@@ -205,8 +213,9 @@ fn check_guest(cfg: &VmConfig, out: &VmOutput) -> Result<()> {
 }
 
 /// The pass criterion of a guest's serial console (`serial` with `\n` line ends): exactly one
-/// identity line matching `cfg`, `selftest: PASS` and no `selftest: FAIL`, `vgpu-smi` exited
-/// with 0. The error says what was wrong.
+/// identity line matching `cfg`, the guest waited on MSI-X interrupts (`wait: msi-x`: the VM
+/// has a virtual IOMMU and the VFIO modules), `selftest: PASS` and no `selftest: FAIL`,
+/// `vgpu-smi` exited with 0. The error says what was wrong.
 pub fn check_serial(cfg: &VmConfig, serial: &str) -> std::result::Result<(), String> {
     let idents: Vec<&str> = serial
         .lines()
@@ -232,6 +241,19 @@ pub fn check_serial(cfg: &VmConfig, serial: &str) -> std::result::Result<(), Str
                 got.unwrap_or("<missing>")
             ));
         }
+    }
+    if let Some(line) = serial
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("wait: "))
+    {
+        if line != "wait: msi-x" {
+            return Err(format!(
+                "the guest does not wait on MSI-X interrupts: `{line}`"
+            ));
+        }
+    } else {
+        return Err("no `wait: ...` line on the serial console".into());
     }
     if let Some(line) = serial.lines().find(|l| l.contains("selftest: FAIL")) {
         return Err(format!("guest {}", line.trim()));
@@ -327,11 +349,12 @@ fn check_stats(config: &Config, stats: &Value) -> Result<()> {
 }
 
 /// `cargo xtask vm-smoke`: kernel + initramfs (busybox only, or with `guest_bin`), optionally with
-/// a vGPU on `socket`; `/init` must run to the end (and `guest_bin`, when given, exit 0).
+/// a vGPU on `socket` and a virtual IOMMU with the VFIO modules (`iommu`); `/init` must run to the end (and `guest_bin`, when given, exit 0).
 pub fn vm_smoke(
     guest_bin: Option<&Path>,
     socket: Option<&Path>,
     args: Option<&str>,
+    iommu: bool,
     vm: &VmOpts,
 ) -> Result<()> {
     deps::ensure_host_tools()?;
@@ -339,17 +362,19 @@ pub fn vm_smoke(
     let kernel = kernel::ensure_kernel()?;
     println!(
         "vm-smoke: kernel {} ({:.1} s)",
-        kernel.display(),
+        kernel.vmlinuz.display(),
         t.elapsed().as_secs_f64()
     );
     let dir = paths::vm_dir();
-    let initrd = initramfs::build(guest_bin, &dir.join("smoke-initramfs.cpio"))?;
+    let modules: &[std::path::PathBuf] = if iommu { &kernel.modules } else { &[] };
+    let initrd = initramfs::build(guest_bin, modules, &dir.join("smoke-initramfs.cpio"))?;
     let spec = VmSpec {
         name: "smoke".into(),
-        kernel,
+        kernel: kernel.vmlinuz,
         initrd,
         extra_append: args.map(|a| format!("vgpu.args={a}")).unwrap_or_default(),
         socket: socket.map(Path::to_path_buf),
+        iommu,
         log: dir.join("smoke.serial.log"),
         timeout: vm.timeout(),
         accel: vm.accel,
@@ -405,7 +430,7 @@ mod tests {
         let mut out = VmOutput {
             name: "vm-b".into(),
             serial: "vgpu-guest: init\nvgpu: vm_id=2 pool_id=1 priority=0 name=vm-b\n\
-                     selftest: PASS (12 commands)\nvgpu-guest: exit=0\n"
+                     wait: msi-x\nselftest: PASS (12 commands)\nvgpu-guest: exit=0\n"
                 .into(),
             stderr: String::new(),
             status,
@@ -413,7 +438,11 @@ mod tests {
             log: PathBuf::from("/x.log"),
         };
         check_guest(&cfg, &out).unwrap();
-        out.serial = out.serial.replace("pool_id=1", "pool_id=0");
+        let good = out.serial.clone();
+        out.serial = good.replace("pool_id=1", "pool_id=0");
         assert!(check_guest(&cfg, &out).is_err());
+        out.serial = good.replace("wait: msi-x", "wait: poll (no VFIO: no IOMMU group)");
+        let e = check_guest(&cfg, &out).unwrap_err().to_string();
+        assert!(e.contains("MSI-X"), "{e}");
     }
 }

@@ -184,13 +184,13 @@ pub fn prepare(dir: &Path) -> Result<()> {
         }
     }
 
-    step("building vgpu-smi (static) and the initramfs");
+    step("building vgpu-smi (static)");
     let guest = build::guest_binary()?;
-    initramfs::build(Some(&guest), &dir.join("vm/initramfs.cpio"))?;
     step("preparing the guest kernel");
     let k = kernel::ensure_kernel()?;
-    std::fs::copy(&k, dir.join("vm/vmlinuz"))
-        .with_context(|| format!("copying {}", k.display()))?;
+    initramfs::build(Some(&guest), &k.modules, &dir.join("vm/initramfs.cpio"))?;
+    std::fs::copy(&k.vmlinuz, dir.join("vm/vmlinuz"))
+        .with_context(|| format!("copying {}", k.vmlinuz.display()))?;
 
     step("bundling QEMU (scripts/qemu-bundle.sh)");
     let bundle = qemu_bundle()?;

@@ -1,5 +1,7 @@
 //! The guest initramfs: a newc cpio archive (written here, no external tool) holding a static
-//! busybox, the guest binary and an `/init` script that runs it and powers the VM off.
+//! busybox, the guest binary, the kernel modules to load (VFIO, for MSI-X completion
+//! interrupts) and an `/init` script that loads them, runs the guest binary and powers the VM
+//! off.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +18,7 @@ pub const EXIT_MARKER: &str = "vgpu-guest: exit=";
 const APPLETS: &[&str] = &[
     "sh", "ash", "mount", "umount", "mkdir", "poweroff", "reboot", "cat", "echo", "sleep", "ls",
     "tr", "dmesg", "grep", "sed", "head", "tail", "hexdump", "dd", "ps", "uname", "lspci", "env",
-    "true", "false", "test", "[",
+    "true", "false", "test", "[", "insmod",
 ];
 
 /// Printed by `/init` when `vgpu.then=hold` keeps the VM running after the guest binary.
@@ -32,6 +34,12 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "vgpu-guest: init"
+n=0
+for m in /lib/modules/*.ko; do
+  [ -e "$m" ] || continue
+  if insmod "$m"; then n=$((n+1)); else echo "vgpu-guest: insmod $m failed"; fi
+done
+[ "$n" -gt 0 ] && echo "vgpu-guest: loaded $n kernel modules"
 args=selftest
 then=poweroff
 for w in $(cat /proc/cmdline); do
@@ -56,9 +64,10 @@ fi
 poweroff -f
 "#;
 
-/// Builds the initramfs at `out` with `guest_bin` as `/bin/vgpu-smi` (none: busybox only).
-/// The file is rewritten only when its content changed (so it follows the guest binary).
-pub fn build(guest_bin: Option<&Path>, out: &Path) -> Result<PathBuf> {
+/// Builds the initramfs at `out` with `guest_bin` as `/bin/vgpu-smi` (none: busybox only) and
+/// `modules` (loaded by `/init` in this order). The file is rewritten only when its content
+/// changed (so it follows the guest binary).
+pub fn build(guest_bin: Option<&Path>, modules: &[PathBuf], out: &Path) -> Result<PathBuf> {
     let busybox = deps::busybox();
     if !elf::is_static(&busybox).with_context(|| format!("checking {}", busybox.display()))? {
         bail!(
@@ -67,8 +76,25 @@ pub fn build(guest_bin: Option<&Path>, out: &Path) -> Result<PathBuf> {
         );
     }
     let mut a = Archive::default();
-    for dir in ["bin", "dev", "proc", "sys", "tmp", "run"] {
+    for dir in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "lib",
+        "lib/modules",
+    ] {
         a.dir(dir);
+    }
+    for (i, m) in modules.iter().enumerate() {
+        let name = m
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // The index keeps the given order whatever the names.
+        a.file(&format!("lib/modules/{i:02}-{name}"), 0o644, &read(m)?);
     }
     a.char_dev("dev/console", 0o600, 5, 1);
     a.char_dev("dev/null", 0o666, 1, 3);

@@ -347,7 +347,12 @@ pub fn run(vm: &VmOpts) -> Result<()> {
     build::cargo_build_release(&["vgpu-mediator", "vgpuctl"])?;
     let guest_bin = build::guest_binary()?;
     let kernel = kernel::ensure_kernel()?;
-    let initrd = initramfs::build(Some(&guest_bin), &paths::vm_dir().join("initramfs.cpio"))?;
+    let initrd = initramfs::build(
+        Some(&guest_bin),
+        &kernel.modules,
+        &paths::vm_dir().join("initramfs.cpio"),
+    )?;
+    let kernel = kernel.vmlinuz;
     // Where the domain names them: libvirt's boot-image directory, which libvirt-qemu may
     // read (target/ may sit in a home directory it cannot enter).
     for (from, to) in [(&kernel, &setup.kernel), (&initrd, &setup.initrd)] {

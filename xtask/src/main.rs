@@ -98,6 +98,10 @@ enum Command {
         /// Arguments for the guest binary, comma-separated (kernel `vgpu.args=`).
         #[arg(long)]
         args: Option<String>,
+        /// Give the VM a virtual IOMMU and the VFIO modules (the guest then takes MSI-X
+        /// completion interrupts instead of polling).
+        #[arg(long)]
+        iommu: bool,
         #[command(flatten)]
         vm: VmOpts,
     },
@@ -137,11 +141,13 @@ fn main() -> ExitCode {
             guest_bin,
             socket,
             args,
+            iommu,
             vm,
         } => report(demo::vm_smoke(
             guest_bin.as_deref(),
             socket.as_deref(),
             args.as_deref(),
+            iommu,
             &vm,
         )),
         Command::GpuCheck(o) => gpucheck::main(&o),

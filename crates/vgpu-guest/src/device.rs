@@ -23,7 +23,7 @@ use std::time::Duration;
 use vgpu_abi::{Layout, ShmView};
 
 use crate::transport::{PciTransport, SocketTransport, Transport};
-use crate::wait::Backoff;
+use crate::wait::{irq_block, Backoff};
 use crate::Error;
 
 mod builtins;
@@ -186,15 +186,25 @@ impl Device {
 
     /// Blocks waiting for a completion: on the completion interrupt where the transport has
     /// one (armed here while any thread waits; the interrupt ends the wait as soon as vgpud
-    /// posts), else by sleeping `d`. The interrupt wait lasts `d`, or, for a waiter that
-    /// blocks without spinning ([`Device::set_eager_wait`] off) when only a completion can end
-    /// the wait (`only_completions`), up to [`IRQ_WAIT`]: such a waiter then wakes once per
-    /// completion instead of every few microseconds. (An eager waiter keeps the short, growing
-    /// waits: on an H200 host, one long wait made 64 MiB copies 2–3% slower, probably as the
-    /// CPU went deeper idle; see BENCHMARKS.md.) A caller that asked for interrupts itself
-    /// ([`Device::enable_irq`]) keeps them: this then only sleeps.
-    fn block(&self, d: Duration, only_completions: bool, seen: u64) {
+    /// posts), else by sleeping `d`. An eager waiter sleeps instead during the first
+    /// [`Transport::poll_before_irq`] of its wait (`waited` so far): where an interrupt costs
+    /// more than a short poll (in a VM, MSI-X delivery runs on the vCPU), short commands are
+    /// polled and only long waits arm the interrupt. The interrupt wait lasts `d`, or, for a
+    /// waiter that blocks without spinning ([`Device::set_eager_wait`] off) when only a
+    /// completion can end the wait (`only_completions`), up to [`IRQ_WAIT`]: such a waiter
+    /// then wakes once per completion instead of every few microseconds. (An eager waiter
+    /// keeps the short, growing waits: on an H200 host, one long wait made 64 MiB copies 2–3%
+    /// slower, probably as the CPU went deeper idle; see BENCHMARKS.md.) Either grows with the
+    /// time waited once the wait is long ([`crate::wait::irq_block`]), so that a waiter on a
+    /// kernel of a second wakes tens of times, not a thousand. A caller that asked for
+    /// interrupts itself ([`Device::enable_irq`]) keeps them: this then only sleeps.
+    fn block(&self, d: Duration, waited: Duration, only_completions: bool, seen: u64) {
         if !self.irq_usable.load(Ordering::Relaxed) {
+            std::thread::sleep(d);
+            return;
+        }
+        let eager = self.eager_wait.load(Ordering::Relaxed);
+        if eager && waited < self.transport.poll_before_irq() {
             std::thread::sleep(d);
             return;
         }
@@ -223,8 +233,11 @@ impl Device {
             }
             epoch
         };
-        let long = only_completions && !self.eager_wait.load(Ordering::Relaxed);
-        let bound = if long { d.max(IRQ_WAIT) } else { d };
+        let bound = match (only_completions, eager) {
+            (false, _) => d,
+            (true, true) => irq_block(d, waited, Duration::ZERO),
+            (true, false) => irq_block(d, waited, IRQ_WAIT),
+        };
         match self.transport.wait_irq_since(epoch, bound) {
             Ok(_) => {}
             Err(Error::NotSupported(_)) => {
@@ -244,8 +257,33 @@ impl Device {
         }
     }
 
-    /// Waits for a completion interrupt; `Ok(false)` on timeout. Socket transport only
-    /// (PCI: [`Error::NotSupported`]).
+    /// Whether waits for completions may block on the transport's completion interrupt (the
+    /// default; it is used where the transport has one) or always poll (spin, yield, sleep).
+    pub fn use_interrupts(&self, on: bool) {
+        self.irq_usable.store(on, Ordering::Relaxed);
+    }
+
+    /// How a wait for a completion ends: `"msi-x"` (PCI device driven through VFIO),
+    /// `"eventfd"` (socket transport), or `"poll"` (no interrupt, or turned off with
+    /// [`Device::use_interrupts`]).
+    pub fn wait_mode(&self) -> &'static str {
+        match self.transport.wait_kind() {
+            Some(kind) if self.irq_usable.load(Ordering::Relaxed) => kind,
+            _ => "poll",
+        }
+    }
+
+    /// [`Device::wait_mode`], and for a transport that could have had an interrupt, why it
+    /// has none: `poll (no VFIO: the vfio-pci driver is not loaded (modprobe vfio-pci))`.
+    pub fn wait_description(&self) -> String {
+        match self.transport.poll_reason() {
+            Some(why) => format!("{} (no VFIO: {why})", self.wait_mode()),
+            None => self.wait_mode().to_string(),
+        }
+    }
+
+    /// Waits for a completion interrupt; `Ok(false)` on timeout. Socket transport, and PCI
+    /// through VFIO (else [`Error::NotSupported`]).
     pub fn wait_irq(&self, timeout: Duration) -> Result<bool, Error> {
         self.transport.wait_irq(timeout)
     }

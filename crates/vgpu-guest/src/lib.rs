@@ -3,8 +3,11 @@
 //! A program finds the vGPU (a stock QEMU `ivshmem-doorbell` PCI device, `1af4:1110`, whose
 //! BAR2 starts with the vgpu magic) or attaches to a vgpud UNIX socket directly as an ivshmem
 //! client, and then talks to it through [`Device`]: commands go into the submission ring,
-//! the doorbell is rung when vgpud is not polling, and completions are polled from the
-//! completion ring. Everything above the [`transport`] is the same for both ways in.
+//! the doorbell is rung when vgpud is not polling, and completions are read from the
+//! completion ring by a waiter that spins briefly, then blocks: on the completion interrupt
+//! where there is one (MSI-X through VFIO in a VM, an eventfd on the socket), else by
+//! sleeping ([`Device::wait_mode`]). Everything above the [`transport`] is the same for both
+//! ways in.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), vgpu_guest::Error> {

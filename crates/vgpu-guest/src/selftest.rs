@@ -335,12 +335,27 @@ impl<W: Write> Run<'_, W> {
             ));
         }
         self.step(format_args!("free ok, mem used={used}"));
+        let mode = self.dev.wait_mode();
+        if mode != "poll" {
+            // With the flag held up (`enable_irq`), the completion must raise the interrupt.
+            self.dev.enable_irq(true);
+            let r = self.dev.nop().and_then(|()| {
+                self.dev
+                    .wait_irq(std::time::Duration::from_secs(10).min(self.dev.timeout()))
+            });
+            self.dev.enable_irq(false);
+            if !r.map_err(e("completion interrupt"))? {
+                return Err(format!("completion interrupt: no {mode} interrupt came"));
+            }
+            self.step(format_args!("completion interrupt ({mode}) ok"));
+        }
         Ok(())
     }
 }
 
 /// Runs the self-test, printing one line per step to `out`, first the identity line
-/// `vgpu: vm_id=… pool_id=… priority=… name=…`, last `selftest: PASS (N commands)` or
+/// `vgpu: vm_id=… pool_id=… priority=… name=…` and how completions are awaited
+/// (`wait: msi-x`, `wait: eventfd` or `wait: poll …`, see [`Device::wait_description`]), last `selftest: PASS (N commands)` or
 /// `selftest: FAIL reason`. Returns whether it passed.
 pub fn run(dev: &Device, opts: &Options, mut out: impl Write) -> bool {
     let info = dev.info();
@@ -349,6 +364,7 @@ pub fn run(dev: &Device, opts: &Options, mut out: impl Write) -> bool {
         "vgpu: vm_id={} pool_id={} priority={} name={}",
         info.vm_id, info.pool_id, info.priority, info.vm_name
     );
+    let _ = writeln!(out, "wait: {}", dev.wait_description());
     let before = dev.commands_submitted();
     let mut run = Run {
         dev,

@@ -121,6 +121,8 @@ pub(crate) struct HostCtl {
     pub executed: AtomicU64,
     /// Largest number of entries found published at once.
     pub max_batch: AtomicU64,
+    /// Completion interrupts signalled (the guest had asked for them).
+    pub irqs: AtomicU64,
 }
 
 /// A fake vgpud serving one VM's rings on a thread.
@@ -480,6 +482,7 @@ fn host_loop(map: Mapping, opts: HostOpts, ctl: Arc<HostCtl>) {
             if cqp.irq_wanted() {
                 if let Some(fd) = &opts.irq {
                     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+                    ctl.irqs.fetch_add(1, Ordering::SeqCst);
                 }
             }
         }

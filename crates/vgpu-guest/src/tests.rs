@@ -483,6 +483,38 @@ fn completion_interrupts() {
     assert!(!r.dev.wait_irq(Duration::from_millis(20)).unwrap());
 }
 
+/// A polling guest never raises the interrupt flag, so vgpud sends it no interrupt; a guest
+/// that waits on the interrupt raises it while it waits and clears it afterwards.
+#[test]
+fn the_guest_asks_for_interrupts_only_while_an_interrupt_waiter_waits() {
+    let r = rig();
+    let irq_flag = || vgpu_abi::ring::CqProducer::new(r.dev.shm(), r.dev.layout()).irq_wanted();
+    // Blocking at once, so that both waits below reach their blocking step.
+    r.dev.set_eager_wait(false);
+    r.dev.use_interrupts(false);
+    assert_eq!(r.dev.wait_mode(), "poll");
+    r.dev.busy(20_000).unwrap();
+    assert_eq!(r.host.ctl.irqs.load(Ordering::SeqCst), 0);
+    assert!(!irq_flag());
+
+    r.dev.use_interrupts(true);
+    assert_eq!(r.dev.wait_mode(), "eventfd");
+    assert_eq!(r.dev.wait_description(), "eventfd");
+    r.host.ctl.paused.store(true, Ordering::SeqCst);
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| r.dev.nop());
+        // The command cannot complete while the host is paused: the waiter arms the interrupt.
+        let t0 = Instant::now();
+        while !irq_flag() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never armed");
+            std::hint::spin_loop();
+        }
+        r.host.ctl.paused.store(false, Ordering::SeqCst);
+        waiter.join().unwrap().unwrap();
+    });
+    assert!(!irq_flag(), "the flag is cleared once nobody waits");
+}
+
 #[test]
 fn an_interrupt_taken_by_another_waiter_ends_a_stale_wait() {
     use crate::transport::socket::SocketTransport;
@@ -649,6 +681,11 @@ fn selftest_passes_against_the_fake_host() {
     assert_eq!(lines[0], "vgpu: vm_id=7 pool_id=2 priority=3 name=test-vm");
     assert!(text.contains("selftest: saxpy n=65536 ok"), "{text}");
     assert!(text.contains("selftest: sgemm m=n=k=64 ok"), "{text}");
+    assert_eq!(lines[1], "wait: eventfd");
+    assert!(
+        text.contains("selftest: completion interrupt (eventfd) ok"),
+        "{text}"
+    );
     let last = lines.last().unwrap();
     let n = r.dev.commands_submitted();
     assert_eq!(*last, format!("selftest: PASS ({n} commands)"));
@@ -764,6 +801,13 @@ fn pci_scan_picks_the_device_with_the_magic() {
         dev.wait_irq(Duration::from_millis(1)),
         Err(Error::NotSupported(_))
     ));
+    // No IOMMU group in the fake sysfs: no VFIO, so the device is polled, and says why.
+    assert_eq!(dev.wait_mode(), "poll");
+    let why = dev.wait_description();
+    assert!(
+        why.starts_with("poll (no VFIO: ") && why.contains("IOMMU group"),
+        "{why}"
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Waiting without burning a CPU forever: spin briefly, then yield, then block with a growing
 //! interval (capped at 1 ms, and at a fraction of the time already waited so that a long wait
 //! overshoots its completion by a few percent at most). Where the transport has completion
-//! interrupts the block is a wait on the interrupt, which ends as soon as vgpud signals.
+//! interrupts the block is a wait on the interrupt, which ends as soon as vgpud signals; such a
+//! wait may then last longer once the wait is long ([`irq_block`]): it costs no latency, and a
+//! long wait (a kernel of a second) wakes tens of times instead of a thousand.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,30 @@ const SLEEP_MIN: Duration = Duration::from_micros(10);
 const SLEEP_MAX: Duration = Duration::from_millis(1);
 /// A sleep never exceeds the time already waited divided by this (bounds the overshoot).
 const SLEEP_FRACTION: u32 = 16;
+/// A wait that has lasted this long is for long work (a kernel, a large copy): its blocks on
+/// the interrupt grow past [`SLEEP_MAX`]. Shorter waits keep their short blocks (on an H200
+/// host, longer blocks during short waits made 64 MiB copies 2–3% slower; BENCHMARKS.md).
+const LONG_WAIT: Duration = Duration::from_millis(16);
+/// The longest single block on the interrupt: what still bounds a wait that only the interrupt
+/// ends is the fence and timeout checks between blocks.
+const IRQ_WAIT_MAX: Duration = Duration::from_millis(100);
+/// Past [`LONG_WAIT`], a block on the interrupt may last the time waited divided by this. Not
+/// [`SLEEP_FRACTION`]: that bounds how far a sleep overshoots the completion, and the
+/// interrupt ends a block at the completion; what is left to bound is how late a fence or a
+/// timeout is noticed.
+const IRQ_BLOCK_FRACTION: u32 = 4;
+
+/// How long one block on the completion interrupt may last, for a back-off that offered `d`
+/// after `waited`, with at least `floor`: past [`LONG_WAIT`], a quarter of the time waited, up
+/// to [`IRQ_WAIT_MAX`] (the interrupt ends the block as soon as vgpud posts).
+pub(crate) fn irq_block(d: Duration, waited: Duration, floor: Duration) -> Duration {
+    let b = d.max(floor);
+    if waited >= LONG_WAIT {
+        b.max((waited / IRQ_BLOCK_FRACTION).min(IRQ_WAIT_MAX))
+    } else {
+        b
+    }
+}
 
 /// A spin → yield → sleep back-off.
 #[derive(Debug)]
@@ -60,16 +86,22 @@ impl Backoff {
         };
     }
 
+    /// Whether the next snooze blocks (spinning and yielding are over).
+    pub(crate) fn is_blocking(&self) -> bool {
+        !self.spinning && self.yields >= YIELDS
+    }
+
     /// Waits a little, longer each call.
     pub(crate) fn snooze(&mut self) {
-        self.snooze_or(|d| {
+        self.snooze_or(|d, _| {
             std::thread::sleep(d);
         });
     }
 
-    /// As [`Backoff::snooze`], but a blocking wait of at most `d` goes through `block` (for
-    /// example a wait on the completion interrupt, which may end early).
-    pub(crate) fn snooze_or(&mut self, block: impl FnOnce(Duration)) {
+    /// As [`Backoff::snooze`], but a blocking wait of at most `d` goes through `block`, which
+    /// also gets the time waited so far (for example a wait on the completion interrupt, which
+    /// may end early and so may last longer, see [`irq_block`]).
+    pub(crate) fn snooze_or(&mut self, block: impl FnOnce(Duration, Duration)) {
         // While spinning, check again after a single pause: a PAUSE costs ~140 cycles on
         // recent x86, so batching many would add microseconds to every round trip. The clock is
         // read only every 64 spins.
@@ -83,8 +115,9 @@ impl Backoff {
             self.yields += 1;
             std::thread::yield_now();
         } else {
-            let cap = (self.start.elapsed() / SLEEP_FRACTION).max(SLEEP_MIN);
-            block(self.sleep.min(cap));
+            let waited = self.start.elapsed();
+            let cap = (waited / SLEEP_FRACTION).max(SLEEP_MIN);
+            block(self.sleep.min(cap), waited);
             self.sleep = (self.sleep * 2).min(SLEEP_MAX);
         }
     }
@@ -102,7 +135,7 @@ mod tests {
         let mut longest = Duration::ZERO;
         while b.sleep < SLEEP_MAX {
             let waited = b.start.elapsed();
-            b.snooze_or(|d| {
+            b.snooze_or(|d, _| {
                 assert!(d <= (waited / SLEEP_FRACTION).max(SLEEP_MIN) + Duration::from_micros(50));
                 longest = longest.max(d);
                 std::thread::sleep(d);
@@ -121,5 +154,22 @@ mod tests {
         assert!(s.elapsed() >= SLEEP_MAX);
         b.reset();
         assert_eq!((b.sleep, b.yields), (SLEEP_MIN, 0));
+    }
+
+    #[test]
+    fn interrupt_blocks_grow_only_in_long_waits() {
+        let us = Duration::from_micros;
+        let ms = Duration::from_millis;
+        // Short waits: what the back-off offered, or the floor.
+        assert_eq!(irq_block(us(40), ms(1), Duration::ZERO), us(40));
+        assert_eq!(irq_block(us(40), ms(1), ms(2)), ms(2));
+        assert_eq!(irq_block(us(40), ms(15), Duration::ZERO), us(40));
+        // Long waits: a quarter of the time waited, up to the maximum.
+        assert_eq!(irq_block(ms(1), ms(32), Duration::ZERO), ms(8));
+        assert_eq!(irq_block(ms(1), ms(200), Duration::ZERO), ms(50));
+        assert_eq!(
+            irq_block(ms(1), Duration::from_secs(60), ms(2)),
+            IRQ_WAIT_MAX
+        );
     }
 }

@@ -5,8 +5,9 @@
 //! What is modelled: several threads of one `Device` waiting for their completions, each
 //! blocking on the completion interrupt (`Device::wait` → `Backoff::snooze_or` →
 //! `Device::block`), the interrupt armed while any thread waits (`irq_waiters`,
-//! `Device::unwait`), the socket transport's interrupt wait (`SocketTransport::irq_epoch`,
-//! `SocketTransport::wait_irq_since`: an interrupt another thread took ends a stale wait), and
+//! `Device::unwait`), the transports' interrupt wait (`IrqEventfd::epoch`,
+//! `IrqEventfd::wait_since`, shared by the socket and the VFIO transports: an interrupt another
+//! thread took ends a stale wait), and
 //! vgpud posting completions (`Channel::complete` + `Channel::flush_irq`).
 //!
 //! How: the ring calls are the shipped code (`vgpu_abi::ring::{CqProducer, CqConsumer}` on a
@@ -31,13 +32,13 @@
 //!    interrupt armed (so no interrupt comes): the waiter blocked with its completion already in
 //!    `pending` until its wait timed out (`without_seq_check_completion_drained_by_another`).
 //!    The shipped re-check also ends the wait when `Rings::seq` moved since the caller looked.
-//! 3. `as_shipped_waiter_behind_irq_lock`: `SocketTransport::wait_irq_since` holds `irq_lock`
-//!    while it blocks in `poll`. Waiter A may drain B's completion into `pending`, take the
-//!    interrupt meant for B, and block again holding `irq_lock`; B, whose epoch is stale,
-//!    cannot even look at the epoch until A's poll ends: its completion waits for A's timeout
-//!    (up to `IRQ_WAIT`, or the back-off's sleep) or A's own completion.
-//!    `proposed_transport_waiter_not_stuck` checks a transport where one thread polls and the
-//!    others wait on a condition variable that the poller signals after bumping the epoch.
+//! 3. Fixed: `IrqEventfd::wait_since` held one lock while it blocked in `poll`. Waiter A
+//!    could drain B's completion into `pending`, take the interrupt meant for B, and block
+//!    again holding that lock; B, whose epoch was stale, could not even look at the epoch
+//!    until A's poll ended: its completion waited for A's timeout (up to `IRQ_WAIT`, or the
+//!    back-off's sleep) or A's own completion (`locked_transport_waiter_behind_irq_lock`).
+//!    Now one thread polls and the others wait on a condition variable that the poller
+//!    signals after bumping the epoch (`as_shipped_waiter_not_stuck`).
 //!
 //! Findings 2 and 3 cost latency (every real wait is bounded), not correctness.
 //!
@@ -79,7 +80,7 @@ mod cross_check {
 
     const DEVICE: &str = include_str!("../src/device.rs");
     const RING: &str = include_str!("../src/device/ring.rs");
-    const SOCKET: &str = include_str!("../src/transport/socket.rs");
+    const IRQ: &str = include_str!("../src/transport/irq.rs");
     const WAIT: &str = include_str!("../src/wait.rs");
 
     #[test]
@@ -93,7 +94,7 @@ mod cross_check {
                 "r.take(tag)",
                 "return Ok(c)",
                 "r.seq",
-                "snooze_or(|d| self.block(d, true, seen))",
+                "snooze_or(|d, waited| self.block(d, waited, true, seen))",
             ],
         );
         in_order(
@@ -150,30 +151,39 @@ mod cross_check {
     }
 
     #[test]
-    fn socket_wait_sequence() {
-        let w = body(SOCKET, "wait_irq_since");
+    fn irq_wait_sequence() {
+        let w = body(IRQ, "wait_since");
         in_order(
-            "SocketTransport::wait_irq_since",
+            "IrqEventfd::wait_since",
             w,
             &[
-                "self.irq_lock.lock()",
+                "let mut polling = self.poller.lock()",
                 "loop",
-                "if self.irq_epoch() != epoch",
+                "if self.epoch() != epoch",
                 "return Ok(true)",
-                "rustix::event::poll(",
-                "rustix::io::read(",
-                "self.irq_taken.fetch_add(1",
+                "if !*polling",
+                "*polling = true",
+                "drop(polling)",
+                "self.poll_and_read(",
+                "= false",
+                "self.changed.notify_all()",
+                "return r",
+                ".wait_timeout(polling",
             ],
         );
-        assert!(
-            !w.contains("drop(_g)") && !w.contains("Condvar"),
-            "wait_irq_since no longer holds irq_lock across poll: update `Transport::Shipped` \
-             and `as_shipped_waiter_behind_irq_lock`"
+        in_order(
+            "IrqEventfd::poll_and_read",
+            body(IRQ, "poll_and_read"),
+            &[
+                "rustix::event::poll(",
+                "rustix::io::read(",
+                "self.taken.fetch_add(1",
+            ],
         );
         in_order(
-            "SocketTransport::irq_epoch",
-            body(SOCKET, "irq_epoch"),
-            &["self.irq_taken.load("],
+            "IrqEventfd::epoch",
+            body(IRQ, "epoch"),
+            &["self.taken.load("],
         );
     }
 }
@@ -217,10 +227,11 @@ mod model {
     /// Which interrupt wait the transport does.
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Transport {
-        /// `SocketTransport::wait_irq_since` as shipped.
+        /// `IrqEventfd::wait_since` as shipped (the fix of finding 3): one poller, the others
+        /// wait for the poller to stop and look at the epoch again.
         Shipped,
-        /// The proposed fix: one poller, the others wait for the epoch to change.
-        Proposed,
+        /// Before the fix: every waiter takes one lock and holds it while it polls.
+        Locked,
     }
 
     /// The protocol as shipped, or with one change (a fix or a deliberate bug).
@@ -308,12 +319,13 @@ mod model {
         /// The eventfd's counter (vgpud adds, a read takes all).
         counter: Mutex<u64>,
         readable: Condvar,
-        /// `SocketTransport::irq_lock`.
+        /// The lock of the `Locked` transport.
         irq_lock: Mutex<()>,
-        /// `SocketTransport::irq_taken`.
+        /// `IrqEventfd::taken`.
         irq_taken: AtomicU64,
-        /// Proposed transport: whether a thread is polling the eventfd.
+        /// `IrqEventfd::poller`: whether a thread is polling the eventfd.
         poller: Mutex<bool>,
+        /// `IrqEventfd::changed`.
         epoch_changed: Condvar,
     }
 
@@ -333,16 +345,16 @@ mod model {
             *c = 0;
         }
 
-        /// Mirrors `SocketTransport::irq_epoch`.
+        /// Mirrors `IrqEventfd::epoch`.
         fn irq_epoch(&self) -> u64 {
             self.irq_taken.load(SeqCst)
         }
 
-        /// Mirrors `SocketTransport::wait_irq_since` (without its timeout, see the module
+        /// Mirrors `IrqEventfd::wait_since` (without its timeout, see the module
         /// docs), or the proposed variant.
         fn wait_irq_since(&self, epoch: u64, v: Variant) {
             match v.transport {
-                Transport::Shipped => {
+                Transport::Locked => {
                     let _g = self.irq_lock.lock().unwrap();
                     // "Another waiter took an interrupt meanwhile (perhaps ours)".
                     if v.use_epoch && self.irq_epoch() != epoch {
@@ -351,10 +363,10 @@ mod model {
                     self.poll_and_read();
                     self.irq_taken.fetch_add(1, SeqCst);
                 }
-                Transport::Proposed => {
+                Transport::Shipped => {
                     let mut polling = self.poller.lock().unwrap();
                     loop {
-                        if self.irq_epoch() != epoch {
+                        if v.use_epoch && self.irq_epoch() != epoch {
                             return;
                         }
                         if !*polling {
@@ -508,14 +520,11 @@ mod model {
         loom::model(|| run(FIXED, Scenario::TwoIndependent));
     }
 
-    /// With the proposed transport, a waiter is woken by its own completion alone.
+    /// Finding 3 fixed: a waiter is woken by its own completion alone, not kept behind
+    /// another waiter's poll.
     #[test]
-    fn proposed_transport_waiter_not_stuck() {
-        let v = Variant {
-            transport: Transport::Proposed,
-            ..FIXED
-        };
-        loom::model(move || run(v, Scenario::TwoDependent));
+    fn as_shipped_waiter_not_stuck() {
+        loom::model(|| run(AS_SHIPPED, Scenario::TwoDependent));
     }
 
     // ---- findings -------------------------------------------------------------------------
@@ -534,12 +543,16 @@ mod model {
         loom::model(|| run(AS_SHIPPED, Scenario::One));
     }
 
-    /// Finding 3 (module docs): a waiter stuck behind another's `irq_lock` until that one's
-    /// poll ends.
+    /// Finding 3 (module docs, fixed): with one lock held across the poll, a waiter is stuck
+    /// behind another's poll until it ends.
     #[test]
     #[should_panic(expected = "deadlock")]
-    fn as_shipped_waiter_behind_irq_lock() {
-        loom::model(|| run(FIXED, Scenario::TwoDependent));
+    fn locked_transport_waiter_behind_irq_lock() {
+        let v = Variant {
+            transport: Transport::Locked,
+            ..FIXED
+        };
+        loom::model(move || run(v, Scenario::TwoDependent));
     }
 
     /// Finding 2 (module docs, fixed): without the `seq` check a waiter blocks although

@@ -25,8 +25,18 @@ struct Cli {
     /// How long to wait for a completion, in milliseconds.
     #[arg(long, global = true, value_name = "N")]
     timeout_ms: Option<u64>,
+    /// How to wait for completions: on the completion interrupt where there is one (`auto`:
+    /// MSI-X through VFIO in a VM, the eventfd on a socket), or always `poll`.
+    #[arg(long, global = true, value_enum, default_value_t = WaitArg::Auto)]
+    wait: WaitArg,
     #[command(subcommand)]
     cmd: Option<Cmd>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum WaitArg {
+    Auto,
+    Poll,
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,6 +63,24 @@ enum Cmd {
         #[arg(long)]
         kernel_ms: Option<u32>,
     },
+    /// Measure what waiting costs: this process's CPU time while it waits for busy kernels,
+    /// the round trip of a nop, and how late the completion of a 5 ms kernel reaches the
+    /// waiter; with the completion interrupt (where there is one) and polling. Prints one
+    /// `bench-wait: {json}` line per mode.
+    BenchWait {
+        /// Duration of each busy kernel, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        kernel_ms: u32,
+        /// Busy kernels waited for per mode.
+        #[arg(long, default_value_t = 3)]
+        kernels: u32,
+        /// Nop round trips per mode.
+        #[arg(long, default_value_t = 2000)]
+        iters: u32,
+        /// 5 ms busy kernels per mode whose completion latency is measured.
+        #[arg(long, default_value_t = 200)]
+        medium: u32,
+    },
     /// Measure synchronous nop round trips.
     BenchNop {
         /// Round trips to measure.
@@ -71,6 +99,9 @@ fn open(cli: &Cli) -> anyhow::Result<Device> {
     };
     if let Some(ms) = cli.timeout_ms {
         dev.set_timeout(Duration::from_millis(ms));
+    }
+    if cli.wait == WaitArg::Poll {
+        dev.use_interrupts(false);
     }
     Ok(dev)
 }
@@ -96,7 +127,7 @@ fn info(dev: &Device) -> anyhow::Result<()> {
         Ok((used, quota)) => format!("{} / {}", human(used), human(quota)),
         Err(e) => format!("unavailable ({e})"),
     };
-    let rows: [(&str, String); 13] = [
+    let rows: [(&str, String); 14] = [
         ("Name", i.vm_name.clone()),
         ("VM id", i.vm_id.to_string()),
         ("Pool id", i.pool_id.to_string()),
@@ -110,6 +141,7 @@ fn info(dev: &Device) -> anyhow::Result<()> {
         ("Memory used / quota", mem),
         ("Staging", human(dev.staging_size())),
         ("Transport", dev.transport_description()),
+        ("Wait", dev.wait_description()),
     ];
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let v = rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
@@ -125,34 +157,117 @@ fn info(dev: &Device) -> anyhow::Result<()> {
         println!("| {k:<w$} | {val:<v$} |");
     }
     println!("{line}");
+    println!("wait: {}", dev.wait_description());
     Ok(())
 }
 
-fn bench_nop(dev: &Device, iters: u32) -> anyhow::Result<()> {
+/// Sorted times of `iters` synchronous commands `cmd` (after a warm-up of up to 100), and how
+/// long they all took.
+fn round_trips(
+    iters: u32,
+    mut cmd: impl FnMut() -> Result<(), vgpu_guest::Error>,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
     let iters = iters.max(1);
     for _ in 0..iters.min(100) {
-        dev.nop()?;
+        cmd()?;
     }
     let mut t: Vec<Duration> = Vec::with_capacity(iters as usize);
     let all = Instant::now();
     for _ in 0..iters {
         let s = Instant::now();
-        dev.nop()?;
+        cmd()?;
         t.push(s.elapsed());
     }
     let total = all.elapsed();
     t.sort();
-    let pct = |p: f64| {
-        let i = ((t.len() as f64 * p).ceil() as usize).clamp(1, t.len()) - 1;
-        t[i].as_secs_f64() * 1e6
-    };
+    Ok((t, total))
+}
+
+/// The `p` quantile of sorted durations, in microseconds.
+fn quantile_us(t: &[Duration], p: f64) -> f64 {
+    let i = ((t.len() as f64 * p).ceil() as usize).clamp(1, t.len()) - 1;
+    t[i].as_secs_f64() * 1e6
+}
+
+/// CPU time this process has used (user + system), from `/proc/self/stat` (fields 14 and 15,
+/// in clock ticks of 1/100 s: `USER_HZ` is 100 on every Linux architecture we run on).
+fn cpu_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("/proc/self/stat has no `)`")?;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.iter().sum::<u64>();
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// The busy kernel whose completion latency `bench-wait` measures: longer than the time a
+/// waiter polls before it arms MSI-X (1 ms), so that with interrupts the interrupt ends it.
+const MEDIUM_KERNEL_US: u32 = 5000;
+
+fn bench_wait(
+    dev: &Device,
+    kernel_ms: u32,
+    kernels: u32,
+    iters: u32,
+    medium: u32,
+) -> anyhow::Result<()> {
+    let kernels = kernels.max(1);
+    let mut modes = vec![dev.wait_mode()];
+    if modes[0] != "poll" {
+        modes.push("poll");
+    }
+    for mode in modes {
+        dev.use_interrupts(mode != "poll");
+        // Warm-up: the first launch of a kernel may take a slow path on the host.
+        dev.busy(1000)?;
+        let cpu0 = cpu_time()?;
+        let wall0 = Instant::now();
+        for _ in 0..kernels {
+            dev.busy(kernel_ms.saturating_mul(1000))?;
+        }
+        let waited = wall0.elapsed();
+        let cpu = cpu_time()?.saturating_sub(cpu0);
+        let (t, _) = round_trips(iters, || dev.nop())?;
+        // How long after its 5 ms the medium kernel's completion reached the waiter.
+        let (m, _) = round_trips(medium, || dev.busy(MEDIUM_KERNEL_US))?;
+        let late = |p| quantile_us(&m, p) - f64::from(MEDIUM_KERNEL_US);
+        println!(
+            "bench-wait: {{\"wait\":\"{mode}\",\"kernels\":{kernels},\"kernel_ms\":{kernel_ms},\
+             \"waited_s\":{:.3},\"cpu_s\":{:.3},\"cpu_pct\":{:.2},\"nop_iters\":{},\
+             \"nop_p50_us\":{:.1},\"nop_p99_us\":{:.1},\"busy5ms_iters\":{},\
+             \"busy5ms_late_p50_us\":{:.1},\"busy5ms_late_p99_us\":{:.1}}}",
+            waited.as_secs_f64(),
+            cpu.as_secs_f64(),
+            100.0 * cpu.as_secs_f64() / waited.as_secs_f64(),
+            t.len(),
+            quantile_us(&t, 0.50),
+            quantile_us(&t, 0.99),
+            m.len(),
+            late(0.50),
+            late(0.99),
+        );
+    }
+    Ok(())
+}
+
+fn bench_nop(dev: &Device, iters: u32) -> anyhow::Result<()> {
+    let (t, total) = round_trips(iters, || dev.nop())?;
+    let pct = |p: f64| quantile_us(&t, p);
     println!(
         "bench-nop: iters={iters} p50={:.2}us p99={:.2}us min={:.2}us max={:.2}us rate={:.0}/s",
         pct(0.50),
         pct(0.99),
         t[0].as_secs_f64() * 1e6,
         t[t.len() - 1].as_secs_f64() * 1e6,
-        iters as f64 / total.as_secs_f64()
+        t.len() as f64 / total.as_secs_f64()
     );
     Ok(())
 }
@@ -214,6 +329,12 @@ fn main() -> ExitCode {
             };
         }
         Some(Cmd::BenchNop { iters }) => bench_nop(&dev, iters),
+        Some(Cmd::BenchWait {
+            kernel_ms,
+            kernels,
+            iters,
+            medium,
+        }) => bench_wait(&dev, kernel_ms, kernels, iters, medium),
         Some(Cmd::Stress {
             copy_mib,
             kernel_ms,

@@ -170,8 +170,9 @@ impl Device {
                     return Ok(c);
                 }
                 polls = polls.wrapping_add(1);
-                // The status register and the clock are read every 64 polls only.
-                let give_up = if !polls.is_multiple_of(64) {
+                // While spinning, the status register and the clock are read every 64 polls
+                // only; once blocking (a block may last up to 100 ms), at every poll.
+                let give_up = if !polls.is_multiple_of(64) && !backoff.is_blocking() {
                     None
                 } else if let Err(e) = self.fenced() {
                     Some(e)
@@ -193,7 +194,7 @@ impl Device {
                 }
                 r.seq
             };
-            backoff.snooze_or(|d| self.block(d, true, seen));
+            backoff.snooze_or(|d, waited| self.block(d, waited, true, seen));
         }
     }
 
@@ -331,7 +332,7 @@ impl Device {
             } else {
                 // While entries still wait for ring space, look again after `d`: space frees as
                 // vgpud takes entries, which raises no interrupt.
-                backoff.snooze_or(|d| self.block(d, pushed == n, seen));
+                backoff.snooze_or(|d, waited| self.block(d, waited, pushed == n, seen));
             }
         }
     }

@@ -1,6 +1,8 @@
-//! How the guest reaches the device: through the PCI device's BARs inside a VM ([`pci`]), or
-//! as an ivshmem client process on the vgpud socket ([`socket`]). Both give a shared-memory
-//! mapping (BAR2) and a way to ring a peer's doorbell; everything above is the same.
+//! How the guest reaches the device: through the PCI device's BARs inside a VM ([`pci`], with
+//! MSI-X completion interrupts where the device can be driven through VFIO, [`vfio`]), or as
+//! an ivshmem client process on the vgpud socket ([`socket`]). Both give a shared-memory
+//! mapping (BAR2) and a way to ring a peer's doorbell, and most give a completion interrupt
+//! as an eventfd; everything above is the same.
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +13,11 @@ use vgpu_abi::ShmView;
 
 use crate::Error;
 
+mod irq;
 pub(crate) mod mmio;
 pub mod pci;
 pub mod socket;
+pub mod vfio;
 
 pub use pci::PciTransport;
 pub use socket::SocketTransport;
@@ -47,6 +51,16 @@ impl SharedMapping {
         // outlive `self` inside this crate, and views handed to callers are only handed out
         // after `keep_mapped`, which makes the mapping permanent.
         unsafe { ShmView::new(map.as_mut_ptr(), self.len) }
+    }
+
+    /// Checks the vgpu magic and ABI version at the start of the mapping.
+    pub(crate) fn check_compat(&self) -> Result<(), Error> {
+        let v = self.view();
+        vgpu_abi::check_compat(
+            v.load_u64(vgpu_abi::regs::off::MAGIC),
+            v.load_u32(vgpu_abi::regs::off::ABI_VERSION),
+        )?;
+        Ok(())
     }
 
     /// Never unmap this mapping (it is leaked when `self` is dropped).
@@ -88,6 +102,20 @@ pub(crate) trait Transport: Send + Sync + Debug {
     fn wait_irq_since(&self, epoch: u64, timeout: Duration) -> Result<bool, Error> {
         let _ = epoch;
         self.wait_irq(timeout)
+    }
+    /// What [`Transport::wait_irq`] waits on ("msi-x", "eventfd"), or `None` when the
+    /// transport has no interrupt and waiters poll.
+    fn wait_kind(&self) -> Option<&'static str> {
+        None
+    }
+    /// How long an eager waiter polls before it arms the interrupt: zero where an interrupt is
+    /// as cheap as a wake-up from a sleep (an eventfd on the host).
+    fn poll_before_irq(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Why the transport has no interrupt, where it could have one.
+    fn poll_reason(&self) -> Option<String> {
+        None
     }
     /// A short description ("pci 0000:00:04.0", "socket /run/vgpu/vm1.sock").
     fn describe(&self) -> String;

@@ -1,8 +1,11 @@
-//! The PCI transport: a program inside the VM maps the ivshmem device's BARs through sysfs
-//! (`resource0` = registers, `resource2` = shared memory) and polls the completion ring.
+//! The PCI transport: a program inside the VM reaches the ivshmem device's BARs (BAR0 =
+//! registers, BAR2 = shared memory) through VFIO, which also gives it MSI-X vector 0 as the
+//! completion interrupt ([`super::vfio`]), or, where VFIO is not usable (no virtual IOMMU, no
+//! `vfio-pci` module), maps them through sysfs (`resource0`, `resource2`) and polls.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,18 +14,74 @@ use vgpu_abi::ivshmem::{self, PCI_DEVICE, PCI_VENDOR, REG_DOORBELL};
 use vgpu_abi::{RegisterPage, ShmView};
 
 use super::mmio::RegisterBar;
-use super::{SharedMapping, Transport};
+use super::vfio::{VfioDevice, VfioFds};
+use super::{irq::IrqEventfd, SharedMapping, Transport};
 use crate::Error;
+
+/// How long an eager waiter polls before it arms MSI-X: in a VM the interrupt is delivered on
+/// the vCPU (an injection, the guest's handler, VFIO's eventfd, a wake-up), which under TCG
+/// costs a few hundred microseconds of the vCPU per interrupt, more than a short command's
+/// whole round trip when polled. Work that takes longer is waited for on the interrupt.
+const MSIX_POLL_FIRST: Duration = Duration::from_millis(1);
 
 /// Where sysfs lists PCI devices.
 pub const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
-/// A vGPU reached through its PCI BARs (sysfs `resource0` and `resource2`).
+/// The register BAR: mapped, or (VFIO with a BAR0 the kernel does not let us map) read and
+/// written through the VFIO device fd at the region's offset.
+#[derive(Debug)]
+enum Registers {
+    Mapped(RegisterBar),
+    Vfio { device: File, offset: u64 },
+}
+
+impl Registers {
+    fn write_u32(&self, off: usize, v: u32) {
+        match self {
+            Registers::Mapped(bar) => bar.write_u32(off, v),
+            // A doorbell is a hint (the rings in BAR2 are the state), so a failed write loses
+            // nothing a later doorbell or vgpud's polling does not recover.
+            Registers::Vfio { device, offset } => {
+                let _ = device.write_all_at(&v.to_le_bytes(), offset + off as u64);
+            }
+        }
+    }
+
+    fn read_u32(&self, off: usize) -> u32 {
+        match self {
+            Registers::Mapped(bar) => bar.read_u32(off),
+            Registers::Vfio { device, offset } => {
+                let mut b = [0u8; 4];
+                match device.read_exact_at(&mut b, offset + off as u64) {
+                    Ok(()) => u32::from_le_bytes(b),
+                    Err(_) => u32::MAX,
+                }
+            }
+        }
+    }
+}
+
+/// How completions reach a waiter on the PCI transport.
+#[derive(Debug)]
+enum Wait {
+    /// MSI-X vector 0 through VFIO (the device fd and the container and group fds keep the
+    /// device and its interrupt set-up ours: closing them disables MSI-X).
+    Msix {
+        irq: IrqEventfd,
+        _device: File,
+        _fds: VfioFds,
+    },
+    /// Polling: why VFIO was not usable.
+    Poll { why: String },
+}
+
+/// A vGPU reached through its PCI BARs (through VFIO, or sysfs `resource0` and `resource2`).
 #[derive(Debug)]
 pub struct PciTransport {
     dir: PathBuf,
-    bar0: RegisterBar,
+    bar0: Registers,
     bar2: SharedMapping,
+    wait: Wait,
 }
 
 fn read_hex_id(path: &Path) -> Result<u16, Error> {
@@ -63,8 +122,9 @@ fn map(file: &File, len: usize) -> std::io::Result<MmapRaw> {
 
 impl PciTransport {
     /// Opens the ivshmem device at a sysfs device directory (e.g.
-    /// `/sys/bus/pci/devices/0000:00:04.0`): checks its ids, enables it, maps BAR0 and BAR2
-    /// and checks the vgpu magic and ABI version in BAR2.
+    /// `/sys/bus/pci/devices/0000:00:04.0`): checks its ids, reaches BAR0 and BAR2 through
+    /// VFIO (with MSI-X completion interrupts) or else through sysfs (polling), and checks the
+    /// vgpu magic and ABI version in BAR2.
     pub fn open(dir: &Path) -> Result<Self, Error> {
         let vendor = read_hex_id(&dir.join("vendor"))?;
         let device = read_hex_id(&dir.join("device"))?;
@@ -74,6 +134,39 @@ impl PciTransport {
                 dir.display()
             )));
         }
+        let t = match VfioDevice::open(dir) {
+            Ok(v) => Self::from_vfio(dir, v)?,
+            Err(e) => Self::open_sysfs(dir, e.to_string())?,
+        };
+        t.bar2.check_compat()?;
+        Ok(t)
+    }
+
+    fn from_vfio(dir: &Path, v: VfioDevice) -> Result<Self, Error> {
+        let bar0 = match v.bar0_map {
+            Some(map) => Registers::Mapped(RegisterBar::new(map, ivshmem::BAR0_SIZE)),
+            None => Registers::Vfio {
+                device: v
+                    .device
+                    .try_clone()
+                    .map_err(|e| Error::io("duplicating the VFIO device fd", e))?,
+                offset: v.bar0.offset,
+            },
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            bar0,
+            bar2: SharedMapping::new(v.bar2, v.bar2_len),
+            wait: Wait::Msix {
+                irq: v.irq,
+                _device: v.device,
+                _fds: v.fds,
+            },
+        })
+    }
+
+    /// Maps the BARs through sysfs; `why` says why VFIO was not used.
+    fn open_sysfs(dir: &Path, why: String) -> Result<Self, Error> {
         // Enabling makes the BARs decode. An already-enabled device (or a driver holding it)
         // may refuse with EBUSY; the mmap below says whether it worked.
         if let Ok(mut f) = OpenOptions::new().write(true).open(dir.join("enable")) {
@@ -112,17 +205,12 @@ impl PciTransport {
         }
         let bar2 =
             map(&f2, size2).map_err(|e| Error::io(format!("mapping {}", r2.display()), e))?;
-        let t = Self {
+        Ok(Self {
             dir: dir.to_path_buf(),
-            bar0,
+            bar0: Registers::Mapped(bar0),
             bar2: SharedMapping::new(bar2, size2),
-        };
-        let shm = t.bar2.view();
-        vgpu_abi::check_compat(
-            shm.load_u64(vgpu_abi::regs::off::MAGIC),
-            shm.load_u32(vgpu_abi::regs::off::ABI_VERSION),
-        )?;
-        Ok(t)
+            wait: Wait::Poll { why },
+        })
     }
 
     /// Scans a sysfs PCI devices directory (normally [`SYSFS_PCI_DEVICES`]) and opens the
@@ -178,10 +266,42 @@ impl Transport for PciTransport {
             .write_u32(REG_DOORBELL, ivshmem::doorbell_value(peer, vector));
     }
 
-    fn wait_irq(&self, _timeout: Duration) -> Result<bool, Error> {
-        Err(Error::NotSupported(
-            "interrupts on the PCI transport (needs VFIO); poll instead",
-        ))
+    fn wait_irq(&self, timeout: Duration) -> Result<bool, Error> {
+        self.wait_irq_since(self.irq_epoch(), timeout)
+    }
+
+    fn irq_epoch(&self) -> u64 {
+        match &self.wait {
+            Wait::Msix { irq, .. } => irq.epoch(),
+            Wait::Poll { .. } => 0,
+        }
+    }
+
+    fn wait_irq_since(&self, epoch: u64, timeout: Duration) -> Result<bool, Error> {
+        match &self.wait {
+            Wait::Msix { irq, .. } => irq.wait_since(epoch, timeout),
+            Wait::Poll { .. } => Err(Error::NotSupported(
+                "interrupts on the PCI transport without VFIO; poll instead",
+            )),
+        }
+    }
+
+    fn wait_kind(&self) -> Option<&'static str> {
+        match &self.wait {
+            Wait::Msix { .. } => Some("msi-x"),
+            Wait::Poll { .. } => None,
+        }
+    }
+
+    fn poll_before_irq(&self) -> Duration {
+        MSIX_POLL_FIRST
+    }
+
+    fn poll_reason(&self) -> Option<String> {
+        match &self.wait {
+            Wait::Msix { .. } => None,
+            Wait::Poll { why } => Some(why.clone()),
+        }
     }
 
     fn describe(&self) -> String {

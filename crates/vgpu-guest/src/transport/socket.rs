@@ -10,20 +10,18 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memmap2::MmapOptions;
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use vgpu_abi::ivshmem::{MEDIATOR_PEER_ID, PROTOCOL_VERSION, VECTORS};
 use vgpu_abi::{RegisterPage, ShmView};
 
+use super::irq::IrqEventfd;
 use super::{SharedMapping, Transport};
 use crate::Error;
 
@@ -183,12 +181,8 @@ pub struct SocketTransport {
     shm: SharedMapping,
     own_id: u16,
     peers: BTreeMap<u16, Vec<OwnedFd>>,
-    irq: OwnedFd,
-    /// Serialises `wait_irq` so a readable eventfd is read by one waiter only (a blocking
-    /// read of a drained eventfd would hang).
-    irq_lock: Mutex<()>,
-    /// Interrupts taken so far (see [`Transport::irq_epoch`]).
-    irq_taken: AtomicU64,
+    /// Our vector 0: vgpud signals it when it posts completions we asked to be told of.
+    irq: IrqEventfd,
 }
 
 impl SocketTransport {
@@ -227,15 +221,9 @@ impl SocketTransport {
             shm: SharedMapping::new(shm, len),
             own_id: s.own_id,
             peers: s.peers,
-            irq,
-            irq_lock: Mutex::new(()),
-            irq_taken: AtomicU64::new(0),
+            irq: IrqEventfd::new(irq),
         };
-        let v = t.shm.view();
-        vgpu_abi::check_compat(
-            v.load_u64(vgpu_abi::regs::off::MAGIC),
-            v.load_u32(vgpu_abi::regs::off::ABI_VERSION),
-        )?;
+        t.shm.check_compat()?;
         Ok(t)
     }
 
@@ -267,40 +255,15 @@ impl Transport for SocketTransport {
     }
 
     fn irq_epoch(&self) -> u64 {
-        self.irq_taken.load(Ordering::SeqCst)
+        self.irq.epoch()
     }
 
     fn wait_irq_since(&self, epoch: u64, timeout: Duration) -> Result<bool, Error> {
-        let deadline = Instant::now() + timeout;
-        let _g = self.irq_lock.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            // Another waiter took an interrupt meanwhile (perhaps ours): let the caller look.
-            if self.irq_epoch() != epoch {
-                return Ok(true);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ts = Timespec::try_from(left).unwrap_or(Timespec {
-                tv_sec: i64::MAX,
-                tv_nsec: 0,
-            });
-            let mut fds = [PollFd::new(&self.irq, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(0) => return Ok(false),
-                Ok(_) => {
-                    let mut b = [0u8; 8];
-                    return match rustix::io::read(self.irq.as_fd(), &mut b) {
-                        Ok(_) => {
-                            self.irq_taken.fetch_add(1, Ordering::SeqCst);
-                            Ok(true)
-                        }
-                        Err(Errno::INTR) => continue,
-                        Err(e) => Err(Error::io("reading the interrupt eventfd", e)),
-                    };
-                }
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(Error::io("polling the interrupt eventfd", e)),
-            }
-        }
+        self.irq.wait_since(epoch, timeout)
+    }
+
+    fn wait_kind(&self) -> Option<&'static str> {
+        Some("eventfd")
     }
 
     fn describe(&self) -> String {
