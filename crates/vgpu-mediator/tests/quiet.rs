@@ -17,7 +17,7 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use vgpu_abi::cmd::{Builtin, LaunchBody};
+use vgpu_abi::cmd::LaunchBody;
 use vgpu_guest::Device;
 use vgpu_mediator::testkit::{child_processes, cpu_ns};
 
@@ -35,13 +35,8 @@ fn waiting_share(isolation: &str) -> (f64, usize) {
         .chain(child_processes(d.child.id()))
         .collect();
     let s = dev.create_stream();
-    let busy = LaunchBody::new(
-        Builtin::Busy.handle(),
-        [1; 3],
-        [1; 3],
-        &1_000_000u64.to_le_bytes(),
-    )
-    .unwrap();
+    // 1 s of device time on every backend (the built-in's own parameter layout).
+    let busy = LaunchBody::busy(1_000_000);
     let cpu0: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
     let t0 = Instant::now();
     s.launch_body(busy).unwrap().wait().unwrap();
