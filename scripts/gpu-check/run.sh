@@ -159,6 +159,13 @@ stage_bench() {
   fi
 }
 
+# The host's nvcc (on PATH or CUDA's default place).
+find_nvcc() {
+  local n
+  n=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  [ -x "$n" ] && echo "$n"
+}
+
 # Starts a vgpud (cuda backend) with one VM whose socket is DIR/vm.sock and a folder DIR/lib
 # holding vgpu's libcuda.so.1; its log goes to LOG. The caller reads its pid from $!.
 start_cuda_vgpud() { # DIR LOG
@@ -194,11 +201,10 @@ EOF
 stage_cuda() {
   local t0=$SECONDS log="$out/cuda.log" dir="$work/cuda" nvcc src stem v flags exe rcn rcv
   local n=0 bad=0 failed="" i vpid
-  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-  if [ ! -x "$nvcc" ]; then
+  nvcc=$(find_nvcc) || {
     record cuda FAIL 0 "no nvcc on this host"
     return
-  fi
+  }
   start_cuda_vgpud "$dir" "$out/cuda-vgpud.log"
   vpid=$!
   : >"$log"
@@ -211,7 +217,7 @@ stage_cuda() {
       exe="$dir/$stem-$v"
       n=$((n + 1))
       # shellcheck disable=SC2086 # flags is a list of words
-      if ! "$nvcc" -arch=sm_90 $flags -o "$exe" "$src" >>"$log" 2>&1; then
+      if ! "$nvcc" -arch=sm_90 $flags -I"$here/cuda-common" -o "$exe" "$src" >>"$log" 2>&1; then
         bad=$((bad + 1)); failed="$failed $stem-$v(nvcc)"; continue
       fi
       "$exe" >"$exe.native" 2>&1
@@ -244,10 +250,13 @@ stage_cuda() {
 # vgpu / native of each metric's median.
 stage_cuda-bench() {
   local t0=$SECONDS log="$out/cuda-bench.log" dir="$work/cuda-bench" nvcc exe vpid
-  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  nvcc=$(find_nvcc) || {
+    record cuda-bench FAIL 0 "no nvcc on this host"
+    return
+  }
   exe="$dir/cudabench"
   mkdir -p "$dir"
-  if ! "$nvcc" -arch=sm_90 -O2 -o "$exe" "$here/cuda-bench/cudabench.cu" >"$log" 2>&1; then
+  if ! "$nvcc" -arch=sm_90 -O2 -I"$here/cuda-common" -o "$exe" "$here/cuda-bench/cudabench.cu" >"$log" 2>&1; then
     record cuda-bench FAIL $((SECONDS - t0)) "nvcc failed; see $(basename "$log")"
     return
   fi

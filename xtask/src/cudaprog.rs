@@ -153,6 +153,12 @@ fn compile(tk: &Toolkit, src: &Path, out: &Path, libdir: &Path, flags: &[&str]) 
         .arg(out)
         .arg(src)
         .arg(format!("-I{}", tk.include.display()))
+        .arg(format!(
+            "-I{}",
+            paths::root()
+                .join("crates/vgpu-cuda/tests/cuda-common")
+                .display()
+        ))
         .arg(format!("-L{}", libdir.display()))
         .arg(format!("-L{}", tk.lib.display()))
         .output()

@@ -140,12 +140,12 @@ pub fn prepare(dir: &Path) -> Result<()> {
         &build::host_bin("libvgpucuda.so"),
         &dir.join("lib/libvgpucuda.so"),
     )?;
-    for sub in ["cuda", "cuda-gpu", "cuda-bench"] {
+    for sub in ["cuda", "cuda-gpu", "cuda-bench", "cuda-common"] {
         let src = paths::root().join("crates/vgpu-cuda/tests").join(sub);
         std::fs::create_dir_all(dir.join(sub))?;
         for e in std::fs::read_dir(&src).with_context(|| format!("listing {}", src.display()))? {
             let p = e?.path();
-            if p.extension().is_some_and(|x| x == "cu") {
+            if p.extension().is_some_and(|x| x == "cu" || x == "h") {
                 std::fs::copy(&p, dir.join(sub).join(p.file_name().unwrap_or_default()))?;
             }
         }

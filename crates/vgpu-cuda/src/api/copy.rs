@@ -33,15 +33,26 @@ fn drain(s: CUstream, per_thread: bool) -> Result<(), CUresult> {
     stream(id)?.synchronize().map_err(dev_err)
 }
 
-/// Host → device on stream `s`: from page-locked memory in staging, one DMA command queued on
-/// the stream (waited for with `wait`); from other host memory, through the bounce buffer once
-/// the stream's earlier work is done (the bytes are in place when the call returns).
+/// Which way a copy between host and device memory goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Way {
+    /// Host → device.
+    ToDevice,
+    /// Device → host.
+    ToHost,
+}
+
+/// A copy between device memory `dev` and host memory `host` on stream `s`: page-locked memory
+/// in staging is one DMA command queued on the stream (waited for with `wait`); other host
+/// memory goes through the bounce buffer once the stream's earlier work is done, and is in
+/// place when the call returns.
 ///
 /// # Safety
-/// `src` is valid for `n` bytes of reads.
-pub(crate) unsafe fn host_to_device(
-    dst: CUdeviceptr,
-    src: *const c_void,
+/// `host` is valid for `n` bytes (reads for [`Way::ToDevice`], writes for [`Way::ToHost`]).
+pub(crate) unsafe fn host_copy(
+    way: Way,
+    dev: CUdeviceptr,
+    host: *mut c_void,
     n: usize,
     s: CUstream,
     pt: bool,
@@ -51,86 +62,37 @@ pub(crate) unsafe fn host_to_device(
     if n == 0 {
         return Ok(CUresult::CUDA_SUCCESS);
     }
-    if src.is_null() {
+    if host.is_null() {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
-    if let Some(off) = pinned::staging_of(src as usize, n) {
-        let p = stream(resolve(s, pt)?)?
-            .copy_htod_staged(dst, off, n as u64)
-            .map_err(dev_err)?;
+    if let Some(off) = pinned::staging_of(host as usize, n) {
+        let st = stream(resolve(s, pt)?)?;
+        let queued = match way {
+            Way::ToDevice => st.copy_htod_staged(dev, off, n as u64),
+            Way::ToHost => st.copy_dtoh_staged(dev, off, n as u64),
+        };
+        let p = queued.map_err(dev_err)?;
         if wait {
             p.wait().map_err(dev_err)?;
         }
         return Ok(CUresult::CUDA_SUCCESS);
     }
     drain(s, pt)?;
-    // SAFETY: forwarded from the caller.
-    unsafe { htod(dst, src, n) }
-}
-
-/// Device → host on stream `s`, as [`host_to_device`]; into memory that is not page-locked
-/// the call always waits (the bytes must be there when it returns).
-///
-/// # Safety
-/// `dst` is valid for `n` bytes of writes.
-pub(crate) unsafe fn device_to_host(
-    dst: *mut c_void,
-    src: CUdeviceptr,
-    n: usize,
-    s: CUstream,
-    pt: bool,
-    wait: bool,
-) -> Result<CUresult, CUresult> {
-    require_current()?;
-    if n == 0 {
-        return Ok(CUresult::CUDA_SUCCESS);
-    }
-    if dst.is_null() {
-        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
-    }
-    if let Some(off) = pinned::staging_of(dst as usize, n) {
-        let p = stream(resolve(s, pt)?)?
-            .copy_dtoh_staged(src, off, n as u64)
-            .map_err(dev_err)?;
-        if wait {
-            p.wait().map_err(dev_err)?;
+    let d = ready()?;
+    let moved = match way {
+        Way::ToDevice => {
+            // SAFETY: valid for `n` bytes of reads (the caller's promise).
+            let data = unsafe { std::slice::from_raw_parts(host.cast::<u8>(), n) };
+            d.dev.copy_htod(dev, data)
         }
-        return Ok(CUresult::CUDA_SUCCESS);
-    }
-    drain(s, pt)?;
-    // SAFETY: forwarded from the caller.
-    unsafe { dtoh(dst, src, n) }
-}
-
-/// # Safety
-/// `src` is valid for `n` bytes of reads.
-unsafe fn htod(dst: CUdeviceptr, src: *const c_void, n: usize) -> Result<CUresult, CUresult> {
-    let d = ready()?;
-    if n == 0 {
-        return Ok(CUresult::CUDA_SUCCESS);
-    }
-    if src.is_null() {
-        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
-    }
-    // SAFETY: valid for `n` bytes of reads (the caller's promise).
-    let data = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), n) };
-    d.dev.copy_htod(dst, data).map_err(dev_err)?;
-    Ok(CUresult::CUDA_SUCCESS)
-}
-
-/// # Safety
-/// `dst` is valid for `n` bytes of writes.
-unsafe fn dtoh(dst: *mut c_void, src: CUdeviceptr, n: usize) -> Result<CUresult, CUresult> {
-    let d = ready()?;
-    if n == 0 {
-        return Ok(CUresult::CUDA_SUCCESS);
-    }
-    if dst.is_null() {
-        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
-    }
-    // SAFETY: valid for `n` bytes of writes (the caller's promise).
-    let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), n) };
-    d.dev.copy_dtoh(out, src).map_err(dev_err)?;
+        Way::ToHost => {
+            // SAFETY: valid for `n` bytes of writes (the caller's promise), not aliased by
+            // anything this call reads.
+            let out = unsafe { std::slice::from_raw_parts_mut(host.cast::<u8>(), n) };
+            d.dev.copy_dtoh(out, dev)
+        }
+    };
+    moved.map_err(dev_err)?;
     Ok(CUresult::CUDA_SUCCESS)
 }
 
@@ -165,7 +127,7 @@ macro_rules! htod_async {
         ) -> CUresult {
             // SAFETY: forwarded from the caller.
             run(stringify!($name), || unsafe {
-                host_to_device(dst, src, n, s, $pt, false)
+                host_copy(Way::ToDevice, dst, src.cast_mut(), n, s, $pt, false)
             })
         }
     };
@@ -188,7 +150,7 @@ macro_rules! dtoh_async {
         ) -> CUresult {
             // SAFETY: forwarded from the caller.
             run(stringify!($name), || unsafe {
-                device_to_host(dst, src, n, s, $pt, false)
+                host_copy(Way::ToHost, src, dst, n, s, $pt, false)
             })
         }
     };
@@ -253,10 +215,10 @@ unsafe fn unified(
             };
             if dev_dst {
                 // SAFETY: `src` is host memory valid for n bytes (the caller's promise).
-                unsafe { host_to_device(dst, src as *const c_void, n, st, pt, wait) }
+                unsafe { host_copy(Way::ToDevice, dst, src as *mut c_void, n, st, pt, wait) }
             } else if dev_src {
                 // SAFETY: `dst` is host memory valid for n bytes (the caller's promise).
-                unsafe { device_to_host(dst as *mut c_void, src, n, st, pt, wait) }
+                unsafe { host_copy(Way::ToHost, src, dst as *mut c_void, n, st, pt, wait) }
             } else {
                 if let Some((st, pt)) = s {
                     drain(st, pt)?;
@@ -328,6 +290,32 @@ pub unsafe extern "C" fn cuMemcpyAsync_ptsz(
     })
 }
 
+/// `count` elements of `width` bytes (1 or 4) at `dst`, all `value`, queued on stream `s`.
+fn memset_on(
+    dst: CUdeviceptr,
+    value: u32,
+    width: u64,
+    count: usize,
+    s: CUstream,
+    pt: bool,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if !dst.is_multiple_of(width) {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    if count == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    let st = stream(resolve(s, pt)?)?;
+    let queued = if width == 4 {
+        st.memset_d32(dst, value, count as u64)
+    } else {
+        st.memset_d8(dst, value as u8, count as u64)
+    };
+    drop(queued.map_err(dev_err)?);
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
 fn memset8_async(
     dst: CUdeviceptr,
     v: u8,
@@ -335,13 +323,7 @@ fn memset8_async(
     s: CUstream,
     pt: bool,
 ) -> Result<CUresult, CUresult> {
-    require_current()?;
-    if n == 0 {
-        return Ok(CUresult::CUDA_SUCCESS);
-    }
-    let st = stream(resolve(s, pt)?)?;
-    drop(st.memset_d8(dst, v, n as u64).map_err(dev_err)?);
-    Ok(CUresult::CUDA_SUCCESS)
+    memset_on(dst, u32::from(v), 1, n, s, pt)
 }
 
 fn memset32_async(
@@ -351,16 +333,7 @@ fn memset32_async(
     s: CUstream,
     pt: bool,
 ) -> Result<CUresult, CUresult> {
-    require_current()?;
-    if !dst.is_multiple_of(4) {
-        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
-    }
-    if n == 0 {
-        return Ok(CUresult::CUDA_SUCCESS);
-    }
-    let st = stream(resolve(s, pt)?)?;
-    drop(st.memset_d32(dst, v, n as u64).map_err(dev_err)?);
-    Ok(CUresult::CUDA_SUCCESS)
+    memset_on(dst, v, 4, n, s, pt)
 }
 
 /// 16-bit fills have no device command: equal bytes are a byte fill, an even count on a
@@ -384,10 +357,20 @@ fn memset16(
         let w = u32::from(v) | (u32::from(v) << 16);
         return memset32_async(dst, w, n / 2, s, pt);
     }
-    drain(s, pt)?;
-    let pattern: Vec<u8> = std::iter::repeat_n([lo, hi], n).flatten().collect();
-    // SAFETY: `pattern` holds exactly n * 2 bytes.
-    unsafe { htod(dst, pattern.as_ptr().cast::<c_void>(), pattern.len()) }
+    let mut pattern: Vec<u8> = std::iter::repeat_n([lo, hi], n).flatten().collect();
+    let len = pattern.len();
+    // SAFETY: `pattern` holds exactly `len` bytes and is not page-locked memory.
+    unsafe {
+        host_copy(
+            Way::ToDevice,
+            dst,
+            pattern.as_mut_ptr().cast::<c_void>(),
+            len,
+            s,
+            pt,
+            true,
+        )
+    }
 }
 
 macro_rules! memset_entry {

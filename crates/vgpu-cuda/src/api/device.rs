@@ -19,6 +19,24 @@ fn device(dev: CUdevice) -> Result<&'static driver::Driver, CUresult> {
     Ok(d)
 }
 
+/// Writes `s` into the caller's buffer of `len` bytes, truncated to `len - 1` bytes and
+/// NUL-terminated.
+///
+/// # Safety
+/// `out` is NULL or valid for `len` bytes of writes.
+unsafe fn put_c_str(out: *mut c_char, len: c_int, s: &str) -> Result<CUresult, CUresult> {
+    if out.is_null() || len <= 0 {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    let n = s.len().min(len as usize - 1);
+    // SAFETY: `out` is valid for `len` bytes (the caller's promise) and n + 1 <= len.
+    unsafe {
+        std::ptr::copy_nonoverlapping(s.as_ptr().cast::<c_char>(), out, n);
+        out.add(n).write(0);
+    }
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
 fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
     guard(name, || body().unwrap_or_else(|e| e))
 }
@@ -60,17 +78,8 @@ pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> C
 pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
     run("cuDeviceGetName", || {
         let d = device(dev)?;
-        if name.is_null() || len <= 0 {
-            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
-        }
-        let s = vgpu_abi::regs::get_str(&d.info.name);
-        let n = s.len().min(len as usize - 1);
-        // SAFETY: `name` is valid for `len` bytes (the caller's promise) and n + 1 <= len.
-        unsafe {
-            std::ptr::copy_nonoverlapping(s.as_ptr().cast::<c_char>(), name, n);
-            name.add(n).write(0);
-        }
-        Ok(CUresult::CUDA_SUCCESS)
+        // SAFETY: forwarded from the caller.
+        unsafe { put_c_str(name, len, &vgpu_abi::regs::get_str(&d.info.name)) }
     })
 }
 
@@ -170,17 +179,8 @@ pub unsafe extern "C" fn cuDeviceGetPCIBusId(
 ) -> CUresult {
     run("cuDeviceGetPCIBusId", || {
         let d = device(dev)?;
-        if out.is_null() || len <= 0 {
-            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
-        }
-        let s = pci_bus_id(d);
-        let n = s.len().min(len as usize - 1);
-        // SAFETY: `out` is valid for `len` bytes (the caller's promise) and n + 1 <= len.
-        unsafe {
-            std::ptr::copy_nonoverlapping(s.as_ptr().cast::<c_char>(), out, n);
-            out.add(n).write(0);
-        }
-        Ok(CUresult::CUDA_SUCCESS)
+        // SAFETY: forwarded from the caller.
+        unsafe { put_c_str(out, len, &pci_bus_id(d)) }
     })
 }
 

@@ -7,6 +7,7 @@ use std::ffi::{c_uint, c_void};
 use std::sync::Mutex;
 
 use super::context::require_current;
+use super::copy::{host_copy, Way};
 use super::{guard, put};
 use crate::driver::{self, Driver};
 use crate::types::{CUdeviceptr, CUresult};
@@ -114,7 +115,17 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2(
 ) -> CUresult {
     run("cuMemcpyHtoD_v2", || {
         // SAFETY: forwarded from the caller; the legacy stream, waited for.
-        unsafe { super::copy::host_to_device(dst, src, bytes, std::ptr::null_mut(), false, true) }
+        unsafe {
+            host_copy(
+                Way::ToDevice,
+                dst,
+                src.cast_mut(),
+                bytes,
+                std::ptr::null_mut(),
+                false,
+                true,
+            )
+        }
     })
 }
 
@@ -130,7 +141,17 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2(
 ) -> CUresult {
     run("cuMemcpyDtoH_v2", || {
         // SAFETY: forwarded from the caller; the legacy stream, waited for.
-        unsafe { super::copy::device_to_host(dst, src, bytes, std::ptr::null_mut(), false, true) }
+        unsafe {
+            host_copy(
+                Way::ToHost,
+                src,
+                dst,
+                bytes,
+                std::ptr::null_mut(),
+                false,
+                true,
+            )
+        }
     })
 }
 

@@ -7,18 +7,10 @@
 #include <cstring>
 #include <vector>
 #include <cuda_runtime.h>
+#include "check.h"
 
 __global__ void empty_kernel() {}
 
-#define OK(call)                                                                          \
-    do {                                                                                  \
-        cudaError_t e_ = (call);                                                          \
-        if (e_ != cudaSuccess) {                                                          \
-            printf("FAILED %s:%d: %s = %s\n", __FILE__, __LINE__, #call,                  \
-                   cudaGetErrorName(e_));                                                 \
-            return 1;                                                                     \
-        }                                                                                 \
-    } while (0)
 
 using Clock = std::chrono::steady_clock;
 static double us_since(Clock::time_point t) {
@@ -93,6 +85,5 @@ int main() {
     }
     OK(cudaFreeHost(pinned));
     OK(cudaFree(dev));
-    printf("PASS\n");
-    return 0;
+    return finish();
 }

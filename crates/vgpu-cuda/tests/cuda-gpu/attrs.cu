@@ -3,6 +3,7 @@
 // set first. `result:` lines must match the native run.
 #include <cstdio>
 #include <cuda_runtime.h>
+#include "check.h"
 
 __global__ void fill_shared(int *out, int n) {
     extern __shared__ int buf[];
@@ -36,6 +37,5 @@ int main() {
            a.maxThreadsPerBlock, a.numRegs > 0, a.maxDynamicSharedSizeBytes,
            b.maxDynamicSharedSizeBytes, cudaGetErrorName(too_big), cudaGetErrorName(ok), h, want);
     if (e || ok || h != (int)want) return 1;
-    printf("PASS\n");
-    return 0;
+    return finish();
 }

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <cuda_runtime.h>
+#include "check.h"
 
 struct Mid { float w[1024]; };          // 4 KiB
 struct Big { int v[8000]; };            // 32 000 bytes
@@ -31,15 +32,6 @@ __global__ void add_k(const Mid m, float *acc, int k) {
     if (threadIdx.x == 0) acc[k % 16] += m.w[k % 1024];
 }
 
-#define OK(call)                                                                          \
-    do {                                                                                  \
-        cudaError_t e_ = (call);                                                          \
-        if (e_ != cudaSuccess) {                                                          \
-            printf("FAILED %s:%d: %s = %s\n", __FILE__, __LINE__, #call,                 \
-                   cudaGetErrorName(e_));                                                 \
-            return 1;                                                                     \
-        }                                                                                 \
-    } while (0)
 
 int main() {
     static Mid m;
@@ -79,6 +71,5 @@ int main() {
     int bad = (out[0] != out[3]) + (big != 2 * want_big) + (out[0] - want_dot > 1e-2f || want_dot - out[0] > 1e-2f);
     printf("result: dot %.4f, big %lld, acc %.4f\n", out[0], big, acc_sum);
     if (bad) { printf("mismatch: want dot %.4f big %lld\n", want_dot, 2 * want_big); return 1; }
-    printf("PASS\n");
-    return 0;
+    return finish();
 }

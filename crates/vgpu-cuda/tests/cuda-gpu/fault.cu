@@ -2,6 +2,7 @@
 // and stays (sticky) for every later call, as on NVIDIA's driver. `result:` lines must match.
 #include <cstdio>
 #include <cuda_runtime.h>
+#include "check.h"
 
 __global__ void bad_write(int *p) { p[threadIdx.x] = 1; }
 
@@ -17,6 +18,5 @@ int main() {
     printf("result: launch %s, sync %s, after %s\n", cudaGetErrorName(launch),
            cudaGetErrorName(sync), cudaGetErrorName(after));
     if (launch != cudaSuccess || sync == cudaSuccess || after == cudaSuccess) return 1;
-    printf("PASS\n");
-    return 0;
+    return finish();
 }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <vector>
 #include <cuda_runtime.h>
+#include "check.h"
 
 __global__ void vadd(const float *a, const float *b, float *c, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -16,15 +17,6 @@ __global__ void saxpy(float a, const float *x, float *y, int n) {
         y[i] = a * x[i] + y[i];
 }
 
-#define OK(call)                                                                          \
-    do {                                                                                  \
-        cudaError_t e_ = (call);                                                          \
-        if (e_ != cudaSuccess) {                                                          \
-            printf("FAILED %s:%d: %s = %s\n", __FILE__, __LINE__, #call,                  \
-                   cudaGetErrorName(e_));                                                 \
-            return 1;                                                                     \
-        }                                                                                 \
-    } while (0)
 
 int main() {
     const int n = 1 << 20;
@@ -76,6 +68,5 @@ int main() {
     OK(cudaFree(dc));
     OK(cudaFree(dy));
     if (bad) return 1;
-    printf("PASS\n");
-    return 0;
+    return finish();
 }

@@ -5,24 +5,8 @@
 #include <cstdio>
 #include <cstring>
 #include <cuda_runtime.h>
+#include "check.h"
 
-static int failures = 0;
-#define CHECK(cond)                                                                       \
-    do {                                                                                  \
-        if (!(cond)) {                                                                    \
-            printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);                      \
-            failures++;                                                                   \
-        }                                                                                 \
-    } while (0)
-#define OK(call)                                                                          \
-    do {                                                                                  \
-        cudaError_t e_ = (call);                                                          \
-        if (e_ != cudaSuccess) {                                                          \
-            printf("FAILED %s:%d: %s = %s\n", __FILE__, __LINE__, #call,                  \
-                   cudaGetErrorName(e_));                                                 \
-            failures++;                                                                   \
-        }                                                                                 \
-    } while (0)
 
 struct Big { char bytes[32000]; };
 
@@ -63,10 +47,5 @@ int main() {
     // An attribute that cannot be set is refused at the call.
     CHECK(cudaFuncSetAttribute(bounded, cudaFuncAttributeMaxDynamicSharedMemorySize, 1 << 30) != cudaSuccess);
     cudaGetLastError();
-    if (failures) {
-        printf("%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("PASS\n");
-    return 0;
+    return finish();
 }

@@ -7,33 +7,8 @@
 #include <cstring>
 #include <vector>
 #include <cuda_runtime.h>
+#include "check.h"
 
-static int failures = 0;
-#define CHECK(cond)                                                                       \
-    do {                                                                                  \
-        if (!(cond)) {                                                                    \
-            printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);                      \
-            failures++;                                                                   \
-        }                                                                                 \
-    } while (0)
-#define OK(call)                                                                          \
-    do {                                                                                  \
-        cudaError_t e_ = (call);                                                          \
-        if (e_ != cudaSuccess) {                                                          \
-            printf("FAILED %s:%d: %s = %s\n", __FILE__, __LINE__, #call,                  \
-                   cudaGetErrorName(e_));                                                 \
-            failures++;                                                                   \
-        }                                                                                 \
-    } while (0)
-#define FAILS_WITH(call, want)                                                            \
-    do {                                                                                  \
-        cudaError_t e_ = (call);                                                          \
-        if (e_ != (want)) {                                                               \
-            printf("FAILED %s:%d: %s = %s, want %s\n", __FILE__, __LINE__, #call,         \
-                   cudaGetErrorName(e_), cudaGetErrorName(want));                         \
-            failures++;                                                                   \
-        }                                                                                 \
-    } while (0)
 
 int main() {
     int rt = 0, drv = 0, n = 0;
@@ -153,10 +128,5 @@ int main() {
     OK(cudaFree(a));
     OK(cudaFree(b));
     OK(cudaDeviceSynchronize());
-    if (failures) {
-        printf("%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("PASS\n");
-    return 0;
+    return finish();
 }
