@@ -66,9 +66,15 @@ pub fn parse(bytes: &[u8], binary: bool) -> Result<Image, Status> {
     let parsed = if binary {
         Image::parse_for_arch(bytes, ARCH)
     } else {
-        // PTX is text: up to the first NUL.
+        // PTX is text: up to the first NUL. A module needs its `.version` and `.target`
+        // directives, which the JIT compiler would ask for first.
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        Image::parse_with_limit(&bytes[..end], MAX_EXPANDED)
+        let text = &bytes[..end];
+        let has = |d: &[u8]| text.windows(d.len()).any(|w| w == d);
+        if !has(b".version") || !has(b".target") {
+            return Err(Status::InvalidArgument);
+        }
+        Image::parse_with_limit(text, MAX_EXPANDED)
     };
     parsed.map_err(|_| Status::InvalidArgument)
 }
@@ -191,5 +197,22 @@ impl Images {
             _ => return Err(Status::InvalidArgument),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_without_ptx_directives_is_no_module() {
+        assert_eq!(
+            parse(b"this is not PTX", false).unwrap_err(),
+            Status::InvalidArgument
+        );
+        let ptx = b".version 8.0\n.target sm_90\n.address_size 64\n\
+                    .visible .entry k(.param .u64 p) { ret; }\n";
+        let image = parse(ptx, false).unwrap();
+        assert_eq!(image.kernel("k").unwrap().params.len(), 1);
     }
 }
