@@ -93,7 +93,8 @@ fn check_accepted(cmd: &Command, staging: u64) {
         }
         Command::EventRecord { event }
         | Command::StreamWaitEvent { event }
-        | Command::EventSynchronize { event } => assert!(event < MAX_EVENTS),
+        | Command::EventSynchronize { event }
+        | Command::EventQuery { event } => assert!(event < MAX_EVENTS),
         Command::EventElapsed { start, end } => assert!(start < MAX_EVENTS && end < MAX_EVENTS),
         Command::Nop
         | Command::GetInfo

@@ -482,6 +482,19 @@ impl Event<'_> {
         self.id
     }
 
+    /// Whether the event's latest record that vgpud took has completed, without waiting
+    /// (`cuEventQuery`).
+    pub fn query(&self) -> Result<bool, Error> {
+        match self.dev.exec_on(Command::EventQuery { event: self.id }, 0) {
+            Ok(_) => Ok(true),
+            Err(Error::Command {
+                status: Status::NotReady,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits until the event's latest record has completed.
     pub fn synchronize(&self) -> Result<(), Error> {
         self.dev

@@ -39,7 +39,9 @@ fn waiting_share(isolation: &str) -> (f64, usize) {
     let busy = LaunchBody::busy(1_000_000);
     let cpu0: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
     let t0 = Instant::now();
-    s.launch_body(busy).unwrap().wait().unwrap();
+    // A launch completes once vgpud issued it; the stream's synchronize once the kernel ended.
+    drop(s.launch_body(busy).unwrap());
+    s.synchronize().unwrap();
     let wall = t0.elapsed();
     let cpu1: u64 = pids.iter().map(|&p| cpu_ns(p)).sum();
     assert!(wall >= Duration::from_secs(1), "the kernel took {wall:?}");

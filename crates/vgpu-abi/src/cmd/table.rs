@@ -254,6 +254,18 @@ commands! {
         class Class { stream: false, barrier: true, ..Class::STREAM_WORK };
         effect Effect::Work;
 
+    /// Whether the event's latest record has completed, without waiting (`cuEventQuery`,
+    /// 1.4): completes with `Ok` if so (or if it was never recorded), with `NOT_READY` if not.
+    /// A record still queued behind other work of its stream is not seen: the guest knows
+    /// which of its records vgpud has taken.
+    EventQuery = 0x34 => fn event_query {
+        /// Event id.
+        event: u32,
+    }
+        flags {} check(_s) { check::event(event)?; } ranges []
+        class Class::HOST;
+        effect Effect::Work;
+
     /// Time between two completed records: `result0` = `end − start` in ns (an `i64`).
     EventElapsed = 0x33 => fn event_elapsed {
         /// Start event id.

@@ -72,6 +72,8 @@ pub(crate) unsafe fn host_copy(
             Way::ToHost => st.copy_dtoh_staged(dev, off, n as u64),
         };
         let p = queued.map_err(dev_err)?;
+        // A staging copy completes when its bytes have moved (vgpud needs that too, to know
+        // when staging may be reused), so its completion is what a synchronous copy waits for.
         if wait {
             p.wait().map_err(dev_err)?;
         }

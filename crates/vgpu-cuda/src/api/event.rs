@@ -1,6 +1,9 @@
 //! Events. A `CUevent` is the address of an [`EventObj`] holding one of vgpud's event ids.
-//! The completion of an event's latest record arrives on the completion ring when the record
-//! completes on the device, so `cuEventQuery` looks for it without a round trip.
+//! A record is queued on its stream without waiting. Its completion on the ring says that vgpud
+//! took it (issued it to the device, or will not, for an error), not that the device reached
+//! it: `cuEventQuery` first looks for that completion without a round trip (a record vgpud has
+//! not taken is not complete), then asks vgpud (`EVENT_QUERY`); `cuEventSynchronize` waits for
+//! the device (`EVENT_SYNCHRONIZE`).
 
 use std::collections::HashSet;
 use std::ffi::c_uint;
@@ -140,23 +143,37 @@ pub extern "C" fn cuEventRecordWithFlags_ptsz(e: CUevent, s: CUstream, flags: c_
     })
 }
 
-/// Whether `o`'s latest record has completed (an error of the record is the answer's).
-fn complete(o: &EventObj) -> Result<bool, CUresult> {
-    let mut r = o.state.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(p) = r.pending.as_mut() else {
-        return Ok(true);
+/// Whether vgpud took `o`'s latest record (an error of the record is the answer's).
+fn taken(o: &EventObj, wait: bool) -> Result<bool, CUresult> {
+    let p = {
+        let mut r = o.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(p) = r.pending.as_mut() else {
+            return Ok(true);
+        };
+        if !wait {
+            return match p.try_wait() {
+                Ok(Some(_)) => {
+                    r.pending = None;
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => {
+                    r.pending = None;
+                    Err(driver::error_of(&e))
+                }
+            };
+        }
+        r.pending.take().expect("present")
     };
-    match p.try_wait() {
-        Ok(Some(_)) => {
-            r.pending = None;
-            Ok(true)
-        }
-        Ok(None) => Ok(false),
-        Err(e) => {
-            r.pending = None;
-            Err(driver::error_of(&e))
-        }
+    p.wait().map(|_| true).map_err(|e| driver::error_of(&e))
+}
+
+/// Whether `o`'s latest record has completed on the device.
+fn complete(o: &EventObj) -> Result<bool, CUresult> {
+    if !taken(o, false)? {
+        return Ok(false);
     }
+    o.ev.query().map_err(|e| driver::error_of(&e))
 }
 
 /// `cuEventQuery`: success once the latest record completed (or if never recorded).
@@ -173,16 +190,8 @@ pub extern "C" fn cuEventQuery(e: CUevent) -> CUresult {
 }
 
 fn synchronize(o: &EventObj) -> Result<(), CUresult> {
-    let p = o
-        .state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .pending
-        .take();
-    match p {
-        Some(p) => p.wait().map(drop).map_err(|e| driver::error_of(&e)),
-        None => Ok(()),
-    }
+    taken(o, true)?;
+    o.ev.synchronize().map_err(|e| driver::error_of(&e))
 }
 
 /// `cuEventSynchronize`.

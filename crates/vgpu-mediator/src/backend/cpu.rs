@@ -611,6 +611,12 @@ impl Handler for CpuBackend {
         self.ctx(vm).map(|_| Issued::DONE)
     }
 
+    fn event_query(&mut self, at: VmStream, _event: u32) -> Result<Issued, Status> {
+        // A record runs once the work before it on its stream retired (this device holds a
+        // stream's next command until then): a record vgpud took has completed.
+        self.ctx(at.vm).map(|_| Issued::DONE)
+    }
+
     fn event_synchronize(&mut self, at: VmStream, _event: u32) -> Result<Issued, Status> {
         let vm = at.vm;
         self.ctx(vm).map(|_| Issued::DONE)

@@ -1196,6 +1196,17 @@ impl Handler for CudaBackend {
         Ok(Issued::DONE)
     }
 
+    fn event_query(&mut self, at: VmStream, event: u32) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let Some(&e) = c.events.get(&event) else {
+            return Ok(Issued::DONE);
+        };
+        match api::event_query(e).map_err(status_of)? {
+            true => Ok(Issued::DONE),
+            false => Err(Status::NotReady),
+        }
+    }
+
     fn event_synchronize(&mut self, at: VmStream, event: u32) -> Result<Issued, Status> {
         let vm = at.vm;
         let c = self.ctx(vm)?;
