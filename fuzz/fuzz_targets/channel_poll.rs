@@ -129,6 +129,7 @@ impl Harness {
                 name: "fuzz device".into(),
                 total_mem: 1 << 30,
                 caps: 0,
+                props: vgpu_abi::DeviceInfoPage::default(),
             },
             capabilities: 0,
             max_kernel_us: 1000,
