@@ -1,5 +1,5 @@
 //! Helper threads that each block on one completion at a time (for the cuda backend: a
-//! blocking-sync CUDA event, the head of one stream's pending work) and write a wake eventfd
+//! blocking-sync CUDA event recorded on one stream when the executor blocks) and write a wake eventfd
 //! once it happened. One lane (thread) per key (a VM's stream), started at its first use.
 //!
 //! The device handle a lane waits on is *lent* to it: the backend must not reuse it (record it
