@@ -230,3 +230,98 @@ macro_rules! launch_kernel {
 }
 launch_kernel!(cuLaunchKernel, false);
 launch_kernel!(cuLaunchKernel_ptsz, true);
+
+/// `CUlaunchConfig` (CUDA 12.0+), with the attribute id read as a plain integer.
+#[repr(C)]
+pub struct LaunchConfig {
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared: c_uint,
+    stream: CUstream,
+    attrs: *const LaunchAttribute,
+    num_attrs: c_uint,
+}
+
+/// `CUlaunchAttribute`: an id and a 64-byte value.
+#[repr(C)]
+pub struct LaunchAttribute {
+    id: u32,
+    _pad: [u8; 4],
+    _value: [u8; 64],
+}
+
+/// `CU_LAUNCH_ATTRIBUTE_*` ids a launch may carry here: none (0); hints a launch on vgpud's
+/// device may ignore without changing what it computes: the stream priority (8; vgpud
+/// schedules by the VM's priority and pool), the memory synchronisation domain and its map (9,
+/// 10), the preferred shared memory carveout (14). The others (cooperative, cluster shapes,
+/// programmatic dependencies, completion events) change what a launch means and are refused.
+const IGNORABLE_ATTRIBUTES: [u32; 5] = [0, 8, 9, 10, 14];
+
+/// # Safety
+/// `config` is NULL or a valid `CUlaunchConfig` whose `attrs` holds `numAttrs` entries;
+/// `params` and `extra` as for [`launch`].
+unsafe fn launch_ex(
+    config: *const LaunchConfig,
+    f: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    per_thread: bool,
+) -> Result<CUresult, CUresult> {
+    if config.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: non-NULL and valid (the caller's promise).
+    let c = unsafe { &*config };
+    if c.num_attrs > 0 && c.attrs.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    for i in 0..c.num_attrs as usize {
+        // SAFETY: `attrs` holds `num_attrs` entries (the caller's promise).
+        let id = unsafe { (*c.attrs.add(i)).id };
+        if !IGNORABLE_ATTRIBUTES.contains(&id) {
+            return Err(crate::unsupported::report_owned(format!(
+                "cuLaunchKernelEx attribute {id}"
+            )));
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        launch(
+            f, c.grid, c.block, c.shared, c.stream, params, extra, per_thread,
+        )
+    }
+}
+
+/// `cuLaunchKernelEx`: a launch described by a `CUlaunchConfig`.
+///
+/// # Safety
+/// As [`launch_ex`].
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernelEx(
+    config: *const LaunchConfig,
+    f: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    guard("cuLaunchKernelEx", || {
+        // SAFETY: forwarded from the caller.
+        unsafe { launch_ex(config, f, params, extra, false) }.unwrap_or_else(|e| e)
+    })
+}
+
+/// `cuLaunchKernelEx_ptsz`.
+///
+/// # Safety
+/// As [`launch_ex`].
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernelEx_ptsz(
+    config: *const LaunchConfig,
+    f: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    guard("cuLaunchKernelEx_ptsz", || {
+        // SAFETY: forwarded from the caller.
+        unsafe { launch_ex(config, f, params, extra, true) }.unwrap_or_else(|e| e)
+    })
+}
