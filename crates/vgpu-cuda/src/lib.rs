@@ -20,6 +20,7 @@ pub mod driver;
 // an export declare it with the real one.
 #[allow(clashing_extern_declarations)]
 pub mod exports;
+pub mod handles;
 pub mod params;
 pub mod pinned;
 pub mod proc_address;

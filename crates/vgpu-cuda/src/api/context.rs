@@ -6,14 +6,14 @@
 //! programs observe of them without a second device.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::ffi::{c_int, c_uint};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::device::DEVICE;
-use super::{guard, put};
+use super::{put, run};
 use crate::driver;
+use crate::handles::Registry;
 use crate::types::{CUcontext, CUdevice, CUresult};
 
 /// One context. Its address is its `CUcontext` handle.
@@ -53,7 +53,7 @@ struct Primary {
 static PRIMARY: Mutex<Option<Primary>> = Mutex::new(None);
 
 /// Contexts alive: the primary one once made, and every created one not yet destroyed.
-static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+static LIVE: Registry<Context> = Registry::new();
 
 thread_local! {
     static STACK: RefCell<Vec<CUcontext>> = const { RefCell::new(Vec::new()) };
@@ -63,33 +63,16 @@ fn primary() -> &'static Context {
     let mut p = PRIMARY.lock().unwrap_or_else(|e| e.into_inner());
     let ctx = p
         .get_or_insert_with(|| {
-            let ctx: &'static Context = Box::leak(Box::new(Context::new(0)));
-            track(ctx.handle(), true);
+            let ctx = LIVE.add(Context::new(0));
             Primary { ctx, retained: 0 }
         })
         .ctx;
     ctx
 }
 
-fn track(c: CUcontext, alive: bool) {
-    let mut l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    let set = l.get_or_insert_with(HashSet::new);
-    if alive {
-        set.insert(c as usize);
-    } else {
-        set.remove(&(c as usize));
-    }
-}
-
 /// The context behind a handle, if it is alive.
 pub fn resolve(c: CUcontext) -> Option<&'static Context> {
-    let l = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    if l.as_ref().is_some_and(|s| s.contains(&(c as usize))) {
-        // SAFETY: live handles are addresses of leaked (never freed while alive) contexts.
-        Some(unsafe { &*(c as *const Context) })
-    } else {
-        None
-    }
+    LIVE.get(c as usize)
 }
 
 /// The calling thread's current context (NULL when none).
@@ -103,10 +86,6 @@ pub fn require_current() -> Result<&'static Context, CUresult> {
     let c = resolve(current()).ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
     driver::get()?.sticky()?;
     Ok(c)
-}
-
-fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
-    guard(name, || body().unwrap_or_else(|e| e))
 }
 
 fn check_device(dev: CUdevice) -> Result<(), CUresult> {
@@ -472,8 +451,7 @@ unsafe fn create(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> Result<C
     if pctx.is_null() {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
-    let ctx: &'static Context = Box::leak(Box::new(Context::new(flags)));
-    track(ctx.handle(), true);
+    let ctx = LIVE.add(Context::new(flags));
     STACK.with(|s| s.borrow_mut().push(ctx.handle()));
     // SAFETY: non-NULL, valid for a write (the caller's promise).
     unsafe { pctx.write(ctx.handle()) };
@@ -506,7 +484,7 @@ pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
         if resolve(ctx).is_none() || ctx == primary().handle() {
             return Err(CUresult::CUDA_ERROR_INVALID_CONTEXT);
         }
-        track(ctx, false);
+        LIVE.retire(ctx as usize);
         STACK.with(|s| s.borrow_mut().retain(|&c| c != ctx));
         // SAFETY: the context is gone: the runtime's state kept for it may be freed.
         unsafe { crate::dark_api::context_destroyed(ctx) };

@@ -9,15 +9,11 @@
 use std::ffi::c_void;
 
 use super::context::require_current;
-use super::guard;
 use super::memory::{is_device, ready};
+use super::run;
 use super::stream::{resolve, stream};
 use crate::types::{CUdeviceptr, CUresult, CUstream};
 use crate::{driver, pinned};
-
-fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
-    guard(name, || body().unwrap_or_else(|e| e))
-}
 
 fn dev_err(e: vgpu_guest::Error) -> CUresult {
     driver::error_of(&e)

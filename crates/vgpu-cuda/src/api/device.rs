@@ -3,7 +3,7 @@
 
 use std::ffi::{c_char, c_int, c_uint, CStr};
 
-use super::{guard, put};
+use super::{put, run};
 use crate::driver;
 use crate::types::{CUdevice, CUresult, CUuuid};
 
@@ -35,10 +35,6 @@ unsafe fn put_c_str(out: *mut c_char, len: c_int, s: &str) -> Result<CUresult, C
         out.add(n).write(0);
     }
     Ok(CUresult::CUDA_SUCCESS)
-}
-
-fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
-    guard(name, || body().unwrap_or_else(|e| e))
 }
 
 /// `cuDeviceGetCount`.

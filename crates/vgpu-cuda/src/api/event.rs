@@ -5,16 +5,16 @@
 //! not taken is not complete), then asks vgpud (`EVENT_QUERY`); `cuEventSynchronize` waits for
 //! the device (`EVENT_SYNCHRONIZE`).
 
-use std::collections::HashSet;
 use std::ffi::c_uint;
 use std::sync::Mutex;
 
 use vgpu_guest::{Event, Pending};
 
 use super::context::require_current;
-use super::guard;
+use super::run;
 use super::stream::{resolve, stream};
 use crate::driver;
+use crate::handles::Registry;
 use crate::types::{CUevent, CUresult, CUstream};
 
 /// `CU_EVENT_DISABLE_TIMING`.
@@ -39,20 +39,11 @@ struct Record {
     pending: Option<Pending<'static>>,
 }
 
-static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+static LIVE: Registry<EventObj> = Registry::new();
 
 fn obj(e: CUevent) -> Result<&'static EventObj, CUresult> {
-    let l = LIVE.lock().unwrap_or_else(|p| p.into_inner());
-    if l.as_ref().is_some_and(|s| s.contains(&(e as usize))) {
-        // SAFETY: live handles are addresses of leaked EventObjs.
-        Ok(unsafe { &*(e as *const EventObj) })
-    } else {
-        Err(CUresult::CUDA_ERROR_INVALID_HANDLE)
-    }
-}
-
-fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
-    guard(name, || body().unwrap_or_else(|e| e))
+    LIVE.get(e as usize)
+        .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
 }
 
 /// `cuEventCreate`.
@@ -68,16 +59,12 @@ pub unsafe extern "C" fn cuEventCreate(ph: *mut CUevent, flags: c_uint) -> CUres
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
         let ev = d.dev.create_event().map_err(|e| driver::error_of(&e))?;
-        let o: &'static EventObj = Box::leak(Box::new(EventObj {
+        let o = LIVE.add(EventObj {
             ev,
             flags,
             state: Mutex::new(Record::default()),
-        }));
-        let h = o as *const EventObj as CUevent;
-        LIVE.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(HashSet::new)
-            .insert(h as usize);
+        });
+        let h = Registry::handle(o) as CUevent;
         // SAFETY: non-NULL and valid for a write (the caller's promise).
         unsafe { ph.write(h) };
         Ok(CUresult::CUDA_SUCCESS)
@@ -90,10 +77,7 @@ pub unsafe extern "C" fn cuEventCreate(ph: *mut CUevent, flags: c_uint) -> CUres
 pub extern "C" fn cuEventDestroy_v2(e: CUevent) -> CUresult {
     run("cuEventDestroy_v2", || {
         obj(e)?;
-        LIVE.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(HashSet::new)
-            .remove(&(e as usize));
+        LIVE.retire(e as usize);
         Ok(CUresult::CUDA_SUCCESS)
     })
 }

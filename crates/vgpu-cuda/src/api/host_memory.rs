@@ -14,8 +14,8 @@ use std::ffi::{c_int, c_uint, c_void};
 use std::sync::Mutex;
 
 use super::context::{current, require_current};
-use super::guard;
 use super::memory::allocation_of;
+use super::run;
 use crate::pinned;
 use crate::types::{CUdeviceptr, CUresult};
 
@@ -53,10 +53,6 @@ fn host_range_of(p: usize) -> Option<(usize, HostRange)> {
         .next_back()
         .map(|(&b, &r)| (b, r))
         .filter(|&(b, r)| p - b < r.size.max(1))
-}
-
-fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
-    guard(name, || body().unwrap_or_else(|e| e))
 }
 
 /// # Safety

@@ -8,9 +8,7 @@ use vgpu_abi::cmd::{LaunchBody, MAX_INLINE_PARAMS, MAX_KERNEL_PARAMS};
 
 use super::context::require_current;
 use super::guard;
-use super::module::{
-    function, get_attribute, ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES, ATTR_MAX_THREADS_PER_BLOCK,
-};
+use super::module::{function, ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES, ATTR_MAX_THREADS_PER_BLOCK};
 use super::stream::{resolve, stream};
 use crate::driver;
 use crate::params::{arena_for, ARENA};
@@ -138,12 +136,12 @@ unsafe fn launch(
     // A launch the driver would refuse fails at the call, as NVIDIA's does, not later on the
     // stream: the function's limits are read once and cached.
     let threads = block.iter().map(|&b| u64::from(b)).product::<u64>();
-    let max_threads = get_attribute(f.cast(), ATTR_MAX_THREADS_PER_BLOCK)?;
+    let max_threads = func.attribute(ATTR_MAX_THREADS_PER_BLOCK)?;
     if threads > max_threads.max(0) as u64 {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
     if shared > 0 {
-        let max_shared = get_attribute(f.cast(), ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES)?;
+        let max_shared = func.attribute(ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES)?;
         if u64::from(shared) > max_shared.max(0) as u64 {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }

@@ -8,13 +8,9 @@ use std::sync::Mutex;
 
 use super::context::require_current;
 use super::copy::{host_copy, Way};
-use super::{guard, put};
+use super::{put, run};
 use crate::driver::{self, Driver};
 use crate::types::{CUdeviceptr, CUresult};
-
-fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
-    guard(name, || body().unwrap_or_else(|e| e))
-}
 
 /// Device allocations of this process: base → size.
 static ALLOCATIONS: Mutex<BTreeMap<u64, u64>> = Mutex::new(BTreeMap::new());

@@ -34,6 +34,14 @@ pub(crate) fn guard(name: &'static str, body: impl FnOnce() -> CUresult) -> CUre
     }
 }
 
+/// [`guard`] for a body that answers its error as `Err`.
+pub(crate) fn run(
+    name: &'static str,
+    body: impl FnOnce() -> Result<CUresult, CUresult>,
+) -> CUresult {
+    guard(name, || body().unwrap_or_else(|e| e))
+}
+
 /// Writes `v` through an out-pointer the caller passed; `CUDA_ERROR_INVALID_VALUE` for NULL.
 ///
 /// # Safety

@@ -7,15 +7,16 @@
 //! ships only the code it uses. A function's parameter layout is asked from vgpud once, when
 //! the function is first looked up. `CUfunction` and `CUkernel` handles are the same object.
 
-use std::collections::{HashMap, HashSet};
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::sync::{Mutex, OnceLock};
 
 use vgpu_guest::compute::{Function, Module};
 
 use super::context::require_current;
-use super::{guard, put};
+use super::{put, run};
 use crate::driver;
+use crate::handles::Registry;
 use crate::types::{CUfunction, CUkernel, CUlibrary, CUmodule, CUresult};
 
 /// `CU_MODULE_EAGER_LOADING`.
@@ -58,51 +59,28 @@ pub struct ModuleObj {
 /// A function (or kernel) of a module.
 pub struct FuncObj {
     module: &'static ModuleObj,
-    name: Vec<u8>,
+    name: CString,
     /// vgpud's function and its parameter layout.
     host: Function,
     /// Attributes read so far (they change only when set through this driver).
     attributes: Mutex<HashMap<c_int, c_int>>,
 }
 
-static MODULES: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
-static FUNCTIONS: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
-
-fn register(set: &Mutex<Option<HashSet<usize>>>, p: usize, alive: bool) {
-    let mut s = set.lock().unwrap_or_else(|e| e.into_inner());
-    let s = s.get_or_insert_with(HashSet::new);
-    if alive {
-        s.insert(p);
-    } else {
-        s.remove(&p);
-    }
-}
-
-fn alive(set: &Mutex<Option<HashSet<usize>>>, p: usize) -> bool {
-    set.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .is_some_and(|s| s.contains(&p))
-}
+static MODULES: Registry<ModuleObj> = Registry::new();
+static FUNCTIONS: Registry<FuncObj> = Registry::new();
 
 /// The module behind a `CUmodule` or `CUlibrary` handle.
 fn module(h: *mut c_void) -> Result<&'static ModuleObj, CUresult> {
-    if alive(&MODULES, h as usize) {
-        // SAFETY: live handles are addresses of leaked ModuleObjs.
-        Ok(unsafe { &*(h as *const ModuleObj) })
-    } else {
-        Err(CUresult::CUDA_ERROR_INVALID_HANDLE)
-    }
+    MODULES
+        .get(h as usize)
+        .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
 }
 
 /// The function behind a `CUfunction` or `CUkernel` handle.
 pub fn function(h: *mut c_void) -> Result<&'static FuncObj, CUresult> {
-    if alive(&FUNCTIONS, h as usize) {
-        // SAFETY: live handles are addresses of leaked FuncObjs.
-        Ok(unsafe { &*(h as *const FuncObj) })
-    } else {
-        Err(CUresult::CUDA_ERROR_INVALID_HANDLE)
-    }
+    FUNCTIONS
+        .get(h as usize)
+        .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
 }
 
 impl FuncObj {
@@ -116,7 +94,7 @@ impl FuncObj {
     }
     /// The kernel's name.
     pub fn name(&self) -> &[u8] {
-        &self.name
+        self.name.to_bytes()
     }
 }
 
@@ -200,15 +178,13 @@ unsafe fn new_module(p: *const c_void) -> Result<&'static ModuleObj, CUresult> {
     // SAFETY: `start` is valid for `len` bytes (the image's headers say so), `image` holds at
     // least `len` bytes and does not overlap it.
     unsafe { std::ptr::copy_nonoverlapping(start, image.as_mut_ptr().cast::<u8>(), len) };
-    let m: &'static ModuleObj = Box::leak(Box::new(ModuleObj {
+    Ok(MODULES.add(ModuleObj {
         image,
         len,
         ptx,
         host: OnceLock::new(),
         functions: Mutex::new(HashMap::new()),
-    }));
-    register(&MODULES, m as *const ModuleObj as usize, true);
-    Ok(m)
+    }))
 }
 
 impl ModuleObj {
@@ -254,20 +230,16 @@ impl ModuleObj {
                 }
                 other => other,
             })?;
-        let f: &'static FuncObj = Box::leak(Box::new(FuncObj {
+        let f = FUNCTIONS.add(FuncObj {
             module: self,
-            name: name.to_vec(),
+            // Names come from C strings: no NUL inside.
+            name: CString::new(name).map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?,
             host,
             attributes: Mutex::new(HashMap::new()),
-        }));
-        register(&FUNCTIONS, f as *const FuncObj as usize, true);
+        });
         fs.insert(name.to_vec(), f);
         Ok(f)
     }
-}
-
-fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
-    guard(name, || body().unwrap_or_else(|e| e))
 }
 
 /// `cuModuleGetLoadingMode`.
@@ -293,7 +265,7 @@ unsafe fn module_load(pm: *mut CUmodule, image: *const c_void) -> Result<CUresul
     // SAFETY: forwarded from the caller.
     let m = unsafe { new_module(image) }?;
     if let Err(e) = m.host() {
-        register(&MODULES, m as *const ModuleObj as usize, false);
+        MODULES.retire(Registry::handle(m));
         return Err(e);
     }
     // SAFETY: non-NULL and valid for a write (the caller's promise).
@@ -344,15 +316,12 @@ pub unsafe extern "C" fn cuModuleLoadFatBinary(
 
 fn unload(h: *mut c_void) -> Result<CUresult, CUresult> {
     let m = module(h)?;
-    register(&MODULES, h as usize, false);
-    for f in m
-        .functions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-    {
-        register(&FUNCTIONS, *f as *const FuncObj as usize, false);
+    MODULES.retire(h as usize);
+    let functions = m.functions.lock().unwrap_or_else(|e| e.into_inner());
+    for &f in functions.values() {
+        FUNCTIONS.retire(Registry::handle(f));
     }
+    drop(functions);
     // The module object stays leaked (stale handles must never name reused memory); its
     // vgpud module is unloaded.
     if let Some(Ok(hm)) = m.host.get() {
@@ -504,14 +473,8 @@ pub unsafe extern "C" fn cuKernelGetFunction(pf: *mut CUfunction, k: CUkernel) -
 /// `name` is NULL or valid for a write.
 unsafe fn get_name(name: *mut *const c_char, h: *mut c_void) -> Result<CUresult, CUresult> {
     let f = function(h)?;
-    static NAMES: Mutex<Option<HashMap<usize, std::ffi::CString>>> = Mutex::new(None);
-    let mut n = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    let s = n
-        .get_or_insert_with(HashMap::new)
-        .entry(h as usize)
-        .or_insert_with(|| std::ffi::CString::new(f.name.clone()).unwrap_or_default());
-    // SAFETY: forwarded from the caller; the string lives in a never-emptied map.
-    Ok(unsafe { put(name, s.as_ptr()) })
+    // SAFETY: forwarded from the caller; the string lives as long as the (leaked) function.
+    Ok(unsafe { put(name, f.name.as_ptr()) })
 }
 
 /// `cuKernelGetName`.
@@ -593,12 +556,31 @@ pub unsafe extern "C" fn cuKernelGetParamInfo(
     })
 }
 
-/// Keeps the module of a function reachable for its whole life (the field is read by
-/// nothing else yet, but a function without its module would be a dangling kernel).
 impl FuncObj {
     /// The module the function belongs to.
     pub fn module_handle(&self) -> CUmodule {
         self.module as *const ModuleObj as CUmodule
+    }
+
+    /// Attribute `attrib` (in range), read from vgpud once and cached.
+    pub fn attribute(&self, attrib: c_int) -> Result<c_int, CUresult> {
+        if let Some(&v) = self
+            .attributes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&attrib)
+        {
+            return Ok(v);
+        }
+        let v = driver::get()?
+            .dev
+            .func_attribute(self.handle(), attrib as u32)
+            .map_err(|e| driver::error_of(&e))?;
+        self.attributes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(attrib, v);
+        Ok(v)
     }
 }
 
@@ -611,30 +593,13 @@ pub const ATTR_MAX_THREADS_PER_BLOCK: c_int = 0;
 pub const ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES: c_int = 8;
 
 /// An attribute of a function, cached after the first read.
-pub fn get_attribute(h: *mut c_void, attrib: c_int) -> Result<c_int, CUresult> {
+fn get_attribute(h: *mut c_void, attrib: c_int) -> Result<c_int, CUresult> {
     require_current()?;
     let f = function(h)?;
     if !(0..FUNC_ATTRIBUTE_MAX).contains(&attrib) {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
-    if let Some(&v) = f
-        .attributes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&attrib)
-    {
-        return Ok(v);
-    }
-    let d = driver::get()?;
-    let v = d
-        .dev
-        .func_attribute(f.handle(), attrib as u32)
-        .map_err(|e| driver::error_of(&e))?;
-    f.attributes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(attrib, v);
-    Ok(v)
+    f.attribute(attrib)
 }
 
 fn set_attribute(h: *mut c_void, attrib: c_int, value: c_int) -> Result<CUresult, CUresult> {

@@ -7,15 +7,15 @@
 //! are reused, so the bound is on streams alive at once.
 
 use std::cell::Cell;
-use std::collections::HashSet;
 use std::ffi::{c_int, c_uint};
 use std::sync::Mutex;
 
 use vgpu_guest::Stream;
 
 use super::context::{current, require_current};
-use super::{guard, put};
+use super::{put, run};
 use crate::driver::{self, Driver};
+use crate::handles::Registry;
 use crate::types::{CUcontext, CUresult, CUstream};
 
 /// `CU_STREAM_LEGACY`.
@@ -45,17 +45,13 @@ unsafe impl Send for StreamObj {}
 unsafe impl Sync for StreamObj {}
 
 /// Streams alive, by handle.
-static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+static LIVE: Registry<StreamObj> = Registry::new();
 /// Stream ids free for reuse.
 static FREE_IDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 thread_local! {
     /// This thread's per-thread default stream id (0 = not made yet).
     static PER_THREAD: Cell<u32> = const { Cell::new(0) };
-}
-
-fn live() -> std::sync::MutexGuard<'static, Option<HashSet<usize>>> {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn new_id(d: &'static Driver) -> u32 {
@@ -82,12 +78,9 @@ pub fn resolve(s: CUstream, per_thread: bool) -> Result<u32, CUresult> {
     if raw == 0 || raw == STREAM_LEGACY {
         return Ok(0);
     }
-    if !live().as_ref().is_some_and(|l| l.contains(&raw)) {
-        return Err(CUresult::CUDA_ERROR_INVALID_HANDLE);
-    }
-    // SAFETY: live handles are addresses of leaked StreamObjs, freed only after removal
-    // from LIVE (never: see `destroy`).
-    Ok(unsafe { &*(s as *const StreamObj) }.id)
+    obj(s)
+        .map(|o| o.id)
+        .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
 }
 
 /// The vgpud stream `id` as a guest stream.
@@ -96,17 +89,7 @@ pub fn stream(id: u32) -> Result<Stream<'static>, CUresult> {
 }
 
 fn obj(s: CUstream) -> Option<&'static StreamObj> {
-    let raw = s as usize;
-    if live().as_ref().is_some_and(|l| l.contains(&raw)) {
-        // SAFETY: as in `resolve`.
-        Some(unsafe { &*(s as *const StreamObj) })
-    } else {
-        None
-    }
-}
-
-fn run(name: &'static str, body: impl FnOnce() -> Result<CUresult, CUresult>) -> CUresult {
-    guard(name, || body().unwrap_or_else(|e| e))
+    LIVE.get(s as usize)
 }
 
 /// # Safety
@@ -117,14 +100,13 @@ unsafe fn create(ph: *mut CUstream, flags: c_uint, priority: c_int) -> Result<CU
     if ph.is_null() || flags & !NON_BLOCKING != 0 {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
-    let obj: &'static StreamObj = Box::leak(Box::new(StreamObj {
+    let obj = LIVE.add(StreamObj {
         id: new_id(d),
         flags,
         priority: priority.clamp(-5, 0),
         ctx: current(),
-    }));
-    let h = obj as *const StreamObj as CUstream;
-    live().get_or_insert_with(HashSet::new).insert(h as usize);
+    });
+    let h = Registry::handle(obj) as CUstream;
     // SAFETY: non-NULL and valid for a write (the caller's promise).
     unsafe { ph.write(h) };
     Ok(CUresult::CUDA_SUCCESS)
@@ -160,16 +142,13 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(
 fn destroy(s: CUstream) -> Result<CUresult, CUresult> {
     driver::get()?;
     let o = obj(s).ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)?;
-    live()
-        .get_or_insert_with(HashSet::new)
-        .remove(&(s as usize));
+    LIVE.retire(s as usize);
     // Work already queued on the stream still completes; the id is reused only for work
     // queued after it, which vgpud orders after it (a stronger order than CUDA's).
     FREE_IDS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(o.id);
-    // The StreamObj stays leaked: a stale handle must never point at reused memory.
     Ok(CUresult::CUDA_SUCCESS)
 }
 

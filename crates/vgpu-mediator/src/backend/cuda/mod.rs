@@ -261,9 +261,6 @@ unsafe impl Send for Lent {}
 struct Waiters {
     wake: Arc<OwnedFd>,
     pool: WaitPool<(VmKey, usize), Lent>,
-    /// `(vm, event, timed)` of events whose token retired while a helper still waited on them:
-    /// they go back to their spare pool once the helper gave them back.
-    retired_lent: Vec<(VmKey, CUevent, bool)>,
     /// The wake event each stream's helper waits on now.
     armed: HashMap<(VmKey, usize), CUevent>,
     /// Since when the executor blocks without a token retiring (the recheck interval grows
@@ -283,43 +280,24 @@ impl Waiters {
         Some(Self {
             wake,
             pool,
-            retired_lent: Vec::new(),
             armed: HashMap::new(),
             blocked_since: None,
         })
     }
 
-    /// Puts events the helpers gave back, whose tokens retired, back in their spare pools.
+    /// Puts the wake events the helpers gave back in their contexts' spare pools: their
+    /// streams' helpers may be armed again.
     fn reclaim(&mut self, ctxs: &mut HashMap<VmKey, VmCtx>) {
         for l in self.pool.take_done() {
-            // A wake event: its wait is over, the stream's helper may be armed again.
-            if let Some(&key) = self
+            let key = self
                 .armed
                 .iter()
                 .find(|(_, &e)| e == l.event)
-                .map(|(k, _)| k)
-            {
+                .map(|(&k, _)| k);
+            if let Some(key) = key {
                 self.armed.remove(&key);
                 if let Some(c) = ctxs.get_mut(&key.0) {
                     c.spare_wake.push(l.event);
-                }
-                continue;
-            }
-            let Some(i) = self.retired_lent.iter().position(|r| r.1 == l.event) else {
-                // Its token is still pending: the event is spared when it retires.
-                continue;
-            };
-            if self.pool.is_lent(&l) {
-                // Given back once before, spared, recorded for a newer token and lent again:
-                // it comes back once more when that wait ends.
-                continue;
-            }
-            let (vm, e, timed) = self.retired_lent.swap_remove(i);
-            if let Some(c) = ctxs.get_mut(&vm) {
-                if timed {
-                    c.spare.push(e);
-                } else {
-                    c.spare_untimed.push(e);
                 }
             }
         }
@@ -335,7 +313,6 @@ impl Waiters {
                 "cuda: a wait thread did not return from cuEventSynchronize"
             );
         }
-        self.retired_lent.retain(|r| r.0 != vm);
         // The context's destruction frees its wake events.
         self.armed.retain(|k, _| k.0 != vm);
     }
@@ -845,18 +822,10 @@ impl Backend for CudaBackend {
             _ => 0,
         };
         // Tokens with a start event are timed (both events from `spare`); the others untimed.
-        // An event a helper thread still waits on is spared once the helper gave it back.
-        let timed = work.start.is_some();
-        for e in work.events {
-            let lent = Lent {
-                ctx: c.ctx,
-                event: e,
-            };
-            match self.waiters.as_mut() {
-                Some(w) if w.pool.is_lent(&lent) => w.retired_lent.push((vm, e, timed)),
-                _ if timed => c.spare.push(e),
-                _ => c.spare_untimed.push(e),
-            }
+        if work.start.is_some() {
+            c.spare.extend(work.events);
+        } else {
+            c.spare_untimed.extend(work.events);
         }
         c.spare.extend(work.start);
         if let Some(w) = self.waiters.as_mut() {
