@@ -73,22 +73,22 @@ fn commands() -> Vec<(&'static str, Command)> {
         ),
         (
             "launch_busy",
-            Command::Launch { launch: 
-                LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], busy.as_bytes())
+            Command::Launch {
+                launch: LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], busy.as_bytes())
                     .expect("params fit"),
-             },
+            },
         ),
         (
             "launch_vadd",
-            Command::Launch { launch: 
-                LaunchBody::new(
+            Command::Launch {
+                launch: LaunchBody::new(
                     Builtin::VectorAddF32.handle(),
                     [2, 1, 1],
                     [128, 1, 1],
                     vadd.as_bytes(),
                 )
                 .expect("params fit"),
-             },
+            },
         ),
         (
             "module_load",
@@ -96,6 +96,16 @@ fn commands() -> Vec<(&'static str, Command)> {
                 staging_offset: 0,
                 len: 100,
                 binary: false,
+                more: false,
+                cont: false,
+            },
+        ),
+        (
+            "module_get_global",
+            Command::ModuleGetGlobal {
+                module: 1,
+                staging_offset: 0,
+                name_len: 5,
             },
         ),
         ("module_unload", Command::ModuleUnload { module: 1 }),

@@ -49,10 +49,18 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => panic!("reading a request that is all there: {e}"),
     };
-    assert!(line.len() < MAX_REQUEST_BYTES, "a line of {} bytes was accepted", line.len());
+    assert!(
+        line.len() < MAX_REQUEST_BYTES,
+        "a line of {} bytes was accepted",
+        line.len()
+    );
     assert!(!line.contains(&b'\n'), "the line includes its newline");
     let end = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
-    assert_eq!(line, &data[..end], "the line is not the bytes before the first newline");
+    assert_eq!(
+        line,
+        &data[..end],
+        "the line is not the bytes before the first newline"
+    );
     let reply = handle_request(&line, registry());
     assert!(reply.is_object(), "reply is not a JSON object: {reply}");
     match std::str::from_utf8(&line).map(str::trim) {

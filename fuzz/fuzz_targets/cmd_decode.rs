@@ -68,6 +68,11 @@ fn check_accepted(cmd: &Command, staging: u64) {
             staging_offset,
             name_len,
             ..
+        }
+        | Command::ModuleGetGlobal {
+            staging_offset,
+            name_len,
+            ..
         } => {
             assert!((1..=MAX_FUNC_NAME).contains(&name_len));
             assert!(inside(staging_offset, name_len));
@@ -88,7 +93,10 @@ fn check_accepted(cmd: &Command, staging: u64) {
             assert!([grid_x, grid_y, grid_z]
                 .iter()
                 .all(|&g| (1..=MAX_GRID_DIM).contains(&g)));
-            let threads: u128 = [block_x, block_y, block_z].iter().map(|&b| b as u128).product();
+            let threads: u128 = [block_x, block_y, block_z]
+                .iter()
+                .map(|&b| b as u128)
+                .product();
             assert!(threads > 0 && threads <= MAX_BLOCK_THREADS as u128);
         }
         Command::EventRecord { event }

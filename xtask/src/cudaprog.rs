@@ -246,7 +246,7 @@ pub fn run() -> Result<()> {
             pool_id: 0,
             priority: 0,
             mem_quota: "512MiB".into(),
-            shm_size: "64MiB".into(),
+            shm_size: "16MiB".into(),
         }],
     };
     let vgpud = Vgpud::start(

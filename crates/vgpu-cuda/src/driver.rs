@@ -125,6 +125,7 @@ pub fn error_of(e: &Error) -> CUresult {
             Status::KernelTimeout => CUresult::CUDA_ERROR_LAUNCH_TIMEOUT,
             Status::InvalidFunction => CUresult::CUDA_ERROR_INVALID_HANDLE,
             Status::NotReady => CUresult::CUDA_ERROR_NOT_READY,
+            Status::NotFound => CUresult::CUDA_ERROR_NOT_FOUND,
             Status::ContextLost | Status::ContextUnavailable | Status::Aborted => {
                 CUresult::CUDA_ERROR_CONTEXT_IS_DESTROYED
             }

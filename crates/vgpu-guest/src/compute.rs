@@ -550,21 +550,49 @@ impl Device {
     }
 
     fn load_image_as(&self, image: &[u8], binary: bool) -> Result<Module<'_>, Error> {
-        let c = self.with_staging(image, |off| {
+        // An image larger than the payload area goes in parts (ABI 1.5): vgpud gathers them
+        // and loads the image with the last one.
+        if image.len() as u64 > self.payload_room() && self.info().abi_version & 0xffff < 5 {
+            return Err(Error::InvalidArgument(format!(
+                "a {}-byte image does not fit the {} bytes of staging for payloads and this vgpud (ABI {}) takes no images in parts",
+                image.len(),
+                self.payload_room(),
+                self.info().abi_version_string(),
+            )));
+        }
+        let c = self.with_staging_parts(image, |off, len, first, last| {
             self.exec_on(
                 Command::ModuleLoad {
                     staging_offset: off,
-                    len: image.len() as u64,
+                    len,
                     binary,
+                    more: !last,
+                    cont: !first,
                 },
                 0,
             )
         })?;
+        let handle = c.result0;
         Ok(Module {
             dev: self,
-            handle: c.result0,
+            handle,
             loaded: true,
         })
+    }
+
+    /// Looks the global variable `name` of module `module` up: its device address and size.
+    pub fn module_global(&self, module: u64, name: &str) -> Result<(u64, u64), Error> {
+        let c = self.with_staging(name.as_bytes(), |off| {
+            self.exec_on(
+                Command::ModuleGetGlobal {
+                    module,
+                    staging_offset: off,
+                    name_len: name.len() as u64,
+                },
+                0,
+            )
+        })?;
+        Ok((c.result0, c.result1))
     }
 
     /// Unloads the module `handle` (for a caller that keeps its [`Module`] alive elsewhere, as

@@ -40,12 +40,23 @@ pub struct VirtualDevice {
     modules: HashMap<u64, (Vec<u64>, u64)>,
     /// Bytes of the loaded module images.
     module_bytes: u64,
+    /// Bytes of the image arriving in parts (counted against the module bytes limit).
+    image_parts: u64,
+    /// A part of the image in progress failed: its continuations fail too, until an image
+    /// starts anew.
+    parts_failed: bool,
+    /// Global variables looked up in this VM's modules: address → (size, module). The VM may
+    /// copy to and from them as from its allocations.
+    globals: BTreeMap<u64, (u64, u64)>,
     /// Functions of this VM's modules, with their module.
     functions: HashMap<u64, u64>,
 }
 
-/// Functions one VM may have looked up (over all its loaded modules).
-pub const MAX_FUNCTIONS: usize = 1024;
+/// Functions one VM may have looked up (over all its loaded modules): a library such as
+/// cuBLAS launches thousands of distinct kernels.
+pub const MAX_FUNCTIONS: usize = 16_384;
+/// Global variables one VM may have looked up (over all its loaded modules).
+pub const MAX_GLOBALS: usize = 16_384;
 
 impl VirtualDevice {
     /// A fresh device with no allocations.
@@ -64,6 +75,9 @@ impl VirtualDevice {
             events: HashSet::new(),
             modules: HashMap::new(),
             module_bytes: 0,
+            image_parts: 0,
+            parts_failed: false,
+            globals: BTreeMap::new(),
             functions: HashMap::new(),
         }
     }
@@ -102,18 +116,23 @@ impl VirtualDevice {
         self.broken
     }
 
-    /// Checks that `[ptr, ptr+len)` lies inside one allocation of this VM.
+    /// Checks that `[ptr, ptr+len)` lies inside one allocation or one module global of this
+    /// VM.
     pub fn check_range(&self, ptr: u64, len: u64) -> Result<(), Status> {
-        let (&base, &size) = self
-            .allocs
+        let end = ptr.checked_add(len).ok_or(Status::InvalidAddress)?;
+        let inside =
+            |found: Option<(u64, u64)>| found.is_some_and(|(base, size)| end <= base + size);
+        let alloc = self.allocs.range(..=ptr).next_back().map(|(&b, &s)| (b, s));
+        let global = self
+            .globals
             .range(..=ptr)
             .next_back()
-            .ok_or(Status::InvalidAddress)?;
-        let end = ptr.checked_add(len).ok_or(Status::InvalidAddress)?;
-        if end > base + size {
-            return Err(Status::InvalidAddress);
+            .map(|(&b, &(s, _))| (b, s));
+        if inside(alloc) || inside(global) {
+            Ok(())
+        } else {
+            Err(Status::InvalidAddress)
         }
-        Ok(())
     }
 
     /// Marks the context broken (a fault that surfaced after its command completed).
@@ -171,6 +190,12 @@ impl VirtualDevice {
         let out = self.issue(be, stream, cmd);
         if matches!(out, Err(Status::KernelFault | Status::ContextLost)) {
             self.broken = true;
+        }
+        if let (Err(_), Effect::LoadModule { more: true, .. }) = (&out, cmd.effect()) {
+            // The backend dropped the image (or never saw this part): its remaining parts
+            // must not be taken for a new image.
+            self.parts_failed = true;
+            self.image_parts = 0;
         }
         out
     }
@@ -231,8 +256,24 @@ impl VirtualDevice {
                 }
                 Ok(Issued::DONE)
             }
-            (Effect::LoadModule { len }, Ok(i)) => {
+            (
+                Effect::LoadModule {
+                    more: true, len, ..
+                },
+                Ok(i),
+            ) => {
+                done(i)?;
+                self.image_parts += len;
+                Ok(Issued::DONE)
+            }
+            (
+                Effect::LoadModule {
+                    more: false, len, ..
+                },
+                Ok(i),
+            ) => {
                 let m = done(i)?.0;
+                let len = std::mem::take(&mut self.image_parts) + len;
                 self.modules.insert(m, (Vec::new(), len));
                 self.module_bytes += len;
                 Ok(Issued::Done(m, 0))
@@ -244,7 +285,18 @@ impl VirtualDevice {
                 for f in funcs {
                     self.functions.remove(&f);
                 }
+                self.globals.retain(|_, &mut (_, m)| m != module);
                 Ok(Issued::DONE)
+            }
+            (Effect::LookupGlobal { module }, Ok(i)) => {
+                let (ptr, size) = done(i)?;
+                if !self.globals.contains_key(&ptr) {
+                    if self.globals.len() >= MAX_GLOBALS {
+                        return Err(Status::LimitExceeded);
+                    }
+                    self.globals.insert(ptr, (size, module));
+                }
+                Ok(Issued::Done(ptr, size))
             }
             (Effect::LookupFunction { module }, Ok(i)) => {
                 let (f, nparams) = done(i)?;
@@ -283,14 +335,26 @@ impl VirtualDevice {
                     return Err(Status::InvalidAddress);
                 }
             }
-            Effect::LoadModule { len } => {
+            Effect::LoadModule { len, cont, .. } => {
+                if !cont {
+                    self.image_parts = 0;
+                    self.parts_failed = false;
+                } else if self.parts_failed {
+                    return Err(Status::InvalidArgument);
+                }
+                let bytes = self
+                    .module_bytes
+                    .saturating_add(self.image_parts)
+                    .saturating_add(len);
                 if self.modules.len() >= self.limits.max_modules as usize
-                    || self.module_bytes.saturating_add(len) > self.limits.max_module_bytes.0
+                    || bytes > self.limits.max_module_bytes.0
                 {
                     return Err(Status::LimitExceeded);
                 }
             }
-            Effect::UnloadModule { module } | Effect::LookupFunction { module } => {
+            Effect::UnloadModule { module }
+            | Effect::LookupFunction { module }
+            | Effect::LookupGlobal { module } => {
                 if !self.modules.contains_key(&module) {
                     return Err(Status::InvalidArgument);
                 }

@@ -511,6 +511,73 @@ fn modules_load_everywhere_and_run_where_the_backend_has_them() {
     d.stop();
 }
 
+#[test]
+fn images_larger_than_staging_load_in_parts_and_globals_are_ranges() {
+    let d = start(&[Vm::new("big", 1), Vm::new("other", 2)]);
+    let dev = connect(&d, "big");
+    let staging = dev.info().staging_size;
+    // A module image three times the staging area: PTX whose tail is a long comment, and a
+    // module-scope global.
+    let mut text = ptx("vector_add.ptx");
+    text.push_str("\n.visible .global .align 4 .b32 gdata[64];\n// ");
+    text.extend(std::iter::repeat_n('x', 3 * staging as usize));
+    text.push('\n');
+    let m = dev.load_module(&text).unwrap();
+    let f = m.function("vadd").unwrap();
+    assert_eq!(f.params(), &[(0, 8), (8, 8), (16, 8), (24, 4)]);
+
+    // The global is device memory the VM may copy to and from.
+    let (g, size) = dev.module_global(m.handle(), "gdata").unwrap();
+    assert_eq!(size, 256);
+    let data: Vec<u8> = (0..=255).collect();
+    dev.copy_htod(g, &data).unwrap();
+    let mut back = vec![0u8; 256];
+    dev.copy_dtoh(&mut back, g).unwrap();
+    assert_eq!(back, data);
+    // Past its end, and for another VM, it is no range.
+    let e = dev.copy_htod(g + 200, &data[..100]).unwrap_err();
+    assert_eq!(status_of(e), Status::InvalidAddress);
+    let other = connect(&d, "other");
+    assert_eq!(
+        other.exec_raw(Command::CopyD2D {
+            dst: g,
+            src: g,
+            len: 4
+        }),
+        Status::InvalidAddress
+    );
+    let e = dev.module_global(m.handle(), "no_such_global").unwrap_err();
+    assert_eq!(status_of(e), Status::NotFound);
+
+    // A continuation with no image started is refused, and so are its own continuations,
+    // while a new image loads as before.
+    dev.write_staging(0, b"junk").unwrap();
+    let part = |more, cont| Command::ModuleLoad {
+        staging_offset: 0,
+        len: 4,
+        binary: false,
+        more,
+        cont,
+    };
+    assert_eq!(dev.exec_raw(part(true, true)), Status::InvalidArgument);
+    assert_eq!(dev.exec_raw(part(false, true)), Status::InvalidArgument);
+    let m2 = dev.load_module(&text).unwrap();
+    m2.function("vadd").unwrap();
+
+    // Unloading the module ends the global's range.
+    let h = m.handle();
+    m.unload().unwrap();
+    let e = dev.copy_htod(g, &data).unwrap_err();
+    assert_eq!(status_of(e), Status::InvalidAddress);
+    assert_eq!(
+        status_of(dev.module_global(h, "gdata").unwrap_err()),
+        Status::InvalidArgument
+    );
+    drop(m2);
+    drop((dev, other));
+    d.stop();
+}
+
 trait Raw {
     fn exec_raw(&self, c: Command) -> Status;
 }

@@ -6,8 +6,10 @@ use super::status::Status;
 
 /// Event ids are chosen by the guest: `0..MAX_EVENTS` per VM (no allocation command).
 pub const MAX_EVENTS: u32 = 1024;
-/// Longest function name accepted by [`super::Opcode::GetFunction`], in bytes.
-pub const MAX_FUNC_NAME: u64 = 256;
+/// Longest symbol name accepted by [`super::Opcode::GetFunction`] and
+/// [`super::Opcode::ModuleGetGlobal`], in bytes (4096 since 1.5: the mangled names of templated
+/// library kernels run past a thousand).
+pub const MAX_FUNC_NAME: u64 = 4096;
 
 /// Largest packed kernel parameters of [`super::Opcode::LaunchIndirect`] (CUDA 12.1's limit).
 pub const MAX_KERNEL_PARAMS: u32 = 32764;

@@ -75,10 +75,15 @@ pub enum Effect {
         /// The pointer the allocation returned.
         ptr: u64,
     },
-    /// Loads a module image of `len` bytes (module limits); the result is its handle.
+    /// Loads a module image of `len` bytes (module limits); the result is its handle. An
+    /// image may come in parts; the last one loads it.
     LoadModule {
-        /// Bytes of the image.
+        /// Bytes of the image (of this part).
         len: u64,
+        /// More of the image follows.
+        more: bool,
+        /// Continues the image of the previous load.
+        cont: bool,
     },
     /// Unloads one of the VM's modules; its functions become invalid.
     UnloadModule {
@@ -87,6 +92,12 @@ pub enum Effect {
     },
     /// Looks a function up in one of the VM's modules; the result is its handle.
     LookupFunction {
+        /// Module handle.
+        module: u64,
+    },
+    /// Looks a global variable up in one of the VM's modules; the result is its address and
+    /// size, a range the VM may then copy to and from.
+    LookupGlobal {
         /// Module handle.
         module: u64,
     },

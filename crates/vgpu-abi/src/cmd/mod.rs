@@ -43,6 +43,11 @@ pub const SYNC_ALL_STREAMS: u16 = 1 << 0;
 /// Submission entry flag for [`Opcode::ModuleLoad`]: the image is a cubin or fatbin, not PTX
 /// text (1.4).
 pub const MODULE_BINARY: u16 = 1 << 0;
+/// Submission entry flag for [`Opcode::ModuleLoad`]: more of the image follows (1.5).
+pub const MODULE_MORE: u16 = 1 << 1;
+/// Submission entry flag for [`Opcode::ModuleLoad`]: the entry continues the image of the
+/// previous one (1.5).
+pub const MODULE_CONT: u16 = 1 << 2;
 /// Distinct stream ids one VM may use (until it resets); a command naming one more stream
 /// fails with [`Status::InvalidArgument`].
 pub const MAX_STREAMS: usize = 64;

@@ -43,6 +43,8 @@ pub enum Status {
     /// The device could not give the VM a context (the host is out of GPU memory or worker
     /// processes); reset the device to try again.
     ContextUnavailable = 16,
+    /// The module has no symbol of the name asked for (1.5).
+    NotFound = 17,
 }
 
 impl Status {
@@ -72,6 +74,7 @@ impl Status {
             LimitExceeded => "a per-VM limit of the host's config was reached",
             KernelTimeout => "the VM's work ran past the kernel time limit; the context was reset",
             ContextUnavailable => "the host could not create a device context; reset to retry",
+            NotFound => "the module has no symbol of that name",
         }
     }
 }

@@ -6,7 +6,7 @@ use super::class::{Class, DeviceRanges, Direction, Effect};
 use super::entry::Sqe;
 use super::launch::LaunchBody;
 use super::status::Status;
-use super::{MODULE_BINARY, SYNC_ALL_STREAMS};
+use super::{MODULE_BINARY, MODULE_CONT, MODULE_MORE, SYNC_ALL_STREAMS};
 
 commands! {
     /// Does nothing; completes with `Ok`. The channel's round-trip probe.
@@ -103,7 +103,11 @@ commands! {
         effect Effect::Transfer { len, dir: Direction::Device };
 
     /// Loads a module from staging: PTX text, or (with the binary flag) a cubin or fatbin
-    /// image as the CUDA toolkit makes it. `result0` = the module handle.
+    /// image as the CUDA toolkit makes it. `result0` = the module handle. An image larger than
+    /// staging arrives in parts (1.5): every part but the last has the `more` flag (vgpud
+    /// keeps its bytes, `result0` = 0), every part but the first the `cont` flag; the last
+    /// part loads the whole image. An entry without `cont` starts a new image (what an
+    /// unfinished one gathered is dropped).
     ModuleLoad = 0x20 => fn module_load {
         /// Offset of the image in staging.
         staging_offset: u64,
@@ -113,11 +117,15 @@ commands! {
         flags {
             /// A cubin or fatbin image (taken as is), not PTX text (1.4).
             binary = MODULE_BINARY,
+            /// More of the image follows (1.5).
+            more = MODULE_MORE,
+            /// Continues the image of the VM's previous module load (1.5).
+            cont = MODULE_CONT,
         }
         check(s) { check::nonzero(len)?; check::staging(staging_offset, len, s)?; }
         ranges []
         class Class::HOST;
-        effect Effect::LoadModule { len };
+        effect Effect::LoadModule { len, more, cont };
 
     /// Unloads a module (its functions become invalid). Waits for the VM's work on the
     /// device first.
@@ -144,6 +152,23 @@ commands! {
         ranges []
         class Class::HOST;
         effect Effect::LookupFunction { module };
+
+    /// Looks a module's global variable (`__device__` or `__constant__`) up by name (1.5).
+    /// `result0` = its device address, `result1` = its size in bytes. The VM may copy to and
+    /// from it until the module is unloaded.
+    ModuleGetGlobal = 0x28 => fn module_get_global {
+        /// Module handle.
+        module: u64,
+        /// Offset of the name in staging.
+        staging_offset: u64,
+        /// Bytes of the name (1..=[`check::MAX_FUNC_NAME`]).
+        name_len: u64,
+    }
+        flags {}
+        check(s) { check::name_len(name_len)?; check::staging(staging_offset, name_len, s)?; }
+        ranges []
+        class Class::HOST;
+        effect Effect::LookupGlobal { module };
 
     /// Launches a kernel on the entry's stream.
     Launch = 0x23 => fn launch {

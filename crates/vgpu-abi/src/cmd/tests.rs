@@ -69,10 +69,10 @@ fn opcodes_roundtrip() {
         }
     }
     assert_eq!(known, Opcode::ALL.len());
-    for raw in 0..=16 {
+    for raw in 0..=17 {
         assert_eq!(Status::from_raw(raw).unwrap() as u32, raw);
     }
-    assert_eq!(Status::from_raw(17), None);
+    assert_eq!(Status::from_raw(18), None);
 }
 
 #[test]
@@ -136,6 +136,8 @@ fn rejects_bad_entries() {
         staging_offset: 0,
         len: 0,
         binary: false,
+        more: false,
+        cont: false,
     }
     .encode(0, 1);
     assert_eq!(Command::decode(&s, 4096), Err(Status::InvalidArgument));
@@ -143,6 +145,8 @@ fn rejects_bad_entries() {
         staging_offset: 4000,
         len: 97,
         binary: true,
+        more: true,
+        cont: true,
     }
     .encode(0, 1);
     assert_eq!(Command::decode(&s, 4096), Err(Status::StagingOutOfRange));
@@ -225,13 +229,22 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 launch: LaunchBody::new(f, g, b, &p).unwrap()
             }),
         any::<bool>().prop_map(|all_streams| Command::Synchronize { all_streams }),
-        (0u64..1 << 20, 1u64..1 << 20, any::<bool>()).prop_map(|(staging_offset, len, binary)| {
-            Command::ModuleLoad {
+        (0u64..1 << 20, 1u64..1 << 20, any::<[bool; 3]>()).prop_map(
+            |(staging_offset, len, [binary, more, cont])| Command::ModuleLoad {
                 staging_offset,
                 len,
                 binary,
+                more,
+                cont,
             }
-        }),
+        ),
+        (any::<u64>(), 0u64..1 << 20, 1u64..=MAX_FUNC_NAME).prop_map(
+            |(module, staging_offset, name_len)| Command::ModuleGetGlobal {
+                module,
+                staging_offset,
+                name_len,
+            }
+        ),
         any::<u64>().prop_map(|module| Command::ModuleUnload { module }),
         (any::<u64>(), 0u64..1 << 20, 1u64..=MAX_FUNC_NAME).prop_map(
             |(module, staging_offset, name_len)| Command::GetFunction {

@@ -15,13 +15,34 @@ use crate::types::{CUdeviceptr, CUresult};
 /// Device allocations of this process: base → size.
 static ALLOCATIONS: Mutex<BTreeMap<u64, u64>> = Mutex::new(BTreeMap::new());
 
-/// The allocation holding `p`: (base, size).
-pub fn allocation_of(p: u64) -> Option<(u64, u64)> {
-    let a = ALLOCATIONS.lock().unwrap_or_else(|e| e.into_inner());
+/// Module globals looked up: address → size. Device memory too, for unified addressing, but
+/// not the program's to free.
+static GLOBALS: Mutex<BTreeMap<u64, u64>> = Mutex::new(BTreeMap::new());
+
+fn holding(map: &Mutex<BTreeMap<u64, u64>>, p: u64) -> Option<(u64, u64)> {
+    let a = map.lock().unwrap_or_else(|e| e.into_inner());
     a.range(..=p)
         .next_back()
         .map(|(&b, &s)| (b, s))
         .filter(|&(b, s)| p - b < s)
+}
+
+/// The allocation (or module global) holding `p`: (base, size).
+pub fn allocation_of(p: u64) -> Option<(u64, u64)> {
+    holding(&ALLOCATIONS, p).or_else(|| holding(&GLOBALS, p))
+}
+
+/// Records a module global's device memory.
+pub(crate) fn add_global(p: u64, size: u64) {
+    GLOBALS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(p, size);
+}
+
+/// Forgets a module global (its module was unloaded).
+pub(crate) fn remove_global(p: u64) {
+    GLOBALS.lock().unwrap_or_else(|e| e.into_inner()).remove(&p);
 }
 
 /// Whether `p` is device memory this process allocated.

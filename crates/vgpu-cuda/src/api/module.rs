@@ -14,10 +14,10 @@ use std::sync::{Mutex, OnceLock};
 use vgpu_guest::compute::{Function, Module};
 
 use super::context::require_current;
-use super::{put, run};
+use super::{memory, put, run};
 use crate::driver;
 use crate::handles::Registry;
-use crate::types::{CUfunction, CUkernel, CUlibrary, CUmodule, CUresult};
+use crate::types::{CUdeviceptr, CUfunction, CUkernel, CUlibrary, CUmodule, CUresult};
 
 /// `CU_MODULE_EAGER_LOADING`.
 pub const EAGER_LOADING: c_int = 1;
@@ -54,6 +54,8 @@ pub struct ModuleObj {
     host: OnceLock<Result<Module<'static>, CUresult>>,
     /// Functions looked up so far, by name.
     functions: Mutex<HashMap<Vec<u8>, &'static FuncObj>>,
+    /// Globals looked up so far, by name: (device address, size).
+    globals: Mutex<HashMap<Vec<u8>, (u64, u64)>>,
 }
 
 /// A function (or kernel) of a module.
@@ -184,6 +186,7 @@ unsafe fn new_module(p: *const c_void) -> Result<&'static ModuleObj, CUresult> {
         ptx,
         host: OnceLock::new(),
         functions: Mutex::new(HashMap::new()),
+        globals: Mutex::new(HashMap::new()),
     }))
 }
 
@@ -240,6 +243,89 @@ impl ModuleObj {
         fs.insert(name.to_vec(), f);
         Ok(f)
     }
+}
+
+impl ModuleObj {
+    /// The global variable `name`: its device address and size, asked from vgpud the first
+    /// time (which ships the module if it was not yet).
+    fn global(&self, name: &[u8]) -> Result<(u64, u64), CUresult> {
+        let mut gs = self.globals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&g) = gs.get(name) {
+            return Ok(g);
+        }
+        let text = std::str::from_utf8(name).map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?;
+        let handle = self.host()?.handle();
+        let d = driver::get()?;
+        let g = d
+            .dev
+            .module_global(handle, text)
+            .map_err(|e| match driver::error_of(&e) {
+                CUresult::CUDA_ERROR_INVALID_VALUE => CUresult::CUDA_ERROR_NOT_FOUND,
+                other => other,
+            })?;
+        memory::add_global(g.0, g.1);
+        gs.insert(name.to_vec(), g);
+        Ok(g)
+    }
+}
+
+/// # Safety
+/// `dptr` and `bytes` are NULL or valid for a write; `name` is NULL or NUL-terminated.
+unsafe fn get_global(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    m: *mut c_void,
+    name: *const c_char,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if name.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    let m = module(m)?;
+    // SAFETY: non-NULL and NUL-terminated (the caller's promise).
+    let name = unsafe { CStr::from_ptr(name) }.to_bytes();
+    let (p, size) = m.global(name)?;
+    // SAFETY: each is NULL (not wanted) or valid for a write (the caller's promise).
+    unsafe {
+        put(dptr, p);
+        put(bytes, size as usize);
+    }
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuModuleGetGlobal_v2`: a `__device__` or `__constant__` variable's address and size.
+///
+/// # Safety
+/// `dptr` and `bytes` are NULL or valid for a write; `name` is NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleGetGlobal_v2(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    m: CUmodule,
+    name: *const c_char,
+) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuModuleGetGlobal_v2", || unsafe {
+        get_global(dptr, bytes, m.cast(), name)
+    })
+}
+
+/// `cuLibraryGetGlobal`: as [`cuModuleGetGlobal_v2`], for a library (the runtime's
+/// `cudaMemcpyToSymbol` and `cudaGetSymbolAddress` come here).
+///
+/// # Safety
+/// `dptr` and `bytes` are NULL or valid for a write; `name` is NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn cuLibraryGetGlobal(
+    dptr: *mut CUdeviceptr,
+    bytes: *mut usize,
+    l: CUlibrary,
+    name: *const c_char,
+) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuLibraryGetGlobal", || unsafe {
+        get_global(dptr, bytes, l.cast(), name)
+    })
 }
 
 /// `cuModuleGetLoadingMode`.
@@ -322,6 +408,9 @@ fn unload(h: *mut c_void) -> Result<CUresult, CUresult> {
         FUNCTIONS.retire(Registry::handle(f));
     }
     drop(functions);
+    for &(p, _) in m.globals.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        memory::remove_global(p);
+    }
     // The module object stays leaked (stale handles must never name reused memory); its
     // vgpud module is unloaded.
     if let Some(Ok(hm)) = m.host.get() {

@@ -65,7 +65,7 @@ impl Device {
         data: &[u8],
         f: impl FnOnce(u64) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let room = self.layout.staging_size - self.spare_staging().map_or(0, |(_, len)| len);
+        let room = self.payload_room();
         if data.len() as u64 > room {
             return Err(Error::InvalidArgument(format!(
                 "{} bytes do not fit the {room} bytes of the staging area for command payloads",
@@ -76,6 +76,33 @@ impl Device {
         self.view
             .write_bytes(self.layout.staging_offset as usize, data);
         f(0)
+    }
+
+    /// Sends `data` through the payload area in parts of at most [`Device::payload_room`]
+    /// bytes, in order, under the staging lock throughout (so that no other payload comes
+    /// between two parts): `f(offset, len, first, last)` issues the command of each part.
+    /// Returns the last part's result.
+    pub(crate) fn with_staging_parts<T>(
+        &self,
+        data: &[u8],
+        mut f: impl FnMut(u64, u64, bool, bool) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let room = self.payload_room().max(1) as usize;
+        let count = data.len().div_ceil(room).max(1);
+        let _g = self.staging_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = None;
+        for (i, part) in data.chunks(room).enumerate() {
+            self.view
+                .write_bytes(self.layout.staging_offset as usize, part);
+            out = Some(f(0, part.len() as u64, i == 0, i + 1 == count)?);
+        }
+        out.ok_or_else(|| Error::InvalidArgument("empty payload".into()))
+    }
+
+    /// Bytes of staging for one command payload (the lower part, below
+    /// [`Device::spare_staging`]).
+    pub(crate) fn payload_room(&self) -> u64 {
+        self.layout.staging_size - self.spare_staging().map_or(0, |(_, len)| len)
     }
 
     /// Staging bytes this library never uses, `(offset, len)`, for what a caller manages

@@ -3,8 +3,8 @@
 
 use super::images::{self, Images};
 use super::{
-    wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, Issued, Retired, Staging,
-    Token, VmKey, VmStream, Wake,
+    wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, ImageParts, Issued, Retired,
+    Staging, Token, VmKey, VmStream, Wake,
 };
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +37,8 @@ struct Ctx {
     events: HashMap<u32, Instant>,
     /// The module images the VM loaded (recorded, never run).
     images: Images,
+    /// An image arriving in parts.
+    parts: ImageParts,
 }
 
 /// A busy kernel occupying execution slot `slot` from `started` until `until`.
@@ -338,6 +340,7 @@ impl Backend for CpuBackend {
                 bufs: BTreeMap::new(),
                 events: HashMap::new(),
                 images: Images::default(),
+                parts: ImageParts::default(),
             },
         );
         Ok(())
@@ -628,8 +631,13 @@ impl Handler for CpuBackend {
         staging_offset: u64,
         len: u64,
         binary: bool,
+        more: bool,
+        cont: bool,
     ) -> Result<Issued, Status> {
-        let bytes = self.ctx(at.vm)?.staging.read(staging_offset, len)?;
+        let c = self.ctx(at.vm)?;
+        let Some(bytes) = c.parts.add(&c.staging, staging_offset, len, more, cont)? else {
+            return Ok(Issued::DONE);
+        };
         let image = images::parse(&bytes, binary)?;
         let h = self.handle();
         self.ctx(at.vm)?.images.load(h, image);
@@ -637,8 +645,36 @@ impl Handler for CpuBackend {
     }
 
     fn module_unload(&mut self, at: VmStream, module: u64) -> Result<Issued, Status> {
-        self.ctx(at.vm)?.images.unload(module)?;
+        let c = self.ctx(at.vm)?;
+        let mut freed = 0;
+        for addr in c.images.unload(module)? {
+            freed += c.bufs.remove(&addr).map_or(0, |b| b.len() as u64);
+        }
+        self.used_mem -= freed;
         Ok(Issued::DONE)
+    }
+
+    fn module_get_global(
+        &mut self,
+        at: VmStream,
+        module: u64,
+        staging_offset: u64,
+        name_len: u64,
+    ) -> Result<Issued, Status> {
+        let bytes = self.ctx(at.vm)?.staging.read(staging_offset, name_len)?;
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        let name = std::str::from_utf8(&bytes[..end]).map_err(|_| Status::InvalidArgument)?;
+        let (addr, size) = self.ctx(at.vm)?.images.global(module, name)?;
+        if let Some(addr) = addr {
+            return Ok(Issued::Done(addr, size));
+        }
+        // The image's initial values are not kept: a global starts zeroed (as a `__device__`
+        // variable without an initialiser does).
+        let Issued::Done(addr, _) = self.mem_alloc(at, size.max(1))? else {
+            return Err(Status::Internal);
+        };
+        self.ctx(at.vm)?.images.place_global(module, name, addr);
+        Ok(Issued::Done(addr, size))
     }
 
     fn get_function(

@@ -58,6 +58,8 @@ pub struct Images {
     /// Module handle → the parsed image and its functions' handles.
     modules: HashMap<u64, (Image, Vec<u64>)>,
     functions: HashMap<u64, Function>,
+    /// The device memory given to globals looked up: (module, name) → address.
+    globals: HashMap<(u64, String), u64>,
 }
 
 /// Parses an image: PTX text, or (`binary`) a cubin or fatbin; the code for this device's
@@ -85,8 +87,9 @@ impl Images {
         self.modules.insert(handle, (image, Vec::new()));
     }
 
-    /// Forgets module `handle` and its functions.
-    pub fn unload(&mut self, handle: u64) -> Result<(), Status> {
+    /// Forgets module `handle` and its functions. Returns the addresses its globals had, for
+    /// the device to free.
+    pub fn unload(&mut self, handle: u64) -> Result<Vec<u64>, Status> {
         let (_, funcs) = self
             .modules
             .remove(&handle)
@@ -94,7 +97,28 @@ impl Images {
         for f in funcs {
             self.functions.remove(&f);
         }
-        Ok(())
+        let mut freed = Vec::new();
+        self.globals.retain(|(m, _), &mut addr| {
+            let keep = *m != handle;
+            if !keep {
+                freed.push(addr);
+            }
+            keep
+        });
+        Ok(freed)
+    }
+
+    /// Global `name` of module `module`: its address when it has one already, and its size.
+    pub fn global(&self, module: u64, name: &str) -> Result<(Option<u64>, u64), Status> {
+        let (image, _) = self.modules.get(&module).ok_or(Status::InvalidArgument)?;
+        let g = image.global(name).ok_or(Status::NotFound)?;
+        let addr = self.globals.get(&(module, name.to_owned())).copied();
+        Ok((addr, g.size))
+    }
+
+    /// Records the device memory at `addr` as global `name` of `module`.
+    pub fn place_global(&mut self, module: u64, name: &str, addr: u64) {
+        self.globals.insert((module, name.to_owned()), addr);
     }
 
     /// Looks kernel `name` up in module `module`; records it as function `handle` (or returns

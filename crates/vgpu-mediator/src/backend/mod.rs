@@ -110,6 +110,62 @@ impl Staging {
     }
 }
 
+/// Most bytes one module image may have (the parts of one sent together). The per-VM limit
+/// on loaded image bytes (`limits.max_module_bytes`) is checked before, by the VM's device.
+pub const MAX_IMAGE: u64 = 1 << 30;
+
+/// A module image that arrives in parts (`MODULE_MORE`/`MODULE_CONT`): the bytes gathered
+/// so far.
+#[derive(Debug, Default)]
+pub struct ImageParts {
+    bytes: Vec<u8>,
+    /// A first part was taken and no part failed since.
+    open: bool,
+}
+
+impl ImageParts {
+    /// Adds `[off, off+len)` of staging to the image: a new one unless `cont`. Returns the
+    /// whole image when no `more` follows. A part that fails (past [`MAX_IMAGE`], a bad read,
+    /// a continuation of nothing) drops what was gathered, and so do its continuations.
+    pub fn add(
+        &mut self,
+        staging: &Staging,
+        off: u64,
+        len: u64,
+        more: bool,
+        cont: bool,
+    ) -> Result<Option<Vec<u8>>, Status> {
+        if !cont {
+            self.bytes = Vec::new();
+            self.open = true;
+        }
+        let r = self.take(staging, off, len, more);
+        if r.is_err() || !more {
+            self.bytes = Vec::new();
+            self.open = false;
+        }
+        r
+    }
+
+    fn take(
+        &mut self,
+        staging: &Staging,
+        off: u64,
+        len: u64,
+        more: bool,
+    ) -> Result<Option<Vec<u8>>, Status> {
+        if !self.open || (self.bytes.len() as u64).saturating_add(len) > MAX_IMAGE {
+            return Err(Status::InvalidArgument);
+        }
+        let part = staging.read(off, len)?;
+        if self.bytes.is_empty() && !more {
+            return Ok(Some(part));
+        }
+        self.bytes.extend_from_slice(&part);
+        Ok((!more).then(|| std::mem::take(&mut self.bytes)))
+    }
+}
+
 /// What a backend needs to give a VM its context.
 #[derive(Debug, Clone)]
 pub struct ContextParams {

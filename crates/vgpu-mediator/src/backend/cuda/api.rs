@@ -453,6 +453,14 @@ pub fn module_function(m: CUmodule, name: &CStr) -> CuResult<CUfunction> {
     Ok(f)
 }
 
+/// The device address and size of module `m`'s global variable `name`.
+pub fn module_global(m: CUmodule, name: &CStr) -> CuResult<(u64, u64)> {
+    let (mut ptr, mut size) = (0, 0usize);
+    // SAFETY: valid out-pointers, live module, NUL-terminated name.
+    check(unsafe { sys::cuModuleGetGlobal_v2(&mut ptr, &mut size, m, name.as_ptr()) })?;
+    Ok((ptr, size as u64))
+}
+
 /// `(offset, size)` of every parameter of `f` (at most `max`).
 pub fn function_params(f: CUfunction, max: usize) -> CuResult<Vec<(usize, usize)>> {
     let mut out = Vec::new();

@@ -49,8 +49,8 @@ pub mod nvrtc;
 
 use super::waiters::WaitPool;
 use super::{
-    kernel_name, wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, Issued, Retired,
-    Staging, Token, VmKey, VmStream, Wake,
+    kernel_name, wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, ImageParts,
+    Issued, Retired, Staging, Token, VmKey, VmStream, Wake,
 };
 use crate::throttle::{Throttle, GUEST_LOG_INTERVAL};
 use cudarc::driver::sys::{
@@ -69,8 +69,6 @@ use vgpu_abi::Status;
 
 /// Most parameters read from a function (`cuFuncGetParamInfo` is asked up to this index).
 const MAX_PARAMS: usize = 256;
-/// Largest PTX module accepted (bytes).
-pub const MAX_PTX: u64 = 16 << 20;
 /// Longest the executor blocks on the wake fd before it polls anyway: a completion whose
 /// `cuEventSynchronize` never returned (a driver that lost the context) is noticed within this.
 const WAIT_RECHECK: Duration = Duration::from_millis(100);
@@ -196,6 +194,8 @@ struct VmCtx {
     sync_stream: Option<CUstream>,
     builtins: HashMap<u64, Func>,
     modules: HashMap<u64, CUmodule>,
+    /// An image arriving in parts.
+    parts: ImageParts,
     functions: HashMap<u64, (u64, Func)>,
     /// Guest events by id (created at their first record).
     events: HashMap<u32, CUevent>,
@@ -439,6 +439,7 @@ impl CudaBackend {
             sync_stream: None,
             builtins: HashMap::new(),
             modules: HashMap::new(),
+            parts: ImageParts::default(),
             functions: HashMap::new(),
             events: HashMap::new(),
             spare: Vec::new(),
@@ -1068,14 +1069,16 @@ impl Handler for CudaBackend {
         staging_offset: u64,
         len: u64,
         binary: bool,
+        more: bool,
+        cont: bool,
     ) -> Result<Issued, Status> {
         let vm = at.vm;
-        if len > MAX_PTX {
-            return Err(Status::InvalidArgument);
-        }
+        let c = self.ctx(vm)?;
+        let Some(bytes) = c.parts.add(&c.staging, staging_offset, len, more, cont)? else {
+            return Ok(Issued::DONE);
+        };
         let h = self.handle()?;
         let c = self.ctx(vm)?;
-        let bytes = c.staging.read(staging_offset, len)?;
         use zerocopy::IntoBytes;
         let image = if binary {
             // A cubin or fatbin: the driver reads its headers at 8-byte alignment.
@@ -1144,6 +1147,23 @@ impl Handler for CudaBackend {
         let n = params.len() as u64;
         c.functions.insert(h, (module, Func::new(f, params, None)));
         Ok(Issued::Done(h, n))
+    }
+
+    fn module_get_global(
+        &mut self,
+        at: VmStream,
+        module: u64,
+        staging_offset: u64,
+        name_len: u64,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let m = *c.modules.get(&module).ok_or(Status::InvalidArgument)?;
+        let name = kernel_name(&c.staging.read(staging_offset, name_len)?)?;
+        let (ptr, size) = api::module_global(m, &name).map_err(|r| match r {
+            CUresult::CUDA_ERROR_NOT_FOUND => Status::NotFound,
+            r => status_of(r),
+        })?;
+        Ok(Issued::Done(ptr, size))
     }
 
     fn func_param_info(&mut self, at: VmStream, func: u64, index: u32) -> Result<Issued, Status> {
