@@ -199,7 +199,7 @@ EOF
 # through vgpu's libcuda.so.1 attached to a vgpud (cuda backend) by VGPU_SOCKET. Both runs must
 # print PASS, and their `result:` lines must be identical.
 stage_cuda() {
-  local t0=$SECONDS log="$out/cuda.log" dir="$work/cuda" nvcc src stem v flags exe rcn rcv
+  local t0=$SECONDS log="$out/cuda.log" dir="$work/cuda" nvcc src stem v flags extra exe rcn rcv
   local n=0 bad=0 failed="" i vpid
   nvcc=$(find_nvcc) || {
     record cuda FAIL 0 "no nvcc on this host"
@@ -208,21 +208,32 @@ stage_cuda() {
   start_cuda_vgpud "$dir" "$out/cuda-vgpud.log"
   vpid=$!
   : >"$log"
+  # Kernel sources (*.cuh) that driver-API programs load at run time, as a cubin and as PTX,
+  # from $VGPU_TEST_KERNEL_DIR.
+  for src in "$here"/cuda-gpu/*.cuh; do
+    [ -f "$src" ] || continue
+    stem=$(basename "$src" .cuh)
+    "$nvcc" -arch=sm_90 -cubin -x cu -o "$dir/$stem.cubin" "$src" >>"$log" 2>&1
+    "$nvcc" -arch=sm_90 -ptx -x cu -o "$dir/$stem.ptx" "$src" >>"$log" 2>&1
+  done
+  export VGPU_TEST_KERNEL_DIR="$dir"
   for src in "$here"/cuda/*.cu "$here"/cuda-gpu/*.cu; do
     [ -f "$src" ] || continue
     stem=$(basename "$src" .cu)
+    # A program names the libraries it links in a first-lines comment `// nvcc-flags: ...`.
+    extra=$(sed -n 's|^// nvcc-flags: ||p' "$src" | head -n 1)
     for v in static shared; do
-      flags=""
-      [ "$v" = shared ] && flags="-cudart shared"
+      flags="$extra"
+      [ "$v" = shared ] && flags="$flags -cudart shared"
       exe="$dir/$stem-$v"
       n=$((n + 1))
       # shellcheck disable=SC2086 # flags is a list of words
-      if ! "$nvcc" -arch=sm_90 $flags -I"$here/cuda-common" -o "$exe" "$src" >>"$log" 2>&1; then
+      if ! "$nvcc" -arch=sm_90 -I"$here/cuda-common" -o "$exe" "$src" $flags >>"$log" 2>&1; then
         bad=$((bad + 1)); failed="$failed $stem-$v(nvcc)"; continue
       fi
-      "$exe" >"$exe.native" 2>&1
+      timeout -k 5 300 "$exe" >"$exe.native" 2>&1
       rcn=$?
-      LD_LIBRARY_PATH="$dir/lib:$LD_LIBRARY_PATH" VGPU_SOCKET="$dir/vm.sock" "$exe" >"$exe.vgpu" 2>&1
+      LD_LIBRARY_PATH="$dir/lib:$LD_LIBRARY_PATH" VGPU_SOCKET="$dir/vm.sock" timeout -k 5 300 "$exe" >"$exe.vgpu" 2>&1
       rcv=$?
       {
         echo "=== $stem ($v): native exit $rcn, vgpu exit $rcv"

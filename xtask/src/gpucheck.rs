@@ -145,7 +145,9 @@ pub fn prepare(dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir.join(sub))?;
         for e in std::fs::read_dir(&src).with_context(|| format!("listing {}", src.display()))? {
             let p = e?.path();
-            if p.extension().is_some_and(|x| x == "cu" || x == "h") {
+            if p.extension()
+                .is_some_and(|x| x == "cu" || x == "cuh" || x == "h")
+            {
                 std::fs::copy(&p, dir.join(sub).join(p.file_name().unwrap_or_default()))?;
             }
         }

@@ -1,6 +1,7 @@
 //! What a program gets from a driver function this library does not implement:
 //! `CUDA_ERROR_NOT_SUPPORTED`, and one line on stderr per function the first time it is called
-//! (`VGPU_CUDA_LOG=off` silences it).
+//! (`VGPU_CUDA_LOG=off` silences it; `VGPU_CUDA_LOG=trace` also prints every call of an
+//! implemented entry point with its result).
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -16,6 +17,13 @@ pub fn warnings_enabled() -> bool {
         std::env::var("VGPU_CUDA_LOG").as_deref(),
         Ok("off" | "0" | "none")
     )
+}
+
+/// Whether `VGPU_CUDA_LOG=trace` asks for one line per call of an implemented entry point
+/// (its name and result), for finding what a program asked before it failed. Read once.
+pub fn tracing() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var("VGPU_CUDA_LOG").as_deref() == Ok("trace"))
 }
 
 /// Records a call of the unimplemented function `name` and answers it.

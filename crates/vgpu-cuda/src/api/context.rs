@@ -6,7 +6,7 @@
 //! programs observe of them without a second device.
 
 use std::cell::RefCell;
-use std::ffi::{c_int, c_uint};
+use std::ffi::{c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -470,6 +470,38 @@ pub unsafe extern "C" fn cuCtxCreate_v2(
 ) -> CUresult {
     // SAFETY: forwarded from the caller.
     run("cuCtxCreate_v2", || unsafe { create(pctx, flags, dev) })
+}
+
+/// `CUctxCreateParams` of the CUDA 13.0 headers.
+#[repr(C)]
+pub struct CtxCreateParams {
+    exec_affinity_params: *mut c_void,
+    num_exec_affinity_params: c_int,
+    cig_params: *mut c_void,
+}
+
+/// `cuCtxCreate_v4` (CUDA 13's `cuCtxCreate`): as [`cuCtxCreate_v2`]; execution affinity
+/// (SM partitions) and CUDA-in-graphics contexts are not available on a vGPU.
+///
+/// # Safety
+/// `pctx` is NULL or valid for a write; `params` is NULL or points to a `CUctxCreateParams`.
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxCreate_v4(
+    pctx: *mut CUcontext,
+    params: *mut CtxCreateParams,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    run("cuCtxCreate_v4", || {
+        // SAFETY: NULL or a valid `CUctxCreateParams` (the caller's promise).
+        if let Some(p) = unsafe { params.as_ref() } {
+            if p.num_exec_affinity_params != 0 || !p.cig_params.is_null() {
+                return Err(CUresult::CUDA_ERROR_NOT_SUPPORTED);
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { create(pctx, flags, dev) }
+    })
 }
 
 /// `cuCtxDestroy_v2`: the context is popped from the calling thread's stack. Its memory is

@@ -25,13 +25,17 @@ pub const IMPLEMENTED_VERSION: i32 = 13000;
 /// Runs an entry point's body; a panic is reported once on stderr and answered
 /// `CUDA_ERROR_UNKNOWN`.
 pub(crate) fn guard(name: &'static str, body: impl FnOnce() -> CUresult) -> CUresult {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    let rc = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(rc) => rc,
         Err(_) => {
             eprintln!("vgpu libcuda: internal error in {name} (CUDA_ERROR_UNKNOWN)");
             CUresult::CUDA_ERROR_UNKNOWN
         }
+    };
+    if crate::unsupported::tracing() {
+        eprintln!("vgpu libcuda: {name} -> {rc:?}");
     }
+    rc
 }
 
 /// [`guard`] for a body that answers its error as `Err`.

@@ -359,6 +359,47 @@ unsafe fn module_load(pm: *mut CUmodule, image: *const c_void) -> Result<CUresul
     Ok(CUresult::CUDA_SUCCESS)
 }
 
+/// The contents of the image file `fname`, NUL-terminated (so that PTX text is a C string),
+/// in 8-byte words (cubin and fatbin headers are read at that alignment).
+///
+/// # Safety
+/// `fname` is NULL or NUL-terminated.
+unsafe fn read_image_file(fname: *const c_char) -> Result<Vec<u64>, CUresult> {
+    if fname.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: non-NULL and NUL-terminated (the caller's promise).
+    let path = unsafe { CStr::from_ptr(fname) };
+    let path = std::path::Path::new(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes()),
+    );
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CUresult::CUDA_ERROR_FILE_NOT_FOUND,
+        _ => CUresult::CUDA_ERROR_INVALID_VALUE,
+    })?;
+    let mut words = vec![0u64; bytes.len() / 8 + 1];
+    // SAFETY: `words` holds at least `bytes.len() + 1` bytes; the last stays 0.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast::<u8>(), bytes.len())
+    };
+    Ok(words)
+}
+
+/// `cuModuleLoad`: a module from a PTX, cubin or fatbin file.
+///
+/// # Safety
+/// `pm` is NULL or valid for a write; `fname` is NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoad(pm: *mut CUmodule, fname: *const c_char) -> CUresult {
+    run("cuModuleLoad", || {
+        require_current()?;
+        // SAFETY: forwarded from the caller.
+        let image = unsafe { read_image_file(fname) }?;
+        // SAFETY: `image` is the file's bytes, NUL-terminated, alive for the call.
+        unsafe { module_load(pm, image.as_ptr().cast()) }
+    })
+}
+
 /// `cuModuleLoadData`.
 ///
 /// # Safety
