@@ -267,7 +267,9 @@ stage_cuda-bench() {
   }
   exe="$dir/cudabench"
   mkdir -p "$dir"
-  if ! "$nvcc" -arch=sm_90 -O2 -I"$here/cuda-common" -o "$exe" "$here/cuda-bench/cudabench.cu" >"$log" 2>&1; then
+  # shellcheck disable=SC2046 # the flags line is a list of words
+  if ! "$nvcc" -arch=sm_90 -O2 -I"$here/cuda-common" -o "$exe" "$here/cuda-bench/cudabench.cu" \
+    $(sed -n 's|^// nvcc-flags: ||p' "$here/cuda-bench/cudabench.cu" | head -n 1) >"$log" 2>&1; then
     record cuda-bench FAIL $((SECONDS - t0)) "nvcc failed; see $(basename "$log")"
     return
   fi

@@ -1,11 +1,14 @@
+// nvcc-flags: -lcublas
 // The CUDA runtime's costs as a program sees them, for running the same binary on NVIDIA's
 // driver and through vgpu's libcuda.so.1 (gpu-check stage `cuda-bench` prints the ratios).
 // Each line: `metric <name> <p50> <p99> <unit>`; for rates p50 = p99 = the rate.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include "check.h"
 
@@ -83,7 +86,64 @@ int main() {
             }
         }
     }
+    // 64 MiB of ordinary (4 KiB-page) memory page-locked with cudaHostRegister: what DMA from
+    // registered memory costs on this host, next to cudaMallocHost's.
+    {
+        void *reg = nullptr;
+        CHECK(posix_memalign(&reg, 4096, 64 << 20) == 0);
+        memset(reg, 3, 64 << 20);
+        OK(cudaHostRegister(reg, 64 << 20, cudaHostRegisterDefault));
+        for (int dir = 0; dir < 2; dir++) {
+            std::vector<double> gbps;
+            for (int r = 0; r < 20; r++) {
+                auto t = Clock::now();
+                if (dir == 0)
+                    OK(cudaMemcpyAsync(dev, reg, 64 << 20, cudaMemcpyHostToDevice, s));
+                else
+                    OK(cudaMemcpyAsync(reg, dev, 64 << 20, cudaMemcpyDeviceToHost, s));
+                OK(cudaStreamSynchronize(s));
+                gbps.push_back((64 << 20) / (us_since(t) * 1e3));
+            }
+            std::sort(gbps.begin(), gbps.end());
+            printf("metric copy_%s_registered_64MiB %.3f %.3f GBps\n", dir ? "d2h" : "h2d",
+                   gbps[gbps.size() / 2], gbps[0]);
+        }
+        OK(cudaHostUnregister(reg));
+        free(reg);
+    }
     OK(cudaFreeHost(pinned));
     OK(cudaFree(dev));
+
+    // cuBLAS SGEMM 4096^3 on the stream: TFLOP/s per call (median and 1st percentile).
+    {
+        const int n = 4096;
+        float *a, *b, *c;
+        OK(cudaMalloc(&a, (size_t)n * n * 4));
+        OK(cudaMalloc(&b, (size_t)n * n * 4));
+        OK(cudaMalloc(&c, (size_t)n * n * 4));
+        OK(cudaMemsetAsync(a, 0, (size_t)n * n * 4, s));
+        OK(cudaMemsetAsync(b, 0, (size_t)n * n * 4, s));
+        cublasHandle_t h;
+        if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS || cublasSetStream(h, s) != CUBLAS_STATUS_SUCCESS) {
+            printf("FAILED: cublasCreate\n");
+            failures++;
+            return finish();
+        }
+        float one = 1.0f, zero = 0.0f;
+        std::vector<double> tflops;
+        for (int r = 0; r < 25; r++) {
+            auto t = Clock::now();
+            cublasStatus_t st = cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, n, b, n, &zero, c, n);
+            OK(cudaStreamSynchronize(s));
+            CHECK(st == CUBLAS_STATUS_SUCCESS);
+            if (r >= 5) tflops.push_back(2.0 * n * n * (double)n / (us_since(t) * 1e6));
+        }
+        std::sort(tflops.begin(), tflops.end());
+        printf("metric sgemm_4096 %.3f %.3f TFLOPs\n", tflops[tflops.size() / 2], tflops[0]);
+        cublasDestroy(h);
+        OK(cudaFree(a));
+        OK(cudaFree(b));
+        OK(cudaFree(c));
+    }
     return finish();
 }

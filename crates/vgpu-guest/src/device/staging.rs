@@ -1,4 +1,4 @@
-//! The staging area: host ↔ device copies staged through it in chunks, two in flight, and raw
+//! The staging area: host ↔ device copies staged through it in chunks, four in flight, and raw
 //! access for hand-made `CopyH2D` / `CopyD2H` commands and small command payloads.
 
 use std::collections::VecDeque;
@@ -11,12 +11,16 @@ use super::Device;
 use crate::Error;
 
 /// Largest piece of a host ↔ device copy staged at once.
-pub const MAX_COPY_CHUNK: u64 = 1 << 20;
+pub const MAX_COPY_CHUNK: u64 = 2 << 20;
 
-/// Size of a copy chunk for a staging area of `staging_size` bytes: half of it, so that two
+/// Chunks of a copy in flight at once: while the guest copies one chunk into or out of
+/// staging, the device moves the others.
+const DEPTH: usize = 4;
+
+/// Size of a copy chunk for `room` bytes of staging: a quarter of it, so that [`DEPTH`]
 /// chunks are in flight without overlapping, and at most [`MAX_COPY_CHUNK`].
-fn chunk_size(staging_size: u64) -> u64 {
-    (staging_size / 2).clamp(1, MAX_COPY_CHUNK)
+fn chunk_size(room: u64) -> u64 {
+    (room / DEPTH as u64).clamp(1, MAX_COPY_CHUNK)
 }
 
 /// The BAR2 offset of staging bytes `[off, off + len)`, when they lie inside the staging area
@@ -108,7 +112,7 @@ impl Device {
     /// Staging bytes this library never uses, `(offset, len)`, for what a caller manages
     /// itself (launch parameters, which vgpud reads when it issues the launch; page-locked
     /// host memory that copies move to and from the device directly): the upper half of a
-    /// staging area of at least 4 MiB. Copies use two chunks of at most 1 MiB at the start;
+    /// staging area of at least 4 MiB. Copies use four chunks of at most 2 MiB at the start;
     /// command payloads (module images, names) stay in the lower half.
     pub fn spare_staging(&self) -> Option<(u64, u64)> {
         let s = self.layout.staging_size;
@@ -118,9 +122,9 @@ impl Device {
         })
     }
 
-    /// Size of a copy chunk for this device's staging area.
+    /// Size of a copy chunk for this device's staging area (its payload part).
     fn chunk(&self) -> u64 {
-        chunk_size(self.layout.staging_size)
+        chunk_size(self.payload_room())
     }
 
     /// Waits for every tag in `inflight`, keeping the first error (so that staging is free
@@ -139,9 +143,10 @@ impl Device {
         err.map_or(Ok(()), Err)
     }
 
-    /// Copies host memory to the device through the staging area: in chunks of at most
-    /// half the staging area (1 MiB at most), two in flight, a half reused only once its
-    /// command has completed. Uses (and clobbers) the first two chunks of staging.
+    /// Copies host memory to the device through the staging area: in chunks of at most a
+    /// quarter of its payload part (2 MiB at most), four in flight, a chunk's bytes reused
+    /// only once its command has completed. Uses (and clobbers) the first four chunks of
+    /// staging.
     pub fn copy_htod(&self, dst: u64, src: &[u8]) -> Result<(), Error> {
         if src.is_empty() {
             return Ok(());
@@ -152,8 +157,8 @@ impl Device {
         let mut inflight: VecDeque<u64> = VecDeque::new();
         let mut err = None;
         for (i, piece) in src.chunks(chunk).enumerate() {
-            if inflight.len() == 2 {
-                let t = inflight.pop_front().expect("two in flight");
+            if inflight.len() == DEPTH {
+                let t = inflight.pop_front().expect("DEPTH in flight");
                 if let Err(e) = self
                     .wait(t, Opcode::CopyH2D as u16)
                     .and_then(|c| check(Opcode::CopyH2D, c))
@@ -162,7 +167,7 @@ impl Device {
                     break;
                 }
             }
-            let soff = (i % 2) * chunk;
+            let soff = (i % DEPTH) * chunk;
             self.view
                 .write_bytes(self.layout.staging_offset as usize + soff, piece);
             let cmd = Command::CopyH2D {
@@ -196,13 +201,13 @@ impl Device {
         let issue = |i: usize| {
             let cmd = Command::CopyD2H {
                 src: src + (i * chunk) as u64,
-                staging_offset: ((i % 2) * chunk) as u64,
+                staging_offset: ((i % DEPTH) * chunk) as u64,
                 len: len_of(i) as u64,
             };
             self.start(cmd.encode(0, 0))
         };
         let mut inflight: VecDeque<u64> = VecDeque::new();
-        for i in 0..n.min(2) {
+        for i in 0..n.min(DEPTH) {
             match issue(i) {
                 Ok(t) => inflight.push_back(t),
                 Err(e) => return self.finish(&mut inflight, Opcode::CopyD2H, Some(e)),
@@ -216,11 +221,11 @@ impl Device {
             {
                 return self.finish(&mut inflight, Opcode::CopyD2H, Some(e));
             }
-            let soff = self.layout.staging_offset as usize + (i % 2) * chunk;
+            let soff = self.layout.staging_offset as usize + (i % DEPTH) * chunk;
             self.view
                 .read_bytes(soff, &mut out[i * chunk..i * chunk + len_of(i)]);
-            if i + 2 < n {
-                match issue(i + 2) {
+            if i + DEPTH < n {
+                match issue(i + DEPTH) {
                     Ok(t) => inflight.push_back(t),
                     Err(e) => return self.finish(&mut inflight, Opcode::CopyD2H, Some(e)),
                 }
@@ -235,7 +240,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn two_chunks_fit_the_staging_area_and_a_chunk_is_at_most_1_mib() {
+    fn four_chunks_fit_the_payload_room_and_a_chunk_is_at_most_2_mib() {
         for staging in [
             2,
             3,
@@ -247,11 +252,14 @@ mod tests {
             1 << 40,
         ] {
             let c = chunk_size(staging);
-            assert!(c >= 1 && 2 * c <= staging, "chunk {c} for {staging} bytes");
+            assert!(
+                c >= 1 && (DEPTH as u64 * c <= staging || staging < DEPTH as u64),
+                "chunk {c} for {staging} bytes"
+            );
             assert!(c <= MAX_COPY_CHUNK);
         }
-        assert_eq!(chunk_size(192 << 10), 96 << 10);
-        assert_eq!(chunk_size(2 << 20), MAX_COPY_CHUNK);
+        assert_eq!(chunk_size(192 << 10), 48 << 10);
+        assert_eq!(chunk_size(8 << 20), MAX_COPY_CHUNK);
         assert_eq!(chunk_size(16 << 20), MAX_COPY_CHUNK);
         // A degenerate area still gives progress (the layout rules never publish one).
         assert_eq!(chunk_size(1), 1);
