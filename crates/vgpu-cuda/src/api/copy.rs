@@ -157,6 +157,67 @@ macro_rules! dtoh_async {
 dtoh_async!(cuMemcpyDtoHAsync_v2, false);
 dtoh_async!(cuMemcpyDtoHAsync_v2_ptsz, true);
 
+/// `cuMemcpyHtoD_v2_ptds`: on the per-thread default stream, returns once the bytes are on
+/// the device.
+///
+/// # Safety
+/// `src` is valid for `n` bytes of reads.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoD_v2_ptds(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    n: usize,
+) -> CUresult {
+    run("cuMemcpyHtoD_v2_ptds", || {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            host_copy(
+                Way::ToDevice,
+                dst,
+                src.cast_mut(),
+                n,
+                std::ptr::null_mut(),
+                true,
+                true,
+            )
+        }
+    })
+}
+
+/// `cuMemcpyDtoH_v2_ptds`: on the per-thread default stream.
+///
+/// # Safety
+/// `dst` is valid for `n` bytes of writes.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoH_v2_ptds(
+    dst: *mut c_void,
+    src: CUdeviceptr,
+    n: usize,
+) -> CUresult {
+    run("cuMemcpyDtoH_v2_ptds", || {
+        // SAFETY: forwarded from the caller.
+        unsafe { host_copy(Way::ToHost, src, dst, n, std::ptr::null_mut(), true, true) }
+    })
+}
+
+/// `cuMemcpyDtoD_v2_ptds`: on the per-thread default stream, waited for as `cuMemcpyDtoD_v2`
+/// is (until vgpud took it).
+#[no_mangle]
+pub extern "C" fn cuMemcpyDtoD_v2_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    run("cuMemcpyDtoD_v2_ptds", || {
+        require_current()?;
+        if n == 0 {
+            return Ok(CUresult::CUDA_SUCCESS);
+        }
+        stream(resolve(std::ptr::null_mut(), true)?)?
+            .copy_dtod(dst, src, n as u64)
+            .map_err(dev_err)?
+            .wait()
+            .map_err(dev_err)?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
 /// `cuMemcpyDtoDAsync_v2`.
 #[no_mangle]
 pub extern "C" fn cuMemcpyDtoDAsync_v2(
