@@ -4,8 +4,8 @@
 //! vgpud on the cpu backend: runtime start-up, device queries, allocations, copies, streams,
 //! events, kernel registration and error paths. Each program in `crates/vgpu-cuda/tests/cuda/`
 //! is built with the runtime linked statically (nvcc's default) and shared, with compressed
-//! fatbins and relocatable device code, and run with lazy and eager module loading; each run
-//! must exit 0 printing `PASS`.
+//! fatbins, relocatable device code and the per-thread default stream, and run with lazy and
+//! eager module loading; each run must exit 0 printing `PASS`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -129,6 +129,12 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "rdc",
         flags: &["-rdc=true"],
+        loading: None,
+    },
+    // The runtime then calls the driver's per-thread entry points (`_ptds`/`_ptsz`).
+    Variant {
+        name: "per-thread",
+        flags: &["--default-stream", "per-thread"],
         loading: None,
     },
 ];

@@ -24,6 +24,7 @@ pub mod handles;
 pub mod params;
 pub mod pinned;
 pub mod proc_address;
+pub mod rows;
 pub mod unsupported;
 
 pub use cudarc::driver::sys as types;

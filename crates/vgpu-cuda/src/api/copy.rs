@@ -1,5 +1,6 @@
 //! Copies and memsets beyond the synchronous basics: the stream-ordered (`Async`) forms, the
-//! unified-address forms (`cuMemcpy`, direction from the pointers), 16-bit memsets.
+//! unified-address forms (`cuMemcpy`, direction from the pointers), copies between contexts
+//! (`cuMemcpyPeer*`), 16-bit memsets.
 //!
 //! Host memory is the guest's: a copy to or from it goes through the staging area. An
 //! asynchronous host copy therefore first waits for the stream's earlier work and then copies
@@ -8,20 +9,20 @@
 
 use std::ffi::c_void;
 
-use super::context::require_current;
+use super::context::{self, require_current};
 use super::memory::{is_device, ready};
 use super::run;
 use super::stream::{resolve, stream};
-use crate::types::{CUdeviceptr, CUresult, CUstream};
+use crate::types::{CUcontext, CUdeviceptr, CUresult, CUstream};
 use crate::{driver, pinned};
 
-fn dev_err(e: vgpu_guest::Error) -> CUresult {
+pub(crate) fn dev_err(e: vgpu_guest::Error) -> CUresult {
     driver::error_of(&e)
 }
 
 /// Waits for the earlier work of stream `s` before a bounce-buffered host copy. The legacy
 /// stream needs no wait: the copy's own commands run on it, in order.
-fn drain(s: CUstream, per_thread: bool) -> Result<(), CUresult> {
+pub(crate) fn drain(s: CUstream, per_thread: bool) -> Result<(), CUresult> {
     let id = resolve(s, per_thread)?;
     if id == 0 {
         return Ok(());
@@ -156,6 +157,67 @@ macro_rules! dtoh_async {
 dtoh_async!(cuMemcpyDtoHAsync_v2, false);
 dtoh_async!(cuMemcpyDtoHAsync_v2_ptsz, true);
 
+/// `cuMemcpyHtoD_v2_ptds`: on the per-thread default stream, returns once the bytes are on
+/// the device.
+///
+/// # Safety
+/// `src` is valid for `n` bytes of reads.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoD_v2_ptds(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    n: usize,
+) -> CUresult {
+    run("cuMemcpyHtoD_v2_ptds", || {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            host_copy(
+                Way::ToDevice,
+                dst,
+                src.cast_mut(),
+                n,
+                std::ptr::null_mut(),
+                true,
+                true,
+            )
+        }
+    })
+}
+
+/// `cuMemcpyDtoH_v2_ptds`: on the per-thread default stream.
+///
+/// # Safety
+/// `dst` is valid for `n` bytes of writes.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoH_v2_ptds(
+    dst: *mut c_void,
+    src: CUdeviceptr,
+    n: usize,
+) -> CUresult {
+    run("cuMemcpyDtoH_v2_ptds", || {
+        // SAFETY: forwarded from the caller.
+        unsafe { host_copy(Way::ToHost, src, dst, n, std::ptr::null_mut(), true, true) }
+    })
+}
+
+/// `cuMemcpyDtoD_v2_ptds`: on the per-thread default stream, waited for as `cuMemcpyDtoD_v2`
+/// is (until vgpud took it).
+#[no_mangle]
+pub extern "C" fn cuMemcpyDtoD_v2_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
+    run("cuMemcpyDtoD_v2_ptds", || {
+        require_current()?;
+        if n == 0 {
+            return Ok(CUresult::CUDA_SUCCESS);
+        }
+        stream(resolve(std::ptr::null_mut(), true)?)?
+            .copy_dtod(dst, src, n as u64)
+            .map_err(dev_err)?
+            .wait()
+            .map_err(dev_err)?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
 /// `cuMemcpyDtoDAsync_v2`.
 #[no_mangle]
 pub extern "C" fn cuMemcpyDtoDAsync_v2(
@@ -177,6 +239,112 @@ pub extern "C" fn cuMemcpyDtoDAsync_v2_ptsz(
 ) -> CUresult {
     run("cuMemcpyDtoDAsync_v2_ptsz", || {
         dtod_async(dst, src, n, s, true)
+    })
+}
+
+/// A copy between the device memory of two contexts. Every context of the process runs on
+/// the VM's one context in vgpud, so it is a device-to-device copy on stream `s`; with `sync`,
+/// waited for as `cuMemcpyDtoD` is (until vgpud took it).
+#[allow(clippy::too_many_arguments)]
+fn peer(
+    dst: CUdeviceptr,
+    dst_ctx: CUcontext,
+    src: CUdeviceptr,
+    src_ctx: CUcontext,
+    n: usize,
+    s: CUstream,
+    pt: bool,
+    sync: bool,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if context::resolve(dst_ctx).is_none() || context::resolve(src_ctx).is_none() {
+        return Err(CUresult::CUDA_ERROR_INVALID_CONTEXT);
+    }
+    if n == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    let p = stream(resolve(s, pt)?)?
+        .copy_dtod(dst, src, n as u64)
+        .map_err(dev_err)?;
+    if sync {
+        p.wait().map_err(dev_err)?;
+    }
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuMemcpyPeer`.
+#[no_mangle]
+pub extern "C" fn cuMemcpyPeer(
+    dst: CUdeviceptr,
+    dst_ctx: CUcontext,
+    src: CUdeviceptr,
+    src_ctx: CUcontext,
+    n: usize,
+) -> CUresult {
+    run("cuMemcpyPeer", || {
+        peer(
+            dst,
+            dst_ctx,
+            src,
+            src_ctx,
+            n,
+            std::ptr::null_mut(),
+            false,
+            true,
+        )
+    })
+}
+
+/// `cuMemcpyPeer_ptds`.
+#[no_mangle]
+pub extern "C" fn cuMemcpyPeer_ptds(
+    dst: CUdeviceptr,
+    dst_ctx: CUcontext,
+    src: CUdeviceptr,
+    src_ctx: CUcontext,
+    n: usize,
+) -> CUresult {
+    run("cuMemcpyPeer_ptds", || {
+        peer(
+            dst,
+            dst_ctx,
+            src,
+            src_ctx,
+            n,
+            std::ptr::null_mut(),
+            true,
+            true,
+        )
+    })
+}
+
+/// `cuMemcpyPeerAsync`.
+#[no_mangle]
+pub extern "C" fn cuMemcpyPeerAsync(
+    dst: CUdeviceptr,
+    dst_ctx: CUcontext,
+    src: CUdeviceptr,
+    src_ctx: CUcontext,
+    n: usize,
+    s: CUstream,
+) -> CUresult {
+    run("cuMemcpyPeerAsync", || {
+        peer(dst, dst_ctx, src, src_ctx, n, s, false, false)
+    })
+}
+
+/// `cuMemcpyPeerAsync_ptsz`.
+#[no_mangle]
+pub extern "C" fn cuMemcpyPeerAsync_ptsz(
+    dst: CUdeviceptr,
+    dst_ctx: CUcontext,
+    src: CUdeviceptr,
+    src_ctx: CUcontext,
+    n: usize,
+    s: CUstream,
+) -> CUresult {
+    run("cuMemcpyPeerAsync_ptsz", || {
+        peer(dst, dst_ctx, src, src_ctx, n, s, true, false)
     })
 }
 
@@ -289,7 +457,7 @@ pub unsafe extern "C" fn cuMemcpyAsync_ptsz(
 }
 
 /// `count` elements of `width` bytes (1 or 4) at `dst`, all `value`, queued on stream `s`.
-fn memset_on(
+pub(crate) fn memset_on(
     dst: CUdeviceptr,
     value: u32,
     width: u64,
@@ -336,7 +504,7 @@ fn memset32_async(
 
 /// 16-bit fills have no device command: equal bytes are a byte fill, an even count on a
 /// 4-byte boundary a 32-bit fill, anything else a copy of the pattern from the host.
-fn memset16(
+pub(crate) fn memset16(
     dst: CUdeviceptr,
     v: u16,
     n: usize,

@@ -60,6 +60,16 @@ fn dev_err(e: vgpu_guest::Error) -> CUresult {
     driver::error_of(&e)
 }
 
+/// Allocates `bytes` (> 0) of device memory and records the allocation.
+fn alloc(d: &Driver, bytes: u64) -> Result<u64, CUresult> {
+    let p = d.dev.alloc(bytes).map_err(dev_err)?;
+    ALLOCATIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(p, bytes);
+    Ok(p)
+}
+
 /// `cuMemAlloc_v2`. A zero-byte request is `CUDA_ERROR_INVALID_VALUE`, as NVIDIA's is.
 ///
 /// # Safety
@@ -71,13 +81,56 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> 
         if dptr.is_null() || bytes == 0 {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
-        let p = d.dev.alloc(bytes as u64).map_err(dev_err)?;
-        ALLOCATIONS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(p, bytes as u64);
+        let p = alloc(d, bytes as u64)?;
         // SAFETY: forwarded from the caller.
         Ok(unsafe { put(dptr, p) })
+    })
+}
+
+/// Rows of a pitched allocation start at multiples of this many bytes: the texture alignment
+/// (`CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT`, 512 on the GPUs vgpu serves), which also meets
+/// the texture pitch alignment NVIDIA's driver promises for these pitches.
+const PITCH_ALIGN: u64 = 512;
+
+/// The pitch of a pitched allocation of rows of `width` bytes of `elem`-byte elements
+/// (4, 8 or 16, as NVIDIA's driver requires): `width` rounded up to [`PITCH_ALIGN`]; `None`
+/// for an invalid request.
+pub fn pitch_for(width: u64, height: u64, elem: u32) -> Option<u64> {
+    if width == 0 || height == 0 || !matches!(elem, 4 | 8 | 16) {
+        return None;
+    }
+    let pitch = width.checked_next_multiple_of(PITCH_ALIGN)?;
+    pitch.checked_mul(height)?;
+    Some(pitch)
+}
+
+/// `cuMemAllocPitch_v2`: `height` rows of `width` bytes, `pitch` bytes apart (a multiple of
+/// 512).
+///
+/// # Safety
+/// `dptr` and `pitch` are NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocPitch_v2(
+    dptr: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    elem: c_uint,
+) -> CUresult {
+    run("cuMemAllocPitch_v2", || {
+        let d = ready()?;
+        if dptr.is_null() || pitch.is_null() {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        let p = pitch_for(width as u64, height as u64, elem)
+            .ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
+        let ptr = alloc(d, p * height as u64)?;
+        // SAFETY: both non-NULL and valid for writes (the caller's promise).
+        unsafe {
+            dptr.write(ptr);
+            pitch.write(p as usize);
+        }
+        Ok(CUresult::CUDA_SUCCESS)
     })
 }
 
@@ -241,4 +294,28 @@ pub unsafe extern "C" fn cuMemGetAddressRange_v2(
         }
         Ok(CUresult::CUDA_SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pitches_are_widths_rounded_up_to_512_bytes() {
+        assert_eq!(pitch_for(1, 1, 4), Some(512));
+        assert_eq!(pitch_for(512, 7, 8), Some(512));
+        assert_eq!(pitch_for(513, 7, 16), Some(1024));
+        assert_eq!(pitch_for(4000, 1000, 4), Some(4096));
+    }
+
+    #[test]
+    fn invalid_pitched_requests_have_no_pitch() {
+        assert_eq!(pitch_for(0, 4, 4), None, "no width");
+        assert_eq!(pitch_for(4, 0, 4), None, "no rows");
+        for elem in [0, 1, 2, 3, 12, 32] {
+            assert_eq!(pitch_for(64, 4, elem), None, "element size {elem}");
+        }
+        assert_eq!(pitch_for(u64::MAX - 5, 1, 4), None, "the pitch overflows");
+        assert_eq!(pitch_for(1 << 40, 1 << 40, 4), None, "the size overflows");
+    }
 }

@@ -6,8 +6,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::types::CUresult;
 
+pub mod callback;
 pub mod context;
 pub mod copy;
+pub mod copy2d;
 pub mod device;
 pub mod error;
 pub mod event;
@@ -15,6 +17,7 @@ pub mod host_memory;
 pub mod init;
 pub mod launch;
 pub mod memory;
+pub mod memset2d;
 pub mod module;
 pub mod proc;
 pub mod stream;
