@@ -16,6 +16,11 @@ const MAX_EXPANDED: u64 = 256 << 20;
 const DEFAULT_DYNAMIC_SHARED: i32 = 48 << 10;
 /// Most shared memory a block may opt into (the description's attribute 97).
 const MAX_SHARED_OPTIN: i32 = 232_448;
+/// Shared memory the system reserves in every block (the description's attribute 111). Linked
+/// cubins for sm_90 and later count it in a kernel's `.nv.shared.<name>` section (a kernel that
+/// declares none has a 1 KiB section); NVIDIA's driver reports a kernel's static shared memory
+/// without it, so that a block may still opt into all of `MAX_SHARED_OPTIN`.
+const RESERVED_SHARED: u32 = 1024;
 
 /// `CU_FUNC_ATTRIBUTE_*` numbers.
 mod attr {
@@ -50,6 +55,18 @@ pub struct Function {
     max_dynamic_shared: i32,
     /// Shared memory carveout preference (settable; -1 = none).
     carveout: i32,
+}
+
+/// A kernel's static shared memory as NVIDIA's driver reports it: without the part the system
+/// reserves, which sm_90 code counts in (PTX declares none: its kernels report 0 here).
+fn user_static_shared(k: &Kernel, arch: u32) -> i32 {
+    let bytes = k.static_shared.unwrap_or(0);
+    let user = if arch >= 90 {
+        bytes.saturating_sub(RESERVED_SHARED)
+    } else {
+        bytes
+    };
+    user as i32
 }
 
 /// The images one VM loaded.
@@ -138,7 +155,7 @@ impl Images {
         }
         let kernel = image.kernel(name).ok_or(Status::InvalidFunction)?.clone();
         let arch = image.for_arch(ARCH).map_or(ARCH, |m| m.source.arch);
-        let static_shared = kernel.static_shared.unwrap_or(0) as i32;
+        let static_shared = user_static_shared(&kernel, arch);
         let n = kernel.params.len() as u64;
         funcs.push(handle);
         self.functions.insert(
@@ -182,7 +199,7 @@ impl Images {
                 .or(dims(k.max_threads))
                 .unwrap_or(1024)
                 .min(1024),
-            attr::SHARED_SIZE_BYTES => k.static_shared.unwrap_or(0) as i32,
+            attr::SHARED_SIZE_BYTES => user_static_shared(k, f.arch),
             attr::CONST_SIZE_BYTES | attr::CACHE_MODE_CA | attr::CLUSTER_SIZE_MUST_BE_SET => 0,
             attr::LOCAL_SIZE_BYTES => k.frame_size.unwrap_or(0) as i32,
             attr::NUM_REGS => k.registers.unwrap_or(0) as i32,
@@ -206,7 +223,7 @@ impl Images {
             .ok_or(Status::InvalidFunction)?;
         match a {
             attr::MAX_DYNAMIC_SHARED_SIZE_BYTES => {
-                let room = MAX_SHARED_OPTIN - f.kernel.static_shared.unwrap_or(0) as i32;
+                let room = MAX_SHARED_OPTIN - user_static_shared(&f.kernel, f.arch);
                 if v < 0 || v > room {
                     return Err(Status::InvalidArgument);
                 }
@@ -238,5 +255,46 @@ mod tests {
                     .visible .entry k(.param .u64 p) { ret; }\n";
         let image = parse(ptx, false).unwrap();
         assert_eq!(image.kernel("k").unwrap().params.len(), 1);
+    }
+
+    #[test]
+    fn static_shared_memory_is_reported_without_the_reserved_kilobyte() {
+        // vgpu-cubin's fixture, built by nvcc 13.0 for sm_90: `k_bounded` declares a 1 KiB tile
+        // (its section holds 2 KiB), `k_scalars` none.
+        let cubin = include_bytes!("../../../vgpu-cubin/tests/fixtures/kernels.sm90.cubin");
+        let mut images = Images::default();
+        images.load(1, parse(cubin, true).unwrap());
+        let (bounded, _) = images.function(1, "_Z9k_boundedPi", 10).unwrap();
+        let (scalars, _) = images.function(1, "k_scalars", 11).unwrap();
+        assert_eq!(images.attribute(bounded, attr::SHARED_SIZE_BYTES), Ok(1024));
+        assert_eq!(images.attribute(scalars, attr::SHARED_SIZE_BYTES), Ok(0));
+        // The default dynamic limit is 48 KiB less the static part; opting in may take the
+        // rest of the 227 KiB.
+        assert_eq!(
+            images.attribute(bounded, attr::MAX_DYNAMIC_SHARED_SIZE_BYTES),
+            Ok((48 << 10) - 1024)
+        );
+        assert!(images
+            .set_attribute(
+                bounded,
+                attr::MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                MAX_SHARED_OPTIN - 1024
+            )
+            .is_ok());
+        assert!(images
+            .set_attribute(
+                scalars,
+                attr::MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                MAX_SHARED_OPTIN
+            )
+            .is_ok());
+        assert_eq!(
+            images.set_attribute(
+                bounded,
+                attr::MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                MAX_SHARED_OPTIN - 1023
+            ),
+            Err(Status::InvalidArgument)
+        );
     }
 }
