@@ -232,20 +232,20 @@ launch_kernel!(cuLaunchKernel_ptsz, true);
 /// `CUlaunchConfig` (CUDA 12.0+), with the attribute id read as a plain integer.
 #[repr(C)]
 pub struct LaunchConfig {
-    grid: [c_uint; 3],
-    block: [c_uint; 3],
-    shared: c_uint,
-    stream: CUstream,
-    attrs: *const LaunchAttribute,
-    num_attrs: c_uint,
+    pub(crate) grid: [c_uint; 3],
+    pub(crate) block: [c_uint; 3],
+    pub(crate) shared: c_uint,
+    pub(crate) stream: CUstream,
+    pub(crate) attrs: *const LaunchAttribute,
+    pub(crate) num_attrs: c_uint,
 }
 
 /// `CUlaunchAttribute`: an id and a 64-byte value.
 #[repr(C)]
 pub struct LaunchAttribute {
-    id: u32,
+    pub(crate) id: u32,
     _pad: [u8; 4],
-    _value: [u8; 64],
+    pub(crate) value: [u8; 64],
 }
 
 /// `CU_LAUNCH_ATTRIBUTE_*` ids a launch may carry here: none (0); hints a launch on vgpud's

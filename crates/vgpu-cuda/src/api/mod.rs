@@ -19,6 +19,7 @@ pub mod launch;
 pub mod memory;
 pub mod memset2d;
 pub mod module;
+pub mod occupancy;
 pub mod proc;
 pub mod stream;
 
