@@ -24,7 +24,7 @@ pub struct Context {
     /// `CU_CTX_*` flags.
     pub flags: Mutex<u32>,
     /// `CUlimit` values, by limit number.
-    limits: Mutex<[usize; 8]>,
+    limits: Mutex<[usize; 10]>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -35,8 +35,10 @@ impl Context {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             flags: Mutex::new(flags),
             // Stack size, printf FIFO, malloc heap, runtime sync depth, pending launches,
-            // max L2 fetch granularity, persisting L2, (reserved): NVIDIA's defaults.
-            limits: Mutex::new([1024, 1 << 20, 8 << 20, 2, 2048, 32, 0, 0]),
+            // max L2 fetch granularity, persisting L2: NVIDIA's defaults. Then the three of
+            // CUDA-in-graphics contexts, which a vGPU's contexts never are: its shared memory
+            // size, enabled, and the shared memory fallback.
+            limits: Mutex::new([1024, 1 << 20, 8 << 20, 2, 2048, 32, 0, 0, 0, 0]),
         }
     }
     fn handle(&'static self) -> CUcontext {
@@ -410,6 +412,10 @@ pub unsafe extern "C" fn cuCtxGetLimit(value: *mut usize, limit: c_int) -> CUres
 pub extern "C" fn cuCtxSetLimit(limit: c_int, value: usize) -> CUresult {
     run("cuCtxSetLimit", || {
         let c = require_current()?;
+        // CU_LIMIT_SHMEM_SIZE and CU_LIMIT_CIG_ENABLED can only be queried.
+        if limit == 7 || limit == 8 {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
         let mut l = c.limits.lock().unwrap_or_else(|e| e.into_inner());
         let slot = usize::try_from(limit)
             .ok()

@@ -63,6 +63,13 @@ int main() {
     CUcontext ctx;
     DRV(cuCtxCreate(&ctx, nullptr, 0, dev));
 
+    // The context's limits as the driver reports them (the CUDA-in-graphics ones included).
+    for (int l = CU_LIMIT_STACK_SIZE; l < CU_LIMIT_MAX; l++) {
+        size_t v = 0;
+        CUresult r = cuCtxGetLimit(&v, (CUlimit)l);
+        printf("result: limit %d = %d %zu\n", l, (int)r, v);
+    }
+
     CUmodule from_file, from_ptx, from_bytes;
     DRV(cuModuleLoad(&from_file, cubin_path.c_str()));
     DRV(cuModuleLoadData(&from_ptx, ptx.c_str()));

@@ -55,6 +55,12 @@ pub struct Function {
     max_dynamic_shared: i32,
     /// Shared memory carveout preference (settable; -1 = none).
     carveout: i32,
+    /// Cluster dimensions set at run time (when the image fixes none).
+    cluster: [u32; 3],
+    /// Whether cluster sizes beyond the portable 8 blocks are allowed (settable).
+    non_portable_cluster: i32,
+    /// Cluster scheduling policy preference (settable; 0 = default).
+    cluster_policy: i32,
 }
 
 /// A kernel's static shared memory as NVIDIA's driver reports it: without the part the system
@@ -167,6 +173,9 @@ impl Images {
                 max_dynamic_shared: DEFAULT_DYNAMIC_SHARED
                     - static_shared.min(DEFAULT_DYNAMIC_SHARED),
                 carveout: -1,
+                cluster: [0; 3],
+                non_portable_cluster: 0,
+                cluster_policy: 0,
             },
         );
         Ok((handle, n))
@@ -193,7 +202,7 @@ impl Images {
         let f = self.functions.get(&handle).ok_or(Status::InvalidFunction)?;
         let k = &f.kernel;
         let dims = |d: Option<[u32; 3]>| d.map(|d| d.iter().product::<u32>() as i32);
-        let cluster = k.cluster_dims.unwrap_or([0; 3]);
+        let cluster = k.cluster_dims.unwrap_or(f.cluster);
         Ok(match a {
             attr::MAX_THREADS_PER_BLOCK => dims(k.req_threads)
                 .or(dims(k.max_threads))
@@ -209,8 +218,8 @@ impl Images {
             attr::REQUIRED_CLUSTER_WIDTH => cluster[0] as i32,
             attr::REQUIRED_CLUSTER_HEIGHT => cluster[1] as i32,
             attr::REQUIRED_CLUSTER_DEPTH => cluster[2] as i32,
-            attr::NON_PORTABLE_CLUSTER_SIZE_ALLOWED
-            | attr::CLUSTER_SCHEDULING_POLICY_PREFERENCE => 0,
+            attr::NON_PORTABLE_CLUSTER_SIZE_ALLOWED => f.non_portable_cluster,
+            attr::CLUSTER_SCHEDULING_POLICY_PREFERENCE => f.cluster_policy,
             _ => return Err(Status::InvalidArgument),
         })
     }
@@ -234,6 +243,29 @@ impl Images {
                     return Err(Status::InvalidArgument);
                 }
                 f.carveout = v;
+            }
+            attr::REQUIRED_CLUSTER_WIDTH
+            | attr::REQUIRED_CLUSTER_HEIGHT
+            | attr::REQUIRED_CLUSTER_DEPTH => {
+                // A cluster shape the image fixes cannot change; blocks of a cluster number at
+                // most 16 (non-portable) on sm_90.
+                if f.kernel.cluster_dims.is_some() || !(0..=16).contains(&v) {
+                    return Err(Status::InvalidArgument);
+                }
+                f.cluster[(a - attr::REQUIRED_CLUSTER_WIDTH) as usize] = v as u32;
+            }
+            attr::NON_PORTABLE_CLUSTER_SIZE_ALLOWED => {
+                if !(0..=1).contains(&v) {
+                    return Err(Status::InvalidArgument);
+                }
+                f.non_portable_cluster = v;
+            }
+            attr::CLUSTER_SCHEDULING_POLICY_PREFERENCE => {
+                // CU_CLUSTER_SCHEDULING_POLICY_DEFAULT, _SPREAD, _LOAD_BALANCING.
+                if !(0..=2).contains(&v) {
+                    return Err(Status::InvalidArgument);
+                }
+                f.cluster_policy = v;
             }
             _ => return Err(Status::InvalidArgument),
         }
