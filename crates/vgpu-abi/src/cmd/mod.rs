@@ -44,8 +44,10 @@ pub const SYNC_ALL_STREAMS: u16 = 1 << 0;
 /// text (1.4).
 pub const MODULE_BINARY: u16 = 1 << 0;
 /// Distinct stream ids one VM may use (until it resets); a command naming one more stream
-/// fails with [`Status::InvalidArgument`].
-pub const MAX_STREAMS: usize = 64;
+/// fails with [`Status::InvalidArgument`] (or, past a lower `limits.max_streams` of the host's
+/// config, [`Status::LimitExceeded`]). A bound, not a layout: raising it from 64 changed no
+/// ABI version (a vgpud from before refuses a 65th id).
+pub const MAX_STREAMS: usize = 1024;
 
 #[cfg(test)]
 mod tests;
