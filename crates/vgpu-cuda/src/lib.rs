@@ -21,6 +21,7 @@ pub mod driver;
 #[allow(clashing_extern_declarations)]
 pub mod exports;
 pub mod handles;
+pub mod legacy;
 pub mod params;
 pub mod pinned;
 pub mod proc_address;

@@ -3,10 +3,9 @@
 //!
 //! The driver's state is per process, so this file holds one test that walks the API in order.
 
+mod common;
+
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use vgpucuda::api::context::*;
 use vgpucuda::api::device::*;
@@ -14,65 +13,10 @@ use vgpucuda::api::init::*;
 use vgpucuda::api::memory::*;
 use vgpucuda::types::{CUcontext, CUresult, CUuuid};
 
-/// vgpud built next to this test (cargo builds the workspace's binaries for `cargo test
-/// --workspace`), or `VGPU_VGPUD`.
-fn vgpud_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("VGPU_VGPUD") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("vgpud");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (cargo build -p vgpu-mediator) or set VGPU_VGPUD",
-        bin.display()
-    );
-    bin
-}
-
-struct Vgpud(Child);
-impl Drop for Vgpud {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_vgpud(dir: &Path) -> (Vgpud, PathBuf) {
-    let sock = dir.join("vm-a.sock");
-    let cfg = dir.join("vgpud.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[mediator]\nbackend = \"cpu\"\n\n[[vm]]\nname = \"vm-a\"\nsocket = {:?}\nvm_id = 1\n\
-             pool = 0\nshm_size = \"16MiB\"\nmem_quota = \"256MiB\"\n",
-            sock
-        ),
-    )
-    .unwrap();
-    let child = Command::new(vgpud_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("vgpud.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "vgpud did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (Vgpud(child), sock)
-}
-
 #[test]
 fn a_program_walks_the_driver_api_through_vgpud() {
     let dir = tempfile::tempdir().unwrap();
-    let (_vgpud, sock) = start_vgpud(dir.path());
+    let (_vgpud, sock) = common::start_vgpud(dir.path());
 
     // Before cuInit: versions answer, queries say NOT_INITIALIZED.
     let mut v = 0;

@@ -59,12 +59,18 @@ fn ptx(name: &str) -> String {
 
 /// Starts vgpud on the suite's backend and waits until it is ready.
 fn start(vms: &[Vm]) -> common::Vgpud {
+    start_with(vms, common::ConfigBuilder::new())
+}
+
+/// [`start`] with more config (`extra`'s keys win).
+fn start_with(vms: &[Vm], extra: common::ConfigBuilder) -> common::Vgpud {
     // Several cpu execution slots, so that streams can overlap there as on a GPU.
     // VGPU_TEST_ISOLATION=process|none sets `fault_isolation` (else the backend's default).
     let cfg = common::ConfigBuilder::new()
         .mediator("max_kernel_us", 2_000_000)
         .mediator("cpu_slots", 4)
-        .merge(common::isolation());
+        .merge(common::isolation())
+        .merge(extra);
     // VGPU_TEST_LOG_DIR keeps vgpud's logs (for the GPU host's report).
     let log = std::env::var("VGPU_TEST_LOG_DIR").ok().map(|l| {
         std::fs::create_dir_all(&l).unwrap();
@@ -340,6 +346,69 @@ fn streams_keep_order_and_overlap() {
             assert_eq!(status_of(r.unwrap_err()), Status::InvalidArgument);
         }
     }
+    drop(dev);
+    d.stop();
+}
+
+/// A VM uses 300 streams at once (each with work queued behind a busy kernel, none waited for
+/// until all are queued), every stream's results are right, and `[limits] max_streams` refuses
+/// the first id past it with LIMIT_EXCEEDED without disturbing the streams in use.
+#[test]
+fn three_hundred_streams_at_once_and_the_stream_limit() {
+    const N: usize = 300;
+    // The default stream and the N others.
+    let limit = N as i64 + 1;
+    let d = start_with(
+        &[Vm::new("many", 1)],
+        common::ConfigBuilder::new().limits("max_streams", limit),
+    );
+    let dev = connect(&d, "many");
+    // 256 words per stream.
+    const WORDS: usize = 256;
+    let bytes = (N * WORDS * 4) as u64;
+    let p = dev.alloc(bytes).unwrap();
+    let q = dev.alloc(bytes).unwrap();
+    dev.memset_d32(p, 0, (N * WORDS) as u64).unwrap();
+    dev.memset_d32(q, 0, (N * WORDS) as u64).unwrap();
+    let streams: Vec<_> = (0..N).map(|_| dev.create_stream()).collect();
+    let mut queued = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        let (pi, qi) = (p + (i * WORDS * 4) as u64, q + (i * WORDS * 4) as u64);
+        // In stream order: a short busy kernel, a fill, a second fill of the first half, then
+        // the copy of both halves. A stream that did not keep its order shows 0s or the first
+        // fill where the second one belongs.
+        queued.push(s.launch_body(busy_body(200)).unwrap());
+        queued.push(s.memset_d32(pi, i as u32 + 1, WORDS as u64).unwrap());
+        queued.push(
+            s.memset_d32(pi, 1_000_000 + i as u32, WORDS as u64 / 2)
+                .unwrap(),
+        );
+        queued.push(s.copy_dtod(qi, pi, (WORDS * 4) as u64).unwrap());
+    }
+    for c in queued {
+        c.wait().unwrap();
+    }
+    let v = read_u32s(&dev, q, N * WORDS);
+    for (i, block) in v.chunks_exact(WORDS).enumerate() {
+        let (first, second) = block.split_at(WORDS / 2);
+        assert!(
+            first.iter().all(|&x| x == 1_000_000 + i as u32)
+                && second.iter().all(|&x| x == i as u32 + 1),
+            "stream {i}: {:?}…",
+            &block[..4]
+        );
+    }
+    // Every stream is still in use: a synchronisation of each answers, and of all of them.
+    for s in &streams {
+        s.synchronize().unwrap();
+    }
+    dev.synchronize().unwrap();
+    // One more id is past the configured limit (not the ABI's bound): LIMIT_EXCEEDED.
+    let refused = dev.stream(50_000).memset_d32(p, 7, 1).unwrap().wait();
+    assert_eq!(status_of(refused.unwrap_err()), Status::LimitExceeded);
+    // The refusal touched nothing else: the streams in use still work.
+    streams[N - 1].memset_d32(q, 42, 1).unwrap().wait().unwrap();
+    assert_eq!(read_u32s(&dev, q, 1), [42]);
     drop(dev);
     d.stop();
 }

@@ -49,8 +49,10 @@ pub const MODULE_MORE: u16 = 1 << 1;
 /// previous one (1.5).
 pub const MODULE_CONT: u16 = 1 << 2;
 /// Distinct stream ids one VM may use (until it resets); a command naming one more stream
-/// fails with [`Status::InvalidArgument`].
-pub const MAX_STREAMS: usize = 64;
+/// fails with [`Status::InvalidArgument`] (or, past a lower `limits.max_streams` of the host's
+/// config, [`Status::LimitExceeded`]). A bound, not a layout: raising it from 64 changed no
+/// ABI version (a vgpud from before refuses a 65th id).
+pub const MAX_STREAMS: usize = 1024;
 
 #[cfg(test)]
 mod tests;

@@ -16,15 +16,14 @@
 use std::ffi::{c_uint, c_void};
 
 use super::context::{self, require_current};
-use super::copy::dev_err;
 use super::run;
-use super::stream::{resolve, stream};
+use super::stream::synchronize;
 use crate::driver;
 use crate::types::{CUhostFn, CUresult, CUstream, CUstreamCallback};
 
-/// Waits for the earlier work of stream `s`.
+/// Waits for the earlier work of stream `s` (the legacy stream's implicit order included).
 fn drain(s: CUstream, pt: bool) -> Result<(), CUresult> {
-    stream(resolve(s, pt)?)?.synchronize().map_err(dev_err)
+    synchronize(s, pt).map(drop)
 }
 
 /// `cuLaunchHostFunc`: not called when the context broke (as CUDA documents).
@@ -64,10 +63,8 @@ unsafe fn add_callback(
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
     let cb = cb.ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
-    let id = resolve(s, pt)?;
-    let status = d
-        .sticky()
-        .and_then(|()| stream(id)?.synchronize().map_err(dev_err));
+    super::stream::resolve(s, pt)?;
+    let status = d.sticky().and_then(|()| drain(s, pt));
     let code = status.err().unwrap_or(CUresult::CUDA_SUCCESS);
     // SAFETY: the program's callback with its own data, called once, as it asked.
     unsafe { cb(s, code, data) };

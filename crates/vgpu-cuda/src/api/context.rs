@@ -431,9 +431,7 @@ pub extern "C" fn cuCtxSetLimit(limit: c_int, value: usize) -> CUresult {
 pub extern "C" fn cuCtxSynchronize() -> CUresult {
     run("cuCtxSynchronize", || {
         require_current()?;
-        let d = driver::get()?;
-        d.dev.synchronize().map_err(|e| driver::error_of(&e))?;
-        Ok(CUresult::CUDA_SUCCESS)
+        synchronize_all()
     })
 }
 
@@ -444,10 +442,18 @@ pub extern "C" fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult {
         driver::get()?;
         resolve(if ctx.is_null() { current() } else { ctx })
             .ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
-        let d = driver::get()?;
-        d.dev.synchronize().map_err(|e| driver::error_of(&e))?;
-        Ok(CUresult::CUDA_SUCCESS)
+        synchronize_all()
     })
+}
+
+/// Waits for every stream of the VM (every context's: they share vgpud's streams); what it
+/// covered needs no implicit legacy-stream wait any more.
+fn synchronize_all() -> Result<CUresult, CUresult> {
+    let d = driver::get()?;
+    let mark = crate::legacy::mark();
+    d.dev.synchronize().map_err(|e| driver::error_of(&e))?;
+    crate::legacy::all_synchronized(mark);
+    Ok(CUresult::CUDA_SUCCESS)
 }
 
 /// # Safety

@@ -12,7 +12,7 @@ use std::ffi::c_void;
 use super::context::{self, require_current};
 use super::memory::{is_device, ready};
 use super::run;
-use super::stream::{resolve, stream};
+use super::stream::{enqueue, resolve, stream};
 use crate::types::{CUcontext, CUdeviceptr, CUresult, CUstream};
 use crate::{driver, pinned};
 
@@ -21,9 +21,10 @@ pub(crate) fn dev_err(e: vgpu_guest::Error) -> CUresult {
 }
 
 /// Waits for the earlier work of stream `s` before a bounce-buffered host copy. The legacy
-/// stream needs no wait: the copy's own commands run on it, in order.
+/// stream needs no wait: the copy's own commands run on it, in order, after the waits for the
+/// blocking streams that [`enqueue`] queued.
 pub(crate) fn drain(s: CUstream, per_thread: bool) -> Result<(), CUresult> {
-    let id = resolve(s, per_thread)?;
+    let id = enqueue(s, per_thread)?.id();
     if id == 0 {
         return Ok(());
     }
@@ -63,11 +64,12 @@ pub(crate) unsafe fn host_copy(
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
     if let Some(off) = pinned::staging_of(host as usize, n) {
-        let st = stream(resolve(s, pt)?)?;
+        let st = enqueue(s, pt)?;
         let queued = match way {
             Way::ToDevice => st.copy_htod_staged(dev, off, n as u64),
             Way::ToHost => st.copy_dtoh_staged(dev, off, n as u64),
         };
+        drop(st);
         let p = queued.map_err(dev_err)?;
         // A staging copy completes when its bytes have moved (vgpud needs that too, to know
         // when staging may be reused), so its completion is what a synchronous copy waits for.
@@ -106,7 +108,7 @@ fn dtod_async(
     if n == 0 {
         return Ok(CUresult::CUDA_SUCCESS);
     }
-    let st = stream(resolve(s, pt)?)?;
+    let st = enqueue(s, pt)?;
     drop(st.copy_dtod(dst, src, n as u64).map_err(dev_err)?);
     Ok(CUresult::CUDA_SUCCESS)
 }
@@ -209,11 +211,10 @@ pub extern "C" fn cuMemcpyDtoD_v2_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: us
         if n == 0 {
             return Ok(CUresult::CUDA_SUCCESS);
         }
-        stream(resolve(std::ptr::null_mut(), true)?)?
+        let q = enqueue(std::ptr::null_mut(), true)?
             .copy_dtod(dst, src, n as u64)
-            .map_err(dev_err)?
-            .wait()
             .map_err(dev_err)?;
+        q.wait().map_err(dev_err)?;
         Ok(CUresult::CUDA_SUCCESS)
     })
 }
@@ -263,7 +264,7 @@ fn peer(
     if n == 0 {
         return Ok(CUresult::CUDA_SUCCESS);
     }
-    let p = stream(resolve(s, pt)?)?
+    let p = enqueue(s, pt)?
         .copy_dtod(dst, src, n as u64)
         .map_err(dev_err)?;
     if sync {
@@ -367,10 +368,11 @@ unsafe fn unified(
         (true, true) => match s {
             Some((s, pt)) => dtod_async(dst, src, n, s, pt),
             None => {
-                ready()?
-                    .dev
-                    .copy_dtod(dst, src, n as u64)
-                    .map_err(dev_err)?;
+                // On the legacy stream, waited for.
+                let st = enqueue(std::ptr::null_mut(), false)?;
+                let p = st.copy_dtod(dst, src, n as u64).map_err(dev_err)?;
+                drop(st);
+                p.wait().map_err(dev_err)?;
                 Ok(CUresult::CUDA_SUCCESS)
             }
         },
@@ -472,7 +474,7 @@ pub(crate) fn memset_on(
     if count == 0 {
         return Ok(CUresult::CUDA_SUCCESS);
     }
-    let st = stream(resolve(s, pt)?)?;
+    let st = enqueue(s, pt)?;
     let queued = if width == 4 {
         st.memset_d32(dst, value, count as u64)
     } else {

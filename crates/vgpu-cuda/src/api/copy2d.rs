@@ -20,7 +20,7 @@ use super::context::require_current;
 use super::copy::{dev_err, drain, host_copy, Way};
 use super::memory::allocation_of;
 use super::run;
-use super::stream::{resolve, stream};
+use super::stream::enqueue;
 use crate::rows::{runs, Extent, Pitch, Run};
 use crate::types::{CUresult, CUstream};
 use crate::{driver, pinned};
@@ -459,7 +459,7 @@ struct Order {
 /// # Safety
 /// The host rows of `plan` are valid for reads.
 unsafe fn bounced_to_device(
-    st: Stream<'static>,
+    st: &Stream<'static>,
     b: &Bounce,
     runs: impl Iterator<Item = Run>,
     host: u64,
@@ -505,7 +505,7 @@ unsafe fn bounced_to_device(
 /// # Safety
 /// The host rows of `plan` are valid for writes.
 unsafe fn bounced_to_host(
-    st: Stream<'static>,
+    st: &Stream<'static>,
     b: &Bounce,
     runs: impl Iterator<Item = Run>,
     dev: u64,
@@ -558,7 +558,6 @@ unsafe fn bounced_to_host(
 unsafe fn execute(p: &Plan, o: Order) -> Result<CUresult, CUresult> {
     let all = || runs(p.extent, p.src.pitch, p.dst.pitch);
     let single = all().nth(1).is_none();
-    let st = stream(resolve(o.s, o.pt)?)?;
     match (p.src.mem, p.dst.mem) {
         (Mem::Host(src), Mem::Host(dst)) => {
             drain(o.s, o.pt)?;
@@ -574,6 +573,7 @@ unsafe fn execute(p: &Plan, o: Order) -> Result<CUresult, CUresult> {
             }
         }
         (Mem::Device(src), Mem::Device(dst)) => {
+            let st = enqueue(o.s, o.pt)?;
             let mut waits = Waits::new();
             for r in all() {
                 let q = st
@@ -603,6 +603,7 @@ unsafe fn execute(p: &Plan, o: Order) -> Result<CUresult, CUresult> {
             let span = p.extent.span(host_pitch).unwrap_or(0) as usize;
             if let Some(off) = pinned::staging_of(host as usize, span) {
                 // Page-locked rows: staging copies straight from or into them.
+                let st = enqueue(o.s, o.pt)?;
                 let mut waits = Waits::new();
                 for r in all() {
                     let q = match way {
@@ -616,11 +617,12 @@ unsafe fn execute(p: &Plan, o: Order) -> Result<CUresult, CUresult> {
                 }
                 waits.finish()?;
             } else if let Some(b) = Bounce::take(p.extent.bytes().unwrap_or(0)) {
+                let st = enqueue(o.s, o.pt)?;
                 // SAFETY: the host rows are valid (the caller's promise).
                 unsafe {
                     match way {
-                        Way::ToDevice => bounced_to_device(st, &b, all(), host, dev)?,
-                        Way::ToHost => bounced_to_host(st, &b, all(), dev, host)?,
+                        Way::ToDevice => bounced_to_device(&st, &b, all(), host, dev)?,
+                        Way::ToHost => bounced_to_host(&st, &b, all(), dev, host)?,
                     }
                 }
             } else {

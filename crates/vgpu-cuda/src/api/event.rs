@@ -12,7 +12,7 @@ use vgpu_guest::{Event, Pending};
 
 use super::context::require_current;
 use super::run;
-use super::stream::{resolve, stream};
+use super::stream::enqueue;
 use crate::driver;
 use crate::handles::Registry;
 use crate::types::{CUevent, CUresult, CUstream};
@@ -85,8 +85,9 @@ pub extern "C" fn cuEventDestroy_v2(e: CUevent) -> CUresult {
 fn record(e: CUevent, s: CUstream, per_thread: bool) -> Result<CUresult, CUresult> {
     require_current()?;
     let o = obj(e)?;
-    let st = stream(resolve(s, per_thread)?)?;
+    let st = enqueue(s, per_thread)?;
     let p = st.record(&o.ev).map_err(|e| driver::error_of(&e))?;
+    drop(st);
     let mut r = o.state.lock().unwrap_or_else(|p| p.into_inner());
     r.recorded = true;
     r.pending = Some(p);
@@ -253,7 +254,7 @@ fn wait_event(
     if flags & !0x1 != 0 {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
-    let st = stream(resolve(s, per_thread)?)?;
+    let st = enqueue(s, per_thread)?;
     // The wait is device-side; its completion is of no interest.
     drop(st.wait_event(&o.ev).map_err(|e| driver::error_of(&e))?);
     Ok(CUresult::CUDA_SUCCESS)

@@ -9,7 +9,7 @@ use vgpu_abi::cmd::{LaunchBody, MAX_INLINE_PARAMS, MAX_KERNEL_PARAMS};
 use super::context::require_current;
 use super::guard;
 use super::module::{function, ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES, ATTR_MAX_THREADS_PER_BLOCK};
-use super::stream::{resolve, stream};
+use super::stream::{enqueue, resolve};
 use crate::driver;
 use crate::params::{arena_for, ARENA};
 use crate::types::{CUfunction, CUresult, CUstream};
@@ -152,7 +152,7 @@ unsafe fn launch(
     let mut body = LaunchBody::new(func.handle(), grid, block, &bytes)
         .ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
     body.shared_mem = shared;
-    let st = stream(resolve(s, per_thread)?)?;
+    let st = enqueue(s, per_thread)?;
     // Queued: its completion is not waited for.
     drop(st.launch_body(body).map_err(|e| driver::error_of(&e))?);
     Ok(CUresult::CUDA_SUCCESS)
@@ -172,19 +172,27 @@ fn launch_indirect(
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
     let d = driver::get()?;
-    let st = stream(resolve(s, per_thread)?)?;
+    // A bad handle fails before any space is taken.
+    resolve(s, per_thread)?;
     let mut guard = ARENA.lock().unwrap_or_else(|e| e.into_inner());
     if guard.is_none() {
         *guard = Some(arena_for(&d.dev).ok_or(CUresult::CUDA_ERROR_NOT_SUPPORTED)?);
     }
     let arena = guard.as_mut().expect("made above");
+    // Space first: waiting for it (for earlier launches to retire) must not hold back other
+    // threads' work, as the stream's ordering (`enqueue`) would while it is held.
     let (off, end) = arena
         .reserve(bytes.len() as u64)
         .map_err(|e| driver::error_of(&e))?;
     let queued = d
         .dev
         .write_staging(off, bytes)
-        .and_then(|()| st.launch_indirect(func, grid, block, shared, off, bytes.len() as u32));
+        .map_err(|e| driver::error_of(&e))
+        .and_then(|()| {
+            let st = enqueue(s, per_thread)?;
+            st.launch_indirect(func, grid, block, shared, off, bytes.len() as u32)
+                .map_err(|e| driver::error_of(&e))
+        });
     match queued {
         Ok(p) => {
             arena.commit(end, p);
@@ -192,7 +200,7 @@ fn launch_indirect(
         }
         Err(e) => {
             arena.cancel(end);
-            Err(driver::error_of(&e))
+            Err(e)
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use super::context::require_current;
 use super::copy::{host_copy, Way};
+use super::stream::{enqueue, Queued};
 use super::{put, run};
 use crate::driver::{self, Driver};
 use crate::types::{CUdeviceptr, CUresult};
@@ -68,6 +69,12 @@ fn alloc(d: &Driver, bytes: u64) -> Result<u64, CUresult> {
         .unwrap_or_else(|e| e.into_inner())
         .insert(p, bytes);
     Ok(p)
+}
+
+/// The legacy default stream, where the synchronous calls run, ready for work (after the
+/// blocking streams' earlier work).
+fn legacy_stream() -> Result<Queued, CUresult> {
+    enqueue(std::ptr::null_mut(), false)
 }
 
 /// `cuMemAlloc_v2`. A zero-byte request is `CUDA_ERROR_INVALID_VALUE`, as NVIDIA's is.
@@ -226,15 +233,18 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2(
 }
 
 /// `cuMemcpyDtoD_v2`: ordered after earlier work, like NVIDIA's (it runs on the legacy
-/// stream); returns without waiting for the copy.
+/// stream, after the blocking streams' earlier work); returns once vgpud answered it.
 #[no_mangle]
 pub extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, bytes: usize) -> CUresult {
     run("cuMemcpyDtoD_v2", || {
-        let d = ready()?;
+        ready()?;
         if bytes == 0 {
             return Ok(CUresult::CUDA_SUCCESS);
         }
-        d.dev.copy_dtod(dst, src, bytes as u64).map_err(dev_err)?;
+        let st = legacy_stream()?;
+        let p = st.copy_dtod(dst, src, bytes as u64).map_err(dev_err)?;
+        drop(st);
+        p.wait().map_err(dev_err)?;
         Ok(CUresult::CUDA_SUCCESS)
     })
 }
@@ -243,11 +253,14 @@ pub extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, bytes: usi
 #[no_mangle]
 pub extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, value: u8, count: usize) -> CUresult {
     run("cuMemsetD8_v2", || {
-        let d = ready()?;
+        ready()?;
         if count == 0 {
             return Ok(CUresult::CUDA_SUCCESS);
         }
-        d.dev.memset_d8(dst, value, count as u64).map_err(dev_err)?;
+        let st = legacy_stream()?;
+        let p = st.memset_d8(dst, value, count as u64).map_err(dev_err)?;
+        drop(st);
+        p.wait().map_err(dev_err)?;
         Ok(CUresult::CUDA_SUCCESS)
     })
 }
@@ -256,16 +269,17 @@ pub extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, value: u8, count: usize) -> CU
 #[no_mangle]
 pub extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, value: c_uint, count: usize) -> CUresult {
     run("cuMemsetD32_v2", || {
-        let d = ready()?;
+        ready()?;
         if !dst.is_multiple_of(4) {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
         if count == 0 {
             return Ok(CUresult::CUDA_SUCCESS);
         }
-        d.dev
-            .memset_d32(dst, value, count as u64)
-            .map_err(dev_err)?;
+        let st = legacy_stream()?;
+        let p = st.memset_d32(dst, value, count as u64).map_err(dev_err)?;
+        drop(st);
+        p.wait().map_err(dev_err)?;
         Ok(CUresult::CUDA_SUCCESS)
     })
 }

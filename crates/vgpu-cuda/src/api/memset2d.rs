@@ -7,7 +7,7 @@ use super::context::require_current;
 use super::copy::{dev_err, memset16, memset_on};
 use super::memory::allocation_of;
 use super::run;
-use super::stream::{resolve, stream};
+use super::stream::{enqueue, resolve, stream};
 use crate::types::{CUdeviceptr, CUresult, CUstream};
 
 /// The fills a valid, non-empty 2D memset is made of.
@@ -108,7 +108,7 @@ fn memset_2d(
         lo == hi || (dst.is_multiple_of(4) && f.pitch.is_multiple_of(4) && n.is_multiple_of(2));
     if elem == 2 && !direct16 && f.count > 1 {
         memset16(dst, value as u16, n, s, pt)?;
-        let st = stream(resolve(s, pt)?)?;
+        let st = enqueue(s, pt)?;
         for r in 1..f.count {
             drop(
                 st.copy_dtod(dst + r * f.pitch, dst, f.elems * 2)

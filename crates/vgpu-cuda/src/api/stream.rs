@@ -1,13 +1,16 @@
 //! Streams. A `CUstream` is the address of a [`StreamObj`]; the legacy default stream (NULL
 //! or `CU_STREAM_LEGACY`) is vgpud's stream 0 and the per-thread default stream
 //! (`CU_STREAM_PER_THREAD`, or NULL through the `_ptsz`/`_ptds` entry points) is a stream of
-//! the thread's own.
+//! the thread's own. Work is queued through [`enqueue`], which first queues the legacy
+//! stream's implicit synchronisation with the blocking streams ([`crate::legacy`]).
 //!
-//! vgpud bounds the distinct stream ids a VM uses (`MAX_STREAMS`); ids of destroyed streams
-//! are reused, so the bound is on streams alive at once.
+//! vgpud bounds the distinct stream ids a VM uses (`MAX_STREAMS`, 1024, or the host's lower
+//! `limits.max_streams`); ids of destroyed streams are reused, so the bound is on streams
+//! alive at once.
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_uint};
+use std::ops::Deref;
 use std::sync::Mutex;
 
 use vgpu_guest::Stream;
@@ -16,6 +19,7 @@ use super::context::{current, require_current};
 use super::{put, run};
 use crate::driver::{self, Driver};
 use crate::handles::Registry;
+use crate::legacy::{self, Held, Kind};
 use crate::types::{CUcontext, CUresult, CUstream};
 
 /// `CU_STREAM_LEGACY`.
@@ -65,22 +69,69 @@ fn new_id(d: &'static Driver) -> u32 {
 /// The vgpud stream id behind `s`. `per_thread` is set for the `_ptsz`/`_ptds` entry points,
 /// where NULL names the per-thread default stream.
 pub fn resolve(s: CUstream, per_thread: bool) -> Result<u32, CUresult> {
+    target(s, per_thread).map(|(id, ..)| id)
+}
+
+/// The vgpud stream id behind `s`, how it takes part in the legacy stream's synchronisation,
+/// and the context whose order it follows (its own, or the thread's current one for the
+/// default streams).
+fn target(s: CUstream, per_thread: bool) -> Result<(u32, Kind, usize), CUresult> {
     let d = driver::get()?;
     let raw = s as usize;
     if raw == STREAM_PER_THREAD || (raw == 0 && per_thread) {
-        return Ok(PER_THREAD.with(|c| {
+        let id = PER_THREAD.with(|c| {
             if c.get() == 0 {
                 c.set(new_id(d));
             }
             c.get()
-        }));
+        });
+        // The per-thread default stream is a blocking stream.
+        return Ok((id, Kind::Blocking, current() as usize));
     }
     if raw == 0 || raw == STREAM_LEGACY {
-        return Ok(0);
+        return Ok((0, Kind::Legacy, current() as usize));
     }
-    obj(s)
-        .map(|o| o.id)
-        .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
+    let o = obj(s).ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)?;
+    let kind = if o.flags & NON_BLOCKING != 0 {
+        Kind::NonBlocking
+    } else {
+        Kind::Blocking
+    };
+    Ok((o.id, kind, o.ctx as usize))
+}
+
+/// A stream ready for an operation's work: the legacy stream's implicit waits are queued, and
+/// another thread's work is held back until this is dropped. Queue the work, then drop it
+/// before waiting for a completion.
+#[derive(Debug)]
+pub struct Queued {
+    stream: Stream<'static>,
+    held: Held,
+}
+
+impl Queued {
+    /// The operation's place in the legacy stream's ordering (for a synchronisation).
+    fn seq(&self) -> u64 {
+        self.held.seq()
+    }
+}
+
+impl Deref for Queued {
+    type Target = Stream<'static>;
+    fn deref(&self) -> &Stream<'static> {
+        &self.stream
+    }
+}
+
+/// Stream `s`, ready for work (see [`Queued`]). `per_thread` as for [`resolve`].
+pub fn enqueue(s: CUstream, per_thread: bool) -> Result<Queued, CUresult> {
+    let (id, kind, ctx) = target(s, per_thread)?;
+    let d = driver::get()?;
+    let held = legacy::before_work(&d.dev, ctx, kind, id).map_err(|e| driver::error_of(&e))?;
+    Ok(Queued {
+        stream: d.dev.stream(id),
+        held,
+    })
 }
 
 /// The vgpud stream `id` as a guest stream.
@@ -164,12 +215,20 @@ pub extern "C" fn cuStreamDestroy(s: CUstream) -> CUresult {
     run("cuStreamDestroy", || destroy(s))
 }
 
-fn synchronize(s: CUstream, per_thread: bool) -> Result<CUresult, CUresult> {
+/// Waits for stream `s`'s earlier work (for the legacy stream, the blocking streams' too).
+pub(crate) fn synchronize(s: CUstream, per_thread: bool) -> Result<CUresult, CUresult> {
     require_current()?;
-    let id = resolve(s, per_thread)?;
+    let (id, kind, ctx) = target(s, per_thread)?;
+    // The legacy stream's synchronisation is an operation on it: it waits for the blocking
+    // streams' earlier work too. A blocking stream's waits for its own work only.
+    let mark = match kind {
+        Kind::Legacy => enqueue(s, per_thread)?.seq(),
+        Kind::Blocking | Kind::NonBlocking => legacy::mark(),
+    };
     stream(id)?
         .synchronize()
         .map_err(|e| driver::error_of(&e))?;
+    legacy::synchronized(ctx, kind, id, mark);
     Ok(CUresult::CUDA_SUCCESS)
 }
 

@@ -1,6 +1,7 @@
 //! Helper threads that each block on one completion at a time (for the cuda backend: a
 //! blocking-sync CUDA event recorded on one stream when the executor blocks) and write a wake eventfd
-//! once it happened. One lane (thread) per key (a VM's stream), started at its first use.
+//! once it happened. One lane (thread) per key (for the cuda backend: one of a VM's few lanes,
+//! not one per stream), started at its first use.
 //!
 //! The device handle a lane waits on is *lent* to it: the backend must not reuse it (record it
 //! again) until the lane gave it back ([`WaitPool::take_done`]), nor destroy what it belongs to

@@ -6,6 +6,7 @@ use crate::backend::{Backend, Issued};
 use crate::queue::WorkQueue;
 use crate::sched::is_control;
 use crate::stats::VmStats;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tracing::warn;
@@ -131,7 +132,8 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
         // order: once one of them is still running, the later ones of that stream are not
         // asked (each poll may cost a driver call), so a pass costs one poll per busy stream.
         let in_order = self.gate.device_orders_streams;
-        let mut blocked: Vec<(usize, u32)> = Vec::new();
+        // A set: a VM may have a thousand streams busy at once.
+        let mut blocked: HashSet<(usize, u32)> = HashSet::new();
         let mut done = 0;
         let mut keep = Vec::with_capacity(self.inflight.len());
         for f in std::mem::take(&mut self.inflight) {
@@ -142,7 +144,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             }
             let Some(res) = self.backend.poll(f.vm, f.token) else {
                 if in_order {
-                    blocked.push(key);
+                    blocked.insert(key);
                 }
                 keep.push(f);
                 continue;

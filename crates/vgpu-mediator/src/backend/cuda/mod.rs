@@ -10,14 +10,18 @@
 //!   VM's priority (vgpu priority `p` → CUDA `least − min(p, least − greatest)`: 0 is CUDA's
 //!   lowest, each step one higher, clamped at the device's highest).
 //! * **Completion**: copies touching staging and synchronisations complete when an event
-//!   recorded after them has ([`Backend::poll`] = `cuEventQuery`).
+//!   recorded after them has ([`Backend::poll`] = `cuEventQuery`). A synchronisation of all
+//!   streams records one only on the streams used since the last one that completed (a VM may
+//!   have up to `MAX_STREAMS`, mostly idle).
 //! * **Waiting without spinning** ([`CudaBackend::with_blocking_wait`], vgpud's
 //!   `device_wait = "block"`): once the executor stops polling ([`Backend::arm_wake`]), a
 //!   `CU_EVENT_BLOCKING_SYNC` event is recorded on each stream with pending work and lent to a
-//!   helper thread of that stream ([`super::waiters`]), which sleeps in `cuEventSynchronize`
-//!   and writes the wake eventfd when it returns. Token events stay plain, so the fast path
-//!   (work that retires while the executor still polls) pays nothing. docs/architecture.md
-//!   ("Waiting for the device") says why not `cuLaunchHostFunc` or `cuStreamAddCallback`.
+//!   helper thread ([`super::waiters`]), which sleeps in `cuEventSynchronize` and writes the
+//!   wake eventfd when it returns. A VM has at most [`WAIT_LANES`] helper threads, however many
+//!   streams it uses: a stream whose head finds them all busy is seen at the next recheck.
+//!   Token events stay plain, so the fast path (work that retires while the executor still
+//!   polls) pays nothing. docs/architecture.md ("Waiting for the device") says why not
+//!   `cuLaunchHostFunc` or `cuStreamAddCallback`.
 //! * **Device-work accounting** (on by default, [`CudaBackend::set_kernel_accounting`]; vgpud's
 //!   `[mediator] cuda_kernel_accounting`): kernel launches, memsets and device-to-device copies
 //!   are bracketed by two timing events from the VM's spare-event pool and return
@@ -75,6 +79,12 @@ const WAIT_RECHECK: Duration = Duration::from_millis(100);
 /// How long destroying a context waits for its streams' helper threads to return from their
 /// `cuEventSynchronize` (the context was synchronised first, so they return at once).
 const WAITERS_QUIESCE: Duration = Duration::from_secs(5);
+/// Helper threads (wait lanes) one VM may have. A VM may use `MAX_STREAMS` streams; a thread
+/// per stream would be a thousand threads per VM. Work on more streams than this that is still
+/// pending when the executor blocks is seen at the next recheck (an eighth of the time blocked,
+/// 1–100 ms) or when another lane's wait ends, whichever is first. CUDA itself feeds streams to
+/// the GPU through a few hardware queues (`CUDA_DEVICE_MAX_CONNECTIONS`, 8 by default).
+pub const WAIT_LANES: usize = 16;
 
 /// Why the cuda backend cannot be used here.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +199,13 @@ struct VmCtx {
     /// Base of the registered shared region (None: registration failed, copies are pageable).
     registered: Option<*mut u8>,
     cuda_priority: i32,
-    streams: HashMap<u32, CUstream>,
+    /// The VM's streams (created at their first use), with when each was last used.
+    streams: HashMap<u32, VmCudaStream>,
+    /// Counts the uses of the VM's streams ([`VmCudaStream::used`]).
+    uses: u64,
+    /// Every stream use up to this one was followed by an all-streams synchronisation that
+    /// completed: a stream last used before it is idle and needs no event of the next one.
+    synced: u64,
     /// Private stream for event synchronisation tokens (not a guest stream).
     sync_stream: Option<CUstream>,
     builtins: HashMap<u64, Func>,
@@ -210,15 +226,41 @@ struct VmCtx {
     spare_wake: Vec<CUevent>,
 }
 
+/// One VM stream's CUDA stream.
+#[derive(Debug, Clone, Copy)]
+struct VmCudaStream {
+    s: CUstream,
+    /// The VM's use count ([`VmCtx::uses`]) at this stream's latest use.
+    used: u64,
+}
+
 /// Work left on the device.
 struct PendingWork {
     vm: VmKey,
     /// Retired once all of these completed.
     events: Vec<CUevent>,
+    /// `events[..done]` were seen complete (each is queried until it is, once after).
+    done: usize,
     /// The stream each of `events` was recorded on.
     streams: Vec<CUstream>,
     /// Recorded before the work, for its device time.
     start: Option<CUevent>,
+    /// An all-streams synchronisation: the VM's use count when it was issued.
+    syncs_uses: Option<u64>,
+}
+
+impl PendingWork {
+    /// Work that completes with `events`, recorded on `streams`.
+    fn new(vm: VmKey, events: Vec<CUevent>, streams: Vec<CUstream>) -> Self {
+        Self {
+            vm,
+            events,
+            done: 0,
+            streams,
+            start: None,
+            syncs_uses: None,
+        }
+    }
 }
 
 /// The cuda backend of one GPU.
@@ -239,9 +281,17 @@ pub struct CudaBackend {
     /// Whether several VMs share the device ([`Backend::set_shared`]); a VM that has it alone
     /// is not accounted, whatever `accounting` says.
     shared: bool,
-    /// The wake eventfd and the helper threads that write it, one per stream
+    /// The wake eventfd and the helper threads that write it, at most [`WAIT_LANES`] per VM
     /// ([`Self::with_blocking_wait`]); `None`: the executor polls.
     waiters: Option<Waiters>,
+}
+
+/// The lowest lane of a VM that waits on nothing (`busy`: one bit per waiting lane), if it has
+/// fewer than [`WAIT_LANES`] waiting.
+fn free_lane(busy: u64) -> Option<usize> {
+    const _: () = assert!(WAIT_LANES <= 64, "lanes are bits of a u64");
+    let lane = (!busy).trailing_zeros() as usize;
+    (lane < WAIT_LANES).then_some(lane)
 }
 
 /// A token event lent to a helper thread, with its context (made current on that thread).
@@ -256,13 +306,14 @@ struct Lent {
 // `Waiters`).
 unsafe impl Send for Lent {}
 
-/// What blocking waits need: the eventfd, the helper threads (one per VM stream, keyed by the
-/// CUDA stream's address) and the token events that retired while still lent.
+/// What blocking waits need: the eventfd and the helper threads (at most [`WAIT_LANES`] per
+/// VM, keyed by the VM and the lane's number).
 struct Waiters {
     wake: Arc<OwnedFd>,
     pool: WaitPool<(VmKey, usize), Lent>,
-    /// The wake event each stream's helper waits on now.
-    armed: HashMap<(VmKey, usize), CUevent>,
+    /// The streams (keyed by the VM and the CUDA stream's address) whose wake event a lane
+    /// waits on now, with that lane and event.
+    armed: HashMap<(VmKey, usize), (usize, CUevent)>,
     /// Since when the executor blocks without a token retiring (the recheck interval grows
     /// with it).
     blocked_since: Option<Instant>,
@@ -292,7 +343,7 @@ impl Waiters {
             let key = self
                 .armed
                 .iter()
-                .find(|(_, &e)| e == l.event)
+                .find(|(_, &(_, e))| e == l.event)
                 .map(|(&k, _)| k);
             if let Some(key) = key {
                 self.armed.remove(&key);
@@ -306,7 +357,7 @@ impl Waiters {
     /// Ends VM `vm`'s helper threads (its context was synchronised, so their waits returned)
     /// and forgets its lent events; before its context is destroyed.
     fn forget_vm(&mut self, vm: VmKey) {
-        let (_, all) = self.pool.quiesce(|&(v, _)| v == vm, WAITERS_QUIESCE);
+        let (_, all) = self.pool.quiesce(|&(v, _lane)| v == vm, WAITERS_QUIESCE);
         if !all {
             warn!(
                 vm,
@@ -436,6 +487,8 @@ impl CudaBackend {
             registered: None,
             cuda_priority: 0,
             streams: HashMap::new(),
+            uses: 0,
+            synced: 0,
             sync_stream: None,
             builtins: HashMap::new(),
             modules: HashMap::new(),
@@ -525,17 +578,31 @@ fn destroy(c: &VmCtx, idle: impl FnOnce()) {
 }
 
 impl VmCtx {
-    /// The CUDA stream of VM stream `id` (created at its first use).
+    /// The CUDA stream of VM stream `id` (created at its first use), marked used now.
     fn stream(&mut self, id: u32) -> Result<CUstream, Status> {
-        if let Some(&s) = self.streams.get(&id) {
-            return Ok(s);
+        self.uses += 1;
+        if let Some(st) = self.streams.get_mut(&id) {
+            st.used = self.uses;
+            return Ok(st.s);
         }
+        // The virtual device admits at most `limits.max_streams` ids; this only keeps the
+        // backend bounded on its own.
         if self.streams.len() >= MAX_STREAMS {
             return Err(Status::InvalidArgument);
         }
         let s = api::stream_create(self.cuda_priority).map_err(status_of)?;
-        self.streams.insert(id, s);
+        self.streams.insert(id, VmCudaStream { s, used: self.uses });
         Ok(s)
+    }
+
+    /// The streams an all-streams synchronisation waits for: those used since the last one
+    /// that completed (the others are idle).
+    fn streams_to_sync(&self) -> Vec<CUstream> {
+        self.streams
+            .values()
+            .filter(|st| st.used > self.synced)
+            .map(|st| st.s)
+            .collect()
     }
 
     fn spare_event(&mut self) -> Result<CUevent, Status> {
@@ -602,12 +669,7 @@ impl CudaBackend {
         let s = c.stream(at.stream)?;
         copy(s).map_err(status_of)?;
         let end = c.record_untimed(s)?;
-        let t = self.token(PendingWork {
-            vm,
-            events: vec![end],
-            streams: vec![s],
-            start: None,
-        });
+        let t = self.token(PendingWork::new(vm, vec![end], vec![s]));
         Ok(Issued::Pending(t, 0, 0))
     }
 
@@ -652,10 +714,8 @@ impl CudaBackend {
             }
         };
         let t = self.token(PendingWork {
-            vm,
-            events: vec![end],
-            streams: vec![s],
             start: Some(start),
+            ..PendingWork::new(vm, vec![end], vec![s])
         });
         Ok(Issued::Pending(t, 0, 0))
     }
@@ -793,7 +853,7 @@ impl Backend for CudaBackend {
     }
 
     fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
-        let Some(work) = self.pending.get(&token) else {
+        let Some(work) = self.pending.get_mut(&token) else {
             return Some(Err(Status::Internal));
         };
         let Some(c) = self.ctxs.get_mut(&vm) else {
@@ -805,9 +865,9 @@ impl Backend for CudaBackend {
             return Some(Err(status_of(r)));
         }
         let mut outcome = Ok(());
-        for &e in &work.events {
+        while let Some(&e) = work.events.get(work.done) {
             match api::event_query(e) {
-                Ok(true) => {}
+                Ok(true) => work.done += 1,
                 Ok(false) => return None,
                 Err(r) => {
                     outcome = Err(status_of(r));
@@ -816,6 +876,9 @@ impl Backend for CudaBackend {
             }
         }
         let work = self.pending.remove(&token).expect("present");
+        if let (Ok(()), Some(uses)) = (outcome, work.syncs_uses) {
+            c.synced = c.synced.max(uses);
+        }
         let device_ns = match (outcome, work.start) {
             (Ok(()), Some(s)) => api::event_elapsed_ms(s, work.events[0])
                 .map(|ms| (ms as f64 * 1e6) as u64)
@@ -849,10 +912,11 @@ impl Backend for CudaBackend {
 
     fn arm_wake(&mut self, _early: Duration) -> Wake {
         // CUDA cannot say when work will end, only that it has: on each stream with pending
-        // work a blocking-sync event is recorded now and lent to that stream's helper thread,
-        // which writes the wake eventfd once the stream's work up to it is done. Work that ends
-        // before the rest of its stream is seen at the next recheck: an eighth of the time
-        // blocked so far (1 ms to 100 ms), so it is late by a few percent at most.
+        // work a blocking-sync event is recorded now and lent to a helper thread (a lane) of
+        // its VM, which writes the wake eventfd once the stream's work up to it is done. Work
+        // that ends before the rest of its stream, or on a stream that found its VM's
+        // `WAIT_LANES` lanes busy, is seen at the next recheck: an eighth of the time blocked
+        // so far (1 ms to 100 ms), so it is late by a few percent at most.
         let Some(w) = self.waiters.as_mut() else {
             return Wake::Poll;
         };
@@ -860,14 +924,24 @@ impl Backend for CudaBackend {
         let since = *w.blocked_since.get_or_insert_with(Instant::now);
         let mut heads: HashMap<(VmKey, usize), CUstream> = HashMap::new();
         for p in self.pending.values() {
-            for &s in &p.streams {
+            // Streams whose events were seen complete need no wake.
+            for &s in &p.streams[p.done.min(p.streams.len())..] {
                 heads.entry((p.vm, s as usize)).or_insert(s);
             }
+        }
+        // Each VM's lanes that wait now, one bit each.
+        let mut busy: HashMap<VmKey, u64> = HashMap::new();
+        for (&(vm, _), &(lane, _)) in &w.armed {
+            *busy.entry(vm).or_default() |= 1 << lane;
         }
         for (key, s) in heads {
             if w.armed.contains_key(&key) {
                 continue;
             }
+            let lanes = busy.entry(key.0).or_default();
+            let Some(lane) = free_lane(*lanes) else {
+                continue;
+            };
             let Some(c) = self.ctxs.get_mut(&key.0) else {
                 continue;
             };
@@ -886,7 +960,7 @@ impl Backend for CudaBackend {
                 return Wake::Poll;
             }
             if let Err(err) = w.pool.wait_for(
-                key,
+                (key.0, lane),
                 Lent {
                     ctx: c.ctx,
                     event: e,
@@ -896,7 +970,8 @@ impl Backend for CudaBackend {
                 c.spare_wake.push(e);
                 return Wake::Poll;
             }
-            w.armed.insert(key, e);
+            *lanes |= 1 << lane;
+            w.armed.insert(key, (lane, e));
         }
         let recheck = (since.elapsed() / 8).clamp(Duration::from_millis(1), WAIT_RECHECK);
         Wake::Armed(Some(recheck))
@@ -1036,10 +1111,13 @@ impl Handler for CudaBackend {
     fn synchronize(&mut self, at: VmStream, all_streams: bool) -> Result<Issued, Status> {
         let vm = at.vm;
         let c = self.ctx(vm)?;
-        let streams: Vec<CUstream> = if all_streams {
-            c.streams.values().copied().collect()
+        // All streams: only those used since the last all-streams synchronisation that
+        // completed. A VM may have a thousand streams; a synchronisation recording an event on
+        // each (and the executor polling each) would cost milliseconds.
+        let (streams, syncs_uses) = if all_streams {
+            (c.streams_to_sync(), Some(c.uses))
         } else {
-            vec![c.stream(at.stream)?]
+            (vec![c.stream(at.stream)?], None)
         };
         let mut events = Vec::with_capacity(streams.len());
         for &s in &streams {
@@ -1055,10 +1133,8 @@ impl Handler for CudaBackend {
             return Ok(Issued::DONE);
         }
         let t = self.token(PendingWork {
-            vm,
-            events,
-            streams,
-            start: None,
+            syncs_uses,
+            ..PendingWork::new(vm, events, streams)
         });
         Ok(Issued::Pending(t, 0, 0))
     }
@@ -1269,12 +1345,7 @@ impl Handler for CudaBackend {
         };
         api::stream_wait_event(s, e).map_err(status_of)?;
         let tok = c.record_untimed(s)?;
-        let t = self.token(PendingWork {
-            vm,
-            events: vec![tok],
-            streams: vec![s],
-            start: None,
-        });
+        let t = self.token(PendingWork::new(vm, vec![tok], vec![s]));
         Ok(Issued::Pending(t, 0, 0))
     }
 
@@ -1461,6 +1532,15 @@ mod tests {
             assert!(dev >= want && dev < want + 200_000, "{us} µs: {dev} ns");
             assert!(wall >= want, "completed before the kernel ended: {wall} ns");
         }
+    }
+
+    #[test]
+    fn a_vm_has_at_most_wait_lanes_helpers() {
+        assert_eq!(free_lane(0), Some(0));
+        assert_eq!(free_lane(0b1011), Some(2));
+        let all = (1u64 << WAIT_LANES) - 1;
+        assert_eq!(free_lane(all), None);
+        assert_eq!(free_lane(all & !(1 << 5)), Some(5));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::backend::{Backend, ContextParams, Issued, Staging, Token, VmStream, W
 use memmap2::{MmapMut, MmapOptions};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{FromRawFd, OwnedFd};
+use std::collections::HashSet;
 use std::fs::File;
 use std::time::{Duration, Instant};
 use tracing::{error, warn};
@@ -356,7 +357,8 @@ impl Worker<'_> {
         let mut out = Vec::new();
         let be = &mut *self.be;
         let in_order = be.orders_streams();
-        let mut blocked: Vec<u32> = Vec::new();
+        // A set: a VM may have a thousand streams busy at once.
+        let mut blocked: HashSet<u32> = HashSet::new();
         self.pending.retain(|&(tag, token, stream)| {
             if in_order && blocked.contains(&stream) {
                 return true;
@@ -364,7 +366,7 @@ impl Worker<'_> {
             match be.poll(VM, token) {
                 None => {
                     if in_order {
-                        blocked.push(stream);
+                        blocked.insert(stream);
                     }
                     true
                 }
