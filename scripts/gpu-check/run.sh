@@ -443,7 +443,7 @@ stage_cuda-vm() {
   local t0=$SECONDS log="$out/cuda-vm.log" serial="$out/cuda-vm.serial.log" dir="$work/cuda-vm"
   local src=${VGPU_CUDA_VM_PROGRAM:-$here/cuda-gpu/vecadd.cu} backend=${VGPU_CUDA_VM_BACKEND:-cuda}
   local timeout=${VGPU_VM_TIMEOUT:-240} sock="$work/cuda-vm.sock" admin="$work/cuda-vm-admin.sock"
-  local nvcc stem v flags exe exes=() names=() run="" name rc vgpud waited=0 fail="" code lines=0
+  local nvcc stem v flags exe exes=() progs=() run="" name rc vgpud waited=0 fail="" code lines=0
   nvcc=$(find_nvcc) || {
     record cuda-vm FAIL 0 "no nvcc on this host"
     return
@@ -461,7 +461,7 @@ stage_cuda-vm() {
       return
     fi
     exes+=("$exe")
-    names+=("$stem-$v")
+    progs+=("$stem-$v")
     run="$run${run:+,}/usr/bin/$stem-$v"
     if [ "$backend" = cuda ]; then
       "$exe" >"$exe.native" 2>&1
@@ -517,7 +517,7 @@ stage_cuda-vm() {
   elif ! grep -qx 'vgpu-guest: ld.so.cache: libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1' "$serial"; then
     fail="the guest's ld.so.cache has no libcuda.so.1 in /usr/lib/x86_64-linux-gnu (qemu exit $rc);"
   else
-    for name in "${names[@]}"; do
+    for name in "${progs[@]}"; do
       guest_output "$serial" "$name" >"$dir/$name.guest"
       code=$(sed -n "s/^vgpu-guest: $name exit=//p" "$serial" | head -n1)
       { echo "=== $name in the guest: exit ${code:-none}"; cat "$dir/$name.guest"; } >>"$log"
@@ -549,9 +549,12 @@ stage_cuda-vm() {
   if [ -n "$fail" ]; then
     record cuda-vm FAIL $((SECONDS - t0)) "$fail see $(basename "$log"), $(basename "$serial")"
   elif [ "$backend" != cuda ]; then
-    record cuda-vm FAIL $((SECONDS - t0)) "NOT ON THE GPU (VGPU_CUDA_VM_BACKEND=$backend): ${names[*]} passed in the guest, not compared with a native run"
+    record cuda-vm FAIL $((SECONDS - t0)) "NOT ON THE GPU (VGPU_CUDA_VM_BACKEND=$backend): ${progs[*]} passed in the guest, not compared with a native run"
   else
-    record cuda-vm PASS $((SECONDS - t0)) "${names[*]} in a TCG guest on the installed libcuda.so.1 (ld.so.cache): PASS, $lines result line(s) identical to native"
+    local cache="ld.so.cache from the image"
+    grep -q 'vgpu-guest: no ld.so.cache in the image' "$serial" &&
+      cache="ld.so.cache made at boot: ldconfig -r failed here, see $(basename "$log")"
+    record cuda-vm PASS $((SECONDS - t0)) "${progs[*]} in a TCG guest on the installed libcuda.so.1 ($cache; $(sed -n 's/^vgpu-guest: vGPU .*\(driver=.*\)/vGPU \1/p' "$serial" | head -n1)): PASS, $lines result line(s) identical to native"
   fi
 }
 

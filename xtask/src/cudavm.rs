@@ -3,7 +3,7 @@
 //! driver (`scripts/guest-image.sh`: the default library directory, a `libcuda.so` link, the
 //! loader's cache), the programs and the libraries `ldd` lists for them. The guest runs them
 //! with no `LD_LIBRARY_PATH` and no `VGPU_SOCKET`: the loader finds the driver through its
-//! cache and the driver finds the vGPU on PCI (VFIO, MSI-X: the VM has a virtual IOMMU).
+//! cache and the driver finds the vGPU on PCI, through VFIO (the VM has a virtual IOMMU).
 //!
 //! vgpud runs the cpu backend, so the program is `tests/cuda/runtime_basics.cu` (start-up,
 //! device queries, allocations, copies, memsets, streams, events; the cpu backend runs no
@@ -139,7 +139,10 @@ pub fn run(vm: &VmOpts) -> Result<()> {
     };
     check_serial(&out.serial, &names).map_err(fail)?;
     for l in out.serial.lines().map(str::trim) {
-        if l.starts_with(initramfs::LDCACHE_MARKER) || l.starts_with("device: ") {
+        if l.starts_with(initramfs::LDCACHE_MARKER)
+            || l.starts_with(initramfs::VGPU_DRIVER_MARKER)
+            || l.starts_with("device: ")
+        {
             println!("  [guest] {l}");
         }
     }
@@ -219,8 +222,8 @@ pub fn program_output<'a>(serial: &'a str, name: &str) -> (Vec<&'a str>, Option<
 }
 
 /// The pass criterion of the guest's serial console: the image's loader cache has
-/// [`LIBCUDA_ENTRY`] (made when the image was built), and each of `programs` exited 0 having
-/// printed PASS and no FAILED line. The error says what was wrong.
+/// [`LIBCUDA_ENTRY`] (made when the image was built), each of `programs` exited 0 having
+/// printed PASS and no FAILED line, and the vGPU ended up bound to `vfio-pci`. The error says what was wrong.
 pub fn check_serial(serial: &str, programs: &[&str]) -> std::result::Result<(), String> {
     if serial.contains("vgpu-guest: no ld.so.cache in the image") {
         return Err("the image came without an ld.so.cache (ldconfig -r failed?)".into());
@@ -245,6 +248,24 @@ pub fn check_serial(serial: &str, programs: &[&str]) -> std::result::Result<(), 
             return Err(format!("{name} did not print PASS"));
         }
     }
+    // The driver binds the device to vfio-pci when it reaches it through VFIO (the VM has a
+    // virtual IOMMU and the modules), as vgpu-smi does.
+    let driver = serial
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix(initramfs::VGPU_DRIVER_MARKER))
+        .and_then(|rest| {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix("driver="))
+        });
+    match driver {
+        Some("vfio-pci") => {}
+        Some(other) => {
+            return Err(format!(
+                "the vGPU is bound to {other}, not vfio-pci: the driver did not use VFIO"
+            ))
+        }
+        None => return Err("no `vgpu-guest: vGPU ... driver=` line".into()),
+    }
     if !serial.contains(&format!("{}0", initramfs::EXIT_MARKER)) {
         return Err("the guest's programs did not all exit 0".into());
     }
@@ -267,6 +288,7 @@ mod tests {
         [   12.5] some kernel line\n\
         PASS\n\
         vgpu-guest: rb-shared exit=0\n\
+        vgpu-guest: vGPU 0000:00:03.0 driver=vfio-pci\n\
         vgpu-guest: exit=0\n";
 
     /// A shared object with `soname`, built with the C compiler (None: no compiler here).
@@ -366,6 +388,10 @@ mod tests {
         assert!(check_serial(&exit1, &["rb-shared"])
             .unwrap_err()
             .contains("exited with 1"));
+        let polled = GOOD.replace("driver=vfio-pci", "driver=none");
+        assert!(check_serial(&polled, &["rb-static"])
+            .unwrap_err()
+            .contains("VFIO"));
         let booted_cache =
             format!("vgpu-guest: no ld.so.cache in the image: running ldconfig\n{GOOD}");
         assert!(check_serial(&booted_cache, &["rb-static"]).is_err());

@@ -22,20 +22,24 @@ pub const EXIT_MARKER: &str = "vgpu-guest: exit=";
 const APPLETS: &[&str] = &[
     "sh", "ash", "mount", "umount", "mkdir", "poweroff", "reboot", "cat", "echo", "sleep", "ls",
     "tr", "dmesg", "grep", "sed", "head", "tail", "hexdump", "dd", "ps", "uname", "lspci", "env",
-    "true", "false", "test", "[", "insmod",
+    "true", "false", "test", "[", "insmod", "readlink",
 ];
 
 /// Printed by `/init` when `vgpu.then=hold` keeps the VM running after the guest binary.
 pub const HOLD_MARKER: &str = "vgpu-guest: holding";
 /// Printed by `/init` before each `libcuda` entry of the image's loader cache.
 pub const LDCACHE_MARKER: &str = "vgpu-guest: ld.so.cache: ";
+/// Printed by `/init` after the programs: `vgpu-guest: vGPU <pci address> driver=<driver>`
+/// (`vfio-pci` once a program reached the device through VFIO, `none` if none bound it).
+pub const VGPU_DRIVER_MARKER: &str = "vgpu-guest: vGPU ";
 
 /// `/init`. The program to run comes from `vgpu.run=` on the kernel command line (several,
 /// comma-separated, run one after the other; default `/bin/vgpu-smi`), its arguments from
 /// `vgpu.args=` with commas standing for spaces (`vgpu.args=selftest,--verbose`; the default is
 /// `selftest` for vgpu-smi, none for other programs). Each program's end is printed as
 /// `vgpu-guest: <name> exit=<code>`, then the first non-zero code (or 0) as
-/// `vgpu-guest: exit=<code>`. `vgpu.then=hold` keeps the VM (and its vGPU connection) up
+/// `vgpu-guest: exit=<code>` (before it, the vGPU's PCI driver: [`VGPU_DRIVER_MARKER`]).
+/// `vgpu.then=hold` keeps the VM (and its vGPU connection) up
 /// afterwards instead of powering off, for a test that destroys it from outside (libvirt's
 /// `virsh destroy`). An image with a loader configuration (`/etc/ld.so.conf`, from
 /// `scripts/guest-image.sh`) gets its cache checked: made by `ldconfig` here when the image
@@ -85,6 +89,12 @@ for p in $run; do
   fi
   echo "vgpu-guest: ${p##*/} exit=$c"
   [ "$code" = 0 ] && code=$c
+done
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat "$d/vendor" 2>/dev/null)" = 0x1af4 ] && [ "$(cat "$d/device" 2>/dev/null)" = 0x1110 ] || continue
+  drv=none
+  [ -e "$d/driver" ] && drv=$(readlink "$d/driver") && drv=${drv##*/}
+  echo "vgpu-guest: vGPU ${d##*/} driver=$drv"
 done
 echo "vgpu-guest: exit=$code"
 if [ "$then" = hold ]; then
@@ -271,6 +281,7 @@ mod tests {
             EXIT_MARKER,
             HOLD_MARKER,
             LDCACHE_MARKER.trim_end(),
+            VGPU_DRIVER_MARKER.trim_end(),
         ] {
             assert!(INIT_SCRIPT.contains(marker), "{marker:?}");
         }
