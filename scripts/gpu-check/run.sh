@@ -4,7 +4,7 @@
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
 #   stages, in order: env, conformance, bench, cuda, cuda-bench, breakdown, wait, sched,
-#   multigpu (two GPUs), vm,
+#   multigpu (two GPUs), vm, cuda-vm,
 #   tenancy, soak (10 minutes: run it on its own, `--only soak`)
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
 # the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
@@ -20,6 +20,11 @@
 #   VGPU_SOAK_MINUTES  minutes of the soak stage (default 10)
 #   VGPU_CHECK_BACKEND  vgpud backend of the vm stage (default cuda; cpu only to test this
 #                     script on a machine without a GPU: the report then says so)
+#   VGPU_CUDA_VM_BACKEND  the same for the cuda-vm stage (with cpu: no native run, and a
+#                     kernel-free VGPU_CUDA_VM_PROGRAM such as cuda/runtime_basics.cu)
+#   VGPU_CUDA_VM_PROGRAM  the .cu file of the cuda-vm stage (default cuda-gpu/vecadd.cu)
+#   VGPU_NVCC         nvcc to use (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc)
+#   VGPU_NVCC_FLAGS   extra nvcc flags of the cuda-vm stage (e.g. -I/-L of a pip toolkit)
 set -uo pipefail
 
 here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
@@ -29,14 +34,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=${2:-}; shift 2 || { echo "run.sh: --only needs a value" >&2; exit 2; } ;;
     --only=*) only=${1#--only=}; shift ;;
-    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
 done
 out=${out:-${OUT:-}}
 if [ -z "$out" ]; then
-  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,breakdown,wait,sched,multigpu,vm,tenancy,soak]   (or set OUT)" >&2
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,breakdown,wait,sched,multigpu,vm,cuda-vm,tenancy,soak]   (or set OUT)" >&2
   exit 2
 fi
 mkdir -p "$out" || exit 2
@@ -159,10 +164,10 @@ stage_bench() {
   fi
 }
 
-# The host's nvcc (on PATH or CUDA's default place).
+# The host's nvcc ($VGPU_NVCC, else on PATH or CUDA's default place).
 find_nvcc() {
   local n
-  n=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  n=${VGPU_NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
   [ -x "$n" ] && echo "$n"
 }
 
@@ -357,15 +362,21 @@ listening() { # is a UNIX socket bound at $1 listening? (/proc/net/unix, no prob
   return 1
 }
 
+# The QEMU bundle, unpacked once into $work/qemu (its wrapper is $work/qemu/qemu).
+unpack_qemu() {
+  [ -x "$work/qemu/qemu" ] && return 0
+  mkdir -p "$work/qemu"
+  tar -xzf "$here/qemu-bundle.tar.gz" -C "$work/qemu" --strip-components=1 2>"$out/qemu-unpack.log"
+}
+
 stage_vm() {
   local t0=$SECONDS log="$out/vm-vgpud.log" serial="$out/vm.serial.log" note rc=0
   local sock="$work/vm-a.sock" admin="$work/admin.sock" qemu_dir="$work/qemu"
   local args=${VGPU_GUEST_ARGS:-selftest} timeout=${VGPU_VM_TIMEOUT:-240}
   local backend=${VGPU_CHECK_BACKEND:-cuda}
   local fail=""
-  mkdir -p "$qemu_dir"
-  if ! tar -xzf "$here/qemu-bundle.tar.gz" -C "$qemu_dir" --strip-components=1 2>"$out/vm-qemu-unpack.log"; then
-    record vm FAIL $((SECONDS - t0)) "cannot unpack qemu-bundle.tar.gz (see vm-qemu-unpack.log)"
+  if ! unpack_qemu; then
+    record vm FAIL $((SECONDS - t0)) "cannot unpack qemu-bundle.tar.gz (see qemu-unpack.log)"
     return
   fi
   cat >"$work/vgpud.toml" <<EOF
@@ -447,6 +458,140 @@ EOF
       return
     fi
     record vm PASS $((SECONDS - t0)) "$note"
+  fi
+}
+
+# ---- cuda-vm: an nvcc-built program inside a VM (TCG) on vgpu's libcuda.so.1, on the GPU -----
+# cuda-gpu/vecadd.cu is built here with the host's nvcc (runtime static and shared) and run on
+# NVIDIA's driver. guest-image.sh then installs vgpu's libcuda.so.1 in the guest image as a
+# distribution would (/usr/lib/x86_64-linux-gnu, a libcuda.so link, ld.so.conf and the
+# ld.so.cache made by ldconfig), with both programs and the libraries ldd lists for them here,
+# as a cpio archive appended to vm/initramfs.cpio. The guest runs them with no LD_LIBRARY_PATH
+# and no VGPU_SOCKET (the driver finds the vGPU on PCI) against vgpud on the cuda backend:
+# each must print PASS, and its `result:` lines must equal the native run's.
+guest_output() { # SERIAL NAME: what the guest's program NAME printed
+  awk -v s="vgpu-guest: running $2" -v e="vgpu-guest: $2 exit=" '
+    index($0, e) == 1 { exit }
+    on { print }
+    $0 == s || index($0, s " ") == 1 { on = 1 }' "$1"
+}
+
+stage_cuda-vm() {
+  local t0=$SECONDS log="$out/cuda-vm.log" serial="$out/cuda-vm.serial.log" dir="$work/cuda-vm"
+  local src=${VGPU_CUDA_VM_PROGRAM:-$here/cuda-gpu/vecadd.cu} backend=${VGPU_CUDA_VM_BACKEND:-cuda}
+  local timeout=${VGPU_VM_TIMEOUT:-240} sock="$work/cuda-vm.sock" admin="$work/cuda-vm-admin.sock"
+  local nvcc stem v flags exe exes=() progs=() run="" name rc vgpud waited=0 fail="" code lines=0
+  nvcc=$(find_nvcc) || {
+    record cuda-vm FAIL 0 "no nvcc on this host"
+    return
+  }
+  mkdir -p "$dir"
+  stem=$(basename "$src" .cu)
+  : >"$log"
+  for v in static shared; do
+    flags=""
+    [ "$v" = shared ] && flags="-cudart shared"
+    exe="$dir/$stem-$v"
+    # shellcheck disable=SC2086 # flags and VGPU_NVCC_FLAGS are lists of words
+    if ! "$nvcc" -arch=sm_90 $flags ${VGPU_NVCC_FLAGS:-} -I"$here/cuda-common" -o "$exe" "$src" >>"$log" 2>&1; then
+      record cuda-vm FAIL $((SECONDS - t0)) "nvcc $stem ($v) failed; see $(basename "$log")"
+      return
+    fi
+    exes+=("$exe")
+    progs+=("$stem-$v")
+    run="$run${run:+,}/usr/bin/$stem-$v"
+    if [ "$backend" = cuda ]; then
+      "$exe" >"$exe.native" 2>&1
+      rc=$?
+      { echo "=== $stem-$v native: exit $rc"; cat "$exe.native"; } >>"$log"
+      if [ $rc != 0 ] || ! grep -qx PASS "$exe.native" || ! grep -q '^result' "$exe.native"; then
+        record cuda-vm FAIL $((SECONDS - t0)) "$stem-$v failed natively (exit $rc); see $(basename "$log")"
+        return
+      fi
+    fi
+  done
+  # ldd resolves the programs' libraries with this script's LD_LIBRARY_PATH (the shared
+  # runtime's libcudart.so.13 under /usr/local/cuda); libcuda.so.1 is always vgpu's.
+  if ! bash "$here/guest-image.sh" --libcuda "$here/lib/libvgpucuda.so" --out "$dir/layer.cpio" \
+    "${exes[@]}" >>"$log" 2>&1; then
+    record cuda-vm FAIL $((SECONDS - t0)) "guest-image.sh failed: $(tail -n 2 "$log" | tr '\n' ' ')"
+    return
+  fi
+  cat "$here/vm/initramfs.cpio" "$dir/layer.cpio" >"$dir/initramfs.cpio"
+  if ! unpack_qemu; then
+    record cuda-vm FAIL $((SECONDS - t0)) "cannot unpack qemu-bundle.tar.gz (see qemu-unpack.log)"
+    return
+  fi
+  printf '%s\n' '[mediator]' "backend = \"$backend\"" "admin_socket = \"$admin\"" '' \
+    '[[vm]]' 'name = "vm-a"' "socket = \"$sock\"" 'vm_id = 1' 'pool_id = 0' 'priority = 0' \
+    'mem_quota = "2GiB"' 'shm_size = "64MiB"' >"$dir/vgpud.toml"
+  "$here/bin/vgpud" --config "$dir/vgpud.toml" >"$out/cuda-vm-vgpud.log" 2>&1 &
+  vgpud=$!
+  pids+=("$vgpud")
+  until listening "$sock"; do
+    if ! kill -0 "$vgpud" 2>/dev/null; then
+      record cuda-vm FAIL $((SECONDS - t0)) "vgpud (backend $backend) exited at start-up: $(tail -n 2 "$out/cuda-vm-vgpud.log" | tr '\n' ' ')"
+      return
+    fi
+    if [ $waited -ge 600 ]; then
+      record cuda-vm FAIL $((SECONDS - t0)) "vgpud socket not listening after 60 s"
+      return
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  timeout -k 5 "$timeout" "$work/qemu/qemu" -accel tcg -machine q35 -m 512M -smp 1 \
+    -device intel-iommu,intremap=on \
+    -display none -monitor none -serial stdio -nic none -no-reboot \
+    -kernel "$here/vm/vmlinuz" -initrd "$dir/initramfs.cpio" \
+    -append "console=ttyS0 panic=-1 quiet intel_iommu=on no_timer_check vgpu.run=$run" \
+    -chardev "socket,id=vgpu0,path=$sock" -device ivshmem-doorbell,chardev=vgpu0,vectors=1 \
+    </dev/null >"$serial" 2>&1
+  rc=$?
+  tr -d '\r' <"$serial" >"$serial.tmp" && mv "$serial.tmp" "$serial"
+  if [ $rc = 124 ] || [ $rc = 137 ]; then
+    fail="VM still running after ${timeout} s (killed);"
+  elif ! grep -qx 'vgpu-guest: ld.so.cache: libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1' "$serial"; then
+    fail="the guest's ld.so.cache has no libcuda.so.1 in /usr/lib/x86_64-linux-gnu (qemu exit $rc);"
+  else
+    for name in "${progs[@]}"; do
+      guest_output "$serial" "$name" >"$dir/$name.guest"
+      code=$(sed -n "s/^vgpu-guest: $name exit=//p" "$serial" | head -n1)
+      { echo "=== $name in the guest: exit ${code:-none}"; cat "$dir/$name.guest"; } >>"$log"
+      if [ -z "$code" ]; then
+        fail="$fail $name did not run to its end in the guest;"
+      elif [ "$code" != 0 ] || ! grep -qx PASS "$dir/$name.guest"; then
+        fail="$fail $name failed in the guest (exit $code) $(grep -m1 FAILED "$dir/$name.guest");"
+      elif [ "$backend" = cuda ] &&
+        ! diff <(grep '^result' "$dir/$name.native") <(grep '^result' "$dir/$name.guest") >>"$log"; then
+        fail="$fail $name: result lines differ from the native run's;"
+      else
+        lines=$((lines + $(grep -c '^result' "$dir/$name.guest")))
+      fi
+    done
+  fi
+  # The host's view: the VM's commands ran on this backend.
+  "$here/bin/vgpuctl" --admin-socket "$admin" stats >"$out/cuda-vm-vgpuctl-stats.json" 2>>"$log"
+  if [ -z "$fail" ]; then
+    local stats
+    stats=$(tr -d ' \n' <"$out/cuda-vm-vgpuctl-stats.json")
+    if ! grep -q "\"backend\":\"$backend\"" <<<"$stats"; then
+      fail="vgpuctl stats does not show backend $backend: $(head -c 200 <<<"$stats");"
+    elif grep -qE '"commands":0[,}]' <<<"$stats"; then
+      fail="vgpud counted no commands for the VM;"
+    fi
+  fi
+  kill -TERM "$vgpud" 2>/dev/null
+  wait "$vgpud" 2>/dev/null
+  if [ -n "$fail" ]; then
+    record cuda-vm FAIL $((SECONDS - t0)) "$fail see $(basename "$log"), $(basename "$serial")"
+  elif [ "$backend" != cuda ]; then
+    record cuda-vm FAIL $((SECONDS - t0)) "NOT ON THE GPU (VGPU_CUDA_VM_BACKEND=$backend): ${progs[*]} passed in the guest, not compared with a native run"
+  else
+    local cache="ld.so.cache from the image"
+    grep -q 'vgpu-guest: no ld.so.cache in the image' "$serial" &&
+      cache="ld.so.cache made at boot: ldconfig -r failed here, see $(basename "$log")"
+    record cuda-vm PASS $((SECONDS - t0)) "${progs[*]} in a TCG guest on the installed libcuda.so.1 ($cache; $(sed -n 's/^vgpu-guest: vGPU .*\(driver=.*\)/vGPU \1/p' "$serial" | head -n1)): PASS, $lines result line(s) identical to native"
   fi
 }
 
@@ -535,7 +680,7 @@ stage_soak() {
   fi
 }
 
-for s in env conformance bench cuda cuda-bench breakdown wait sched multigpu vm tenancy soak; do
+for s in env conformance bench cuda cuda-bench breakdown wait sched multigpu vm cuda-vm tenancy soak; do
   if wanted "$s"; then
     "stage_$s"
   fi

@@ -151,7 +151,9 @@ fn programs() -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-fn compile(tk: &Toolkit, src: &Path, out: &Path, libdir: &Path, flags: &[&str]) -> Result<()> {
+/// Builds `src` for sm_90 with nvcc and `flags` (the runtime static unless `-cudart shared`);
+/// `libdir` holds the `libcudart.so` link of [`link_dir`].
+pub fn compile(tk: &Toolkit, src: &Path, out: &Path, libdir: &Path, flags: &[&str]) -> Result<()> {
     let o = Command::new(&tk.nvcc)
         .arg("-arch=sm_90")
         .args(flags)
@@ -178,6 +180,16 @@ fn compile(tk: &Toolkit, src: &Path, out: &Path, libdir: &Path, flags: &[&str]) 
         );
     }
     Ok(())
+}
+
+/// Makes `dir` the folder nvcc links `-cudart shared` against: `-lcudart` needs a
+/// `libcudart.so`, and the wheel ships only `libcudart.so.13`.
+pub fn link_dir(tk: &Toolkit, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let link = dir.join("libcudart.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(tk.lib.join("libcudart.so.13"), &link)
+        .with_context(|| format!("linking {}", link.display()))
 }
 
 /// Runs `exe` with the guest driver first on its library path; returns its output.
@@ -229,17 +241,12 @@ pub fn run() -> Result<()> {
     let work = paths::target_dir().join("cuda-programs");
     let _ = std::fs::remove_dir_all(&work);
     let libcuda_dir = work.join("libcuda");
-    let link_dir = work.join("link");
+    let links = work.join("link");
     std::fs::create_dir_all(&libcuda_dir)?;
-    std::fs::create_dir_all(&link_dir)?;
     let lib = paths::target_dir().join("release/libvgpucuda.so");
     std::os::unix::fs::symlink(&lib, libcuda_dir.join("libcuda.so.1"))?;
     std::os::unix::fs::symlink(&lib, libcuda_dir.join("libcuda.so"))?;
-    // `-cudart shared` links -lcudart; the wheel ships only libcudart.so.13.
-    std::os::unix::fs::symlink(
-        tk.lib.join("libcudart.so.13"),
-        link_dir.join("libcudart.so"),
-    )?;
+    link_dir(&tk, &links)?;
 
     let socket = work.join("vm-a.sock");
     let config = Config {
@@ -273,7 +280,7 @@ pub fn run() -> Result<()> {
         for v in VARIANTS {
             let name = format!("{stem} ({})", v.name);
             let exe = work.join(format!("{stem}-{}", v.name));
-            let r = compile(&tk, &src, &exe, &link_dir, v.flags)
+            let r = compile(&tk, &src, &exe, &links, v.flags)
                 .and_then(|()| run_program(&exe, &libpath, &socket, v.loading));
             match r {
                 Ok(_) => {

@@ -12,9 +12,6 @@ use crate::qemu::{self, tail, tail_file, VmOutput, VmSpec};
 use crate::vgpud::{Config, Vgpud, VmConfig};
 use crate::{build, deps, initramfs, kernel, paths, VmOpts};
 
-/// Longest UNIX socket path we put in the config (`sun_path` holds 108 bytes with the NUL).
-const MAX_SOCKET_PATH: usize = 100;
-
 /// `cargo xtask demo`: runs the demo and prints `demo: OK` or `demo: FAILED <reason>` last.
 pub fn main(vm: &VmOpts) -> ExitCode {
     match run(vm) {
@@ -160,11 +157,7 @@ pub fn run(vm: &VmOpts) -> Result<()> {
 
 /// The two demo VMs, sockets in `dir` (or in /tmp when `dir` makes the paths too long).
 fn demo_config(dir: &Path) -> Result<Config> {
-    let mut sock_dir = dir.to_path_buf();
-    if sock_dir.join("admin.sock").as_os_str().len() > MAX_SOCKET_PATH {
-        sock_dir = std::env::temp_dir().join(format!("vgpu-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&sock_dir)?;
-    }
+    let sock_dir = crate::vgpud::socket_dir(dir, "vgpu-demo")?;
     let vm = |name: &str, vm_id, pool_id, priority| VmConfig {
         name: name.to_string(),
         socket: sock_dir.join(format!("{name}.sock")),

@@ -18,6 +18,32 @@ pub fn busybox() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEBIAN_BUSYBOX))
 }
 
+/// Where glibc's `ldconfig` is: Debian's is the binary itself, Ubuntu's a shell script that
+/// runs `ldconfig.real`. glibc builds it statically.
+const LDCONFIGS: &[&str] = &["/sbin/ldconfig", "/sbin/ldconfig.real"];
+
+/// A static `ldconfig` for the initramfs (the guest's `/init` lists the loader cache with it):
+/// `$VGPU_LDCONFIG`, else the first static one of [`LDCONFIGS`].
+pub fn static_ldconfig() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("VGPU_LDCONFIG") {
+        let p = PathBuf::from(p);
+        if !p.is_file() || !elf::is_static(&p).unwrap_or(false) {
+            bail!("VGPU_LDCONFIG={} is not a static executable", p.display());
+        }
+        return Ok(p);
+    }
+    LDCONFIGS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file() && elf::is_static(p).unwrap_or(false))
+        .with_context(|| {
+            format!(
+                "no static ldconfig at {} (glibc's libc-bin package; or set VGPU_LDCONFIG)",
+                LDCONFIGS.join(" or ")
+            )
+        })
+}
+
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
 /// True when this process runs as root.

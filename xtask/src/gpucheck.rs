@@ -10,7 +10,9 @@
 //! bin/                    vgpud, vgpuctl, vgpu-bench (release, stripped)
 //! tests/                  GPU test executables (cargo test --release --no-run), MISSING if any is
 //! ptx/                    crates/vgpu-mediator/kernels/ptx/*.ptx (the suite's PTX tests)
-//! vm/                     vmlinuz + initramfs.cpio (busybox + static vgpu-smi)
+//! vm/                     vmlinuz + initramfs.cpio (busybox + static vgpu-smi + static ldconfig)
+//! guest-image.sh          scripts/guest-image.sh: libcuda.so.1 + programs as a cpio to append
+//!                         to vm/initramfs.cpio (stage `cuda-vm`)
 //! qemu-bundle.tar.gz      scripts/qemu-bundle.sh's QEMU with its libraries, module and firmware
 //! MANIFEST                commit, build date, contents and sizes
 //! ```
@@ -29,6 +31,8 @@ const GPU_TESTS: &[&str] = &["conformance", "attacks", "tenancy", "quiet"];
 const SIZE_BUDGET: u64 = 60 << 20;
 /// The GPU-host script, kept in `scripts/` so it can be read and linted there.
 const RUN_SH: &str = include_str!("../../scripts/gpu-check/run.sh");
+/// What installs vgpu's libcuda.so.1 and the `cuda-vm` stage's programs into the guest image.
+const GUEST_IMAGE_SH: &str = include_str!("../../scripts/guest-image.sh");
 
 /// Options of `cargo xtask gpu-check`.
 #[derive(clap::Args, Clone, Debug)]
@@ -199,9 +203,11 @@ pub fn prepare(dir: &Path) -> Result<()> {
     std::fs::copy(&bundle, dir.join("qemu-bundle.tar.gz"))?;
     manifest.push(format!("qemu: {}", qemu_version()));
 
-    let run_sh = dir.join("run.sh");
-    std::fs::write(&run_sh, RUN_SH)?;
-    set_mode(&run_sh, 0o755)?;
+    for (name, text) in [("run.sh", RUN_SH), ("guest-image.sh", GUEST_IMAGE_SH)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        set_mode(&path, 0o755)?;
+    }
 
     let files = list_files(dir)?;
     let total: u64 = files.iter().map(|(_, s)| s).sum();
@@ -249,7 +255,7 @@ fn clear_dir(dir: &Path) -> Result<()> {
 }
 
 /// Copies a binary, stripped of symbols and debug info when `strip` is there.
-fn install(src: &Path, dst: &Path) -> Result<()> {
+pub fn install(src: &Path, dst: &Path) -> Result<()> {
     std::fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
     let stripped = Command::new("strip")
         .arg("--strip-all")
@@ -466,12 +472,14 @@ mod tests {
     }
 
     #[test]
-    fn run_sh_is_valid_bash() {
-        let status = Command::new("bash")
-            .args(["-n", "-c", RUN_SH])
-            .status()
-            .unwrap();
-        assert!(status.success());
+    fn scripts_are_valid_bash() {
+        for script in [RUN_SH, GUEST_IMAGE_SH] {
+            let status = Command::new("bash")
+                .args(["-n", "-c", script])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! The guest initramfs: a newc cpio archive (written here, no external tool) holding a static
 //! busybox, the guest binary, the kernel modules to load (VFIO, for MSI-X completion
-//! interrupts) and an `/init` script that loads them, runs the guest binary and powers the VM
-//! off.
+//! interrupts), a static `ldconfig` and an `/init` script that loads the modules, runs the guest
+//! binary (or the programs `vgpu.run=` names) and powers the VM off.
+//!
+//! Images with CUDA programs append a second archive made by `scripts/guest-image.sh` (vgpu's
+//! `libcuda.so.1` in the default library directory, the programs, their libraries, the loader's
+//! configuration and cache): the kernel unpacks concatenated archives in order ([`append`]).
 
 use std::path::{Path, PathBuf};
 
@@ -18,18 +22,30 @@ pub const EXIT_MARKER: &str = "vgpu-guest: exit=";
 const APPLETS: &[&str] = &[
     "sh", "ash", "mount", "umount", "mkdir", "poweroff", "reboot", "cat", "echo", "sleep", "ls",
     "tr", "dmesg", "grep", "sed", "head", "tail", "hexdump", "dd", "ps", "uname", "lspci", "env",
-    "true", "false", "test", "[", "insmod",
+    "true", "false", "test", "[", "insmod", "readlink",
 ];
 
 /// Printed by `/init` when `vgpu.then=hold` keeps the VM running after the guest binary.
 pub const HOLD_MARKER: &str = "vgpu-guest: holding";
+/// Printed by `/init` before each `libcuda` entry of the image's loader cache.
+pub const LDCACHE_MARKER: &str = "vgpu-guest: ld.so.cache: ";
+/// Printed by `/init` after the programs: `vgpu-guest: vGPU <pci address> driver=<driver>`
+/// (`vfio-pci` once a program reached the device through VFIO, `none` if none bound it).
+pub const VGPU_DRIVER_MARKER: &str = "vgpu-guest: vGPU ";
 
-/// `/init`. Arguments for the guest binary come from `vgpu.args=` on the kernel command line,
-/// with commas standing for spaces (`vgpu.args=selftest,--verbose`); the default is `selftest`.
-/// `vgpu.then=hold` keeps the VM (and its vGPU connection) up afterwards instead of powering
-/// off, for a test that destroys it from outside (libvirt's `virsh destroy`).
+/// `/init`. The program to run comes from `vgpu.run=` on the kernel command line (several,
+/// comma-separated, run one after the other; default `/bin/vgpu-smi`), its arguments from
+/// `vgpu.args=` with commas standing for spaces (`vgpu.args=selftest,--verbose`; the default is
+/// `selftest` for vgpu-smi, none for other programs). Each program's end is printed as
+/// `vgpu-guest: <name> exit=<code>`, then the first non-zero code (or 0) as
+/// `vgpu-guest: exit=<code>` (before it, the vGPU's PCI driver: [`VGPU_DRIVER_MARKER`]).
+/// `vgpu.then=hold` keeps the VM (and its vGPU connection) up
+/// afterwards instead of powering off, for a test that destroys it from outside (libvirt's
+/// `virsh destroy`). An image with a loader configuration (`/etc/ld.so.conf`, from
+/// `scripts/guest-image.sh`) gets its cache checked: made by `ldconfig` here when the image
+/// came without one, and its `libcuda` entries printed as `vgpu-guest: ld.so.cache: ...`.
 const INIT_SCRIPT: &str = r#"#!/bin/sh
-export PATH=/bin
+export PATH=/bin:/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -40,22 +56,46 @@ for m in /lib/modules/*.ko; do
   if insmod "$m"; then n=$((n+1)); else echo "vgpu-guest: insmod $m failed"; fi
 done
 [ "$n" -gt 0 ] && echo "vgpu-guest: loaded $n kernel modules"
-args=selftest
+if [ -e /etc/ld.so.conf ] && [ -x /sbin/ldconfig ]; then
+  if [ ! -e /etc/ld.so.cache ]; then
+    echo "vgpu-guest: no ld.so.cache in the image: running ldconfig"
+    ldconfig
+  fi
+  ldconfig -p | grep 'libcuda[.]so' | sed 's/^[[:space:]]*/vgpu-guest: ld.so.cache: /'
+fi
+run=/bin/vgpu-smi
+args=
+args_given=0
 then=poweroff
 for w in $(cat /proc/cmdline); do
   case "$w" in
-    vgpu.args=*) args=$(echo "${w#vgpu.args=}" | tr , ' ') ;;
+    vgpu.run=*) run=$(echo "${w#vgpu.run=}" | tr , ' ') ;;
+    vgpu.args=*) args=$(echo "${w#vgpu.args=}" | tr , ' '); args_given=1 ;;
     vgpu.then=*) then="${w#vgpu.then=}" ;;
   esac
 done
-if [ -x /bin/vgpu-smi ]; then
-  echo "vgpu-guest: running vgpu-smi $args"
-  /bin/vgpu-smi $args
-  code=$?
-else
-  echo "vgpu-guest: no /bin/vgpu-smi in this initramfs"
-  code=127
+if [ "$args_given" = 0 ] && [ "$run" = /bin/vgpu-smi ]; then
+  args=selftest
 fi
+code=0
+for p in $run; do
+  if [ -x "$p" ]; then
+    echo "vgpu-guest: running ${p##*/} $args"
+    "$p" $args
+    c=$?
+  else
+    echo "vgpu-guest: no $p in this initramfs"
+    c=127
+  fi
+  echo "vgpu-guest: ${p##*/} exit=$c"
+  [ "$code" = 0 ] && code=$c
+done
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat "$d/vendor" 2>/dev/null)" = 0x1af4 ] && [ "$(cat "$d/device" 2>/dev/null)" = 0x1110 ] || continue
+  drv=none
+  [ -e "$d/driver" ] && drv=$(readlink "$d/driver") && drv=${drv##*/}
+  echo "vgpu-guest: vGPU ${d##*/} driver=$drv"
+done
 echo "vgpu-guest: exit=$code"
 if [ "$then" = hold ]; then
   echo "vgpu-guest: holding (vgpu.then=hold)"
@@ -64,8 +104,9 @@ fi
 poweroff -f
 "#;
 
-/// Builds the initramfs at `out` with `guest_bin` as `/bin/vgpu-smi` (none: busybox only) and
-/// `modules` (loaded by `/init` in this order). The file is rewritten only when its content
+/// Builds the initramfs at `out` with `guest_bin` as `/bin/vgpu-smi` (none: busybox only),
+/// `modules` (loaded by `/init` in this order) and a static `ldconfig` as `/sbin/ldconfig`
+/// (for images that get CUDA programs appended). The file is rewritten only when its content
 /// changed (so it follows the guest binary).
 pub fn build(guest_bin: Option<&Path>, modules: &[PathBuf], out: &Path) -> Result<PathBuf> {
     let busybox = deps::busybox();
@@ -75,9 +116,11 @@ pub fn build(guest_bin: Option<&Path>, modules: &[PathBuf], out: &Path) -> Resul
             busybox.display()
         );
     }
+    let ldconfig = deps::static_ldconfig()?;
     let mut a = Archive::default();
     for dir in [
         "bin",
+        "sbin",
         "dev",
         "proc",
         "sys",
@@ -111,18 +154,42 @@ pub fn build(guest_bin: Option<&Path>, modules: &[PathBuf], out: &Path) -> Resul
         }
         a.file("bin/vgpu-smi", 0o755, &read(bin)?);
     }
+    a.file("sbin/ldconfig", 0o755, &read(&ldconfig)?);
     a.file("init", 0o755, INIT_SCRIPT.as_bytes());
-    let bytes = a.finish();
+    write_if_changed(&a.finish(), out)?;
+    Ok(out.to_path_buf())
+}
 
-    if std::fs::read(out).ok().as_deref() != Some(&bytes[..]) {
+/// Writes `base` followed by each of `layers` (cpio archives, e.g. from
+/// `scripts/guest-image.sh`) to `out`: the kernel unpacks concatenated archives in order, a
+/// later member replacing an earlier one of the same name.
+pub fn append(base: &Path, layers: &[&Path], out: &Path) -> Result<PathBuf> {
+    let mut bytes = read(base)?;
+    for layer in layers {
+        // Each archive starts 4-byte aligned (newc's alignment); both writers pad their ends.
+        if bytes.len() % 4 != 0 {
+            bail!("{} does not end 4-byte aligned", base.display());
+        }
+        let data = read(layer)?;
+        if !data.starts_with(b"070701") {
+            bail!("{} is not a newc cpio archive", layer.display());
+        }
+        bytes.extend_from_slice(&data);
+    }
+    write_if_changed(&bytes, out)?;
+    Ok(out.to_path_buf())
+}
+
+fn write_if_changed(bytes: &[u8], out: &Path) -> Result<()> {
+    if std::fs::read(out).ok().as_deref() != Some(bytes) {
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = out.with_extension("tmp");
-        std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, out)?;
     }
-    Ok(out.to_path_buf())
+    Ok(())
 }
 
 fn read(p: &Path) -> Result<Vec<u8>> {
@@ -209,9 +276,37 @@ mod tests {
 
     #[test]
     fn init_prints_the_markers() {
-        for marker in [INIT_MARKER, EXIT_MARKER, HOLD_MARKER] {
+        for marker in [
+            INIT_MARKER,
+            EXIT_MARKER,
+            HOLD_MARKER,
+            LDCACHE_MARKER.trim_end(),
+            VGPU_DRIVER_MARKER.trim_end(),
+        ] {
             assert!(INIT_SCRIPT.contains(marker), "{marker:?}");
         }
+    }
+
+    #[test]
+    fn append_concatenates_archives() {
+        let d = std::env::temp_dir().join(format!("xtask-append-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let mut a = Archive::default();
+        a.file("init", 0o755, b"a");
+        let base = a.finish();
+        let mut b = Archive::default();
+        b.file("usr/bin/x", 0o755, b"bb");
+        let layer = b.finish();
+        std::fs::write(d.join("base"), &base).unwrap();
+        std::fs::write(d.join("layer"), &layer).unwrap();
+        append(&d.join("base"), &[&d.join("layer")], &d.join("out")).unwrap();
+        assert_eq!(
+            std::fs::read(d.join("out")).unwrap(),
+            [base, layer].concat()
+        );
+        std::fs::write(d.join("junk"), b"not cpio").unwrap();
+        assert!(append(&d.join("base"), &[&d.join("junk")], &d.join("out2")).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - `deps`: install the host tools the VM tests need (QEMU, busybox-static, cpio).
 //! - `demo`: build everything, start vgpud, boot two VMs under QEMU and check what they saw.
 //! - `test`: `cargo test --workspace --all-targets`, the loom models, the VM end-to-end and kill tests.
+//! - `cuda-vm`: an nvcc-built CUDA program in a VM, vgpu's libcuda.so.1 installed in its image.
 //! - `vm-kill`: SIGKILL a VM's QEMU mid-copy and mid-kernel; vgpud must free it within 1 s.
 //! - `bench`: build and run `vgpu-bench`.
 //! - `vm-smoke`: boot the guest kernel with a busybox-only initramfs (no vgpud needed).
@@ -14,6 +15,7 @@
 mod bench;
 mod build;
 mod cudaprog;
+mod cudavm;
 mod demo;
 mod deps;
 mod elf;
@@ -117,6 +119,13 @@ enum Command {
     /// Build the CUDA C++ programs of crates/vgpu-cuda/tests/cuda with NVIDIA's toolkit (pip
     /// wheels) and run them through vgpu's libcuda.so.1 against vgpud's cpu backend.
     CudaPrograms,
+    /// Boot a VM whose image has vgpu's libcuda.so.1 installed (default library directory,
+    /// libcuda.so link, ld.so.cache) and an nvcc-built CUDA program, and run it against
+    /// vgpud's cpu backend (also a stage of `test`).
+    CudaVm {
+        #[command(flatten)]
+        vm: VmOpts,
+    },
     /// Run the cargo-fuzz targets (what a guest or an admin client controls) for a bounded time.
     Fuzz(fuzz::Opts),
     /// Many process clients doing random valid work plus a hostile one against a real vgpud;
@@ -156,6 +165,7 @@ fn main() -> ExitCode {
         Command::Soak(o) => soak::main(&o),
         Command::Libvirt { vm } => libvirt::main(&vm),
         Command::CudaPrograms => report(cudaprog::run()),
+        Command::CudaVm { vm } => report(cudavm::run(&vm)),
     }
 }
 

@@ -1,10 +1,10 @@
 //! `cargo xtask test`: the workspace's cargo tests, the loom model checks, the CUDA C++
-//! programs through the guest driver, then the VM end-to-end test (the demo) and the VM kill
-//! test.
+//! programs through the guest driver, then the VM end-to-end test (the demo), the VM kill
+//! test and a CUDA program inside a VM.
 
 use std::process::{Command, ExitCode};
 
-use crate::{demo, paths, vmkill, VmOpts};
+use crate::{cudavm, demo, paths, vmkill, VmOpts};
 
 pub fn main(no_vm: bool, vm: &VmOpts) -> ExitCode {
     let mut results: Vec<(&str, bool)> = Vec::new();
@@ -34,7 +34,7 @@ pub fn main(no_vm: bool, vm: &VmOpts) -> ExitCode {
     results.push(("cuda programs", ok));
 
     if no_vm {
-        println!("xtask test: stages `vm e2e` and `vm kill` skipped (--no-vm)");
+        println!("xtask test: stages `vm e2e`, `vm kill` and `cuda vm` skipped (--no-vm)");
     } else {
         println!("xtask test: stage `vm e2e`: two VMs under QEMU against vgpud");
         let ok = match demo::run(vm) {
@@ -57,6 +57,17 @@ pub fn main(no_vm: bool, vm: &VmOpts) -> ExitCode {
             }
         };
         results.push(("vm kill", ok));
+        println!(
+            "xtask test: stage `cuda vm`: an nvcc-built CUDA program in a VM on the installed libcuda.so.1"
+        );
+        let ok = match cudavm::run(vm) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("cuda-vm: FAILED: {e:#}");
+                false
+            }
+        };
+        results.push(("cuda vm", ok));
     }
 
     for (name, ok) in &results {

@@ -11,6 +11,20 @@ use serde::Serialize;
 
 use crate::qemu::tail_file;
 
+/// Longest UNIX socket path we put in a config (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 100;
+
+/// Where a test's sockets go: `dir`, or a folder in /tmp named after `tag` and this process
+/// when `dir` would make the socket paths too long.
+pub fn socket_dir(dir: &Path, tag: &str) -> Result<PathBuf> {
+    if dir.join("admin.sock").as_os_str().len() <= MAX_SOCKET_PATH {
+        return Ok(dir.to_path_buf());
+    }
+    let d = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
+}
+
 /// One `[[vm]]` entry of vgpud's config.
 #[derive(Clone, Debug, Serialize)]
 pub struct VmConfig {
