@@ -250,6 +250,11 @@ stage_cuda() {
       if [ $rcn != 0 ] || [ $rcv != 0 ] || ! grep -qx PASS "$exe.vgpu" ||
         ! diff <(grep '^result' "$exe.native") <(grep '^result' "$exe.vgpu") >>"$log"; then
         bad=$((bad + 1)); failed="$failed $stem-$v"
+        # What the program asked of the driver before it failed: the run again, traced.
+        echo "--- vgpu, VGPU_CUDA_LOG=trace (the last 80 driver calls and lines)" >>"$log"
+        LD_LIBRARY_PATH="$dir/lib:$LD_LIBRARY_PATH" VGPU_SOCKET="$dir/vm.sock" VGPU_CUDA_LOG=trace \
+          timeout -k 5 300 "$exe" 2>&1 | grep -v -e cuGetProcAddress -e cuDeviceGetAttribute \
+          -e cuCtxGetCurrent -e cuCtxGetDevice -e CONTEXT_LOCAL_STORAGE | tail -n 80 >>"$log"
       fi
     done
   done

@@ -5,7 +5,7 @@
 //! `poll_us` (guests see `SQ_FLAG_HOST_POLLING` and skip the doorbell); then it clears the
 //! flag, re-checks every ring, and sleeps on the doorbell eventfds — no CPU burnt while idle.
 //! Work on the device is waited for the same way: polled for that window and at least
-//! `SPIN_BEFORE_RETIRE` after the last progress (a short command retires inside it, and a
+//! `SPIN_BEFORE_BLOCK` after the last progress (a short command retires inside it, and a
 //! wake-up would only add its latency), then the executor blocks until the backend's wake fd
 //! says a piece retired (`device_wait = "block"`, see [`Backend::arm_wake`] and
 //! docs/architecture.md, "Waiting for the device"); a backend without one bounds the sleep with
@@ -28,7 +28,7 @@ mod tests;
 mod time_limit;
 mod wait;
 
-use crate::backend::wake::SPIN_BEFORE_RETIRE;
+use crate::backend::wake::{SPIN_BEFORE_BLOCK, SPIN_BEFORE_RETIRE};
 use crate::backend::{Backend, Token, Wake};
 use crate::channel::{Channel, ChannelParams};
 use crate::config::{Config, DeviceWait};
@@ -354,10 +354,10 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             let hint = if self.inflight.is_empty() {
                 None
             } else if self.blocking {
-                // Device work may end any moment after it was issued: keep polling it as long
-                // as the backend would if it knew the end was that near, so that short work
-                // (a null kernel's round trip) never pays a wake-up.
-                if last_work.elapsed() < SPIN_BEFORE_RETIRE {
+                // Device work may end any moment after it was issued: keep polling it for
+                // `SPIN_BEFORE_BLOCK`, so that short work (a null kernel's round trip, a copy
+                // of a few milliseconds) never pays a wake-up.
+                if last_work.elapsed() < SPIN_BEFORE_BLOCK {
                     continue;
                 }
                 match self.backend.arm_wake(SPIN_BEFORE_RETIRE) {

@@ -388,6 +388,13 @@ fn three_hundred_streams_at_once_and_the_stream_limit() {
     for c in queued {
         c.wait().unwrap();
     }
+    // A stream command's completion says vgpud issued it (on the cuda backend its work may
+    // still run): every stream is synchronised before the results are read, and each stream's
+    // synchronisation answers.
+    for s in &streams {
+        s.synchronize().unwrap();
+    }
+    dev.synchronize().unwrap();
     let v = read_u32s(&dev, q, N * WORDS);
     for (i, block) in v.chunks_exact(WORDS).enumerate() {
         let (first, second) = block.split_at(WORDS / 2);
@@ -398,11 +405,6 @@ fn three_hundred_streams_at_once_and_the_stream_limit() {
             &block[..4]
         );
     }
-    // Every stream is still in use: a synchronisation of each answers, and of all of them.
-    for s in &streams {
-        s.synchronize().unwrap();
-    }
-    dev.synchronize().unwrap();
     // One more id is past the configured limit (not the ABI's bound): LIMIT_EXCEEDED.
     let refused = dev.stream(50_000).memset_d32(p, 7, 1).unwrap().wait();
     assert_eq!(status_of(refused.unwrap_err()), Status::LimitExceeded);

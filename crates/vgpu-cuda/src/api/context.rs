@@ -23,8 +23,41 @@ pub struct Context {
     pub id: u64,
     /// `CU_CTX_*` flags.
     pub flags: Mutex<u32>,
-    /// `CUlimit` values, by limit number.
-    limits: Mutex<[usize; 10]>,
+    /// `CUlimit` values, by limit number (`None`: the limit is not supported).
+    limits: Mutex<[Option<usize>; 10]>,
+}
+
+/// `CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`.
+const ATTR_MAX_SHARED_OPTIN: usize = 97;
+/// `CU_DEVICE_ATTRIBUTE_MAX_PERSISTING_L2_CACHE_SIZE`.
+const ATTR_MAX_PERSISTING_L2: usize = 108;
+
+/// A new context's limits, as NVIDIA's driver 580 answered them on an H200 (`drvapi.cu` prints
+/// them natively and through vgpu): stack 1 KiB, printf FIFO 8 650 752 bytes, malloc heap
+/// 8 MiB, device-runtime sync depth not supported, 2048 pending launches, L2 fetch granularity
+/// 64, the persisting L2 cache at 30 % of the device's maximum (11 796 480 of 39 321 600
+/// bytes there), the shared memory size at the device's opt-in maximum, not a
+/// CUDA-in-graphics context, its shared memory fallback not supported. They are the context's
+/// values for the program to read; kernels run with the host's.
+fn default_limits() -> [Option<usize>; 10] {
+    let attr = |a| {
+        driver::get()
+            .ok()
+            .and_then(|d| d.info.attribute(a))
+            .map_or(0, |v| v.max(0) as usize)
+    };
+    [
+        Some(1024),
+        Some(8_650_752),
+        Some(8 << 20),
+        None,
+        Some(2048),
+        Some(64),
+        Some(attr(ATTR_MAX_PERSISTING_L2) / 10 * 3),
+        Some(attr(ATTR_MAX_SHARED_OPTIN)),
+        Some(0),
+        None,
+    ]
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -34,11 +67,7 @@ impl Context {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             flags: Mutex::new(flags),
-            // Stack size, printf FIFO, malloc heap, runtime sync depth, pending launches,
-            // max L2 fetch granularity, persisting L2: NVIDIA's defaults. Then the three of
-            // CUDA-in-graphics contexts, which a vGPU's contexts never are: its shared memory
-            // size, enabled, and the shared memory fallback.
-            limits: Mutex::new([1024, 1 << 20, 8 << 20, 2, 2048, 32, 0, 0, 0, 0]),
+            limits: Mutex::new(default_limits()),
         }
     }
     fn handle(&'static self) -> CUcontext {
@@ -400,7 +429,7 @@ pub unsafe extern "C" fn cuCtxGetLimit(value: *mut usize, limit: c_int) -> CUres
         let l = c.limits.lock().unwrap_or_else(|e| e.into_inner());
         let v = usize::try_from(limit)
             .ok()
-            .and_then(|i| l.get(i).copied())
+            .and_then(|i| l.get(i).copied().flatten())
             .ok_or(CUresult::CUDA_ERROR_UNSUPPORTED_LIMIT)?;
         // SAFETY: forwarded from the caller.
         Ok(unsafe { put(value, v) })
@@ -420,8 +449,9 @@ pub extern "C" fn cuCtxSetLimit(limit: c_int, value: usize) -> CUresult {
         let slot = usize::try_from(limit)
             .ok()
             .and_then(|i| l.get_mut(i))
+            .filter(|v| v.is_some())
             .ok_or(CUresult::CUDA_ERROR_UNSUPPORTED_LIMIT)?;
-        *slot = value;
+        *slot = Some(value);
         Ok(CUresult::CUDA_SUCCESS)
     })
 }

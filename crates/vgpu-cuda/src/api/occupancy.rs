@@ -347,9 +347,9 @@ pub unsafe extern "C" fn cuOccupancyMaxPotentialClusterSize(
 }
 
 /// `cuOccupancyMaxActiveClusters`: clusters of the function's required shape, else of the
-/// launch's cluster dimension attribute. A launch with neither counts single blocks (blocks
-/// per multiprocessor × multiprocessors), where NVIDIA documents an error: cudarc, for one,
-/// asks without an attribute.
+/// launch's cluster dimension attribute. A launch with neither is no cluster launch: 0 and
+/// success, as NVIDIA's driver 580 answers it (measured on an H200 by
+/// `tests/cuda-gpu/occupancy.cu`; its documentation calls it an error).
 ///
 /// # Safety
 /// `num_clusters` is NULL or valid for a write; `config` is NULL or a valid `CUlaunchConfig`.
@@ -362,8 +362,12 @@ pub unsafe extern "C" fn cuOccupancyMaxActiveClusters(
     run("cuOccupancyMaxActiveClusters", || {
         // SAFETY: forwarded from the caller.
         let (d, f, l) = unsafe { cluster_inputs(func, config) }?;
-        let size = calc::cluster_shape(&d, &f, l.cluster)?;
-        let n = calc::active_clusters(&d, &f, l.block_size, l.shared, size)?;
+        let n = if l.cluster.is_none() && f.required_cluster == [0; 3] {
+            0
+        } else {
+            let size = calc::cluster_shape(&d, &f, l.cluster)?;
+            calc::active_clusters(&d, &f, l.block_size, l.shared, size)?
+        };
         // SAFETY: forwarded from the caller.
         Ok(unsafe { put(num_clusters, n) })
     })

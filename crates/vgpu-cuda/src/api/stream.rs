@@ -9,7 +9,7 @@
 //! alive at once.
 
 use std::cell::Cell;
-use std::ffi::{c_int, c_uint};
+use std::ffi::{c_int, c_uint, c_void};
 use std::ops::Deref;
 use std::sync::Mutex;
 
@@ -439,4 +439,113 @@ pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(s: CUstream, status: *mut c_in
     run("cuStreamIsCapturing_ptsz", || unsafe {
         is_capturing(s, status, true)
     })
+}
+
+/// What `cuStreamGetCaptureInfo*` write: a stream is never capturing here, so the status is
+/// `CU_STREAM_CAPTURE_STATUS_NONE` and the capture's id, graph and dependencies are empty.
+///
+/// # Safety
+/// Every pointer is NULL or valid for a write of its type.
+unsafe fn capture_info(
+    s: CUstream,
+    per_thread: bool,
+    status: *mut c_int,
+    id: *mut u64,
+    graph: *mut *mut c_void,
+    deps: *mut *const c_void,
+    edges: *mut *const c_void,
+    count: *mut usize,
+) -> Result<CUresult, CUresult> {
+    resolve(s, per_thread)?;
+    if status.is_null() {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: each is NULL (not wanted) or valid for a write (the caller's promise).
+    unsafe {
+        put(status, 0);
+        put(id, 0);
+        put(graph, std::ptr::null_mut());
+        put(deps, std::ptr::null());
+        put(edges, std::ptr::null());
+        put(count, 0);
+    }
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
+/// `cuStreamGetCaptureInfo*`: the CUDA 11.3 form (status, id), CUDA 12's `_v2` (graph and
+/// dependencies) and CUDA 12.3's `_v3` (edge data), each with its `_ptsz` twin.
+macro_rules! capture_info_entry {
+    ($name:ident, $pt:expr, short) => {
+        /// See [`capture_info`].
+        ///
+        /// # Safety
+        /// Every pointer is NULL or valid for a write of its type.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(s: CUstream, status: *mut c_int, id: *mut u64) -> CUresult {
+            let n = std::ptr::null_mut();
+            // SAFETY: forwarded from the caller.
+            run(stringify!($name), || unsafe {
+                capture_info(s, $pt, status, id, n, n.cast(), n.cast(), n.cast())
+            })
+        }
+    };
+    ($name:ident, $pt:expr, v2) => {
+        /// See [`capture_info`].
+        ///
+        /// # Safety
+        /// Every pointer is NULL or valid for a write of its type.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            s: CUstream,
+            status: *mut c_int,
+            id: *mut u64,
+            graph: *mut *mut c_void,
+            deps: *mut *const c_void,
+            count: *mut usize,
+        ) -> CUresult {
+            // SAFETY: forwarded from the caller.
+            run(stringify!($name), || unsafe {
+                capture_info(s, $pt, status, id, graph, deps, std::ptr::null_mut(), count)
+            })
+        }
+    };
+    ($name:ident, $pt:expr, v3) => {
+        /// See [`capture_info`].
+        ///
+        /// # Safety
+        /// Every pointer is NULL or valid for a write of its type.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            s: CUstream,
+            status: *mut c_int,
+            id: *mut u64,
+            graph: *mut *mut c_void,
+            deps: *mut *const c_void,
+            edges: *mut *const c_void,
+            count: *mut usize,
+        ) -> CUresult {
+            // SAFETY: forwarded from the caller.
+            run(stringify!($name), || unsafe {
+                capture_info(s, $pt, status, id, graph, deps, edges, count)
+            })
+        }
+    };
+}
+capture_info_entry!(cuStreamGetCaptureInfo, false, short);
+capture_info_entry!(cuStreamGetCaptureInfo_ptsz, true, short);
+capture_info_entry!(cuStreamGetCaptureInfo_v2, false, v2);
+capture_info_entry!(cuStreamGetCaptureInfo_v2_ptsz, true, v2);
+capture_info_entry!(cuStreamGetCaptureInfo_v3, false, v3);
+capture_info_entry!(cuStreamGetCaptureInfo_v3_ptsz, true, v3);
+
+/// The context a stream belongs to: its own for a created stream, the current one for the
+/// legacy and per-thread default streams (NULL when there is none).
+pub(crate) fn context_of(s: CUstream) -> Result<CUcontext, CUresult> {
+    let raw = s as usize;
+    if raw == 0 || raw == STREAM_LEGACY || raw == STREAM_PER_THREAD {
+        return Ok(current());
+    }
+    obj(s)
+        .map(|o| o.ctx)
+        .ok_or(CUresult::CUDA_ERROR_INVALID_HANDLE)
 }

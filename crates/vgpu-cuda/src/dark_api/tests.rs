@@ -128,19 +128,92 @@ type NoArgs = unsafe extern "C" fn() -> CUresult;
 fn unknown_slots_answer_not_supported_and_say_which() {
     let w = words(&ids::T21318C60, 93);
     // SAFETY: unknown slots take no arguments and answer a CUresult (unknown::slot).
-    let f: NoArgs = unsafe { std::mem::transmute(w[4]) };
+    let f: NoArgs = unsafe { std::mem::transmute(w[5]) };
     // SAFETY: as above.
     assert_eq!(unsafe { f() }, CUresult::CUDA_ERROR_NOT_SUPPORTED);
     // SAFETY: as above.
     assert_eq!(unsafe { f() }, CUresult::CUDA_ERROR_NOT_SUPPORTED);
     let reported = crate::unsupported::reported();
     assert!(
-        reported.contains(&"export table 21318c60[4]"),
+        reported.contains(&"export table 21318c60[5]"),
         "{reported:?}"
     );
     assert_eq!(
-        unknown::name(unknown::TOOLS_TLS, 2),
-        "export table 42d85a81[2]"
+        unknown::name(unknown::TOOLS_TLS, 1),
+        "export table 42d85a81[1]"
+    );
+}
+
+#[test]
+fn decoded_cublas_slots_answer_without_a_context() {
+    // TOOLS_TLS [2]: the thread's current context, here none (NULL written, success).
+    type Out = unsafe extern "C" fn(*mut crate::types::CUcontext) -> CUresult;
+    let f: Out = slot(&ids::TOOLS_TLS, 3, 2);
+    let mut ctx = 1usize as crate::types::CUcontext;
+    // SAFETY: a valid out-pointer.
+    assert_eq!(unsafe { f(&mut ctx) }, CUresult::CUDA_SUCCESS);
+    assert!(ctx.is_null());
+    // 21318c60 [4]: no context is number 0; a NULL out-pointer is refused.
+    type Number = unsafe extern "C" fn(crate::types::CUcontext, *mut u64) -> CUresult;
+    let g: Number = slot(&ids::T21318C60, 93, 4);
+    let mut n = 7u64;
+    // SAFETY: a valid out-pointer; the context is only looked up, never dereferenced.
+    assert_eq!(
+        unsafe { g(std::ptr::null_mut(), &mut n) },
+        CUresult::CUDA_SUCCESS
+    );
+    assert_eq!(n, 0);
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { g(0x1234usize as crate::types::CUcontext, &mut n) },
+        CUresult::CUDA_SUCCESS
+    );
+    assert_eq!(n, 0);
+    // SAFETY: NULL is allowed and refused.
+    assert_eq!(
+        unsafe { g(std::ptr::null_mut(), std::ptr::null_mut()) },
+        CUresult::CUDA_ERROR_INVALID_VALUE
+    );
+    // 21318c60 [39]: hands its second argument back through its third.
+    type Pass = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut *mut c_void) -> CUresult;
+    let p: Pass = slot(&ids::T21318C60, 93, 39);
+    let mut x = 0u8;
+    let mut back = std::ptr::null_mut();
+    let xp = (&mut x as *mut u8).cast::<c_void>();
+    // SAFETY: valid pointers; the first argument is not looked at.
+    assert_eq!(
+        unsafe { p(std::ptr::null_mut(), xp, &mut back) },
+        CUresult::CUDA_SUCCESS
+    );
+    assert_eq!(back, xp);
+    // SAFETY: NULL is allowed and refused.
+    assert_eq!(
+        unsafe { p(xp, std::ptr::null_mut(), &mut back) },
+        CUresult::CUDA_ERROR_INVALID_VALUE
+    );
+    // 21318c60 [51]: a record of a stream needs a context or a stream, and somewhere to go.
+    type Record = unsafe extern "C" fn(
+        crate::types::CUcontext,
+        crate::types::CUstream,
+        *mut *const c_void,
+    ) -> CUresult;
+    let r: Record = slot(&ids::T21318C60, 93, 51);
+    let mut out = std::ptr::null();
+    // SAFETY: a valid out-pointer; NULL handles are allowed.
+    assert_eq!(
+        unsafe { r(std::ptr::null_mut(), std::ptr::null_mut(), &mut out) },
+        CUresult::CUDA_ERROR_INVALID_HANDLE
+    );
+    // SAFETY: NULL is allowed and refused.
+    assert_eq!(
+        unsafe {
+            r(
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        },
+        CUresult::CUDA_ERROR_INVALID_VALUE
     );
 }
 

@@ -7,6 +7,7 @@ use std::ffi::c_void;
 
 use super::unknown::{self, unknown_slots};
 use super::Table;
+use crate::types::{CUcontext, CUresult};
 
 pub(crate) static CALLBACK_HOOKS: Table<7> = Table({
     let mut w = Table::<7>::sized();
@@ -18,9 +19,25 @@ pub(crate) static CALLBACK_HOOKS: Table<7> = Table({
 
 pub(crate) static TLS: Table<3> = Table({
     let mut w = Table::<3>::sized();
-    unknown_slots!(w, unknown::TOOLS_TLS; 1 2);
+    w[2] = thread_context as *const c_void;
+    unknown_slots!(w, unknown::TOOLS_TLS; 1);
     w
 });
+
+/// TOOLS_TLS [2] `(CUcontext *out)`, which cuBLAS calls on each of its calls: the calling
+/// thread's current context (NULL when it has none), always success. Measured on driver 580:
+/// called with four pointers to sentinel bytes it wrote the current context's address through
+/// the first and touched nothing else.
+///
+/// # Safety
+/// `out` is NULL or valid for a write.
+unsafe extern "C" fn thread_context(out: *mut CUcontext) -> CUresult {
+    if !out.is_null() {
+        // SAFETY: non-NULL, valid for a write (the caller's promise).
+        unsafe { out.write(crate::api::context::current()) };
+    }
+    CUresult::CUDA_SUCCESS
+}
 
 /// A zeroed buffer cudart may write into, of `N` words. The count it is told ([`BUFFER1_LEN`],
 /// [`BUFFER2_LEN`]) is the peers' (ZLUDA counts 4-byte words, smolvm bytes); the buffers have 8

@@ -152,7 +152,7 @@ int main() {
     clusters("saxpy", saxpy, 256, 0, 1);
     clusters("saxpy", saxpy, 256, 0, 2);
     clusters("heavy", heavy, 512, 0, 2);
-    // Without a cluster attribute (NVIDIA documents an error; vgpu counts single blocks).
+    // Without a cluster attribute: no cluster launch (NVIDIA's driver answers 0).
     clusters("saxpy", saxpy, 256, 0, 0);
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(8);

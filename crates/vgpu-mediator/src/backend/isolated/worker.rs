@@ -13,7 +13,7 @@ use super::proto::{
 };
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
-use crate::backend::wake::{self, SPIN_BEFORE_RETIRE};
+use crate::backend::wake::{self, SPIN_BEFORE_BLOCK, SPIN_BEFORE_RETIRE};
 use crate::backend::{Backend, ContextParams, Issued, Staging, Token, VmStream, Wake};
 use memmap2::{MmapMut, MmapOptions};
 use rustix::event::{poll, PollFd, PollFlags};
@@ -230,12 +230,12 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
             last_work = Instant::now();
             continue;
         }
-        // Device work may end any moment: polled for at least `SPIN_BEFORE_RETIRE` (the
-        // executor's rule) so that short work never pays a wake-up.
+        // Device work may end any moment: polled for at least `SPIN_BEFORE_BLOCK` (the
+        // executor's rule) so that work of a few milliseconds never pays a wake-up.
         let spin = if w.pending.is_empty() {
             window
         } else {
-            window.max(SPIN_BEFORE_RETIRE)
+            window.max(SPIN_BEFORE_BLOCK)
         };
         if last_work.elapsed() < spin {
             std::hint::spin_loop();
