@@ -441,33 +441,34 @@ pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(s: CUstream, status: *mut c_in
     })
 }
 
-/// What `cuStreamGetCaptureInfo*` write: a stream is never capturing here, so the status is
-/// `CU_STREAM_CAPTURE_STATUS_NONE` and the capture's id, graph and dependencies are empty.
-///
-/// # Safety
-/// Every pointer is NULL or valid for a write of its type.
-unsafe fn capture_info(
-    s: CUstream,
-    per_thread: bool,
+/// Where `cuStreamGetCaptureInfo*` write (each NULL when the form or the caller has none).
+struct CaptureOut {
     status: *mut c_int,
     id: *mut u64,
     graph: *mut *mut c_void,
     deps: *mut *const c_void,
     edges: *mut *const c_void,
     count: *mut usize,
-) -> Result<CUresult, CUresult> {
+}
+
+/// What `cuStreamGetCaptureInfo*` write: a stream is never capturing here, so the status is
+/// `CU_STREAM_CAPTURE_STATUS_NONE` and the capture's id, graph and dependencies are empty.
+///
+/// # Safety
+/// Every pointer of `o` is NULL or valid for a write of its type.
+unsafe fn capture_info(s: CUstream, per_thread: bool, o: CaptureOut) -> Result<CUresult, CUresult> {
     resolve(s, per_thread)?;
-    if status.is_null() {
+    if o.status.is_null() {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
     // SAFETY: each is NULL (not wanted) or valid for a write (the caller's promise).
     unsafe {
-        put(status, 0);
-        put(id, 0);
-        put(graph, std::ptr::null_mut());
-        put(deps, std::ptr::null());
-        put(edges, std::ptr::null());
-        put(count, 0);
+        put(o.status, 0);
+        put(o.id, 0);
+        put(o.graph, std::ptr::null_mut());
+        put(o.deps, std::ptr::null());
+        put(o.edges, std::ptr::null());
+        put(o.count, 0);
     }
     Ok(CUresult::CUDA_SUCCESS)
 }
@@ -483,10 +484,16 @@ macro_rules! capture_info_entry {
         #[no_mangle]
         pub unsafe extern "C" fn $name(s: CUstream, status: *mut c_int, id: *mut u64) -> CUresult {
             let n = std::ptr::null_mut();
+            let o = CaptureOut {
+                status,
+                id,
+                graph: n,
+                deps: n.cast(),
+                edges: n.cast(),
+                count: n.cast(),
+            };
             // SAFETY: forwarded from the caller.
-            run(stringify!($name), || unsafe {
-                capture_info(s, $pt, status, id, n, n.cast(), n.cast(), n.cast())
-            })
+            run(stringify!($name), || unsafe { capture_info(s, $pt, o) })
         }
     };
     ($name:ident, $pt:expr, v2) => {
@@ -503,10 +510,16 @@ macro_rules! capture_info_entry {
             deps: *mut *const c_void,
             count: *mut usize,
         ) -> CUresult {
+            let o = CaptureOut {
+                status,
+                id,
+                graph,
+                deps,
+                edges: std::ptr::null_mut(),
+                count,
+            };
             // SAFETY: forwarded from the caller.
-            run(stringify!($name), || unsafe {
-                capture_info(s, $pt, status, id, graph, deps, std::ptr::null_mut(), count)
-            })
+            run(stringify!($name), || unsafe { capture_info(s, $pt, o) })
         }
     };
     ($name:ident, $pt:expr, v3) => {
@@ -524,10 +537,16 @@ macro_rules! capture_info_entry {
             edges: *mut *const c_void,
             count: *mut usize,
         ) -> CUresult {
+            let o = CaptureOut {
+                status,
+                id,
+                graph,
+                deps,
+                edges,
+                count,
+            };
             // SAFETY: forwarded from the caller.
-            run(stringify!($name), || unsafe {
-                capture_info(s, $pt, status, id, graph, deps, edges, count)
-            })
+            run(stringify!($name), || unsafe { capture_info(s, $pt, o) })
         }
     };
 }

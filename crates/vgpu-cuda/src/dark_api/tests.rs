@@ -158,22 +158,16 @@ fn decoded_cublas_slots_answer_without_a_context() {
     let g: Number = slot(&ids::T21318C60, 93, 4);
     let mut n = 7u64;
     // SAFETY: a valid out-pointer; the context is only looked up, never dereferenced.
-    assert_eq!(
-        unsafe { g(std::ptr::null_mut(), &mut n) },
-        CUresult::CUDA_SUCCESS
-    );
+    let rc = unsafe { g(std::ptr::null_mut(), &mut n) };
+    assert_eq!(rc, CUresult::CUDA_SUCCESS);
     assert_eq!(n, 0);
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { g(0x1234usize as crate::types::CUcontext, &mut n) },
-        CUresult::CUDA_SUCCESS
-    );
+    let rc = unsafe { g(0x1234usize as crate::types::CUcontext, &mut n) };
+    assert_eq!(rc, CUresult::CUDA_SUCCESS);
     assert_eq!(n, 0);
     // SAFETY: NULL is allowed and refused.
-    assert_eq!(
-        unsafe { g(std::ptr::null_mut(), std::ptr::null_mut()) },
-        CUresult::CUDA_ERROR_INVALID_VALUE
-    );
+    let rc = unsafe { g(std::ptr::null_mut(), std::ptr::null_mut()) };
+    assert_eq!(rc, CUresult::CUDA_ERROR_INVALID_VALUE);
     // 21318c60 [39]: hands its second argument back through its third.
     type Pass = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut *mut c_void) -> CUresult;
     let p: Pass = slot(&ids::T21318C60, 93, 39);
@@ -181,16 +175,12 @@ fn decoded_cublas_slots_answer_without_a_context() {
     let mut back = std::ptr::null_mut();
     let xp = (&mut x as *mut u8).cast::<c_void>();
     // SAFETY: valid pointers; the first argument is not looked at.
-    assert_eq!(
-        unsafe { p(std::ptr::null_mut(), xp, &mut back) },
-        CUresult::CUDA_SUCCESS
-    );
+    let rc = unsafe { p(std::ptr::null_mut(), xp, &mut back) };
+    assert_eq!(rc, CUresult::CUDA_SUCCESS);
     assert_eq!(back, xp);
     // SAFETY: NULL is allowed and refused.
-    assert_eq!(
-        unsafe { p(xp, std::ptr::null_mut(), &mut back) },
-        CUresult::CUDA_ERROR_INVALID_VALUE
-    );
+    let rc = unsafe { p(xp, std::ptr::null_mut(), &mut back) };
+    assert_eq!(rc, CUresult::CUDA_ERROR_INVALID_VALUE);
     // 21318c60 [51]: a record of a stream needs a context or a stream, and somewhere to go.
     type Record = unsafe extern "C" fn(
         crate::types::CUcontext,
@@ -200,21 +190,12 @@ fn decoded_cublas_slots_answer_without_a_context() {
     let r: Record = slot(&ids::T21318C60, 93, 51);
     let mut out = std::ptr::null();
     // SAFETY: a valid out-pointer; NULL handles are allowed.
-    assert_eq!(
-        unsafe { r(std::ptr::null_mut(), std::ptr::null_mut(), &mut out) },
-        CUresult::CUDA_ERROR_INVALID_HANDLE
-    );
+    let rc = unsafe { r(std::ptr::null_mut(), std::ptr::null_mut(), &mut out) };
+    assert_eq!(rc, CUresult::CUDA_ERROR_INVALID_HANDLE);
+    let none = std::ptr::null_mut();
     // SAFETY: NULL is allowed and refused.
-    assert_eq!(
-        unsafe {
-            r(
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        },
-        CUresult::CUDA_ERROR_INVALID_VALUE
-    );
+    let rc = unsafe { r(none, none.cast(), none.cast()) };
+    assert_eq!(rc, CUresult::CUDA_ERROR_INVALID_VALUE);
 }
 
 fn slot<F>(id: &[u8; 16], n: usize, i: usize) -> F {
