@@ -5,9 +5,10 @@
 //! ([`cudarc_child`], ignored on its own) in a child process of this test binary started with
 //! it and `VGPU_SOCKET` set, against a vgpud (cpu backend) this half starts.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use cudarc::driver::sys::{self, CUdevice_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig};
@@ -23,58 +24,6 @@ fn profile_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target dir")
         .to_path_buf()
-}
-
-/// vgpud built next to this test, or `VGPU_VGPUD`.
-fn vgpud_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("VGPU_VGPUD") {
-        return p.into();
-    }
-    let bin = profile_dir().join("vgpud");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (cargo build -p vgpu-mediator) or set VGPU_VGPUD",
-        bin.display()
-    );
-    bin
-}
-
-struct Vgpud(Child);
-impl Drop for Vgpud {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_vgpud(dir: &Path) -> (Vgpud, PathBuf) {
-    let sock = dir.join("vm-a.sock");
-    let cfg = dir.join("vgpud.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[mediator]\nbackend = \"cpu\"\n\n[[vm]]\nname = \"vm-a\"\nsocket = {:?}\nvm_id = 1\n\
-             pool = 0\nshm_size = \"16MiB\"\nmem_quota = \"256MiB\"\n",
-            sock
-        ),
-    )
-    .unwrap();
-    let child = Command::new(vgpud_bin())
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("vgpud.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "vgpud did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (Vgpud(child), sock)
 }
 
 /// The library as cargo built it for this test: next to the test binary in deps/ (cargo
@@ -94,7 +43,7 @@ fn guest_driver() -> PathBuf {
 fn cudarc_loads_the_guest_driver_by_name() {
     let lib = guest_driver();
     let dir = tempfile::tempdir().unwrap();
-    let (_vgpud, sock) = start_vgpud(dir.path());
+    let (_vgpud, sock) = common::start_vgpud(dir.path());
     let libdir = dir.path().join("lib");
     std::fs::create_dir(&libdir).unwrap();
     for name in ["libcuda.so", "libcuda.so.1"] {

@@ -3,8 +3,8 @@
 
 use super::images::{self, Images};
 use super::{
-    wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, ImageParts, Issued, Retired,
-    Staging, Token, VmKey, VmStream, Wake,
+    kernel_name, wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, ImageParts,
+    Issued, Retired, Staging, Token, VmKey, VmStream, Wake,
 };
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{BTreeMap, HashMap};
@@ -73,6 +73,13 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
+    /// A symbol name (a kernel's or a global's) from staging, checked as every backend
+    /// checks one ([`kernel_name`]).
+    fn symbol(&mut self, vm: VmKey, off: u64, len: u64) -> Result<String, Status> {
+        let name = kernel_name(&self.ctx(vm)?.staging.read(off, len)?)?;
+        name.into_string().map_err(|_| Status::InvalidArgument)
+    }
+
     /// A device with `total_mem` bytes of "device" memory and one execution slot.
     pub fn new(total_mem: u64) -> Self {
         Self::with_slots(total_mem, 1)
@@ -661,9 +668,8 @@ impl Handler for CpuBackend {
         staging_offset: u64,
         name_len: u64,
     ) -> Result<Issued, Status> {
-        let bytes = self.ctx(at.vm)?.staging.read(staging_offset, name_len)?;
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        let name = std::str::from_utf8(&bytes[..end]).map_err(|_| Status::InvalidArgument)?;
+        let name = self.symbol(at.vm, staging_offset, name_len)?;
+        let name = name.as_str();
         let (addr, size) = self.ctx(at.vm)?.images.global(module, name)?;
         if let Some(addr) = addr {
             return Ok(Issued::Done(addr, size));
@@ -684,11 +690,9 @@ impl Handler for CpuBackend {
         staging_offset: u64,
         name_len: u64,
     ) -> Result<Issued, Status> {
-        let bytes = self.ctx(at.vm)?.staging.read(staging_offset, name_len)?;
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        let name = std::str::from_utf8(&bytes[..end]).map_err(|_| Status::InvalidArgument)?;
+        let name = self.symbol(at.vm, staging_offset, name_len)?;
         let h = self.handle();
-        let (f, n) = self.ctx(at.vm)?.images.function(module, name, h)?;
+        let (f, n) = self.ctx(at.vm)?.images.function(module, &name, h)?;
         Ok(Issued::Done(f, n))
     }
 
