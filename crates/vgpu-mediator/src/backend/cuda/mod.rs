@@ -375,6 +375,19 @@ impl Waiters {
 unsafe impl Send for CudaBackend {}
 
 impl CudaBackend {
+    /// One of the VM's modules and a symbol name (a kernel's or a global's) from staging.
+    fn module_symbol(
+        &mut self,
+        vm: VmKey,
+        module: u64,
+        off: u64,
+        len: u64,
+    ) -> Result<(CUmodule, std::ffi::CString), Status> {
+        let c = self.ctx(vm)?;
+        let m = *c.modules.get(&module).ok_or(Status::InvalidArgument)?;
+        Ok((m, kernel_name(&c.staging.read(off, len)?)?))
+    }
+
     /// Opens GPU `index`: checks the driver, names the device and compiles the built-ins.
     pub fn open(index: usize) -> Result<Self, CudaError> {
         let count = probe()?;
@@ -1212,9 +1225,8 @@ impl Handler for CudaBackend {
         name_len: u64,
     ) -> Result<Issued, Status> {
         let h = self.handle()?;
+        let (m, name) = self.module_symbol(at.vm, module, staging_offset, name_len)?;
         let c = self.ctx(at.vm)?;
-        let m = *c.modules.get(&module).ok_or(Status::InvalidArgument)?;
-        let name = kernel_name(&c.staging.read(staging_offset, name_len)?)?;
         let f = api::module_function(m, &name).map_err(|r| match r {
             CUresult::CUDA_ERROR_NOT_FOUND => Status::InvalidFunction,
             r => status_of(r),
@@ -1232,9 +1244,7 @@ impl Handler for CudaBackend {
         staging_offset: u64,
         name_len: u64,
     ) -> Result<Issued, Status> {
-        let c = self.ctx(at.vm)?;
-        let m = *c.modules.get(&module).ok_or(Status::InvalidArgument)?;
-        let name = kernel_name(&c.staging.read(staging_offset, name_len)?)?;
+        let (m, name) = self.module_symbol(at.vm, module, staging_offset, name_len)?;
         let (ptr, size) = api::module_global(m, &name).map_err(|r| match r {
             CUresult::CUDA_ERROR_NOT_FOUND => Status::NotFound,
             r => status_of(r),
