@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use cudarc::driver::sys::{self, CUdevice_attribute};
@@ -16,15 +16,6 @@ use cudarc::nvrtc::Ptx;
 
 /// Set in the child's environment: the client half runs only there.
 const CHILD_ENV: &str = "VGPU_CUDARC_CHILD";
-
-/// The directory of this build's binaries and libraries (target/<profile>).
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
-}
 
 /// The library as cargo built it for this test: next to the test binary in deps/ (cargo
 /// copies it up to target/<profile> only for `cargo build`, so that copy may be stale).
