@@ -112,30 +112,45 @@ pub fn error_of(e: &Error) -> CUresult {
         }
     }
     match e {
-        Error::Command { status, .. } => match status {
-            Status::InvalidArgument | Status::StagingOutOfRange => {
-                CUresult::CUDA_ERROR_INVALID_VALUE
-            }
-            Status::InvalidAddress => CUresult::CUDA_ERROR_INVALID_VALUE,
-            Status::OutOfMemory | Status::QuotaExceeded | Status::LimitExceeded => {
-                CUresult::CUDA_ERROR_OUT_OF_MEMORY
-            }
-            Status::NotSupported | Status::UnknownOpcode => CUresult::CUDA_ERROR_NOT_SUPPORTED,
-            Status::KernelFault => CUresult::CUDA_ERROR_ILLEGAL_ADDRESS,
-            Status::KernelTimeout => CUresult::CUDA_ERROR_LAUNCH_TIMEOUT,
-            Status::InvalidFunction => CUresult::CUDA_ERROR_INVALID_HANDLE,
-            Status::NotReady => CUresult::CUDA_ERROR_NOT_READY,
-            Status::NotFound => CUresult::CUDA_ERROR_NOT_FOUND,
-            Status::ContextLost | Status::ContextUnavailable | Status::Aborted => {
-                CUresult::CUDA_ERROR_CONTEXT_IS_DESTROYED
-            }
-            Status::Ok | Status::Internal => CUresult::CUDA_ERROR_UNKNOWN,
-        },
+        Error::Command { status, .. } => status_error(*status),
         Error::InvalidArgument(_) => CUresult::CUDA_ERROR_INVALID_VALUE,
         Error::NotSupported(_) => CUresult::CUDA_ERROR_NOT_SUPPORTED,
         Error::Timeout { .. } => CUresult::CUDA_ERROR_LAUNCH_TIMEOUT,
         Error::Fenced { .. } | Error::Stopped => CUresult::CUDA_ERROR_DEVICE_UNAVAILABLE,
         Error::NotFound(_) => CUresult::CUDA_ERROR_NO_DEVICE,
         _ => CUresult::CUDA_ERROR_UNKNOWN,
+    }
+}
+
+/// The CUDA error for a command's failure status.
+fn status_error(status: Status) -> CUresult {
+    match status {
+        Status::InvalidArgument | Status::StagingOutOfRange => CUresult::CUDA_ERROR_INVALID_VALUE,
+        Status::InvalidAddress => CUresult::CUDA_ERROR_INVALID_VALUE,
+        Status::OutOfMemory | Status::QuotaExceeded | Status::LimitExceeded => {
+            CUresult::CUDA_ERROR_OUT_OF_MEMORY
+        }
+        Status::NotSupported | Status::UnknownOpcode => CUresult::CUDA_ERROR_NOT_SUPPORTED,
+        Status::KernelFault => CUresult::CUDA_ERROR_ILLEGAL_ADDRESS,
+        Status::KernelTimeout => CUresult::CUDA_ERROR_LAUNCH_TIMEOUT,
+        Status::InvalidFunction => CUresult::CUDA_ERROR_INVALID_HANDLE,
+        Status::NotReady => CUresult::CUDA_ERROR_NOT_READY,
+        Status::NotFound => CUresult::CUDA_ERROR_NOT_FOUND,
+        Status::ContextLost | Status::ContextUnavailable | Status::Aborted => {
+            CUresult::CUDA_ERROR_CONTEXT_IS_DESTROYED
+        }
+        Status::Ok | Status::Internal => CUresult::CUDA_ERROR_UNKNOWN,
+    }
+}
+
+/// After a synchronising call: the error of earlier asynchronous work that vgpud refused (a
+/// launch, a copy or a memset queued without waiting), reported once, as CUDA reports errors
+/// of asynchronous work at the next synchronising call. The device's sticky error, when its
+/// context broke, comes first.
+pub fn unclaimed_error(d: &Driver) -> Result<(), CUresult> {
+    d.sticky()?;
+    match d.dev.take_unclaimed_error() {
+        Some(status) => Err(status_error(status)),
+        None => Ok(()),
     }
 }

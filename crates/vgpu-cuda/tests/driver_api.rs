@@ -8,6 +8,7 @@ mod common;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 use vgpucuda::api::context::*;
+use vgpucuda::api::copy::cuMemsetD32Async;
 use vgpucuda::api::device::*;
 use vgpucuda::api::init::*;
 use vgpucuda::api::memory::*;
@@ -176,6 +177,14 @@ fn a_program_walks_the_driver_api_through_vgpud() {
         CUresult::CUDA_SUCCESS
     );
     assert_eq!(u32::from_le_bytes(word), 0xdead_beef);
+    // Asynchronous work that vgpud refuses (a fill past the allocation's end) is queued
+    // without an error; the next synchronising call reports it, once.
+    assert_eq!(
+        cuMemsetD32Async(p + 4096, 7, 4, std::ptr::null_mut()),
+        CUresult::CUDA_SUCCESS
+    );
+    assert_eq!(cuCtxSynchronize(), CUresult::CUDA_ERROR_INVALID_VALUE);
+    assert_eq!(cuCtxSynchronize(), CUresult::CUDA_SUCCESS);
     let (mut free, mut tot) = (0usize, 0usize);
     // SAFETY: the pointers are valid locals of the right types.
     assert_eq!(

@@ -483,6 +483,7 @@ fn synchronize_all() -> Result<CUresult, CUresult> {
     let mark = crate::legacy::mark();
     d.dev.synchronize().map_err(|e| driver::error_of(&e))?;
     crate::legacy::all_synchronized(mark);
+    driver::unclaimed_error(d)?;
     Ok(CUresult::CUDA_SUCCESS)
 }
 

@@ -184,6 +184,7 @@ fn synchronize(o: &EventObj) -> Result<(), CUresult> {
 pub extern "C" fn cuEventSynchronize(e: CUevent) -> CUresult {
     run("cuEventSynchronize", || {
         synchronize(obj(e)?)?;
+        driver::unclaimed_error(driver::get()?)?;
         Ok(CUresult::CUDA_SUCCESS)
     })
 }

@@ -229,6 +229,7 @@ pub(crate) fn synchronize(s: CUstream, per_thread: bool) -> Result<CUresult, CUr
         .synchronize()
         .map_err(|e| driver::error_of(&e))?;
     legacy::synchronized(ctx, kind, id, mark);
+    driver::unclaimed_error(driver::get()?)?;
     Ok(CUresult::CUDA_SUCCESS)
 }
 

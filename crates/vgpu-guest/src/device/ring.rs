@@ -55,6 +55,9 @@ pub(super) struct Rings {
     /// Threads blocked on the completion interrupt in [`Device::block`] (the interrupt stays
     /// armed while there is one).
     pub(super) irq_waiters: u32,
+    /// The first error status among completions nobody waited for (commands queued without
+    /// waiting), until [`Device::take_unclaimed_error`] takes it.
+    unclaimed_error: Option<Status>,
 }
 
 impl Rings {
@@ -66,18 +69,29 @@ impl Rings {
             seq: 0,
             irq: false,
             irq_waiters: 0,
+            unclaimed_error: None,
         }
     }
 
     /// Moves every posted completion into `pending`. Completions for tags nobody waits for
-    /// (already timed out, or invented by the host) are dropped.
+    /// (queued without waiting, already timed out, or invented by the host) are dropped; the
+    /// first error among them is kept for [`Device::take_unclaimed_error`].
     pub(super) fn drain(&mut self) -> usize {
         let mut n = 0;
         while let Some(c) = self.cq.pop() {
-            if let Some(slot @ None) = self.pending.get_mut(&c.tag) {
-                *slot = Some((self.seq, c));
-                self.seq += 1;
-                n += 1;
+            match self.pending.get_mut(&c.tag) {
+                Some(slot @ None) => {
+                    *slot = Some((self.seq, c));
+                    self.seq += 1;
+                    n += 1;
+                }
+                Some(Some(_)) => {}
+                None => {
+                    if self.unclaimed_error.is_none() && c.status != Status::Ok as u32 {
+                        self.unclaimed_error =
+                            Some(Status::from_raw(c.status).unwrap_or(Status::Internal));
+                    }
+                }
             }
         }
         n
@@ -108,6 +122,15 @@ impl Device {
     /// Number of commands this handle has submitted.
     pub fn commands_submitted(&self) -> u64 {
         self.commands.load(Ordering::Relaxed)
+    }
+
+    /// The first error of a command whose completion nobody waited for (one queued without
+    /// waiting: a launch, an asynchronous copy), once: what a driver reports at the next
+    /// synchronising call, as CUDA reports the errors of asynchronous work.
+    pub fn take_unclaimed_error(&self) -> Option<Status> {
+        let mut r = self.lock();
+        r.drain();
+        r.unclaimed_error.take()
     }
 
     /// The ring state, shared by every thread of this handle.
