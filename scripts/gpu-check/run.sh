@@ -373,9 +373,48 @@ unpack_qemu() {
   tar -xzf "$here/qemu-bundle.tar.gz" -C "$work/qemu" --strip-components=1 2>"$out/qemu-unpack.log"
 }
 
+# Waits until vgpud (pid PID, log LOG) listens on SOCK; on failure records STAGE as failed
+# and returns 1.
+await_vgpud() { # STAGE PID SOCK LOG BACKEND T0
+  local waited=0 rc
+  until listening "$3"; do
+    if ! kill -0 "$2" 2>/dev/null; then
+      wait "$2"; rc=$?
+      record "$1" FAIL $((SECONDS - $6)) "vgpud (backend $5) exited at start-up ($rc): $(tail -n 2 "$4" | tr '\n' ' ')"
+      return 1
+    fi
+    if [ $waited -ge 600 ]; then
+      record "$1" FAIL $((SECONDS - $6)) "vgpud socket not listening after 60 s"
+      return 1
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+}
+
+# Boots the guest kernel under TCG with INITRD and the vGPU on SOCK, kernel arguments ARGS
+# appended, its serial console (without carriage returns) in SERIAL; returns QEMU's status
+# (124 or 137: still running after TIMEOUT seconds). intel-iommu + intel_iommu=on: the guest
+# waits on MSI-X through VFIO (the initramfs loads the modules), as in the demo;
+# no_timer_check: with interrupt remapping a slow boot-time timer check panics the kernel (TCG
+# on a loaded host).
+boot_guest() { # INITRD ARGS MEM SOCK SERIAL TIMEOUT
+  local rc
+  timeout -k 5 "$6" "$work/qemu/qemu" -accel tcg -machine q35 -m "$3" -smp 1 \
+    -device intel-iommu,intremap=on \
+    -display none -monitor none -serial stdio -nic none -no-reboot \
+    -kernel "$here/vm/vmlinuz" -initrd "$1" \
+    -append "console=ttyS0 panic=-1 quiet intel_iommu=on no_timer_check $2" \
+    -chardev "socket,id=vgpu0,path=$4" -device ivshmem-doorbell,chardev=vgpu0,vectors=1 \
+    </dev/null >"$5" 2>&1
+  rc=$?
+  tr -d '\r' <"$5" >"$5.tmp" && mv "$5.tmp" "$5"
+  return $rc
+}
+
 stage_vm() {
   local t0=$SECONDS log="$out/vm-vgpud.log" serial="$out/vm.serial.log" note rc=0
-  local sock="$work/vm-a.sock" admin="$work/admin.sock" qemu_dir="$work/qemu"
+  local sock="$work/vm-a.sock" admin="$work/admin.sock"
   local args=${VGPU_GUEST_ARGS:-selftest} timeout=${VGPU_VM_TIMEOUT:-240}
   local backend=${VGPU_CHECK_BACKEND:-cuda}
   local fail=""
@@ -400,32 +439,9 @@ EOF
   "$here/bin/vgpud" --config "$work/vgpud.toml" >"$log" 2>&1 &
   local vgpud=$!
   pids+=("$vgpud")
-  local waited=0
-  until listening "$sock"; do
-    if ! kill -0 "$vgpud" 2>/dev/null; then
-      wait "$vgpud"; rc=$?
-      record vm FAIL $((SECONDS - t0)) "vgpud (backend $backend) exited at start-up ($rc): $(tail -n 2 "$log" | tr '\n' ' ')"
-      return
-    fi
-    if [ $waited -ge 600 ]; then
-      record vm FAIL $((SECONDS - t0)) "vgpud socket not listening after 60 s"
-      return
-    fi
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  # intel-iommu + intel_iommu=on: the guest waits on MSI-X through VFIO (the initramfs
-  # loads the modules), as in the demo; no_timer_check: with interrupt remapping a slow
-  # boot-time timer check panics the kernel (TCG on a loaded host).
-  timeout -k 5 "$timeout" "$qemu_dir/qemu" -accel tcg -machine q35 -m 256M -smp 1 \
-    -device intel-iommu,intremap=on \
-    -display none -monitor none -serial stdio -nic none -no-reboot \
-    -kernel "$here/vm/vmlinuz" -initrd "$here/vm/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet intel_iommu=on no_timer_check vgpu.args=$args" \
-    -chardev "socket,id=vgpu0,path=$sock" -device ivshmem-doorbell,chardev=vgpu0,vectors=1 \
-    </dev/null >"$serial" 2>&1
+  await_vgpud vm "$vgpud" "$sock" "$log" "$backend" "$t0" || return
+  boot_guest "$here/vm/initramfs.cpio" "vgpu.args=$args" 256M "$sock" "$serial" "$timeout"
   rc=$?
-  tr -d '\r' <"$serial" >"$serial.tmp" && mv "$serial.tmp" "$serial"
   if [ $rc = 124 ] || [ $rc = 137 ]; then
     fail="VM still running after ${timeout} s (killed)"
   elif grep -q 'selftest: FAIL' "$serial"; then
@@ -484,7 +500,7 @@ stage_cuda-vm() {
   local t0=$SECONDS log="$out/cuda-vm.log" serial="$out/cuda-vm.serial.log" dir="$work/cuda-vm"
   local src=${VGPU_CUDA_VM_PROGRAM:-$here/cuda-gpu/vecadd.cu} backend=${VGPU_CUDA_VM_BACKEND:-cuda}
   local timeout=${VGPU_VM_TIMEOUT:-240} sock="$work/cuda-vm.sock" admin="$work/cuda-vm-admin.sock"
-  local nvcc stem v flags exe exes=() progs=() run="" name rc vgpud waited=0 fail="" code lines=0
+  local nvcc stem v flags exe exes=() progs=() run="" name rc vgpud fail="" code lines=0
   nvcc=$(find_nvcc) || {
     record cuda-vm FAIL 0 "no nvcc on this host"
     return
@@ -532,27 +548,9 @@ stage_cuda-vm() {
   "$here/bin/vgpud" --config "$dir/vgpud.toml" >"$out/cuda-vm-vgpud.log" 2>&1 &
   vgpud=$!
   pids+=("$vgpud")
-  until listening "$sock"; do
-    if ! kill -0 "$vgpud" 2>/dev/null; then
-      record cuda-vm FAIL $((SECONDS - t0)) "vgpud (backend $backend) exited at start-up: $(tail -n 2 "$out/cuda-vm-vgpud.log" | tr '\n' ' ')"
-      return
-    fi
-    if [ $waited -ge 600 ]; then
-      record cuda-vm FAIL $((SECONDS - t0)) "vgpud socket not listening after 60 s"
-      return
-    fi
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  timeout -k 5 "$timeout" "$work/qemu/qemu" -accel tcg -machine q35 -m 512M -smp 1 \
-    -device intel-iommu,intremap=on \
-    -display none -monitor none -serial stdio -nic none -no-reboot \
-    -kernel "$here/vm/vmlinuz" -initrd "$dir/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet intel_iommu=on no_timer_check vgpu.run=$run" \
-    -chardev "socket,id=vgpu0,path=$sock" -device ivshmem-doorbell,chardev=vgpu0,vectors=1 \
-    </dev/null >"$serial" 2>&1
+  await_vgpud cuda-vm "$vgpud" "$sock" "$out/cuda-vm-vgpud.log" "$backend" "$t0" || return
+  boot_guest "$dir/initramfs.cpio" "vgpu.run=$run" 512M "$sock" "$serial" "$timeout"
   rc=$?
-  tr -d '\r' <"$serial" >"$serial.tmp" && mv "$serial.tmp" "$serial"
   if [ $rc = 124 ] || [ $rc = 137 ]; then
     fail="VM still running after ${timeout} s (killed);"
   elif ! grep -qx 'vgpu-guest: ld.so.cache: libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1' "$serial"; then

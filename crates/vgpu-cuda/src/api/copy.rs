@@ -97,6 +97,30 @@ pub(crate) unsafe fn host_copy(
     Ok(CUresult::CUDA_SUCCESS)
 }
 
+/// A device-to-device copy on stream `s`; with `sync`, waited for as `cuMemcpyDtoD` is (until
+/// vgpud took it).
+pub(crate) fn dtod(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    n: usize,
+    s: CUstream,
+    pt: bool,
+    sync: bool,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if n == 0 {
+        return Ok(CUresult::CUDA_SUCCESS);
+    }
+    // The stream's ordering hold ends with this statement, before any wait.
+    let p = enqueue(s, pt)?
+        .copy_dtod(dst, src, n as u64)
+        .map_err(dev_err)?;
+    if sync {
+        p.wait().map_err(dev_err)?;
+    }
+    Ok(CUresult::CUDA_SUCCESS)
+}
+
 fn dtod_async(
     dst: CUdeviceptr,
     src: CUdeviceptr,
@@ -104,13 +128,7 @@ fn dtod_async(
     s: CUstream,
     pt: bool,
 ) -> Result<CUresult, CUresult> {
-    require_current()?;
-    if n == 0 {
-        return Ok(CUresult::CUDA_SUCCESS);
-    }
-    let st = enqueue(s, pt)?;
-    drop(st.copy_dtod(dst, src, n as u64).map_err(dev_err)?);
-    Ok(CUresult::CUDA_SUCCESS)
+    dtod(dst, src, n, s, pt, false)
 }
 
 macro_rules! htod_async {
@@ -207,15 +225,7 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2_ptds(
 #[no_mangle]
 pub extern "C" fn cuMemcpyDtoD_v2_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) -> CUresult {
     run("cuMemcpyDtoD_v2_ptds", || {
-        require_current()?;
-        if n == 0 {
-            return Ok(CUresult::CUDA_SUCCESS);
-        }
-        let q = enqueue(std::ptr::null_mut(), true)?
-            .copy_dtod(dst, src, n as u64)
-            .map_err(dev_err)?;
-        q.wait().map_err(dev_err)?;
-        Ok(CUresult::CUDA_SUCCESS)
+        dtod(dst, src, n, std::ptr::null_mut(), true, true)
     })
 }
 
@@ -261,16 +271,7 @@ fn peer(
     if context::resolve(dst_ctx).is_none() || context::resolve(src_ctx).is_none() {
         return Err(CUresult::CUDA_ERROR_INVALID_CONTEXT);
     }
-    if n == 0 {
-        return Ok(CUresult::CUDA_SUCCESS);
-    }
-    let p = enqueue(s, pt)?
-        .copy_dtod(dst, src, n as u64)
-        .map_err(dev_err)?;
-    if sync {
-        p.wait().map_err(dev_err)?;
-    }
-    Ok(CUresult::CUDA_SUCCESS)
+    dtod(dst, src, n, s, pt, sync)
 }
 
 /// `cuMemcpyPeer`.

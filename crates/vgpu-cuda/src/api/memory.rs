@@ -237,15 +237,7 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2(
 #[no_mangle]
 pub extern "C" fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, bytes: usize) -> CUresult {
     run("cuMemcpyDtoD_v2", || {
-        ready()?;
-        if bytes == 0 {
-            return Ok(CUresult::CUDA_SUCCESS);
-        }
-        let st = legacy_stream()?;
-        let p = st.copy_dtod(dst, src, bytes as u64).map_err(dev_err)?;
-        drop(st);
-        p.wait().map_err(dev_err)?;
-        Ok(CUresult::CUDA_SUCCESS)
+        super::copy::dtod(dst, src, bytes, std::ptr::null_mut(), false, true)
     })
 }
 
