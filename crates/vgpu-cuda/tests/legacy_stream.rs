@@ -80,8 +80,9 @@ fn the_legacy_stream_and_blocking_streams_wait_for_each_other() {
     // The per-thread default stream is a blocking stream: it waits for the same tail.
     assert_eq!(queued(|| cuMemsetD8Async_ptsz(b, 13, N / 8, legacy)), 2);
 
-    // A synchronised stream is not joined again; the per-thread stream still is.
-    assert_eq!(queued(|| cuStreamSynchronize(s)), 1);
+    // A synchronised stream is not joined again; the per-thread stream still is. A stream's
+    // synchronisation is two commands: its fence and the SYNCHRONIZE (ABI 1.6).
+    assert_eq!(queued(|| cuStreamSynchronize(s)), 2);
     assert_eq!(queued(|| cuMemsetD8Async(a, 14, 1, legacy)), 3);
     // After a context synchronisation nothing waits for work before it.
     assert_eq!(queued(|| cuCtxSynchronize()), 1);
@@ -91,7 +92,7 @@ fn the_legacy_stream_and_blocking_streams_wait_for_each_other() {
     assert_eq!(queued(|| cuMemsetD8Async(a, 17, 1, legacy)), 3);
     // The legacy stream's synchronisation joins the blocking streams first.
     assert_eq!(queued(|| cuMemsetD8Async(b, 18, 2, s)), 3);
-    assert_eq!(queued(|| cuStreamSynchronize(legacy)), 3);
+    assert_eq!(queued(|| cuStreamSynchronize(legacy)), 4);
     // …and ends them: neither side waits for the other's earlier work now.
     assert_eq!(queued(|| cuMemsetD8Async(b, 19, 3, s)), 1);
 

@@ -462,9 +462,7 @@ impl<'d> Stream<'d> {
 
     /// Waits until everything submitted on this stream so far has completed.
     pub fn synchronize(&self) -> Result<(), Error> {
-        self.submit(Command::Synchronize { all_streams: false })?
-            .wait()
-            .map(drop)
+        self.dev.synchronize_stream(self.id)
     }
 }
 

@@ -28,6 +28,7 @@ use crate::Error;
 
 mod builtins;
 mod commands;
+mod fence;
 mod regs;
 mod ring;
 mod staging;
@@ -75,6 +76,8 @@ pub struct Device {
     /// Next never-used event id, and ids given back.
     pub(crate) next_event: AtomicU32,
     pub(crate) events: Mutex<Vec<u32>>,
+    /// The streams' fence words, where the device takes them (ABI 1.6).
+    fences: Option<fence::Fences>,
 }
 
 impl Device {
@@ -107,6 +110,7 @@ impl Device {
         let view = transport.shm();
         let opened = regs::read_at_open(view)?;
         let layout = opened.layout;
+        let fences = fence::Fences::new(view, &layout, opened.abi_minor);
         Ok(Device {
             transport,
             view,
@@ -122,6 +126,7 @@ impl Device {
             next_stream: AtomicU32::new(1),
             next_event: AtomicU32::new(0),
             events: Mutex::new(Vec::new()),
+            fences,
         })
     }
 

@@ -383,6 +383,12 @@ impl Handler for FakeDevice<'_> {
     fn synchronize(&mut self, _: (), _all_streams: bool) -> Result<(u64, u64), Status> {
         Ok((0, 0))
     }
+    fn fence(&mut self, _: (), staging_offset: u64, value: u32) -> Result<(u64, u64), Status> {
+        // Commands run in order as they are taken: the stream's earlier work is done.
+        self.view
+            .store_u32(self.staging + staging_offset as usize, value);
+        Ok((0, 0))
+    }
 }
 
 fn fence(view: &ShmView, reason: vgpu_abi::ring::FenceReason) {

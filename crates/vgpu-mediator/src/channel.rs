@@ -52,6 +52,9 @@ pub struct Channel {
     irq_due: bool,
     /// The interrupt eventfd could not be written without blocking: never signal it again.
     irq_broken: bool,
+    /// Completions posted with an error status of failed work (not `NOT_READY`, a query's
+    /// answer): fences after one are skipped ([`crate::device::VirtualDevice::note_errors`]).
+    errors_posted: u64,
     stats: Arc<VmStats>,
 }
 
@@ -121,6 +124,7 @@ impl Channel {
             fenced: false,
             irq_due: false,
             irq_broken: false,
+            errors_posted: 0,
             stats,
         })
     }
@@ -155,6 +159,11 @@ impl Channel {
     pub fn doorbell_fd(&self) -> BorrowedFd<'_> {
         use rustix::fd::AsFd;
         self.doorbell.as_fd()
+    }
+
+    /// How many completions with the error status of failed work it has posted.
+    pub fn errors_posted(&self) -> u64 {
+        self.errors_posted
     }
 
     /// Whether the VM is fenced.
@@ -357,6 +366,9 @@ impl Channel {
             Ok((a, b)) => (Status::Ok, a, b),
             Err(s) => (s, 0, 0),
         };
+        if status != Status::Ok && status != Status::NotReady {
+            self.errors_posted += 1;
+        }
         if status != Status::Ok {
             self.stats.count_error(status as u32);
             self.regs.last_error = status as u32;

@@ -50,6 +50,10 @@ pub struct VirtualDevice {
     globals: BTreeMap<u64, (u64, u64)>,
     /// Functions of this VM's modules, with their module.
     functions: HashMap<u64, u64>,
+    /// Error completions posted to the VM so far ([`VirtualDevice::note_errors`]), and their
+    /// number at its previous fence: a fence after a failure is skipped.
+    errors_posted: u64,
+    errors_at_fence: u64,
 }
 
 /// Functions one VM may have looked up (over all its loaded modules): a library such as
@@ -79,6 +83,8 @@ impl VirtualDevice {
             parts_failed: false,
             globals: BTreeMap::new(),
             functions: HashMap::new(),
+            errors_posted: 0,
+            errors_at_fence: 0,
         }
     }
 
@@ -177,6 +183,12 @@ impl VirtualDevice {
         } else {
             Err(Status::InvalidFunction)
         }
+    }
+
+    /// How many error completions the VM's channel has posted (before each command: a fence
+    /// is skipped after a new one).
+    pub fn note_errors(&mut self, posted: u64) {
+        self.errors_posted = posted;
     }
 
     /// Issues one validated command on `stream`. A fault reported by the backend breaks the
@@ -385,6 +397,17 @@ impl VirtualDevice {
                 }
             }
             Effect::RecordEvent { event } => self.use_event(event)?,
+            Effect::Fence => {
+                // The guest that sees its fence word stops waiting for completions: an error
+                // completion of earlier work that it has not seen yet would be reported late.
+                // After one, the fence is not written and the guest waits for its
+                // synchronisation's completion, posted after that error.
+                let failed = self.errors_posted != self.errors_at_fence;
+                self.errors_at_fence = self.errors_posted;
+                if failed {
+                    return Ok(Some(Issued::DONE));
+                }
+            }
             Effect::Ping | Effect::Info | Effect::Transfer { .. } | Effect::Work => {}
         }
         Ok(None)
@@ -422,6 +445,41 @@ mod tests {
     use crate::backend::cpu::CpuBackend;
     use crate::backend::{ContextParams, Staging};
     use vgpu_abi::cmd::LaunchBody;
+
+    #[test]
+    fn fence_skipped_after_an_error_completion() {
+        let view = vgpu_abi::ShmView::leak_zeroed(8192);
+        let st = Staging {
+            view,
+            offset: 0,
+            size: 8192,
+        };
+        let mut be = CpuBackend::new(1 << 30);
+        be.create_context(
+            0,
+            ContextParams {
+                staging: st,
+                priority: 0,
+                region: None,
+            },
+        )
+        .unwrap();
+        let mut d = VirtualDevice::new(0, 1000, 10);
+        let fence = |value| Command::Fence {
+            staging_offset: 64,
+            value,
+        };
+        d.note_errors(0);
+        assert_eq!(d.execute(&mut be, 1, &fence(7)), Ok(Issued::DONE));
+        assert_eq!(view.load_u32(64), 7, "written");
+        // An error completion was posted since: the next fence completes unwritten.
+        d.note_errors(1);
+        assert_eq!(d.execute(&mut be, 1, &fence(8)), Ok(Issued::DONE));
+        assert_eq!(view.load_u32(64), 7, "skipped after an error");
+        // No new error: written again.
+        assert_eq!(d.execute(&mut be, 1, &fence(9)), Ok(Issued::DONE));
+        assert_eq!(view.load_u32(64), 9);
+    }
 
     #[test]
     fn quota_ownership_and_faults() {

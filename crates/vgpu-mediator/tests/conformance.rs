@@ -353,6 +353,65 @@ fn streams_keep_order_and_overlap() {
 /// A VM uses 300 streams at once (each with work queued behind a busy kernel, none waited for
 /// until all are queued), every stream's results are right, and `[limits] max_streams` refuses
 /// the first id past it with LIMIT_EXCEEDED without disturbing the streams in use.
+/// A stream's synchronisation ends at its fence word (ABI 1.6), written only once the
+/// stream's work is done; after a failure of the VM the fence is skipped, so the failure is
+/// seen by that synchronisation, never later.
+#[test]
+fn stream_synchronize_through_fences() {
+    let d = start(&[Vm::new("f", 1)]);
+    let dev = connect(&d, "f");
+    assert!(
+        dev.takes_fences(),
+        "a 1.6 device with this staging takes fences"
+    );
+    let p = dev.alloc(4096).unwrap();
+    let s = dev.create_stream();
+    for round in 0..3u32 {
+        let t0 = Instant::now();
+        let busy = s.launch_body(busy_body(100_000)).unwrap();
+        let m = s.memset_d32(p, round + 1, 1024).unwrap();
+        drop((busy, m));
+        s.synchronize().unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(100),
+            "round {round}: the synchronisation ended before the busy kernel ({:?})",
+            t0.elapsed()
+        );
+        assert!(read_u32s(&dev, p, 1024).iter().all(|&x| x == round + 1));
+        assert_eq!(dev.take_unclaimed_error(), None);
+    }
+    // Refused by vgpud (memory of no allocation of this VM), never waited for.
+    drop(s.memset_d32(0x10, 0, 4).unwrap());
+    s.synchronize().unwrap();
+    assert_eq!(dev.take_unclaimed_error(), Some(Status::InvalidAddress));
+    // Accepted by vgpud, refused by the device: a launch asking for more shared memory than
+    // any GPU has (the cpu device refuses every user kernel).
+    let m = dev.load_module(&ptx("vector_add.ptx")).unwrap();
+    let f = m.function("vadd").unwrap();
+    let l = Launch::new(&f)
+        .grid([1, 1, 1])
+        .block([32, 1, 1])
+        .shared_mem(64 << 20)
+        .arg_ptr(p)
+        .arg_ptr(p)
+        .arg_ptr(p)
+        .arg_u32(0);
+    drop(s.launch(&l).unwrap());
+    s.synchronize().unwrap();
+    assert!(
+        dev.take_unclaimed_error().is_some(),
+        "the refused launch is reported by the synchronisation after it"
+    );
+    // And the next one is fast again and clean.
+    s.memset_d32(p, 7, 1024).unwrap().wait().unwrap();
+    s.synchronize().unwrap();
+    assert_eq!(dev.take_unclaimed_error(), None);
+    assert!(read_u32s(&dev, p, 1024).iter().all(|&x| x == 7));
+    drop(m);
+    drop(dev);
+    d.stop();
+}
+
 #[test]
 fn three_hundred_streams_at_once_and_the_stream_limit() {
     const N: usize = 300;

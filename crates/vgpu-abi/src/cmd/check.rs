@@ -45,6 +45,14 @@ pub fn staging(off: u64, len: u64, staging_size: u64) -> Result<(), Status> {
     }
 }
 
+/// A fence word: 4 aligned bytes inside staging.
+pub fn fence(off: u64, staging_size: u64) -> Result<(), Status> {
+    if !off.is_multiple_of(4) {
+        return Err(Status::StagingOutOfRange);
+    }
+    staging(off, 4, staging_size)
+}
+
 /// `[ptr, ptr + len)` does not wrap (whether it names memory of the VM is the host's check).
 pub fn device(ptr: u64, len: u64) -> Result<(), Status> {
     ptr.checked_add(len)

@@ -132,6 +132,10 @@ pub enum Effect {
         /// Which way.
         dir: Direction,
     },
+    /// Writes a fence word into the VM's staging once its stream's earlier work is done (a
+    /// hint: skipped, with a plain completion, when a command of the VM failed since its
+    /// previous fence, so that the guest waits for the completion that reports it).
+    Fence,
     /// Other work on the VM's context: nothing to account beyond its ranges.
     Work,
 }

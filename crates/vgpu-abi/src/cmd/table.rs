@@ -327,4 +327,30 @@ commands! {
         flags {} check(_s) {} ranges []
         class Class { stream: true, ..Class::HOST };
         effect Effect::Work;
+
+    /// Writes `value` (4 bytes, little-endian) into staging at `staging_offset` once every
+    /// earlier command of the entry's stream has completed, without vgpud in between on a
+    /// device that can (CUDA: the GPU writes it, `cuStreamWriteValue32`): a guest waiting for
+    /// its stream watches the word and need not wait for a completion (1.6). A hint, never an
+    /// error: when a command of the VM failed since its previous fence (a completion with an
+    /// error status was posted, or the device refused work the guest has not seen refused
+    /// yet), nothing is written, so the guest falls back to the completion of the
+    /// synchronisation it issued next, which reports that error. Completes at once.
+    Fence = 0x42 => fn fence {
+        /// Offset in staging (a multiple of 4).
+        staging_offset: u64,
+        /// The value written.
+        value: u32,
+    }
+        flags {}
+        check(s) { check::fence(staging_offset, s)?; }
+        ranges []
+        class Class {
+            stream: true,
+            barrier: false,
+            control: true,
+            asynchronous: true,
+            waits_for_device: false,
+        };
+        effect Effect::Fence;
 }

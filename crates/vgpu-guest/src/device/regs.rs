@@ -120,6 +120,8 @@ pub(super) struct Opened {
     pub(super) layout: Layout,
     /// vgpud's peer id and doorbell vector.
     pub(super) doorbell: (u16, u16),
+    /// The device's ABI minor version (what it understands beyond 1.0).
+    pub(super) abi_minor: u16,
 }
 
 /// Reads the register page of a freshly mapped BAR2 and checks the magic, the ABI version and
@@ -134,6 +136,7 @@ pub(super) fn read_at_open(view: ShmView) -> Result<Opened, Error> {
     Ok(Opened {
         layout,
         doorbell: (regs.host_peer_id as u16, regs.doorbell_vector as u16),
+        abi_minor: regs.abi_version as u16,
     })
 }
 

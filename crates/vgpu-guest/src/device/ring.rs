@@ -142,7 +142,19 @@ impl Device {
 
     /// Pushes one entry (with a fresh internal tag), publishes it and rings the doorbell if
     /// vgpud is not polling. Returns the internal tag.
-    pub(super) fn start(&self, mut sqe: Sqe) -> Result<u64, Error> {
+    pub(super) fn start(&self, sqe: Sqe) -> Result<u64, Error> {
+        self.start_with(sqe, true)
+    }
+
+    /// Submits `cmd` on `stream` and never waits for it: its completion is dropped when it
+    /// comes (an error status is kept for [`Device::take_unclaimed_error`]).
+    pub(super) fn start_unawaited(&self, cmd: Command, stream: u32) -> Result<(), Error> {
+        self.start_with(cmd.encode(stream, 0), false).map(drop)
+    }
+
+    /// Pushes one entry (with a fresh internal tag), publishes it and rings the doorbell if
+    /// vgpud is not polling; `awaited`: a waiter will come for its completion.
+    fn start_with(&self, mut sqe: Sqe, awaited: bool) -> Result<u64, Error> {
         self.fenced()?;
         let tag = self.tags.take(1);
         sqe.tag = tag;
@@ -153,7 +165,9 @@ impl Device {
                 let mut r = self.lock();
                 r.drain();
                 if r.sq.free() > 0 {
-                    r.pending.insert(tag, None);
+                    if awaited {
+                        r.pending.insert(tag, None);
+                    }
                     r.sq.push(&sqe);
                     Some(r.sq.publish())
                 } else {
@@ -181,7 +195,28 @@ impl Device {
 
     /// Waits for the completion of internal tag `tag` (`opcode` only names it in errors).
     pub(super) fn wait(&self, tag: u64, opcode: impl Into<u16>) -> Result<Cqe, Error> {
-        let opcode: u16 = opcode.into();
+        let c = self.wait_inner(tag, opcode.into(), None)?;
+        Ok(c.expect("a wait without a fence ends with the completion"))
+    }
+
+    /// Waits for the completion of `tag` or, if sooner, for the fence word at BAR2 offset
+    /// `fence.0` to reach `fence.1`: then `None`, and the completion is dropped when it
+    /// comes, as an unawaited one's.
+    pub(super) fn wait_or_fence(
+        &self,
+        tag: u64,
+        opcode: u16,
+        fence: (usize, u32),
+    ) -> Result<Option<Cqe>, Error> {
+        self.wait_inner(tag, opcode, Some(fence))
+    }
+
+    fn wait_inner(
+        &self,
+        tag: u64,
+        opcode: u16,
+        fence: Option<(usize, u32)>,
+    ) -> Result<Option<Cqe>, Error> {
         let mut backoff = self.completion_backoff();
         let t0 = Instant::now();
         let mut polls = 0u32;
@@ -190,7 +225,13 @@ impl Device {
                 let mut r = self.lock();
                 r.drain();
                 if let Some((_, c)) = r.take(tag) {
-                    return Ok(c);
+                    return Ok(Some(c));
+                }
+                if let Some((at, value)) = fence {
+                    if super::fence::reached(self.view.load_u32(at), value) {
+                        r.pending.remove(&tag);
+                        return Ok(None);
+                    }
                 }
                 polls = polls.wrapping_add(1);
                 // While spinning, the status register and the clock are read every 64 polls

@@ -35,6 +35,21 @@ fn staging_range(layout: &Layout, off: u64, len: usize) -> Result<usize, Error> 
     }
 }
 
+/// See [`Device::spare_staging`].
+pub(super) fn spare_staging(layout: &Layout) -> Option<(u64, u64)> {
+    let s = layout.staging_size;
+    (s >= 4 << 20).then(|| {
+        let len = s / 2;
+        (s - len, len)
+    })
+}
+
+/// See [`Device::payload_room`]: below the spare part and the fence words.
+pub(super) fn payload_room(layout: &Layout) -> u64 {
+    let below_spare = layout.staging_size - spare_staging(layout).map_or(0, |(_, len)| len);
+    below_spare - super::fence::area(layout).map_or(0, |(_, len)| len)
+}
+
 /// Checks that device addresses `[base, base + len)` do not wrap around.
 fn dev_addr(base: u64, len: usize) -> Result<u64, Error> {
     base.checked_add(len as u64)
@@ -106,7 +121,7 @@ impl Device {
     /// Bytes of staging for one command payload (the lower part, below
     /// [`Device::spare_staging`]).
     pub(crate) fn payload_room(&self) -> u64 {
-        self.layout.staging_size - self.spare_staging().map_or(0, |(_, len)| len)
+        payload_room(&self.layout)
     }
 
     /// Staging bytes this library never uses, `(offset, len)`, for what a caller manages
@@ -115,11 +130,7 @@ impl Device {
     /// staging area of at least 4 MiB. Copies use four chunks of at most 2 MiB at the start;
     /// command payloads (module images, names) stay in the lower half.
     pub fn spare_staging(&self) -> Option<(u64, u64)> {
-        let s = self.layout.staging_size;
-        (s >= 4 << 20).then(|| {
-            let len = s / 2;
-            (s - len, len)
-        })
+        spare_staging(&self.layout)
     }
 
     /// Size of a copy chunk for this device's staging area (its payload part).

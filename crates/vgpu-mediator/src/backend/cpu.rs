@@ -594,6 +594,13 @@ impl Handler for CpuBackend {
         self.ctx(vm).map(|_| Issued::DONE)
     }
 
+    fn fence(&mut self, at: VmStream, staging_offset: u64, value: u32) -> Result<Issued, Status> {
+        // As for a synchronisation: the stream's earlier work has finished by now.
+        let staging = self.ctx(at.vm)?.staging;
+        staging.view.store_u32(staging.abs(staging_offset), value);
+        Ok(Issued::DONE)
+    }
+
     // Events: the executor issues a command of a stream only once everything earlier on that
     // stream has retired (`orders_streams` is false), so a record completes when it is issued.
 

@@ -41,6 +41,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             let t0 = Instant::now();
             st.queue_wait
                 .observe(t0.saturating_duration_since(job.enqueued));
+            slot.dev.note_errors(slot.ch.errors_posted());
             let out = slot.dev.execute(&mut *self.backend, job.stream, &job.cmd);
             let out = match out {
                 Ok(Issued::Done(a, b)) => {

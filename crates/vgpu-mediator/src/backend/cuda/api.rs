@@ -239,8 +239,58 @@ pub fn stream_priority_range() -> CuResult<(i32, i32)> {
 /// (or the context's destruction).
 pub unsafe fn host_register(p: *mut u8, len: usize) -> CuResult<()> {
     // SAFETY: the caller guarantees `[p, p+len)` is a live mapping; the driver pins its pages
-    // and never dereferences beyond it. Flags 0: pinned for this context.
-    check(unsafe { sys::cuMemHostRegister_v2(p.cast(), len, 0) })
+    // and never dereferences beyond it. Mapped into the device's address space, so that the
+    // device itself may write it (`stream_write_value32`).
+    check(unsafe { sys::cuMemHostRegister_v2(p.cast(), len, sys::CU_MEMHOSTREGISTER_DEVICEMAP) })
+}
+
+/// The device address of host memory registered by [`host_register`] (`p` inside it).
+pub fn host_device_pointer(p: *mut u8) -> CuResult<CUdeviceptr> {
+    let mut d: CUdeviceptr = 0;
+    // SAFETY: `d` is a valid out-pointer; the driver only looks `p` up among its
+    // registrations, it does not dereference it.
+    check(unsafe { sys::cuMemHostGetDevicePointer_v2(&mut d, p.cast(), 0) })?;
+    Ok(d)
+}
+
+type WriteValue32 = unsafe extern "C" fn(CUstream, CUdeviceptr, u32, std::ffi::c_uint) -> CUresult;
+
+/// `cuStreamWriteValue32` as of CUDA 12 (the `_v2` entry point: stream memory operations
+/// always enabled; the unversioned symbol, which cudarc would load, needs a driver module
+/// option for them), looked up once.
+fn write_value32_fn() -> CuResult<WriteValue32> {
+    static F: std::sync::OnceLock<Result<usize, CUresult>> = std::sync::OnceLock::new();
+    let f = (*F.get_or_init(|| {
+        let mut p: *mut c_void = ptr::null_mut();
+        let mut found = MaybeUninit::uninit();
+        // SAFETY: a NUL-terminated name and valid out-pointers.
+        check(unsafe {
+            sys::cuGetProcAddress_v2(
+                c"cuStreamWriteValue32".as_ptr(),
+                &mut p,
+                12000,
+                sys::CUdriverProcAddress_flags::CU_GET_PROC_ADDRESS_DEFAULT as u64,
+                found.as_mut_ptr(),
+            )
+        })?;
+        if p.is_null() {
+            return Err(CUresult::CUDA_ERROR_NOT_FOUND);
+        }
+        Ok(p as usize)
+    }))?;
+    // SAFETY: the driver returned this entry point for `cuStreamWriteValue32` at version
+    // 12000, whose prototype is `WriteValue32`.
+    Ok(unsafe { std::mem::transmute::<usize, WriteValue32>(f) })
+}
+
+/// Has the device write `value` at `addr` (device-visible memory, for example registered host
+/// memory's [`host_device_pointer`]) once `s`'s earlier work is done, after a memory barrier
+/// (so the work's writes are visible first).
+pub fn stream_write_value32(s: CUstream, addr: CUdeviceptr, value: u32) -> CuResult<()> {
+    let f = write_value32_fn()?;
+    // SAFETY: a live stream of the current context; `addr` is device-visible memory the
+    // caller keeps registered while work is queued (the driver checks the address).
+    check(unsafe { f(s, addr, value, 0) })
 }
 
 /// Undoes [`host_register`].

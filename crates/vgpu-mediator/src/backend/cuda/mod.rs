@@ -198,6 +198,12 @@ struct VmCtx {
     staging: Staging,
     /// Base of the registered shared region (None: registration failed, copies are pageable).
     registered: Option<*mut u8>,
+    /// The device address of the region's staging area, where the device can write fence
+    /// words (None: registration, or the lookup, failed: fences are not written).
+    staging_dev: Option<u64>,
+    /// A command of the VM failed since its previous fence: the next one is not written
+    /// (see [`Handler::fence`]).
+    failed_since_fence: bool,
     cuda_priority: i32,
     /// The VM's streams (created at their first use), with when each was last used.
     streams: HashMap<u32, VmCudaStream>,
@@ -498,6 +504,8 @@ impl CudaBackend {
             ctx,
             staging: params.staging,
             registered: None,
+            staging_dev: None,
+            failed_since_fence: false,
             cuda_priority: 0,
             streams: HashMap::new(),
             uses: 0,
@@ -532,7 +540,13 @@ impl CudaBackend {
         // SAFETY: the region is mapped for the VM's whole life, and the context (which
         // unregisters it, or takes the registration with it) never outlives the VM.
         match unsafe { api::host_register(base, view.len()) } {
-            Ok(()) => c.registered = Some(base),
+            Ok(()) => {
+                c.registered = Some(base);
+                match api::host_device_pointer(base) {
+                    Ok(d) => c.staging_dev = Some(d + params.staging.offset),
+                    Err(r) => warn!("cuMemHostGetDevicePointer of the shared region failed ({r:?}): no fences"),
+                }
+            }
             Err(r) => warn!(
                 "cuMemHostRegister of the shared region failed ({r:?}): copies will be staged by the driver"
             ),
@@ -862,7 +876,13 @@ impl Backend for CudaBackend {
     }
 
     fn submit(&mut self, at: VmStream, cmd: &Command) -> Result<Issued, Status> {
-        cmd.dispatch(self, at)
+        let out = cmd.dispatch(self, at);
+        if matches!(out, Err(e) if e != Status::NotReady) {
+            if let Some(c) = self.ctxs.get_mut(&at.vm) {
+                c.failed_since_fence = true;
+            }
+        }
+        out
     }
 
     fn poll(&mut self, vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
@@ -887,6 +907,9 @@ impl Backend for CudaBackend {
                     break;
                 }
             }
+        }
+        if outcome.is_err() {
+            c.failed_since_fence = true;
         }
         let work = self.pending.remove(&token).expect("present");
         if let (Ok(()), Some(uses)) = (outcome, work.syncs_uses) {
@@ -1150,6 +1173,25 @@ impl Handler for CudaBackend {
             ..PendingWork::new(vm, events, streams)
         });
         Ok(Issued::Pending(t, 0, 0))
+    }
+
+    fn fence(&mut self, at: VmStream, staging_offset: u64, value: u32) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        // After a failure of the VM's (which vgpud, running it in a worker process, may not
+        // have posted yet), no fence: the guest waits for its synchronisation's completion,
+        // which comes after that failure's.
+        if std::mem::take(&mut c.failed_since_fence) {
+            return Ok(Issued::DONE);
+        }
+        let Some(base) = c.staging_dev else {
+            return Ok(Issued::DONE);
+        };
+        let s = c.stream(at.stream)?;
+        // A hint: if the device cannot take it, the synchronisation behind it still answers.
+        if let Err(r) = api::stream_write_value32(s, base + staging_offset, value) {
+            debug!("cuStreamWriteValue32: {r:?}; the guest waits for the completion");
+        }
+        Ok(Issued::DONE)
     }
 
     fn module_load(
