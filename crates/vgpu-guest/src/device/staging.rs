@@ -4,9 +4,9 @@
 use std::collections::VecDeque;
 
 use vgpu_abi::cmd::Command;
-use vgpu_abi::{Layout, Opcode};
+use vgpu_abi::Layout;
 
-use super::ring::check;
+use super::fence::Awaited;
 use super::Device;
 use crate::Error;
 
@@ -138,16 +138,15 @@ impl Device {
         chunk_size(self.payload_room())
     }
 
-    /// Waits for every tag in `inflight`, keeping the first error (so that staging is free
+    /// Waits for every command in `inflight`, keeping the first error (so that staging is free
     /// again before returning).
     fn finish(
         &self,
-        inflight: &mut VecDeque<u64>,
-        op: Opcode,
+        inflight: &mut VecDeque<Awaited>,
         mut err: Option<Error>,
     ) -> Result<(), Error> {
-        while let Some(t) = inflight.pop_front() {
-            if let Err(e) = self.wait(t, op as u16).and_then(|c| check(op, c)) {
+        while let Some(a) = inflight.pop_front() {
+            if let Err(e) = self.wait_awaited(a) {
                 err.get_or_insert(e);
             }
         }
@@ -165,15 +164,12 @@ impl Device {
         dev_addr(dst, src.len())?;
         let _g = self.staging_lock.lock().unwrap_or_else(|e| e.into_inner());
         let chunk = self.chunk() as usize;
-        let mut inflight: VecDeque<u64> = VecDeque::new();
+        let mut inflight: VecDeque<Awaited> = VecDeque::new();
         let mut err = None;
         for (i, piece) in src.chunks(chunk).enumerate() {
             if inflight.len() == DEPTH {
-                let t = inflight.pop_front().expect("DEPTH in flight");
-                if let Err(e) = self
-                    .wait(t, Opcode::CopyH2D as u16)
-                    .and_then(|c| check(Opcode::CopyH2D, c))
-                {
+                let a = inflight.pop_front().expect("DEPTH in flight");
+                if let Err(e) = self.wait_awaited(a) {
                     err = Some(e);
                     break;
                 }
@@ -186,15 +182,15 @@ impl Device {
                 staging_offset: soff as u64,
                 len: piece.len() as u64,
             };
-            match self.start(cmd.encode(0, 0)) {
-                Ok(t) => inflight.push_back(t),
+            match self.start_fenced(cmd, 0) {
+                Ok(a) => inflight.push_back(a),
                 Err(e) => {
                     err = Some(e);
                     break;
                 }
             }
         }
-        self.finish(&mut inflight, Opcode::CopyH2D, err)
+        self.finish(&mut inflight, err)
     }
 
     /// Copies device memory to the host through the staging area (chunked and pipelined as
@@ -215,30 +211,27 @@ impl Device {
                 staging_offset: ((i % DEPTH) * chunk) as u64,
                 len: len_of(i) as u64,
             };
-            self.start(cmd.encode(0, 0))
+            self.start_fenced(cmd, 0)
         };
-        let mut inflight: VecDeque<u64> = VecDeque::new();
+        let mut inflight: VecDeque<Awaited> = VecDeque::new();
         for i in 0..n.min(DEPTH) {
             match issue(i) {
-                Ok(t) => inflight.push_back(t),
-                Err(e) => return self.finish(&mut inflight, Opcode::CopyD2H, Some(e)),
+                Ok(a) => inflight.push_back(a),
+                Err(e) => return self.finish(&mut inflight, Some(e)),
             }
         }
         for i in 0..n {
-            let t = inflight.pop_front().expect("chunk in flight");
-            if let Err(e) = self
-                .wait(t, Opcode::CopyD2H as u16)
-                .and_then(|c| check(Opcode::CopyD2H, c))
-            {
-                return self.finish(&mut inflight, Opcode::CopyD2H, Some(e));
+            let a = inflight.pop_front().expect("chunk in flight");
+            if let Err(e) = self.wait_awaited(a) {
+                return self.finish(&mut inflight, Some(e));
             }
             let soff = self.layout.staging_offset as usize + (i % DEPTH) * chunk;
             self.view
                 .read_bytes(soff, &mut out[i * chunk..i * chunk + len_of(i)]);
             if i + DEPTH < n {
                 match issue(i + DEPTH) {
-                    Ok(t) => inflight.push_back(t),
-                    Err(e) => return self.finish(&mut inflight, Opcode::CopyD2H, Some(e)),
+                    Ok(a) => inflight.push_back(a),
+                    Err(e) => return self.finish(&mut inflight, Some(e)),
                 }
             }
         }
