@@ -47,6 +47,20 @@ impl<T: Sync + 'static> Registry<T> {
             .is_some_and(|s| s.remove(&h))
     }
 
+    /// How many handles are live.
+    pub fn len(&self) -> usize {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, HashSet::len)
+    }
+
+    /// Whether no handle is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The object behind `h`, if it is a live handle.
     pub fn get(&self, h: usize) -> Option<&'static T> {
         let l = self.live.lock().unwrap_or_else(|e| e.into_inner());

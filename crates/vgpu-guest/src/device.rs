@@ -16,14 +16,14 @@
 //! `tests/loom_wait.rs` check its steps against their loom models by reading this file.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use vgpu_abi::{Layout, ShmView};
 
 use crate::transport::{PciTransport, SocketTransport, Transport};
-use crate::wait::{irq_block, Backoff};
+use crate::wait::{irq_block, Backoff, WaitPolicy};
 use crate::Error;
 
 mod builtins;
@@ -69,8 +69,8 @@ pub struct Device {
     /// Whether the transport delivers completion interrupts (cleared at the first
     /// `NotSupported`); long waits then block on the interrupt instead of sleeping.
     irq_usable: AtomicBool,
-    /// Whether waits for completions spin briefly before blocking (see `set_eager_wait`).
-    eager_wait: AtomicBool,
+    /// How waits for completions wait ([`WaitPolicy`] as `u8`, see `set_wait_policy`).
+    wait_policy: AtomicU8,
     /// Next stream id handed out by `create_stream`.
     pub(crate) next_stream: AtomicU32,
     /// Next never-used event id, and ids given back.
@@ -122,7 +122,7 @@ impl Device {
             commands: AtomicU64::new(0),
             timeout: DEFAULT_TIMEOUT,
             irq_usable: AtomicBool::new(true),
-            eager_wait: AtomicBool::new(true),
+            wait_policy: AtomicU8::new(WaitPolicy::Eager as u8),
             next_stream: AtomicU32::new(1),
             next_event: AtomicU32::new(0),
             events: Mutex::new(Vec::new()),
@@ -178,15 +178,26 @@ impl Device {
     /// lowest latency); off, they block at once (on the completion interrupt where the
     /// transport has one), for a client that must not take CPU time from others.
     pub fn set_eager_wait(&self, on: bool) {
-        self.eager_wait.store(on, Ordering::Relaxed);
+        let p = if on {
+            WaitPolicy::Eager
+        } else {
+            WaitPolicy::Block
+        };
+        self.set_wait_policy(p);
+    }
+
+    /// How waits for completions (and fence words) wait from now on: see [`WaitPolicy`].
+    pub fn set_wait_policy(&self, p: WaitPolicy) {
+        self.wait_policy.store(p as u8, Ordering::Relaxed);
+    }
+
+    /// The current [`WaitPolicy`].
+    pub fn wait_policy(&self) -> WaitPolicy {
+        WaitPolicy::from_u8(self.wait_policy.load(Ordering::Relaxed))
     }
 
     fn completion_backoff(&self) -> Backoff {
-        if self.eager_wait.load(Ordering::Relaxed) {
-            Backoff::new()
-        } else {
-            Backoff::blocking()
-        }
+        Backoff::for_policy(self.wait_policy())
     }
 
     /// Blocks waiting for a completion: on the completion interrupt where the transport has
@@ -208,7 +219,7 @@ impl Device {
             std::thread::sleep(d);
             return;
         }
-        let eager = self.eager_wait.load(Ordering::Relaxed);
+        let eager = self.wait_policy() != WaitPolicy::Block;
         if eager && waited < self.transport.poll_before_irq() {
             std::thread::sleep(d);
             return;

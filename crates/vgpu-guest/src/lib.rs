@@ -38,3 +38,4 @@ pub use compute::{Arg, Event, Function, Launch, Module, Pending, Stream};
 pub use device::{Device, DeviceInfo, DEFAULT_TIMEOUT};
 pub use error::Error;
 pub use vgpu_abi::{Builtin, Cqe, DeviceStatus, Opcode, Sqe, Status};
+pub use wait::WaitPolicy;

@@ -42,6 +42,35 @@ pub(crate) fn irq_block(d: Duration, waited: Duration, floor: Duration) -> Durat
     }
 }
 
+/// How a thread waits for the device (a CUDA context's `CU_CTX_SCHED_*`, see
+/// [`crate::Device::set_wait_policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WaitPolicy {
+    /// Spin briefly (30 µs), yield a few times, then block (the default: lowest latency for
+    /// short work, no CPU burnt on long work).
+    Eager = 0,
+    /// Block at once (on the completion interrupt where the transport has one), for a client
+    /// that must not take CPU time from others (`CU_CTX_SCHED_BLOCKING_SYNC`).
+    Block = 1,
+    /// Spin until done (`CU_CTX_SCHED_SPIN`): what NVIDIA's driver does by default; a long
+    /// wait ends as soon as the work does, at the price of a core.
+    Spin = 2,
+    /// Yield the CPU between looks until done (`CU_CTX_SCHED_YIELD`).
+    Yield = 3,
+}
+
+impl WaitPolicy {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Block,
+            2 => Self::Spin,
+            3 => Self::Yield,
+            _ => Self::Eager,
+        }
+    }
+}
+
 /// A spin → yield → sleep back-off.
 #[derive(Debug)]
 pub(crate) struct Backoff {
@@ -52,6 +81,8 @@ pub(crate) struct Backoff {
     sleep: Duration,
     /// Whether to spin and yield before blocking (see [`Backoff::blocking`]).
     eager: bool,
+    /// Never block: spin (or yield) for as long as the wait lasts.
+    endless: Option<WaitPolicy>,
 }
 
 impl Backoff {
@@ -63,6 +94,19 @@ impl Backoff {
             yields: 0,
             sleep: SLEEP_MIN,
             eager: true,
+            endless: None,
+        }
+    }
+
+    /// The back-off of a waiter with policy `p`.
+    pub(crate) fn for_policy(p: WaitPolicy) -> Self {
+        match p {
+            WaitPolicy::Eager => Self::new(),
+            WaitPolicy::Block => Self::blocking(),
+            WaitPolicy::Spin | WaitPolicy::Yield => Self {
+                endless: Some(p),
+                ..Self::new()
+            },
         }
     }
 
@@ -79,11 +123,13 @@ impl Backoff {
 
     /// Starts over (call after progress).
     pub(crate) fn reset(&mut self) {
+        let endless = self.endless;
         *self = if self.eager {
             Self::new()
         } else {
             Self::blocking()
         };
+        self.endless = endless;
     }
 
     /// Whether the next snooze blocks (spinning and yielding are over).
@@ -106,6 +152,11 @@ impl Backoff {
         // recent x86, so batching many would add microseconds to every round trip. The clock is
         // read only every 64 spins.
         self.spins = self.spins.wrapping_add(1);
+        match self.endless {
+            Some(WaitPolicy::Spin) => return std::hint::spin_loop(),
+            Some(_) => return std::thread::yield_now(),
+            None => {}
+        }
         if self.spinning && self.spins.is_multiple_of(64) && self.start.elapsed() >= SPIN {
             self.spinning = false;
         }
@@ -154,6 +205,25 @@ mod tests {
         assert!(s.elapsed() >= SLEEP_MAX);
         b.reset();
         assert_eq!((b.sleep, b.yields), (SLEEP_MIN, 0));
+    }
+
+    #[test]
+    fn spinning_and_yielding_waiters_never_block() {
+        for p in [WaitPolicy::Spin, WaitPolicy::Yield] {
+            let mut b = Backoff::for_policy(p);
+            b.start = Instant::now() - Duration::from_secs(1);
+            for _ in 0..10_000 {
+                b.snooze_or(|_, _| panic!("{p:?} blocked"));
+            }
+            assert!(!b.is_blocking());
+            b.reset();
+            b.start = Instant::now() - Duration::from_secs(1);
+            b.snooze_or(|_, _| panic!("{p:?} blocked after a reset"));
+        }
+        let mut b = Backoff::for_policy(WaitPolicy::Block);
+        let mut blocked = false;
+        b.snooze_or(|_, _| blocked = true);
+        assert!(blocked, "a blocking waiter blocks at once");
     }
 
     #[test]

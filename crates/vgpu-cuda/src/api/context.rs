@@ -15,6 +15,7 @@ use super::{put, run};
 use crate::driver;
 use crate::handles::Registry;
 use crate::types::{CUcontext, CUdevice, CUresult};
+use vgpu_guest::WaitPolicy;
 
 /// One context. Its address is its `CUcontext` handle.
 #[derive(Debug)]
@@ -116,6 +117,41 @@ pub fn current() -> CUcontext {
 pub fn require_current() -> Result<&'static Context, CUresult> {
     let c = resolve(current()).ok_or(CUresult::CUDA_ERROR_INVALID_CONTEXT)?;
     driver::get()?.sticky()?;
+    Ok(c)
+}
+
+/// `CU_CTX_SCHED_MASK` and its values.
+const SCHED_MASK: u32 = 0x07;
+const SCHED_SPIN: u32 = 0x01;
+const SCHED_YIELD: u32 = 0x02;
+const SCHED_BLOCKING_SYNC: u32 = 0x04;
+
+/// How a thread of context `c` waits for the device, by the context's `CU_CTX_SCHED_*` flag as
+/// NVIDIA documents it: spin, yield, or block; automatic (0) spins unless the process has
+/// more contexts than the machine has logical CPUs, then yields.
+pub fn wait_policy(c: &Context) -> WaitPolicy {
+    let flags = *c.flags.lock().unwrap_or_else(|e| e.into_inner());
+    match flags & SCHED_MASK {
+        SCHED_SPIN => WaitPolicy::Spin,
+        SCHED_YIELD => WaitPolicy::Yield,
+        SCHED_BLOCKING_SYNC => WaitPolicy::Block,
+        _ => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if LIVE.len() > cpus {
+                WaitPolicy::Yield
+            } else {
+                WaitPolicy::Spin
+            }
+        }
+    }
+}
+
+/// [`require_current`] for a call that waits for the device: the device's waits then follow
+/// the current context's scheduling flag ([`wait_policy`]). (The policy is the process's: two
+/// threads waiting at once under contexts of different flags wait as the later call set.)
+pub fn require_current_to_wait() -> Result<&'static Context, CUresult> {
+    let c = require_current()?;
+    driver::get()?.dev.set_wait_policy(wait_policy(c));
     Ok(c)
 }
 
@@ -479,6 +515,7 @@ pub extern "C" fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult {
 /// Waits for every stream of the VM (every context's: they share vgpud's streams); what it
 /// covered needs no implicit legacy-stream wait any more.
 fn synchronize_all() -> Result<CUresult, CUresult> {
+    require_current_to_wait()?;
     let d = driver::get()?;
     let mark = crate::legacy::mark();
     d.dev.synchronize().map_err(|e| driver::error_of(&e))?;
@@ -566,4 +603,24 @@ pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
         // The Context stays leaked: a stale handle must never point at reused memory.
         Ok(CUresult::CUDA_SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduling_flags_choose_how_waits_wait() {
+        let policy = |flags| wait_policy(&Context::new(flags));
+        assert_eq!(policy(SCHED_SPIN), WaitPolicy::Spin);
+        assert_eq!(policy(SCHED_YIELD), WaitPolicy::Yield);
+        assert_eq!(policy(SCHED_BLOCKING_SYNC), WaitPolicy::Block);
+        // Other flag bits do not matter.
+        assert_eq!(policy(SCHED_BLOCKING_SYNC | 0x08), WaitPolicy::Block);
+        // Automatic: spin while the process has no more contexts than logical CPUs.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if LIVE.len() <= cpus {
+            assert_eq!(policy(0), WaitPolicy::Spin);
+        }
+    }
 }

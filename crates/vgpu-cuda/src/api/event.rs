@@ -8,9 +8,9 @@
 use std::ffi::c_uint;
 use std::sync::Mutex;
 
-use vgpu_guest::{Event, Pending};
+use vgpu_guest::{Event, Pending, WaitPolicy};
 
-use super::context::require_current;
+use super::context::{current, require_current, resolve, wait_policy};
 use super::run;
 use super::stream::enqueue;
 use crate::driver;
@@ -19,6 +19,8 @@ use crate::types::{CUevent, CUresult, CUstream};
 
 /// `CU_EVENT_DISABLE_TIMING`.
 pub const DISABLE_TIMING: u32 = 0x2;
+/// `CU_EVENT_BLOCKING_SYNC`: a wait for the event blocks (whatever its context's flags).
+const BLOCKING_SYNC: u32 = 0x1;
 /// Every `CU_EVENT_*` flag (default, blocking sync, disable timing, interprocess).
 const KNOWN_FLAGS: u32 = 0x7;
 
@@ -175,6 +177,14 @@ pub extern "C" fn cuEventQuery(e: CUevent) -> CUresult {
 }
 
 fn synchronize(o: &EventObj) -> Result<(), CUresult> {
+    let policy = if o.flags & BLOCKING_SYNC != 0 {
+        Some(WaitPolicy::Block)
+    } else {
+        resolve(current()).map(wait_policy)
+    };
+    if let Some(p) = policy {
+        driver::get()?.dev.set_wait_policy(p);
+    }
     taken(o, true)?;
     o.ev.synchronize().map_err(|e| driver::error_of(&e))
 }
