@@ -130,6 +130,9 @@ const SCHED_BLOCKING_SYNC: u32 = 0x04;
 /// NVIDIA documents it: spin, yield, or block; automatic (0) spins unless the process has
 /// more contexts than the machine has logical CPUs, then yields.
 pub fn wait_policy(c: &Context) -> WaitPolicy {
+    if let Some(p) = *WAIT_OVERRIDE {
+        return p;
+    }
     let flags = *c.flags.lock().unwrap_or_else(|e| e.into_inner());
     match flags & SCHED_MASK {
         SCHED_SPIN => WaitPolicy::Spin,
@@ -145,6 +148,17 @@ pub fn wait_policy(c: &Context) -> WaitPolicy {
         }
     }
 }
+
+/// `VGPU_CUDA_WAIT` = `spin`, `yield`, `block` or `eager` (spin 30 µs, then block): how every
+/// wait waits, whatever the contexts' flags say.
+static WAIT_OVERRIDE: std::sync::LazyLock<Option<WaitPolicy>> =
+    std::sync::LazyLock::new(|| match std::env::var("VGPU_CUDA_WAIT").ok()?.as_str() {
+        "spin" => Some(WaitPolicy::Spin),
+        "yield" => Some(WaitPolicy::Yield),
+        "block" => Some(WaitPolicy::Block),
+        "eager" => Some(WaitPolicy::Eager),
+        _ => None,
+    });
 
 /// [`require_current`] for a call that waits for the device: the device's waits then follow
 /// the current context's scheduling flag ([`wait_policy`]). (The policy is the process's: two

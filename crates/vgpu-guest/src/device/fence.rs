@@ -54,7 +54,8 @@ impl Fences {
     /// The fence words of a device of ABI minor `abi_minor`, if it takes fences and its
     /// staging area holds them.
     pub(super) fn new(view: ShmView, layout: &Layout, abi_minor: u16) -> Option<Self> {
-        if abi_minor < 6 {
+        // `VGPU_FENCES=0` turns them off (to compare, or to rule them out).
+        if abi_minor < 6 || std::env::var_os("VGPU_FENCES").is_some_and(|v| v == "0") {
             return None;
         }
         let (staging, len) = area(layout)?;

@@ -284,13 +284,23 @@ fn write_value32_fn() -> CuResult<WriteValue32> {
 }
 
 /// Has the device write `value` at `addr` (device-visible memory, for example registered host
-/// memory's [`host_device_pointer`]) once `s`'s earlier work is done, after a memory barrier
-/// (so the work's writes are visible first).
-pub fn stream_write_value32(s: CUstream, addr: CUdeviceptr, value: u32) -> CuResult<()> {
+/// memory's [`host_device_pointer`]) once `s`'s earlier work is done; with `barrier`, after a
+/// memory barrier, so that the earlier work's writes are visible before it.
+pub fn stream_write_value32(
+    s: CUstream,
+    addr: CUdeviceptr,
+    value: u32,
+    barrier: bool,
+) -> CuResult<()> {
     let f = write_value32_fn()?;
+    let flags = if barrier {
+        sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32
+    } else {
+        sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER as u32
+    };
     // SAFETY: a live stream of the current context; `addr` is device-visible memory the
     // caller keeps registered while work is queued (the driver checks the address).
-    check(unsafe { f(s, addr, value, 0) })
+    check(unsafe { f(s, addr, value, flags) })
 }
 
 /// Undoes [`host_register`].

@@ -238,6 +238,9 @@ struct VmCudaStream {
     s: CUstream,
     /// The VM's use count ([`VmCtx::uses`]) at this stream's latest use.
     used: u64,
+    /// A copy into staging was queued since the stream's last fence: the next fence's write
+    /// must come after a memory barrier, so that the guest sees the copied bytes first.
+    wrote_staging: bool,
 }
 
 /// Work left on the device.
@@ -618,7 +621,14 @@ impl VmCtx {
             return Err(Status::InvalidArgument);
         }
         let s = api::stream_create(self.cuda_priority).map_err(status_of)?;
-        self.streams.insert(id, VmCudaStream { s, used: self.uses });
+        self.streams.insert(
+            id,
+            VmCudaStream {
+                s,
+                used: self.uses,
+                wrote_staging: false,
+            },
+        );
         Ok(s)
     }
 
@@ -1085,8 +1095,11 @@ impl Handler for CudaBackend {
         staging_offset: u64,
         len: u64,
     ) -> Result<Issued, Status> {
-        let dst = self.ctxs.get(&at.vm).ok_or(Status::Internal)?;
-        let dst = dst.staging_ptr(staging_offset, len)?;
+        let c = self.ctxs.get_mut(&at.vm).ok_or(Status::Internal)?;
+        let dst = c.staging_ptr(staging_offset, len)?;
+        if let Some(st) = c.streams.get_mut(&at.stream) {
+            st.wrote_staging = true;
+        }
         // SAFETY: as for `copy_h2d`; nothing in vgpud holds a reference into staging.
         self.staged_copy(at, len, |s| unsafe { api::memcpy_dtoh(dst, src, len, s) })
     }
@@ -1187,8 +1200,14 @@ impl Handler for CudaBackend {
             return Ok(Issued::DONE);
         };
         let s = c.stream(at.stream)?;
+        // The write waits for the stream's earlier work in any case; the memory barrier before
+        // it (which costs the GPU a system-wide flush) is needed only after a copy into staging.
+        let barrier = c
+            .streams
+            .get_mut(&at.stream)
+            .is_some_and(|st| std::mem::take(&mut st.wrote_staging));
         // A hint: if the device cannot take it, the synchronisation behind it still answers.
-        if let Err(r) = api::stream_write_value32(s, base + staging_offset, value) {
+        if let Err(r) = api::stream_write_value32(s, base + staging_offset, value, barrier) {
             debug!("cuStreamWriteValue32: {r:?}; the guest waits for the completion");
         }
         Ok(Issued::DONE)
