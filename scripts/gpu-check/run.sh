@@ -289,8 +289,9 @@ stage_cuda-bench() {
   # own worker process, device work waited for by blocking): the launch-bound figures move by
   # 10-30 % between runs a minute apart on this host, so the table gives each side's median.
   # Then one run each with every context inside vgpud (fault_isolation = "none": what the worker
-  # process costs) and with spinning on device work (device_wait = "spin": what blocking costs),
-  # against the same native median.
+  # process costs), with spinning on device work (device_wait = "spin": what blocking costs) and
+  # with the guest library not using fences (VGPU_FENCES=0: what they gain), against the same
+  # native median.
   local variant line json failed="" r runs bad
   for r in 1 2 3; do
     "$exe" >"$dir/native-$r.txt" 2>&1
@@ -305,22 +306,27 @@ stage_cuda-bench() {
     kill -TERM "$vpid" 2>/dev/null
     wait "$vpid" 2>/dev/null
   done
-  for variant in none spin; do
+  local fences
+  for variant in none spin nofence; do
+    fences=1 line=""
     case $variant in
       none) line='fault_isolation = "none"' ;;
       spin) line='device_wait = "spin"' ;;
+      nofence) fences=0 ;;
     esac
     start_cuda_vgpud "$dir" "$out/cuda-bench-vgpud-$variant.log" "$line"
     vpid=$!
-    LD_LIBRARY_PATH="$dir/lib:$LD_LIBRARY_PATH" VGPU_SOCKET="$dir/vm.sock" "$exe" >"$dir/vgpu-$variant-1.txt" 2>&1
+    VGPU_FENCES=$fences LD_LIBRARY_PATH="$dir/lib:$LD_LIBRARY_PATH" VGPU_SOCKET="$dir/vm.sock" \
+      "$exe" >"$dir/vgpu-$variant-1.txt" 2>&1
     kill -TERM "$vpid" 2>/dev/null
     wait "$vpid" 2>/dev/null
   done
-  for variant in default none spin; do
+  for variant in default none spin nofence; do
     case $variant in
       default) line=""; json="$out/cuda-bench.json" ;;
       none) line='fault_isolation = "none"'; json="$out/cuda-bench-none.json" ;;
       spin) line='device_wait = "spin"'; json="$out/cuda-bench-spin.json" ;;
+      nofence) line="defaults, the guest with VGPU_FENCES=0"; json="$out/cuda-bench-nofence.json" ;;
     esac
     runs=$(ls "$dir"/vgpu-"$variant"-*.txt)
     # Runs that did not print PASS.
@@ -363,7 +369,7 @@ stage_cuda-bench() {
     record cuda-bench FAIL $((SECONDS - t0)) "vgpu run(s) failed:$failed; see $(basename "$log")"
     return
   fi
-  record cuda-bench PASS $((SECONDS - t0)) "tables in $(basename "$log"); cuda-bench.json (defaults), cuda-bench-none.json, cuda-bench-spin.json"
+  record cuda-bench PASS $((SECONDS - t0)) "tables in $(basename "$log"); cuda-bench.json (defaults), cuda-bench-none.json, cuda-bench-spin.json, cuda-bench-nofence.json"
 }
 
 # ---- sched: the scheduler benchmark (issue 5) on this GPU ------------------------------------

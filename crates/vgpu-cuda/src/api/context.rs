@@ -139,8 +139,7 @@ pub fn wait_policy(c: &Context) -> WaitPolicy {
         SCHED_YIELD => WaitPolicy::Yield,
         SCHED_BLOCKING_SYNC => WaitPolicy::Block,
         _ => {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            if LIVE.len() > cpus {
+            if LIVE.len() > *CPUS {
                 WaitPolicy::Yield
             } else {
                 WaitPolicy::Spin
@@ -148,6 +147,11 @@ pub fn wait_policy(c: &Context) -> WaitPolicy {
         }
     }
 }
+
+/// Logical CPUs this process may use, asked once: the answer costs file reads (cgroup
+/// quotas) and system calls, far more than a wait it would decide.
+static CPUS: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
 
 /// `VGPU_CUDA_WAIT` = `spin`, `yield`, `block` or `eager` (spin 30 µs, then block): how every
 /// wait waits, whatever the contexts' flags say.
@@ -632,8 +636,7 @@ mod tests {
         // Other flag bits do not matter.
         assert_eq!(policy(SCHED_BLOCKING_SYNC | 0x08), WaitPolicy::Block);
         // Automatic: spin while the process has no more contexts than logical CPUs.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if LIVE.len() <= cpus {
+        if LIVE.len() <= *CPUS {
             assert_eq!(policy(0), WaitPolicy::Spin);
         }
     }
