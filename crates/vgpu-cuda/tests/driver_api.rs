@@ -75,6 +75,21 @@ fn a_program_walks_the_driver_api_through_vgpud() {
         unsafe { cuDeviceGetAttribute(&mut major, 100_000, dev) },
         CUresult::CUDA_ERROR_INVALID_VALUE
     );
+    // The device (vgpud's cpu device, like an H200) can map host memory, this driver cannot
+    // (cuMemHostGetDevicePointer): the attribute reads 0; unified addressing, which it keeps, 1.
+    let mut v = -1;
+    assert_eq!(
+        // SAFETY: the pointers are valid locals of the right types.
+        unsafe { cuDeviceGetAttribute(&mut v, 19, dev) },
+        CUresult::CUDA_SUCCESS
+    );
+    assert_eq!(v, 0, "CAN_MAP_HOST_MEMORY");
+    assert_eq!(
+        // SAFETY: the pointers are valid locals of the right types.
+        unsafe { cuDeviceGetAttribute(&mut v, 41, dev) },
+        CUresult::CUDA_SUCCESS
+    );
+    assert_eq!(v, 1, "UNIFIED_ADDRESSING");
     let mut total = 0usize;
     // SAFETY: the pointers are valid locals of the right types.
     assert_eq!(

@@ -1,6 +1,7 @@
-"""PyTorch: device queries, matmul (cuBLAS and cuBLASLt: fp32, a linear layer's bias
-epilogue, bf16), conv2d (cuDNN), a training step (autograd, BatchNorm, Adam), cumsum and sort
-(CUB), pin_memory + non_blocking copies on a side stream, torch.cuda.graph capture and replay.
+"""PyTorch: device queries, copies (pinned, non_blocking), the first kernel, matmul (cuBLAS and
+cuBLASLt: fp32, a linear layer's bias epilogue, bf16), conv2d (cuDNN), a training step
+(autograd, BatchNorm, Adam), cumsum and sort (CUB), pin_memory + non_blocking copies around a
+kernel on a side stream, torch.cuda.graph capture and replay.
 
 Run natively and through vgpu's libcuda.so.1; `result:` lines must be identical: integer
 results exact, float results rounded to 5 significant digits (fwcheck.SIG; bf16 results and
@@ -49,14 +50,44 @@ def device():
         f"devices={n} name={p.name!r} total={p.total_memory} torch={torch.__version__} "
         f"cuda={torch.version.cuda} cudnn={torch.backends.cudnn.version()}",
     )
-    t = torch.ones(1, device=dev)
-    torch.cuda.synchronize()
-    if t.item() != 1.0:
-        raise AssertionError("torch.ones(1) on the GPU is not 1")
     free, total = torch.cuda.mem_get_info()
     if not 0 < free <= total:
         raise AssertionError(f"mem_get_info: free {free}, total {total}")
     c.info("device", f"free={free} total={total}")
+
+
+def copies():
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1000, 1000, generator=g)
+    d = x.to(dev)
+    e = torch.empty_like(d)
+    e.copy_(d)  # same dtype, contiguous: a device-to-device memcpy
+    back = e.cpu()
+    assert_equal(back.numpy(), x.numpy(), "host to device to device to host")
+    i = torch.randint(-(1 << 40), 1 << 40, (100_000,), generator=g)
+    p = i.pin_memory()
+    di = p.to(dev, non_blocking=True)
+    out = torch.empty(i.shape, dtype=i.dtype, pin_memory=True)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    out.copy_(di, non_blocking=True)
+    end.record()
+    end.synchronize()
+    assert_equal(out.numpy(), i.numpy(), "pinned non_blocking copies")
+    if not start.elapsed_time(end) >= 0:
+        raise AssertionError("negative elapsed time")
+    used = torch.cuda.memory_allocated()
+    if used < x.numel() * 4 * 2:
+        raise AssertionError(f"memory_allocated {used} is below what the tensors hold")
+    c.result("copies", f"{checksum(back)} {int_checksum(out)}")
+
+
+def first_kernel():
+    t = torch.ones(1, device=dev)
+    torch.cuda.synchronize()
+    if t.item() != 1.0:
+        raise AssertionError("torch.ones(1) on the GPU is not 1")
+    c.result("first_kernel", f"ones={t.item()}")
 
 
 def matmul():
@@ -117,7 +148,9 @@ def conv2d():
 
 def make_model():
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
+        # No bias before BatchNorm: its gradient would be 0 in float64 and rounding noise in
+        # fp32, which Adam scales up to whole steps.
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
         nn.BatchNorm2d(8),
         nn.ReLU(),
         nn.Conv2d(8, 16, 3, stride=2, padding=1),
@@ -147,11 +180,12 @@ def train_step():
             loss.backward()
             o.step()
             out.append(loss.item())
-    # Five Adam steps in fp32 on the GPU next to float64 on the CPU.
+    # Five Adam steps (lr 1e-2) in fp32 on the GPU next to float64 on the CPU: losses within
+    # 1e-3 relative, parameters within a tenth of a step.
     assert_close(losses, ref_losses, rtol=1e-3, atol=1e-5, what="training losses")
     params = torch.cat([p.detach().flatten().cpu() for p in model.parameters()])
     ref_params = torch.cat([p.detach().flatten() for p in ref_model.parameters()])
-    assert_close(params.numpy(), ref_params.numpy(), rtol=1e-3, atol=1e-4, what="parameters after 5 steps")
+    assert_close(params.numpy(), ref_params.numpy(), rtol=1e-3, atol=1e-3, what="parameters after 5 steps")
     # Autograd through a known derivative: d/dx sum(x^3) = 3 x^2.
     x = torch.linspace(-2, 2, 1001, device=dev, requires_grad=True)
     (x**3).sum().backward()
@@ -231,7 +265,9 @@ def cuda_graph():
     c.result("cuda_graph", checksum(torch.stack(outs)))
 
 
-c.run("device", device)
+c.run("device", device, kernels=False)
+c.run("copies", copies, kernels=False)
+c.run("first_kernel", first_kernel)
 c.run("matmul", matmul)
 c.run("conv2d", conv2d)
 c.run("train_step", train_step)
