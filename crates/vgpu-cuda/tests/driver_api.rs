@@ -12,6 +12,7 @@ use vgpucuda::api::copy::cuMemsetD32Async;
 use vgpucuda::api::device::*;
 use vgpucuda::api::init::*;
 use vgpucuda::api::memory::*;
+use vgpucuda::api::profiler::{cuProfilerStart, cuProfilerStop};
 use vgpucuda::types::{CUcontext, CUresult, CUuuid};
 
 #[test]
@@ -129,6 +130,8 @@ fn a_program_walks_the_driver_api_through_vgpud() {
         CUresult::CUDA_SUCCESS
     );
     assert_eq!((flags, active), (0, 0));
+    // The profiler switches need a context, and do nothing else (no profiler in a guest).
+    assert_eq!(cuProfilerStart(), CUresult::CUDA_ERROR_INVALID_CONTEXT);
     let mut ctx: CUcontext = std::ptr::null_mut();
     // SAFETY: the pointers are valid locals of the right types.
     assert_eq!(
@@ -138,6 +141,8 @@ fn a_program_walks_the_driver_api_through_vgpud() {
     );
     assert!(!ctx.is_null());
     assert_eq!(cuCtxSetCurrent(ctx), CUresult::CUDA_SUCCESS);
+    assert_eq!(cuProfilerStart(), CUresult::CUDA_SUCCESS);
+    assert_eq!(cuProfilerStop(), CUresult::CUDA_SUCCESS);
     let mut cur: CUcontext = std::ptr::null_mut();
     // SAFETY: the pointers are valid locals of the right types.
     assert_eq!(unsafe { cuCtxGetCurrent(&mut cur) }, CUresult::CUDA_SUCCESS);
