@@ -27,7 +27,10 @@
 #   VGPU_NVCC_FLAGS   extra nvcc flags of the cuda-vm stage (e.g. -I/-L of a pip toolkit)
 #   VGPU_PYTHON       the Python of the frameworks stage (default python3): PyTorch, CuPy,
 #                     numba-cuda, JAX, cuda-bindings, each skipped when it does not import
-#   VGPU_FW_TIMEOUT   seconds each framework script may run, per run (default 300)
+#   VGPU_FW_ONLY      the frameworks stage's scripts, commas between (default all: torch,
+#                     cupy,numba,jax,cuda_bindings), e.g. to split the stage across commands
+#   VGPU_FW_TIMEOUT   seconds each framework script may run, per run (default 240; the traced
+#                     re-run of a failing one gets VGPU_FW_TRACE_TIMEOUT, default 120)
 #   VGPU_FW_BACKEND   vgpud backend of the frameworks stage (default cuda; cpu only to test
 #                     this script without a GPU: no native runs, no kernels, the report says so)
 set -uo pipefail
@@ -39,7 +42,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=${2:-}; shift 2 || { echo "run.sh: --only needs a value" >&2; exit 2; } ;;
     --only=*) only=${1#--only=}; shift ;;
-    -h|--help) sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
@@ -394,16 +397,17 @@ fw_native_ld() {
   echo "$p"
 }
 # Runs python SCRIPT ARGS... natively (MODE native) or through vgpu (MODE vgpu, DIR/lib and
-# DIR/vm.sock from start_cuda_vgpud), output in OUTFILE; returns the script's status.
+# DIR/vm.sock from start_cuda_vgpud), output in OUTFILE, at most $fw_limit seconds; returns
+# the script's status (124 or 137: killed at the limit).
 fw_run() { # MODE DIR OUTFILE SCRIPT [ARGS...]
   local mode=$1 dir=$2 o=$3 ld
   shift 3
   ld=$(fw_native_ld)
   if [ "$mode" = vgpu ]; then
     LD_LIBRARY_PATH="$dir/lib${ld:+:$ld}" VGPU_SOCKET="$dir/vm.sock" \
-      timeout -k 10 "${VGPU_FW_TIMEOUT:-300}" "${VGPU_PYTHON:-python3}" -u -B "$@" >"$o" 2>&1
+      timeout -k 10 "${fw_limit:-240}" "${VGPU_PYTHON:-python3}" -u -B "$@" >"$o" 2>&1
   else
-    LD_LIBRARY_PATH="$ld" timeout -k 10 "${VGPU_FW_TIMEOUT:-300}" \
+    LD_LIBRARY_PATH="$ld" timeout -k 10 "${fw_limit:-240}" \
       "${VGPU_PYTHON:-python3}" -u -B "$@" >"$o" 2>&1
   fi
 }
@@ -418,7 +422,7 @@ fw_errors() { # FILE
 stage_frameworks() {
   local t0=$SECONDS log="$out/frameworks.log" dir="$work/frameworks" py=${VGPU_PYTHON:-python3}
   local backend=${VGPU_FW_BACKEND:-cuda} src name mod vpid rcn rcv ta tb tc td why subs only_vgpu
-  local ran=0 startup=() modes="native vgpu"
+  local ran=0 startup=() modes="native vgpu" fw_limit=${VGPU_FW_TIMEOUT:-240}
   mkdir -p "$dir"
   : >"$log"
   if [ "$backend" != cuda ]; then
@@ -435,6 +439,9 @@ stage_frameworks() {
     [ -f "$src" ] || continue
     name=$(basename "$src" .py)
     name=${name#check_}
+    if [ -n "${VGPU_FW_ONLY:-}" ]; then
+      case ",$VGPU_FW_ONLY," in *",$name,"*) ;; *) continue ;; esac
+    fi
     mod=$(sed -n 's/^# framework-module: //p' "$src" | head -n 1)
     ta=$SECONDS
     if ! LD_LIBRARY_PATH=$(fw_native_ld) timeout -k 10 300 "$py" -c "import $mod" >"$dir/$name.import" 2>&1; then
@@ -469,8 +476,8 @@ stage_frameworks() {
       echo "--- result lines, native vs vgpu"
     } >>"$log"
     why=""
-    [ $rcn = 124 ] || [ $rcn = 137 ] && why="$why native timed out (${VGPU_FW_TIMEOUT:-300} s);"
-    [ $rcv = 124 ] || [ $rcv = 137 ] && why="$why vgpu timed out (${VGPU_FW_TIMEOUT:-300} s);"
+    [ $rcn = 124 ] || [ $rcn = 137 ] && why="$why native timed out ($fw_limit s);"
+    [ $rcv = 124 ] || [ $rcv = 137 ] && why="$why vgpu timed out ($fw_limit s);"
     grep -qx PASS "$dir/$name.native" || why="$why native FAIL (exit $rcn): $(grep '^FAIL ' "$dir/$name.native" | cut -d: -f1 | sed 's/^FAIL //' | tr '\n' ' ');"
     grep -qx PASS "$dir/$name.vgpu" || why="$why vgpu FAIL (exit $rcv);"
     if ! diff <(grep '^result:' "$dir/$name.native") <(grep '^result:' "$dir/$name.vgpu") >>"$log"; then
@@ -490,7 +497,7 @@ stage_frameworks() {
     } >>"$log"
     if [ -n "$why" ]; then
       local trace="$out/frameworks-$name.trace.log"
-      VGPU_CUDA_LOG=trace fw_run vgpu "$dir" "$trace" "$src"
+      fw_limit=${VGPU_FW_TRACE_TIMEOUT:-120} VGPU_CUDA_LOG=trace fw_run vgpu "$dir" "$trace" "$src"
       {
         echo "--- $name, through vgpu with VGPU_CUDA_LOG=trace: functions that answered an error"
         fw_errors "$trace"
