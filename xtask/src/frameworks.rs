@@ -19,7 +19,9 @@ use crate::{build, paths};
 /// The wheels, pinned: the versions the GPU host's driver-API probe ran
 /// (`shared/driver-api-probe.md`: cuda-bindings 13.3.1, cupy-cuda13x 14.2.0, numba 0.68.0 +
 /// numba-cuda 0.30.4), the CUDA 13.0 runtime and NVVM numba-cuda loads at import (13.0.96 and
-/// 13.0.88, as `cuda-programs`), and what pip resolved for their dependencies.
+/// 13.0.88, as `cuda-programs`), NVRTC (CuPy's and numba's compiler) and nvJitLink (numba's
+/// linker: without it numba links with the driver's `cuLink*`, which this driver lacks), and
+/// what pip resolved for their dependencies.
 /// NumPy 2.4 still has `row_stack`, which numba-cuda 0.30.4 needs (2.5 removed it).
 pub const WHEELS: &[&str] = &[
     "cuda-bindings==13.3.1",
@@ -32,6 +34,8 @@ pub const WHEELS: &[&str] = &[
     "numpy==2.4.6",
     "nvidia-cuda-runtime==13.0.96",
     "nvidia-nvvm==13.0.88",
+    "nvidia-cuda-nvrtc==13.0.88",
+    "nvidia-nvjitlink==13.0.88",
 ];
 
 /// The scripts run here (those of frameworks whose wheels fit CI; PyTorch's and JAX's do not).

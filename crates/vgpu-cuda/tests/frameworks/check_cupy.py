@@ -1,5 +1,6 @@
 """CuPy: runtime and device queries, copies between host and device, memsets (`cupy.zeros`,
-`fill(0)`), page-locked host memory and streams with events, the memory pool, and with kernels:
+`fill(0)`), page-locked host memory and streams with events, the memory pool, an NVRTC-compiled module
+loaded with its functions' attributes and a global (no launch), and with kernels:
 elementwise operations and `ElementwiseKernel`, reductions and `ReductionKernel`, `RawKernel`
 and `RawModule` (NVRTC), `cupy.matmul` (cuBLAS).
 
@@ -179,6 +180,26 @@ extern "C" __global__ void count(int n) {
 """
 
 
+def module():
+    # NVRTC compiles, the driver loads the image (cuModuleLoadData), the functions' attributes
+    # and a module global (cuModuleGetGlobal), written and read back by copies: no launch.
+    m = cp.RawModule(code=MODULE, name_expressions=["scale<float>"])
+    iota = m.get_function("iota")
+    scale = m.get_function("scale<float>")
+    attrs = iota.attributes
+    if attrs["max_threads_per_block"] < 256:
+        raise AssertionError(f"iota: {attrs}")
+    if scale.attributes["max_threads_per_block"] < 256:
+        raise AssertionError(f"scale<float>: {scale.attributes}")
+    # (CuPy records no size for a global: its MemoryPointer says 0 bytes.)
+    cnt = cp.ndarray((1,), cp.int32, m.get_global("counter"))
+    cnt.set(np.array([12345], dtype=np.int32))
+    if int(cnt.get()[0]) != 12345:
+        raise AssertionError("the module global did not keep its value")
+    c.result("module", f"counter={int(cnt.get()[0])}")
+    c.info("module", f"iota {attrs}")
+
+
 def raw_kernels():
     n = 100_000
     k = cp.RawKernel(RAW, "saxpy")
@@ -228,6 +249,7 @@ c.run("copies", copies, kernels=False)
 c.run("memsets", memsets, kernels=False)
 c.run("pinned_streams", pinned_streams, kernels=False)
 c.run("memory_pool", memory_pool, kernels=False)
+c.run("module", module, kernels=False)
 c.run("elementwise", elementwise)
 c.run("reductions", reductions)
 c.run("raw_kernels", raw_kernels)

@@ -1,7 +1,7 @@
 """numba-cuda: device detection and queries, device arrays and copies, streams and events,
-page-locked (pinned and registered) host arrays, and with kernels: `@cuda.jit` kernels (1D, 2D,
-shared memory and atomics), a kernel on a stream, a mapped host array written by a kernel,
-`cuda.reduce`.
+page-locked (pinned and registered) host arrays, a kernel compiled and loaded (no launch), and
+with kernels: `@cuda.jit` kernels (1D, 2D, shared memory and atomics), a kernel on a stream, a
+mapped host array written by a kernel, `cuda.reduce`.
 
 Run natively and through vgpu's libcuda.so.1; `result:` lines must be identical: integer
 results exact, float results rounded to 5 significant digits (fwcheck.SIG).
@@ -140,6 +140,25 @@ def _block_sums(x, sums, total):
         cuda.atomic.add(total, 0, buf[0])
 
 
+def _axpy(a, x, y):
+    i = cuda.grid(1)
+    if i < y.size:
+        y[i] = a * x[i] + y[i]
+
+
+def compile_load():
+    # A kernel compiled for a signature (NVVM, then nvJitLink or the driver's linker) and
+    # loaded into the context (cuLibraryLoadData or cuModuleLoadData): no launch.
+    k = cuda.jit("void(float32, float32[:], float32[:])")(_axpy)
+    (kern,) = k.overloads.values()
+    kern.bind()
+    maxt = kern.max_threads_per_block
+    if maxt < 256:
+        raise AssertionError(f"max threads per block {maxt}")
+    c.info("compile_load", f"regs={kern.regs_per_thread} max_threads={maxt}")
+    c.result("compile_load", f"overloads={len(k.overloads)}")
+
+
 def kernels():
     rng = np.random.default_rng(2)
     n = 100_000
@@ -211,6 +230,7 @@ c.run("detect", detect, kernels=False)
 c.run("device_arrays", device_arrays, kernels=False)
 c.run("streams_events", streams_events, kernels=False)
 c.run("pinned", pinned, kernels=False)
+c.run("compile_load", compile_load, kernels=False)
 c.run("kernels", kernels)
 c.run("kernel_on_stream", kernel_on_stream)
 c.run("mapped", mapped)
