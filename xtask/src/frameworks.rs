@@ -201,3 +201,45 @@ pub fn run() -> Result<()> {
         bail!("{} failed: {}", failed.len(), failed.join(", "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every framework script (the GPU host's too, which CI cannot run) parses, and names the
+    /// module the gpu-check stage imports to decide whether to run it.
+    #[test]
+    fn framework_scripts_parse_and_name_their_module() {
+        let dir = paths::root().join("crates/vgpu-cuda/tests/frameworks");
+        let mut scripts: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "py"))
+            .collect();
+        scripts.sort();
+        assert!(scripts.len() >= 7, "{scripts:?}");
+        let status = Command::new("python3")
+            .args([
+                "-c",
+                "import ast, sys\nfor f in sys.argv[1:]:\n    ast.parse(open(f).read(), f)",
+            ])
+            .args(&scripts)
+            .status()
+            .expect("python3");
+        assert!(status.success(), "a framework script does not parse");
+        for s in scripts.iter().filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("check_"))
+        }) {
+            let text = std::fs::read_to_string(s).unwrap();
+            assert!(
+                text.lines().any(|l| l.starts_with("# framework-module: ")),
+                "{} has no `# framework-module:` line",
+                s.display()
+            );
+        }
+        for name in SCRIPTS {
+            assert!(dir.join(name).is_file(), "{name}");
+        }
+    }
+}
