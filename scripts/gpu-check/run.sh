@@ -3,7 +3,7 @@
 # That host has no Rust toolchain, no QEMU and no network: everything it needs is in this folder.
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
-#   stages, in order: env, conformance, bench, cuda, cuda-bench, breakdown, wait, sched,
+#   stages, in order: env, conformance, bench, cuda, cuda-bench, frameworks, breakdown, wait, sched,
 #   multigpu (two GPUs), vm, cuda-vm,
 #   tenancy, soak (10 minutes: run it on its own, `--only soak`)
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
@@ -25,6 +25,14 @@
 #   VGPU_CUDA_VM_PROGRAM  the .cu file of the cuda-vm stage (default cuda-gpu/vecadd.cu)
 #   VGPU_NVCC         nvcc to use (default: nvcc on PATH, else /usr/local/cuda/bin/nvcc)
 #   VGPU_NVCC_FLAGS   extra nvcc flags of the cuda-vm stage (e.g. -I/-L of a pip toolkit)
+#   VGPU_PYTHON       the Python of the frameworks stage (default python3): PyTorch, CuPy,
+#                     numba-cuda, JAX, cuda-bindings, each skipped when it does not import
+#   VGPU_FW_ONLY      the frameworks stage's scripts, commas between (default all: torch,
+#                     cupy,numba,jax,cuda_bindings), e.g. to split the stage across commands
+#   VGPU_FW_TIMEOUT   seconds each framework script may run, per run (default 240; the traced
+#                     re-run of a failing one gets VGPU_FW_TRACE_TIMEOUT, default 120)
+#   VGPU_FW_BACKEND   vgpud backend of the frameworks stage (default cuda; cpu only to test
+#                     this script without a GPU: no native runs, no kernels, the report says so)
 set -uo pipefail
 
 here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
@@ -34,20 +42,22 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=${2:-}; shift 2 || { echo "run.sh: --only needs a value" >&2; exit 2; } ;;
     --only=*) only=${1#--only=}; shift ;;
-    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
 done
 out=${out:-${OUT:-}}
 if [ -z "$out" ]; then
-  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,breakdown,wait,sched,multigpu,vm,cuda-vm,tenancy,soak]   (or set OUT)" >&2
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,frameworks,breakdown,wait,sched,multigpu,vm,cuda-vm,tenancy,soak]   (or set OUT)" >&2
   exit 2
 fi
 mkdir -p "$out" || exit 2
 out=$(cd "$out" && pwd)
 
 # CUDA libraries of the GPU host: libcuda.so.1 (driver), libnvrtc.so.13 (toolkit).
+# (The frameworks stage runs Python with the path as it was: the wheels bring their own.)
+orig_ld_library_path=${LD_LIBRARY_PATH:-}
 LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
 for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64; do
   if [ -d "$d" ]; then
@@ -171,9 +181,10 @@ find_nvcc() {
   [ -x "$n" ] && echo "$n"
 }
 
-# Starts a vgpud (cuda backend) with one VM whose socket is DIR/vm.sock and a folder DIR/lib
-# holding vgpu's libcuda.so.1; its log goes to LOG. The caller reads its pid from $!.
-start_cuda_vgpud() { # DIR LOG [MEDIATOR-LINE]
+# Starts a vgpud (cuda backend unless BACKEND says otherwise) with one VM whose socket is
+# DIR/vm.sock and a folder DIR/lib holding vgpu's libcuda.so.1; its log goes to LOG. The
+# caller reads its pid from $!.
+start_cuda_vgpud() { # DIR LOG [MEDIATOR-LINE [BACKEND]]
   local dir=$1 i
   mkdir -p "$dir/lib"
   ln -sf "$here/lib/libvgpucuda.so" "$dir/lib/libcuda.so.1"
@@ -181,7 +192,7 @@ start_cuda_vgpud() { # DIR LOG [MEDIATOR-LINE]
   rm -f "$dir/vm.sock"
   cat >"$dir/vgpud.toml" <<EOF
 [mediator]
-backend = "cuda"
+backend = "${4:-cuda}"
 ${3:-}
 
 [[vm]]
@@ -370,6 +381,197 @@ stage_cuda-bench() {
     return
   fi
   record cuda-bench PASS $((SECONDS - t0)) "tables in $(basename "$log"); cuda-bench.json (defaults), cuda-bench-none.json, cuda-bench-spin.json, cuda-bench-nofence.json"
+}
+
+# ---- frameworks: PyTorch, CuPy, numba-cuda, JAX and cuda-bindings through vgpu (issue 15) -----
+# Each frameworks/check_NAME.py whose module (its `# framework-module:` line) imports with
+# $VGPU_PYTHON runs on NVIDIA's driver and then through vgpu's libcuda.so.1, attached to a
+# fresh vgpud (cuda backend) the way the cuda stage runs its programs: VGPU_SOCKET, vgpu's
+# folder first on LD_LIBRARY_PATH. Both runs must exit 0 printing PASS, and their `result:`
+# lines must be identical (each script states its rounding). A module that does not import is
+# SKIPPED; each run has VGPU_FW_TIMEOUT seconds. A failing or differing script runs once more
+# through vgpu with VGPU_CUDA_LOG=trace: frameworks-NAME.trace.log.gz keeps it all,
+# frameworks.log its tail and the functions that answered an error. Then `startup.py` times
+# import + first kernel of each framework, native and through vgpu (twice each).
+fw_now() { date +%s.%N; }
+fw_secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+# The driver's library path without the toolkit folders prepended above (the frameworks bring
+# their own CUDA libraries), plus the container's driver folder where there is one.
+fw_native_ld() {
+  local p=$orig_ld_library_path
+  [ -d /usr/local/nvidia/lib64 ] && p="${p:+$p:}/usr/local/nvidia/lib64"
+  echo "$p"
+}
+# Runs python SCRIPT ARGS... natively (MODE native) or through vgpu (MODE vgpu, DIR/lib and
+# DIR/vm.sock from start_cuda_vgpud), output in OUTFILE, at most $fw_limit seconds; returns
+# the script's status (124 or 137: killed at the limit).
+fw_run() { # MODE DIR OUTFILE SCRIPT [ARGS...]
+  local mode=$1 dir=$2 o=$3 ld
+  shift 3
+  ld=$(fw_native_ld)
+  if [ "$mode" = vgpu ]; then
+    LD_LIBRARY_PATH="$dir/lib${ld:+:$ld}" VGPU_SOCKET="$dir/vm.sock" \
+      timeout -k 10 "${fw_limit:-240}" "${VGPU_PYTHON:-python3}" -u -B "$@" >"$o" 2>&1
+  else
+    LD_LIBRARY_PATH="$ld" timeout -k 10 "${fw_limit:-240}" \
+      "${VGPU_PYTHON:-python3}" -u -B "$@" >"$o" 2>&1
+  fi
+}
+# What a vgpu run's driver answered with an error, one line per function and error, counted.
+fw_errors() { # FILE
+  sed -n -e 's/^vgpu libcuda: \([A-Za-z0-9_]*\) is not supported.*/\1 -> CUDA_ERROR_NOT_SUPPORTED (first call)/p' \
+    -e 's/^vgpu libcuda: \(export table [^ ]*\) is not supported.*/\1 -> CUDA_ERROR_NOT_SUPPORTED (first call)/p' \
+    -e 's/^vgpu libcuda: \([A-Za-z0-9_]*\) -> \(CUDA_ERROR_[A-Z_0-9]*\).*/\1 -> \2/p' "$1" |
+    sort | uniq -c | sort -rn
+}
+
+stage_frameworks() {
+  local t0=$SECONDS log="$out/frameworks.log" dir="$work/frameworks" py=${VGPU_PYTHON:-python3}
+  local backend=${VGPU_FW_BACKEND:-cuda} src name mod vpid rcn rcv ta tb tc td why subs only_vgpu
+  local ran=0 startup=() modes="native vgpu" fw_limit=${VGPU_FW_TIMEOUT:-240}
+  mkdir -p "$dir"
+  : >"$log"
+  if [ "$backend" != cuda ]; then
+    # A dry run of this stage on a machine without a GPU: the kernel-free sub-tests only,
+    # through vgpu only.
+    export VGPU_FW_KERNELS=0
+    modes=vgpu
+  fi
+  if ! command -v "$py" >/dev/null 2>&1; then
+    record frameworks FAIL 0 "no $py here (VGPU_PYTHON names the Python with the frameworks)"
+    return
+  fi
+  for src in "$here"/frameworks/check_*.py; do
+    [ -f "$src" ] || continue
+    name=$(basename "$src" .py)
+    name=${name#check_}
+    if [ -n "${VGPU_FW_ONLY:-}" ]; then
+      case ",$VGPU_FW_ONLY," in *",$name,"*) ;; *) continue ;; esac
+    fi
+    mod=$(sed -n 's/^# framework-module: //p' "$src" | head -n 1)
+    ta=$SECONDS
+    if ! LD_LIBRARY_PATH=$(fw_native_ld) timeout -k 10 300 "$py" -c "import $mod" >"$dir/$name.import" 2>&1; then
+      echo "=== $name: SKIPPED, python module $mod does not import: $(tail -n 1 "$dir/$name.import")" >>"$log"
+      record "fw:$name" SKIP 0 "SKIPPED: $py cannot import $mod ($(tail -n 1 "$dir/$name.import" | cut -c1-120))"
+      continue
+    fi
+    ran=$((ran + 1))
+    start_cuda_vgpud "$dir" "$out/frameworks-$name-vgpud.log" "" "$backend"
+    vpid=$!
+    if [ ! -S "$dir/vm.sock" ]; then
+      record "fw:$name" FAIL $((SECONDS - ta)) "vgpud did not listen: $(tail -n 2 "$out/frameworks-$name-vgpud.log" | tr '\n' ' ')"
+      kill -TERM "$vpid" 2>/dev/null; wait "$vpid" 2>/dev/null
+      continue
+    fi
+    tb=$(fw_now)
+    [ "$backend" = cuda ] && fw_run native "$dir" "$dir/$name.native" "$src"
+    rcn=$?
+    tc=$(fw_now)
+    fw_run vgpu "$dir" "$dir/$name.vgpu" "$src"
+    rcv=$?
+    td=$(fw_now)
+    if [ "$backend" != cuda ]; then
+      # No native run to compare with: the vgpu run stands in for it.
+      cp "$dir/$name.vgpu" "$dir/$name.native"
+      rcn=$rcv
+    fi
+    {
+      echo "=== $name: native exit $rcn ($(fw_secs "$tb" "$tc") s), vgpu exit $rcv ($(fw_secs "$tc" "$td") s)"
+      echo "--- native"; cat "$dir/$name.native"
+      echo "--- vgpu"; cat "$dir/$name.vgpu"
+      echo "--- result lines, native vs vgpu"
+    } >>"$log"
+    why=""
+    [ $rcn = 124 ] || [ $rcn = 137 ] && why="$why native timed out ($fw_limit s);"
+    [ $rcv = 124 ] || [ $rcv = 137 ] && why="$why vgpu timed out ($fw_limit s);"
+    grep -qx PASS "$dir/$name.native" || why="$why native FAIL (exit $rcn): $(grep '^FAIL ' "$dir/$name.native" | cut -d: -f1 | sed 's/^FAIL //' | tr '\n' ' ');"
+    grep -qx PASS "$dir/$name.vgpu" || why="$why vgpu FAIL (exit $rcv);"
+    if ! diff <(grep '^result:' "$dir/$name.native") <(grep '^result:' "$dir/$name.vgpu") >>"$log"; then
+      why="$why result lines differ;"
+    else
+      echo "(identical: $(grep -c '^result:' "$dir/$name.vgpu") lines)" >>"$log"
+    fi
+    # Sub-tests: how many passed each way, and which failed only through vgpu.
+    subs="native $(grep -c '^PASS ' "$dir/$name.native")/$(grep -cE '^(PASS|FAIL) ' "$dir/$name.native"), vgpu $(grep -c '^PASS ' "$dir/$name.vgpu")/$(grep -cE '^(PASS|FAIL) ' "$dir/$name.vgpu") sub-tests pass"
+    only_vgpu=$(comm -13 <(sed -n 's/^FAIL \([^:]*\).*/\1/p' "$dir/$name.native" | sort) \
+      <(sed -n 's/^FAIL \([^:]*\).*/\1/p' "$dir/$name.vgpu" | sort) | tr '\n' ' ')
+    [ -n "$only_vgpu" ] && subs="$subs; failing through vgpu only: $only_vgpu"
+    {
+      echo "--- $name: $subs"
+      echo "--- vgpu run: functions that answered an error (count, function -> error)"
+      fw_errors "$dir/$name.vgpu"
+    } >>"$log"
+    if [ -n "$why" ]; then
+      local trace="$out/frameworks-$name.trace.log"
+      fw_limit=${VGPU_FW_TRACE_TIMEOUT:-120} VGPU_CUDA_LOG=trace fw_run vgpu "$dir" "$trace" "$src"
+      {
+        echo "--- $name, through vgpu with VGPU_CUDA_LOG=trace: functions that answered an error"
+        fw_errors "$trace"
+        echo "--- the last 20 driver calls before each failed sub-test, then the trace's last 60 lines (both without the per-call queries); all of it in $(basename "$trace").gz"
+        grep -v -e 'cuGetProcAddress' -e 'cuDeviceGetAttribute ->' -e 'cuCtxGetCurrent ->' \
+          -e 'cuCtxGetDevice ->' -e 'cuCtxGetDevice_v2 ->' -e 'cuDevicePrimaryCtxGetState ->' \
+          -e 'cuCtxSetCurrent ->' -e 'CONTEXT_LOCAL_STORAGE' "$trace" >"$dir/$name.trace.short"
+        awk '/^vgpu libcuda: / { buf[n++ % 20] = $0; next }
+          /^FAIL / { print "... " $0; for (i = (n > 20 ? n - 20 : 0); i < n; i++) print "    " buf[i % 20]; n = 0 }' \
+          "$dir/$name.trace.short"
+        echo "..."
+        tail -n 60 "$dir/$name.trace.short"
+      } >>"$log"
+      gzip -f "$trace"
+    fi
+    kill -TERM "$vpid" 2>/dev/null
+    wait "$vpid" 2>/dev/null
+    local times="native $(fw_secs "$tb" "$tc") s, vgpu $(fw_secs "$tc" "$td") s"
+    why=${why# }
+    if [ "$backend" != cuda ]; then
+      record "fw:$name" FAIL $((SECONDS - ta)) "NOT ON THE GPU (VGPU_FW_BACKEND=$backend, no kernels, no native run): vgpu ${why:-PASS}; $subs; $times"
+    elif [ -z "$why" ]; then
+      record "fw:$name" PASS $((SECONDS - ta)) "$subs, $(grep -c '^result:' "$dir/$name.vgpu") result lines identical; $times"
+    else
+      record "fw:$name" FAIL $((SECONDS - ta)) "$why $subs; $times; see $(basename "$log")"
+    fi
+    startup+=("$name")
+  done
+  if [ $ran = 0 ]; then
+    record frameworks SKIP $((SECONDS - t0)) "SKIPPED: $py imports none of the frameworks"
+    return
+  fi
+  # Start-up: import + first kernel, native and through vgpu, twice each (the first run may
+  # pay for cold file caches).
+  local line snotes="" bad="" i m
+  ta=$SECONDS
+  echo "=== start-up (import + first kernel, seconds)" >>"$log"
+  start_cuda_vgpud "$dir" "$out/frameworks-startup-vgpud.log" "" "$backend"
+  vpid=$!
+  for name in "${startup[@]}"; do
+    line="$name:"
+    for m in $modes; do
+      for i in 1 2; do
+        tb=$(fw_now)
+        if fw_run "$m" "$dir" "$dir/startup-$name-$m-$i" "$here/frameworks/startup.py" "$name"; then
+          line="$line $m $(sed -n 's/^startup: [^ ]* //p' "$dir/startup-$name-$m-$i" | tail -n 1) (wall $(fw_secs "$tb" "$(fw_now)"));"
+        else
+          line="$line $m run $i FAILED: $(tail -n 1 "$dir/startup-$name-$m-$i");"
+          bad="$bad $name/$m"
+        fi
+      done
+    done
+    echo "$line" >>"$log"
+    snotes="$snotes $name:"
+    for m in $modes; do
+      snotes="$snotes $m $(sed -n 's/^startup: .* total=//p' "$dir/startup-$name-$m-2" 2>/dev/null) s"
+    done
+    snotes="$snotes;"
+  done
+  kill -TERM "$vpid" 2>/dev/null
+  wait "$vpid" 2>/dev/null
+  if [ "$backend" != cuda ]; then
+    record fw:startup FAIL $((SECONDS - ta)) "NOT ON THE GPU (VGPU_FW_BACKEND=$backend, no kernels):$snotes${bad:+ failed:$bad}"
+  elif [ -z "$bad" ]; then
+    record fw:startup PASS $((SECONDS - ta)) "import + first kernel (second run):$snotes details in $(basename "$log")"
+  else
+    record fw:startup FAIL $((SECONDS - ta)) "failed:$bad;$snotes see $(basename "$log")"
+  fi
 }
 
 # ---- sched: the scheduler benchmark (issue 5) on this GPU ------------------------------------
@@ -720,7 +922,7 @@ stage_soak() {
   fi
 }
 
-for s in env conformance bench cuda cuda-bench breakdown wait sched multigpu vm cuda-vm tenancy soak; do
+for s in env conformance bench cuda cuda-bench frameworks breakdown wait sched multigpu vm cuda-vm tenancy soak; do
   if wanted "$s"; then
     "stage_$s"
   fi

@@ -11,6 +11,9 @@
 //! tests/                  GPU test executables (cargo test --release --no-run), MISSING if any is
 //! ptx/                    crates/vgpu-mediator/kernels/ptx/*.ptx (the suite's PTX tests)
 //! vm/                     vmlinuz + initramfs.cpio (busybox + static vgpu-smi + static ldconfig)
+//! lib/                    libvgpucuda.so (the guest driver)
+//! cuda*/, frameworks/     CUDA C++ programs and framework scripts (crates/vgpu-cuda/tests/),
+//!                         built or run there (stages `cuda`, `cuda-bench`, `frameworks`)
 //! guest-image.sh          scripts/guest-image.sh: libcuda.so.1 + programs as a cpio to append
 //!                         to vm/initramfs.cpio (stage `cuda-vm`)
 //! qemu-bundle.tar.gz      scripts/qemu-bundle.sh's QEMU with its libraries, module and firmware
@@ -144,13 +147,21 @@ pub fn prepare(dir: &Path) -> Result<()> {
         &build::host_bin("libvgpucuda.so"),
         &dir.join("lib/libvgpucuda.so"),
     )?;
-    for sub in ["cuda", "cuda-gpu", "cuda-bench", "cuda-common"] {
+    // The Python scripts of the `frameworks` stage (PyTorch, CuPy, numba-cuda, JAX), run there
+    // with the host's own Python and frameworks.
+    for sub in [
+        "cuda",
+        "cuda-gpu",
+        "cuda-bench",
+        "cuda-common",
+        "frameworks",
+    ] {
         let src = paths::root().join("crates/vgpu-cuda/tests").join(sub);
         std::fs::create_dir_all(dir.join(sub))?;
         for e in std::fs::read_dir(&src).with_context(|| format!("listing {}", src.display()))? {
             let p = e?.path();
             if p.extension()
-                .is_some_and(|x| x == "cu" || x == "cuh" || x == "h")
+                .is_some_and(|x| x == "cu" || x == "cuh" || x == "h" || x == "py")
             {
                 std::fs::copy(&p, dir.join(sub).join(p.file_name().unwrap_or_default()))?;
             }

@@ -19,6 +19,7 @@ mod cudavm;
 mod demo;
 mod deps;
 mod elf;
+mod frameworks;
 mod fuzz;
 mod gpucheck;
 mod initramfs;
@@ -119,6 +120,10 @@ enum Command {
     /// Build the CUDA C++ programs of crates/vgpu-cuda/tests/cuda with NVIDIA's toolkit (pip
     /// wheels) and run them through vgpu's libcuda.so.1 against vgpud's cpu backend.
     CudaPrograms,
+    /// Run cuda-bindings, CuPy and numba-cuda (pip wheels) through vgpu's libcuda.so.1 against
+    /// vgpud's cpu backend: start-up, queries, allocations, copies, streams, events (also a
+    /// stage of `test`).
+    FrameworksCpu,
     /// Boot a VM whose image has vgpu's libcuda.so.1 installed (default library directory,
     /// libcuda.so link, ld.so.cache) and an nvcc-built CUDA program, and run it against
     /// vgpud's cpu backend (also a stage of `test`).
@@ -165,6 +170,7 @@ fn main() -> ExitCode {
         Command::Soak(o) => soak::main(&o),
         Command::Libvirt { vm } => libvirt::main(&vm),
         Command::CudaPrograms => report(cudaprog::run()),
+        Command::FrameworksCpu => report(frameworks::run()),
         Command::CudaVm { vm } => report(cudavm::run(&vm)),
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the workspace's cargo tests, the loom model checks, the CUDA C++
-//! programs through the guest driver, then the VM end-to-end test (the demo), the VM kill
-//! test and a CUDA program inside a VM.
+//! programs and the Python frameworks (cuda-bindings, CuPy, numba-cuda) through the guest
+//! driver, then the VM end-to-end test (the demo), the VM kill test and a CUDA program inside
+//! a VM.
 
 use std::process::{Command, ExitCode};
 
@@ -32,6 +33,18 @@ pub fn main(no_vm: bool, vm: &VmOpts) -> ExitCode {
         }
     };
     results.push(("cuda programs", ok));
+
+    println!(
+        "xtask test: stage `frameworks cpu`: cuda-bindings, CuPy and numba-cuda through vgpu's libcuda.so.1"
+    );
+    let ok = match crate::frameworks::run() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("frameworks-cpu: FAILED: {e:#}");
+            false
+        }
+    };
+    results.push(("frameworks cpu", ok));
 
     if no_vm {
         println!("xtask test: stages `vm e2e`, `vm kill` and `cuda vm` skipped (--no-vm)");

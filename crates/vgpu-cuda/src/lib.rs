@@ -20,6 +20,7 @@ pub mod driver;
 // an export declare it with the real one.
 #[allow(clashing_extern_declarations)]
 pub mod exports;
+pub mod features;
 pub mod handles;
 pub mod legacy;
 pub mod params;

@@ -92,10 +92,17 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
 ) -> CUresult {
     run("cuDeviceGetAttribute", || {
         let d = device(dev)?;
-        let v = usize::try_from(attrib)
-            .ok()
-            .and_then(|a| d.info.attribute(a))
+        let a = usize::try_from(attrib).map_err(|_| CUresult::CUDA_ERROR_INVALID_VALUE)?;
+        let v = d
+            .info
+            .attribute(a)
             .ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
+        // What the host GPU supports but this driver does not offer reads as absent.
+        let v = if crate::features::unsupported(a) {
+            0
+        } else {
+            v
+        };
         // SAFETY: forwarded from the caller.
         Ok(unsafe { put(pi, v) })
     })

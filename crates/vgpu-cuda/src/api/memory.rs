@@ -169,11 +169,13 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
         if free.is_null() || total.is_null() {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
-        let (f, t) = d.dev.mem_info().map_err(dev_err)?;
-        let t = t.min(d.info.total_mem);
+        // vgpud's GET_INFO answers the VM's memory in use and its quota (docs/abi.md); what
+        // is free is the rest of the quota.
+        let (used, quota) = d.dev.mem_info().map_err(dev_err)?;
+        let t = quota.min(d.info.total_mem);
         // SAFETY: both non-NULL and valid for writes (the caller's promise).
         unsafe {
-            free.write(f.min(t) as usize);
+            free.write(t.saturating_sub(used) as usize);
             total.write(t as usize);
         }
         Ok(CUresult::CUDA_SUCCESS)

@@ -21,6 +21,7 @@ pub mod memset2d;
 pub mod module;
 pub mod occupancy;
 pub mod proc;
+pub mod profiler;
 pub mod stream;
 
 /// The CUDA version this library implements (`CUDA_VERSION` of the CUDA 13.0 headers).

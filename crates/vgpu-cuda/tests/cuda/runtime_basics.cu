@@ -48,6 +48,11 @@ int main() {
     OK(cudaMalloc(&a, N * sizeof(float)));
     OK(cudaMalloc(&b, N * sizeof(float)));
     CHECK(a != nullptr && b != nullptr && a != b);
+    // What is free shrinks by at least what was allocated (CuPy's and PyTorch's allocators
+    // size their pools by it).
+    size_t free_after = 0;
+    OK(cudaMemGetInfo(&free_after, &total_b));
+    CHECK(free_b >= 2 * N * sizeof(float) && free_after <= free_b - 2 * N * sizeof(float));
     OK(cudaMemcpy(a, h.data(), N * sizeof(float), cudaMemcpyHostToDevice));
     OK(cudaMemcpy(b, a, N * sizeof(float), cudaMemcpyDeviceToDevice));
     OK(cudaMemcpy(back.data(), b, N * sizeof(float), cudaMemcpyDeviceToHost));
