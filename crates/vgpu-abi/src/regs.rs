@@ -119,11 +119,54 @@ pub struct RegisterPage {
     pub vm_name: [u8; 32],
     /// The backing device's name, NUL-padded UTF-8.
     pub device_name: [u8; 64],
+    /// Device memory the VM's allocations hold now, in bytes (1.6; see [`Usage`]).
+    pub mem_used: u64,
+    /// Device time of the VM's commands that completed in the last utilisation window, in
+    /// thousandths of the window, at most 1000 (1.6).
+    pub busy_permille: u32,
+    /// Length of that window in milliseconds; 0 until the first window since the VM connected
+    /// (or reset) ended (1.6).
+    pub busy_window_ms: u32,
+    /// Device time of the VM's commands that completed since it connected, in nanoseconds
+    /// (1.6).
+    pub device_ns: u64,
 }
 
 impl Default for RegisterPage {
     fn default() -> Self {
         Self::new_zeroed()
+    }
+}
+
+/// The first minor version whose register page has the usage fields (`mem_used`,
+/// `busy_permille`, `busy_window_ms`, `device_ns`). Before it those bytes were reserved (zero),
+/// which a guest must not read as "nothing in use".
+pub const USAGE_MINOR: u16 = 6;
+
+/// What the VM uses of the device now, as vgpud keeps it current in the register page (1.6):
+/// a process that only asks (NVML) reads it without a ring or a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Device memory the VM's allocations hold, in bytes.
+    pub mem_used: u64,
+    /// Share of the last window (thousandths) the device spent on the VM's commands, and the
+    /// window's length in milliseconds; `None` until a first window ended.
+    pub busy: Option<(u32, u32)>,
+    /// Device time of the VM's commands since it connected, in nanoseconds.
+    pub device_ns: u64,
+}
+
+impl RegisterPage {
+    /// The usage fields, when the device speaks a minor version that has them.
+    pub fn usage(&self) -> Option<Usage> {
+        let minor = self.abi_version as u16;
+        let major = (self.abi_version >> 16) as u16;
+        (major == crate::ABI_MAJOR && minor >= USAGE_MINOR).then(|| Usage {
+            mem_used: self.mem_used,
+            busy: (self.busy_window_ms > 0)
+                .then(|| (self.busy_permille.min(1000), self.busy_window_ms)),
+            device_ns: self.device_ns,
+        })
     }
 }
 
@@ -151,6 +194,14 @@ pub mod off {
     pub const LAST_ERROR: usize = offset_of!(RegisterPage, last_error);
     /// `generation`
     pub const GENERATION: usize = offset_of!(RegisterPage, generation);
+    /// `mem_used` (1.6)
+    pub const MEM_USED: usize = offset_of!(RegisterPage, mem_used);
+    /// `busy_permille` (1.6)
+    pub const BUSY_PERMILLE: usize = offset_of!(RegisterPage, busy_permille);
+    /// `busy_window_ms` (1.6)
+    pub const BUSY_WINDOW_MS: usize = offset_of!(RegisterPage, busy_window_ms);
+    /// `device_ns` (1.6)
+    pub const DEVICE_NS: usize = offset_of!(RegisterPage, device_ns);
 }
 
 /// Copies a string into a NUL-padded fixed-size field (truncating at a char boundary).
@@ -202,8 +253,34 @@ mod tests {
         assert_eq!(offset_of!(RegisterPage, device_total_mem), 0x80);
         assert_eq!(offset_of!(RegisterPage, vm_name), 0x88);
         assert_eq!(offset_of!(RegisterPage, device_name), 0xA8);
-        assert_eq!(core::mem::size_of::<RegisterPage>(), 0xE8);
+        assert_eq!(off::MEM_USED, 0xE8);
+        assert_eq!(off::BUSY_PERMILLE, 0xF0);
+        assert_eq!(off::BUSY_WINDOW_MS, 0xF4);
+        assert_eq!(off::DEVICE_NS, 0xF8);
+        assert_eq!(core::mem::size_of::<RegisterPage>(), 0x100);
         const { assert!(core::mem::size_of::<RegisterPage>() <= GUEST_HALF) };
+    }
+
+    #[test]
+    fn usage_needs_a_device_of_1_6() {
+        let mut r = RegisterPage {
+            mem_used: 3 << 20,
+            busy_permille: 1200,
+            busy_window_ms: 500,
+            device_ns: 77,
+            ..Default::default()
+        };
+        r.abi_version = (1 << 16) | 5;
+        assert_eq!(r.usage(), None, "1.5 had no usage fields");
+        r.abi_version = 2 << 16 | 9;
+        assert_eq!(r.usage(), None, "another major says nothing");
+        r.abi_version = (1 << 16) | 6;
+        let u = r.usage().expect("1.6 has them");
+        assert_eq!(u.mem_used, 3 << 20);
+        assert_eq!(u.busy, Some((1000, 500)), "a share is at most the window");
+        assert_eq!(u.device_ns, 77);
+        r.busy_window_ms = 0;
+        assert_eq!(r.usage().unwrap().busy, None, "no window ended yet");
     }
 
     #[test]

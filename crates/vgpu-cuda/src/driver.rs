@@ -4,7 +4,7 @@
 //! The device is the vGPU PCI device inside a VM, or the vgpud socket named by `VGPU_SOCKET`
 //! for a host process or container. One device per process (ordinal 0).
 
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use vgpu_abi::regs::off;
@@ -14,7 +14,7 @@ use vgpu_guest::{Device, Error};
 use crate::types::CUresult;
 
 /// The environment variable naming the vgpud socket of a host process or container.
-pub const SOCKET_ENV: &str = "VGPU_SOCKET";
+pub use vgpu_guest::SOCKET_ENV;
 
 /// An open device and what it reported when it was opened.
 pub struct Driver {
@@ -22,8 +22,8 @@ pub struct Driver {
     pub dev: Device,
     /// The device-info page as read at `cuInit`.
     pub info: DeviceInfoPage,
-    /// BAR2, for the device status register.
-    view: ShmView,
+    /// BAR2, for the device status register (and for vgpu's NVML in this process).
+    pub(crate) view: ShmView,
     /// Whether the device runs a program's own kernels (`CAP_MODULES`: the cuda backend; the
     /// cpu reference device loads modules but runs only its built-ins).
     pub runs_kernels: bool,
@@ -59,13 +59,13 @@ impl Driver {
 }
 
 static DRIVER: OnceLock<Result<Driver, CUresult>> = OnceLock::new();
+/// Whether the program called `cuInit` successfully. The device may be open before that: vgpu's
+/// `libnvidia-ml.so.1` in the same process opens it through [`open_shared`] (one connection
+/// per process: vgpud takes one client per VM).
+static INITIALISED: AtomicBool = AtomicBool::new(false);
 
 fn open() -> Result<Driver, CUresult> {
-    let opened = match std::env::var_os(SOCKET_ENV) {
-        Some(p) if !p.is_empty() => Device::connect(&PathBuf::from(p)),
-        _ => Device::open_pci(),
-    };
-    let dev = opened.map_err(|e| {
+    let dev = Device::open_default().map_err(|e| {
         if crate::unsupported::warnings_enabled() {
             eprintln!("vgpu libcuda: no vGPU: {e}");
         }
@@ -92,14 +92,27 @@ fn open() -> Result<Driver, CUresult> {
 
 /// Opens the device once (`cuInit`); later calls return the first outcome.
 pub fn init() -> Result<&'static Driver, CUresult> {
+    let d = open_shared()?;
+    INITIALISED.store(true, Ordering::Release);
+    Ok(d)
+}
+
+/// Opens the device once without initialising the driver API for the program: what vgpu's
+/// NVML library in this process shares ([`crate::shared`]).
+pub fn open_shared() -> Result<&'static Driver, CUresult> {
     DRIVER.get_or_init(open).as_ref().map_err(|e| *e)
+}
+
+/// Whether the program initialised the driver API (`cuInit` succeeded).
+pub fn initialised() -> bool {
+    INITIALISED.load(Ordering::Acquire)
 }
 
 /// The open device; `CUDA_ERROR_NOT_INITIALIZED` before a successful `cuInit`.
 pub fn get() -> Result<&'static Driver, CUresult> {
     match DRIVER.get() {
-        Some(Ok(d)) => Ok(d),
-        Some(Err(_)) | None => Err(CUresult::CUDA_ERROR_NOT_INITIALIZED),
+        Some(Ok(d)) if initialised() => Ok(d),
+        Some(_) | None => Err(CUresult::CUDA_ERROR_NOT_INITIALIZED),
     }
 }
 

@@ -27,6 +27,7 @@ pub mod params;
 pub mod pinned;
 pub mod proc_address;
 pub mod rows;
+pub mod shared;
 pub mod unsupported;
 
 pub use cudarc::driver::sys as types;

@@ -33,10 +33,14 @@ mod regs;
 mod ring;
 mod staging;
 
-pub use regs::DeviceInfo;
+pub use regs::{device_info_page, DeviceInfo};
 pub use staging::MAX_COPY_CHUNK;
 
 use ring::{Rings, Tags};
+
+/// The environment variable naming the vgpud socket of a host process or container
+/// ([`Device::open_default`]).
+pub const SOCKET_ENV: &str = "VGPU_SOCKET";
 
 /// Default time to wait for one completion (TCG VMs are slow).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -95,6 +99,16 @@ impl Device {
     /// Opens the vGPU at one sysfs PCI device directory.
     pub fn open_pci_at(dir: &Path) -> Result<Device, Error> {
         Self::from_transport(Box::new(PciTransport::open(dir)?))
+    }
+
+    /// Finds the device the way the guest's libraries do (`libcuda.so.1`, `libnvidia-ml.so.1`):
+    /// the vgpud socket named by [`SOCKET_ENV`] for a host process or container, else the vGPU
+    /// PCI device of a VM.
+    pub fn open_default() -> Result<Device, Error> {
+        match std::env::var_os(SOCKET_ENV) {
+            Some(p) if !p.is_empty() => Self::connect(Path::new(&p)),
+            _ => Self::open_pci(),
+        }
     }
 
     /// Attaches to a vgpud socket as an ivshmem client process. The connection stays open

@@ -35,7 +35,7 @@ mod testhost;
 mod tests;
 
 pub use compute::{Arg, Event, Function, Launch, Module, Pending, Stream};
-pub use device::{Device, DeviceInfo, DEFAULT_TIMEOUT};
+pub use device::{Device, DeviceInfo, DEFAULT_TIMEOUT, SOCKET_ENV};
 pub use error::Error;
 pub use vgpu_abi::{Builtin, Cqe, DeviceStatus, Opcode, Sqe, Status};
 pub use wait::WaitPolicy;

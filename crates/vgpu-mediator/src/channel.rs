@@ -211,6 +211,29 @@ impl Channel {
         );
     }
 
+    /// Publishes the device memory the VM's allocations hold (1.6), in the register page and
+    /// the host copy (so that a reset's rewrite of the host half keeps it).
+    pub fn set_mem_used(&mut self, bytes: u64) {
+        self.regs.mem_used = bytes;
+        self.view.store_u64(regs::off::MEM_USED, bytes);
+    }
+
+    /// Publishes the VM's utilisation over the window that just ended (`permille` of
+    /// `window_ms`) and its device time since it connected (1.6).
+    pub fn set_busy(&mut self, permille: u32, window_ms: u32, device_ns: u64) {
+        self.regs.busy_permille = permille;
+        self.regs.busy_window_ms = window_ms;
+        self.regs.device_ns = device_ns;
+        self.view.store_u32(regs::off::BUSY_PERMILLE, permille);
+        self.view.store_u32(regs::off::BUSY_WINDOW_MS, window_ms);
+        self.view.store_u64(regs::off::DEVICE_NS, device_ns);
+    }
+
+    /// The utilisation last published, in thousandths of its window.
+    pub fn busy_permille(&self) -> u32 {
+        self.regs.busy_permille
+    }
+
     /// vgpud is shutting down: tells the guest that nothing will answer again, and wakes it
     /// if it sleeps on its interrupt.
     pub fn stop(&mut self) {
@@ -564,6 +587,27 @@ mod tests {
             (st.offset, st.size),
             (h.layout.staging_offset, h.layout.staging_size)
         );
+    }
+
+    #[test]
+    fn usage_is_published_and_survives_a_guest_scribbling_before_a_reset() {
+        let mut h = H::new();
+        assert_eq!(
+            h.regs().usage().map(|u| (u.mem_used, u.busy)),
+            Some((0, None))
+        );
+        h.ch.set_mem_used(3 << 20);
+        h.ch.set_busy(250, 500, 1_000_000);
+        let u = h.regs().usage().expect("this vgpud speaks 1.6");
+        assert_eq!(
+            (u.mem_used, u.busy, u.device_ns),
+            (3 << 20, Some((250, 500)), 1_000_000)
+        );
+        assert_eq!(h.ch.busy_permille(), 250);
+        // A reset rewrites the host half from vgpud's copy, not from what the guest left there.
+        h.view.store_u64(regs::off::MEM_USED, 7);
+        h.ch.finish_reset();
+        assert_eq!(h.regs().usage().map(|u| u.mem_used), Some(3 << 20));
     }
 
     #[test]

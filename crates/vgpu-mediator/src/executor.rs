@@ -16,7 +16,8 @@
 //!
 //! This file is the run loop and the executor's state; the rest is split by responsibility:
 //! `lifecycle` (a VM's attach, detach, reset and context), `dispatch` (running jobs and
-//! retiring them), `time_limit` (stopping runaway work) and `wait` (epoll and timerfd).
+//! retiring them), `time_limit` (stopping runaway work), `usage` (the memory and utilisation
+//! each VM's register page shows) and `wait` (epoll and timerfd).
 //! The module's root is `executor.rs` rather than `executor/mod.rs` because the loom model
 //! (`vgpu-abi/tests/loom_ring.rs`) mirrors `run` and `anything_pending` and reads them from
 //! this file by path.
@@ -26,6 +27,7 @@ mod lifecycle;
 #[cfg(test)]
 mod tests;
 mod time_limit;
+mod usage;
 mod wait;
 
 use crate::backend::wake::{SPIN_BEFORE_BLOCK, SPIN_BEFORE_RETIRE};
@@ -97,6 +99,8 @@ struct Slot {
     starting: bool,
     /// When the VM's context was last (re)created.
     last_reset: Instant,
+    /// Its current utilisation window (published in its register page when it ends).
+    usage: usage::UsageWindow,
 }
 
 /// A command whose work is still on the device.
@@ -330,6 +334,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             }
             self.handle_events();
             self.publish_workers();
+            self.publish_usage(Instant::now());
             let starting = self.check_all_started();
             // Work that retired is completed and signalled first: a waiting guest should not
             // wait for this round's ingestion and dispatch of other VMs' work.
@@ -390,6 +395,11 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             // A kernel time limit that passes while asleep is acted on when it does.
             let now = Instant::now();
             if let Some(d) = self.time_limit_deadlines().map(|(_, t)| t).min() {
+                cap(d.saturating_duration_since(now));
+            }
+            // A VM's utilisation window ends while asleep: its share is published then (an
+            // idle device whose VMs all read 0 sets no such timer).
+            if let Some(d) = self.usage_deadline() {
                 cap(d.saturating_duration_since(now));
             }
             self.set_polling(false);

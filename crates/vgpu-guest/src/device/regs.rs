@@ -2,7 +2,7 @@
 //! read fresh for [`DeviceInfo`] and for the fence check before and while waiting.
 
 use vgpu_abi::info::INFO_OFFSET;
-use vgpu_abi::regs::{self, off};
+use vgpu_abi::regs::{self, off, Usage};
 use vgpu_abi::{DeviceInfoPage, DeviceStatus, Layout, LayoutError, RegisterPage, ShmView, Status};
 
 use super::Device;
@@ -49,9 +49,18 @@ pub struct DeviceInfo {
     pub cq_entries: u32,
     /// Longest busy kernel accepted, in microseconds.
     pub max_kernel_us: u32,
+    /// What the VM uses of the device now (memory, utilisation), when vgpud publishes it
+    /// (ABI 1.6).
+    pub usage: Option<Usage>,
 }
 
 impl DeviceInfo {
+    /// A fresh reading of the register page of a BAR2 mapped elsewhere in this process (vgpu's
+    /// `libnvidia-ml.so.1` reads the mapping `libcuda.so.1` opened; see [`Device::open_default`]).
+    pub fn read(view: ShmView) -> Self {
+        Self::from_regs(&view.read_obj::<RegisterPage>(0))
+    }
+
     fn from_regs(r: &RegisterPage) -> Self {
         Self {
             vm_id: r.vm_id,
@@ -73,6 +82,7 @@ impl DeviceInfo {
             sq_entries: r.sq_entries,
             cq_entries: r.cq_entries,
             max_kernel_us: r.max_kernel_us,
+            usage: r.usage(),
         }
     }
 
@@ -111,6 +121,13 @@ impl DeviceInfo {
             None => format!("code {}", self.last_error),
         }
     }
+}
+
+/// The device-info page of a BAR2 mapping, when vgpud publishes one (capability
+/// `CAP_DEVICE_INFO`, ABI 1.4).
+pub fn device_info_page(view: ShmView) -> Option<DeviceInfoPage> {
+    let caps = view.load_u64(std::mem::offset_of!(RegisterPage, capabilities));
+    (caps & regs::CAP_DEVICE_INFO != 0).then(|| view.read_obj(INFO_OFFSET))
 }
 
 /// What opening a device takes from the register page, checked.
@@ -160,10 +177,7 @@ impl Device {
     /// The device-info page (what a CUDA driver reports about the device), when vgpud
     /// publishes one (capability `CAP_DEVICE_INFO`, ABI 1.4).
     pub fn device_info_page(&self) -> Option<DeviceInfoPage> {
-        let caps = self
-            .view
-            .load_u64(std::mem::offset_of!(RegisterPage, capabilities));
-        (caps & regs::CAP_DEVICE_INFO != 0).then(|| self.view.read_obj(INFO_OFFSET))
+        device_info_page(self.view)
     }
 
     /// Fails when the device will not answer: fenced, or stopped by vgpud.

@@ -109,7 +109,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
     }
 
     /// Byte and memory accounting of a command that was issued without error.
-    fn account(st: &VmStats, slot: &Slot, cmd: &vgpu_abi::cmd::Command) {
+    fn account(st: &VmStats, slot: &mut Slot, cmd: &vgpu_abi::cmd::Command) {
         use vgpu_abi::cmd::{Direction, Effect};
         match cmd.effect() {
             Effect::Transfer {
@@ -121,7 +121,11 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 dir: Direction::Out,
             } => VmStats::bump(&st.bytes_out, len),
             Effect::Alloc { .. } | Effect::Free { .. } => {
-                st.mem_used.store(slot.dev.used(), Relaxed)
+                // Before the completion is written: a guest that reads its register page
+                // right after the allocation returned sees it counted.
+                let used = slot.dev.used();
+                st.mem_used.store(used, Relaxed);
+                slot.ch.set_mem_used(used);
             }
             _ => {}
         }

@@ -84,6 +84,7 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             progress: Instant::now(),
             starting: false,
             last_reset: Instant::now(),
+            usage: super::usage::UsageWindow::new(stats.device_ns.load(Relaxed)),
         });
         self.new_context(vm);
         self.update_shared();
@@ -159,6 +160,9 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
             return;
         };
         slot.dev = dev;
+        // The fresh device holds no memory: the register page says so before the guest can
+        // send anything to it.
+        slot.ch.set_mem_used(0);
         slot.progress = Instant::now();
         slot.last_reset = Instant::now();
         slot.starting = false;
