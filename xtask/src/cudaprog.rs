@@ -5,7 +5,9 @@
 //! events, kernel registration and error paths. Each program in `crates/vgpu-cuda/tests/cuda/`
 //! is built with the runtime linked statically (nvcc's default) and shared, with compressed
 //! fatbins, relocatable device code and the per-thread default stream, and run with lazy and
-//! eager module loading; each run must exit 0 printing `PASS`.
+//! eager module loading; each run must exit 0 printing `PASS`. Then NVIDIA's Python bindings
+//! of NVML (the `nvidia-ml-py` wheel) query the device through vgpu's `libnvidia-ml.so.1`
+//! (`crates/vgpu-nvml/tests/pynvml_check.py`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,6 +27,9 @@ pub const WHEELS: &[&str] = &[
     "nvidia-cuda-crt==13.0.88",
     "nvidia-nvvm==13.0.88",
 ];
+
+/// NVIDIA's Python bindings of NVML, for the NVML check (pure Python).
+pub const PYNVML_WHEELS: &[&str] = &["nvidia-ml-py==13.580.82"];
 
 /// Where the toolkit's nvcc, headers and libraries are.
 pub struct Toolkit {
@@ -73,9 +78,17 @@ pub fn toolkit() -> Result<Toolkit> {
         "installing the CUDA 13.0 toolkit wheels into {}",
         venv.display()
     ));
+    make_venv(&venv, WHEELS)?;
+    find_cu13(&venv)
+        .and_then(|d| toolkit_at(&d))
+        .context("the wheels installed no nvidia/cu13/bin/nvcc")
+}
+
+/// Makes a Python virtual environment at `venv` and installs `wheels` into it.
+fn make_venv(venv: &Path, wheels: &[&str]) -> Result<()> {
     let ok = Command::new("python3")
         .args(["-m", "venv"])
-        .arg(&venv)
+        .arg(venv)
         .status()
         .context("running python3 -m venv (apt-get install python3-venv)")?;
     if !ok.success() {
@@ -86,15 +99,65 @@ pub fn toolkit() -> Result<Toolkit> {
     }
     let ok = Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(WHEELS)
+        .args(wheels)
         .status()
         .context("running pip")?;
     if !ok.success() {
-        bail!("pip install {} failed", WHEELS.join(" "));
+        bail!("pip install {} failed", wheels.join(" "));
     }
-    find_cu13(&venv)
-        .and_then(|d| toolkit_at(&d))
-        .context("the wheels installed no nvidia/cu13/bin/nvcc")
+    Ok(())
+}
+
+/// A Python with `pynvml` ([`PYNVML_WHEELS`]): the virtual environment `target/pynvml`,
+/// made and filled on first use.
+fn pynvml_python() -> Result<PathBuf> {
+    let venv = paths::target_dir().join("pynvml");
+    let python = venv.join("bin/python3");
+    let has = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import pynvml"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has(&python) {
+        step(&format!(
+            "installing {} into {}",
+            PYNVML_WHEELS.join(" "),
+            venv.display()
+        ));
+        let _ = std::fs::remove_dir_all(&venv);
+        make_venv(&venv, PYNVML_WHEELS)?;
+    }
+    Ok(python)
+}
+
+/// Runs `crates/vgpu-nvml/tests/pynvml_check.py` with `libdir` (vgpu's libnvidia-ml.so.1 and
+/// libcuda.so.1) on its library path, against VM socket `socket` of `quota` bytes.
+fn pynvml_check(libdir: &Path, socket: &Path, quota: u64) -> Result<()> {
+    let python = pynvml_python()?;
+    let script = paths::root().join("crates/vgpu-nvml/tests/pynvml_check.py");
+    let o = Command::new(&python)
+        .arg(&script)
+        .env("LD_LIBRARY_PATH", libdir)
+        .env("VGPU_SOCKET", socket)
+        .env("VGPU_EXPECT_TOTAL", quota.to_string())
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let passed = o.status.success()
+        && String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .is_some_and(|l| l.trim() == "PASS");
+    if !passed {
+        bail!("{} failed ({}):\n{text}", script.display(), o.status);
+    }
+    Ok(())
 }
 
 /// One way of building and running the programs.
@@ -234,10 +297,13 @@ fn run_program(exe: &Path, libpath: &str, socket: &Path, loading: Option<&str>) 
     Ok(text)
 }
 
+/// The VM's device memory quota.
+const QUOTA: u64 = 512 << 20;
+
 pub fn run() -> Result<()> {
     let tk = toolkit()?;
     step("building vgpud and the guest driver (release)");
-    build::cargo_build_release(&["vgpu-mediator", "vgpu-cuda"])?;
+    build::cargo_build_release(&["vgpu-mediator", "vgpu-cuda", "vgpu-nvml"])?;
     let work = paths::target_dir().join("cuda-programs");
     let _ = std::fs::remove_dir_all(&work);
     let libcuda_dir = work.join("libcuda");
@@ -246,6 +312,8 @@ pub fn run() -> Result<()> {
     let lib = paths::target_dir().join("release/libvgpucuda.so");
     std::os::unix::fs::symlink(&lib, libcuda_dir.join("libcuda.so.1"))?;
     std::os::unix::fs::symlink(&lib, libcuda_dir.join("libcuda.so"))?;
+    let nvml = paths::target_dir().join("release/libvgpunvml.so");
+    std::os::unix::fs::symlink(&nvml, libcuda_dir.join("libnvidia-ml.so.1"))?;
     link_dir(&tk, &links)?;
 
     let socket = work.join("vm-a.sock");
@@ -258,7 +326,7 @@ pub fn run() -> Result<()> {
             vm_id: 1,
             pool_id: 0,
             priority: 0,
-            mem_quota: "512MiB".into(),
+            mem_quota: format!("{}MiB", QUOTA >> 20),
             shm_size: "16MiB".into(),
         }],
     };
@@ -292,6 +360,16 @@ pub fn run() -> Result<()> {
                     failed.push(name);
                 }
             }
+        }
+    }
+    match pynvml_check(&libcuda_dir, &socket, QUOTA) {
+        Ok(()) => {
+            step("pynvml: PASS");
+            passed += 1;
+        }
+        Err(e) => {
+            step(&format!("pynvml: FAILED: {e:#}"));
+            failed.push("pynvml".into());
         }
     }
     vgpud.stop()?;

@@ -22,9 +22,12 @@ fn usage_of(src: &Source) -> Result<Usage, NvmlReturn> {
 
 /// Total (the VM's quota, from the device-info page), used (the VM's allocations) and free.
 fn memory(h: NvmlDevice) -> Result<Memory, NvmlReturn> {
-    let src = state::device(h)?;
-    let total = info_of(&src)?.total_mem;
-    let used = usage_of(&src)?.mem_used;
+    memory_of(&*state::device(h)?)
+}
+
+fn memory_of(src: &Source) -> Result<Memory, NvmlReturn> {
+    let total = info_of(src)?.total_mem;
+    let used = usage_of(src)?.mem_used;
     Ok(Memory {
         total,
         used,
@@ -94,13 +97,17 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     out: *mut Utilization,
 ) -> NvmlReturn {
     run("nvmlDeviceGetUtilizationRates", || {
-        let src = state::device(device)?;
-        info_of(&src)?;
-        let u = usage_of(&src)?;
-        let gpu = u.busy.map_or(0, |(permille, _)| (permille + 5) / 10);
+        let u = utilization_of(&*state::device(device)?)?;
         // SAFETY: forwarded from the caller.
-        unsafe { put(out, Utilization { gpu, memory: 0 }) }
+        unsafe { put(out, u) }
     })
+}
+
+fn utilization_of(src: &Source) -> Result<Utilization, NvmlReturn> {
+    info_of(src)?;
+    let u = usage_of(src)?;
+    let gpu = u.busy.map_or(0, |(permille, _)| (permille + 5) / 10);
+    Ok(Utilization { gpu, memory: 0 })
 }
 
 /// The processes running on the device, as far as the guest can know: this process, once it
@@ -283,6 +290,72 @@ pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::c_int;
+    use vgpu_abi::info::INFO_OFFSET;
+    use vgpu_abi::regs::{RegisterPage, CAP_DEVICE_INFO};
+    use vgpu_abi::{DeviceInfoPage, DeviceStatus, ShmView};
+
+    extern "C" fn no_cuda() -> c_int {
+        0
+    }
+
+    /// A device of ABI 1.`minor` whose VM has 1 GiB and uses 300 MiB at 42.6% utilisation.
+    fn device(minor: u16) -> Source {
+        let view = ShmView::leak_zeroed(4096);
+        let regs = RegisterPage {
+            abi_version: (1 << 16) | u32::from(minor),
+            device_status: DeviceStatus::Ready as u32,
+            capabilities: CAP_DEVICE_INFO,
+            mem_used: 300 << 20,
+            busy_permille: 426,
+            busy_window_ms: 500,
+            ..Default::default()
+        };
+        view.write_obj(0, &regs);
+        let info = DeviceInfoPage {
+            total_mem: 1 << 30,
+            ..Default::default()
+        };
+        view.write_obj(INFO_OFFSET, &info);
+        Source::Shared {
+            view,
+            cuda_initialised: no_cuda,
+        }
+    }
+
+    #[test]
+    fn memory_and_utilisation_come_from_the_register_page() {
+        let src = device(6);
+        assert_eq!(
+            memory_of(&src),
+            Ok(Memory {
+                total: 1 << 30,
+                used: 300 << 20,
+                free: (1 << 30) - (300 << 20)
+            })
+        );
+        assert_eq!(utilization_of(&src), Ok(Utilization { gpu: 43, memory: 0 }));
+    }
+
+    #[test]
+    fn an_older_vgpud_has_no_usage_figures() {
+        let src = device(5);
+        assert_eq!(memory_of(&src), Err(NvmlReturn::NOT_SUPPORTED));
+        assert_eq!(utilization_of(&src), Err(NvmlReturn::NOT_SUPPORTED));
+    }
+
+    #[test]
+    fn a_stopped_device_is_lost() {
+        let src = device(6);
+        let Source::Shared { view, .. } = &src else {
+            unreachable!()
+        };
+        view.store_u32(
+            vgpu_abi::regs::off::DEVICE_STATUS,
+            DeviceStatus::Stopped as u32,
+        );
+        assert_eq!(memory_of(&src), Err(NvmlReturn::GPU_IS_LOST));
+    }
 
     #[test]
     fn process_arrays_follow_nvmls_size_protocol() {
