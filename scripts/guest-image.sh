@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Installs vgpu's CUDA driver and CUDA programs into a VM guest image, as a distribution's image
+# Installs vgpu's CUDA driver (and NVML) and CUDA programs into a VM guest image, as a distribution's image
 # would have them, and writes that as a newc cpio archive to append to the guest's initramfs
 # (the kernel unpacks concatenated archives in order; `cargo xtask`'s initramfs carries busybox,
 # /init, the VFIO modules and a static ldconfig).
 #
-# Usage: guest-image.sh --libcuda LIB --out LAYER.cpio PROGRAM...
+# Usage: guest-image.sh --libcuda LIB [--libnvml NVML] --out LAYER.cpio PROGRAM...
 #
 # The archive holds:
 #   /usr/lib/x86_64-linux-gnu/libcuda.so.1   LIB (vgpu's libvgpucuda.so, SONAME libcuda.so.1)
 #   /usr/lib/x86_64-linux-gnu/libcuda.so     -> libcuda.so.1
+#   /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1  NVML (vgpu's libvgpunvml.so, SONAME
+#                                            libnvidia-ml.so.1), with --libnvml
+#   /usr/lib/x86_64-linux-gnu/libnvidia-ml.so    -> libnvidia-ml.so.1, with --libnvml
 #   /usr/bin/NAME                            each PROGRAM
 #   each library `ldd PROGRAM` lists, at the path ldd resolved it to on this machine (the
 #   dynamic loader, libstdc++, libgcc_s, libc, libm, libcudart.so.13 of `-cudart shared` ...),
-#   except libcuda.so.1: the programs get ours
+#   except libcuda.so.1 and libnvidia-ml.so.1: the programs get ours
 #   /etc/ld.so.conf, /etc/ld.so.conf.d/      Debian's and Ubuntu's multiarch directories, plus
 #                                            any other directory a library came from
 #   /etc/ld.so.cache                         `ldconfig -r` over the image: a program finds
-#                                            libcuda.so.1 with no LD_LIBRARY_PATH
+#                                            libcuda.so.1 (and libnvidia-ml.so.1) with no
+#                                            LD_LIBRARY_PATH
 # The libraries come from this machine: build the programs here (their libraries must be the
 # ones they were linked against). Where ldconfig cannot chroot (not root, no user namespaces)
 # the image has no cache and the guest's /init runs ldconfig at boot instead.
@@ -27,18 +31,21 @@ set -euo pipefail
 die() { echo "guest-image: $*" >&2; exit 1; }
 
 libcuda=""
+libnvml=""
 out=""
 programs=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --libcuda) libcuda=${2:-}; shift 2 || die "--libcuda needs a value" ;;
+    --libnvml) libnvml=${2:-}; shift 2 || die "--libnvml needs a value" ;;
     --out) out=${2:-}; shift 2 || die "--out needs a value" ;;
-    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) programs+=("$1"); shift ;;
   esac
 done
 [ -n "$libcuda" ] && [ -f "$libcuda" ] || die "--libcuda LIB: no such file: '$libcuda'"
+[ -z "$libnvml" ] || [ -f "$libnvml" ] || die "--libnvml NVML: no such file: '$libnvml'"
 [ -n "$out" ] || die "--out LAYER.cpio is required"
 [ ${#programs[@]} -gt 0 ] || die "no PROGRAM given"
 command -v ldd >/dev/null || die "ldd not found"
@@ -59,6 +66,11 @@ mkdir -p "$stage$libdir" "$stage/usr/bin" "$stage/etc/ld.so.conf.d"
 # The driver, as the distribution's NVIDIA driver package installs libcuda.
 install -m 0755 "$libcuda" "$stage$libdir/libcuda.so.1"
 ln -s libcuda.so.1 "$stage$libdir/libcuda.so"
+# NVML, as the driver package installs it: frameworks open libnvidia-ml.so.1 by name.
+if [ -n "$libnvml" ]; then
+  install -m 0755 "$libnvml" "$stage$libdir/libnvidia-ml.so.1"
+  ln -s libnvidia-ml.so.1 "$stage$libdir/libnvidia-ml.so"
+fi
 
 extra_dirs=()
 add_lib() { # PATH: the library at the path ldd resolved it to
@@ -87,7 +99,7 @@ for prog in "${programs[@]}"; do
   fi
   while read -r line; do
     case "$line" in
-      libcuda.so*) ;; # the driver: ours, whatever this machine has
+      libcuda.so*|libnvidia-ml.so*) ;; # the driver and NVML: ours, whatever this machine has
       *"=> not found"*) die "$prog needs ${line%% *}, which ldd does not find here" ;;
       *"=> /"*) path=${line#*=> }; add_lib "${path%% (*}" ;;
       /*) add_lib "${line%% (*}" ;; # the dynamic loader
@@ -111,6 +123,10 @@ if "$ldconfig" -r "$stage" 2>"$errs" ||
   entry=$(grep -m1 "libcuda\.so\.1 .*=> $libdir/libcuda\.so\.1\$" <<<"$cache") ||
     die "the image's ld.so.cache has no libcuda.so.1 => $libdir/libcuda.so.1:"$'\n'"$cache"
   echo "guest-image: ld.so.cache: $(echo $entry) ($(head -n1 <<<"$cache"))"
+  if [ -n "$libnvml" ]; then
+    grep -q "libnvidia-ml\.so\.1 .*=> $libdir/libnvidia-ml\.so\.1\$" <<<"$cache" ||
+      die "the image's ld.so.cache has no libnvidia-ml.so.1 => $libdir/libnvidia-ml.so.1:"$'\n'"$cache"
+  fi
 else
   echo "guest-image: WARNING: ldconfig -r failed here ($(tr '\n' ' ' <"$errs")): no ld.so.cache in the image, the guest runs ldconfig at boot" >&2
   rm -f "$stage/etc/ld.so.cache"
@@ -166,4 +182,4 @@ with open(out + ".tmp", "wb") as f:
     f.write(buf)
 os.replace(out + ".tmp", out)
 PY
-echo "guest-image: $out: $(du -k "$out" | cut -f1) KiB: libcuda.so.1, ${#programs[@]} program(s), $(find "$stage" -name '*.so*' -type f | wc -l) libraries${extra_dirs:+, ld.so.conf.d: ${extra_dirs[*]}}"
+echo "guest-image: $out: $(du -k "$out" | cut -f1) KiB: libcuda.so.1${libnvml:+, libnvidia-ml.so.1}, ${#programs[@]} program(s), $(find "$stage" -name '*.so*' -type f | wc -l) libraries${extra_dirs:+, ld.so.conf.d: ${extra_dirs[*]}}"

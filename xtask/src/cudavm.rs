@@ -44,7 +44,7 @@ pub fn run(vm: &VmOpts) -> Result<()> {
     deps::ensure_host_tools()?;
     let tk = cudaprog::toolkit()?;
     step("building vgpud, vgpuctl and the guest driver (release)");
-    build::cargo_build_release(&["vgpu-mediator", "vgpuctl", "vgpu-cuda"])?;
+    build::cargo_build_release(&["vgpu-mediator", "vgpuctl", "vgpu-cuda", "vgpu-nvml"])?;
 
     let work = paths::target_dir().join("cuda-vm");
     let _ = std::fs::remove_dir_all(&work);
@@ -64,12 +64,14 @@ pub fn run(vm: &VmOpts) -> Result<()> {
         exes.push(exe);
     }
 
-    step("installing libcuda.so.1 and the programs into the guest image (scripts/guest-image.sh)");
-    // Stripped, as a distribution ships it (and a smaller initramfs for TCG to unpack).
+    step("installing libcuda.so.1, libnvidia-ml.so.1 and the programs into the guest image (scripts/guest-image.sh)");
+    // Stripped, as a distribution ships them (and a smaller initramfs for TCG to unpack).
     let lib = work.join("libvgpucuda.so");
     gpucheck::install(&build::host_bin("libvgpucuda.so"), &lib)?;
+    let nvml = work.join("libvgpunvml.so");
+    gpucheck::install(&build::host_bin("libvgpunvml.so"), &nvml)?;
     let layer = work.join("cuda-layer.cpio");
-    guest_image(&lib, &exes, &tk.lib, &layer)?;
+    guest_image(&lib, &nvml, &exes, &tk.lib, &layer)?;
     let kernel = kernel::ensure_kernel()?;
     let base = initramfs::build(None, &kernel.modules, &work.join("base.cpio"))?;
     let initrd = initramfs::append(&base, &[&layer], &work.join("initramfs.cpio"))?;
@@ -171,15 +173,23 @@ pub fn run(vm: &VmOpts) -> Result<()> {
     Ok(())
 }
 
-/// Runs `scripts/guest-image.sh`: `lib` as the guest's `libcuda.so.1`, `exes` with the
-/// libraries ldd finds for them (`cudart_dir`, the toolkit's, on its path for the shared
-/// runtime), into the cpio archive `out`.
-fn guest_image(lib: &Path, exes: &[PathBuf], cudart_dir: &Path, out: &Path) -> Result<()> {
+/// Runs `scripts/guest-image.sh`: `lib` as the guest's `libcuda.so.1`, `nvml` as its
+/// `libnvidia-ml.so.1`, `exes` with the libraries ldd finds for them (`cudart_dir`, the
+/// toolkit's, on its path for the shared runtime), into the cpio archive `out`.
+fn guest_image(
+    lib: &Path,
+    nvml: &Path,
+    exes: &[PathBuf],
+    cudart_dir: &Path,
+    out: &Path,
+) -> Result<()> {
     let script = paths::root().join("scripts/guest-image.sh");
     let o = Command::new("bash")
         .arg(&script)
         .arg("--libcuda")
         .arg(lib)
+        .arg("--libnvml")
+        .arg(nvml)
         .arg("--out")
         .arg(out)
         .args(exes)
@@ -321,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn guest_image_installs_libcuda_with_a_cache_entry() {
+    fn guest_image_installs_libcuda_and_nvml_with_cache_entries() {
         // ldconfig -r needs root or user namespaces; CI runs as root.
         if !deps::is_root() {
             return;
@@ -331,15 +341,18 @@ mod tests {
         let Some(lib) = shared_object(&dir, "libcuda.so.1") else {
             return;
         };
+        let nvml = shared_object(&dir, "libnvidia-ml.so.1").unwrap();
         let prog = PathBuf::from("/usr/bin/env");
         let layer = dir.join("layer.cpio");
-        guest_image(&lib, &[prog], &dir, &layer).unwrap();
+        guest_image(&lib, &nvml, &[prog], &dir, &layer).unwrap();
         let Some(listing) = cpio_listing(&layer) else {
             return;
         };
         for want in [
             "usr/lib/x86_64-linux-gnu/libcuda.so.1",
             "usr/lib/x86_64-linux-gnu/libcuda.so -> libcuda.so.1",
+            "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+            "usr/lib/x86_64-linux-gnu/libnvidia-ml.so -> libnvidia-ml.so.1",
             "usr/bin/env",
             "lib64/ld-linux-x86-64.so.2",
             "libc.so.6",
@@ -351,10 +364,16 @@ mod tests {
         }
         // A library that is not libcuda.so.1 (another SONAME) gets no such cache entry: refused.
         let wrong = shared_object(&dir, "libother.so.1").unwrap();
-        let e = guest_image(&wrong, &[PathBuf::from("/usr/bin/env")], &dir, &layer)
+        let env = [PathBuf::from("/usr/bin/env")];
+        let e = guest_image(&wrong, &nvml, &env, &dir, &layer)
             .unwrap_err()
             .to_string();
         assert!(e.contains("has no libcuda.so.1"), "{e}");
+        // Likewise for NVML.
+        let e = guest_image(&lib, &wrong, &env, &dir, &layer)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no libnvidia-ml.so.1"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

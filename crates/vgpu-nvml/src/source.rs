@@ -44,7 +44,7 @@ pub enum Source {
     },
     /// A device this library opened (no vgpu libcuda.so.1 here): closed at the last
     /// `nvmlShutdown`, which lets another process attach to the VM's socket.
-    Own(Device),
+    Own(Box<Device>),
 }
 
 impl std::fmt::Debug for Source {
@@ -108,7 +108,7 @@ impl Source {
                     cuda_initialised,
                 }
             }
-            None => Source::Own(Device::open_default()?),
+            None => Source::Own(Box::new(Device::open_default()?)),
         };
         if src.info_page().is_none() {
             return Err(SourceError::NoInfoPage);

@@ -87,7 +87,7 @@ pub fn architecture(major: i32, minor: i32) -> u32 {
         (8, 9) => arch::ADA,
         (8, _) => arch::AMPERE,
         (9, _) => arch::HOPPER,
-        (10 | 11 | 12, _) => arch::BLACKWELL,
+        (10..=12, _) => arch::BLACKWELL,
         _ => arch::UNKNOWN,
     }
 }

@@ -85,7 +85,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTopologyNearestGpus(
 ) -> NvmlReturn {
     run("nvmlDeviceGetTopologyNearestGpus", || {
         device_info(device)?;
-        if level > TOPOLOGY_SYSTEM || level % 10 != 0 {
+        if level > TOPOLOGY_SYSTEM || !level.is_multiple_of(10) {
             return Err(NvmlReturn::INVALID_ARGUMENT);
         }
         // SAFETY: forwarded from the caller.
