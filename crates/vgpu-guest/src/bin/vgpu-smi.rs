@@ -127,7 +127,15 @@ fn info(dev: &Device) -> anyhow::Result<()> {
         Ok((used, quota)) => format!("{} / {}", human(used), human(quota)),
         Err(e) => format!("unavailable ({e})"),
     };
-    let rows: [(&str, String); 14] = [
+    // The register page's figures (ABI 1.6): what NVML reports, without a round trip.
+    let util = match i.usage.map(|u| u.busy) {
+        Some(Some((permille, ms))) => {
+            format!("{}.{}% of the last {ms} ms", permille / 10, permille % 10)
+        }
+        Some(None) => "no window ended yet".into(),
+        None => format!("not published (vgpud speaks {})", i.abi_version_string()),
+    };
+    let rows: [(&str, String); 15] = [
         ("Name", i.vm_name.clone()),
         ("VM id", i.vm_id.to_string()),
         ("Pool id", i.pool_id.to_string()),
@@ -139,6 +147,7 @@ fn info(dev: &Device) -> anyhow::Result<()> {
         ("Device memory", human(i.device_total_mem)),
         ("ABI version", i.abi_version_string()),
         ("Memory used / quota", mem),
+        ("Utilisation", util),
         ("Staging", human(dev.staging_size())),
         ("Transport", dev.transport_description()),
         ("Wait", dev.wait_description()),
