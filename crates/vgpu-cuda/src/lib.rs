@@ -8,7 +8,9 @@
 //!   what is not implemented answers `CUDA_ERROR_NOT_SUPPORTED` ([`unsupported`]);
 //!   `cuGetProcAddress` answers from a table derived from the real driver ([`proc_address`]);
 //! - the private tables the CUDA runtime asks for with `cuGetExportTable` ([`dark_api`]);
-//! - the entry points themselves ([`api`]).
+//! - the entry points themselves ([`api`]);
+//! - what vgpu's `libnvidia-ml.so.1` in the same process asks for: the device this library
+//!   opened, so that the process attaches once ([`shared`]).
 
 // The exported names are the driver API's own.
 #![allow(non_snake_case)]
