@@ -200,6 +200,51 @@ pub const TOPOLOGY_INTERNAL: u32 = 0;
 /// `NVML_TOPOLOGY_SYSTEM`: the widest `nvmlGpuTopologyLevel_t`.
 pub const TOPOLOGY_SYSTEM: u32 = 50;
 
+/// `nvmlGpuFabricInfo_t` (the unversioned fabric query).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuFabricInfo {
+    /// The cluster the GPU belongs to (zero: none).
+    pub cluster_uuid: [u8; 16],
+    /// Probe error status.
+    pub status: u32,
+    /// The fabric clique.
+    pub clique_id: u32,
+    /// `NVML_GPU_FABRIC_STATE_*` (an `unsigned char`).
+    pub state: u8,
+}
+
+/// `nvmlGpuFabricInfo_v3_t` = `nvmlGpuFabricInfoV_t`; the `_v2` struct is the same without
+/// `health_summary` (and 4 bytes shorter).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuFabricInfoV3 {
+    /// [`GPU_FABRIC_INFO_V2_VERSION`] or [`GPU_FABRIC_INFO_V3_VERSION`].
+    pub version: u32,
+    /// The cluster the GPU belongs to (zero: none).
+    pub cluster_uuid: [u8; 16],
+    /// Probe error status.
+    pub status: u32,
+    /// The fabric clique.
+    pub clique_id: u32,
+    /// `NVML_GPU_FABRIC_STATE_*` (an `unsigned char`).
+    pub state: u8,
+    /// `NVML_GPU_FABRIC_HEALTH_MASK_*` bits.
+    pub health_mask: u32,
+    /// `NVML_GPU_FABRIC_HEALTH_SUMMARY_*` (v3 only).
+    pub health_summary: u8,
+}
+
+/// Bytes of `nvmlGpuFabricInfo_v2_t`.
+pub const GPU_FABRIC_INFO_V2_SIZE: usize = std::mem::offset_of!(GpuFabricInfoV3, health_summary);
+/// `nvmlGpuFabricInfo_v2`
+pub const GPU_FABRIC_INFO_V2_VERSION: u32 = GPU_FABRIC_INFO_V2_SIZE as u32 | (2 << 24);
+/// `nvmlGpuFabricInfo_v3`
+pub const GPU_FABRIC_INFO_V3_VERSION: u32 =
+    std::mem::size_of::<GpuFabricInfoV3>() as u32 | (3 << 24);
+/// `NVML_GPU_FABRIC_STATE_NOT_SUPPORTED`
+pub const GPU_FABRIC_STATE_NOT_SUPPORTED: u8 = 0;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +263,10 @@ mod tests {
         assert_eq!(size_of::<ProcessInfoV1>(), 16);
         assert_eq!(size_of::<ProcessInfo>(), 24);
         assert_eq!(offset_of!(ProcessInfo, gpu_instance_id), 16);
+        assert_eq!(size_of::<GpuFabricInfo>(), 28);
+        assert_eq!(offset_of!(GpuFabricInfoV3, state), 28);
+        assert_eq!(offset_of!(GpuFabricInfoV3, health_mask), 32);
+        assert_eq!(GPU_FABRIC_INFO_V2_SIZE, 36);
+        assert_eq!(size_of::<GpuFabricInfoV3>(), 40);
     }
 }

@@ -468,6 +468,18 @@ fn own_connection_child() {
         assert_eq!((u.gpu, u.memory), (0, 0), "nothing ran");
         assert!(n.processes(d).is_empty(), "no CUDA in this process");
 
+        // No NVLink fabric: a v3 struct filled in as NVML describes a GPU outside one.
+        let fabric: unsafe extern "C" fn(Dev, *mut [u32; 10]) -> u32 =
+            lib.f("nvmlDeviceGetGpuFabricInfoV");
+        let mut f = [0x5555_5555u32; 10];
+        f[0] = 40 | 3 << 24;
+        assert_eq!(fabric(d, &mut f), SUCCESS);
+        assert_eq!(&f[1..5], &[0; 4], "no cluster");
+        assert_eq!(f[5], NOT_SUPPORTED, "status");
+        assert_eq!(f[7] & 0xff, 0, "state NVML_GPU_FABRIC_STATE_NOT_SUPPORTED");
+        f[0] = 7;
+        assert_eq!(fabric(d, &mut f), ARGUMENT_VERSION_MISMATCH);
+
         // Unimplemented: NOT_SUPPORTED.
         let temp: unsafe extern "C" fn(Dev, c_uint, *mut c_uint) -> u32 =
             lib.f("nvmlDeviceGetTemperature");

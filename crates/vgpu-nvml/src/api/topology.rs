@@ -6,8 +6,9 @@ use std::ffi::c_uint;
 use super::device::device_info;
 use super::{put, run};
 use crate::types::{
-    NvmlDevice, NvmlReturn, P2P_CAPS_INDEX_UNKNOWN, P2P_STATUS_NOT_SUPPORTED, TOPOLOGY_INTERNAL,
-    TOPOLOGY_SYSTEM,
+    GpuFabricInfo, GpuFabricInfoV3, NvmlDevice, NvmlReturn, GPU_FABRIC_INFO_V2_SIZE,
+    GPU_FABRIC_INFO_V2_VERSION, GPU_FABRIC_INFO_V3_VERSION, GPU_FABRIC_STATE_NOT_SUPPORTED,
+    P2P_CAPS_INDEX_UNKNOWN, P2P_STATUS_NOT_SUPPORTED, TOPOLOGY_INTERNAL, TOPOLOGY_SYSTEM,
 };
 
 /// `nvmlDeviceGetP2PStatus`: peer-to-peer between the vGPU and itself is not a capability it
@@ -90,5 +91,70 @@ pub unsafe extern "C" fn nvmlDeviceGetTopologyNearestGpus(
         }
         // SAFETY: forwarded from the caller.
         unsafe { put(count, 0) }
+    })
+}
+
+/// `nvmlDeviceGetGpuFabricInfoV`: the vGPU belongs to no NVLink fabric (multi-node NVLink):
+/// success, with the probe state `NVML_GPU_FABRIC_STATE_NOT_SUPPORTED`, a zero cluster UUID and
+/// status `NVML_ERROR_NOT_SUPPORTED`, as NVML describes a GPU outside any fabric (NCCL, XLA and
+/// PyTorch read the state). `version` is `nvmlGpuFabricInfo_v2` or `_v3`; another is
+/// `NVML_ERROR_ARGUMENT_VERSION_MISMATCH`.
+///
+/// # Safety
+/// `info` is NULL or valid for reads and writes of the struct of its version.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetGpuFabricInfoV(
+    device: NvmlDevice,
+    info: *mut GpuFabricInfoV3,
+) -> NvmlReturn {
+    run("nvmlDeviceGetGpuFabricInfoV", || {
+        device_info(device)?;
+        if info.is_null() {
+            return Err(NvmlReturn::INVALID_ARGUMENT);
+        }
+        // SAFETY: non-NULL and valid for reads (the caller's promise).
+        let version = unsafe { std::ptr::addr_of!((*info).version).read_unaligned() };
+        let len = match version {
+            GPU_FABRIC_INFO_V2_VERSION => GPU_FABRIC_INFO_V2_SIZE,
+            GPU_FABRIC_INFO_V3_VERSION => std::mem::size_of::<GpuFabricInfoV3>(),
+            _ => return Err(NvmlReturn::ARGUMENT_VERSION_MISMATCH),
+        };
+        let v = GpuFabricInfoV3 {
+            version,
+            status: NvmlReturn::NOT_SUPPORTED.0,
+            state: GPU_FABRIC_STATE_NOT_SUPPORTED,
+            ..Default::default()
+        };
+        // SAFETY: `v` has at least `len` bytes; `info` is valid for `len` bytes of writes (the
+        // struct of its version, the caller's promise).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                std::ptr::addr_of!(v).cast::<u8>(),
+                info.cast::<u8>(),
+                len,
+            )
+        };
+        Ok(())
+    })
+}
+
+/// `nvmlDeviceGetGpuFabricInfo` (the unversioned struct): as [`nvmlDeviceGetGpuFabricInfoV`].
+///
+/// # Safety
+/// `info` is NULL or valid for a write of `nvmlGpuFabricInfo_t`.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetGpuFabricInfo(
+    device: NvmlDevice,
+    info: *mut GpuFabricInfo,
+) -> NvmlReturn {
+    run("nvmlDeviceGetGpuFabricInfo", || {
+        device_info(device)?;
+        let v = GpuFabricInfo {
+            status: NvmlReturn::NOT_SUPPORTED.0,
+            state: GPU_FABRIC_STATE_NOT_SUPPORTED,
+            ..Default::default()
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { put(info, v) }
     })
 }
