@@ -117,7 +117,16 @@ pub unsafe extern "C" fn cuGetExportTable(
                 unsafe { table.write(t) };
                 CUresult::CUDA_SUCCESS
             }
-            None => CUresult::CUDA_ERROR_NOT_FOUND,
+            None => {
+                // SAFETY: non-NULL, valid for a write (the caller's promise). A caller that
+                // looks at the pointer rather than the result finds no table.
+                unsafe { table.write(std::ptr::null()) };
+                if crate::unsupported::tracing() {
+                    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                    eprintln!("vgpu libcuda: cuGetExportTable: no table {hex}");
+                }
+                CUresult::CUDA_ERROR_NOT_FOUND
+            }
         }
     })
 }

@@ -63,6 +63,9 @@ pub(crate) mod ids {
     pub const T69A28E9F: [u8; 16] = uuid("69a28e9f-2449-8b47-b030-c5da330ea4e9");
     /// Requested by CuPy after its first initialisation.
     pub const DA9151D3: [u8; 16] = uuid("da9151d3-3ae6-cc41-a5c0-4f26d533e328");
+    /// Requested in PyTorch's process at its first bf16 matrix product, next to 21318c60
+    /// (cuBLASLt, inferred); it dereferences the table without checking the answer.
+    pub const T1734DC26: [u8; 16] = uuid("1734dc26-800d-4745-8726-c0f1e7dd8bca");
 }
 
 /// The bytes of a UUID written as text (hex digits, dashes ignored), at compile time.
@@ -106,6 +109,7 @@ pub fn table(uuid: &[u8; 16]) -> Option<*const c_void> {
         ids::T21318C60 => opaque::T21318C60.addr(),
         ids::T69A28E9F => opaque::T69A28E9F.addr(),
         ids::DA9151D3 => opaque::DA9151D3.addr(),
+        ids::T1734DC26 => opaque::T1734DC26.addr(),
         _ => return None,
     })
 }

@@ -33,6 +33,14 @@ pub(crate) static T69A28E9F: Table<34> = Table({
     w
 });
 
+/// 17 words on driver 580 (size word 136, 16 code slots); PyTorch's bf16 GEMM called [4] and
+/// [13] once each there (the probe of 2026-11-30, `torch` with a bf16 matmul).
+pub(crate) static T1734DC26: Table<17> = Table({
+    let mut w = Table::<17>::sized();
+    unknown_slots!(w, unknown::T1734DC26; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+    w
+});
+
 pub(crate) static DA9151D3: Table<7> = Table({
     let mut w = Table::<7>::sized();
     unknown_slots!(w, unknown::DA9151D3; 1 2 3 4 5 6);

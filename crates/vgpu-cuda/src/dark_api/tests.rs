@@ -7,7 +7,7 @@ use super::*;
 use crate::types::{CUcontext, CUmodule, CUresult};
 
 /// (id, has a size word, words, NULL slots) as measured.
-const SHAPES: [([u8; 16], bool, usize, &[usize]); 9] = [
+const SHAPES: [([u8; 16], bool, usize, &[usize]); 10] = [
     (ids::CUDART_INTERFACE, true, 13, &[10]),
     (ids::TOOLS_RUNTIME_CALLBACK_HOOKS, true, 7, &[]),
     (ids::TOOLS_TLS, true, 3, &[]),
@@ -17,6 +17,7 @@ const SHAPES: [([u8; 16], bool, usize, &[usize]); 9] = [
     (ids::T21318C60, true, 93, &[91]),
     (ids::T69A28E9F, true, 34, &[]),
     (ids::DA9151D3, true, 7, &[]),
+    (ids::T1734DC26, true, 17, &[]),
 ];
 
 /// The words of table `id`, read through the address callers get.
@@ -38,6 +39,7 @@ fn static_len(id: &[u8; 16]) -> usize {
         ids::T21318C60 => opaque::T21318C60.0.len(),
         ids::T69A28E9F => opaque::T69A28E9F.0.len(),
         ids::DA9151D3 => opaque::DA9151D3.0.len(),
+        ids::T1734DC26 => opaque::T1734DC26.0.len(),
         _ => unreachable!(),
     }
 }

@@ -16,8 +16,9 @@ pub(crate) const INTEGRITY_CHECK: usize = 4;
 pub(crate) const T21318C60: usize = 5;
 pub(crate) const T69A28E9F: usize = 6;
 pub(crate) const DA9151D3: usize = 7;
+pub(crate) const T1734DC26: usize = 8;
 
-const TABLES: [[u8; 16]; 8] = [
+const TABLES: [[u8; 16]; 9] = [
     ids::CUDART_INTERFACE,
     ids::TOOLS_RUNTIME_CALLBACK_HOOKS,
     ids::TOOLS_TLS,
@@ -26,6 +27,7 @@ const TABLES: [[u8; 16]; 8] = [
     ids::T21318C60,
     ids::T69A28E9F,
     ids::DA9151D3,
+    ids::T1734DC26,
 ];
 
 /// The slots already reported, a bit per slot: the hot path (some of these slots are called on
