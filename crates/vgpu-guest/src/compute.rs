@@ -385,13 +385,16 @@ impl<'d> Stream<'d> {
 
     /// Queues a launch of `func` whose packed parameters are staging bytes
     /// `[staging_offset, staging_offset + params_len)` (see [`Device::spare_staging`]); they
-    /// must stay unchanged until the launch completed.
+    /// must stay unchanged until the launch completed. `cluster`: the thread block cluster
+    /// shape (`[0; 3]`: none; a device of ABI 1.6 or later).
+    #[allow(clippy::too_many_arguments)]
     pub fn launch_indirect(
         &self,
         func: u64,
         grid: [u32; 3],
         block: [u32; 3],
         shared_mem: u32,
+        cluster: [u32; 3],
         staging_offset: u64,
         params_len: u32,
     ) -> Result<Pending<'d>, Error> {
@@ -406,6 +409,9 @@ impl<'d> Stream<'d> {
             block_x: block[0],
             block_y: block[1],
             block_z: block[2],
+            cluster_x: cluster[0],
+            cluster_y: cluster[1],
+            cluster_z: cluster[2],
         })
     }
 

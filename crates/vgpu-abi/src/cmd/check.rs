@@ -37,6 +37,26 @@ pub fn dims(grid: [u32; 3], block: [u32; 3]) -> Result<(), Status> {
     Ok(())
 }
 
+/// Blocks in one thread block cluster at most (NVIDIA's non-portable maximum on Hopper is 16).
+pub const MAX_CLUSTER_BLOCKS: u32 = 32;
+
+/// A cluster shape: all zero (no cluster), or every dimension at least 1, dividing the grid's,
+/// at most [`MAX_CLUSTER_BLOCKS`] blocks (whether the function and device take it is the
+/// device's check).
+pub fn cluster(grid: [u32; 3], cluster: [u32; 3]) -> Result<(), Status> {
+    if cluster == [0; 3] {
+        return Ok(());
+    }
+    let blocks: u64 = cluster.iter().map(|&d| d as u64).product();
+    if cluster.contains(&0)
+        || blocks > MAX_CLUSTER_BLOCKS as u64
+        || grid.iter().zip(cluster).any(|(&g, c)| g % c != 0)
+    {
+        return Err(Status::InvalidArgument);
+    }
+    Ok(())
+}
+
 /// `[off, off + len)` lies inside a staging area of `staging_size` bytes.
 pub fn staging(off: u64, len: u64, staging_size: u64) -> Result<(), Status> {
     match off.checked_add(len) {

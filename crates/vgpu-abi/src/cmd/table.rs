@@ -203,12 +203,19 @@ commands! {
         block_y: u32,
         /// Block z.
         block_z: u32,
+        /// Thread block cluster x (1.6; all three 0: no cluster).
+        cluster_x: u32,
+        /// Cluster y.
+        cluster_y: u32,
+        /// Cluster z.
+        cluster_z: u32,
     }
         flags {}
         check(s) {
             check::kernel_params(params_len)?;
             check::staging(staging_offset, params_len as u64, s)?;
             check::dims([grid_x, grid_y, grid_z], [block_x, block_y, block_z])?;
+            check::cluster([grid_x, grid_y, grid_z], [cluster_x, cluster_y, cluster_z])?;
         }
         ranges []
         class Class::STREAM_WORK;

@@ -575,3 +575,18 @@ fn every_command_is_documented() {
         assert!(doc.contains(&row), "docs/abi.md lacks the row {row:?}");
     }
 }
+
+#[test]
+fn cluster_shapes() {
+    use super::check::cluster;
+    assert_eq!(cluster([16, 1, 1], [0, 0, 0]), Ok(()));
+    assert_eq!(cluster([16, 1, 1], [2, 1, 1]), Ok(()));
+    assert_eq!(cluster([16, 4, 1], [4, 2, 1]), Ok(()));
+    // Partly zero, not dividing the grid, too many blocks.
+    assert_eq!(cluster([16, 1, 1], [2, 0, 1]), Err(Status::InvalidArgument));
+    assert_eq!(cluster([17, 1, 1], [2, 1, 1]), Err(Status::InvalidArgument));
+    assert_eq!(
+        cluster([64, 1, 1], [64, 1, 1]),
+        Err(Status::InvalidArgument)
+    );
+}

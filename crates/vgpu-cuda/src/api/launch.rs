@@ -109,6 +109,7 @@ unsafe fn launch(
     grid: [c_uint; 3],
     block: [c_uint; 3],
     shared: c_uint,
+    cluster: [c_uint; 3],
     s: CUstream,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
@@ -146,8 +147,24 @@ unsafe fn launch(
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
     }
-    if bytes.len() > MAX_INLINE_PARAMS {
-        return launch_indirect(func.handle(), grid, block, shared, s, per_thread, &bytes);
+    if cluster != [0; 3] {
+        // A grid of whole clusters (the driver checks the function and the device take it).
+        if cluster.contains(&0) || grid.iter().zip(cluster).any(|(&g, c)| g % c != 0) {
+            return Err(CUresult::CUDA_ERROR_INVALID_CLUSTER_SIZE);
+        }
+    }
+    // Clusters travel in the indirect launch only (ABI 1.6).
+    if bytes.len() > MAX_INLINE_PARAMS || cluster != [0; 3] {
+        return launch_indirect(
+            func.handle(),
+            grid,
+            block,
+            shared,
+            cluster,
+            s,
+            per_thread,
+            &bytes,
+        );
     }
     let mut body = LaunchBody::new(func.handle(), grid, block, &bytes)
         .ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
@@ -159,11 +176,13 @@ unsafe fn launch(
 }
 
 /// A launch whose parameters go through the staging arena ([`crate::params`]).
+#[allow(clippy::too_many_arguments)]
 fn launch_indirect(
     func: u64,
     grid: [c_uint; 3],
     block: [c_uint; 3],
     shared: c_uint,
+    cluster: [c_uint; 3],
     s: CUstream,
     per_thread: bool,
     bytes: &[u8],
@@ -190,7 +209,7 @@ fn launch_indirect(
         .map_err(|e| driver::error_of(&e))
         .and_then(|()| {
             let st = enqueue(s, per_thread)?;
-            st.launch_indirect(func, grid, block, shared, off, bytes.len() as u32)
+            st.launch_indirect(func, grid, block, shared, cluster, off, bytes.len() as u32)
                 .map_err(|e| driver::error_of(&e))
         });
     match queued {
@@ -228,8 +247,20 @@ macro_rules! launch_kernel {
         ) -> CUresult {
             guard(stringify!($name), || {
                 // SAFETY: forwarded from the caller.
-                unsafe { launch(f, [gx, gy, gz], [bx, by, bz], shared, s, params, extra, $pt) }
-                    .unwrap_or_else(|e| e)
+                unsafe {
+                    launch(
+                        f,
+                        [gx, gy, gz],
+                        [bx, by, bz],
+                        shared,
+                        [0; 3],
+                        s,
+                        params,
+                        extra,
+                        $pt,
+                    )
+                }
+                .unwrap_or_else(|e| e)
             })
         }
     };
@@ -259,9 +290,12 @@ pub struct LaunchAttribute {
 /// `CU_LAUNCH_ATTRIBUTE_*` ids a launch may carry here: none (0); hints a launch on vgpud's
 /// device may ignore without changing what it computes: the stream priority (8; vgpud
 /// schedules by the VM's priority and pool), the memory synchronisation domain and its map (9,
-/// 10), the preferred shared memory carveout (14). The others (cooperative, cluster shapes,
+/// 10), the preferred shared memory carveout (14). The cluster shape ([`CLUSTER_DIMENSION`])
+/// goes to vgpud with the launch. The others (cooperative, cluster scheduling preferences,
 /// programmatic dependencies, completion events) change what a launch means and are refused.
 const IGNORABLE_ATTRIBUTES: [u32; 5] = [0, 8, 9, 10, 14];
+/// `CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION`: three `unsigned int`s, x, y, z.
+const CLUSTER_DIMENSION: u32 = 4;
 
 /// # Safety
 /// `config` is NULL or a valid `CUlaunchConfig` whose `attrs` holds `numAttrs` entries;
@@ -281,9 +315,18 @@ unsafe fn launch_ex(
     if c.num_attrs > 0 && c.attrs.is_null() {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
+    let mut cluster = [0; 3];
     for i in 0..c.num_attrs as usize {
         // SAFETY: `attrs` holds `num_attrs` entries (the caller's promise).
-        let id = unsafe { (*c.attrs.add(i)).id };
+        let a = unsafe { &*c.attrs.add(i) };
+        let id = a.id;
+        if id == CLUSTER_DIMENSION {
+            for (k, d) in cluster.iter_mut().enumerate() {
+                let b = &a.value[k * 4..k * 4 + 4];
+                *d = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+            }
+            continue;
+        }
         if !IGNORABLE_ATTRIBUTES.contains(&id) {
             return Err(crate::unsupported::report_owned(format!(
                 "cuLaunchKernelEx attribute {id}"
@@ -293,7 +336,7 @@ unsafe fn launch_ex(
     // SAFETY: forwarded from the caller.
     unsafe {
         launch(
-            f, c.grid, c.block, c.shared, c.stream, params, extra, per_thread,
+            f, c.grid, c.block, c.shared, cluster, c.stream, params, extra, per_thread,
         )
     }
 }

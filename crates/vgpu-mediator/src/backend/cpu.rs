@@ -745,6 +745,9 @@ impl Handler for CpuBackend {
         _block_x: u32,
         _block_y: u32,
         _block_z: u32,
+        _cluster_x: u32,
+        _cluster_y: u32,
+        _cluster_z: u32,
     ) -> Result<Issued, Status> {
         if self.ctx(at.vm)?.images.get(func).is_some() {
             Err(refuse_user_kernel(at.vm))

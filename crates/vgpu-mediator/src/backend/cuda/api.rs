@@ -538,7 +538,8 @@ pub fn function_params(f: CUfunction, max: usize) -> CuResult<Vec<(usize, usize)
     Ok(out)
 }
 
-/// Launches `f` on `s`. `params[i]` points at the bytes of parameter `i`.
+/// Launches `f` on `s`, in thread block clusters of shape `cluster` if given. `params[i]`
+/// points at the bytes of parameter `i`.
 ///
 /// # Safety
 /// `params` has one pointer per parameter of `f`, each to at least that parameter's size of
@@ -549,6 +550,7 @@ pub unsafe fn launch(
     grid: [u32; 3],
     block: [u32; 3],
     shared_mem: u32,
+    cluster: Option<[u32; 3]>,
     s: CUstream,
     params: &mut [*mut c_void],
 ) -> CuResult<()> {
@@ -557,6 +559,26 @@ pub unsafe fn launch(
     } else {
         params.as_mut_ptr()
     };
+    if let Some([x, y, z]) = cluster {
+        // SAFETY: all-zero is a valid `CUlaunchAttribute` (a plain id and a byte union).
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attr.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x, y, z };
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid[0],
+            gridDimY: grid[1],
+            gridDimZ: grid[2],
+            blockDimX: block[0],
+            blockDimY: block[1],
+            blockDimZ: block[2],
+            sharedMemBytes: shared_mem,
+            hStream: s,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as below; `config` and its one attribute outlive the call.
+        return check(unsafe { sys::cuLaunchKernelEx(&config, f, kp, ptr::null_mut()) });
+    }
     // SAFETY: `f` and `s` are live handles of the current context; `params` has exactly one
     // pointer per kernel parameter (the function's parameter count, from
     // `function_params`), each pointing at at least that parameter's size of readable bytes
@@ -625,7 +647,7 @@ impl Kernel {
         }
         // SAFETY: one pointer per parameter of `f`, each inside `packed` (checked above),
         // which outlives the call.
-        unsafe { launch(self.f, grid, block, shared_mem, s, &mut ptrs) }
+        unsafe { launch(self.f, grid, block, shared_mem, None, s, &mut ptrs) }
     }
 }
 

@@ -781,6 +781,7 @@ impl CudaBackend {
         grid: [u32; 3],
         block: [u32; 3],
         shared_mem: u32,
+        cluster: Option<[u32; 3]>,
         mut bytes: Vec<u8>,
         given: usize,
     ) -> Result<Issued, Status> {
@@ -809,7 +810,8 @@ impl CudaBackend {
                 .collect();
             // SAFETY: one pointer per parameter of the function (its layout from
             // `function_params`), each inside `bytes`, which outlives the call.
-            unsafe { api::launch(func.f, grid, block, shared_mem, s, &mut ptrs) }.map_err(status_of)
+            unsafe { api::launch(func.f, grid, block, shared_mem, cluster, s, &mut ptrs) }
+                .map_err(status_of)
         })
     }
 }
@@ -1121,6 +1123,7 @@ impl Handler for CudaBackend {
             l.grid,
             l.block,
             l.shared_mem,
+            None,
             l.params.to_vec(),
             given,
         )
@@ -1140,18 +1143,23 @@ impl Handler for CudaBackend {
         block_x: u32,
         block_y: u32,
         block_z: u32,
+        cluster_x: u32,
+        cluster_y: u32,
+        cluster_z: u32,
     ) -> Result<Issued, Status> {
         let bytes = self
             .ctx(at.vm)?
             .staging
             .read(staging_offset, params_len as u64)?;
         let given = bytes.len();
+        let cluster = [cluster_x, cluster_y, cluster_z];
         self.launch_packed(
             at,
             func,
             [grid_x, grid_y, grid_z],
             [block_x, block_y, block_z],
             shared_mem,
+            (cluster != [0; 3]).then_some(cluster),
             bytes,
             given,
         )
