@@ -78,56 +78,7 @@ impl Fences {
     }
 }
 
-/// A command in flight whose completion a caller will wait for, with the fence queued behind
-/// it on its stream, if any.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Awaited {
-    tag: u64,
-    op: Opcode,
-    /// BAR2 offset of the fence word and the value that means the command is done.
-    fence: Option<(usize, u32)>,
-}
-
 impl Device {
-    /// Submits `cmd` on `stream` and, where the device takes fences, a fence behind it, so
-    /// that [`Device::wait_awaited`] may end as soon as the device has done it.
-    pub(super) fn start_fenced(&self, cmd: Command, stream: u32) -> Result<Awaited, Error> {
-        let op = cmd.opcode();
-        let tag = self.start_on(cmd, stream)?;
-        let mut fence = None;
-        if let Some((staging_offset, at, value)) = self.fences.as_ref().and_then(|f| f.next(stream))
-        {
-            let queued = self.start_unawaited(
-                Command::Fence {
-                    staging_offset,
-                    value,
-                },
-                stream,
-            );
-            match queued {
-                Ok(()) => fence = Some((at, value)),
-                Err(e) => {
-                    self.forget_tag(tag);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(Awaited { tag, op, fence })
-    }
-
-    /// Waits until the command of `a` is done (its completion, or its fence word), and
-    /// checks its status when its completion ended the wait.
-    pub(super) fn wait_awaited(&self, a: Awaited) -> Result<(), Error> {
-        let c = match a.fence {
-            Some(f) => self.wait_or_fence(a.tag, a.op as u16, f)?,
-            None => Some(self.wait(a.tag, a.op as u16)?),
-        };
-        match c {
-            Some(c) => check(a.op, c).map(drop),
-            None => Ok(()),
-        }
-    }
-
     /// Waits until everything submitted on `stream` so far has completed, through a fence
     /// where the device takes them. Two threads synchronising one stream at once may see
     /// their fences written out of order; a word that went past a waiter's value still means

@@ -4,9 +4,9 @@
 use std::collections::VecDeque;
 
 use vgpu_abi::cmd::Command;
-use vgpu_abi::Layout;
+use vgpu_abi::{Layout, Opcode};
 
-use super::fence::Awaited;
+use super::ring::check;
 use super::Device;
 use crate::Error;
 
@@ -138,15 +138,16 @@ impl Device {
         chunk_size(self.payload_room())
     }
 
-    /// Waits for every command in `inflight`, keeping the first error (so that staging is free
+    /// Waits for every tag in `inflight`, keeping the first error (so that staging is free
     /// again before returning).
     fn finish(
         &self,
-        inflight: &mut VecDeque<Awaited>,
+        inflight: &mut VecDeque<u64>,
+        op: Opcode,
         mut err: Option<Error>,
     ) -> Result<(), Error> {
-        while let Some(a) = inflight.pop_front() {
-            if let Err(e) = self.wait_awaited(a) {
+        while let Some(t) = inflight.pop_front() {
+            if let Err(e) = self.wait(t, op as u16).and_then(|c| check(op, c)) {
                 err.get_or_insert(e);
             }
         }
@@ -164,12 +165,15 @@ impl Device {
         dev_addr(dst, src.len())?;
         let _g = self.staging_lock.lock().unwrap_or_else(|e| e.into_inner());
         let chunk = self.chunk() as usize;
-        let mut inflight: VecDeque<Awaited> = VecDeque::new();
+        let mut inflight: VecDeque<u64> = VecDeque::new();
         let mut err = None;
         for (i, piece) in src.chunks(chunk).enumerate() {
             if inflight.len() == DEPTH {
-                let a = inflight.pop_front().expect("DEPTH in flight");
-                if let Err(e) = self.wait_awaited(a) {
+                let t = inflight.pop_front().expect("DEPTH in flight");
+                if let Err(e) = self
+                    .wait(t, Opcode::CopyH2D as u16)
+                    .and_then(|c| check(Opcode::CopyH2D, c))
+                {
                     err = Some(e);
                     break;
                 }
@@ -182,15 +186,15 @@ impl Device {
                 staging_offset: soff as u64,
                 len: piece.len() as u64,
             };
-            match self.start_fenced(cmd, 0) {
-                Ok(a) => inflight.push_back(a),
+            match self.start(cmd.encode(0, 0)) {
+                Ok(t) => inflight.push_back(t),
                 Err(e) => {
                     err = Some(e);
                     break;
                 }
             }
         }
-        self.finish(&mut inflight, err)
+        self.finish(&mut inflight, Opcode::CopyH2D, err)
     }
 
     /// Copies device memory to the host through the staging area (chunked and pipelined as
@@ -211,27 +215,30 @@ impl Device {
                 staging_offset: ((i % DEPTH) * chunk) as u64,
                 len: len_of(i) as u64,
             };
-            self.start_fenced(cmd, 0)
+            self.start(cmd.encode(0, 0))
         };
-        let mut inflight: VecDeque<Awaited> = VecDeque::new();
+        let mut inflight: VecDeque<u64> = VecDeque::new();
         for i in 0..n.min(DEPTH) {
             match issue(i) {
-                Ok(a) => inflight.push_back(a),
-                Err(e) => return self.finish(&mut inflight, Some(e)),
+                Ok(t) => inflight.push_back(t),
+                Err(e) => return self.finish(&mut inflight, Opcode::CopyD2H, Some(e)),
             }
         }
         for i in 0..n {
-            let a = inflight.pop_front().expect("chunk in flight");
-            if let Err(e) = self.wait_awaited(a) {
-                return self.finish(&mut inflight, Some(e));
+            let t = inflight.pop_front().expect("chunk in flight");
+            if let Err(e) = self
+                .wait(t, Opcode::CopyD2H as u16)
+                .and_then(|c| check(Opcode::CopyD2H, c))
+            {
+                return self.finish(&mut inflight, Opcode::CopyD2H, Some(e));
             }
             let soff = self.layout.staging_offset as usize + (i % DEPTH) * chunk;
             self.view
                 .read_bytes(soff, &mut out[i * chunk..i * chunk + len_of(i)]);
             if i + DEPTH < n {
                 match issue(i + DEPTH) {
-                    Ok(a) => inflight.push_back(a),
-                    Err(e) => return self.finish(&mut inflight, Some(e)),
+                    Ok(t) => inflight.push_back(t),
+                    Err(e) => return self.finish(&mut inflight, Opcode::CopyD2H, Some(e)),
                 }
             }
         }
