@@ -39,6 +39,11 @@ pub struct DeviceInfoPage {
     pub name: [u8; 256],
     /// `CUdevice_attribute` values, indexed by attribute.
     pub attributes: [i32; ATTR_SLOTS],
+    /// The device address of the VM's staging area in its context (1.6): the device reads and
+    /// writes that host memory directly, so staging bytes at offset `o` are device memory at
+    /// this address + `o` (CUDA's mapped host memory). 0: not mapped (the cpu backend, a
+    /// context not ready yet, a device that cannot).
+    pub staging_device_address: u64,
 }
 
 impl Default for DeviceInfoPage {
@@ -93,7 +98,7 @@ mod tests {
         const { assert!(INFO_OFFSET + core::mem::size_of::<DeviceInfoPage>() <= GUEST_HALF) };
         assert_eq!(
             core::mem::size_of::<DeviceInfoPage>(),
-            56 + 256 + 4 * ATTR_SLOTS
+            56 + 256 + 4 * ATTR_SLOTS + 8
         );
     }
 

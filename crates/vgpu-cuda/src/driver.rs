@@ -27,9 +27,32 @@ pub struct Driver {
     /// Whether the device runs a program's own kernels (`CAP_MODULES`: the cuda backend; the
     /// cpu reference device loads modules but runs only its built-ins).
     pub runs_kernels: bool,
+    /// Where the VM's context maps the staging area (ABI 1.6), looked up once.
+    mapped_staging: OnceLock<Option<u64>>,
 }
 
 impl Driver {
+    /// The device address of the staging area in the VM's context, where vgpud maps it (the
+    /// cuda backend, ABI 1.6). Looked up once, after a round trip if it is not published yet
+    /// (vgpud publishes it when the context is ready); a reset's new context, after a sticky
+    /// error, is not looked at again.
+    pub fn staging_device_address(&self) -> Option<u64> {
+        *self.mapped_staging.get_or_init(|| {
+            if !self.runs_kernels {
+                return None;
+            }
+            self.dev.staging_device_address().or_else(|| {
+                self.dev.nop().ok()?;
+                self.dev.staging_device_address()
+            })
+        })
+    }
+
+    /// The staging area as the device sees it, `(device address, size)`, where it is mapped.
+    pub fn mapped_staging(&self) -> Option<(u64, u64)> {
+        Some((self.staging_device_address()?, self.dev.staging_size()))
+    }
+
     /// This process's address of staging bytes `[off, off + len)` (inside BAR2's mapping).
     pub fn staging_ptr(&self, off: u64, len: u64) -> *mut u8 {
         let at = self.dev.layout().staging_offset + off;
@@ -87,6 +110,7 @@ fn open() -> Result<Driver, CUresult> {
         info,
         view,
         runs_kernels,
+        mapped_staging: OnceLock::new(),
     })
 }
 

@@ -11,14 +11,19 @@ use crate::types::CUdevice_attribute as A;
 
 /// Each attribute answered 0, with the entry points it would promise.
 pub const UNSUPPORTED: &[(A, &str)] = &[
-    (
-        A::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY,
-        "cuMemHostGetDevicePointer: page-locked memory is not mapped into the device's address space",
-    ),
     (A::CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, "cuMemAllocManaged"),
-    (A::CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS, "cuMemAllocManaged"),
-    (A::CU_DEVICE_ATTRIBUTE_DIRECT_MANAGED_MEM_ACCESS_FROM_HOST, "cuMemAllocManaged"),
-    (A::CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS, "kernels reading the guest's pageable memory"),
+    (
+        A::CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS,
+        "cuMemAllocManaged",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_DIRECT_MANAGED_MEM_ACCESS_FROM_HOST,
+        "cuMemAllocManaged",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS,
+        "kernels reading the guest's pageable memory",
+    ),
     (
         A::CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES,
         "kernels reading the guest's pageable memory",
@@ -27,38 +32,99 @@ pub const UNSUPPORTED: &[(A, &str)] = &[
         A::CU_DEVICE_ATTRIBUTE_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM,
         "registered host memory at its host address on the device",
     ),
-    (A::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1, "cuStreamWriteValue*/cuStreamWaitValue*"),
-    (A::CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS, "cuStreamWriteValue64/cuStreamWaitValue64"),
-    (A::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR, "cuStreamWaitValue32 with NOR"),
+    (
+        A::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1,
+        "cuStreamWriteValue*/cuStreamWaitValue*",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS,
+        "cuStreamWriteValue64/cuStreamWaitValue64",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR,
+        "cuStreamWaitValue32 with NOR",
+    ),
     (
         A::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
         "cuMemAddressReserve, cuMemCreate, cuMemMap, cuMemSetAccess",
     ),
-    (A::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED, "cuMemExportToShareableHandle"),
-    (A::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_WIN32_HANDLE_SUPPORTED, "cuMemExportToShareableHandle"),
-    (A::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_WIN32_KMT_HANDLE_SUPPORTED, "cuMemExportToShareableHandle"),
-    (A::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED, "cuMemExportToShareableHandle"),
-    (A::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED, "cuMemCreate"),
-    (A::CU_DEVICE_ATTRIBUTE_TIMELINE_SEMAPHORE_INTEROP_SUPPORTED, "cuImportExternalSemaphore"),
-    (A::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, "cuMemAllocAsync, cuMemPoolCreate"),
-    (A::CU_DEVICE_ATTRIBUTE_MEMPOOL_SUPPORTED_HANDLE_TYPES, "cuMemPoolCreate"),
-    (A::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_SUPPORTED, "GPUDirect RDMA"),
-    (A::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS, "cuFlushGPUDirectRDMAWrites"),
-    (A::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WRITES_ORDERING, "GPUDirect RDMA"),
-    (A::CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED, "cuMemGetHandleForAddressRange"),
-    (A::CU_DEVICE_ATTRIBUTE_IPC_EVENT_SUPPORTED, "cuIpcGetEventHandle"),
-    (A::CU_DEVICE_ATTRIBUTE_MULTICAST_SUPPORTED, "cuMulticastCreate"),
+    (
+        A::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
+        "cuMemExportToShareableHandle",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_WIN32_HANDLE_SUPPORTED,
+        "cuMemExportToShareableHandle",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_WIN32_KMT_HANDLE_SUPPORTED,
+        "cuMemExportToShareableHandle",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED,
+        "cuMemExportToShareableHandle",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED,
+        "cuMemCreate",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_TIMELINE_SEMAPHORE_INTEROP_SUPPORTED,
+        "cuImportExternalSemaphore",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED,
+        "cuMemAllocAsync, cuMemPoolCreate",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_MEMPOOL_SUPPORTED_HANDLE_TYPES,
+        "cuMemPoolCreate",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_SUPPORTED,
+        "GPUDirect RDMA",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS,
+        "cuFlushGPUDirectRDMAWrites",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WRITES_ORDERING,
+        "GPUDirect RDMA",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED,
+        "cuMemGetHandleForAddressRange",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_IPC_EVENT_SUPPORTED,
+        "cuIpcGetEventHandle",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_MULTICAST_SUPPORTED,
+        "cuMulticastCreate",
+    ),
     (
         A::CU_DEVICE_ATTRIBUTE_HOST_NUMA_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
         "cuMemCreate on host memory",
     ),
-    (A::CU_DEVICE_ATTRIBUTE_HOST_NUMA_MEMORY_POOLS_SUPPORTED, "cuMemPoolCreate on host memory"),
-    (A::CU_DEVICE_ATTRIBUTE_HOST_MEMORY_POOLS_SUPPORTED, "cuMemPoolCreate on host memory"),
+    (
+        A::CU_DEVICE_ATTRIBUTE_HOST_NUMA_MEMORY_POOLS_SUPPORTED,
+        "cuMemPoolCreate on host memory",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_HOST_MEMORY_POOLS_SUPPORTED,
+        "cuMemPoolCreate on host memory",
+    ),
     (
         A::CU_DEVICE_ATTRIBUTE_HOST_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
         "cuMemCreate on host memory",
     ),
 ];
+
+/// `CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY`: answered by whether vgpud maps the VM's staging
+/// area into its context (`cuMemHostGetDevicePointer` on page-locked memory), not from here.
+pub const CAN_MAP_HOST_MEMORY: usize = A::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY as usize;
 
 /// Whether attribute number `attr` advertises something this driver does not offer.
 pub fn unsupported(attr: usize) -> bool {
@@ -72,7 +138,7 @@ mod tests {
     #[test]
     fn the_allocator_choices_are_refused_and_the_limits_kept() {
         // CUDA 13.0's numbers (cuda.h): what frameworks read to pick an allocator.
-        for n in [19, 83, 89, 102, 115] {
+        for n in [83, 89, 102, 115] {
             assert!(unsupported(n), "attribute {n}");
         }
         // Limits and capabilities the driver does honour.

@@ -111,6 +111,20 @@ pub fn with_heap<T>(f: impl FnOnce(&mut Heap) -> T) -> Option<T> {
     g.as_mut().map(f)
 }
 
+/// Where the device reaches the staging area (vgpud maps it into the VM's context, ABI 1.6),
+/// when it does and this process has a heap in it: then page-locked memory is mapped memory.
+pub fn device_address_of_heap() -> Option<u64> {
+    with_heap(|_| ())?;
+    crate::driver::get().ok()?.staging_device_address()
+}
+
+/// The device address of page-locked host bytes `[addr, addr + len)` (one allocation of the
+/// heap), where the device reaches the staging area.
+pub fn device_address_of(addr: usize, len: usize) -> Option<u64> {
+    let off = staging_of(addr, len)?;
+    Some(crate::driver::get().ok()?.staging_device_address()? + off)
+}
+
 /// The staging offset of host bytes `[addr, addr + len)` when they are page-locked memory of
 /// this driver (one allocation of the heap).
 pub fn staging_of(addr: usize, len: usize) -> Option<u64> {

@@ -161,6 +161,11 @@ impl Channel {
         self.doorbell.as_fd()
     }
 
+    /// The VM's BAR2 geometry.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
     /// How many completions with the error status of failed work it has posted.
     pub fn errors_posted(&self) -> u64 {
         self.errors_posted
@@ -208,6 +213,16 @@ impl Channel {
         self.view.store_u64(
             INFO_OFFSET + std::mem::offset_of!(DeviceInfoPage, total_mem),
             self.info.total_mem,
+        );
+    }
+
+    /// Publishes where the VM's staging area is mapped into its device context (1.6; 0: not
+    /// mapped), in the device-info page and the host copy.
+    pub fn set_staging_device_address(&mut self, addr: u64) {
+        self.info.staging_device_address = addr;
+        self.view.store_u64(
+            INFO_OFFSET + std::mem::offset_of!(DeviceInfoPage, staging_device_address),
+            addr,
         );
     }
 

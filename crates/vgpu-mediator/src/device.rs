@@ -54,6 +54,9 @@ pub struct VirtualDevice {
     /// number at its previous fence: a fence after a failure is skipped.
     errors_posted: u64,
     errors_at_fence: u64,
+    /// The VM's staging area as its context maps it (device address, size): host memory the
+    /// device reaches directly, the VM's own, which its commands may name like an allocation.
+    mapped_staging: Option<(u64, u64)>,
 }
 
 /// Functions one VM may have looked up (over all its loaded modules): a library such as
@@ -85,6 +88,7 @@ impl VirtualDevice {
             functions: HashMap::new(),
             errors_posted: 0,
             errors_at_fence: 0,
+            mapped_staging: None,
         }
     }
 
@@ -134,7 +138,8 @@ impl VirtualDevice {
             .range(..=ptr)
             .next_back()
             .map(|(&b, &(s, _))| (b, s));
-        if inside(alloc) || inside(global) {
+        let mapped = self.mapped_staging.filter(|&(base, _)| ptr >= base);
+        if inside(alloc) || inside(global) || inside(mapped) {
             Ok(())
         } else {
             Err(Status::InvalidAddress)
@@ -183,6 +188,12 @@ impl VirtualDevice {
         } else {
             Err(Status::InvalidFunction)
         }
+    }
+
+    /// Where the VM's context maps its staging area (`None`: it does not), from when the
+    /// context is ready.
+    pub fn set_mapped_staging(&mut self, range: Option<(u64, u64)>) {
+        self.mapped_staging = range;
     }
 
     /// How many error completions the VM's channel has posted (before each command: a fence
@@ -479,6 +490,20 @@ mod tests {
         // No new error: written again.
         assert_eq!(d.execute(&mut be, 1, &fence(9)), Ok(Issued::DONE));
         assert_eq!(view.load_u32(64), 9);
+    }
+
+    #[test]
+    fn mapped_staging_is_the_vms_to_name() {
+        let mut d = VirtualDevice::new(0, 1000, 10);
+        assert_eq!(d.check_range(0x9000_0000, 16), Err(Status::InvalidAddress));
+        d.set_mapped_staging(Some((0x9000_0000, 0x1000)));
+        assert_eq!(d.check_range(0x9000_0000, 16), Ok(()));
+        assert_eq!(d.check_range(0x9000_0ff0, 16), Ok(()));
+        // Past its end, or starting before it.
+        assert_eq!(d.check_range(0x9000_0ff0, 17), Err(Status::InvalidAddress));
+        assert_eq!(d.check_range(0x8fff_fff0, 32), Err(Status::InvalidAddress));
+        d.set_mapped_staging(None);
+        assert_eq!(d.check_range(0x9000_0000, 16), Err(Status::InvalidAddress));
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
         // What the host GPU supports but this driver does not offer reads as absent.
         let v = if crate::features::unsupported(a) {
             0
+        } else if a == crate::features::CAN_MAP_HOST_MEMORY {
+            i32::from(v != 0 && crate::pinned::device_address_of_heap().is_some())
         } else {
             v
         };

@@ -4,9 +4,10 @@
 //! ([`crate::pinned`]): vgpud registered it with CUDA, so a copy between it and the device is
 //! one DMA command queued on the stream. When that area is full (or the BAR is too small to
 //! have one) the allocation is ordinary page-aligned guest memory, which copies move through
-//! the bounce buffer. Memory mapped into the device's address space
-//! (`cuMemHostGetDevicePointer`) is not offered: a kernel runs on the host GPU and reaches
-//! staging only through copies.
+//! the bounce buffer. Where vgpud maps the staging area into the VM's context (the cuda
+//! backend, ABI 1.6), page-locked memory from staging is also mapped memory:
+//! `cuMemHostGetDevicePointer` answers its device address, where kernels read and write it
+//! directly (zero-copy); the guest-memory fallback and registered program memory are not.
 
 use std::alloc::Layout;
 use std::collections::BTreeMap;
@@ -199,6 +200,72 @@ pub extern "C" fn cuMemHostUnregister(p: *mut c_void) -> CUresult {
     })
 }
 
+/// The device address of page-locked host memory at `p`: staging memory that vgpud maps into
+/// the VM's context. Guest memory the device cannot reach answers NOT_SUPPORTED; memory this
+/// driver does not know, INVALID_VALUE.
+fn device_pointer(p: usize) -> Result<u64, CUresult> {
+    match host_range_of(p) {
+        None => Err(CUresult::CUDA_ERROR_INVALID_VALUE),
+        Some((_, r)) if r.owner != Owner::Staging => Err(crate::unsupported::report_owned(
+            "cuMemHostGetDevicePointer of host memory outside the staging area".into(),
+        )),
+        Some(_) => pinned::device_address_of(p, 1).ok_or_else(|| {
+            crate::unsupported::report_owned(
+                "cuMemHostGetDevicePointer (vgpud does not map staging into this device)".into(),
+            )
+        }),
+    }
+}
+
+/// # Safety
+/// `pdptr` is NULL or valid for a write.
+unsafe fn host_get_device_pointer(
+    pdptr: *mut CUdeviceptr,
+    p: *mut c_void,
+    flags: c_uint,
+) -> Result<CUresult, CUresult> {
+    require_current()?;
+    if pdptr.is_null() || flags != 0 {
+        return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+    }
+    let d = device_pointer(p as usize)?;
+    // SAFETY: non-NULL, valid for a write (the caller's promise).
+    Ok(unsafe { super::put(pdptr, d) })
+}
+
+/// `cuMemHostGetDevicePointer_v2`: the device address of page-locked memory (see the module
+/// documentation).
+///
+/// # Safety
+/// `pdptr` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostGetDevicePointer_v2(
+    pdptr: *mut CUdeviceptr,
+    p: *mut c_void,
+    flags: c_uint,
+) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuMemHostGetDevicePointer_v2", || unsafe {
+        host_get_device_pointer(pdptr, p, flags)
+    })
+}
+
+/// `cuMemHostGetDevicePointer` (the pre-3.2 name).
+///
+/// # Safety
+/// `pdptr` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostGetDevicePointer(
+    pdptr: *mut CUdeviceptr,
+    p: *mut c_void,
+    flags: c_uint,
+) -> CUresult {
+    // SAFETY: forwarded from the caller.
+    run("cuMemHostGetDevicePointer", || unsafe {
+        host_get_device_pointer(pdptr, p, flags)
+    })
+}
+
 /// `CU_POINTER_ATTRIBUTE_*` numbers answered.
 mod attr {
     pub const CONTEXT: i32 = 1;
@@ -248,9 +315,10 @@ unsafe fn write_attr(a: i32, p: u64, data: *mut c_void) -> Result<bool, CUresult
             (attr::MEMORY_TYPE, Class::Device { .. }) => data.cast::<c_uint>().write(2),
             (attr::MEMORY_TYPE, Class::Host { .. }) => data.cast::<c_uint>().write(1),
             (attr::DEVICE_POINTER, Class::Device { .. }) => data.cast::<u64>().write(p),
-            (attr::DEVICE_POINTER, Class::Host { .. }) => {
-                return Err(CUresult::CUDA_ERROR_NOT_SUPPORTED)
-            }
+            (attr::DEVICE_POINTER, Class::Host { .. }) => match device_pointer(p as usize) {
+                Ok(d) => data.cast::<u64>().write(d),
+                Err(e) => return Err(e),
+            },
             (attr::HOST_POINTER, Class::Host { .. }) => data.cast::<u64>().write(p),
             (attr::HOST_POINTER, Class::Device { .. }) => {
                 return Err(CUresult::CUDA_ERROR_INVALID_VALUE)

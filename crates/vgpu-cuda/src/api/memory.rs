@@ -30,7 +30,16 @@ fn holding(map: &Mutex<BTreeMap<u64, u64>>, p: u64) -> Option<(u64, u64)> {
 
 /// The allocation (or module global) holding `p`: (base, size).
 pub fn allocation_of(p: u64) -> Option<(u64, u64)> {
-    holding(&ALLOCATIONS, p).or_else(|| holding(&GLOBALS, p))
+    holding(&ALLOCATIONS, p)
+        .or_else(|| holding(&GLOBALS, p))
+        .or_else(|| mapped_staging_holding(p))
+}
+
+/// The mapped staging area (page-locked host memory seen at its device address, ABI 1.6) when
+/// it holds `p`: copies and memsets through that address are device memory operations.
+fn mapped_staging_holding(p: u64) -> Option<(u64, u64)> {
+    let (base, size) = driver::get().ok()?.mapped_staging()?;
+    (p >= base && p - base < size).then_some((base, size))
 }
 
 /// Records a module global's device memory.

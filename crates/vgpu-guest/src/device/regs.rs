@@ -180,6 +180,20 @@ impl Device {
         device_info_page(self.view)
     }
 
+    /// Where the VM's context maps the staging area into the device's address space (ABI 1.6):
+    /// staging offset `o` is device memory at the answer + `o` (CUDA's mapped host memory).
+    /// `None` where it is not mapped (the cpu backend, an older vgpud) or not yet: vgpud
+    /// publishes it once the context is ready, before it answers the VM's first command.
+    pub fn staging_device_address(&self) -> Option<u64> {
+        let page: RegisterPage = self.view.read_obj(0);
+        let minor = page.abi_version as u16;
+        if minor < 6 || page.capabilities & regs::CAP_DEVICE_INFO == 0 {
+            return None;
+        }
+        let at = INFO_OFFSET + std::mem::offset_of!(DeviceInfoPage, staging_device_address);
+        Some(self.view.load_u64(at)).filter(|&a| a != 0)
+    }
+
     /// Fails when the device will not answer: fenced, or stopped by vgpud.
     pub(super) fn fenced(&self) -> Result<(), Error> {
         let status = self.view.load_u32(off::DEVICE_STATUS);

@@ -230,6 +230,13 @@ pub trait Backend: Send {
         let _ = vm;
         Some(Ok(()))
     }
+    /// Where the VM's staging area appears in its context's device address space, once the
+    /// context is ready: the device reads and writes that host memory directly (CUDA's mapped
+    /// host memory). `None` where it does not.
+    fn staging_device_address(&self, vm: VmKey) -> Option<u64> {
+        let _ = vm;
+        None
+    }
     /// Runs one command the VM's device admitted ([`crate::device`] checked its ranges, handles
     /// and quota). Commands whose class is not asynchronous answer with [`Issued::Done`] and
     /// their results.

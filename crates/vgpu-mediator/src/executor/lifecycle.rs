@@ -270,7 +270,12 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
         }
         match self.backend.context_ready(vm) {
             None => return true,
-            Some(Ok(())) => {}
+            Some(Ok(())) => {
+                let addr = self.backend.staging_device_address(vm);
+                slot.ch.set_staging_device_address(addr.unwrap_or(0));
+                let size = slot.ch.layout().staging_size;
+                slot.dev.set_mapped_staging(addr.map(|a| (a, size)));
+            }
             Some(Err(e)) => {
                 error!(vm = %slot.ch.name(), "{e}");
                 slot.ch.set_unavailable();

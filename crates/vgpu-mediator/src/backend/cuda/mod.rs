@@ -887,6 +887,10 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn staging_device_address(&self, vm: VmKey) -> Option<u64> {
+        self.ctxs.get(&vm)?.staging_dev
+    }
+
     fn submit(&mut self, at: VmStream, cmd: &Command) -> Result<Issued, Status> {
         let out = cmd.dispatch(self, at);
         if matches!(out, Err(e) if e != Status::NotReady) {

@@ -80,6 +80,8 @@ struct Worker {
     pending: HashSet<Token>,
     /// Set while the worker has not yet said that its context is ready: when it started.
     starting: Option<Instant>,
+    /// Where the worker's context maps the VM's staging area (its "ready" answer; 0: not).
+    staging_dev: u64,
 }
 
 /// Runs each VM's context in its own worker process. See the module documentation.
@@ -159,8 +161,11 @@ impl IsolatedBackend {
             let ready = w
                 .link
                 .wait(proto::READY_TAG, START_TIMEOUT, &mut self.reaper);
-            match ready.as_ref().map(outcome) {
-                Ok(Ok(_)) => w.starting = None,
+            match ready {
+                Ok(c) if outcome(&c).is_ok() => {
+                    w.starting = None;
+                    w.staging_dev = c.result0;
+                }
                 _ => return Err(Status::ContextUnavailable),
             }
         }
@@ -234,6 +239,7 @@ impl Backend for IsolatedBackend {
                 link,
                 pending: HashSet::new(),
                 starting: Some(Instant::now()),
+                staging_dev: 0,
             },
         );
         Ok(())
@@ -260,6 +266,7 @@ impl Backend for IsolatedBackend {
             Some(Ok(c)) => match outcome(&c) {
                 Ok(_) => {
                     w.starting = None;
+                    w.staging_dev = c.result0;
                     tracing::debug!(
                         vm,
                         pid,
@@ -286,6 +293,11 @@ impl Backend for IsolatedBackend {
 
     fn destroy_stops_work(&self) -> bool {
         true
+    }
+
+    fn staging_device_address(&self, vm: VmKey) -> Option<u64> {
+        let w = self.workers.get(&vm)?;
+        (w.starting.is_none() && w.staging_dev != 0).then_some(w.staging_dev)
     }
 
     fn calls_wait_for_device(&self) -> bool {

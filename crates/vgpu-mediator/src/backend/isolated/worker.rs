@@ -184,6 +184,7 @@ fn run(args: &[String]) -> Result<(), WorkerError> {
         &mut cq,
         Cqe {
             tag: READY_TAG,
+            result0: be.staging_device_address(VM).unwrap_or(0),
             ..Cqe::default()
         },
     );
