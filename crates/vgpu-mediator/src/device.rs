@@ -457,8 +457,8 @@ mod tests {
     use crate::backend::{ContextParams, Staging};
     use vgpu_abi::cmd::LaunchBody;
 
-    #[test]
-    fn fence_skipped_after_an_error_completion() {
+    /// A cpu device with VM 0's context over 8 KiB of staging (the whole region).
+    fn cpu_device() -> (vgpu_abi::ShmView, CpuBackend) {
         let view = vgpu_abi::ShmView::leak_zeroed(8192);
         let st = Staging {
             view,
@@ -475,6 +475,12 @@ mod tests {
             },
         )
         .unwrap();
+        (view, be)
+    }
+
+    #[test]
+    fn fence_skipped_after_an_error_completion() {
+        let (view, mut be) = cpu_device();
         let mut d = VirtualDevice::new(0, 1000, 10);
         let fence = |value| Command::Fence {
             staging_offset: 64,
@@ -508,22 +514,7 @@ mod tests {
 
     #[test]
     fn quota_ownership_and_faults() {
-        let view = vgpu_abi::ShmView::leak_zeroed(8192);
-        let st = Staging {
-            view,
-            offset: 0,
-            size: 8192,
-        };
-        let mut be = CpuBackend::new(1 << 30);
-        be.create_context(
-            0,
-            ContextParams {
-                staging: st,
-                priority: 0,
-                region: None,
-            },
-        )
-        .unwrap();
+        let (_, mut be) = cpu_device();
         let mut d = VirtualDevice::new(0, 1000, 10);
         let p = d
             .execute(&mut be, 0, &Command::MemAlloc { size: 600 })
