@@ -28,11 +28,13 @@ fn holding(map: &Mutex<BTreeMap<u64, u64>>, p: u64) -> Option<(u64, u64)> {
         .filter(|&(b, s)| p - b < s)
 }
 
-/// The allocation (or module global) holding `p`: (base, size).
+/// The allocation (or module global, mapped staging area, or mapping of reserved addresses)
+/// holding `p`: (base, size).
 pub fn allocation_of(p: u64) -> Option<(u64, u64)> {
     holding(&ALLOCATIONS, p)
         .or_else(|| holding(&GLOBALS, p))
         .or_else(|| mapped_staging_holding(p))
+        .or_else(|| super::vmm::mapping_of(p))
 }
 
 /// The mapped staging area (page-locked host memory seen at its device address, ABI 1.6) when

@@ -333,6 +333,7 @@ fn describe(total_mem: u64, slots: usize) -> vgpu_abi::DeviceInfoPage {
         (87, 64),         // SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO
         (95, 1),          // COOPERATIVE_LAUNCH
         (97, 232_448),    // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        (102, 1),         // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
         (106, 32),        // MAX_BLOCKS_PER_MULTIPROCESSOR
         (111, 1024),      // RESERVED_SHARED_MEMORY_PER_BLOCK
         (120, 1),         // CLUSTER_LAUNCH
