@@ -65,6 +65,10 @@ pub const UNSUPPORTED: &[(A, &str)] = &[
         "cuMemCreate",
     ),
     (
+        A::CU_DEVICE_ATTRIBUTE_GENERIC_COMPRESSION_SUPPORTED,
+        "cuMemCreate of compressible memory",
+    ),
+    (
         A::CU_DEVICE_ATTRIBUTE_TIMELINE_SEMAPHORE_INTEROP_SUPPORTED,
         "cuImportExternalSemaphore",
     ),

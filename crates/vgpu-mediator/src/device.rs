@@ -664,4 +664,88 @@ mod tests {
         );
         assert_eq!(d.execute(&mut be, 0, &Command::Nop), Ok(Issued::DONE));
     }
+
+    #[test]
+    fn memory_handles_are_accounted_until_released_and_unmapped() {
+        const G: u64 = crate::backend::cpu::VMM_GRANULARITY;
+        let view = vgpu_abi::ShmView::leak_zeroed(8192);
+        let st = Staging {
+            view,
+            offset: 0,
+            size: 8192,
+        };
+        // A device of 3 granules; the VM's quota and its pool's are larger.
+        let mut be = CpuBackend::new(3 * G);
+        be.create_context(
+            0,
+            ContextParams {
+                staging: st,
+                priority: 0,
+                region: None,
+            },
+        )
+        .unwrap();
+        let pool = std::sync::Arc::new(crate::quota::PoolQuota::new(8 * G));
+        let mut d = VirtualDevice::new(0, 8 * G, 10).with_pool(pool.clone());
+        let mut run = |d: &mut VirtualDevice, c: Command| match d.execute(&mut be, 0, &c) {
+            Ok(Issued::Done(a, _)) => Ok(a),
+            Ok(Issued::Pending(..)) => panic!("answered at once"),
+            Err(e) => Err(e),
+        };
+        let h = run(&mut d, Command::MemCreate { size: 2 * G }).unwrap();
+        // Past the device's memory: refused by the backend, nothing stays taken.
+        assert_eq!(
+            run(&mut d, Command::MemCreate { size: 2 * G }),
+            Err(Status::OutOfMemory)
+        );
+        assert_eq!((d.used(), pool.used()), (2 * G, 2 * G));
+        let va = run(
+            &mut d,
+            Command::MemAddressReserve {
+                size: 2 * G,
+                alignment: 0,
+                addr: 0,
+            },
+        )
+        .unwrap();
+        let map = Command::MemMap {
+            ptr: va,
+            size: 2 * G,
+            offset: 0,
+            handle: h,
+        };
+        run(&mut d, map).unwrap();
+        assert_eq!(
+            d.check_range(va, 16),
+            Err(Status::InvalidAddress),
+            "no access yet"
+        );
+        run(
+            &mut d,
+            Command::MemSetAccess {
+                ptr: va,
+                size: 2 * G,
+                prot: vgpu_abi::cmd::PROT_READWRITE,
+            },
+        )
+        .unwrap();
+        d.check_range(va + G - 8, 16).unwrap();
+        run(&mut d, Command::MemRelease { handle: h }).unwrap();
+        assert_eq!(d.used(), 2 * G, "mapped: still held");
+        run(
+            &mut d,
+            Command::MemUnmap {
+                ptr: va,
+                size: 2 * G,
+            },
+        )
+        .unwrap();
+        assert_eq!((d.used(), pool.used()), (0, 0));
+        assert_eq!(d.check_range(va, 16), Err(Status::InvalidAddress));
+        // A device dropped with handles gives their bytes back to the pool.
+        run(&mut d, Command::MemCreate { size: G }).unwrap();
+        assert_eq!(pool.used(), G);
+        drop(d);
+        assert_eq!(pool.used(), 0);
+    }
 }
