@@ -215,6 +215,9 @@ impl Ctx {
 
     /// A copy of the bytes `[ptr, ptr+len)`.
     fn read(&mut self, ptr: u64, len: u64) -> Result<Vec<u8>, Status> {
+        // The range is checked before anything of its length is allocated (a kernel's
+        // parameters name it).
+        self.each(ptr, len, |_, _| {})?;
         let mut v = vec![0u8; usize::try_from(len).map_err(|_| Status::InvalidAddress)?];
         self.each(ptr, len, |off, b| v[off..off + b.len()].copy_from_slice(b))?;
         Ok(v)
