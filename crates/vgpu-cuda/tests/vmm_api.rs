@@ -14,6 +14,7 @@ use vgpucuda::api::device::*;
 use vgpucuda::api::host_memory::cuPointerGetAttribute;
 use vgpucuda::api::init::*;
 use vgpucuda::api::memory::*;
+use vgpucuda::api::memset2d::cuMemsetD2D8_v2;
 use vgpucuda::api::vmm::*;
 use vgpucuda::types::{CUcontext, CUresult};
 
@@ -236,6 +237,25 @@ fn a_program_reserves_maps_and_uses_device_memory() {
     assert_eq!(cuMemcpyDtoD_v2(plain, at, 8192), CUDA_SUCCESS);
     assert_eq!(dtoh(&mut back, plain), CUDA_SUCCESS);
     assert_eq!(back[..4094], data[..4094]);
+    // A 2D memset whose rows cross from h1's mapping into h2's (the 2D paths bound a range by
+    // the run of adjacent mappings, as the device does).
+    let mut before = vec![0u8; 2048];
+    assert_eq!(dtoh(&mut before, va + G as u64 - 768), CUDA_SUCCESS);
+    assert_eq!(
+        cuMemsetD2D8_v2(va + G as u64 - 768, 1024, 0x3c, 512, 2),
+        CUDA_SUCCESS
+    );
+    let mut rows = vec![0u8; 2048];
+    assert_eq!(dtoh(&mut rows, va + G as u64 - 768), CUDA_SUCCESS);
+    assert!(rows[..512].iter().all(|&b| b == 0x3c));
+    assert!(rows[1024..1536].iter().all(|&b| b == 0x3c));
+    assert!(rows[512..1024] == before[512..1024], "between the rows");
+    assert!(rows[1536..] == before[1536..], "after the rows");
+    assert_eq!(
+        cuMemsetD2D8_v2(va + 3 * G as u64 - 256, 512, 0, 512, 1),
+        CUDA_ERROR_INVALID_VALUE,
+        "past the last mapping"
+    );
     let (mut base, mut size) = (0u64, 0usize);
     // SAFETY: valid locals.
     assert_eq!(

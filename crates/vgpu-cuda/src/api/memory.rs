@@ -44,6 +44,16 @@ fn mapped_staging_holding(p: u64) -> Option<(u64, u64)> {
     (p >= base && p - base < size).then_some((base, size))
 }
 
+/// How far device memory from `p` reaches, `(start, size)`: the allocation, module global or
+/// mapped staging area holding it, or the run of adjacent mappings around it (a 2D copy or
+/// memset may cross mappings, as on NVIDIA's driver).
+pub fn extent_of(p: u64) -> Option<(u64, u64)> {
+    holding(&ALLOCATIONS, p)
+        .or_else(|| holding(&GLOBALS, p))
+        .or_else(|| mapped_staging_holding(p))
+        .or_else(|| super::vmm::mapped_run_of(p))
+}
+
 /// Records a module global's device memory.
 pub(crate) fn add_global(p: u64, size: u64) {
     GLOBALS

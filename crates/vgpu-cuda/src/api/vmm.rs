@@ -133,6 +133,22 @@ impl Tables {
             .filter(|&(b, m)| p - b < m.size)
     }
 
+    /// The run of adjacent mappings around `p`: `(start, size)`.
+    fn run(&self, p: u64) -> Option<(u64, u64)> {
+        let (mut start, m) = self.mapping(p)?;
+        let mut end = start + m.size;
+        while let Some((&b, m)) = self.maps.range(..start).next_back() {
+            if b + m.size != start {
+                break;
+            }
+            start = b;
+        }
+        while let Some(m) = self.maps.get(&end) {
+            end += m.size;
+        }
+        Some((start, end - start))
+    }
+
     /// Forgets a handle nothing refers to or maps any more.
     fn collect(&mut self, h: Handle) {
         if self
@@ -143,6 +159,14 @@ impl Tables {
             self.handles.remove(&h);
         }
     }
+}
+
+/// The adjacent mappings around `p`, `(start, size)` of their whole run: how far a 2D copy or
+/// memset from `p` may reach (the device sees one range; NVIDIA's driver copies across
+/// mappings too).
+pub fn mapped_run_of(p: u64) -> Option<(u64, u64)> {
+    let t = TABLES.get()?.lock().unwrap_or_else(|e| e.into_inner());
+    t.run(p)
 }
 
 /// The mapping holding `p`, `(start, size)`: device memory for the unified-address copies,
@@ -625,6 +649,22 @@ mod tests {
         );
         assert!(t.mapping((1 << 40) + (2 << 20)).is_none());
         assert!(t.mapping((1 << 40) - 1).is_none());
+        // Runs of adjacent mappings: two after this one, a gap, one more.
+        let m = |handle| Mapped {
+            size: 2 << 20,
+            handle,
+            access: 0,
+        };
+        t.maps.insert((1 << 40) + (2 << 20), m(6));
+        t.maps.insert((1 << 40) + (4 << 20), m(7));
+        t.maps.insert((1 << 40) + (8 << 20), m(8));
+        assert_eq!(t.run((1 << 40) + (5 << 20)), Some((1 << 40, 6 << 20)));
+        assert_eq!(t.run(1 << 40), Some((1 << 40, 6 << 20)));
+        assert_eq!(t.run((1 << 40) + (6 << 20)), None, "the gap");
+        assert_eq!(
+            t.run((1 << 40) + (9 << 20)),
+            Some(((1 << 40) + (8 << 20), 2 << 20))
+        );
         t.collect(5);
         assert!(t.handles.contains_key(&5), "still mapped");
         t.handles.get_mut(&5).unwrap().maps = 0;
