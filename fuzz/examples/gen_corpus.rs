@@ -140,6 +140,48 @@ fn commands() -> Vec<(&'static str, Command)> {
             Command::Synchronize { all_streams: true },
         ),
         ("stream_query", Command::StreamQuery),
+        ("mem_granularity", Command::MemGranularity),
+        (
+            "mem_address_reserve",
+            Command::MemAddressReserve {
+                size: 8 << 20,
+                alignment: 0,
+                addr: 0,
+            },
+        ),
+        (
+            "mem_address_free",
+            Command::MemAddressFree {
+                ptr: 0x7f00_0000_0000,
+                size: 8 << 20,
+            },
+        ),
+        ("mem_create", Command::MemCreate { size: 2 << 20 }),
+        ("mem_release", Command::MemRelease { handle: 1 }),
+        (
+            "mem_map",
+            Command::MemMap {
+                ptr: 0x7f00_0000_0000,
+                size: 2 << 20,
+                offset: 0,
+                handle: 1,
+            },
+        ),
+        (
+            "mem_unmap",
+            Command::MemUnmap {
+                ptr: 0x7f00_0000_0000,
+                size: 2 << 20,
+            },
+        ),
+        (
+            "mem_set_access",
+            Command::MemSetAccess {
+                ptr: 0x7f00_0000_0000,
+                size: 2 << 20,
+                prot: vgpu_abi::cmd::PROT_READWRITE,
+            },
+        ),
     ]
 }
 

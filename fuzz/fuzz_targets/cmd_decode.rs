@@ -104,8 +104,23 @@ fn check_accepted(cmd: &Command, staging: u64) {
         | Command::EventSynchronize { event }
         | Command::EventQuery { event } => assert!(event < MAX_EVENTS),
         Command::EventElapsed { start, end } => assert!(start < MAX_EVENTS && end < MAX_EVENTS),
+        Command::Fence { staging_offset, .. } => {
+            assert!(staging_offset % 4 == 0 && inside(staging_offset, 4))
+        }
+        Command::MemAddressReserve {
+            size, alignment, ..
+        } => assert!(size > 0 && (alignment == 0 || alignment.is_power_of_two())),
+        Command::MemCreate { size } => assert!(size > 0),
+        Command::MemMap { ptr, size, .. } => assert!(size > 0 && ptr.checked_add(size).is_some()),
+        Command::MemUnmap { ptr, size } => assert!(ptr.checked_add(size).is_some()),
+        Command::MemSetAccess { ptr, size, prot } => {
+            assert!(ptr.checked_add(size).is_some() && prot == vgpu_abi::cmd::PROT_READWRITE)
+        }
         Command::Nop
         | Command::GetInfo
+        | Command::MemGranularity
+        | Command::MemAddressFree { .. }
+        | Command::MemRelease { .. }
         | Command::MemFree { .. }
         | Command::ModuleUnload { .. }
         | Command::FuncParamInfo { .. }

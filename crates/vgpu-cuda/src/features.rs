@@ -2,7 +2,7 @@
 //!
 //! The device-info page carries the host GPU's attributes as its driver answers them, so an H200
 //! says it supports virtual memory management, memory pools, managed memory and mapped host
-//! memory. Through vgpu those entry points answer `CUDA_ERROR_NOT_SUPPORTED`; frameworks read the
+//! memory. Through vgpu most of those entry points answer `CUDA_ERROR_NOT_SUPPORTED`; frameworks read the
 //! attributes to choose an allocator (XLA's and PyTorch's virtual-memory allocators, the runtime's
 //! `cudaMallocAsync` pools, numba's mapped arrays), so `cuDeviceGetAttribute` answers 0 for them
 //! and programs take the path that works instead of failing on the first such call.
@@ -45,10 +45,6 @@ pub const UNSUPPORTED: &[(A, &str)] = &[
         "cuStreamWaitValue32 with NOR",
     ),
     (
-        A::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
-        "cuMemAddressReserve, cuMemCreate, cuMemMap, cuMemSetAccess",
-    ),
-    (
         A::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
         "cuMemExportToShareableHandle",
     ),
@@ -67,6 +63,10 @@ pub const UNSUPPORTED: &[(A, &str)] = &[
     (
         A::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED,
         "cuMemCreate",
+    ),
+    (
+        A::CU_DEVICE_ATTRIBUTE_GENERIC_COMPRESSION_SUPPORTED,
+        "cuMemCreate of compressible memory",
     ),
     (
         A::CU_DEVICE_ATTRIBUTE_TIMELINE_SEMAPHORE_INTEROP_SUPPORTED,
@@ -126,6 +126,13 @@ pub const UNSUPPORTED: &[(A, &str)] = &[
 /// area into its context (`cuMemHostGetDevicePointer` on page-locked memory), not from here.
 pub const CAN_MAP_HOST_MEMORY: usize = A::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY as usize;
 
+/// `CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED`: answered 1 only where the host's
+/// GPU supports it and vgpud offers the commands (ABI 1.6: `cuMemAddressReserve`,
+/// `cuMemCreate`, `cuMemMap`, `cuMemSetAccess`, …), else 0: XLA then refuses to start,
+/// PyTorch keeps its plain allocator.
+pub const VIRTUAL_MEMORY_MANAGEMENT: usize =
+    A::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED as usize;
+
 /// Whether attribute number `attr` advertises something this driver does not offer.
 pub fn unsupported(attr: usize) -> bool {
     UNSUPPORTED.iter().any(|&(a, _)| a as usize == attr)
@@ -138,9 +145,16 @@ mod tests {
     #[test]
     fn the_allocator_choices_are_refused_and_the_limits_kept() {
         // CUDA 13.0's numbers (cuda.h): what frameworks read to pick an allocator.
-        for n in [83, 89, 102, 115] {
+        for n in [83, 89, 115] {
             assert!(unsupported(n), "attribute {n}");
         }
+        // Virtual memory management is offered (where vgpud has it: `api::device`), its
+        // shareable handles are not.
+        assert!(!unsupported(102));
+        assert_eq!(VIRTUAL_MEMORY_MANAGEMENT, 102);
+        assert!(unsupported(
+            A::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED as usize
+        ));
         // Limits and capabilities the driver does honour.
         for a in [
             A::CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING,

@@ -10,7 +10,8 @@
 //!   waiters, waiting, and the reset that re-attaches to the rings;
 //! - `staging`: the staging area: chunked, pipelined host ↔ device copies and raw access;
 //! - `commands`: one typed command per method (memory, launches);
-//! - `builtins`: the built-in kernels with typed parameters.
+//! - `builtins`: the built-in kernels with typed parameters;
+//! - `vmm`: virtual memory management (reservations, memory handles, mappings).
 //!
 //! `fn block` stays in this file: `crates/vgpu-abi/tests/loom_ring.rs` and
 //! `tests/loom_wait.rs` check its steps against their loom models by reading this file.
@@ -32,6 +33,7 @@ mod fence;
 mod regs;
 mod ring;
 mod staging;
+mod vmm;
 
 pub use regs::{device_info_page, DeviceInfo};
 pub use staging::MAX_COPY_CHUNK;

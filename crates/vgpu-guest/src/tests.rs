@@ -1002,3 +1002,32 @@ fn streams_and_events() {
     drop(e1);
     assert_eq!(d.create_event().unwrap().id(), id);
 }
+
+#[test]
+fn vmm_commands_are_not_sent_to_a_device_before_abi_1_6() {
+    use std::os::unix::fs::FileExt;
+    let r = rig();
+    // The fake host answers none of them: each reaches it and fails NOT_SUPPORTED.
+    assert_eq!(
+        r.dev.mem_granularity().unwrap_err().status(),
+        Some(Status::NotSupported)
+    );
+    let sent = r.host.ctl.executed.load(Ordering::SeqCst);
+    assert!(sent >= 1);
+    // A 1.5 device: refused in the guest, nothing sent.
+    let v: u32 = (vgpu_abi::ABI_MAJOR as u32) << 16 | 5;
+    r.server
+        .shm
+        .write_all_at(&v.to_le_bytes(), vgpu_abi::regs::off::ABI_VERSION as u64)
+        .unwrap();
+    assert!(!r.dev.has_vmm());
+    assert!(matches!(
+        r.dev.mem_create(2 << 20),
+        Err(Error::NotSupported(_))
+    ));
+    assert!(matches!(
+        r.dev.mem_granularity(),
+        Err(Error::NotSupported(_))
+    ));
+    assert_eq!(r.host.ctl.executed.load(Ordering::SeqCst), sent);
+}

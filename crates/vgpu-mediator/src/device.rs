@@ -9,6 +9,8 @@ use vgpu_abi::cmd::{Builtin, BusyParams, Command, Effect, MAX_STREAMS};
 use vgpu_abi::Status;
 use zerocopy::FromBytes;
 
+use crate::backend::vmm;
+
 /// Result of one command: `(result0, result1)` or an error status.
 pub type Outcome = Result<(u64, u64), Status>;
 
@@ -57,6 +59,9 @@ pub struct VirtualDevice {
     /// The VM's staging area as its context maps it (device address, size): host memory the
     /// device reaches directly, the VM's own, which its commands may name like an allocation.
     mapped_staging: Option<(u64, u64)>,
+    /// Virtual memory management: reservations, memory handles (their bytes are in `used`)
+    /// and mappings.
+    vmm: vmm::Vmm,
 }
 
 /// Functions one VM may have looked up (over all its loaded modules): a library such as
@@ -89,6 +94,7 @@ impl VirtualDevice {
             errors_posted: 0,
             errors_at_fence: 0,
             mapped_staging: None,
+            vmm: vmm::Vmm::default(),
         }
     }
 
@@ -127,7 +133,7 @@ impl VirtualDevice {
     }
 
     /// Checks that `[ptr, ptr+len)` lies inside one allocation or one module global of this
-    /// VM.
+    /// VM, or inside adjacent mappings of it with read-write access.
     pub fn check_range(&self, ptr: u64, len: u64) -> Result<(), Status> {
         let end = ptr.checked_add(len).ok_or(Status::InvalidAddress)?;
         let inside =
@@ -139,7 +145,7 @@ impl VirtualDevice {
             .next_back()
             .map(|(&b, &(s, _))| (b, s));
         let mapped = self.mapped_staging.filter(|&(base, _)| ptr >= base);
-        if inside(alloc) || inside(global) || inside(mapped) {
+        if inside(alloc) || inside(global) || inside(mapped) || self.vmm.usable(ptr, len) {
             Ok(())
         } else {
             Err(Status::InvalidAddress)
@@ -268,15 +274,66 @@ impl VirtualDevice {
                     Err(e)
                 }
             },
+            (Effect::CreateMemory { size }, _) => match issued.and_then(done) {
+                Ok((handle, _)) => {
+                    self.vmm.created(handle, size);
+                    self.used += size;
+                    Ok(Issued::Done(handle, 0))
+                }
+                Err(e) => {
+                    // Taken from the pool at admission, never added to `used`.
+                    if let Some(p) = &self.pool {
+                        p.give_back(size);
+                    }
+                    Err(e)
+                }
+            },
             (_, Err(_)) => issued,
+            (Effect::Reserve { size }, Ok(i)) => {
+                let (ptr, _) = done(i)?;
+                self.vmm.reserved(ptr, size);
+                Ok(Issued::Done(ptr, 0))
+            }
+            (Effect::Unreserve { ptr, .. }, Ok(i)) => {
+                done(i)?;
+                self.vmm.unreserved(ptr);
+                Ok(Issued::DONE)
+            }
+            (Effect::ReleaseMemory { handle }, Ok(i)) => {
+                done(i)?;
+                let freed = self.vmm.released(handle);
+                self.give_back(freed.unwrap_or(0));
+                Ok(Issued::DONE)
+            }
+            (
+                Effect::Map {
+                    ptr,
+                    size,
+                    offset,
+                    handle,
+                },
+                Ok(i),
+            ) => {
+                done(i)?;
+                self.vmm.mapped(ptr, size, offset, handle);
+                Ok(Issued::DONE)
+            }
+            (Effect::Unmap { ptr, size }, Ok(i)) => {
+                done(i)?;
+                let freed = self.vmm.unmapped(ptr, size);
+                self.give_back(freed.iter().map(|&(_, s)| s).sum());
+                Ok(Issued::DONE)
+            }
+            (Effect::SetAccess { ptr, size }, Ok(i)) => {
+                done(i)?;
+                self.vmm.allow(ptr, size);
+                Ok(Issued::DONE)
+            }
             (Effect::Transfer { len, .. }, Ok(i)) => Ok(with_result(i, len)),
             (Effect::Free { ptr }, Ok(i)) => {
                 done(i)?;
                 let size = self.allocs.remove(&ptr).unwrap_or(0);
-                self.used -= size;
-                if let Some(p) = &self.pool {
-                    p.give_back(size);
-                }
+                self.give_back(size);
                 Ok(Issued::DONE)
             }
             (
@@ -336,22 +393,55 @@ impl VirtualDevice {
         }
     }
 
+    /// Memory of `size` bytes the VM no longer holds: off its use and back to its pool.
+    fn give_back(&mut self, size: u64) {
+        self.used -= size;
+        if let Some(p) = &self.pool {
+            p.give_back(size);
+        }
+    }
+
+    /// Checks `size` more bytes against the allocation limit and the quotas, and takes them
+    /// from the pool's.
+    fn admit_memory(&self, size: u64) -> Result<(), Status> {
+        // The byte quota alone does not bound vgpud's own memory: every allocation is an
+        // entry here and in the backend, whatever its size.
+        if self.allocs.len() + self.vmm.handles() >= self.limits.max_allocations as usize {
+            return Err(Status::LimitExceeded);
+        }
+        if self.used.saturating_add(size) > self.quota {
+            return Err(Status::QuotaExceeded);
+        }
+        if self.pool.as_ref().is_some_and(|p| !p.try_take(size)) {
+            return Err(Status::QuotaExceeded);
+        }
+        Ok(())
+    }
+
     /// The checks of an effect before the backend sees the command. Returns the answer where
     /// the device gives it itself (a built-in's parameter layout is the ABI's).
     fn admit(&mut self, effect: &Effect) -> Result<Option<Issued>, Status> {
         match *effect {
-            Effect::Alloc { size } => {
-                // The byte quota alone does not bound vgpud's own memory: every allocation is
-                // an entry here and in the backend, whatever its size.
-                if self.allocs.len() >= self.limits.max_allocations as usize {
-                    return Err(Status::LimitExceeded);
-                }
-                if self.used.saturating_add(size) > self.quota {
-                    return Err(Status::QuotaExceeded);
-                }
-                if self.pool.as_ref().is_some_and(|p| !p.try_take(size)) {
-                    return Err(Status::QuotaExceeded);
-                }
+            Effect::Alloc { size } | Effect::CreateMemory { size } => self.admit_memory(size)?,
+            Effect::Reserve { size } => self
+                .vmm
+                .admit_reserve(size, self.limits.max_allocations as usize)?,
+            Effect::Unreserve { ptr, size } => self.vmm.admit_unreserve(ptr, size)?,
+            Effect::ReleaseMemory { handle } => self.vmm.admit_release(handle)?,
+            Effect::Map {
+                ptr,
+                size,
+                offset,
+                handle,
+            } => self.vmm.admit_map(
+                ptr,
+                size,
+                offset,
+                handle,
+                self.limits.max_allocations as usize,
+            )?,
+            Effect::Unmap { ptr, size } | Effect::SetAccess { ptr, size } => {
+                self.vmm.cover(ptr, size).map(drop)?
             }
             Effect::Free { ptr } => {
                 if !self.allocs.contains_key(&ptr) {
@@ -564,5 +654,89 @@ mod tests {
             Err(Status::ContextLost)
         );
         assert_eq!(d.execute(&mut be, 0, &Command::Nop), Ok(Issued::DONE));
+    }
+
+    #[test]
+    fn memory_handles_are_accounted_until_released_and_unmapped() {
+        const G: u64 = crate::backend::cpu::VMM_GRANULARITY;
+        let view = vgpu_abi::ShmView::leak_zeroed(8192);
+        let st = Staging {
+            view,
+            offset: 0,
+            size: 8192,
+        };
+        // A device of 3 granules; the VM's quota and its pool's are larger.
+        let mut be = CpuBackend::new(3 * G);
+        be.create_context(
+            0,
+            ContextParams {
+                staging: st,
+                priority: 0,
+                region: None,
+            },
+        )
+        .unwrap();
+        let pool = std::sync::Arc::new(crate::quota::PoolQuota::new(8 * G));
+        let mut d = VirtualDevice::new(0, 8 * G, 10).with_pool(pool.clone());
+        let mut run = |d: &mut VirtualDevice, c: Command| match d.execute(&mut be, 0, &c) {
+            Ok(Issued::Done(a, _)) => Ok(a),
+            Ok(Issued::Pending(..)) => panic!("answered at once"),
+            Err(e) => Err(e),
+        };
+        let h = run(&mut d, Command::MemCreate { size: 2 * G }).unwrap();
+        // Past the device's memory: refused by the backend, nothing stays taken.
+        assert_eq!(
+            run(&mut d, Command::MemCreate { size: 2 * G }),
+            Err(Status::OutOfMemory)
+        );
+        assert_eq!((d.used(), pool.used()), (2 * G, 2 * G));
+        let va = run(
+            &mut d,
+            Command::MemAddressReserve {
+                size: 2 * G,
+                alignment: 0,
+                addr: 0,
+            },
+        )
+        .unwrap();
+        let map = Command::MemMap {
+            ptr: va,
+            size: 2 * G,
+            offset: 0,
+            handle: h,
+        };
+        run(&mut d, map).unwrap();
+        assert_eq!(
+            d.check_range(va, 16),
+            Err(Status::InvalidAddress),
+            "no access yet"
+        );
+        run(
+            &mut d,
+            Command::MemSetAccess {
+                ptr: va,
+                size: 2 * G,
+                prot: vgpu_abi::cmd::PROT_READWRITE,
+            },
+        )
+        .unwrap();
+        d.check_range(va + G - 8, 16).unwrap();
+        run(&mut d, Command::MemRelease { handle: h }).unwrap();
+        assert_eq!(d.used(), 2 * G, "mapped: still held");
+        run(
+            &mut d,
+            Command::MemUnmap {
+                ptr: va,
+                size: 2 * G,
+            },
+        )
+        .unwrap();
+        assert_eq!((d.used(), pool.used()), (0, 0));
+        assert_eq!(d.check_range(va, 16), Err(Status::InvalidAddress));
+        // A device dropped with handles gives their bytes back to the pool.
+        run(&mut d, Command::MemCreate { size: G }).unwrap();
+        assert_eq!(pool.used(), G);
+        drop(d);
+        assert_eq!(pool.used(), 0);
     }
 }

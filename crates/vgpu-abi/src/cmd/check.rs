@@ -125,3 +125,25 @@ pub fn launch(l: &LaunchBody) -> Result<(), Status> {
     // `cargo xtask fuzz`); `dims` multiplies in u128.
     dims(l.grid, l.block)
 }
+
+/// A reservation's alignment: 0 (the granularity) or a power of two.
+pub fn alignment(a: u64) -> Result<(), Status> {
+    if a == 0 || a.is_power_of_two() {
+        Ok(())
+    } else {
+        Err(Status::InvalidArgument)
+    }
+}
+
+/// `CU_MEM_ACCESS_FLAGS_PROT_READWRITE`, the one access [`super::Opcode::MemSetAccess`] grants.
+pub const PROT_READWRITE: u32 = 3;
+
+/// An access protection [`super::Opcode::MemSetAccess`] grants: read and write. Read-only
+/// and no access would need the VM's ranges checked per direction; they are refused.
+pub fn prot(p: u32) -> Result<(), Status> {
+    if p == PROT_READWRITE {
+        Ok(())
+    } else {
+        Err(Status::NotSupported)
+    }
+}

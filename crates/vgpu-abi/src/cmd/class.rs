@@ -136,6 +136,57 @@ pub enum Effect {
     /// hint: skipped, with a plain completion, when a command of the VM failed since its
     /// previous fence, so that the guest waits for the completion that reports it).
     Fence,
+    /// Reserves `size` bytes of device addresses (reservation limits); the result is the
+    /// range's start (1.6).
+    Reserve {
+        /// Bytes.
+        size: u64,
+    },
+    /// Frees one of the VM's reservations, with nothing mapped in it (1.6).
+    Unreserve {
+        /// Its start.
+        ptr: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// Creates `size` bytes of device memory without an address (quota, allocation limit);
+    /// the result is its handle (1.6).
+    CreateMemory {
+        /// Bytes.
+        size: u64,
+    },
+    /// Releases one of the VM's memory handles; its memory is freed once unmapped (1.6).
+    ReleaseMemory {
+        /// The handle.
+        handle: u64,
+    },
+    /// Maps one of the VM's handles inside one of its reservations, over no other mapping
+    /// (1.6).
+    Map {
+        /// Start.
+        ptr: u64,
+        /// Bytes.
+        size: u64,
+        /// Offset in the handle's memory.
+        offset: u64,
+        /// The handle.
+        handle: u64,
+    },
+    /// Unmaps whole, adjacent mappings of the VM covering exactly the range (1.6).
+    Unmap {
+        /// Start.
+        ptr: u64,
+        /// Bytes.
+        size: u64,
+    },
+    /// Makes whole, adjacent mappings of the VM covering exactly the range usable by its
+    /// commands (1.6).
+    SetAccess {
+        /// Start.
+        ptr: u64,
+        /// Bytes.
+        size: u64,
+    },
     /// Other work on the VM's context: nothing to account beyond its ranges.
     Work,
 }

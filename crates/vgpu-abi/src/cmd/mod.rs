@@ -31,7 +31,7 @@ mod table;
 pub use builtin::{
     Builtin, BusyParams, ReduceParams, SaxpyParams, SgemmParams, VectorAddParams, BUILTIN_FUNC_FLAG,
 };
-pub use check::{MAX_EVENTS, MAX_FUNC_NAME, MAX_KERNEL_PARAMS};
+pub use check::{MAX_EVENTS, MAX_FUNC_NAME, MAX_KERNEL_PARAMS, PROT_READWRITE};
 pub use class::{Class, DeviceRanges, Direction, Effect};
 pub use entry::{Cqe, Field, Sqe, CQE_SIZE, SQE_BODY, SQE_SIZE};
 pub use launch::{LaunchBody, MAX_BLOCK_THREADS, MAX_GRID_DIM, MAX_INLINE_PARAMS};

@@ -360,4 +360,108 @@ commands! {
             waits_for_device: false,
         };
         effect Effect::Fence;
+
+    /// The granularity of virtual memory management (1.6): `result0` = the minimum,
+    /// `result1` = the recommended granularity in bytes of device memory made by
+    /// [`Opcode::MemCreate`] (sizes, reservations and mappings are multiples of the minimum).
+    MemGranularity = 0x50 => fn mem_granularity {}
+        flags {} check(_s) {} ranges []
+        class Class::HOST;
+        effect Effect::Work;
+
+    /// Reserves a range of device addresses, with no memory behind it (1.6). `result0` = its
+    /// start. The VM may map memory of its own into it ([`Opcode::MemMap`]).
+    MemAddressReserve = 0x51 => fn mem_address_reserve {
+        /// Bytes (> 0, a multiple of the minimum granularity).
+        size: u64,
+        /// Alignment of the start (0: the granularity; else a power of two).
+        alignment: u64,
+        /// A wished-for start (0: none); a hint the device may ignore.
+        addr: u64,
+    }
+        flags {}
+        check(_s) { check::nonzero(size)?; check::alignment(alignment)?; }
+        ranges []
+        class Class::HOST;
+        effect Effect::Reserve { size };
+
+    /// Frees a reservation (exactly as [`Opcode::MemAddressReserve`] answered it; nothing may
+    /// be mapped in it any more) (1.6).
+    MemAddressFree = 0x52 => fn mem_address_free {
+        /// The reservation's start.
+        ptr: u64,
+        /// Its size.
+        size: u64,
+    }
+        flags {} check(_s) {} ranges []
+        class Class::HOST;
+        effect Effect::Unreserve { ptr, size };
+
+    /// Creates device memory without an address (`cuMemCreate`, pinned on the VM's device;
+    /// 1.6). `result0` = its handle. It counts against the VM's quota and allocation limit
+    /// until it is released and unmapped.
+    MemCreate = 0x53 => fn mem_create {
+        /// Bytes (> 0, a multiple of the minimum granularity).
+        size: u64,
+    }
+        flags {} check(_s) { check::nonzero(size)?; } ranges []
+        class Class::HOST;
+        effect Effect::CreateMemory { size };
+
+    /// Releases a handle of [`Opcode::MemCreate`] (1.6): the memory is freed once no range
+    /// maps it any more. Waits for the VM's work on the device first.
+    MemRelease = 0x54 => fn mem_release {
+        /// The handle.
+        handle: u64,
+    }
+        flags {} check(_s) {} ranges []
+        class Class { waits_for_device: true, ..Class::HOST };
+        effect Effect::ReleaseMemory { handle };
+
+    /// Maps `size` bytes of a handle's memory from `offset` at `[ptr, ptr + size)`, inside
+    /// one reservation of the VM and over no other mapping (1.6). The range becomes usable
+    /// once [`Opcode::MemSetAccess`] allowed it.
+    MemMap = 0x55 => fn mem_map {
+        /// Start (a multiple of the minimum granularity).
+        ptr: u64,
+        /// Bytes (a multiple of the minimum granularity).
+        size: u64,
+        /// Offset in the handle's memory (CUDA: 0).
+        offset: u64,
+        /// The handle.
+        handle: u64,
+    }
+        flags {}
+        check(_s) { check::nonzero(size)?; check::device(ptr, size)?; }
+        ranges []
+        class Class::HOST;
+        effect Effect::Map { ptr, size, offset, handle };
+
+    /// Unmaps `[ptr, ptr + size)`: exactly one or more whole, adjacent mappings (1.6). Waits
+    /// for the VM's work on the device first.
+    MemUnmap = 0x56 => fn mem_unmap {
+        /// Start of the first mapping.
+        ptr: u64,
+        /// Bytes up to the end of the last.
+        size: u64,
+    }
+        flags {} check(_s) { check::device(ptr, size)?; } ranges []
+        class Class { waits_for_device: true, ..Class::HOST };
+        effect Effect::Unmap { ptr, size };
+
+    /// Lets the VM's device read and write `[ptr, ptr + size)`: exactly one or more whole,
+    /// adjacent mappings (1.6). Copies, memsets and launches may then name the range.
+    MemSetAccess = 0x57 => fn mem_set_access {
+        /// Start of the first mapping.
+        ptr: u64,
+        /// Bytes up to the end of the last.
+        size: u64,
+        /// `CUmemAccess_flags`: 3, read and write (the only value accepted).
+        prot: u32,
+    }
+        flags {}
+        check(_s) { check::device(ptr, size)?; check::prot(prot)?; }
+        ranges []
+        class Class::HOST;
+        effect Effect::SetAccess { ptr, size };
 }

@@ -590,3 +590,68 @@ fn cluster_shapes() {
         Err(Status::InvalidArgument)
     );
 }
+
+/// The virtual memory management commands (1.6): their checks, classes and effects.
+#[test]
+fn vmm_commands_decode_checked() {
+    let rt = |c: Command| Command::decode(&c.encode(0, 1), 4096);
+    let reserve = |alignment| Command::MemAddressReserve {
+        size: 2 << 20,
+        alignment,
+        addr: 0,
+    };
+    for a in [0, 1, 4096, 2 << 20, 1 << 40] {
+        assert_eq!(rt(reserve(a)), Ok(reserve(a)), "alignment {a}");
+    }
+    assert_eq!(rt(reserve(3)), Err(Status::InvalidArgument));
+    assert_eq!(rt(reserve(3 << 20)), Err(Status::InvalidArgument));
+    let zero = Command::MemAddressReserve {
+        size: 0,
+        alignment: 0,
+        addr: 0,
+    };
+    assert_eq!(rt(zero), Err(Status::InvalidArgument));
+    assert_eq!(
+        rt(Command::MemCreate { size: 0 }),
+        Err(Status::InvalidArgument)
+    );
+    let map = Command::MemMap {
+        ptr: u64::MAX - 10,
+        size: 2 << 20,
+        offset: 0,
+        handle: 1,
+    };
+    assert_eq!(rt(map), Err(Status::InvalidAddress), "wraps");
+    let access = |prot| Command::MemSetAccess {
+        ptr: 1 << 40,
+        size: 2 << 20,
+        prot,
+    };
+    assert_eq!(rt(access(PROT_READWRITE)), Ok(access(PROT_READWRITE)));
+    for p in [0, 1, 2, 7] {
+        assert_eq!(rt(access(p)), Err(Status::NotSupported), "prot {p}");
+    }
+    // Freeing calls wait for the VM's device work, as MEM_FREE does.
+    assert!(Command::MemRelease { handle: 1 }.class().waits_for_device);
+    assert!(
+        Command::MemUnmap { ptr: 0, size: 1 }
+            .class()
+            .waits_for_device
+    );
+    assert!(!map.class().waits_for_device);
+    assert_eq!(
+        Command::MemCreate { size: 9 }.effect(),
+        Effect::CreateMemory { size: 9 }
+    );
+    assert_eq!(
+        map.effect(),
+        Effect::Map {
+            ptr: u64::MAX - 10,
+            size: 2 << 20,
+            offset: 0,
+            handle: 1
+        }
+    );
+    // Their device ranges are the device's own to check: none is declared.
+    assert_eq!(map.device_ranges().iter().count(), 0);
+}

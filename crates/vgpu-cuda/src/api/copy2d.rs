@@ -18,7 +18,7 @@ use vgpu_guest::{Pending, Stream};
 
 use super::context::require_current_to_wait;
 use super::copy::{dev_err, drain, host_copy, Way};
-use super::memory::allocation_of;
+use super::memory::extent_of;
 use super::run;
 use super::stream::enqueue;
 use crate::rows::{runs, Extent, Pitch, Run};
@@ -672,7 +672,7 @@ unsafe fn copy(name: &'static str, d: &Desc, o: Order) -> Result<CUresult, CUres
         .attribute(ATTR_MAX_PITCH)
         .filter(|&m| m > 0)
         .map_or(i32::MAX as u64, |m| m as u64);
-    match plan(d, max_pitch, allocation_of) {
+    match plan(d, max_pitch, extent_of) {
         Ok(None) => Ok(CUresult::CUDA_SUCCESS),
         // SAFETY: forwarded from the caller.
         Ok(Some(p)) => unsafe { execute(&p, o) },

@@ -28,11 +28,13 @@ fn holding(map: &Mutex<BTreeMap<u64, u64>>, p: u64) -> Option<(u64, u64)> {
         .filter(|&(b, s)| p - b < s)
 }
 
-/// The allocation (or module global) holding `p`: (base, size).
+/// The allocation (or module global, mapped staging area, or mapping of reserved addresses)
+/// holding `p`: (base, size).
 pub fn allocation_of(p: u64) -> Option<(u64, u64)> {
     holding(&ALLOCATIONS, p)
         .or_else(|| holding(&GLOBALS, p))
         .or_else(|| mapped_staging_holding(p))
+        .or_else(|| super::vmm::mapping_of(p))
 }
 
 /// The mapped staging area (page-locked host memory seen at its device address, ABI 1.6) when
@@ -40,6 +42,16 @@ pub fn allocation_of(p: u64) -> Option<(u64, u64)> {
 fn mapped_staging_holding(p: u64) -> Option<(u64, u64)> {
     let (base, size) = driver::get().ok()?.mapped_staging()?;
     (p >= base && p - base < size).then_some((base, size))
+}
+
+/// How far device memory from `p` reaches, `(start, size)`: the allocation, module global or
+/// mapped staging area holding it, or the run of adjacent mappings around it (a 2D copy or
+/// memset may cross mappings, as on NVIDIA's driver).
+pub fn extent_of(p: u64) -> Option<(u64, u64)> {
+    holding(&ALLOCATIONS, p)
+        .or_else(|| holding(&GLOBALS, p))
+        .or_else(|| mapped_staging_holding(p))
+        .or_else(|| super::vmm::mapped_run_of(p))
 }
 
 /// Records a module global's device memory.

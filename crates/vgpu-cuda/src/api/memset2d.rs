@@ -5,7 +5,7 @@
 
 use super::context::require_current;
 use super::copy::{dev_err, memset16, memset_on};
-use super::memory::allocation_of;
+use super::memory::extent_of;
 use super::run;
 use super::stream::{enqueue, resolve, stream};
 use crate::types::{CUdeviceptr, CUresult, CUstream};
@@ -93,7 +93,7 @@ fn memset_2d(
         elem,
         width as u64,
         height as u64,
-        allocation_of,
+        extent_of,
     ) {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(CUresult::CUDA_SUCCESS),

@@ -2,6 +2,7 @@
 //! implementations in [`vgpu_abi::cmd::reference`]. It defines the semantics every backend must match.
 
 use super::images::{self, Images};
+use super::vmm::Vmm;
 use super::{
     kernel_name, wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, ImageParts,
     Issued, Retired, Staging, Token, VmKey, VmStream, Wake,
@@ -24,6 +25,9 @@ const ADDR_BASE: u64 = 0x0000_7f00_0000_0000;
 /// lands in a neighbour.
 const ALIGN: u64 = 256;
 const GUARD: u64 = 64 * 1024;
+/// The granularity of virtual memory management: sizes, reservations, mappings and offsets are
+/// multiples of it. An H100's or H200's (driver 580), minimum and recommended alike.
+pub const VMM_GRANULARITY: u64 = 2 << 20;
 /// The most element operations (multiply-adds for sgemm, elements otherwise) one built-in
 /// kernel may cost. The cpu device runs kernels on the executor thread, so an unbounded one
 /// would stall every VM of the device: at about 1 ns per operation this bounds a kernel to
@@ -39,6 +43,10 @@ struct Ctx {
     images: Images,
     /// An image arriving in parts.
     parts: ImageParts,
+    /// Virtual memory management: what the VM reserved, created and mapped.
+    vmm: Vmm,
+    /// The memory of the VM's handles (created, not yet freed).
+    handle_mem: HashMap<u64, Vec<u8>>,
 }
 
 /// A busy kernel occupying execution slot `slot` from `started` until `until`.
@@ -180,6 +188,48 @@ impl CpuBackend {
 }
 
 impl Ctx {
+    /// Calls `f(offset, bytes)` on the bytes of `[ptr, ptr+len)` in order, `offset` counting
+    /// from `ptr`: one slice inside an allocation, or one per mapping the range crosses.
+    fn each(
+        &mut self,
+        ptr: u64,
+        len: u64,
+        mut f: impl FnMut(usize, &mut [u8]),
+    ) -> Result<(), Status> {
+        if let Ok(b) = self.range(ptr, len) {
+            f(0, b);
+            return Ok(());
+        }
+        let pieces = self.vmm.pieces(ptr, len).ok_or(Status::InvalidAddress)?;
+        let mut done = 0usize;
+        for (h, off, n) in pieces {
+            let mem = self.handle_mem.get_mut(&h).ok_or(Status::Internal)?;
+            let b = mem
+                .get_mut(off as usize..(off + n) as usize)
+                .ok_or(Status::Internal)?;
+            f(done, b);
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    /// A copy of the bytes `[ptr, ptr+len)`.
+    fn read(&mut self, ptr: u64, len: u64) -> Result<Vec<u8>, Status> {
+        // The range is checked before anything of its length is allocated (a kernel's
+        // parameters name it).
+        self.each(ptr, len, |_, _| {})?;
+        let mut v = vec![0u8; usize::try_from(len).map_err(|_| Status::InvalidAddress)?];
+        self.each(ptr, len, |off, b| v[off..off + b.len()].copy_from_slice(b))?;
+        Ok(v)
+    }
+
+    /// Writes `data` at `ptr`.
+    fn write(&mut self, ptr: u64, data: &[u8]) -> Result<(), Status> {
+        self.each(ptr, data.len() as u64, |off, b| {
+            b.copy_from_slice(&data[off..off + b.len()])
+        })
+    }
+
     /// The bytes `[ptr, ptr+len)` if they lie inside one allocation.
     fn range(&mut self, ptr: u64, len: u64) -> Result<&mut [u8], Status> {
         let (&base, buf) = self
@@ -198,17 +248,15 @@ impl Ctx {
     /// Reads `n` f32s at `ptr`; a bad pointer inside a kernel is an illegal-address fault.
     fn load(&mut self, ptr: u64, n: u32) -> Result<Vec<f32>, Status> {
         let b = self
-            .range(ptr, n as u64 * 4)
+            .read(ptr, n as u64 * 4)
             .map_err(|_| Status::KernelFault)?;
-        Ok(kernels::to_f32s(b))
+        Ok(kernels::to_f32s(&b))
     }
 
     fn store(&mut self, ptr: u64, v: &[f32]) -> Result<(), Status> {
-        let b = self
-            .range(ptr, v.len() as u64 * 4)
-            .map_err(|_| Status::KernelFault)?;
-        kernels::from_f32s(v, b);
-        Ok(())
+        let mut b = vec![0u8; v.len() * 4];
+        kernels::from_f32s(v, &mut b);
+        self.write(ptr, &b).map_err(|_| Status::KernelFault)
     }
 }
 
@@ -288,6 +336,7 @@ fn describe(total_mem: u64, slots: usize) -> vgpu_abi::DeviceInfoPage {
         (87, 64),         // SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO
         (95, 1),          // COOPERATIVE_LAUNCH
         (97, 232_448),    // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        (102, 1),         // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
         (106, 32),        // MAX_BLOCKS_PER_MULTIPROCESSOR
         (111, 1024),      // RESERVED_SHARED_MEMORY_PER_BLOCK
         (120, 1),         // CLUSTER_LAUNCH
@@ -348,6 +397,8 @@ impl Backend for CpuBackend {
                 events: HashMap::new(),
                 images: Images::default(),
                 parts: ImageParts::default(),
+                vmm: Vmm::default(),
+                handle_mem: HashMap::new(),
             },
         );
         Ok(())
@@ -358,7 +409,9 @@ impl Backend for CpuBackend {
         // until they end; only the tokens are forgotten.
         self.running.retain(|_, r| r.vm != vm);
         if let Some(ctx) = self.ctxs.remove(&vm) {
-            let freed: u64 = ctx.bufs.values().map(|b| b.len() as u64).sum();
+            // The handles' memory is the context's too: a reset or a disconnect frees it.
+            let freed: u64 = ctx.bufs.values().map(|b| b.len() as u64).sum::<u64>()
+                + ctx.handle_mem.values().map(|b| b.len() as u64).sum::<u64>();
             self.used_mem -= freed;
         }
     }
@@ -479,14 +532,18 @@ impl Handler for CpuBackend {
         width: u32,
     ) -> Result<Issued, Status> {
         let vm = at.vm;
-        let b = self.ctx(vm)?.range(dst, len)?;
-        match width {
-            1 => b.fill(value as u8),
-            4 => b
-                .chunks_exact_mut(4)
-                .for_each(|c| c.copy_from_slice(&value.to_le_bytes())),
+        let pattern = match width {
+            1 => [value as u8; 4],
+            4 => value.to_le_bytes(),
             _ => return Err(Status::InvalidArgument),
-        }
+        };
+        // A piece of a mapped range may start inside an element: the pattern follows the
+        // offset from `dst`.
+        self.ctx(vm)?.each(dst, len, |off, b| {
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = pattern[(off + i) % 4];
+            }
+        })?;
         Ok(Issued::DONE)
     }
 
@@ -500,8 +557,11 @@ impl Handler for CpuBackend {
         let vm = at.vm;
         let ctx = self.ctx(vm)?;
         let staging = ctx.staging;
-        let b = ctx.range(dst, len)?;
-        staging.view.read_bytes(staging.abs(staging_offset), b);
+        ctx.each(dst, len, |off, b| {
+            staging
+                .view
+                .read_bytes(staging.abs(staging_offset + off as u64), b)
+        })?;
         Ok(Issued::DONE)
     }
 
@@ -515,16 +575,19 @@ impl Handler for CpuBackend {
         let vm = at.vm;
         let ctx = self.ctx(vm)?;
         let staging = ctx.staging;
-        let b = ctx.range(src, len)?;
-        staging.view.write_bytes(staging.abs(staging_offset), b);
+        ctx.each(src, len, |off, b| {
+            staging
+                .view
+                .write_bytes(staging.abs(staging_offset + off as u64), b)
+        })?;
         Ok(Issued::DONE)
     }
 
     fn copy_d2d(&mut self, at: VmStream, dst: u64, src: u64, len: u64) -> Result<Issued, Status> {
         let vm = at.vm;
         let ctx = self.ctx(vm)?;
-        let tmp = ctx.range(src, len)?.to_vec();
-        ctx.range(dst, len)?.copy_from_slice(&tmp);
+        let tmp = ctx.read(src, len)?;
+        ctx.write(dst, &tmp)?;
         Ok(Issued::DONE)
     }
 
@@ -756,6 +819,122 @@ impl Handler for CpuBackend {
         }
     }
 
+    // Virtual memory management, as CUDA's driver does it on an H100 or H200: 2 MiB
+    // granularity, memory zeroed at creation, a mapping usable once access was granted.
+
+    fn mem_granularity(&mut self, at: VmStream) -> Result<Issued, Status> {
+        self.ctx(at.vm)?;
+        Ok(Issued::Done(VMM_GRANULARITY, VMM_GRANULARITY))
+    }
+
+    fn mem_address_reserve(
+        &mut self,
+        at: VmStream,
+        size: u64,
+        alignment: u64,
+        _addr: u64,
+    ) -> Result<Issued, Status> {
+        // The wished-for address is a hint (CUDA's too): ranges come from the device's one
+        // address space, in order.
+        self.ctx(at.vm)?;
+        if !size.is_multiple_of(VMM_GRANULARITY) {
+            return Err(Status::InvalidArgument);
+        }
+        let start = self
+            .next_addr
+            .checked_next_multiple_of(alignment.max(VMM_GRANULARITY))
+            .ok_or(Status::OutOfMemory)?;
+        self.next_addr = start
+            .checked_add(size)
+            .and_then(|e| e.checked_add(GUARD))
+            .ok_or(Status::OutOfMemory)?;
+        self.ctx(at.vm)?.vmm.reserved(start, size);
+        Ok(Issued::Done(start, 0))
+    }
+
+    fn mem_address_free(&mut self, at: VmStream, ptr: u64, size: u64) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        c.vmm.admit_unreserve(ptr, size)?;
+        c.vmm.unreserved(ptr);
+        Ok(Issued::DONE)
+    }
+
+    fn mem_create(&mut self, at: VmStream, size: u64) -> Result<Issued, Status> {
+        self.ctx(at.vm)?;
+        if !size.is_multiple_of(VMM_GRANULARITY) {
+            return Err(Status::InvalidArgument);
+        }
+        if self.used_mem.saturating_add(size) > self.total_mem {
+            return Err(Status::OutOfMemory);
+        }
+        let len = usize::try_from(size).map_err(|_| Status::OutOfMemory)?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len)
+            .map_err(|_| Status::OutOfMemory)?;
+        buf.resize(len, 0u8);
+        let h = self.handle();
+        let c = self.ctx(at.vm)?;
+        c.vmm.created(h, size);
+        c.handle_mem.insert(h, buf);
+        self.used_mem += size;
+        Ok(Issued::Done(h, 0))
+    }
+
+    fn mem_release(&mut self, at: VmStream, handle: u64) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        c.vmm.admit_release(handle)?;
+        if c.vmm.released(handle).is_some() {
+            let freed = c.handle_mem.remove(&handle).map_or(0, |b| b.len() as u64);
+            self.used_mem -= freed;
+        }
+        Ok(Issued::DONE)
+    }
+
+    fn mem_map(
+        &mut self,
+        at: VmStream,
+        ptr: u64,
+        size: u64,
+        offset: u64,
+        handle: u64,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        if [ptr, size, offset]
+            .iter()
+            .any(|v| !v.is_multiple_of(VMM_GRANULARITY))
+        {
+            return Err(Status::InvalidArgument);
+        }
+        c.vmm.admit_map(ptr, size, offset, handle, usize::MAX)?;
+        c.vmm.mapped(ptr, size, offset, handle);
+        Ok(Issued::DONE)
+    }
+
+    fn mem_unmap(&mut self, at: VmStream, ptr: u64, size: u64) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        c.vmm.cover(ptr, size)?;
+        let mut freed = 0;
+        for (h, _) in c.vmm.unmapped(ptr, size) {
+            freed += c.handle_mem.remove(&h).map_or(0, |b| b.len() as u64);
+        }
+        self.used_mem -= freed;
+        Ok(Issued::DONE)
+    }
+
+    fn mem_set_access(
+        &mut self,
+        at: VmStream,
+        ptr: u64,
+        size: u64,
+        _prot: u32,
+    ) -> Result<Issued, Status> {
+        // The command's check admits read-write only.
+        let c = self.ctx(at.vm)?;
+        c.vmm.cover(ptr, size)?;
+        c.vmm.allow(ptr, size);
+        Ok(Issued::DONE)
+    }
+
     fn event_elapsed(&mut self, at: VmStream, start: u32, end: u32) -> Result<Issued, Status> {
         let vm = at.vm;
         let ev = &self.ctx(vm)?.events;
@@ -775,6 +954,7 @@ impl Handler for CpuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vgpu_abi::cmd::PROT_READWRITE;
 
     fn at(vm: VmKey) -> VmStream {
         VmStream { vm, stream: 0 }
@@ -954,6 +1134,103 @@ mod tests {
             assert!(be.running[&t4].until <= Instant::now() + Duration::from_millis(2));
             retire(be, 1, t4);
             be.create_context(0, params0.clone()).unwrap();
+            be.destroy_context(0);
+            assert_eq!(be.used_mem, 0);
+        });
+    }
+
+    #[test]
+    fn mapped_memory_behaves_as_device_memory() {
+        with_backend(|_, st, _| {
+            const G: u64 = VMM_GRANULARITY;
+            let mut b = CpuBackend::new(8 * G);
+            let view = st.view;
+            let params = ContextParams {
+                staging: st,
+                priority: 0,
+                region: None,
+            };
+            b.create_context(0, params.clone()).unwrap();
+            b.create_context(1, params).unwrap();
+            let be = &mut b;
+            assert_eq!(be.mem_granularity(at(0)), Ok(Issued::Done(G, G)));
+            assert_eq!(
+                be.mem_address_reserve(at(0), G + 1, 0, 0),
+                Err(Status::InvalidArgument),
+                "not a multiple of the granularity"
+            );
+            let va = be.mem_address_reserve(at(0), 4 * G, 0, 0).map(ptr).unwrap();
+            assert!(va.is_multiple_of(G));
+            let aligned = be
+                .mem_address_reserve(at(0), G, 1 << 30, 0)
+                .map(ptr)
+                .unwrap();
+            assert!(aligned.is_multiple_of(1 << 30));
+            let h1 = be.mem_create(at(0), G).map(ptr).unwrap();
+            let h2 = be.mem_create(at(0), 2 * G).map(ptr).unwrap();
+            assert_eq!(be.used_mem, 3 * G);
+            assert_eq!(
+                be.mem_create(at(0), 6 * G),
+                Err(Status::OutOfMemory),
+                "past the device's memory"
+            );
+            // Another VM's handle and range are not this one's.
+            assert_eq!(
+                be.mem_map(at(1), va, G, 0, h1),
+                Err(Status::InvalidArgument)
+            );
+            assert_eq!(
+                be.mem_map(at(0), va + 1, G, 0, h1),
+                Err(Status::InvalidArgument),
+                "unaligned"
+            );
+            be.mem_map(at(0), va, G, 0, h1).unwrap();
+            be.mem_map(at(0), va + G, 2 * G, 0, h2).unwrap();
+            assert_eq!(
+                be.mem_map(at(0), va + 2 * G, G, 0, h1),
+                Err(Status::InvalidArgument),
+                "overlaps"
+            );
+            // Mapped but not accessible yet.
+            assert_eq!(be.memset(at(0), va, 16, 7, 1), Err(Status::InvalidAddress));
+            be.mem_set_access(at(0), va, 3 * G, PROT_READWRITE).unwrap();
+            // A copy and a memset across the two mappings.
+            let data: Vec<u8> = (0..64u8).collect();
+            view.write_bytes(st.abs(0), &data);
+            be.copy_h2d(at(0), va + G - 32, 0, 64).unwrap();
+            be.memset(at(0), va + G - 2, 4, 0xa1b2_c3d4, 4).unwrap();
+            be.copy_d2h(at(0), va + G - 32, 100, 64).unwrap();
+            let mut back = [0u8; 64];
+            view.read_bytes(st.abs(100), &mut back);
+            let mut want = data.clone();
+            want[30..34].copy_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+            assert_eq!(&back[..], &want[..]);
+            assert_eq!(be.ctx(0).unwrap().handle_mem[&h2][..32], want[32..]);
+            assert_eq!(be.copy_d2h(at(1), va, 0, 16), Err(Status::InvalidAddress));
+            // Released while mapped: still there until unmapped.
+            be.mem_release(at(0), h1).unwrap();
+            assert_eq!(
+                be.mem_release(at(0), h1),
+                Err(Status::InvalidArgument),
+                "twice"
+            );
+            be.copy_d2d(at(0), va + G, va, 16).unwrap();
+            assert_eq!(
+                be.mem_unmap(at(0), va, 2 * G),
+                Err(Status::InvalidAddress),
+                "part of a mapping"
+            );
+            assert_eq!(
+                be.mem_address_free(at(0), va, 4 * G),
+                Err(Status::InvalidArgument),
+                "still mapped"
+            );
+            be.mem_unmap(at(0), va, G).unwrap();
+            assert_eq!(be.used_mem, 2 * G, "h1 freed by its unmap");
+            assert_eq!(be.mem_unmap(at(0), va, G), Err(Status::InvalidAddress));
+            assert_eq!(be.memset(at(0), va, 16, 7, 1), Err(Status::InvalidAddress));
+            be.copy_d2h(at(0), va + G, 0, 16).unwrap();
+            // A reset drops the rest.
             be.destroy_context(0);
             assert_eq!(be.used_mem, 0);
         });

@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod images;
 pub mod isolated;
 pub mod select;
+pub mod vmm;
 pub mod waiters;
 pub mod wake;
 

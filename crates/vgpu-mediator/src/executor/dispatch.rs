@@ -120,7 +120,11 @@ impl<B: Backend + ?Sized, Q: WorkQueue> Executor<B, Q> {
                 len,
                 dir: Direction::Out,
             } => VmStats::bump(&st.bytes_out, len),
-            Effect::Alloc { .. } | Effect::Free { .. } => {
+            Effect::Alloc { .. }
+            | Effect::Free { .. }
+            | Effect::CreateMemory { .. }
+            | Effect::ReleaseMemory { .. }
+            | Effect::Unmap { .. } => {
                 // Before the completion is written: a guest that reads its register page
                 // right after the allocation returned sees it counted.
                 let used = slot.dev.used();

@@ -408,6 +408,91 @@ pub fn mem_free(p: CUdeviceptr) -> CuResult<()> {
     check(unsafe { sys::cuMemFree_v2(p) })
 }
 
+/// The properties of pinned device memory on device `dev`, as [`mem_create`] makes it.
+fn pinned_on(dev: CUdevice) -> sys::CUmemAllocationProp {
+    // SAFETY: a plain C struct of integers and a pointer; all-zero is its default.
+    let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+    prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = dev;
+    prop
+}
+
+/// `(minimum, recommended)` granularity of [`mem_create`]'s memory on `dev`.
+pub fn mem_granularity(dev: CUdevice) -> CuResult<(u64, u64)> {
+    use sys::CUmemAllocationGranularity_flags::*;
+    let prop = pinned_on(dev);
+    let mut g = [0usize; 2];
+    for (i, o) in [
+        CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+        CU_MEM_ALLOC_GRANULARITY_RECOMMENDED,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // SAFETY: `g[i]` is a valid out-pointer, `prop` a valid property struct.
+        check(unsafe { sys::cuMemGetAllocationGranularity(&mut g[i], &prop, o) })?;
+    }
+    Ok((g[0] as u64, g[1] as u64))
+}
+
+/// Reserves `size` bytes of device addresses (`addr`: a hint, 0 for none).
+pub fn mem_address_reserve(size: u64, alignment: u64, addr: u64) -> CuResult<CUdeviceptr> {
+    let mut p = 0;
+    let size = usize::try_from(size).map_err(|_| CUresult::CUDA_ERROR_OUT_OF_MEMORY)?;
+    let alignment = usize::try_from(alignment).map_err(|_| CUresult::CUDA_ERROR_INVALID_VALUE)?;
+    // SAFETY: `p` is a valid out-pointer; addresses are only reserved, never dereferenced.
+    check(unsafe { sys::cuMemAddressReserve(&mut p, size, alignment, addr, 0) })?;
+    Ok(p)
+}
+
+/// Frees a reservation of [`mem_address_reserve`].
+pub fn mem_address_free(p: CUdeviceptr, size: u64) -> CuResult<()> {
+    // SAFETY: the driver checks the range; nothing is dereferenced on the host.
+    check(unsafe { sys::cuMemAddressFree(p, size as usize) })
+}
+
+/// Creates `size` bytes of pinned device memory on `dev`; returns its handle.
+pub fn mem_create(dev: CUdevice, size: u64) -> CuResult<u64> {
+    let prop = pinned_on(dev);
+    let size = usize::try_from(size).map_err(|_| CUresult::CUDA_ERROR_OUT_OF_MEMORY)?;
+    let mut h = 0;
+    // SAFETY: `h` is a valid out-pointer, `prop` a valid property struct.
+    check(unsafe { sys::cuMemCreate(&mut h, size, &prop, 0) })?;
+    Ok(h)
+}
+
+/// Releases a handle of [`mem_create`].
+pub fn mem_release(h: u64) -> CuResult<()> {
+    // SAFETY: a handle the caller created and has not released; the driver validates it.
+    check(unsafe { sys::cuMemRelease(h) })
+}
+
+/// Maps `size` bytes of `h`'s memory from `offset` at `p`.
+pub fn mem_map(p: CUdeviceptr, size: u64, offset: u64, h: u64) -> CuResult<()> {
+    // SAFETY: the driver checks the range and the handle; nothing is dereferenced on the host.
+    check(unsafe { sys::cuMemMap(p, size as usize, offset as usize, h, 0) })
+}
+
+/// Unmaps `[p, p + size)`.
+pub fn mem_unmap(p: CUdeviceptr, size: u64) -> CuResult<()> {
+    // SAFETY: the driver checks the range; nothing is dereferenced on the host.
+    check(unsafe { sys::cuMemUnmap(p, size as usize) })
+}
+
+/// Lets device `dev` read and write the mappings of `[p, p + size)`.
+pub fn mem_set_access_rw(p: CUdeviceptr, size: u64, dev: CUdevice) -> CuResult<()> {
+    let desc = sys::CUmemAccessDesc {
+        location: sys::CUmemLocation {
+            type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+            id: dev,
+        },
+        flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+    };
+    // SAFETY: `desc` is one valid descriptor for the duration of the call.
+    check(unsafe { sys::cuMemSetAccess(p, size as usize, &desc, 1) })
+}
+
 /// Fills `len` bytes with `v`.
 pub fn memset_d8(dst: CUdeviceptr, v: u8, len: u64, s: CUstream) -> CuResult<()> {
     // SAFETY: `[dst, dst+len)` lies in one allocation of the current context (checked by the

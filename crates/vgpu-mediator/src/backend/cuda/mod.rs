@@ -51,6 +51,7 @@
 pub mod api;
 pub mod nvrtc;
 
+use super::vmm::Vmm;
 use super::waiters::WaitPool;
 use super::{
     kernel_name, wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, ImageParts,
@@ -230,6 +231,9 @@ struct VmCtx {
     /// plain: a blocking-sync event makes the device interrupt the host when it completes,
     /// which costs every short round trip 1–2 µs (measured on an H200).
     spare_wake: Vec<CUevent>,
+    /// Virtual memory management: what the VM reserved, created and mapped. The driver keeps
+    /// these per process, not per context: [`destroy`] undoes them.
+    vmm: Vmm,
 }
 
 /// One VM stream's CUDA stream.
@@ -522,6 +526,7 @@ impl CudaBackend {
             spare: Vec::new(),
             spare_untimed: Vec::new(),
             spare_wake: Vec::new(),
+            vmm: Vmm::default(),
         };
         match self.fill_ctx(&mut c, params) {
             Ok(()) => Ok(c),
@@ -599,6 +604,24 @@ fn destroy(c: &VmCtx, idle: impl FnOnce()) {
     if api::ctx_set_current(c.ctx).is_ok() {
         if let Some(base) = c.registered {
             let _ = api::host_unregister(base);
+        }
+        // Reservations and memory handles belong to the process, not the context: without
+        // this a VM's reset would leave its memory allocated in a shared vgpud.
+        let left = c.vmm.leftovers();
+        for (p, size) in left.maps {
+            if let Err(r) = api::mem_unmap(p, size) {
+                warn!("cuMemUnmap of a VM's mapping: {r:?}");
+            }
+        }
+        for h in left.handles {
+            if let Err(r) = api::mem_release(h) {
+                warn!("cuMemRelease of a VM's memory handle: {r:?}");
+            }
+        }
+        for (p, size) in left.reserved {
+            if let Err(r) = api::mem_address_free(p, size) {
+                warn!("cuMemAddressFree of a VM's reservation: {r:?}");
+            }
         }
     }
     if let Err(r) = api::ctx_destroy(c.ctx) {
@@ -1430,6 +1453,92 @@ impl Handler for CudaBackend {
         let tok = c.record_untimed(s)?;
         let t = self.token(PendingWork::new(vm, vec![tok], vec![s]));
         Ok(Issued::Pending(t, 0, 0))
+    }
+
+    // Virtual memory management: the driver's calls in the VM's context, recorded so that a
+    // reset undoes them ([`destroy`]). The VM's device checked ownership and overlaps.
+
+    fn mem_granularity(&mut self, at: VmStream) -> Result<Issued, Status> {
+        let dev = self.dev;
+        self.ctx(at.vm)?;
+        let (min, rec) = api::mem_granularity(dev).map_err(status_of)?;
+        Ok(Issued::Done(min, rec))
+    }
+
+    fn mem_address_reserve(
+        &mut self,
+        at: VmStream,
+        size: u64,
+        alignment: u64,
+        addr: u64,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let p = api::mem_address_reserve(size, alignment, addr).map_err(status_of)?;
+        c.vmm.reserved(p, size);
+        Ok(Issued::Done(p, 0))
+    }
+
+    fn mem_address_free(&mut self, at: VmStream, ptr: u64, size: u64) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        c.vmm.admit_unreserve(ptr, size)?;
+        api::mem_address_free(ptr, size).map_err(status_of)?;
+        c.vmm.unreserved(ptr);
+        Ok(Issued::DONE)
+    }
+
+    fn mem_create(&mut self, at: VmStream, size: u64) -> Result<Issued, Status> {
+        let dev = self.dev;
+        let c = self.ctx(at.vm)?;
+        let h = api::mem_create(dev, size).map_err(status_of)?;
+        c.vmm.created(h, size);
+        Ok(Issued::Done(h, 0))
+    }
+
+    fn mem_release(&mut self, at: VmStream, handle: u64) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        c.vmm.admit_release(handle)?;
+        api::mem_release(handle).map_err(status_of)?;
+        c.vmm.released(handle);
+        Ok(Issued::DONE)
+    }
+
+    fn mem_map(
+        &mut self,
+        at: VmStream,
+        ptr: u64,
+        size: u64,
+        offset: u64,
+        handle: u64,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        c.vmm.admit_map(ptr, size, offset, handle, usize::MAX)?;
+        api::mem_map(ptr, size, offset, handle).map_err(status_of)?;
+        c.vmm.mapped(ptr, size, offset, handle);
+        Ok(Issued::DONE)
+    }
+
+    fn mem_unmap(&mut self, at: VmStream, ptr: u64, size: u64) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        c.vmm.cover(ptr, size)?;
+        api::mem_unmap(ptr, size).map_err(status_of)?;
+        c.vmm.unmapped(ptr, size);
+        Ok(Issued::DONE)
+    }
+
+    fn mem_set_access(
+        &mut self,
+        at: VmStream,
+        ptr: u64,
+        size: u64,
+        _prot: u32,
+    ) -> Result<Issued, Status> {
+        // The command's check admits read-write only.
+        let dev = self.dev;
+        let c = self.ctx(at.vm)?;
+        c.vmm.cover(ptr, size)?;
+        api::mem_set_access_rw(ptr, size, dev).map_err(status_of)?;
+        c.vmm.allow(ptr, size);
+        Ok(Issued::DONE)
     }
 
     fn event_elapsed(&mut self, at: VmStream, start: u32, end: u32) -> Result<Issued, Status> {
