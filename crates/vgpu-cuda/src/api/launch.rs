@@ -288,12 +288,15 @@ pub struct LaunchAttribute {
 }
 
 /// `CU_LAUNCH_ATTRIBUTE_*` ids a launch may carry here: none (0); hints a launch on vgpud's
-/// device may ignore without changing what it computes: the stream priority (8; vgpud
+/// device may ignore without changing what it computes: programmatic stream serialization (6:
+/// it only allows the kernel to start before the previous one on its stream ends, so a launch
+/// that waits for it, as every launch here does, computes the same; the kernel's
+/// `cudaGridDependencySynchronize` then returns at once), the stream priority (8; vgpud
 /// schedules by the VM's priority and pool), the memory synchronisation domain and its map (9,
 /// 10), the preferred shared memory carveout (14). The cluster shape ([`CLUSTER_DIMENSION`])
 /// goes to vgpud with the launch. The others (cooperative, cluster scheduling preferences,
-/// programmatic dependencies, completion events) change what a launch means and are refused.
-const IGNORABLE_ATTRIBUTES: [u32; 5] = [0, 8, 9, 10, 14];
+/// programmatic events, completion events) change what a launch means and are refused.
+const IGNORABLE_ATTRIBUTES: [u32; 6] = [0, 6, 8, 9, 10, 14];
 /// `CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION`: three `unsigned int`s, x, y, z.
 const CLUSTER_DIMENSION: u32 = 4;
 
