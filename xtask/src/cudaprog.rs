@@ -85,7 +85,7 @@ pub fn toolkit() -> Result<Toolkit> {
 }
 
 /// Makes a Python virtual environment at `venv` and installs `wheels` into it.
-fn make_venv(venv: &Path, wheels: &[&str]) -> Result<()> {
+pub(crate) fn make_venv(venv: &Path, wheels: &[&str]) -> Result<()> {
     let ok = Command::new("python3")
         .args(["-m", "venv"])
         .arg(venv)

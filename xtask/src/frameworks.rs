@@ -63,25 +63,7 @@ fn venv() -> Result<PathBuf> {
         venv.display()
     ));
     let _ = std::fs::remove_dir_all(&venv);
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .context("running python3 -m venv (apt-get install python3-venv)")?;
-    if !ok.success() {
-        bail!(
-            "python3 -m venv {} failed (apt-get install python3-venv)",
-            venv.display()
-        );
-    }
-    let ok = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(WHEELS)
-        .status()
-        .context("running pip")?;
-    if !ok.success() {
-        bail!("pip install {} failed", WHEELS.join(" "));
-    }
+    crate::cudaprog::make_venv(&venv, WHEELS)?;
     std::fs::write(&stamp, want)?;
     Ok(python)
 }
