@@ -144,20 +144,7 @@ fn pynvml_check(libdir: &Path, socket: &Path, quota: u64) -> Result<()> {
         .env("VGPU_EXPECT_TOTAL", quota.to_string())
         .output()
         .with_context(|| format!("running {}", python.display()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let passed = o.status.success()
-        && String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .last()
-            .is_some_and(|l| l.trim() == "PASS");
-    if !passed {
-        bail!("{} failed ({}):\n{text}", script.display(), o.status);
-    }
-    Ok(())
+    passed(&script, &o).map(drop)
 }
 
 /// One way of building and running the programs.
@@ -281,18 +268,24 @@ fn run_program(exe: &Path, libpath: &str, socket: &Path, loading: Option<&str>) 
         std::thread::sleep(Duration::from_millis(20));
     }
     let o = child.wait_with_output()?;
+    passed(exe, &o)
+}
+
+/// The output of `what`, which passed when it exited with success and its last line of
+/// standard output is `PASS`; otherwise an error holding the output.
+fn passed(what: &Path, o: &std::process::Output) -> Result<String> {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    let passed = o.status.success()
+    let ok = o.status.success()
         && String::from_utf8_lossy(&o.stdout)
             .lines()
             .last()
             .is_some_and(|l| l.trim() == "PASS");
-    if !passed {
-        bail!("{} failed ({}):\n{text}", exe.display(), o.status);
+    if !ok {
+        bail!("{} failed ({}):\n{text}", what.display(), o.status);
     }
     Ok(text)
 }
