@@ -105,6 +105,8 @@ fn open() -> Result<Driver, CUresult> {
     // The process keeps the device for its whole life: BAR2 stays mapped.
     let view = dev.shm();
     let runs_kernels = dev.info().capabilities & vgpu_abi::regs::CAP_MODULES != 0;
+    // A thread waits as its current context's scheduling flag says.
+    dev.set_wait_policy_source(crate::api::context::current_wait_policy);
     Ok(Driver {
         dev,
         info,

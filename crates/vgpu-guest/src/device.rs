@@ -77,6 +77,8 @@ pub struct Device {
     irq_usable: AtomicBool,
     /// How waits for completions wait ([`WaitPolicy`] as `u8`, see `set_wait_policy`).
     wait_policy: AtomicU8,
+    /// Asked at the start of each wait, on the waiting thread (see `set_wait_policy_source`).
+    policy_source: std::sync::OnceLock<fn() -> Option<WaitPolicy>>,
     /// Next stream id handed out by `create_stream`.
     pub(crate) next_stream: AtomicU32,
     /// Next never-used event id, and ids given back.
@@ -139,6 +141,7 @@ impl Device {
             timeout: DEFAULT_TIMEOUT,
             irq_usable: AtomicBool::new(true),
             wait_policy: AtomicU8::new(WaitPolicy::Eager as u8),
+            policy_source: std::sync::OnceLock::new(),
             next_stream: AtomicU32::new(1),
             next_event: AtomicU32::new(0),
             events: Mutex::new(Vec::new()),
@@ -207,9 +210,20 @@ impl Device {
         self.wait_policy.store(p as u8, Ordering::Relaxed);
     }
 
-    /// The current [`WaitPolicy`].
+    /// Where a waiting thread's [`WaitPolicy`] comes from: `source` is called on that thread at
+    /// the start of each wait (a CUDA driver answers by the thread's current context); `None`
+    /// from it, or no source, means the policy set with [`Device::set_wait_policy`]. Set once;
+    /// later calls are ignored.
+    pub fn set_wait_policy_source(&self, source: fn() -> Option<WaitPolicy>) {
+        let _ = self.policy_source.set(source);
+    }
+
+    /// The [`WaitPolicy`] a wait on this thread uses now.
     pub fn wait_policy(&self) -> WaitPolicy {
-        WaitPolicy::from_u8(self.wait_policy.load(Ordering::Relaxed))
+        self.policy_source
+            .get()
+            .and_then(|f| f())
+            .unwrap_or_else(|| WaitPolicy::from_u8(self.wait_policy.load(Ordering::Relaxed)))
     }
 
     fn completion_backoff(&self) -> Backoff {

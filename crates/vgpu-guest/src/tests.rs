@@ -1031,3 +1031,31 @@ fn vmm_commands_are_not_sent_to_a_device_before_abi_1_6() {
     ));
     assert_eq!(r.host.ctl.executed.load(Ordering::SeqCst), sent);
 }
+
+/// A policy source, asked on the waiting thread, decides over the policy set for the device;
+/// where it has no answer the set one stands.
+#[test]
+fn a_wait_policy_source_decides_per_thread() {
+    use crate::WaitPolicy;
+    thread_local! {
+        static MINE: std::cell::Cell<Option<WaitPolicy>> = const { std::cell::Cell::new(None) };
+    }
+    fn source() -> Option<WaitPolicy> {
+        MINE.with(|m| m.get())
+    }
+    let r = rig();
+    r.dev.set_wait_policy(WaitPolicy::Block);
+    assert_eq!(r.dev.wait_policy(), WaitPolicy::Block);
+    r.dev.set_wait_policy_source(source);
+    assert_eq!(
+        r.dev.wait_policy(),
+        WaitPolicy::Block,
+        "no answer: the set policy"
+    );
+    MINE.with(|m| m.set(Some(WaitPolicy::Spin)));
+    assert_eq!(r.dev.wait_policy(), WaitPolicy::Spin);
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(r.dev.wait_policy(), WaitPolicy::Block, "another thread"));
+    });
+    r.dev.nop().unwrap();
+}

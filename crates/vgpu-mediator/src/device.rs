@@ -261,33 +261,26 @@ impl VirtualDevice {
         };
         let issued = be.submit(at, cmd);
         match (effect, issued) {
-            (Effect::Alloc { size }, _) => match issued.and_then(done) {
-                Ok((ptr, _)) => {
-                    self.allocs.insert(ptr, size);
-                    self.used += size;
-                    Ok(Issued::Done(ptr, 0))
-                }
-                Err(e) => {
-                    if let Some(p) = &self.pool {
-                        p.give_back(size);
+            (Effect::Alloc { size } | Effect::CreateMemory { size }, _) => {
+                match issued.and_then(done) {
+                    Ok((id, _)) => {
+                        if matches!(effect, Effect::Alloc { .. }) {
+                            self.allocs.insert(id, size);
+                        } else {
+                            self.vmm.created(id, size);
+                        }
+                        self.used += size;
+                        Ok(Issued::Done(id, 0))
                     }
-                    Err(e)
-                }
-            },
-            (Effect::CreateMemory { size }, _) => match issued.and_then(done) {
-                Ok((handle, _)) => {
-                    self.vmm.created(handle, size);
-                    self.used += size;
-                    Ok(Issued::Done(handle, 0))
-                }
-                Err(e) => {
-                    // Taken from the pool at admission, never added to `used`.
-                    if let Some(p) = &self.pool {
-                        p.give_back(size);
+                    Err(e) => {
+                        // Taken from the pool at admission, never added to `used`.
+                        if let Some(p) = &self.pool {
+                            p.give_back(size);
+                        }
+                        Err(e)
                     }
-                    Err(e)
                 }
-            },
+            }
             (_, Err(_)) => issued,
             (Effect::Reserve { size }, Ok(i)) => {
                 let (ptr, _) = done(i)?;

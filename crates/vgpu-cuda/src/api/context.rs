@@ -164,13 +164,27 @@ static WAIT_OVERRIDE: std::sync::LazyLock<Option<WaitPolicy>> =
         _ => None,
     });
 
-/// [`require_current`] for a call that waits for the device: the device's waits then follow
-/// the current context's scheduling flag ([`wait_policy`]). (The policy is the process's: two
-/// threads waiting at once under contexts of different flags wait as the later call set.)
-pub fn require_current_to_wait() -> Result<&'static Context, CUresult> {
-    let c = require_current()?;
-    driver::get()?.dev.set_wait_policy(wait_policy(c));
-    Ok(c)
+thread_local! {
+    /// A policy for this thread's waits that beats its context's, while set (a wait for an event
+    /// created with `CU_EVENT_BLOCKING_SYNC`).
+    static WAIT_FOR: std::cell::Cell<Option<WaitPolicy>> = const { std::cell::Cell::new(None) };
+}
+
+/// How the calling thread waits for the device now: by its current context's scheduling flag
+/// ([`wait_policy`]); `None` without a current context. The device asks it at the start of each
+/// wait, on the waiting thread (`vgpu_guest::Device::set_wait_policy_source`).
+pub fn current_wait_policy() -> Option<WaitPolicy> {
+    WAIT_FOR
+        .with(|w| w.get())
+        .or_else(|| resolve(current()).map(wait_policy))
+}
+
+/// Runs `f` with this thread's waits done as `p`.
+pub fn waiting_as<T>(p: WaitPolicy, f: impl FnOnce() -> T) -> T {
+    let before = WAIT_FOR.with(|w| w.replace(Some(p)));
+    let out = f();
+    WAIT_FOR.with(|w| w.set(before));
+    out
 }
 
 fn check_device(dev: CUdevice) -> Result<(), CUresult> {
@@ -533,7 +547,6 @@ pub extern "C" fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult {
 /// Waits for every stream of the VM (every context's: they share vgpud's streams); what it
 /// covered needs no implicit legacy-stream wait any more.
 fn synchronize_all() -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
     let d = driver::get()?;
     let mark = crate::legacy::mark();
     d.dev.synchronize().map_err(|e| driver::error_of(&e))?;

@@ -9,7 +9,7 @@
 
 use std::ffi::c_void;
 
-use super::context::{self, require_current_to_wait};
+use super::context::{self, require_current};
 use super::memory::{is_device, ready};
 use super::run;
 use super::stream::{enqueue, resolve, stream};
@@ -56,7 +56,7 @@ pub(crate) unsafe fn host_copy(
     pt: bool,
     wait: bool,
 ) -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
+    require_current()?;
     if n == 0 {
         return Ok(CUresult::CUDA_SUCCESS);
     }
@@ -107,7 +107,7 @@ pub(crate) fn dtod(
     pt: bool,
     sync: bool,
 ) -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
+    require_current()?;
     if n == 0 {
         return Ok(CUresult::CUDA_SUCCESS);
     }
@@ -267,7 +267,7 @@ fn peer(
     pt: bool,
     sync: bool,
 ) -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
+    require_current()?;
     if context::resolve(dst_ctx).is_none() || context::resolve(src_ctx).is_none() {
         return Err(CUresult::CUDA_ERROR_INVALID_CONTEXT);
     }
@@ -361,7 +361,7 @@ unsafe fn unified(
     n: usize,
     s: Option<(CUstream, bool)>,
 ) -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
+    require_current()?;
     if n == 0 {
         return Ok(CUresult::CUDA_SUCCESS);
     }
@@ -468,7 +468,7 @@ pub(crate) fn memset_on(
     s: CUstream,
     pt: bool,
 ) -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
+    require_current()?;
     if !dst.is_multiple_of(width) {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
@@ -514,7 +514,7 @@ pub(crate) fn memset16(
     s: CUstream,
     pt: bool,
 ) -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
+    require_current()?;
     if !dst.is_multiple_of(2) {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }

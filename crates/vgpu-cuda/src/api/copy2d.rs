@@ -16,7 +16,7 @@ use std::ffi::c_void;
 
 use vgpu_guest::{Pending, Stream};
 
-use super::context::require_current_to_wait;
+use super::context::require_current;
 use super::copy::{dev_err, drain, host_copy, Way};
 use super::memory::extent_of;
 use super::run;
@@ -665,7 +665,7 @@ unsafe fn execute(p: &Plan, o: Order) -> Result<CUresult, CUresult> {
 /// # Safety
 /// Host sides are valid for the reads or writes of the copy's rows.
 unsafe fn copy(name: &'static str, d: &Desc, o: Order) -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
+    require_current()?;
     let drv = driver::get()?;
     let max_pitch = drv
         .info
@@ -686,7 +686,7 @@ unsafe fn copy(name: &'static str, d: &Desc, o: Order) -> Result<CUresult, CUres
 /// # Safety
 /// `p` is NULL or a valid `CUDA_MEMCPY2D` whose host sides are valid for the copy.
 unsafe fn copy_2d(name: &'static str, p: *const Memcpy2D, o: Order) -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
+    require_current()?;
     // SAFETY: NULL or valid for a read (the caller's promise).
     let c = unsafe { p.as_ref() }.ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
     // SAFETY: forwarded from the caller.
@@ -696,7 +696,7 @@ unsafe fn copy_2d(name: &'static str, p: *const Memcpy2D, o: Order) -> Result<CU
 /// # Safety
 /// `p` is NULL or a valid `CUDA_MEMCPY3D` whose host sides are valid for the copy.
 unsafe fn copy_3d(name: &'static str, p: *const Memcpy3D, o: Order) -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
+    require_current()?;
     // SAFETY: NULL or valid for a read (the caller's promise).
     let c = unsafe { p.as_ref() }.ok_or(CUresult::CUDA_ERROR_INVALID_VALUE)?;
     // SAFETY: forwarded from the caller.

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use vgpu_guest::{Event, Pending, WaitPolicy};
 
-use super::context::{current, require_current, resolve, wait_policy};
+use super::context::{require_current, waiting_as};
 use super::run;
 use super::stream::enqueue;
 use crate::driver;
@@ -177,16 +177,15 @@ pub extern "C" fn cuEventQuery(e: CUevent) -> CUresult {
 }
 
 fn synchronize(o: &EventObj) -> Result<(), CUresult> {
-    let policy = if o.flags & BLOCKING_SYNC != 0 {
-        Some(WaitPolicy::Block)
-    } else {
-        resolve(current()).map(wait_policy)
+    let wait = || {
+        taken(o, true)?;
+        o.ev.synchronize().map_err(|e| driver::error_of(&e))
     };
-    if let Some(p) = policy {
-        driver::get()?.dev.set_wait_policy(p);
+    if o.flags & BLOCKING_SYNC != 0 {
+        waiting_as(WaitPolicy::Block, wait)
+    } else {
+        wait()
     }
-    taken(o, true)?;
-    o.ev.synchronize().map_err(|e| driver::error_of(&e))
 }
 
 /// `cuEventSynchronize`.

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use vgpu_guest::Stream;
 
-use super::context::{current, require_current, require_current_to_wait};
+use super::context::{current, require_current};
 use super::{put, run};
 use crate::driver::{self, Driver};
 use crate::handles::Registry;
@@ -217,7 +217,7 @@ pub extern "C" fn cuStreamDestroy(s: CUstream) -> CUresult {
 
 /// Waits for stream `s`'s earlier work (for the legacy stream, the blocking streams' too).
 pub(crate) fn synchronize(s: CUstream, per_thread: bool) -> Result<CUresult, CUresult> {
-    require_current_to_wait()?;
+    require_current()?;
     let (id, kind, ctx) = target(s, per_thread)?;
     // The legacy stream's synchronisation is an operation on it: it waits for the blocking
     // streams' earlier work too. A blocking stream's waits for its own work only.
