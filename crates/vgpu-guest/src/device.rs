@@ -33,6 +33,7 @@ mod fence;
 mod regs;
 mod ring;
 mod staging;
+mod tensormap;
 mod vmm;
 
 pub use regs::{device_info_page, DeviceInfo};

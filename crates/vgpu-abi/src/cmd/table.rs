@@ -7,6 +7,7 @@ use super::entry::Sqe;
 use super::launch::LaunchBody;
 use super::status::Status;
 use super::{MODULE_BINARY, MODULE_CONT, MODULE_MORE, SYNC_ALL_STREAMS};
+use crate::tensormap;
 
 commands! {
     /// Does nothing; completes with `Ok`. The channel's round-trip probe.
@@ -464,4 +465,27 @@ commands! {
         ranges []
         class Class::HOST;
         effect Effect::SetAccess { ptr, size };
+
+    /// Encodes a tensor map (1.7): `cuTensorMapEncodeTiled` or `cuTensorMapEncodeIm2col` in
+    /// the VM's context. The request ([`tensormap::TensorMapRequest`]) is at `staging_offset`; the
+    /// encoded [`tensormap::TENSOR_MAP_BYTES`] go to `staging_offset +` [`tensormap::MAP_OFFSET`]. The
+    /// request's address and extent ([`tensormap::TensorMapRequest::extent`]) must be the entry's, a range
+    /// inside one allocation of the VM.
+    TensorMapEncode = 0x58 => fn tensor_map_encode {
+        /// The tensor's device address.
+        global_address: u64,
+        /// Bytes the tensor spans from it.
+        extent: u64,
+        /// Offset of the request in staging ([`tensormap::STAGING_BYTES`] used).
+        staging_offset: u64,
+    }
+        flags {}
+        check(s) {
+            check::nonzero(extent)?;
+            check::device(global_address, extent)?;
+            check::staging(staging_offset, tensormap::STAGING_BYTES, s)?;
+        }
+        ranges [(global_address, extent)]
+        class Class::HOST;
+        effect Effect::Work;
 }

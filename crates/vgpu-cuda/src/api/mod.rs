@@ -23,6 +23,7 @@ pub mod occupancy;
 pub mod proc;
 pub mod profiler;
 pub mod stream;
+pub mod tensormap;
 pub mod vmm;
 
 /// The CUDA version this library implements (`CUDA_VERSION` of the CUDA 13.0 headers).

@@ -10,15 +10,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include "check.h"
-
-#define DRV(call)                                                                         \
-    do {                                                                                  \
-        CUresult r_ = (call);                                                             \
-        if (r_ != CUDA_SUCCESS) {                                                         \
-            printf("FAILED %s:%d: %s = %d\n", __FILE__, __LINE__, #call, (int)r_);        \
-            failures++;                                                                   \
-        }                                                                                 \
-    } while (0)
+#include "driver.h"
 
 __global__ void fill(unsigned *p, size_t n, unsigned salt) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
@@ -42,19 +34,6 @@ static decltype(&cuMemRelease) memRelease;
 static decltype(&cuMemMap) memMap;
 static decltype(&cuMemUnmap) memUnmap;
 static decltype(&cuMemSetAccess) setAccess;
-
-template <typename F> static bool entry(const char *name, F *f) {
-    void *p = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion(name, &p, 13000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess || !p) {
-        printf("FAILED: no driver entry point %s\n", name);
-        failures++;
-        return false;
-    }
-    *f = (F)p;
-    return true;
-}
 
 static unsigned long long cpu_sum(size_t n, unsigned salt) {
     unsigned long long s = 0;

@@ -12,26 +12,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include "check.h"
-
-// A driver call that must answer `want`.
-#define DRV_IS(call, want)                                                                \
-    do {                                                                                  \
-        CUresult r_ = (call);                                                             \
-        if (r_ != (want)) {                                                               \
-            printf("FAILED %s:%d: %s = %d, want %d\n", __FILE__, __LINE__, #call, (int)r_, \
-                   (int)(want));                                                          \
-            failures++;                                                                   \
-        }                                                                                 \
-    } while (0)
-#define DRV(call) DRV_IS(call, CUDA_SUCCESS)
-// A driver call that must be refused (NVIDIA documents the refusal, not its code).
-#define DRV_FAILS(call)                                                                   \
-    do {                                                                                  \
-        if ((call) == CUDA_SUCCESS) {                                                     \
-            printf("FAILED %s:%d: %s succeeded\n", __FILE__, __LINE__, #call);           \
-            failures++;                                                                   \
-        }                                                                                 \
-    } while (0)
+#include "driver.h"
 
 // The driver entry points, as the runtime hands them out (the program does not link libcuda).
 static decltype(&cuDeviceGetAttribute) getAttribute;
@@ -47,19 +28,6 @@ static decltype(&cuMemGetAccess) getAccess;
 static decltype(&cuMemRetainAllocationHandle) retainHandle;
 static decltype(&cuMemGetAllocationPropertiesFromHandle) propsOf;
 static decltype(&cuMemGetAddressRange) addressRange;
-
-template <typename F> static bool entry(const char *name, F *f) {
-    void *p = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    cudaError_t e = cudaGetDriverEntryPointByVersion(name, &p, 13000, cudaEnableDefault, &q);
-    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || p == nullptr) {
-        printf("FAILED: no driver entry point %s\n", name);
-        failures++;
-        return false;
-    }
-    *f = (F)p;
-    return true;
-}
 
 static bool entries() {
     bool ok = true;

@@ -4,8 +4,9 @@
 use super::images::{self, Images};
 use super::vmm::Vmm;
 use super::{
-    kernel_name, wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, ImageParts,
-    Issued, Retired, Staging, Token, VmKey, VmStream, Wake,
+    kernel_name, read_tensor_map_request, wake, write_tensor_map, Backend, BackendError,
+    ContextParams, DeviceInfo, Handler, ImageParts, Issued, Retired, Staging, Token, VmKey,
+    VmStream, Wake,
 };
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,7 @@ use vgpu_abi::cmd::{
     VectorAddParams,
 };
 use vgpu_abi::regs::BACKEND_CPU;
+use vgpu_abi::tensormap::{TensorMapRequest, TENSOR_MAP_BYTES};
 use vgpu_abi::Status;
 use zerocopy::FromBytes;
 
@@ -487,6 +489,20 @@ fn refuse_user_kernel(vm: VmKey) -> Status {
     Status::NotSupported
 }
 
+/// The cpu device's encoding of a tensor map (no kernel of it reads one): the request's first
+/// 120 bytes, then a 64-bit FNV-1a hash of all of it, so that different requests give
+/// different maps.
+fn cpu_tensor_map(req: &TensorMapRequest) -> [u8; TENSOR_MAP_BYTES] {
+    let bytes = req.to_bytes();
+    let mut map = [0u8; TENSOR_MAP_BYTES];
+    map[..TENSOR_MAP_BYTES - 8].copy_from_slice(&bytes[..TENSOR_MAP_BYTES - 8]);
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    map[TENSOR_MAP_BYTES - 8..].copy_from_slice(&hash.to_le_bytes());
+    map
+}
+
 impl Handler for CpuBackend {
     type Ctx = VmStream;
     type Out = Issued;
@@ -932,6 +948,19 @@ impl Handler for CpuBackend {
         let c = self.ctx(at.vm)?;
         c.vmm.cover(ptr, size)?;
         c.vmm.allow(ptr, size);
+        Ok(Issued::DONE)
+    }
+
+    fn tensor_map_encode(
+        &mut self,
+        at: VmStream,
+        global_address: u64,
+        extent: u64,
+        staging_offset: u64,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let req = read_tensor_map_request(&c.staging, staging_offset, global_address, extent)?;
+        write_tensor_map(&c.staging, staging_offset, &cpu_tensor_map(&req))?;
         Ok(Issued::DONE)
     }
 

@@ -15,6 +15,7 @@ pub mod waiters;
 pub mod wake;
 
 use vgpu_abi::cmd::Command;
+use vgpu_abi::tensormap::{self, TensorMapRequest};
 use vgpu_abi::{ShmView, Status};
 
 pub use vgpu_abi::cmd::Handler;
@@ -109,6 +110,36 @@ impl Staging {
         self.view.read_bytes(self.abs(off), &mut v);
         Ok(v)
     }
+}
+
+/// The tensor map request of a [`vgpu_abi::Opcode::TensorMapEncode`] at `off` in staging,
+/// read once, whose address and extent must be the entry's (the VM's device checked that
+/// range against its allocations).
+pub fn read_tensor_map_request(
+    staging: &Staging,
+    off: u64,
+    global_address: u64,
+    extent: u64,
+) -> Result<TensorMapRequest, Status> {
+    let bytes = staging.read(off, size_of::<TensorMapRequest>() as u64)?;
+    let req = TensorMapRequest::from_bytes(&bytes).ok_or(Status::Internal)?;
+    if req.global_address != global_address || req.extent() != Some(extent) {
+        return Err(Status::InvalidArgument);
+    }
+    Ok(req)
+}
+
+/// Writes an encoded tensor map where the request at `off` says the guest reads it.
+pub fn write_tensor_map(staging: &Staging, off: u64, map: &[u8]) -> Result<(), Status> {
+    let at = off
+        .checked_add(tensormap::MAP_OFFSET)
+        .filter(|a| {
+            a.checked_add(map.len() as u64)
+                .is_some_and(|e| e <= staging.size)
+        })
+        .ok_or(Status::StagingOutOfRange)?;
+    staging.view.write_bytes(staging.abs(at), map);
+    Ok(())
 }
 
 /// Most bytes one module image may have (the parts of one sent together). The per-VM limit

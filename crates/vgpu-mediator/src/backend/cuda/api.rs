@@ -121,6 +121,117 @@ pub fn device_attribute_raw(d: CUdevice, a: i32) -> CuResult<i32> {
     Ok(v)
 }
 
+/// Encodes a tensor map as `req` asks (`cuTensorMapEncodeTiled` or `cuTensorMapEncodeIm2col`).
+/// The enums go to the driver as the raw numbers the guest gave (an unknown one is the
+/// driver's error), through the symbols' C types: this binding's Rust enums may not hold a
+/// value they do not declare.
+pub fn tensor_map_encode(
+    req: &vgpu_abi::tensormap::TensorMapRequest,
+) -> CuResult<[u8; vgpu_abi::tensormap::TENSOR_MAP_BYTES]> {
+    use vgpu_abi::tensormap::{KIND_IM2COL, KIND_TILED};
+    type Tiled = unsafe extern "C" fn(
+        *mut sys::CUtensorMap,
+        u32,
+        u32,
+        *mut std::ffi::c_void,
+        *const u64,
+        *const u64,
+        *const u32,
+        *const u32,
+        u32,
+        u32,
+        u32,
+        u32,
+    ) -> CUresult;
+    type Im2col = unsafe extern "C" fn(
+        *mut sys::CUtensorMap,
+        u32,
+        u32,
+        *mut std::ffi::c_void,
+        *const u64,
+        *const u64,
+        *const i32,
+        *const i32,
+        u32,
+        u32,
+        *const u32,
+        u32,
+        u32,
+        u32,
+        u32,
+    ) -> CUresult;
+    let r = req;
+    // Aligned to 128 bytes, as the driver requires of a CUtensorMap.
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    let addr = r.global_address as *mut std::ffi::c_void;
+    let res = match r.kind {
+        KIND_TILED => {
+            // SAFETY: the driver library is loaded by the time a context exists; the symbol's
+            // C type takes its enums as 32-bit values, passed exactly as u32.
+            let f: Tiled = unsafe {
+                *sys::culib()
+                    .get::<Tiled>(b"cuTensorMapEncodeTiled\0")
+                    .map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?
+            };
+            // SAFETY: `map` is a valid, aligned out-pointer; the arrays hold MAX_RANK entries,
+            // at least the `rank` the driver reads (it refuses a larger rank); the global
+            // address is only encoded, never dereferenced on the host.
+            unsafe {
+                f(
+                    &mut map,
+                    r.data_type,
+                    r.rank,
+                    addr,
+                    r.global_dim.as_ptr(),
+                    r.global_strides.as_ptr(),
+                    r.box_dim.as_ptr(),
+                    r.element_strides.as_ptr(),
+                    r.interleave,
+                    r.swizzle,
+                    r.l2_promotion,
+                    r.oob_fill,
+                )
+            }
+        }
+        KIND_IM2COL => {
+            // SAFETY: as for the tiled encoder.
+            let f: Im2col = unsafe {
+                *sys::culib()
+                    .get::<Im2col>(b"cuTensorMapEncodeIm2col\0")
+                    .map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?
+            };
+            // SAFETY: as for the tiled encoder; the corners hold MAX_RANK - 2 entries, the most
+            // the driver reads (rank - 2).
+            unsafe {
+                f(
+                    &mut map,
+                    r.data_type,
+                    r.rank,
+                    addr,
+                    r.global_dim.as_ptr(),
+                    r.global_strides.as_ptr(),
+                    r.lower_corner.as_ptr(),
+                    r.upper_corner.as_ptr(),
+                    r.channels_per_pixel,
+                    r.pixels_per_column,
+                    r.element_strides.as_ptr(),
+                    r.interleave,
+                    r.swizzle,
+                    r.l2_promotion,
+                    r.oob_fill,
+                )
+            }
+        }
+        _ => CUresult::CUDA_ERROR_INVALID_VALUE,
+    };
+    check(res)?;
+    let mut out = [0u8; vgpu_abi::tensormap::TENSOR_MAP_BYTES];
+    for (o, w) in out.chunks_exact_mut(8).zip(map.opaque) {
+        o.copy_from_slice(&w.to_le_bytes());
+    }
+    Ok(out)
+}
+
 /// A function attribute by its number (every `CUfunction_attribute`, whatever this binding's
 /// enum declares).
 pub fn func_attribute(f: CUfunction, a: i32) -> CuResult<i32> {

@@ -54,8 +54,9 @@ pub mod nvrtc;
 use super::vmm::Vmm;
 use super::waiters::WaitPool;
 use super::{
-    kernel_name, wake, Backend, BackendError, ContextParams, DeviceInfo, Handler, ImageParts,
-    Issued, Retired, Staging, Token, VmKey, VmStream, Wake,
+    kernel_name, read_tensor_map_request, wake, write_tensor_map, Backend, BackendError,
+    ContextParams, DeviceInfo, Handler, ImageParts, Issued, Retired, Staging, Token, VmKey,
+    VmStream, Wake,
 };
 use crate::throttle::{Throttle, GUEST_LOG_INTERVAL};
 use cudarc::driver::sys::{
@@ -1538,6 +1539,20 @@ impl Handler for CudaBackend {
         c.vmm.cover(ptr, size)?;
         api::mem_set_access_rw(ptr, size, dev).map_err(status_of)?;
         c.vmm.allow(ptr, size);
+        Ok(Issued::DONE)
+    }
+
+    fn tensor_map_encode(
+        &mut self,
+        at: VmStream,
+        global_address: u64,
+        extent: u64,
+        staging_offset: u64,
+    ) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let req = read_tensor_map_request(&c.staging, staging_offset, global_address, extent)?;
+        let map = api::tensor_map_encode(&req).map_err(|_| Status::InvalidArgument)?;
+        write_tensor_map(&c.staging, staging_offset, &map)?;
         Ok(Issued::DONE)
     }
 
