@@ -3,8 +3,8 @@
 # That host has no Rust toolchain, no QEMU and no network: everything it needs is in this folder.
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
-#   stages, in order: env, conformance, bench, cuda, cuda-bench, frameworks, breakdown, wait, sched,
-#   multigpu (two GPUs), vm, cuda-vm,
+#   stages, in order: env, conformance, bench, cuda, cuda-bench, frameworks, fw-bench, breakdown,
+#   wait, sched, multigpu (two GPUs), vm, cuda-vm,
 #   tenancy, soak (10 minutes: run it on its own, `--only soak`)
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
 # the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
@@ -31,6 +31,8 @@
 #                     cupy,numba,jax,cuda_bindings), e.g. to split the stage across commands
 #   VGPU_FW_TIMEOUT   seconds each framework script may run, per run (default 240; the traced
 #                     re-run of a failing one gets VGPU_FW_TRACE_TIMEOUT, default 120)
+#   VGPU_FW_BENCH_RUNS  runs of each side in the fw-bench stage (default 2); each may take
+#                     VGPU_FW_BENCH_TIMEOUT seconds (default 600)
 #   VGPU_FW_BACKEND   vgpud backend of the frameworks stage (default cuda; cpu only to test
 #                     this script without a GPU: no native runs, no kernels, the report says so)
 set -uo pipefail
@@ -42,14 +44,14 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=${2:-}; shift 2 || { echo "run.sh: --only needs a value" >&2; exit 2; } ;;
     --only=*) only=${1#--only=}; shift ;;
-    -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
 done
 out=${out:-${OUT:-}}
 if [ -z "$out" ]; then
-  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,frameworks,breakdown,wait,sched,multigpu,vm,cuda-vm,tenancy,soak]   (or set OUT)" >&2
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,frameworks,fw-bench,breakdown,wait,sched,multigpu,vm,cuda-vm,tenancy,soak]   (or set OUT)" >&2
   exit 2
 fi
 mkdir -p "$out" || exit 2
@@ -282,6 +284,38 @@ stage_cuda() {
 # cuda-bench/cudabench.cu, built here, runs on NVIDIA's driver and then through vgpu's
 # libcuda.so.1; the table (cuda-bench.log) and cuda-bench.json give both and the ratio
 # vgpu / native of each metric's median.
+# Medians over runs of each side, p50 and p99 separately, of the `metric NAME P50 P99 UNIT`
+# lines of FILES (a file named native-* is a native run, any other a vgpu one): a table on
+# stdout and JSON in JSON_OUT, ratio = vgpu / native (p50).
+bench_medians() { # JSON_OUT TITLE FILES...
+  local json=$1 title=$2
+  shift 2
+  awk -v json="$json" -v title="$title" '
+    function median(list,   n, a, i, j, t) {
+      n = split(list, a, " ")
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    FNR == 1 { side = (FILENAME ~ /native-/) ? "n" : "v"; if (side == "n") nn++; else nv++ }
+    $1 == "metric" {
+      if (!($2 in unit)) { unit[$2] = $5; order[++k] = $2 }
+      p50[side, $2] = p50[side, $2] " " $3; p99[side, $2] = p99[side, $2] " " $4
+    }
+    END {
+      print "--- " title " (median of " nn " native and " nv " vgpu runs)"
+      printf "%-34s %12s %12s %12s %12s %8s\n", "metric (p50; p99)", "native", "", "vgpu", "", "ratio"
+      printf "{\"vgpud\": \"%s\", \"native_runs\": %d, \"vgpu_runs\": %d, \"metrics\": [", title, nn, nv > json
+      for (i = 1; i <= k; i++) {
+        m = order[i]
+        n50 = median(p50["n", m]); n99 = median(p99["n", m]); v50 = median(p50["v", m]); v99 = median(p99["v", m])
+        r = (n50 > 0) ? v50 / n50 : 0
+        printf "%-34s %12.3f %12.3f %12.3f %12.3f %8.3f %s\n", m, n50, n99, v50, v99, r, unit[m]
+        printf "%s{\"name\": \"%s\", \"unit\": \"%s\", \"native_p50\": %s, \"native_p99\": %s, \"vgpu_p50\": %s, \"vgpu_p99\": %s, \"ratio\": %.4f, \"native_runs_p50\": \"%s\", \"vgpu_runs_p50\": \"%s\"}", (i > 1 ? ", " : ""), m, unit[m], n50, n99, v50, v99, r, substr(p50["n", m], 2), substr(p50["v", m], 2) > json
+      }
+      printf "]}\n" > json
+    }' "$@"
+}
+
 stage_cuda-bench() {
   local t0=$SECONDS log="$out/cuda-bench.log" dir="$work/cuda-bench" nvcc exe vpid
   nvcc=$(find_nvcc) || {
@@ -348,32 +382,8 @@ stage_cuda-bench() {
       failed="$failed $variant"
       continue
     fi
-    # Medians over the runs of each side (p50 and p99 separately).
-    # shellcheck disable=SC2086
-    awk -v json="$json" -v title="vgpud ${line:-defaults}" '
-      function median(list,   n, a, i, j, t) {
-        n = split(list, a, " ")
-        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
-        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-      }
-      FNR == 1 { side = (FILENAME ~ /native-/) ? "n" : "v"; if (side == "n") nn++; else nv++ }
-      $1 == "metric" {
-        if (!($2 in unit)) { unit[$2] = $5; order[++k] = $2 }
-        p50[side, $2] = p50[side, $2] " " $3; p99[side, $2] = p99[side, $2] " " $4
-      }
-      END {
-        print "--- " title " (median of " nn " native and " nv " vgpu runs)"
-        printf "%-34s %12s %12s %12s %12s %8s\n", "metric (p50; p99)", "native", "", "vgpu", "", "ratio"
-        printf "{\"vgpud\": \"%s\", \"native_runs\": %d, \"vgpu_runs\": %d, \"metrics\": [", title, nn, nv > json
-        for (i = 1; i <= k; i++) {
-          m = order[i]
-          n50 = median(p50["n", m]); n99 = median(p99["n", m]); v50 = median(p50["v", m]); v99 = median(p99["v", m])
-          r = (n50 > 0) ? v50 / n50 : 0
-          printf "%-34s %12.3f %12.3f %12.3f %12.3f %8.3f %s\n", m, n50, n99, v50, v99, r, unit[m]
-          printf "%s{\"name\": \"%s\", \"unit\": \"%s\", \"native_p50\": %s, \"native_p99\": %s, \"vgpu_p50\": %s, \"vgpu_p99\": %s, \"ratio\": %.4f, \"native_runs_p50\": \"%s\", \"vgpu_runs_p50\": \"%s\"}", (i > 1 ? ", " : ""), m, unit[m], n50, n99, v50, v99, r, substr(p50["n", m], 2), substr(p50["v", m], 2) > json
-        }
-        printf "]}\n" > json
-      }' "$dir"/native-*.txt $runs >>"$log"
+    # shellcheck disable=SC2086 # a list of files
+    bench_medians "$json" "vgpud ${line:-defaults}" "$dir"/native-*.txt $runs >>"$log"
   done
   echo "ratio = vgpu / native (p50); latencies (us): lower is better, rates: higher" >>"$log"
   if [ -n "$failed" ]; then
@@ -571,6 +581,49 @@ stage_frameworks() {
     record fw:startup PASS $((SECONDS - ta)) "import + first kernel (second run):$snotes details in $(basename "$log")"
   else
     record fw:startup FAIL $((SECONDS - ta)) "failed:$bad;$snotes see $(basename "$log")"
+  fi
+}
+
+# ---- fw-bench: PyTorch models, native vs through vgpu (issue 15) --------------------------
+# frameworks/bench_torch.py (ResNet-50 bf16 inference, GPT-2 greedy decoding, a ResNet-50
+# training step) runs on NVIDIA's driver and through vgpu's libcuda.so.1, alternating,
+# VGPU_FW_BENCH_RUNS times each (default 2; a fresh vgpud for each vgpu run); fw-bench.log has
+# the table of medians, fw-bench.json the figures and ratios (vgpu / native, rates: higher is
+# better). GPT-2's greedy tokens must be the same both ways.
+stage_fw-bench() {
+  local t0=$SECONDS log="$out/fw-bench.log" dir="$work/fw-bench" py=${VGPU_PYTHON:-python3}
+  local r vpid bad="" fw_limit=${VGPU_FW_BENCH_TIMEOUT:-600} ratios
+  mkdir -p "$dir"
+  rm -f "$dir"/native-*.txt "$dir"/vgpu-*.txt
+  : >"$log"
+  if ! LD_LIBRARY_PATH=$(fw_native_ld) timeout -k 10 300 "$py" -c "import torch, torchvision, transformers" >"$dir/import" 2>&1; then
+    record fw-bench SKIP $((SECONDS - t0)) "SKIPPED: $py cannot import torch, torchvision and transformers ($(tail -n 1 "$dir/import" | cut -c1-120))"
+    return
+  fi
+  for r in $(seq 1 "${VGPU_FW_BENCH_RUNS:-2}"); do
+    fw_run native "$dir" "$dir/native-$r.txt" "$here/frameworks/bench_torch.py"
+    start_cuda_vgpud "$dir" "$out/fw-bench-vgpud-$r.log" ""
+    vpid=$!
+    fw_run vgpu "$dir" "$dir/vgpu-$r.txt" "$here/frameworks/bench_torch.py"
+    kill -TERM "$vpid" 2>/dev/null
+    wait "$vpid" 2>/dev/null
+  done
+  for f in "$dir"/native-*.txt "$dir"/vgpu-*.txt; do
+    { echo "--- $(basename "$f")"; cat "$f"; } >>"$log"
+    grep -qx PASS "$f" || bad="$bad $(basename "$f" .txt)"
+    if ! diff <(grep '^result:' "$dir/native-1.txt") <(grep '^result:' "$f") >/dev/null; then
+      bad="$bad $(basename "$f" .txt):results-differ"
+    fi
+  done
+  # shellcheck disable=SC2086 # lists of files
+  bench_medians "$out/fw-bench.json" "PyTorch models (bench_torch.py)" \
+    "$dir"/native-*.txt "$dir"/vgpu-*.txt >>"$log"
+  echo "ratio = vgpu / native (p50 rates: higher is better)" >>"$log"
+  ratios=$(awk '$1 ~ /_/ && NF >= 7 { printf "%s %s; ", $1, $6 }' "$log")
+  if [ -n "$bad" ]; then
+    record fw-bench FAIL $((SECONDS - t0)) "failed:$bad; $ratios see $(basename "$log")"
+  else
+    record fw-bench PASS $((SECONDS - t0)) "ratios (vgpu / native, p50): $ratios fw-bench.json"
   fi
 }
 
@@ -922,7 +975,7 @@ stage_soak() {
   fi
 }
 
-for s in env conformance bench cuda cuda-bench frameworks breakdown wait sched multigpu vm cuda-vm tenancy soak; do
+for s in env conformance bench cuda cuda-bench frameworks fw-bench breakdown wait sched multigpu vm cuda-vm tenancy soak; do
   if wanted "$s"; then
     "stage_$s"
   fi
