@@ -95,9 +95,8 @@ impl TensorMapRequest {
         (1..=MAX_RANK).contains(&r).then_some(r)
     }
 
-    /// Bytes from [`Self::global_address`] to just past the tensor's last element: the device
-    /// range the map names, which must lie inside one of the VM's allocations. None: a field
-    /// makes no tensor (unknown kind or type, a rank out of range, a zero dimension, a
+    /// Bytes from [`Self::global_address`] to just past the tensor's last element. None: a
+    /// field makes no tensor (unknown kind or type, a rank out of range, a zero dimension, a
     /// product past 64 bits).
     pub fn extent(&self) -> Option<u64> {
         if self.kind != KIND_TILED && self.kind != KIND_IM2COL {

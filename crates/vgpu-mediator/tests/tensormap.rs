@@ -1,7 +1,7 @@
 //! Tensor maps (ABI 1.7) through a real vgpud, on whichever backend `VGPU_TEST_BACKEND` names
 //! (`cpu` in CI; `cuda` on the GPU host, where vgpud calls the driver's encoder in the VM's
-//! context): a map of a VM's own allocation is encoded; a tensor outside the VM's memory, a
-//! request whose extent is not the entry's, and values the encoder refuses are errors.
+//! context): a map is encoded for any address (as NVIDIA's driver does, it is not checked); a
+//! request that describes no tensor and values the encoder refuses are errors.
 
 mod common;
 
@@ -41,7 +41,7 @@ fn bf16_matrix(addr: u64, rows: u64, cols: u64) -> TensorMapRequest {
 }
 
 #[test]
-fn maps_of_the_vms_memory_are_encoded_and_others_refused() {
+fn maps_are_encoded_and_bad_requests_refused() {
     let d = common::start(&[Vm::new("a", 1), Vm::new("b", 2)]);
     let a = Device::connect(&d.socket("a")).unwrap();
     let b = Device::connect(&d.socket("b")).unwrap();
@@ -66,16 +66,11 @@ fn maps_of_the_vms_memory_are_encoded_and_others_refused() {
         );
     }
 
-    // Past the allocation's end, or in another VM's memory: not the VM's tensor.
-    let too_tall = bf16_matrix(buf, 257, 256);
-    assert_eq!(
-        status_of(a.tensor_map_encode(&too_tall).unwrap_err()),
-        Status::InvalidAddress
-    );
-    assert_eq!(
-        status_of(b.tensor_map_encode(&req).unwrap_err()),
-        Status::InvalidAddress
-    );
+    // Another VM's memory or none at all: encoded all the same (a kernel of the VM's context
+    // reading through it faults in that context, as with any wild pointer).
+    assert_ne!(b.tensor_map_encode(&req).unwrap(), [0u8; TENSOR_MAP_BYTES]);
+    let nowhere = bf16_matrix(0, 16, 16);
+    a.tensor_map_encode(&nowhere).unwrap();
     // A swizzle the encoder does not know (the driver's INVALID_VALUE on the GPU).
     let bad = TensorMapRequest { swizzle: 77, ..req };
     if common::backend() == "cuda" {
@@ -94,24 +89,17 @@ fn maps_of_the_vms_memory_are_encoded_and_others_refused() {
 }
 
 #[test]
-fn an_entry_whose_extent_is_not_the_requests_is_refused() {
+fn a_request_that_describes_no_tensor_is_refused_by_vgpud() {
     let d = common::start(&[Vm::new("a", 1)]);
     let dev = Device::connect(&d.socket("a")).unwrap();
-    let buf = dev.alloc(1 << 20).unwrap();
-    let req = bf16_matrix(buf, 16, 16);
+    let req = TensorMapRequest {
+        global_dim: [16, 0, 0, 0, 0],
+        ..bf16_matrix(0, 16, 16)
+    };
     dev.write_staging(0, req.to_bytes()).unwrap();
-    // A raw entry claiming a smaller tensor than the request describes: the range vgpud
-    // checked would not be what the map names.
+    // A raw entry: the guest library would refuse the request before sending it.
     let c = dev
-        .submit(
-            &Command::TensorMapEncode {
-                global_address: buf,
-                extent: 16,
-                staging_offset: 0,
-            }
-            .encode(0, 1),
-        )
+        .submit(&Command::TensorMapEncode { staging_offset: 0 }.encode(0, 1))
         .unwrap();
     assert_eq!(Status::from_raw(c.status), Some(Status::InvalidArgument));
-    dev.free(buf).unwrap();
 }

@@ -467,25 +467,18 @@ commands! {
         effect Effect::SetAccess { ptr, size };
 
     /// Encodes a tensor map (1.7): `cuTensorMapEncodeTiled` or `cuTensorMapEncodeIm2col` in
-    /// the VM's context. The request ([`tensormap::TensorMapRequest`]) is at `staging_offset`; the
-    /// encoded [`tensormap::TENSOR_MAP_BYTES`] go to `staging_offset +` [`tensormap::MAP_OFFSET`]. The
-    /// request's address and extent ([`tensormap::TensorMapRequest::extent`]) must be the entry's, a range
-    /// inside one allocation of the VM.
+    /// the VM's context. The request ([`tensormap::TensorMapRequest`]) is at `staging_offset`;
+    /// the encoded [`tensormap::TENSOR_MAP_BYTES`] go to `staging_offset +`
+    /// [`tensormap::MAP_OFFSET`]. The tensor's address is not checked (as NVIDIA's driver does
+    /// not): a map is an address a kernel of the VM's context may use, as any pointer it is
+    /// given.
     TensorMapEncode = 0x58 => fn tensor_map_encode {
-        /// The tensor's device address.
-        global_address: u64,
-        /// Bytes the tensor spans from it.
-        extent: u64,
         /// Offset of the request in staging ([`tensormap::STAGING_BYTES`] used).
         staging_offset: u64,
     }
         flags {}
-        check(s) {
-            check::nonzero(extent)?;
-            check::device(global_address, extent)?;
-            check::staging(staging_offset, tensormap::STAGING_BYTES, s)?;
-        }
-        ranges [(global_address, extent)]
+        check(s) { check::staging(staging_offset, tensormap::STAGING_BYTES, s)?; }
+        ranges []
         class Class::HOST;
         effect Effect::Work;
 }

@@ -5,8 +5,8 @@
 //! every launch (a GEMM library does) asks vgpud once. The kept requests also let
 //! `cuTensorMapReplaceAddress` re-encode a map this library made with another address.
 //!
-//! The tensor must lie inside one allocation of the VM (INVALID_VALUE otherwise); NVIDIA's
-//! driver does not look at the memory at all. `cuTensorMapEncodeIm2colWide` (Blackwell) stays
+//! As in NVIDIA's driver the address is only encoded, never checked (a map may be made before
+//! its memory, then pointed at it). `cuTensorMapEncodeIm2colWide` (Blackwell) stays
 //! `CUDA_ERROR_NOT_SUPPORTED`.
 
 use std::collections::HashMap;
@@ -110,7 +110,7 @@ impl Common {
     /// The arrays are NULL or valid for reads of their entries for `rank`.
     unsafe fn request(&self, kind: u32, min_rank: usize) -> Result<TensorMapRequest, CUresult> {
         let rank = self.rank as usize;
-        if !(min_rank..=MAX_RANK).contains(&rank) || self.global_address.is_null() {
+        if !(min_rank..=MAX_RANK).contains(&rank) {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
         let mut r = TensorMapRequest {
@@ -256,7 +256,7 @@ pub unsafe extern "C" fn cuTensorMapReplaceAddress(
     global_address: *mut c_void,
 ) -> CUresult {
     run("cuTensorMapReplaceAddress", || {
-        if tensor_map.is_null() || global_address.is_null() {
+        if tensor_map.is_null() {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
         let mut map = [0u8; TENSOR_MAP_BYTES];

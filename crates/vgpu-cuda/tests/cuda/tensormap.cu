@@ -59,11 +59,15 @@ int main() {
                      64, 32, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                      CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
 
-    // Refused: no map, no rank, more than five dimensions, no address.
+    // Refused: no map, no rank, more than five dimensions.
     DRV_FAILS(tiled(nullptr, a));
     DRV_FAILS(tiled(&m, a, 0));
     DRV_FAILS(tiled(&m, a, 6));
-    DRV_FAILS(tiled(&m, nullptr));
+    // A map made before its memory, then pointed at it (the address is not checked).
+    CUtensorMap early;
+    DRV(tiled(&early, nullptr));
+    DRV(replaceAddress(&early, a));
+    CHECK(memcmp(&early, &again, sizeof m) == 0);
 
     OK(cudaFree(a));
     OK(cudaFree(b));

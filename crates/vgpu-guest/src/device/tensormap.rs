@@ -18,8 +18,7 @@ impl Device {
         self.view.load_u32(off::ABI_VERSION) as u16 >= TENSOR_MAP_MINOR
     }
 
-    /// The 128-byte tensor map the device encodes for `req`. The tensor (`req`'s address and
-    /// extent) must lie inside one allocation of this VM.
+    /// The 128-byte tensor map the device encodes for `req`.
     pub fn tensor_map_encode(
         &self,
         req: &TensorMapRequest,
@@ -29,7 +28,7 @@ impl Device {
                 "tensor maps need vgpud of ABI 1.7 or later",
             ));
         }
-        let extent = req.extent().ok_or_else(|| {
+        req.extent().ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "the tensor map request describes no tensor: {req:?}"
             ))
@@ -39,8 +38,6 @@ impl Device {
         payload[..size_of::<TensorMapRequest>()].copy_from_slice(req.to_bytes());
         self.with_staging(&payload, |off| {
             self.exec(Command::TensorMapEncode {
-                global_address: req.global_address,
-                extent,
                 staging_offset: off,
             })?;
             let mut map = [0u8; TENSOR_MAP_BYTES];

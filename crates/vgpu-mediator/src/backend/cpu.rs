@@ -951,15 +951,9 @@ impl Handler for CpuBackend {
         Ok(Issued::DONE)
     }
 
-    fn tensor_map_encode(
-        &mut self,
-        at: VmStream,
-        global_address: u64,
-        extent: u64,
-        staging_offset: u64,
-    ) -> Result<Issued, Status> {
+    fn tensor_map_encode(&mut self, at: VmStream, staging_offset: u64) -> Result<Issued, Status> {
         let c = self.ctx(at.vm)?;
-        let req = read_tensor_map_request(&c.staging, staging_offset, global_address, extent)?;
+        let req = read_tensor_map_request(&c.staging, staging_offset)?;
         write_tensor_map(&c.staging, staging_offset, &cpu_tensor_map(&req))?;
         Ok(Issued::DONE)
     }

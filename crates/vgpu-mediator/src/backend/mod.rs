@@ -112,20 +112,12 @@ impl Staging {
     }
 }
 
-/// The tensor map request of a [`vgpu_abi::Opcode::TensorMapEncode`] at `off` in staging,
-/// read once, whose address and extent must be the entry's (the VM's device checked that
-/// range against its allocations).
-pub fn read_tensor_map_request(
-    staging: &Staging,
-    off: u64,
-    global_address: u64,
-    extent: u64,
-) -> Result<TensorMapRequest, Status> {
+/// The tensor map request of a [`vgpu_abi::Opcode::TensorMapEncode`] at `off` in staging, read
+/// once; one that describes no tensor ([`TensorMapRequest::extent`]) is an invalid argument.
+pub fn read_tensor_map_request(staging: &Staging, off: u64) -> Result<TensorMapRequest, Status> {
     let bytes = staging.read(off, size_of::<TensorMapRequest>() as u64)?;
     let req = TensorMapRequest::from_bytes(&bytes).ok_or(Status::Internal)?;
-    if req.global_address != global_address || req.extent() != Some(extent) {
-        return Err(Status::InvalidArgument);
-    }
+    req.extent().ok_or(Status::InvalidArgument)?;
     Ok(req)
 }
 

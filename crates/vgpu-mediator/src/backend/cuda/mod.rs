@@ -822,6 +822,10 @@ impl CudaBackend {
             None => given >= func.params_end,
         };
         if !len_ok {
+            debug!(
+                given, needs = func.params_end, exact = ?func.exact_len,
+                "a launch carries too few parameter bytes"
+            );
             return Err(Status::InvalidArgument);
         }
         self.device_work(at, move |s| {
@@ -835,7 +839,14 @@ impl CudaBackend {
             // SAFETY: one pointer per parameter of the function (its layout from
             // `function_params`), each inside `bytes`, which outlives the call.
             unsafe { api::launch(func.f, grid, block, shared_mem, cluster, s, &mut ptrs) }
-                .map_err(status_of)
+                .map_err(|r| {
+                    // The driver's own reason, for whoever debugs a program the launch fails.
+                    debug!(
+                        ?r, ?grid, ?block, shared_mem, ?cluster, given,
+                        params = ?func.params, "the driver refused a launch"
+                    );
+                    status_of(r)
+                })
         })
     }
 }
@@ -1542,15 +1553,9 @@ impl Handler for CudaBackend {
         Ok(Issued::DONE)
     }
 
-    fn tensor_map_encode(
-        &mut self,
-        at: VmStream,
-        global_address: u64,
-        extent: u64,
-        staging_offset: u64,
-    ) -> Result<Issued, Status> {
+    fn tensor_map_encode(&mut self, at: VmStream, staging_offset: u64) -> Result<Issued, Status> {
         let c = self.ctx(at.vm)?;
-        let req = read_tensor_map_request(&c.staging, staging_offset, global_address, extent)?;
+        let req = read_tensor_map_request(&c.staging, staging_offset)?;
         let map = api::tensor_map_encode(&req).map_err(|_| Status::InvalidArgument)?;
         write_tensor_map(&c.staging, staging_offset, &map)?;
         Ok(Issued::DONE)
