@@ -217,6 +217,13 @@ impl VirtualDevice {
         cmd: &Command,
     ) -> IssueOutcome {
         let out = self.issue(be, stream, cmd);
+        if let Err(status) = out {
+            // NOT_READY is a query's answer, not a refusal.
+            if status != Status::NotReady {
+                tracing::debug!(vm = ?self.vm, stream, opcode = ?cmd.opcode(), ?status,
+                                ranges = ?cmd.device_ranges(), "command refused");
+            }
+        }
         if matches!(out, Err(Status::KernelFault | Status::ContextLost)) {
             self.broken = true;
         }

@@ -838,15 +838,16 @@ impl CudaBackend {
                 .collect();
             // SAFETY: one pointer per parameter of the function (its layout from
             // `function_params`), each inside `bytes`, which outlives the call.
-            unsafe { api::launch(func.f, grid, block, shared_mem, cluster, s, &mut ptrs) }
-                .map_err(|r| {
+            unsafe { api::launch(func.f, grid, block, shared_mem, cluster, s, &mut ptrs) }.map_err(
+                |r| {
                     // The driver's own reason, for whoever debugs a program the launch fails.
                     debug!(
                         ?r, ?grid, ?block, shared_mem, ?cluster, given,
                         params = ?func.params, "the driver refused a launch"
                     );
                     status_of(r)
-                })
+                },
+            )
         })
     }
 }
