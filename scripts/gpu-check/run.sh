@@ -4,9 +4,8 @@
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
 #   stages, in order: env, conformance, bench, cuda, cuda-bench, frameworks, tenants, breakdown,
-#   wait, sched,
-#   multigpu (two GPUs), vm, cuda-vm,
-#   tenancy, soak (10 minutes: run it on its own, `--only soak`)
+#   wait, sched, multigpu (two GPUs), vm, cuda-vm, tenancy, soak (10 minutes: run it on its
+#   own, `--only soak`)
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
 # the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
 # missing from this folder counts as a failure: the suite is incomplete).
@@ -48,7 +47,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=${2:-}; shift 2 || { echo "run.sh: --only needs a value" >&2; exit 2; } ;;
     --only=*) only=${1#--only=}; shift ;;
-    -h|--help) sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
