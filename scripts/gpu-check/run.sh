@@ -715,7 +715,10 @@ EOF
   vpid=$!
   pids+=("$vpid")
   await_vgpud tenants "$vpid" "$tn_dir/b.sock" "$out/tenants-vgpud.log" "${VGPU_TENANTS_BACKEND:-cuda}" "$tn_t0" || return
-  until listening "$tn_dir/admin.sock" || ! kill -0 "$vpid" 2>/dev/null; do sleep 0.1; done
+  for ((f = 0; f < 300; f++)); do
+    listening "$tn_dir/admin.sock" && break
+    sleep 0.1
+  done
 
   # A alone, then A and B.
   echo "=== A starts (through vgpu)" >>"$tn_log"
