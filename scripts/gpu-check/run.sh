@@ -37,7 +37,8 @@
 #   VGPU_TENANTS_PRIORITY_WINDOW  seconds of its priority window (default 10, at most 15)
 #   VGPU_TENANTS_TOLERANCE  its share tolerance, absolute (default 0.05 = 5 percentage points)
 #   VGPU_TENANTS_DEPTH  vgpud's device_depth there (default 2); VGPU_TENANTS_N matrix size
-#                     (default 4096); VGPU_TENANTS_REF_SECONDS the native run (default 10)
+#                     (default 4096); VGPU_TENANTS_REF_SECONDS the native run (default 10);
+#                     VGPU_TENANTS_BACKEND (default cuda; cpu only to try the stage's flow)
 set -uo pipefail
 
 here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
@@ -47,7 +48,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=${2:-}; shift 2 || { echo "run.sh: --only needs a value" >&2; exit 2; } ;;
     --only=*) only=${1#--only=}; shift ;;
-    -h|--help) sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) out=$1; shift ;;
   esac
