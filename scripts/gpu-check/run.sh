@@ -3,9 +3,9 @@
 # That host has no Rust toolchain, no QEMU and no network: everything it needs is in this folder.
 #
 # Usage: bash run.sh OUTDIR [--only STAGE[,STAGE...]]     (OUTDIR defaults to $OUT)
-#   stages, in order: env, conformance, bench, cuda, cuda-bench, frameworks, fw-bench, breakdown,
-#   wait, sched, multigpu (two GPUs), vm, cuda-vm,
-#   tenancy, soak (10 minutes: run it on its own, `--only soak`)
+#   stages, in order: env, conformance, bench, cuda, cuda-bench, frameworks, fw-bench, tenants,
+#   breakdown, wait, sched, multigpu (two GPUs), vm, cuda-vm, tenancy, soak (10 minutes: run it
+#   on its own, `--only soak`)
 # Writes OUTDIR/report.json, OUTDIR/report.txt, one log per stage, the benchmark's JSON and
 # the VM's serial log. Exit status 0 only when every stage that ran passed (a test executable
 # missing from this folder counts as a failure: the suite is incomplete).
@@ -35,6 +35,12 @@
 #                     VGPU_FW_BENCH_TIMEOUT seconds (default 600)
 #   VGPU_FW_BACKEND   vgpud backend of the frameworks stage (default cuda; cpu only to test
 #                     this script without a GPU: no native runs, no kernels, the report says so)
+#   VGPU_TENANTS_WINDOW  seconds of the tenants stage's pool-weight window (default 20)
+#   VGPU_TENANTS_PRIORITY_WINDOW  seconds of its priority window (default 10, at most 15)
+#   VGPU_TENANTS_TOLERANCE  its share tolerance, absolute (default 0.05 = 5 percentage points)
+#   VGPU_TENANTS_DEPTH  vgpud's device_depth there (default 2); VGPU_TENANTS_N matrix size
+#                     (default 4096); VGPU_TENANTS_REF_SECONDS the native run (default 10);
+#                     VGPU_TENANTS_BACKEND (default cuda; cpu only to try the stage's flow)
 set -uo pipefail
 
 here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
@@ -51,7 +57,7 @@ while [ $# -gt 0 ]; do
 done
 out=${out:-${OUT:-}}
 if [ -z "$out" ]; then
-  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,frameworks,fw-bench,breakdown,wait,sched,multigpu,vm,cuda-vm,tenancy,soak]   (or set OUT)" >&2
+  echo "usage: bash run.sh OUTDIR [--only env,conformance,bench,cuda,cuda-bench,frameworks,fw-bench,tenants,breakdown,wait,sched,multigpu,vm,cuda-vm,tenancy,soak]   (or set OUT)" >&2
   exit 2
 fi
 mkdir -p "$out" || exit 2
@@ -627,6 +633,218 @@ stage_fw-bench() {
   fi
 }
 
+# ---- tenants: two PyTorch processes in two VMs share one GPU (frameworks issue) ---------------
+# One vgpud (cuda backend, kernel accounting on, device depth 2, no starvation guard) serves
+# VMs tenant-a (pool "heavy", weight 3) and tenant-b (pool "light", weight 1), both on GPU 0.
+# frameworks/tenant_torch.py `load` (float32 matmuls of small integers, each product checked
+# bit for bit against the exact one on the GPU, one synchronisation per round) runs in each,
+# unmodified PyTorch on vgpu's libcuda.so.1. vgpud's per-VM device time (`vgpuctl stats`,
+# device_ns) is read at the edges of each window: A alone (reported), A and B at equal priority
+# (shares must be within ±VGPU_TENANTS_TOLERANCE, absolute, of 3:1), B raised to priority 2 at
+# run time (`vgpuctl set`; B's share must be >= 1 - tolerance). Then B's load stops and
+# `fault` runs in VM B while A goes on: B must get CUDA_ERROR_ILLEGAL_ADDRESS, A every product
+# exact, before and after. The load and the fault also run alone on NVIDIA's driver first (the
+# reference rate; not gated). frameworks/tenants_report.py gives the verdicts and tenants.json.
+# SKIPPED when $VGPU_PYTHON cannot import torch.
+tn_start() { # NAME SOCKET ARGS...: tenant_torch.py through vgpu in the background; pid in tn_pid
+  local name=$1 sock=$2 ld
+  shift 2
+  ld=$(fw_native_ld)
+  LD_LIBRARY_PATH="$tn_dir/lib${ld:+:$ld}" VGPU_SOCKET="$sock" \
+    timeout -k 10 "$tn_limit" "${VGPU_PYTHON:-python3}" -u -B "$here/frameworks/tenant_torch.py" \
+    "$@" >"$tn_dir/$name.txt" 2>&1 &
+  tn_pid=$!
+  pids+=("$tn_pid")
+}
+tn_wait_line() { # NAME PID REGEX SECONDS: until NAME's output has a line matching REGEX
+  local i
+  for ((i = 0; i < $4 * 10; i++)); do
+    grep -qE "$3" "$tn_dir/$1.txt" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { grep -qE "$3" "$tn_dir/$1.txt" 2>/dev/null; return; }
+    sleep 0.1
+  done
+  return 1
+}
+tn_reap() { # NAME PID SECONDS: waits for the process to end (killed after SECONDS), status in rc-NAME
+  local i rc
+  for ((i = 0; i < $3 * 10; i++)); do
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$2" 2>/dev/null && kill -TERM "$2" 2>/dev/null
+  wait "$2" 2>/dev/null
+  rc=$?
+  echo "$rc" >"$tn_dir/rc-$1"
+  return $rc
+}
+tn_snap() { # NAME: vgpud's stats now, with the time, as snap-NAME.json
+  local t s
+  t=$(date +%s.%N)
+  s=$("$here/bin/vgpuctl" --admin-socket "$tn_dir/admin.sock" stats 2>>"$tn_log") || s=null
+  printf '{"t": %s, "stats": %s}\n' "$t" "${s:-null}" >"$tn_dir/snap-$1.json"
+}
+tn_fail() { # NOTE: the stage failed before its checks; outputs kept
+  record tenants FAIL $((SECONDS - tn_t0)) "$1; see $(basename "$tn_log")"
+}
+
+stage_tenants() {
+  local py=${VGPU_PYTHON:-python3} tol=${VGPU_TENANTS_TOLERANCE:-0.05}
+  local win=${VGPU_TENANTS_WINDOW:-20} pwin=${VGPU_TENANTS_PRIORITY_WINDOW:-10}
+  local alone=${VGPU_TENANTS_ALONE:-5} depth=${VGPU_TENANTS_DEPTH:-2} n=${VGPU_TENANTS_N:-4096}
+  local start_to=${VGPU_TENANTS_START_TIMEOUT:-240} vpid pa pb pf f
+  tn_t0=$SECONDS tn_dir="$out/tenants" tn_log="$out/tenants.log" tn_limit=1200
+  mkdir -p "$tn_dir/lib"
+  : >"$tn_log"
+  if ! LD_LIBRARY_PATH=$(fw_native_ld) timeout -k 10 300 "$py" -c "import torch" >"$tn_dir/import.txt" 2>&1; then
+    record tenants SKIP 0 "SKIPPED: $py cannot import torch ($(tail -n 1 "$tn_dir/import.txt" | cut -c1-120))"
+    return
+  fi
+  # A starved tenant's pending synchronisation gives up after vgpu_guest's 20 s completion
+  # timeout (CUDA_ERROR_LAUNCH_TIMEOUT): the priority window must end well before that.
+  if [ "$pwin" -gt 15 ]; then
+    echo "VGPU_TENANTS_PRIORITY_WINDOW=$pwin is over 15 s: cut to 15 (the guest's 20 s wait)" >>"$tn_log"
+    pwin=15
+  fi
+
+  # The reference: the load, then the fault, alone on NVIDIA's driver.
+  echo "=== native: load ${VGPU_TENANTS_REF_SECONDS:-10} s, then fault" >>"$tn_log"
+  fw_limit=600 fw_run native "$tn_dir" "$tn_dir/native.txt" "$here/frameworks/tenant_torch.py" \
+    load --n "$n" --seconds "${VGPU_TENANTS_REF_SECONDS:-10}"
+  echo $? >"$tn_dir/rc-native"
+  fw_limit=300 fw_run native "$tn_dir" "$tn_dir/native-fault.txt" "$here/frameworks/tenant_torch.py" \
+    fault --n "$n"
+  echo $? >"$tn_dir/rc-native-fault"
+
+  ln -sf "$here/lib/libvgpucuda.so" "$tn_dir/lib/libcuda.so.1"
+  ln -sf "$here/lib/libvgpucuda.so" "$tn_dir/lib/libcuda.so"
+  rm -f "$tn_dir"/*.sock "$tn_dir"/stop-*
+  cat >"$tn_dir/vgpud.toml" <<EOF
+# gpu-check stage tenants: two VMs in two pools on GPU 0.
+[mediator]
+backend = "${VGPU_TENANTS_BACKEND:-cuda}"
+admin_socket = "$tn_dir/admin.sock"
+# Kernels complete when retired and are charged their CUDA-event time: what the shares use.
+cuda_kernel_accounting = true
+
+[scheduler]
+policy = "priority"
+# Few kernels on the GPU at once, so that the scheduler, not the GPU's time slicing between
+# contexts, decides whose work runs (docs/scheduling.md, "On the GPU").
+device_depth = $depth
+# No starvation guard: strict priority is what the priority window measures (with the guard a
+# lower class's aged backlog goes first once every max_wait_ms).
+max_wait_ms = 0
+
+[[pool]]
+id = 1
+name = "heavy"
+weight = 3
+gpus = [0]
+
+[[pool]]
+id = 2
+name = "light"
+weight = 1
+gpus = [0]
+
+[[vm]]
+name = "tenant-a"
+socket = "$tn_dir/a.sock"
+vm_id = 1
+pool = 1
+priority = 0
+shm_size = "256MiB"
+mem_quota = "16GiB"
+
+[[vm]]
+name = "tenant-b"
+socket = "$tn_dir/b.sock"
+vm_id = 2
+pool = 2
+priority = 0
+shm_size = "256MiB"
+mem_quota = "16GiB"
+EOF
+  "$here/bin/vgpud" --config "$tn_dir/vgpud.toml" >"$out/tenants-vgpud.log" 2>&1 &
+  vpid=$!
+  pids+=("$vpid")
+  await_vgpud tenants "$vpid" "$tn_dir/b.sock" "$out/tenants-vgpud.log" "${VGPU_TENANTS_BACKEND:-cuda}" "$tn_t0" || return
+  for ((f = 0; f < 300; f++)); do
+    listening "$tn_dir/admin.sock" && break
+    sleep 0.1
+  done
+
+  # A alone, then A and B.
+  echo "=== A starts (through vgpu)" >>"$tn_log"
+  tn_start a "$tn_dir/a.sock" load --n "$n" --seconds 3600 --stop-file "$tn_dir/stop-a"
+  pa=$tn_pid
+  if ! tn_wait_line a "$pa" '^steady:' "$start_to"; then
+    tn_fail "tenant A did not start its loop within $start_to s: $(tail -n 2 "$tn_dir/a.txt" | tr '\n' ' ')"
+    kill -TERM "$pa" "$vpid" 2>/dev/null; wait "$pa" "$vpid" 2>/dev/null
+    return
+  fi
+  sleep 1
+  tn_snap alone0
+  sleep "$alone"
+  tn_snap alone1
+  echo "=== B starts (through vgpu)" >>"$tn_log"
+  tn_start b "$tn_dir/b.sock" load --n "$n" --seconds 3600 --stop-file "$tn_dir/stop-b"
+  pb=$tn_pid
+  if ! tn_wait_line b "$pb" '^steady:' "$start_to"; then
+    tn_fail "tenant B did not start its loop within $start_to s: $(tail -n 2 "$tn_dir/b.txt" | tr '\n' ' ')"
+    kill -TERM "$pa" "$pb" "$vpid" 2>/dev/null; wait "$pa" "$pb" "$vpid" 2>/dev/null
+    return
+  fi
+  sleep 2
+  echo "=== weights window: $win s" >>"$tn_log"
+  tn_snap w0
+  sleep "$win"
+  tn_snap w1
+  echo "=== priority window: B at priority 2 for $pwin s" >>"$tn_log"
+  "$here/bin/vgpuctl" --admin-socket "$tn_dir/admin.sock" set tenant-b priority 2 >>"$tn_log" 2>&1
+  sleep 1
+  tn_snap p0
+  sleep "$pwin"
+  tn_snap p1
+  "$here/bin/vgpuctl" --admin-socket "$tn_dir/admin.sock" set tenant-b priority 0 >>"$tn_log" 2>&1
+
+  # B's load ends; B faults while A goes on.
+  touch "$tn_dir/stop-b"
+  tn_reap b "$pb" 120
+  echo "=== B's load ended (exit $(cat "$tn_dir/rc-b")); fault in VM B" >>"$tn_log"
+  # The fault process stays connected a few seconds after its fault: vgpud's stats then show
+  # VM B's broken context next to A's working one.
+  tn_start fault "$tn_dir/b.sock" fault --n "$n" --hold 8
+  pf=$tn_pid
+  tn_wait_line fault "$pf" '^result: fault' 300
+  sleep 3
+  tn_snap fault
+  tn_reap fault "$pf" 60
+  echo "=== B's fault run ended (exit $(cat "$tn_dir/rc-fault")); A runs 3 s more" >>"$tn_log"
+  sleep 3
+  touch "$tn_dir/stop-a"
+  tn_reap a "$pa" 120
+  echo "=== A ended (exit $(cat "$tn_dir/rc-a"))" >>"$tn_log"
+  tn_snap end
+  kill -TERM "$vpid" 2>/dev/null
+  wait "$vpid" 2>/dev/null
+
+  for f in native native-fault a b fault; do
+    { echo "--- $f.txt (exit $(cat "$tn_dir/rc-$f" 2>/dev/null))"; grep -v '^progress:' "$tn_dir/$f.txt"; } >>"$tn_log"
+  done
+  "$py" "$here/frameworks/tenants_report.py" "$tn_dir" --weights 3,1 --tolerance "$tol" \
+    --json "$out/tenants.json" >"$tn_dir/report.txt" 2>&1
+  cat "$tn_dir/report.txt" >>"$tn_log"
+  if ! grep -q '^check ' "$tn_dir/report.txt"; then
+    tn_fail "tenants_report.py failed: $(tail -n 2 "$tn_dir/report.txt" | tr '\n' ' ')"
+    return
+  fi
+  local _c name verdict note
+  while read -r _c name verdict note; do
+    record "tenants:$name" "$verdict" $((SECONDS - tn_t0)) "$note"
+  done < <(grep '^check ' "$tn_dir/report.txt")
+}
+
 # ---- sched: the scheduler benchmark (issue 5) on this GPU ------------------------------------
 # Fails only when the benchmark cannot run; its goals are the cpu backend's (reported, not
 # enforced here).
@@ -975,7 +1193,7 @@ stage_soak() {
   fi
 }
 
-for s in env conformance bench cuda cuda-bench frameworks fw-bench breakdown wait sched multigpu vm cuda-vm tenancy soak; do
+for s in env conformance bench cuda cuda-bench frameworks fw-bench tenants breakdown wait sched multigpu vm cuda-vm tenancy soak; do
   if wanted "$s"; then
     "stage_$s"
   fi
@@ -1015,6 +1233,11 @@ fi
   if [ -f "$out/multigpu.log" ]; then
     echo
     cat "$out/multigpu.log"
+  fi
+  if [ -f "$out/tenants/report.txt" ]; then
+    echo
+    echo "tenants (two PyTorch processes in two VMs on one GPU; tenants.json):"
+    cat "$out/tenants/report.txt"
   fi
   echo
   if [ $failed = 0 ]; then echo "gpu-check: PASS"; else echo "gpu-check: FAIL ($failed failed)"; fi

@@ -13,7 +13,8 @@
 //! vm/                     vmlinuz + initramfs.cpio (busybox + static vgpu-smi + static ldconfig)
 //! lib/                    libvgpucuda.so (the guest driver)
 //! cuda*/, frameworks/     CUDA C++ programs and framework scripts (crates/vgpu-cuda/tests/),
-//!                         built or run there (stages `cuda`, `cuda-bench`, `frameworks`)
+//!                         built or run there (stages `cuda`, `cuda-bench`, `frameworks`;
+//!                         `tenants`: tenant_torch.py in two VMs, tenants_report.py's verdicts)
 //! guest-image.sh          scripts/guest-image.sh: libcuda.so.1 + programs as a cpio to append
 //!                         to vm/initramfs.cpio (stage `cuda-vm`)
 //! qemu-bundle.tar.gz      scripts/qemu-bundle.sh's QEMU with its libraries, module and firmware
@@ -154,8 +155,8 @@ pub fn prepare(dir: &Path) -> Result<()> {
         &build::host_bin("libvgpucuda.so"),
         &dir.join("lib/libvgpucuda.so"),
     )?;
-    // The Python scripts of the `frameworks` stage (PyTorch, CuPy, numba-cuda, JAX), run there
-    // with the host's own Python and frameworks.
+    // The Python scripts of the `frameworks` and `tenants` stages (PyTorch, CuPy, numba-cuda,
+    // JAX), run there with the host's own Python and frameworks.
     for sub in [
         "cuda",
         "cuda-gpu",
@@ -497,6 +498,55 @@ mod tests {
                 .status()
                 .unwrap();
             assert!(status.success());
+        }
+    }
+
+    /// The stages run.sh defines (`stage_NAME() {`).
+    fn defined_stages() -> Vec<&'static str> {
+        RUN_SH
+            .lines()
+            .filter_map(|l| l.strip_prefix("stage_")?.strip_suffix("() {"))
+            .collect()
+    }
+
+    #[test]
+    fn every_stage_is_run_and_documented() {
+        let stages = defined_stages();
+        assert!(stages.contains(&"tenants"), "{stages:?}");
+        let run_list = RUN_SH
+            .lines()
+            .find_map(|l| l.strip_prefix("for s in ")?.strip_suffix("; do"))
+            .expect("run.sh's loop over its stages");
+        let run: Vec<&str> = run_list.split_whitespace().collect();
+        // The header's "stages, in order:" paragraph, up to the usage's blank comment line.
+        let header: String = RUN_SH
+            .lines()
+            .skip_while(|l| !l.contains("stages, in order:"))
+            .take_while(|l| l.trim() != "#" && !l.starts_with("# Writes"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        for s in &stages {
+            assert!(
+                run.contains(s),
+                "stage {s} is not in run.sh's loop: {run:?}"
+            );
+            assert!(
+                header.contains(&format!(" {s},")) || header.contains(&format!(" {s} ")),
+                "stage {s} is not in run.sh's header: {header}"
+            );
+        }
+        assert_eq!(run.len(), stages.len(), "{run:?} vs {stages:?}");
+    }
+
+    #[test]
+    fn the_tenants_stage_has_its_scripts() {
+        let fw = paths::root().join("crates/vgpu-cuda/tests/frameworks");
+        for script in ["tenant_torch.py", "tenants_report.py"] {
+            assert!(fw.join(script).is_file(), "{script} missing");
+            assert!(
+                RUN_SH.contains(&format!("frameworks/{script}")),
+                "run.sh does not run {script}"
+            );
         }
     }
 
