@@ -36,7 +36,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"VGPUBAR2");
 /// ABI major version. A guest built for another major version must refuse the device.
 pub const ABI_MAJOR: u16 = 1;
 /// ABI minor version. Minor versions only add (new opcodes, new capability bits).
-pub const ABI_MINOR: u16 = 6;
+pub const ABI_MINOR: u16 = 7;
 
 /// The encoded ABI version as stored in the register page: `major << 16 | minor`.
 pub const fn abi_version() -> u32 {
