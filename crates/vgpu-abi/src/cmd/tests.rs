@@ -680,7 +680,11 @@ fn graph_commands_decode_classified() {
     let launch = Command::GraphLaunch { exec: 9 };
     assert_eq!(launch.class(), Class::STREAM_WORK);
     assert_eq!(launch.effect(), Effect::LaunchGraph { exec: 9 });
-    assert!(Command::GraphExecDestroy { exec: 9 }.class().waits_for_device);
+    assert!(
+        Command::GraphExecDestroy { exec: 9 }
+            .class()
+            .waits_for_device
+    );
     assert_eq!(
         Command::GraphInstantiate { graph: 7 }.effect(),
         Effect::Instantiate { graph: 7 }

@@ -78,7 +78,11 @@ impl Captures {
             }
             Command::GraphLaunch { exec } => {
                 // A graph launched into a capture: its commands, in place.
-                let cmds = self.execs.get(&exec).ok_or(Status::InvalidArgument)?.clone();
+                let cmds = self
+                    .execs
+                    .get(&exec)
+                    .ok_or(Status::InvalidArgument)?
+                    .clone();
                 if let Some(Some(rec)) = self.open.get_mut(&origin) {
                     rec.extend_from_slice(&cmds);
                 }
@@ -145,14 +149,21 @@ impl Captures {
 
     /// Makes executable graph `handle` of `graph`.
     pub fn instantiate(&mut self, graph: u64, handle: u64) -> Result<u64, Status> {
-        let rec = self.graphs.get(&graph).ok_or(Status::InvalidArgument)?.clone();
+        let rec = self
+            .graphs
+            .get(&graph)
+            .ok_or(Status::InvalidArgument)?
+            .clone();
         self.execs.insert(handle, rec);
         Ok(handle)
     }
 
     /// The commands executable graph `exec` runs.
     pub fn exec(&self, exec: u64) -> Result<Recording, Status> {
-        self.execs.get(&exec).cloned().ok_or(Status::InvalidArgument)
+        self.execs
+            .get(&exec)
+            .cloned()
+            .ok_or(Status::InvalidArgument)
     }
 
     /// Destroys executable graph `exec`.
@@ -208,7 +219,16 @@ mod tests {
         c.route(2, &rec2).unwrap();
         c.route(1, &Command::StreamWaitEvent { event: 6 }).unwrap();
         // Fences and all-streams synchronisations do not enter the graph.
-        assert_eq!(c.route(1, &Command::Fence { staging_offset: 0, value: 1 }), Ok(Route::Done));
+        assert_eq!(
+            c.route(
+                1,
+                &Command::Fence {
+                    staging_offset: 0,
+                    value: 1
+                }
+            ),
+            Ok(Route::Done)
+        );
         assert_eq!(
             c.route(1, &Command::Synchronize { all_streams: true }),
             Ok(Route::Run)
@@ -243,7 +263,11 @@ mod tests {
             assert_eq!(c.route(4, &SET), Ok(Route::Done));
             assert_eq!(c.end(4, 1), Err(Status::CaptureInvalidated));
             assert!(!c.capturing(4));
-            assert_eq!(c.instantiate(1, 2), Err(Status::InvalidArgument), "no graph");
+            assert_eq!(
+                c.instantiate(1, 2),
+                Err(Status::InvalidArgument),
+                "no graph"
+            );
         }
     }
 
@@ -255,7 +279,10 @@ mod tests {
         c.end(1, 10).unwrap();
         c.instantiate(10, 11).unwrap();
         c.begin(2).unwrap();
-        assert_eq!(c.route(2, &Command::GraphLaunch { exec: 11 }), Ok(Route::Done));
+        assert_eq!(
+            c.route(2, &Command::GraphLaunch { exec: 11 }),
+            Ok(Route::Done)
+        );
         assert_eq!(
             c.route(2, &Command::GraphLaunch { exec: 12 }),
             Err(Status::InvalidArgument)

@@ -855,9 +855,8 @@ impl Handler for CpuBackend {
         let mut last: Option<Token> = None;
         for cmd in cmds.iter() {
             if let Issued::Pending(t, ..) = cmd.dispatch(self, at)? {
-                let until = |b: &Self, t: Option<Token>| {
-                    t.and_then(|t| b.running.get(&t)).map(|r| r.until)
-                };
+                let until =
+                    |b: &Self, t: Option<Token>| t.and_then(|t| b.running.get(&t)).map(|r| r.until);
                 if until(self, Some(t)) >= until(self, last) {
                     // Forgotten, not ended: its slot stays taken until its time is up.
                     if let Some(old) = last.replace(t) {
@@ -1106,23 +1105,59 @@ mod tests {
             // first); y → staging [16, 32). Fork: stream 2 fills x's last word after an
             // event of stream 1, and stream 1 waits for it again.
             let ops = [
-                (1, Command::CopyH2D { dst: x, staging_offset: 0, len: 16 }),
+                (
+                    1,
+                    Command::CopyH2D {
+                        dst: x,
+                        staging_offset: 0,
+                        len: 16,
+                    },
+                ),
                 (1, Command::EventRecord { event: 3 }),
                 (2, Command::StreamWaitEvent { event: 3 }),
-                (2, Command::Memset { dst: x + 12, len: 4, value: 9f32.to_bits(), width: 4 }),
+                (
+                    2,
+                    Command::Memset {
+                        dst: x + 12,
+                        len: 4,
+                        value: 9f32.to_bits(),
+                        width: 4,
+                    },
+                ),
                 (2, Command::EventRecord { event: 4 }),
                 (1, Command::StreamWaitEvent { event: 4 }),
-                (1, Command::Memset { dst: y, len: 16, value: 0, width: 1 }),
+                (
+                    1,
+                    Command::Memset {
+                        dst: y,
+                        len: 16,
+                        value: 0,
+                        width: 1,
+                    },
+                ),
                 (
                     1,
                     Command::Launch {
                         launch: launch(
                             Builtin::Saxpy,
-                            SaxpyParams { x, y, n: 4, alpha: 2.0 }.as_bytes(),
+                            SaxpyParams {
+                                x,
+                                y,
+                                n: 4,
+                                alpha: 2.0,
+                            }
+                            .as_bytes(),
                         ),
                     },
                 ),
-                (1, Command::CopyD2H { src: y, staging_offset: 16, len: 16 }),
+                (
+                    1,
+                    Command::CopyD2H {
+                        src: y,
+                        staging_offset: 16,
+                        len: 16,
+                    },
+                ),
             ];
             let input = |v: [f32; 4]| {
                 let mut b = [0u8; 16];
@@ -1144,15 +1179,21 @@ mod tests {
             let Issued::Done(g, _) = sub(be, on(1), Command::StreamEndCapture).unwrap() else {
                 panic!("end capture answers at once")
             };
-            let Issued::Done(exec, _) = sub(be, on(0), Command::GraphInstantiate { graph: g })
-                .unwrap()
+            let Issued::Done(exec, _) =
+                sub(be, on(0), Command::GraphInstantiate { graph: g }).unwrap()
             else {
                 panic!("instantiate answers at once")
             };
-            for (i, v) in [[1., 2., 3., 4.], [10., 20., 30., 40.]].into_iter().enumerate() {
+            for (i, v) in [[1., 2., 3., 4.], [10., 20., 30., 40.]]
+                .into_iter()
+                .enumerate()
+            {
                 input(v);
                 let stream = 5 + i as u32;
-                assert_eq!(sub(be, on(stream), Command::GraphLaunch { exec }), Ok(Issued::DONE));
+                assert_eq!(
+                    sub(be, on(stream), Command::GraphLaunch { exec }),
+                    Ok(Issued::DONE)
+                );
                 assert_eq!(output(), vec![2. * v[0], 2. * v[1], 2. * v[2], 18.]);
             }
             // Querying a capturing stream is refused and invalidates the capture.
