@@ -119,7 +119,7 @@ int main() {
     OK(cudaGraphExecDestroy(exec));
 
     // No capture on the legacy default stream.
-    FAILS_WITH(cudaStreamBeginCapture(0, cudaStreamCaptureModeGlobal),
+    FAILS_WITH(cudaStreamBeginCapture(cudaStreamLegacy, cudaStreamCaptureModeGlobal),
                cudaErrorStreamCaptureUnsupported);
     cudaGetLastError();
 
