@@ -29,7 +29,7 @@ use serde_json::Value;
 use crate::{build, deps, initramfs, kernel, paths};
 
 /// Test targets of `vgpu-mediator` that the GPU host runs with `VGPU_TEST_BACKEND=cuda`.
-const GPU_TESTS: &[&str] = &["conformance", "attacks", "tenancy", "quiet", "vmm"];
+const GPU_TESTS: &[&str] = &["conformance", "attacks", "tenancy", "quiet", "vmm", "graphs"];
 /// The folder should stay well inside what travels to the GPU host (64 MiB with the tree).
 const SIZE_BUDGET: u64 = 60 << 20;
 /// The GPU-host script, kept in `scripts/` so it can be read and linted there.
