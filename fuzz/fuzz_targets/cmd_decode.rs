@@ -127,7 +127,13 @@ fn check_accepted(cmd: &Command, staging: u64) {
         | Command::FuncGetAttribute { .. }
         | Command::FuncSetAttribute { .. }
         | Command::Synchronize { .. }
-        | Command::StreamQuery => {}
+        | Command::StreamQuery
+        | Command::StreamBeginCapture
+        | Command::StreamEndCapture
+        | Command::GraphInstantiate { .. }
+        | Command::GraphLaunch { .. }
+        | Command::GraphExecDestroy { .. }
+        | Command::GraphDestroy { .. } => {}
     }
 }
 

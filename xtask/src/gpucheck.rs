@@ -37,6 +37,7 @@ const GPU_TESTS: &[&str] = &[
     "quiet",
     "vmm",
     "tensormap",
+    "graphs",
 ];
 /// The folder should stay well inside what travels to the GPU host (64 MiB with the tree).
 const SIZE_BUDGET: u64 = 60 << 20;

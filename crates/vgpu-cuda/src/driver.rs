@@ -175,6 +175,8 @@ fn status_error(status: Status) -> CUresult {
         Status::InvalidFunction => CUresult::CUDA_ERROR_INVALID_HANDLE,
         Status::NotReady => CUresult::CUDA_ERROR_NOT_READY,
         Status::NotFound => CUresult::CUDA_ERROR_NOT_FOUND,
+        Status::CaptureInvalidated => CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+        Status::CaptureUnsupported => CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
         Status::ContextLost | Status::ContextUnavailable | Status::Aborted => {
             CUresult::CUDA_ERROR_CONTEXT_IS_DESTROYED
         }

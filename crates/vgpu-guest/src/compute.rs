@@ -443,6 +443,12 @@ impl<'d> Stream<'d> {
         self.submit(Command::CopyD2D { dst, src, len })
     }
 
+    /// Queues a launch of executable graph `exec` (a device of ABI 1.7 or later, see
+    /// [`Device::has_graphs`]).
+    pub fn graph_launch(&self, exec: u64) -> Result<Pending<'d>, Error> {
+        self.submit(Command::GraphLaunch { exec })
+    }
+
     /// Queues a record of `e` after everything queued so far on this stream.
     pub fn record(&self, e: &Event<'_>) -> Result<Pending<'d>, Error> {
         self.submit(Command::EventRecord { event: e.id })

@@ -11,7 +11,8 @@
 //! - `staging`: the staging area: chunked, pipelined host ↔ device copies and raw access;
 //! - `commands`: one typed command per method (memory, launches);
 //! - `builtins`: the built-in kernels with typed parameters;
-//! - `vmm`: virtual memory management (reservations, memory handles, mappings).
+//! - `vmm`: virtual memory management (reservations, memory handles, mappings);
+//! - `graph`: stream capture and graphs.
 //!
 //! `fn block` stays in this file: `crates/vgpu-abi/tests/loom_ring.rs` and
 //! `tests/loom_wait.rs` check its steps against their loom models by reading this file.
@@ -30,6 +31,7 @@ use crate::Error;
 mod builtins;
 mod commands;
 mod fence;
+mod graph;
 mod regs;
 mod ring;
 mod staging;

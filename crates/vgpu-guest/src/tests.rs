@@ -196,7 +196,7 @@ fn info_reads_the_register_page() {
     assert_eq!(i.device_name, "fake cpu device");
     assert_eq!(i.status_name(), "ready");
     assert_eq!(i.backend_name(), "cpu");
-    assert_eq!(i.abi_version_string(), "1.6");
+    assert_eq!(i.abi_version_string(), "1.7");
     assert_eq!(i.staging_size, (256 << 10) - (64 << 10));
     assert_eq!(r.dev.staging_size(), i.staging_size);
     assert!(r.dev.transport_description().starts_with("socket "));

@@ -62,6 +62,9 @@ pub struct VirtualDevice {
     /// Virtual memory management: reservations, memory handles (their bytes are in `used`)
     /// and mappings.
     vmm: vmm::Vmm,
+    /// The VM's graphs (made by its stream captures) and executable graphs (1.7).
+    graphs: HashSet<u64>,
+    execs: HashSet<u64>,
 }
 
 /// Functions one VM may have looked up (over all its loaded modules): a library such as
@@ -69,6 +72,9 @@ pub struct VirtualDevice {
 pub const MAX_FUNCTIONS: usize = 16_384;
 /// Global variables one VM may have looked up (over all its loaded modules).
 pub const MAX_GLOBALS: usize = 16_384;
+/// Graphs one VM may hold at once, and as many executable graphs (each a host object of the
+/// backend's: a captured graph of many nodes, or its recorded commands on the cpu device).
+pub const MAX_GRAPHS: usize = 4096;
 
 impl VirtualDevice {
     /// A fresh device with no allocations.
@@ -95,6 +101,8 @@ impl VirtualDevice {
             errors_at_fence: 0,
             mapped_staging: None,
             vmm: vmm::Vmm::default(),
+            graphs: HashSet::new(),
+            execs: HashSet::new(),
         }
     }
 
@@ -389,6 +397,26 @@ impl VirtualDevice {
                 }
                 Ok(Issued::Done(f, nparams))
             }
+            (Effect::EndCapture, Ok(i)) => {
+                let (g, _) = done(i)?;
+                self.graphs.insert(g);
+                Ok(Issued::Done(g, 0))
+            }
+            (Effect::Instantiate { .. }, Ok(i)) => {
+                let (x, _) = done(i)?;
+                self.execs.insert(x);
+                Ok(Issued::Done(x, 0))
+            }
+            (Effect::DestroyExec { exec }, Ok(i)) => {
+                done(i)?;
+                self.execs.remove(&exec);
+                Ok(Issued::DONE)
+            }
+            (Effect::DestroyGraph { graph }, Ok(i)) => {
+                done(i)?;
+                self.graphs.remove(&graph);
+                Ok(Issued::DONE)
+            }
             (_, Ok(i)) => Ok(i),
         }
     }
@@ -498,6 +526,30 @@ impl VirtualDevice {
                 }
             }
             Effect::RecordEvent { event } => self.use_event(event)?,
+            // Graphs: a VM names only its own; each kind is bounded, as modules are.
+            Effect::EndCapture => {
+                if self.graphs.len() >= MAX_GRAPHS {
+                    return Err(Status::LimitExceeded);
+                }
+            }
+            Effect::Instantiate { graph } => {
+                if !self.graphs.contains(&graph) {
+                    return Err(Status::InvalidArgument);
+                }
+                if self.execs.len() >= MAX_GRAPHS {
+                    return Err(Status::LimitExceeded);
+                }
+            }
+            Effect::DestroyGraph { graph } => {
+                if !self.graphs.contains(&graph) {
+                    return Err(Status::InvalidArgument);
+                }
+            }
+            Effect::LaunchGraph { exec } | Effect::DestroyExec { exec } => {
+                if !self.execs.contains(&exec) {
+                    return Err(Status::InvalidArgument);
+                }
+            }
             Effect::Fence => {
                 // The guest that sees its fence word stops waiting for completions: an error
                 // completion of earlier work that it has not seen yet would be reported late.
@@ -586,6 +638,72 @@ mod tests {
         // No new error: written again.
         assert_eq!(d.execute(&mut be, 1, &fence(9)), Ok(Issued::DONE));
         assert_eq!(view.load_u32(64), 9);
+    }
+
+    /// Graphs and executable graphs are the VM's own: another VM's handle (here, one the
+    /// device never gave this VM) is refused before the backend sees it, and a destroyed one
+    /// is gone.
+    #[test]
+    fn graph_handles_are_owned_and_released() {
+        let (_, mut be) = cpu_device();
+        be.create_context(
+            1,
+            ContextParams {
+                staging: Staging {
+                    view: vgpu_abi::ShmView::leak_zeroed(4096),
+                    offset: 0,
+                    size: 4096,
+                },
+                priority: 0,
+                region: None,
+            },
+        )
+        .unwrap();
+        let mut d0 = VirtualDevice::new(0, 1000, 10);
+        let mut d1 = VirtualDevice::new(1, 1000, 10);
+        let done = |r: IssueOutcome| match r {
+            Ok(Issued::Done(a, _)) => a,
+            other => panic!("{other:?}"),
+        };
+        done(d0.execute(&mut be, 2, &Command::StreamBeginCapture));
+        let g = done(d0.execute(&mut be, 2, &Command::StreamEndCapture));
+        // VM 1 may not instantiate VM 0's graph, even though the backend knows it.
+        assert_eq!(
+            d1.execute(&mut be, 0, &Command::GraphInstantiate { graph: g }),
+            Err(Status::InvalidArgument)
+        );
+        let x = done(d0.execute(&mut be, 0, &Command::GraphInstantiate { graph: g }));
+        for c in [
+            Command::GraphLaunch { exec: x },
+            Command::GraphExecDestroy { exec: x },
+        ] {
+            assert_eq!(d1.execute(&mut be, 0, &c), Err(Status::InvalidArgument));
+        }
+        assert_eq!(
+            d1.execute(&mut be, 0, &Command::GraphDestroy { graph: g }),
+            Err(Status::InvalidArgument)
+        );
+        assert_eq!(
+            d0.execute(&mut be, 3, &Command::GraphLaunch { exec: x }),
+            Ok(Issued::DONE)
+        );
+        done(d0.execute(&mut be, 0, &Command::GraphDestroy { graph: g }));
+        assert_eq!(
+            d0.execute(&mut be, 0, &Command::GraphInstantiate { graph: g }),
+            Err(Status::InvalidArgument),
+            "destroyed"
+        );
+        // The executable graph outlives its graph, until destroyed itself.
+        assert_eq!(
+            d0.execute(&mut be, 3, &Command::GraphLaunch { exec: x }),
+            Ok(Issued::DONE)
+        );
+        done(d0.execute(&mut be, 0, &Command::GraphExecDestroy { exec: x }));
+        assert_eq!(
+            d0.execute(&mut be, 3, &Command::GraphLaunch { exec: x }),
+            Err(Status::InvalidArgument)
+        );
+        assert!(d0.graphs.is_empty() && d0.execs.is_empty());
     }
 
     #[test]

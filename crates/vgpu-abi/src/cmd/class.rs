@@ -187,6 +187,28 @@ pub enum Effect {
         /// Bytes.
         size: u64,
     },
+    /// Ends a stream capture; the result is a new graph of the VM's (graph limit, 1.7).
+    EndCapture,
+    /// Makes an executable graph of one of the VM's graphs; the result is its handle (1.7).
+    Instantiate {
+        /// The graph.
+        graph: u64,
+    },
+    /// Launches one of the VM's executable graphs (1.7).
+    LaunchGraph {
+        /// The executable graph.
+        exec: u64,
+    },
+    /// Destroys one of the VM's executable graphs (1.7).
+    DestroyExec {
+        /// The executable graph.
+        exec: u64,
+    },
+    /// Destroys one of the VM's graphs (1.7).
+    DestroyGraph {
+        /// The graph.
+        graph: u64,
+    },
     /// Other work on the VM's context: nothing to account beyond its ranges.
     Work,
 }

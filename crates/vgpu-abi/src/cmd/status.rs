@@ -45,6 +45,12 @@ pub enum Status {
     ContextUnavailable = 16,
     /// The module has no symbol of the name asked for (1.5).
     NotFound = 17,
+    /// The stream capture was invalidated (an operation it could not record, or a
+    /// synchronisation of a capturing stream): it ended without a graph (1.7).
+    CaptureInvalidated = 18,
+    /// The operation is not allowed on a capturing stream (a synchronisation, a query, a wait
+    /// for an event recorded outside the capture); the capture is invalidated (1.7).
+    CaptureUnsupported = 19,
 }
 
 impl Status {
@@ -75,6 +81,8 @@ impl Status {
             KernelTimeout => "the VM's work ran past the kernel time limit; the context was reset",
             ContextUnavailable => "the host could not create a device context; reset to retry",
             NotFound => "the module has no symbol of that name",
+            CaptureInvalidated => "the stream capture was invalidated; no graph was made",
+            CaptureUnsupported => "not allowed on a capturing stream; the capture is invalidated",
         }
     }
 }

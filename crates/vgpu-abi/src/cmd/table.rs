@@ -481,4 +481,63 @@ commands! {
         ranges []
         class Class::HOST;
         effect Effect::Work;
+
+    /// Starts capturing the entry's stream into a graph (1.7): the stream's later work is
+    /// recorded, not run, until [`Opcode::StreamEndCapture`] on it. A stream that waits for an
+    /// event recorded in the capture ([`Opcode::StreamWaitEvent`]) joins it. Ordered after the
+    /// stream's earlier work was issued; that work still runs. A stream already capturing:
+    /// `INVALID_ARGUMENT`.
+    StreamBeginCapture = 0x60 => fn stream_begin_capture {}
+        flags {} check(_s) {} ranges []
+        class Class { stream: true, ..Class::HOST };
+        effect Effect::Work;
+
+    /// Ends the capture the entry's stream began (1.7). `result0` = the graph handle. A
+    /// capture that was invalidated (work it could not record, a synchronisation of a
+    /// capturing stream) completes with `CAPTURE_INVALIDATED` and leaves no graph; a stream
+    /// that began no capture, `INVALID_ARGUMENT`. Every stream that joined the capture stops
+    /// capturing.
+    StreamEndCapture = 0x61 => fn stream_end_capture {}
+        flags {} check(_s) {} ranges []
+        class Class { stream: true, ..Class::HOST };
+        effect Effect::EndCapture;
+
+    /// Makes an executable graph of one of the VM's graphs (1.7). `result0` = its handle.
+    GraphInstantiate = 0x62 => fn graph_instantiate {
+        /// The graph ([`Opcode::StreamEndCapture`]'s handle).
+        graph: u64,
+    }
+        flags {} check(_s) {} ranges []
+        class Class::HOST;
+        effect Effect::Instantiate { graph };
+
+    /// Runs an executable graph on the entry's stream (1.7): its work, in its order, after
+    /// the stream's earlier work; the stream's later work waits for it. On a capturing
+    /// stream the launch is recorded.
+    GraphLaunch = 0x63 => fn graph_launch {
+        /// The executable graph ([`Opcode::GraphInstantiate`]'s handle).
+        exec: u64,
+    }
+        flags {} check(_s) {} ranges []
+        class Class::STREAM_WORK;
+        effect Effect::LaunchGraph { exec };
+
+    /// Destroys an executable graph (1.7). Waits for the VM's work on the device first (a
+    /// launch of it may still run).
+    GraphExecDestroy = 0x64 => fn graph_exec_destroy {
+        /// The executable graph.
+        exec: u64,
+    }
+        flags {} check(_s) {} ranges []
+        class Class { waits_for_device: true, ..Class::HOST };
+        effect Effect::DestroyExec { exec };
+
+    /// Destroys a graph (1.7); its executable graphs stay usable.
+    GraphDestroy = 0x65 => fn graph_destroy {
+        /// The graph.
+        graph: u64,
+    }
+        flags {} check(_s) {} ranges []
+        class Class::HOST;
+        effect Effect::DestroyGraph { graph };
 }

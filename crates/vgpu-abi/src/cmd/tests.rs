@@ -69,10 +69,10 @@ fn opcodes_roundtrip() {
         }
     }
     assert_eq!(known, Opcode::ALL.len());
-    for raw in 0..=17 {
+    for raw in 0..=19 {
         assert_eq!(Status::from_raw(raw).unwrap() as u32, raw);
     }
-    assert_eq!(Status::from_raw(18), None);
+    assert_eq!(Status::from_raw(20), None);
 }
 
 #[test]
@@ -654,4 +654,44 @@ fn vmm_commands_decode_checked() {
     );
     // Their device ranges are the device's own to check: none is declared.
     assert_eq!(map.device_ranges().iter().count(), 0);
+}
+
+/// Stream capture and graphs (1.7): their classes and effects.
+#[test]
+fn graph_commands_decode_classified() {
+    let rt = |c: Command| Command::decode(&c.encode(3, 1), 4096);
+    for c in [
+        Command::StreamBeginCapture,
+        Command::StreamEndCapture,
+        Command::GraphInstantiate { graph: 7 },
+        Command::GraphLaunch { exec: 9 },
+        Command::GraphExecDestroy { exec: 9 },
+        Command::GraphDestroy { graph: 7 },
+    ] {
+        assert_eq!(rt(c), Ok(c));
+    }
+    // Beginning and ending a capture are ordered on their stream and answered at once.
+    for c in [Command::StreamBeginCapture, Command::StreamEndCapture] {
+        let k = c.class();
+        assert!(k.stream && !k.asynchronous && !k.barrier, "{c:?}");
+    }
+    assert_eq!(Command::StreamEndCapture.effect(), Effect::EndCapture);
+    // A launch is stream work like a kernel's.
+    let launch = Command::GraphLaunch { exec: 9 };
+    assert_eq!(launch.class(), Class::STREAM_WORK);
+    assert_eq!(launch.effect(), Effect::LaunchGraph { exec: 9 });
+    assert!(
+        Command::GraphExecDestroy { exec: 9 }
+            .class()
+            .waits_for_device
+    );
+    assert_eq!(
+        Command::GraphInstantiate { graph: 7 }.effect(),
+        Effect::Instantiate { graph: 7 }
+    );
+    assert_eq!(
+        Command::GraphDestroy { graph: 7 }.effect(),
+        Effect::DestroyGraph { graph: 7 }
+    );
+    assert_eq!(Opcode::GraphLaunch as u16, 0x63);
 }

@@ -547,6 +547,7 @@ pub extern "C" fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult {
 /// Waits for every stream of the VM (every context's: they share vgpud's streams); what it
 /// covered needs no implicit legacy-stream wait any more.
 fn synchronize_all() -> Result<CUresult, CUresult> {
+    super::graph::unsafe_call()?;
     let d = driver::get()?;
     let mark = crate::legacy::mark();
     d.dev.synchronize().map_err(|e| driver::error_of(&e))?;

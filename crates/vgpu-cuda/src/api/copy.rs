@@ -24,6 +24,9 @@ pub(crate) fn dev_err(e: vgpu_guest::Error) -> CUresult {
 /// stream needs no wait: the copy's own commands run on it, in order, after the waits for the
 /// blocking streams that [`enqueue`] queued.
 pub(crate) fn drain(s: CUstream, per_thread: bool) -> Result<(), CUresult> {
+    // A capture cannot replay a copy through the bounce buffer (only page-locked memory in
+    // staging stays where the graph reads and writes it).
+    super::graph::refuse_if_capturing(resolve(s, per_thread)?)?;
     let id = enqueue(s, per_thread)?.id();
     if id == 0 {
         return Ok(());

@@ -12,7 +12,7 @@ use vgpu_guest::{Event, Pending, WaitPolicy};
 
 use super::context::{require_current, waiting_as};
 use super::run;
-use super::stream::enqueue;
+use super::stream::{enqueue, resolve};
 use crate::driver;
 use crate::handles::Registry;
 use crate::types::{CUevent, CUresult, CUstream};
@@ -89,6 +89,7 @@ fn record(e: CUevent, s: CUstream, per_thread: bool) -> Result<CUresult, CUresul
     let o = obj(e)?;
     let st = enqueue(s, per_thread)?;
     let p = st.record(&o.ev).map_err(|e| driver::error_of(&e))?;
+    super::graph::recorded(o.ev.id(), st.id());
     drop(st);
     let mut r = o.state.lock().unwrap_or_else(|p| p.into_inner());
     r.recorded = true;
@@ -157,6 +158,7 @@ fn taken(o: &EventObj, wait: bool) -> Result<bool, CUresult> {
 
 /// Whether `o`'s latest record has completed on the device.
 fn complete(o: &EventObj) -> Result<bool, CUresult> {
+    super::graph::refuse_captured_event(o.ev.id())?;
     if !taken(o, false)? {
         return Ok(false);
     }
@@ -177,6 +179,7 @@ pub extern "C" fn cuEventQuery(e: CUevent) -> CUresult {
 }
 
 fn synchronize(o: &EventObj) -> Result<(), CUresult> {
+    super::graph::refuse_captured_event(o.ev.id())?;
     let wait = || {
         taken(o, true)?;
         o.ev.synchronize().map_err(|e| driver::error_of(&e))
@@ -264,6 +267,8 @@ fn wait_event(
     if flags & !0x1 != 0 {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
+    let was_recorded = o.state.lock().unwrap_or_else(|p| p.into_inner()).recorded;
+    super::graph::before_wait(o.ev.id(), resolve(s, per_thread)?, was_recorded)?;
     let st = enqueue(s, per_thread)?;
     // The wait is device-side; its completion is of no interest.
     drop(st.wait_event(&o.ev).map_err(|e| driver::error_of(&e))?);

@@ -106,6 +106,7 @@ fn legacy_stream() -> Result<Queued, CUresult> {
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
     run("cuMemAlloc_v2", || {
         let d = ready()?;
+        super::graph::unsafe_call()?;
         if dptr.is_null() || bytes == 0 {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
@@ -167,6 +168,7 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
 pub extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     run("cuMemFree_v2", || {
         let d = ready()?;
+        super::graph::unsafe_call()?;
         if dptr == 0 {
             return Ok(CUresult::CUDA_SUCCESS);
         }

@@ -13,6 +13,7 @@ pub mod copy2d;
 pub mod device;
 pub mod error;
 pub mod event;
+pub mod graph;
 pub mod host_memory;
 pub mod init;
 pub mod launch;

@@ -72,6 +72,11 @@ pub fn resolve(s: CUstream, per_thread: bool) -> Result<u32, CUresult> {
     target(s, per_thread).map(|(id, ..)| id)
 }
 
+/// Whether `s` is a blocking stream (ordered against the legacy stream).
+pub(crate) fn is_blocking(s: CUstream, per_thread: bool) -> Result<bool, CUresult> {
+    target(s, per_thread).map(|(_, kind, _)| kind == Kind::Blocking)
+}
+
 /// The vgpud stream id behind `s`, how it takes part in the legacy stream's synchronisation,
 /// and the context whose order it follows (its own, or the thread's current one for the
 /// default streams).
@@ -125,8 +130,15 @@ impl Deref for Queued {
 
 /// Stream `s`, ready for work (see [`Queued`]). `per_thread` as for [`resolve`].
 pub fn enqueue(s: CUstream, per_thread: bool) -> Result<Queued, CUresult> {
-    let (id, kind, ctx) = target(s, per_thread)?;
+    let (id, mut kind, ctx) = target(s, per_thread)?;
     let d = driver::get()?;
+    if kind == Kind::Legacy {
+        super::graph::refuse_legacy(ctx)?;
+    } else if super::graph::capture_of(id).is_some() {
+        // A capturing stream takes no part in the legacy stream's implicit synchronisation:
+        // no join or tail event of the guest's may be captured.
+        kind = Kind::NonBlocking;
+    }
     let held = legacy::before_work(&d.dev, ctx, kind, id).map_err(|e| driver::error_of(&e))?;
     Ok(Queued {
         stream: d.dev.stream(id),
@@ -219,6 +231,7 @@ pub extern "C" fn cuStreamDestroy(s: CUstream) -> CUresult {
 pub(crate) fn synchronize(s: CUstream, per_thread: bool) -> Result<CUresult, CUresult> {
     require_current()?;
     let (id, kind, ctx) = target(s, per_thread)?;
+    super::graph::refuse_if_capturing(id)?;
     // The legacy stream's synchronisation is an operation on it: it waits for the blocking
     // streams' earlier work too. A blocking stream's waits for its own work only.
     let mark = match kind {
@@ -248,6 +261,7 @@ pub extern "C" fn cuStreamSynchronize_ptsz(s: CUstream) -> CUresult {
 fn query(s: CUstream, per_thread: bool) -> Result<CUresult, CUresult> {
     require_current()?;
     let id = resolve(s, per_thread)?;
+    super::graph::refuse_if_capturing(id)?;
     match stream(id)?.query() {
         Ok(true) => Ok(CUresult::CUDA_SUCCESS),
         Ok(false) => Ok(CUresult::CUDA_ERROR_NOT_READY),
@@ -411,11 +425,10 @@ unsafe fn is_capturing(
     status: *mut c_int,
     per_thread: bool,
 ) -> Result<CUresult, CUresult> {
-    resolve(s, per_thread)?;
-    // Stream capture is not offered (cuStreamBeginCapture answers NOT_SUPPORTED), so no
-    // stream is ever capturing: CU_STREAM_CAPTURE_STATUS_NONE.
+    let id = resolve(s, per_thread)?;
+    let (st, ..) = super::graph::status_of(id);
     // SAFETY: forwarded from the caller.
-    Ok(unsafe { put(status, 0) })
+    Ok(unsafe { put(status, st) })
 }
 
 /// `cuStreamIsCapturing`.
@@ -452,21 +465,22 @@ struct CaptureOut {
     count: *mut usize,
 }
 
-/// What `cuStreamGetCaptureInfo*` write: a stream is never capturing here, so the status is
-/// `CU_STREAM_CAPTURE_STATUS_NONE` and the capture's id, graph and dependencies are empty.
+/// What `cuStreamGetCaptureInfo*` write: the capture's status, its id and its graph (see
+/// [`super::graph`]); its dependencies are reported as none (vgpud tracks them on the host).
 ///
 /// # Safety
 /// Every pointer of `o` is NULL or valid for a write of its type.
 unsafe fn capture_info(s: CUstream, per_thread: bool, o: CaptureOut) -> Result<CUresult, CUresult> {
-    resolve(s, per_thread)?;
+    let id = resolve(s, per_thread)?;
     if o.status.is_null() {
         return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
     }
+    let (status, cap, graph) = super::graph::status_of(id);
     // SAFETY: each is NULL (not wanted) or valid for a write (the caller's promise).
     unsafe {
-        put(o.status, 0);
-        put(o.id, 0);
-        put(o.graph, std::ptr::null_mut());
+        put(o.status, status);
+        put(o.id, cap);
+        put(o.graph, graph);
         put(o.deps, std::ptr::null());
         put(o.edges, std::ptr::null());
         put(o.count, 0);

@@ -1,6 +1,7 @@
 //! The cpu reference backend: device memory is host memory it owns, kernels are the reference
 //! implementations in [`vgpu_abi::cmd::reference`]. It defines the semantics every backend must match.
 
+use super::capture::{Captures, Route};
 use super::images::{self, Images};
 use super::vmm::Vmm;
 use super::{
@@ -49,6 +50,8 @@ struct Ctx {
     vmm: Vmm,
     /// The memory of the VM's handles (created, not yet freed).
     handle_mem: HashMap<u64, Vec<u8>>,
+    /// Stream captures in progress, graphs and executable graphs (1.7).
+    captures: Captures,
 }
 
 /// A busy kernel occupying execution slot `slot` from `started` until `until`.
@@ -401,6 +404,7 @@ impl Backend for CpuBackend {
                 parts: ImageParts::default(),
                 vmm: Vmm::default(),
                 handle_mem: HashMap::new(),
+                captures: Captures::default(),
             },
         );
         Ok(())
@@ -425,7 +429,11 @@ impl Backend for CpuBackend {
     }
 
     fn submit(&mut self, at: VmStream, cmd: &Command) -> Result<Issued, Status> {
-        cmd.dispatch(self, at)
+        // A capturing stream's work is recorded, not run (1.7).
+        match self.ctx(at.vm)?.captures.route(at.stream, cmd)? {
+            Route::Done => Ok(Issued::DONE),
+            Route::Run => cmd.dispatch(self, at),
+        }
     }
 
     fn poll(&mut self, _vm: VmKey, token: Token) -> Option<Result<Retired, Status>> {
@@ -835,6 +843,62 @@ impl Handler for CpuBackend {
         }
     }
 
+    // Stream capture and graphs (1.7): a capturing stream's work is recorded by `submit`
+    // (see [`Captures`]); a launch replays the recording on the launch stream.
+
+    fn stream_begin_capture(&mut self, at: VmStream) -> Result<Issued, Status> {
+        self.ctx(at.vm)?.captures.begin(at.stream)?;
+        Ok(Issued::DONE)
+    }
+
+    fn stream_end_capture(&mut self, at: VmStream) -> Result<Issued, Status> {
+        let h = self.handle();
+        let g = self.ctx(at.vm)?.captures.end(at.stream, h)?;
+        Ok(Issued::Done(g, 0))
+    }
+
+    fn graph_instantiate(&mut self, at: VmStream, graph: u64) -> Result<Issued, Status> {
+        let h = self.handle();
+        let x = self.ctx(at.vm)?.captures.instantiate(graph, h)?;
+        Ok(Issued::Done(x, 0))
+    }
+
+    fn graph_launch(&mut self, at: VmStream, exec: u64) -> Result<Issued, Status> {
+        let cmds = self.ctx(at.vm)?.captures.exec(exec)?;
+        // Each command as if it came on the launch stream, in order; the first failure ends
+        // the launch with its status (a user kernel: NOT_SUPPORTED, as outside a graph). Busy
+        // kernels take their slots as they come; the launch is pending until the last ends.
+        let mut last: Option<Token> = None;
+        for cmd in cmds.iter() {
+            if let Issued::Pending(t, ..) = cmd.dispatch(self, at)? {
+                let until =
+                    |b: &Self, t: Option<Token>| t.and_then(|t| b.running.get(&t)).map(|r| r.until);
+                if until(self, Some(t)) >= until(self, last) {
+                    // Forgotten, not ended: its slot stays taken until its time is up.
+                    if let Some(old) = last.replace(t) {
+                        self.running.remove(&old);
+                    }
+                } else {
+                    self.running.remove(&t);
+                }
+            }
+        }
+        Ok(match last {
+            Some(t) => Issued::Pending(t, 0, 0),
+            None => Issued::DONE,
+        })
+    }
+
+    fn graph_exec_destroy(&mut self, at: VmStream, exec: u64) -> Result<Issued, Status> {
+        self.ctx(at.vm)?.captures.destroy_exec(exec)?;
+        Ok(Issued::DONE)
+    }
+
+    fn graph_destroy(&mut self, at: VmStream, graph: u64) -> Result<Issued, Status> {
+        self.ctx(at.vm)?.captures.destroy_graph(graph)?;
+        Ok(Issued::DONE)
+    }
+
     // Virtual memory management, as CUDA's driver does it on an H100 or H200: 2 MiB
     // granularity, memory zeroed at creation, a mapping usable once access was granted.
 
@@ -1048,6 +1112,131 @@ mod tests {
 
     fn launch(b: Builtin, p: &[u8]) -> LaunchBody {
         LaunchBody::new(b.handle(), [1; 3], [1; 3], p).unwrap()
+    }
+
+    /// A capture records; each launch of its graph replays the work on the launch stream,
+    /// reading staging and device memory as they are then.
+    #[test]
+    fn a_captured_graph_replays_its_work() {
+        with_backend(|be, st, _| {
+            let on = |stream| VmStream { vm: 0, stream };
+            let x = be.mem_alloc(at(0), 16).map(ptr).unwrap();
+            let y = be.mem_alloc(at(0), 16).map(ptr).unwrap();
+            let sub = |be: &mut CpuBackend, at, c: Command| be.submit(at, &c);
+            sub(be, on(1), Command::StreamBeginCapture).unwrap();
+            // In: staging [0, 16) → x; x doubled by saxpy into y (y = 2x + y, y zeroed
+            // first); y → staging [16, 32). Fork: stream 2 fills x's last word after an
+            // event of stream 1, and stream 1 waits for it again.
+            let ops = [
+                (
+                    1,
+                    Command::CopyH2D {
+                        dst: x,
+                        staging_offset: 0,
+                        len: 16,
+                    },
+                ),
+                (1, Command::EventRecord { event: 3 }),
+                (2, Command::StreamWaitEvent { event: 3 }),
+                (
+                    2,
+                    Command::Memset {
+                        dst: x + 12,
+                        len: 4,
+                        value: 9f32.to_bits(),
+                        width: 4,
+                    },
+                ),
+                (2, Command::EventRecord { event: 4 }),
+                (1, Command::StreamWaitEvent { event: 4 }),
+                (
+                    1,
+                    Command::Memset {
+                        dst: y,
+                        len: 16,
+                        value: 0,
+                        width: 1,
+                    },
+                ),
+                (
+                    1,
+                    Command::Launch {
+                        launch: launch(
+                            Builtin::Saxpy,
+                            SaxpyParams {
+                                x,
+                                y,
+                                n: 4,
+                                alpha: 2.0,
+                            }
+                            .as_bytes(),
+                        ),
+                    },
+                ),
+                (
+                    1,
+                    Command::CopyD2H {
+                        src: y,
+                        staging_offset: 16,
+                        len: 16,
+                    },
+                ),
+            ];
+            let input = |v: [f32; 4]| {
+                let mut b = [0u8; 16];
+                kernels::from_f32s(&v, &mut b);
+                st.view.write_bytes(st.abs(0), &b);
+            };
+            let output = || {
+                let mut b = [0u8; 16];
+                st.view.read_bytes(st.abs(16), &mut b);
+                kernels::to_f32s(&b)
+            };
+            input([1., 2., 3., 4.]);
+            for (s, c) in ops {
+                assert_eq!(sub(be, on(s), c), Ok(Issued::DONE), "{c:?}");
+            }
+            // Nothing ran.
+            assert_eq!(output(), vec![0.; 4]);
+            assert_eq!(be.ctx(0).unwrap().read(x, 16).unwrap(), vec![0; 16]);
+            let Issued::Done(g, _) = sub(be, on(1), Command::StreamEndCapture).unwrap() else {
+                panic!("end capture answers at once")
+            };
+            let Issued::Done(exec, _) =
+                sub(be, on(0), Command::GraphInstantiate { graph: g }).unwrap()
+            else {
+                panic!("instantiate answers at once")
+            };
+            for (i, v) in [[1., 2., 3., 4.], [10., 20., 30., 40.]]
+                .into_iter()
+                .enumerate()
+            {
+                input(v);
+                let stream = 5 + i as u32;
+                assert_eq!(
+                    sub(be, on(stream), Command::GraphLaunch { exec }),
+                    Ok(Issued::DONE)
+                );
+                assert_eq!(output(), vec![2. * v[0], 2. * v[1], 2. * v[2], 18.]);
+            }
+            // Querying a capturing stream is refused and invalidates the capture.
+            sub(be, on(1), Command::StreamBeginCapture).unwrap();
+            assert_eq!(
+                sub(be, on(1), Command::StreamQuery),
+                Err(Status::CaptureUnsupported)
+            );
+            assert_eq!(
+                sub(be, on(1), Command::StreamEndCapture),
+                Err(Status::CaptureInvalidated)
+            );
+            sub(be, on(0), Command::GraphExecDestroy { exec }).unwrap();
+            assert_eq!(
+                sub(be, on(0), Command::GraphLaunch { exec }),
+                Err(Status::InvalidArgument)
+            );
+            // A reset forgets everything.
+            be.destroy_context(0);
+        });
     }
 
     #[test]

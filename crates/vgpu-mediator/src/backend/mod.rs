@@ -5,6 +5,7 @@
 //! quota (see [`crate::device`]); a backend still never trusts a pointer it cannot resolve.
 //! Each backend implements the commands as the methods of [`Handler`], one per command.
 
+pub mod capture;
 pub mod cpu;
 pub mod cuda;
 pub mod images;

@@ -27,8 +27,8 @@ use std::ptr::{self, NonNull};
 
 /// The driver's handle and enum types, re-exported so that callers need no cudarc of their own.
 pub use cudarc::driver::sys::{
-    CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction, CUmodule, CUresult,
-    CUstream,
+    CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction, CUgraph,
+    CUgraphExec, CUmodule, CUresult, CUstream,
 };
 
 /// A driver call's result.
@@ -502,6 +502,70 @@ pub fn event_elapsed_ms(start: CUevent, end: CUevent) -> CuResult<f32> {
 pub fn stream_wait_event(s: CUstream, e: CUevent) -> CuResult<()> {
     // SAFETY: live stream and event of the current context.
     check(unsafe { sys::cuStreamWaitEvent(s, e, 0) })
+}
+
+/// Begins capturing `s` into a graph, in relaxed mode: vgpud's own calls on its worker
+/// thread (allocations, synchronisations of other streams) must not invalidate the VM's
+/// capture; the guest enforces the mode the program asked for.
+pub fn stream_begin_capture(s: CUstream) -> CuResult<()> {
+    let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+    // SAFETY: live stream of the current context.
+    check(unsafe { sys::cuStreamBeginCapture_v2(s, mode) })
+}
+
+/// Ends the capture `s` began; returns its graph.
+pub fn stream_end_capture(s: CUstream) -> CuResult<CUgraph> {
+    let mut g = ptr::null_mut();
+    // SAFETY: live stream of the current context; `g` is a valid out-pointer.
+    check(unsafe { sys::cuStreamEndCapture(s, &mut g) })?;
+    Ok(g)
+}
+
+/// The id of the capture `s` takes part in, `None` when it is not capturing (a capture that
+/// was invalidated counts: it is still in progress until it ends).
+pub fn stream_capture_id(s: CUstream) -> CuResult<Option<u64>> {
+    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    let mut id = 0;
+    // SAFETY: live stream of the current context; `status` and `id` are valid out-pointers,
+    // the others NULL (not wanted).
+    check(unsafe {
+        sys::cuStreamGetCaptureInfo_v3(
+            s,
+            &mut status,
+            &mut id,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    })?;
+    Ok((status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE).then_some(id))
+}
+
+/// Makes an executable graph of `g`.
+pub fn graph_instantiate(g: CUgraph) -> CuResult<CUgraphExec> {
+    let mut x = ptr::null_mut();
+    // SAFETY: live graph; `x` is a valid out-pointer.
+    check(unsafe { sys::cuGraphInstantiateWithFlags(&mut x, g, 0) })?;
+    Ok(x)
+}
+
+/// Launches executable graph `x` on `s`.
+pub fn graph_launch(x: CUgraphExec, s: CUstream) -> CuResult<()> {
+    // SAFETY: live executable graph and stream of the current context.
+    check(unsafe { sys::cuGraphLaunch(x, s) })
+}
+
+/// Destroys an executable graph.
+pub fn graph_exec_destroy(x: CUgraphExec) -> CuResult<()> {
+    // SAFETY: live executable graph, destroyed once.
+    check(unsafe { sys::cuGraphExecDestroy(x) })
+}
+
+/// Destroys a graph.
+pub fn graph_destroy(g: CUgraph) -> CuResult<()> {
+    // SAFETY: live graph, destroyed once.
+    check(unsafe { sys::cuGraphDestroy(g) })
 }
 
 /// Allocates device memory.

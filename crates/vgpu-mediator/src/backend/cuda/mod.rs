@@ -63,7 +63,7 @@ use cudarc::driver::sys::{
     CUcontext, CUdevice, CUdevice_attribute, CUevent, CUfunction, CUmodule, CUresult, CUstream,
 };
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -142,6 +142,14 @@ fn status_of(r: CUresult) -> Status {
         CUDA_ERROR_OUT_OF_MEMORY => Status::OutOfMemory,
         CUDA_ERROR_INVALID_VALUE | CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES => Status::InvalidArgument,
         CUDA_ERROR_NOT_READY => Status::NotReady,
+        CUDA_ERROR_STREAM_CAPTURE_INVALIDATED => Status::CaptureInvalidated,
+        CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+        | CUDA_ERROR_STREAM_CAPTURE_ISOLATION
+        | CUDA_ERROR_STREAM_CAPTURE_UNJOINED
+        | CUDA_ERROR_STREAM_CAPTURE_IMPLICIT
+        | CUDA_ERROR_STREAM_CAPTURE_MERGE
+        | CUDA_ERROR_STREAM_CAPTURE_UNMATCHED
+        | CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD => Status::CaptureUnsupported,
         r => {
             static LOG: Mutex<Throttle> = Mutex::new(Throttle::new(GUEST_LOG_INTERVAL));
             if let Some(times) = crate::throttle::hit(&LOG) {
@@ -235,6 +243,15 @@ struct VmCtx {
     /// Virtual memory management: what the VM reserved, created and mapped. The driver keeps
     /// these per process, not per context: [`destroy`] undoes them.
     vmm: Vmm,
+    /// Captures in progress (the driver's capture ids) that the VM invalidated: their end
+    /// answers `CAPTURE_INVALIDATED` (1.7).
+    invalid_captures: HashSet<u64>,
+    /// Events whose latest record is in a capture in progress, with its id: nothing of
+    /// vgpud's may wait for them (the wait would join the capture).
+    captured_events: HashMap<u32, u64>,
+    /// The VM's graphs and executable graphs, by handle.
+    graphs: HashMap<u64, api::CUgraph>,
+    execs: HashMap<u64, api::CUgraphExec>,
 }
 
 /// One VM stream's CUDA stream.
@@ -246,6 +263,10 @@ struct VmCudaStream {
     /// A copy into staging was queued since the stream's last fence: the next fence's write
     /// must come after a memory barrier, so that the guest sees the copied bytes first.
     wrote_staging: bool,
+    /// The id of the capture the stream takes part in (1.7): its work is captured, not run,
+    /// so vgpud records no token event on it, waits for nothing of it and answers its work
+    /// at once.
+    capture: Option<u64>,
 }
 
 /// Work left on the device.
@@ -528,6 +549,10 @@ impl CudaBackend {
             spare_untimed: Vec::new(),
             spare_wake: Vec::new(),
             vmm: Vmm::default(),
+            invalid_captures: HashSet::new(),
+            captured_events: HashMap::new(),
+            graphs: HashMap::new(),
+            execs: HashMap::new(),
         };
         match self.fill_ctx(&mut c, params) {
             Ok(()) => Ok(c),
@@ -598,6 +623,15 @@ impl CudaBackend {
 /// wait on its events end there).
 fn destroy(c: &VmCtx, idle: impl FnOnce()) {
     if api::ctx_set_current(c.ctx).is_ok() {
+        // A capture in progress ends (its graph is dropped) before the context waits for its
+        // work: a capturing stream may not be synchronised.
+        for st in c.streams.values().filter(|st| st.capture.is_some()) {
+            if let Ok(g) = api::stream_end_capture(st.s) {
+                let _ = api::graph_destroy(g);
+            }
+        }
+    }
+    if api::ctx_set_current(c.ctx).is_ok() {
         // A faulted context reports its fault here; nothing more to do about it.
         let _ = api::ctx_synchronize();
     }
@@ -605,6 +639,13 @@ fn destroy(c: &VmCtx, idle: impl FnOnce()) {
     if api::ctx_set_current(c.ctx).is_ok() {
         if let Some(base) = c.registered {
             let _ = api::host_unregister(base);
+        }
+        // Graphs are the context's, but destroyed explicitly (the work that ran them ended).
+        for &x in c.execs.values() {
+            let _ = api::graph_exec_destroy(x);
+        }
+        for &g in c.graphs.values() {
+            let _ = api::graph_destroy(g);
         }
         // Reservations and memory handles belong to the process, not the context: without
         // this a VM's reset would leave its memory allocated in a shared vgpud.
@@ -651,6 +692,7 @@ impl VmCtx {
                 s,
                 used: self.uses,
                 wrote_staging: false,
+                capture: None,
             },
         );
         Ok(s)
@@ -661,7 +703,8 @@ impl VmCtx {
     fn streams_to_sync(&self) -> Vec<CUstream> {
         self.streams
             .values()
-            .filter(|st| st.used > self.synced)
+            // A capturing stream runs nothing; an event recorded on it would be captured.
+            .filter(|st| st.used > self.synced && st.capture.is_none())
             .map(|st| st.s)
             .collect()
     }
@@ -670,6 +713,30 @@ impl VmCtx {
         match self.spare.pop() {
             Some(e) => Ok(e),
             None => api::event_create_with(true, false).map_err(status_of),
+        }
+    }
+
+    /// The capture VM stream `id` takes part in, if any.
+    fn capture_of(&self, id: u32) -> Option<u64> {
+        self.streams.get(&id).and_then(|st| st.capture)
+    }
+
+    /// Whether CUDA stream `s` is capturing.
+    fn is_capturing(&self, s: CUstream) -> bool {
+        self.streams
+            .values()
+            .any(|st| st.s == s && st.capture.is_some())
+    }
+
+    /// Refuses an operation that would wait for capturing VM stream `id`, and invalidates its
+    /// capture, as CUDA does.
+    fn refuse_if_capturing(&mut self, id: u32) -> Result<(), Status> {
+        match self.capture_of(id) {
+            Some(cap) => {
+                self.invalid_captures.insert(cap);
+                Err(Status::CaptureUnsupported)
+            }
+            None => Ok(()),
         }
     }
 
@@ -721,6 +788,12 @@ impl CudaBackend {
         if len == 0 {
             return Ok(Issued::DONE);
         }
+        if self.ctx(vm)?.capture_of(at.stream).is_some() {
+            // Captured: it runs (and moves its bytes) when the graph does.
+            let s = self.ctx(vm)?.stream(at.stream)?;
+            copy(s).map_err(status_of)?;
+            return Ok(Issued::DONE);
+        }
         if self.accounting && self.shared {
             return self.timed(at, |s| copy(s).map_err(status_of));
         }
@@ -742,7 +815,9 @@ impl CudaBackend {
         work: impl FnOnce(CUstream) -> Result<(), Status>,
     ) -> Result<Issued, Status> {
         let vm = at.vm;
-        if self.accounting && self.shared {
+        // Captured work is not timed: it runs when the graph does.
+        let capturing = self.ctx(vm)?.capture_of(at.stream).is_some();
+        if self.accounting && self.shared && !capturing {
             return self.timed(at, work);
         }
         let c = self.ctx(vm)?;
@@ -1033,6 +1108,11 @@ impl Backend for CudaBackend {
             let Some(c) = self.ctxs.get_mut(&key.0) else {
                 continue;
             };
+            // A wake event recorded on a capturing stream would be captured: its earlier work
+            // is seen at the next recheck instead.
+            if c.is_capturing(s) {
+                continue;
+            }
             if api::ctx_set_current(c.ctx).is_err() {
                 return Wake::Poll;
             }
@@ -1214,6 +1294,7 @@ impl Handler for CudaBackend {
         let (streams, syncs_uses) = if all_streams {
             (c.streams_to_sync(), Some(c.uses))
         } else {
+            c.refuse_if_capturing(at.stream)?;
             (vec![c.stream(at.stream)?], None)
         };
         let mut events = Vec::with_capacity(streams.len());
@@ -1242,6 +1323,10 @@ impl Handler for CudaBackend {
         // have posted yet), no fence: the guest waits for its synchronisation's completion,
         // which comes after that failure's.
         if std::mem::take(&mut c.failed_since_fence) {
+            return Ok(Issued::DONE);
+        }
+        // Nothing runs on a capturing stream; a write queued there would be captured.
+        if c.capture_of(at.stream).is_some() {
             return Ok(Issued::DONE);
         }
         let Some(base) = c.staging_dev else {
@@ -1408,6 +1493,10 @@ impl Handler for CudaBackend {
             }
         };
         api::event_record(e, s).map_err(status_of)?;
+        match c.capture_of(at.stream) {
+            Some(cap) => c.captured_events.insert(event, cap),
+            None => c.captured_events.remove(&event),
+        };
         Ok(Issued::DONE)
     }
 
@@ -1415,6 +1504,7 @@ impl Handler for CudaBackend {
         // An event recorded behind the stream's work completes once that work has: the same
         // answer as cuStreamQuery, from the backend's own event pool.
         let c = self.ctx(at.vm)?;
+        c.refuse_if_capturing(at.stream)?;
         let s = c.stream(at.stream)?;
         let e = c.record_untimed(s)?;
         let done = api::event_query(e);
@@ -1429,8 +1519,22 @@ impl Handler for CudaBackend {
     fn stream_wait_event(&mut self, at: VmStream, event: u32) -> Result<Issued, Status> {
         let c = self.ctx(at.vm)?;
         let s = c.stream(at.stream)?;
-        if let Some(&e) = c.events.get(&event) {
-            api::stream_wait_event(s, e).map_err(status_of)?;
+        let Some(&e) = c.events.get(&event) else {
+            return Ok(Issued::DONE);
+        };
+        let before = c.capture_of(at.stream);
+        if let Err(r) = api::stream_wait_event(s, e) {
+            if let Some(cap) = before {
+                c.invalid_captures.insert(cap);
+            }
+            return Err(status_of(r));
+        }
+        // A wait for an event recorded in a capture joins the stream to that capture.
+        if before.is_none() && c.captured_events.contains_key(&event) {
+            let cap = api::stream_capture_id(s).map_err(status_of)?;
+            if let Some(st) = c.streams.get_mut(&at.stream) {
+                st.capture = cap;
+            }
         }
         Ok(Issued::DONE)
     }
@@ -1440,6 +1544,9 @@ impl Handler for CudaBackend {
         let Some(&e) = c.events.get(&event) else {
             return Ok(Issued::DONE);
         };
+        if c.captured_events.contains_key(&event) {
+            return Err(Status::CaptureUnsupported);
+        }
         match api::event_query(e).map_err(status_of)? {
             true => Ok(Issued::DONE),
             false => Err(Status::NotReady),
@@ -1452,6 +1559,10 @@ impl Handler for CudaBackend {
         let Some(&e) = c.events.get(&event) else {
             return Ok(Issued::DONE);
         };
+        // A wait of vgpud's private stream for it would join that stream to the capture.
+        if c.captured_events.contains_key(&event) {
+            return Err(Status::CaptureUnsupported);
+        }
         // Capture the record made so far: a private stream waits for it, then a token event
         // follows on that stream (a later re-record of the event does not move the token).
         let s = match c.sync_stream {
@@ -1559,6 +1670,80 @@ impl Handler for CudaBackend {
         let req = read_tensor_map_request(&c.staging, staging_offset)?;
         let map = api::tensor_map_encode(&req).map_err(|_| Status::InvalidArgument)?;
         write_tensor_map(&c.staging, staging_offset, &map)?;
+        Ok(Issued::DONE)
+    }
+
+    // Stream capture and graphs (1.7): CUDA's own, in the VM's context. A capturing stream's
+    // work is captured by the driver; vgpud issues it as usual but answers it at once and
+    // puts nothing of its own on the stream (see `capture` of [`VmCudaStream`]).
+
+    fn stream_begin_capture(&mut self, at: VmStream) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let s = c.stream(at.stream)?;
+        if c.capture_of(at.stream).is_some() {
+            return Err(Status::InvalidArgument);
+        }
+        api::stream_begin_capture(s).map_err(status_of)?;
+        let cap = api::stream_capture_id(s).map_err(status_of)?;
+        if let Some(st) = c.streams.get_mut(&at.stream) {
+            st.capture = cap;
+        }
+        Ok(Issued::DONE)
+    }
+
+    fn stream_end_capture(&mut self, at: VmStream) -> Result<Issued, Status> {
+        let h = self.handle()?;
+        let c = self.ctx(at.vm)?;
+        let Some(cap) = c.capture_of(at.stream) else {
+            return Err(Status::InvalidArgument);
+        };
+        let s = c.stream(at.stream)?;
+        let ended = api::stream_end_capture(s);
+        if ended != Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_UNMATCHED) {
+            // The capture is over (with or without a graph): its streams run work again.
+            for st in c.streams.values_mut().filter(|st| st.capture == Some(cap)) {
+                st.capture = None;
+            }
+            c.captured_events.retain(|_, k| *k != cap);
+        }
+        let g = ended.map_err(status_of)?;
+        if c.invalid_captures.remove(&cap) {
+            let _ = api::graph_destroy(g);
+            return Err(Status::CaptureInvalidated);
+        }
+        c.graphs.insert(h, g);
+        Ok(Issued::Done(h, 0))
+    }
+
+    fn graph_instantiate(&mut self, at: VmStream, graph: u64) -> Result<Issued, Status> {
+        let h = self.handle()?;
+        let c = self.ctx(at.vm)?;
+        let &g = c.graphs.get(&graph).ok_or(Status::InvalidArgument)?;
+        let x = api::graph_instantiate(g).map_err(status_of)?;
+        c.execs.insert(h, x);
+        Ok(Issued::Done(h, 0))
+    }
+
+    fn graph_launch(&mut self, at: VmStream, exec: u64) -> Result<Issued, Status> {
+        let &x = self
+            .ctx(at.vm)?
+            .execs
+            .get(&exec)
+            .ok_or(Status::InvalidArgument)?;
+        self.device_work(at, |s| api::graph_launch(x, s).map_err(status_of))
+    }
+
+    fn graph_exec_destroy(&mut self, at: VmStream, exec: u64) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let x = c.execs.remove(&exec).ok_or(Status::InvalidArgument)?;
+        api::graph_exec_destroy(x).map_err(status_of)?;
+        Ok(Issued::DONE)
+    }
+
+    fn graph_destroy(&mut self, at: VmStream, graph: u64) -> Result<Issued, Status> {
+        let c = self.ctx(at.vm)?;
+        let g = c.graphs.remove(&graph).ok_or(Status::InvalidArgument)?;
+        api::graph_destroy(g).map_err(status_of)?;
         Ok(Issued::DONE)
     }
 
