@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use vgpu_abi::regs::off;
 use vgpu_abi::{DeviceInfoPage, DeviceStatus, ShmView, Status};
@@ -87,8 +88,22 @@ static DRIVER: OnceLock<Result<Driver, CUresult>> = OnceLock::new();
 /// per process: vgpud takes one client per VM).
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 
+/// The environment variable that bounds each wait of the driver, in seconds.
+pub const TIMEOUT_ENV: &str = "VGPU_CUDA_TIMEOUT";
+
+/// How long one wait may last: as NVIDIA's driver, which waits for a kernel however long it
+/// runs, without a limit unless [`TIMEOUT_ENV`] sets one. A wait still ends when vgpud fences
+/// the VM, stops, or (a host process's socket) goes away.
+fn wait_limit() -> Duration {
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map_or(Duration::MAX, Duration::from_secs_f64)
+}
+
 fn open() -> Result<Driver, CUresult> {
-    let dev = Device::open_default().map_err(|e| {
+    let mut dev = Device::open_default().map_err(|e| {
         if crate::unsupported::warnings_enabled() {
             eprintln!("vgpu libcuda: no vGPU: {e}");
         }
@@ -107,6 +122,7 @@ fn open() -> Result<Driver, CUresult> {
     let runs_kernels = dev.info().capabilities & vgpu_abi::regs::CAP_MODULES != 0;
     // A thread waits as its current context's scheduling flag says.
     dev.set_wait_policy_source(crate::api::context::current_wait_policy);
+    dev.set_timeout(wait_limit());
     Ok(Driver {
         dev,
         info,

@@ -105,10 +105,26 @@ pub fn with_heap<T>(f: impl FnOnce(&mut Heap) -> T) -> Option<T> {
         let (off, len) = d.dev.spare_staging()?;
         let ring = crate::params::arena_len(len);
         let (off, len) = (off + ring, len - ring);
-        let base = d.staging_ptr(off, len) as usize;
+        let base = match aliased_staging(d) {
+            Some(staging) => staging + off as usize,
+            None => d.staging_ptr(off, len) as usize,
+        };
         *g = Some(Heap::new(base, off, len));
     }
     g.as_mut().map(f)
+}
+
+/// This process's address of the staging area mapped again where the device reaches it, when
+/// vgpud maps it into the VM's context (ABI 1.6) and that range is free here: page-locked
+/// memory taken from that mapping has one address for host and device, as CUDA's unified
+/// addressing promises (XLA hands such host pointers to kernels and memsets). Otherwise the
+/// heap is in the device's one mapping and its device addresses differ
+/// ([`device_address_of`]).
+fn aliased_staging(d: &crate::driver::Driver) -> Option<usize> {
+    let dev = d.staging_device_address()?;
+    let region = dev.checked_sub(d.dev.layout().staging_offset)?;
+    let view = d.dev.map_region_at(region)?;
+    Some(view.raw_range(d.dev.layout().staging_offset as usize, 0) as usize)
 }
 
 /// Where the device reaches the staging area (vgpud maps it into the VM's context, ABI 1.6),

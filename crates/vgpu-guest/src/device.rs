@@ -181,6 +181,14 @@ impl Device {
         self.view
     }
 
+    /// The whole shared region (BAR2) mapped a second time, at `addr`, for the rest of the
+    /// process: the same bytes at another address. `None` when that range is in use here or the
+    /// transport cannot map its region again (VFIO). vgpu's libcuda puts page-locked memory
+    /// where the device sees it, so that a host pointer is also a device pointer.
+    pub fn map_region_at(&self, addr: u64) -> Option<ShmView> {
+        self.transport.map_again_at(usize::try_from(addr).ok()?)
+    }
+
     // ---- doorbell and completion interrupt -------------------------------------------
 
     /// Rings the doorbell of the peer and vector the register page named when the device was

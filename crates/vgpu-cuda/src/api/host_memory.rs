@@ -290,11 +290,13 @@ enum Class {
 }
 
 fn classify(p: u64) -> Class {
-    if let Some((base, size)) = allocation_of(p) {
-        return Class::Device { base, size };
-    }
+    // Page-locked memory first: where it is mapped at its device address, its pointers are
+    // also inside the mapped staging area, device memory for copies, but host memory here.
     if let Some((base, r)) = host_range_of(p as usize) {
         return Class::Host { base, size: r.size };
+    }
+    if let Some((base, size)) = allocation_of(p) {
+        return Class::Device { base, size };
     }
     Class::Unknown
 }

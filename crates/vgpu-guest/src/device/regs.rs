@@ -1,6 +1,8 @@
 //! The register page: checked once when the device is opened (magic, ABI version, geometry),
 //! read fresh for [`DeviceInfo`] and for the fence check before and while waiting.
 
+use std::time::{Duration, Instant};
+
 use vgpu_abi::info::INFO_OFFSET;
 use vgpu_abi::regs::{self, off, Usage};
 use vgpu_abi::{DeviceInfoPage, DeviceStatus, Layout, LayoutError, RegisterPage, ShmView, Status};
@@ -207,7 +209,28 @@ impl Device {
         }
         Ok(())
     }
+
+    /// Why a wait that began at `t0` should end without what it waits for: the VM fenced, the
+    /// device stopped, vgpud gone (its socket closed: looked at only once the wait lasted
+    /// [`PEER_CHECK_AFTER`], a system call each time), or the timeout passed (`what` names
+    /// what was waited for).
+    pub(super) fn give_up(&self, t0: Instant, what: impl FnOnce() -> String) -> Option<Error> {
+        if let Err(e) = self.fenced() {
+            return Some(e);
+        }
+        let waited = t0.elapsed();
+        if waited > self.timeout {
+            return Some(Error::timeout(what(), self.timeout));
+        }
+        if waited > PEER_CHECK_AFTER && !self.transport.peer_alive() {
+            return Some(Error::Stopped);
+        }
+        None
+    }
 }
+
+/// How long a wait goes before it checks that vgpud is still there.
+const PEER_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

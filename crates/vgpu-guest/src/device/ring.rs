@@ -183,9 +183,8 @@ impl Device {
                     return Ok(tag);
                 }
                 None => {
-                    self.fenced()?;
-                    if t0.elapsed() > self.timeout {
-                        return Err(Error::timeout("a free submission-ring slot", self.timeout));
+                    if let Some(e) = self.give_up(t0, || "a free submission-ring slot".into()) {
+                        return Err(e);
                     }
                     backoff.snooze();
                 }
@@ -238,19 +237,14 @@ impl Device {
                 // only; once blocking (a block may last up to 100 ms), at every poll.
                 let give_up = if !polls.is_multiple_of(64) && !backoff.is_blocking() {
                     None
-                } else if let Err(e) = self.fenced() {
-                    Some(e)
-                } else if t0.elapsed() > self.timeout {
-                    let name = match Opcode::from_raw(opcode) {
-                        Some(op) => format!("{op:?}"),
-                        None => format!("opcode {opcode:#x}"),
-                    };
-                    Some(Error::timeout(
-                        format!("the completion of {name} (tag {tag})"),
-                        self.timeout,
-                    ))
                 } else {
-                    None
+                    self.give_up(t0, || {
+                        let name = match Opcode::from_raw(opcode) {
+                            Some(op) => format!("{op:?}"),
+                            None => format!("opcode {opcode:#x}"),
+                        };
+                        format!("the completion of {name} (tag {tag})")
+                    })
                 };
                 if let Some(e) = give_up {
                     r.pending.remove(&tag);
@@ -369,16 +363,9 @@ impl Device {
                     return Ok(out);
                 }
                 if !progress {
-                    let give_up = if let Err(e) = self.fenced() {
-                        Some(e)
-                    } else if last_progress.elapsed() > self.timeout {
-                        Some(Error::timeout(
-                            format!("batch completions ({} of {n} done)", out.len()),
-                            self.timeout,
-                        ))
-                    } else {
-                        None
-                    };
+                    let give_up = self.give_up(last_progress, || {
+                        format!("batch completions ({} of {n} done)", out.len())
+                    });
                     if let Some(e) = give_up {
                         for t in &waiting {
                             r.pending.remove(t);

@@ -119,4 +119,46 @@ pub(crate) trait Transport: Send + Sync + Debug {
     }
     /// A short description ("pci 0000:00:04.0", "socket /run/vgpu/vm1.sock").
     fn describe(&self) -> String;
+    /// Whether vgpud is still there, as far as the transport can tell (a socket's peer closes
+    /// it when vgpud exits, even when it is killed; a PCI device cannot tell).
+    fn peer_alive(&self) -> bool {
+        true
+    }
+    /// Maps the whole shared region a second time, at `addr`, for the rest of the process;
+    /// `None` when that range is in use or the transport cannot map its region again.
+    fn map_again_at(&self, addr: usize) -> Option<ShmView> {
+        let _ = addr;
+        None
+    }
+}
+
+/// Maps `len` bytes of `fd` (shared, read-write) at exactly `addr` for the rest of the process
+/// (never unmapped): `None` when anything is mapped there already.
+pub(crate) fn map_fixed(
+    fd: std::os::fd::BorrowedFd<'_>,
+    len: usize,
+    addr: usize,
+) -> Option<ShmView> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a new shared mapping where nothing is mapped (FIXED_NOREPLACE refuses a range in
+    // use; a kernel that ignores the flag may place it elsewhere, which is checked and undone),
+    // so no memory of this process changes under anyone.
+    let p = unsafe {
+        rustix::mm::mmap(
+            addr as *mut std::ffi::c_void,
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED | MapFlags::FIXED_NOREPLACE,
+            fd,
+            0,
+        )
+    }
+    .ok()?;
+    if p as usize != addr {
+        // SAFETY: the mapping just made, which nothing uses.
+        let _ = unsafe { rustix::mm::munmap(p, len) };
+        return None;
+    }
+    // SAFETY: a page-aligned read-write mapping of `len` bytes that is never unmapped.
+    Some(unsafe { ShmView::new(p.cast(), len) })
 }

@@ -313,4 +313,10 @@ impl Transport for PciTransport {
                 .unwrap_or_else(|| self.dir.display().to_string())
         )
     }
+
+    fn map_again_at(&self, addr: usize) -> Option<ShmView> {
+        use std::os::fd::AsFd;
+        let f = open_rw(&self.dir.join("resource2")).ok()?;
+        super::map_fixed(f.as_fd(), self.bar2.view().len(), addr)
+    }
 }

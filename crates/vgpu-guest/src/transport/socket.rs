@@ -178,6 +178,8 @@ pub struct SocketTransport {
     path: PathBuf,
     /// Kept open for the transport's lifetime: closing it disconnects from vgpud.
     _sock: UnixStream,
+    /// The shared memory's fd, to map it again ([`Transport::map_again_at`]).
+    shm_file: File,
     shm: SharedMapping,
     own_id: u16,
     peers: BTreeMap<u16, Vec<OwnedFd>>,
@@ -218,6 +220,7 @@ impl SocketTransport {
         let t = Self {
             path: path.to_path_buf(),
             _sock: sock,
+            shm_file: file,
             shm: SharedMapping::new(shm, len),
             own_id: s.own_id,
             peers: s.peers,
@@ -268,5 +271,30 @@ impl Transport for SocketTransport {
 
     fn describe(&self) -> String {
         format!("socket {}", self.path.display())
+    }
+
+    fn peer_alive(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&self._sock, PollFlags::RDHUP)];
+        // Zero timeout: only asks. vgpud never writes on the socket after the set-up, so
+        // RDHUP/HUP (or an error) can only mean it closed its end.
+        match poll(
+            &mut fds,
+            Some(&Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            }),
+        ) {
+            Ok(0) => true,
+            Ok(_) => !fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            Err(_) => true,
+        }
+    }
+
+    fn map_again_at(&self, addr: usize) -> Option<ShmView> {
+        use std::os::fd::AsFd;
+        super::map_fixed(self.shm_file.as_fd(), self.shm.view().len(), addr)
     }
 }

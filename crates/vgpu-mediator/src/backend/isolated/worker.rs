@@ -73,22 +73,84 @@ pub fn worker_main(args: &[String]) -> i32 {
     }
 }
 
-/// Maps one of the passed memfds (whole file); the fd stays open (owned by the returned file)
-/// for the worker's life.
-fn map(fd: i32) -> Result<(File, MmapMut, ShmView), WorkerError> {
+/// Where a worker maps the VM's shared region when that range is free. The context registers
+/// the region, and with unified addressing its device address is this address: a guest that
+/// maps the region at the same address (vgpu's libcuda does) hands out page-locked host
+/// pointers that are also device pointers, as CUDA promises (XLA launches kernels and fills
+/// memory through such pointers). Far below where Linux places mappings (under the stack, near
+/// 128 TiB) and above where it places programs and their heaps: free in almost every process.
+pub const REGION_ADDRESS: usize = 0x5f00_0000_0000;
+
+/// A mapping of one of the passed memfds, the whole file, kept for the worker's life.
+enum Mapping {
+    /// Where the kernel chose.
+    Anywhere(MmapMut),
+    /// At [`REGION_ADDRESS`].
+    Fixed { ptr: *mut u8, len: usize },
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if let Mapping::Fixed { ptr, len } = *self {
+            // SAFETY: this value made the mapping and nothing uses it once the worker drops it
+            // (at its end).
+            let _ = unsafe { rustix::mm::munmap(ptr.cast(), len) };
+        }
+    }
+}
+
+/// Maps one of the passed memfds (whole file), at `at` if that range is free; the fd stays
+/// open (owned by the returned file) for the worker's life.
+fn map(fd: i32, at: Option<usize>) -> Result<(File, Mapping, ShmView), WorkerError> {
     let io = |source| WorkerError::Fd { fd, source };
     // SAFETY: vgpud dup2'ed this fd here before exec (see `spawn`); nothing else in this process
     // refers to it, so this File is its only owner.
     let file = unsafe { File::from_raw_fd(fd) };
     let len = usize::try_from(file.metadata().map_err(io)?.len())
         .map_err(|e| io(std::io::Error::other(e)))?;
-    // SAFETY: a memfd sized by vgpud, which never truncates it; the other side writes it
-    // concurrently, which is why it is only accessed through `ShmView`.
-    let mut m = unsafe { MmapOptions::new().len(len).map_mut(&file).map_err(io)? };
-    // SAFETY: `m` is a live, page-aligned mapping of `len` bytes, kept alive by the caller for
-    // as long as the view is used (the whole life of the worker).
-    let view = unsafe { ShmView::new(m.as_mut_ptr(), len) };
+    let mut m = match at.and_then(|addr| map_fixed(&file, len, addr)) {
+        Some(m) => m,
+        None => {
+            // SAFETY: a memfd sized by vgpud, which never truncates it; the other side writes
+            // it concurrently, which is why it is only accessed through `ShmView`.
+            let mm = unsafe { MmapOptions::new().len(len).map_mut(&file).map_err(io)? };
+            Mapping::Anywhere(mm)
+        }
+    };
+    let base = match &mut m {
+        Mapping::Anywhere(mm) => mm.as_mut_ptr(),
+        Mapping::Fixed { ptr, .. } => *ptr,
+    };
+    // SAFETY: `base` is a live, page-aligned mapping of `len` bytes, kept alive by the caller
+    // for as long as the view is used (the whole life of the worker).
+    let view = unsafe { ShmView::new(base, len) };
     Ok((file, m, view))
+}
+
+/// `len` bytes of `file` mapped shared at exactly `addr`, or `None` when anything is mapped
+/// there already.
+fn map_fixed(file: &File, len: usize, addr: usize) -> Option<Mapping> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a fresh shared mapping of the memfd where nothing is mapped (FIXED_NOREPLACE
+    // refuses a range in use; a kernel that ignores the flag may place it elsewhere, which is
+    // checked and undone), so no memory of this process changes under anyone.
+    let p = unsafe {
+        rustix::mm::mmap(
+            addr as *mut std::ffi::c_void,
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED | MapFlags::FIXED_NOREPLACE,
+            file,
+            0,
+        )
+    }
+    .ok()?;
+    if p as usize != addr {
+        // SAFETY: the mapping just made, used by nothing.
+        let _ = unsafe { rustix::mm::munmap(p, len) };
+        return None;
+    }
+    Some(Mapping::Fixed { ptr: p.cast(), len })
 }
 
 fn open_backend(a: &WorkerArgs) -> Result<Box<dyn Backend>, WorkerError> {
@@ -111,8 +173,8 @@ fn open_backend(a: &WorkerArgs) -> Result<Box<dyn Backend>, WorkerError> {
 fn run(args: &[String]) -> Result<(), WorkerError> {
     let a = WorkerArgs::parse(args)?;
     let t0 = Instant::now();
-    let (_region_fd, _region_map, region) = map(FD_REGION)?;
-    let (_ring_fd, _ring_map, ring) = map(FD_RING)?;
+    let (_region_fd, _region_map, region) = map(FD_REGION, Some(REGION_ADDRESS))?;
+    let (_ring_fd, _ring_map, ring) = map(FD_RING, None)?;
     // SAFETY: as for the memfds: placed here by vgpud before exec, owned by nobody else.
     let doorbell = unsafe { OwnedFd::from_raw_fd(FD_DOORBELL) };
     // SAFETY: as for the doorbell.
