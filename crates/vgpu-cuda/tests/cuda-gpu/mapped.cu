@@ -1,7 +1,8 @@
 // Mapped page-locked host memory (zero copy): cudaHostAlloc(cudaHostAllocMapped), its device
 // pointer, a kernel that reads and writes it directly, the host reading the result after a
-// synchronisation, and a device-side memset through the device pointer. `result:` lines must
-// match native.
+// synchronisation, and a device-side memset through the device pointer; then, as unified
+// addressing promises and XLA relies on, the host pointer itself handed to a kernel and a
+// memset. `result:` lines must match native.
 #include <cstdio>
 #include <cuda_runtime.h>
 #include "check.h"
@@ -49,6 +50,17 @@ int main() {
     OK(cudaMemcpy(back, dev, n * sizeof(int), cudaMemcpyDeviceToHost));
     CHECK(back[5] == hin[5] && back[n - 1] == hin[n - 1]);
     printf("result: memset and copy through the device pointer: %d %d %d\n", hout[0], hout[1024], back[n - 1]);
+    // Unified addressing: the host pointer is the device pointer.
+    printf("result: host pointer is the device pointer %d %d\n", (void *)din == (void *)hin,
+           (void *)dout == (void *)hout);
+    CHECK((void *)din == (void *)hin && (void *)dout == (void *)hout);
+    square_plus<<<(n + 255) / 256, 256>>>(hin, hout, n, 3);
+    OK(cudaMemsetAsync(hout + 8, 0, 8 * sizeof(int)));
+    OK(cudaDeviceSynchronize());
+    bad = 0;
+    for (int i = 0; i < n; i++) bad += hout[i] != ((i >= 8 && i < 16) ? 0 : hin[i] * hin[i] + 3);
+    printf("result: kernel and memset through the host pointer: wrong %d\n", bad);
+    CHECK(bad == 0);
     OK(cudaFree(dev));
     OK(cudaFreeHost(hin));
     OK(cudaFreeHost(hout));
