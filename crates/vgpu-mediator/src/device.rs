@@ -398,9 +398,9 @@ impl VirtualDevice {
                 Ok(Issued::Done(f, nparams))
             }
             (Effect::EndCapture, Ok(i)) => {
-                let (g, _) = done(i)?;
+                let (g, nodes) = done(i)?;
                 self.graphs.insert(g);
-                Ok(Issued::Done(g, 0))
+                Ok(Issued::Done(g, nodes))
             }
             (Effect::Instantiate { .. }, Ok(i)) => {
                 let (x, _) = done(i)?;

@@ -83,7 +83,10 @@ fn capture_and_replay(cfg: ConfigBuilder) {
     drop(s.wait_event(&join).unwrap());
     drop(s.launch_body(body).unwrap());
     drop(s.copy_dtoh_staged(y, output, bytes).unwrap());
-    let g = dev.end_capture(s.id()).unwrap();
+    let (g, nodes) = dev.end_capture(s.id()).unwrap();
+    // The two copies, the memset and the launch at least (the driver makes the event record
+    // and wait edges; the cpu device counts them as commands).
+    assert!(nodes >= 4, "{nodes} nodes");
     assert_eq!(
         status_of(dev.end_capture(s.id()).unwrap_err()),
         Status::InvalidArgument,

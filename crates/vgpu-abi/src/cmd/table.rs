@@ -492,7 +492,8 @@ commands! {
         class Class { stream: true, ..Class::HOST };
         effect Effect::Work;
 
-    /// Ends the capture the entry's stream began (1.7). `result0` = the graph handle. A
+    /// Ends the capture the entry's stream began (1.7). `result0` = the graph handle,
+    /// `result1` = its number of nodes (on the cpu device, of recorded commands). A
     /// capture that was invalidated (work it could not record, a synchronisation of a
     /// capturing stream) completes with `CAPTURE_INVALIDATED` and leaves no graph; a stream
     /// that began no capture, `INVALID_ARGUMENT`. Every stream that joined the capture stops

@@ -107,9 +107,14 @@ pub fn resolve(c: CUcontext) -> Option<&'static Context> {
     LIVE.get(c as usize)
 }
 
-/// The calling thread's current context (NULL when none).
+/// The calling thread's current context (NULL when none, and while the thread's locals are
+/// being destroyed: the runtime unloads its modules from a destructor at exit).
 pub fn current() -> CUcontext {
-    STACK.with(|s| s.borrow().last().copied().unwrap_or(std::ptr::null_mut()))
+    STACK
+        .try_with(|s| s.borrow().last().copied())
+        .ok()
+        .flatten()
+        .unwrap_or(std::ptr::null_mut())
 }
 
 /// The current context, or `CUDA_ERROR_INVALID_CONTEXT` when the thread has none, or the
@@ -175,7 +180,9 @@ thread_local! {
 /// wait, on the waiting thread (`vgpu_guest::Device::set_wait_policy_source`).
 pub fn current_wait_policy() -> Option<WaitPolicy> {
     WAIT_FOR
-        .with(|w| w.get())
+        .try_with(|w| w.get())
+        .ok()
+        .flatten()
         .or_else(|| resolve(current()).map(wait_policy))
 }
 

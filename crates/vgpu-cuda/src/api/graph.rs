@@ -41,6 +41,8 @@ const STATUS_INVALIDATED: i32 = 2;
 #[derive(Debug)]
 pub struct GraphObj {
     host: AtomicU64,
+    /// Its number of nodes (as vgpud counted them when the capture ended).
+    nodes: AtomicU64,
 }
 
 static GRAPHS: Registry<GraphObj> = Registry::new();
@@ -145,7 +147,8 @@ pub(crate) fn unsafe_call() -> Result<(), CUresult> {
     if idle() {
         return Ok(());
     }
-    let mode = THREAD_MODE.with(Cell::get);
+    // At exit, with the thread's locals gone, as a thread that never chose a mode.
+    let mode = THREAD_MODE.try_with(Cell::get).unwrap_or(MODE_GLOBAL);
     if mode == MODE_RELAXED {
         return Ok(());
     }
@@ -179,14 +182,22 @@ pub(crate) fn recorded(event: u32, id: u32) {
     });
 }
 
-/// Whether event `event`'s latest record is in a capture in progress (it may not be queried,
-/// synchronised or timed: `CUDA_ERROR_CAPTURED_EVENT`).
+/// Refuses event `event` when its latest record is in a capture in progress: it may not be
+/// queried, synchronised or timed (`CUDA_ERROR_CAPTURED_EVENT`), and trying invalidates that
+/// capture, as on NVIDIA's driver.
 pub(crate) fn refuse_captured_event(event: u32) -> Result<(), CUresult> {
-    if idle() || !with_state(|s| s.events.contains_key(&event)) {
-        Ok(())
-    } else {
-        Err(CUresult::CUDA_ERROR_CAPTURED_EVENT)
+    if idle() {
+        return Ok(());
     }
+    with_state(|s| match s.events.get(&event) {
+        Some(cap) => {
+            if let Some(c) = s.captures.get_mut(cap) {
+                c.invalid = true;
+            }
+            Err(CUresult::CUDA_ERROR_CAPTURED_EVENT)
+        }
+        None => Ok(()),
+    })
 }
 
 /// vgpud stream `id` is about to wait for event `event` (`was_recorded`: it has a record at
@@ -247,6 +258,7 @@ fn begin(s: CUstream, mode: u32, per_thread: bool) -> Result<CUresult, CUresult>
         stream::is_blocking(s, per_thread).map_err(|_| CUresult::CUDA_ERROR_INVALID_HANDLE)?;
     let graph = GRAPHS.add(GraphObj {
         host: AtomicU64::new(0),
+        nodes: AtomicU64::new(0),
     });
     with_state(|st| {
         st.next_id += 1;
@@ -328,11 +340,12 @@ unsafe fn end(s: CUstream, out: *mut *mut c_void, per_thread: bool) -> Result<CU
     let graph = taken.graph;
     let ended = d.dev.end_capture(id).map_err(|e| driver::error_of(&e));
     let result = match ended {
-        Ok(h) if taken.invalid => {
+        Ok((h, _)) if taken.invalid => {
             let _ = d.dev.graph_destroy(h);
             Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED)
         }
-        Ok(h) => {
+        Ok((h, nodes)) => {
+            graph.nodes.store(nodes, Ordering::Release);
             graph.host.store(h, Ordering::Release);
             // SAFETY: as above.
             unsafe { out.write(Registry::handle(graph) as *mut c_void) };
@@ -653,6 +666,35 @@ pub extern "C" fn cuGraphExecDestroy(x: *mut c_void) -> CUresult {
         d.dev
             .graph_exec_destroy(exec)
             .map_err(|e| driver::error_of(&e))?;
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
+/// `cuGraphGetNodes`: the number of nodes (`nodes` NULL), as PyTorch asks to warn of an empty
+/// capture. The nodes themselves are the host driver's, in the VM's context: handing them
+/// out (`nodes` not NULL, a graph with nodes) answers `CUDA_ERROR_NOT_SUPPORTED`.
+///
+/// # Safety
+/// `count` is NULL or valid for reads and writes.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphGetNodes(
+    g: *mut c_void,
+    nodes: *mut *mut c_void,
+    count: *mut usize,
+) -> CUresult {
+    run("cuGraphGetNodes", || {
+        let o = graph(g)?;
+        if count.is_null() {
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+        }
+        let n = o.nodes.load(Ordering::Acquire) as usize;
+        if !nodes.is_null() && n > 0 {
+            return Err(crate::unsupported::report_owned(
+                "cuGraphGetNodes with a node array (graph nodes stay on the host)".into(),
+            ));
+        }
+        // SAFETY: non-NULL and valid (the caller's promise).
+        unsafe { count.write(n) };
         Ok(CUresult::CUDA_SUCCESS)
     })
 }

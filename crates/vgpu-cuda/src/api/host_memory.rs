@@ -358,7 +358,9 @@ pub unsafe extern "C" fn cuPointerGetAttribute(
     p: CUdeviceptr,
 ) -> CUresult {
     run("cuPointerGetAttribute", || {
-        require_current()?;
+        // No current context needed: NVIDIA's answers any thread (XLA asks from its transfer
+        // threads).
+        crate::driver::get()?;
         if data.is_null() {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
@@ -384,7 +386,8 @@ pub unsafe extern "C" fn cuPointerGetAttributes(
     p: CUdeviceptr,
 ) -> CUresult {
     run("cuPointerGetAttributes", || {
-        require_current()?;
+        // As cuPointerGetAttribute: any thread.
+        crate::driver::get()?;
         if n > 0 && (attrs.is_null() || data.is_null()) {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }

@@ -38,10 +38,17 @@ pub fn allocation_of(p: u64) -> Option<(u64, u64)> {
 }
 
 /// The mapped staging area (page-locked host memory seen at its device address, ABI 1.6) when
-/// it holds `p`: copies and memsets through that address are device memory operations.
+/// it holds `p`: copies and memsets through that address are device memory operations. Not
+/// for a pointer this process's page-locked memory hands out, where it is mapped at its device
+/// address ([`crate::pinned`]): that is host memory to copies, as page-locked memory is to
+/// NVIDIA's driver.
 fn mapped_staging_holding(p: u64) -> Option<(u64, u64)> {
     let (base, size) = driver::get().ok()?.mapped_staging()?;
-    (p >= base && p - base < size).then_some((base, size))
+    if p < base || p - base >= size {
+        return None;
+    }
+    let host = usize::try_from(p).ok();
+    (host.and_then(|h| crate::pinned::staging_of(h, 1)).is_none()).then_some((base, size))
 }
 
 /// How far device memory from `p` reaches, `(start, size)`: the allocation, module global or

@@ -34,9 +34,10 @@ impl Device {
             .map(drop)
     }
 
-    /// Ends the capture `stream` began; returns the graph handle.
-    pub fn end_capture(&self, stream: u32) -> Result<u64, Error> {
-        Ok(self.graph_cmd(Command::StreamEndCapture, stream)?.result0)
+    /// Ends the capture `stream` began; returns the graph handle and its number of nodes.
+    pub fn end_capture(&self, stream: u32) -> Result<(u64, u64), Error> {
+        let c = self.graph_cmd(Command::StreamEndCapture, stream)?;
+        Ok((c.result0, c.result1))
     }
 
     /// Makes an executable graph of `graph`; returns its handle.

@@ -136,15 +136,16 @@ impl Captures {
     }
 
     /// Ends the capture `stream` began: every stream in it stops capturing, and its recording
-    /// becomes graph `handle` (`CAPTURE_INVALIDATED` when it was invalidated,
-    /// `INVALID_ARGUMENT` when `stream` began none).
-    pub fn end(&mut self, stream: u32, handle: u64) -> Result<u64, Status> {
+    /// becomes graph `handle`, returned with its number of commands (`CAPTURE_INVALIDATED`
+    /// when it was invalidated, `INVALID_ARGUMENT` when `stream` began none).
+    pub fn end(&mut self, stream: u32, handle: u64) -> Result<(u64, u64), Status> {
         let rec = self.open.remove(&stream).ok_or(Status::InvalidArgument)?;
         self.streams.retain(|_, o| *o != stream);
         self.events.retain(|_, o| *o != stream);
         let rec = rec.ok_or(Status::CaptureInvalidated)?;
+        let nodes = rec.len() as u64;
         self.graphs.insert(handle, rec.into());
-        Ok(handle)
+        Ok((handle, nodes))
     }
 
     /// Makes executable graph `handle` of `graph`.
@@ -234,7 +235,10 @@ mod tests {
             Ok(Route::Run)
         );
         assert_eq!(c.end(2, 99), Err(Status::InvalidArgument), "2 began none");
-        assert_eq!(c.end(1, 40), Ok(40));
+        // Three commands went into the graph of stream 1's capture (then 2's record).
+        let (g, nodes) = c.end(1, 40).unwrap();
+        assert_eq!(g, 40);
+        assert!(nodes >= 3, "{nodes}");
         assert!(!c.capturing(1) && !c.capturing(2));
         assert_eq!(c.instantiate(40, 41), Ok(41));
         let got: Vec<Command> = c.exec(41).unwrap().to_vec();

@@ -853,8 +853,8 @@ impl Handler for CpuBackend {
 
     fn stream_end_capture(&mut self, at: VmStream) -> Result<Issued, Status> {
         let h = self.handle();
-        let g = self.ctx(at.vm)?.captures.end(at.stream, h)?;
-        Ok(Issued::Done(g, 0))
+        let (g, nodes) = self.ctx(at.vm)?.captures.end(at.stream, h)?;
+        Ok(Issued::Done(g, nodes))
     }
 
     fn graph_instantiate(&mut self, at: VmStream, graph: u64) -> Result<Issued, Status> {

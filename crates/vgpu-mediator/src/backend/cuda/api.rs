@@ -395,20 +395,13 @@ fn write_value32_fn() -> CuResult<WriteValue32> {
 }
 
 /// Has the device write `value` at `addr` (device-visible memory, for example registered host
-/// memory's [`host_device_pointer`]) once `s`'s earlier work is done; with `barrier`, after a
-/// memory barrier, so that the earlier work's writes are visible before it.
-pub fn stream_write_value32(
-    s: CUstream,
-    addr: CUdeviceptr,
-    value: u32,
-    barrier: bool,
-) -> CuResult<()> {
+/// memory's [`host_device_pointer`]) once `s`'s earlier work is done, after a memory barrier,
+/// so that the earlier work's writes are visible before it. (The entry point of CUDA 12 takes
+/// no other flag: `CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER` is INVALID_VALUE there, measured
+/// on the H200.)
+pub fn stream_write_value32(s: CUstream, addr: CUdeviceptr, value: u32) -> CuResult<()> {
     let f = write_value32_fn()?;
-    let flags = if barrier {
-        sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32
-    } else {
-        sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER as u32
-    };
+    let flags = sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32;
     // SAFETY: a live stream of the current context; `addr` is device-visible memory the
     // caller keeps registered while work is queued (the driver checks the address).
     check(unsafe { f(s, addr, value, flags) })
@@ -560,6 +553,14 @@ pub fn graph_launch(x: CUgraphExec, s: CUstream) -> CuResult<()> {
 pub fn graph_exec_destroy(x: CUgraphExec) -> CuResult<()> {
     // SAFETY: live executable graph, destroyed once.
     check(unsafe { sys::cuGraphExecDestroy(x) })
+}
+
+/// How many nodes a graph has.
+pub fn graph_node_count(g: CUgraph) -> CuResult<u64> {
+    let mut n = 0usize;
+    // SAFETY: live graph; a NULL node array asks for the count only, written to `n`.
+    check(unsafe { sys::cuGraphGetNodes(g, ptr::null_mut(), &mut n) })?;
+    Ok(n as u64)
 }
 
 /// Destroys a graph.

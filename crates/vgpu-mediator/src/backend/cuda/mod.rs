@@ -260,9 +260,6 @@ struct VmCudaStream {
     s: CUstream,
     /// The VM's use count ([`VmCtx::uses`]) at this stream's latest use.
     used: u64,
-    /// A copy into staging was queued since the stream's last fence: the next fence's write
-    /// must come after a memory barrier, so that the guest sees the copied bytes first.
-    wrote_staging: bool,
     /// The id of the capture the stream takes part in (1.7): its work is captured, not run,
     /// so vgpud records no token event on it, waits for nothing of it and answers its work
     /// at once.
@@ -691,7 +688,6 @@ impl VmCtx {
             VmCudaStream {
                 s,
                 used: self.uses,
-                wrote_staging: false,
                 capture: None,
             },
         );
@@ -1219,9 +1215,6 @@ impl Handler for CudaBackend {
     ) -> Result<Issued, Status> {
         let c = self.ctxs.get_mut(&at.vm).ok_or(Status::Internal)?;
         let dst = c.staging_ptr(staging_offset, len)?;
-        if let Some(st) = c.streams.get_mut(&at.stream) {
-            st.wrote_staging = true;
-        }
         // SAFETY: as for `copy_h2d`; nothing in vgpud holds a reference into staging.
         self.staged_copy(at, len, |s| unsafe { api::memcpy_dtoh(dst, src, len, s) })
     }
@@ -1333,14 +1326,7 @@ impl Handler for CudaBackend {
             return Ok(Issued::DONE);
         };
         let s = c.stream(at.stream)?;
-        // The write waits for the stream's earlier work in any case; the memory barrier before
-        // it (which costs the GPU a system-wide flush) is needed only after a copy into staging.
-        let barrier = c
-            .streams
-            .get_mut(&at.stream)
-            .is_some_and(|st| std::mem::take(&mut st.wrote_staging));
-        // A hint: if the device cannot take it, the synchronisation behind it still answers.
-        if let Err(r) = api::stream_write_value32(s, base + staging_offset, value, barrier) {
+        if let Err(r) = api::stream_write_value32(s, base + staging_offset, value) {
             debug!("cuStreamWriteValue32: {r:?}; the guest waits for the completion");
         }
         Ok(Issued::DONE)
@@ -1711,8 +1697,9 @@ impl Handler for CudaBackend {
             let _ = api::graph_destroy(g);
             return Err(Status::CaptureInvalidated);
         }
+        let nodes = api::graph_node_count(g).map_err(status_of)?;
         c.graphs.insert(h, g);
-        Ok(Issued::Done(h, 0))
+        Ok(Issued::Done(h, nodes))
     }
 
     fn graph_instantiate(&mut self, at: VmStream, graph: u64) -> Result<Issued, Status> {
