@@ -86,6 +86,13 @@ def field(text, key):
     return m.group(0) if m else None
 
 
+def fault_line(text):
+    """What a fault run's fault did (`launch=... sync=... after=...`), or None. The warm-up's
+    result line starts with `result: fault` too."""
+    m = re.search(r"^result: fault (launch=.*)$", text, re.M)
+    return m.group(1) if m else None
+
+
 def load_rate(text):
     m = re.search(r"^load: .* rate=([0-9.]+)/s", text, re.M)
     return float(m.group(1)) if m else None
@@ -153,8 +160,7 @@ def main():
     # native: the reference throughput; A alone through vgpu next to it (both reported).
     native_rate = load_rate(txt["native"])
     native_ok = rc_of(d, "native") == 0 and "\nPASS" in "\n" + txt["native"]
-    nf = field(txt["native-fault"], "result: fault")
-    nf = nf.removeprefix("result: fault ") if nf else None
+    nf = fault_line(txt["native-fault"])
     alone = Window(d, "alone0", "alone1")
     a_alone = rate(prog["a"], alone.t0, alone.t1) if alone.ok else None
     res["native"] = {"rate_per_s": native_rate, "exit": rc_of(d, "native"), "fault": nf}
@@ -260,8 +266,8 @@ def main():
     )
 
     # fault: B's error, and vgpud kept A going.
-    fr = field(txt["fault"], "result: fault")
-    fr = fr.removeprefix("result: fault ") if fr else None
+    # The fault's own line (the warm-up's line starts the same way).
+    fr = fault_line(txt["fault"])
     fs = snapshot(d, "fault")
     why = []
     if rc_of(d, "fault") != 0 or "sync=CUDA_ERROR_ILLEGAL_ADDRESS" not in (fr or ""):
