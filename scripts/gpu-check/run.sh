@@ -31,7 +31,7 @@
 #                     cupy,numba,jax,cuda_bindings), e.g. to split the stage across commands
 #   VGPU_FW_TIMEOUT   seconds each framework script may run, per run (default 240; the traced
 #                     re-run of a failing one gets VGPU_FW_TRACE_TIMEOUT, default 120)
-#   VGPU_FW_BENCH_RUNS  runs of each side in the fw-bench stage (default 2); each may take
+#   VGPU_FW_BENCH_RUNS  runs of each side in the fw-bench stage (default 3); each may take
 #                     VGPU_FW_BENCH_TIMEOUT seconds (default 600)
 #   VGPU_FW_BACKEND   vgpud backend of the frameworks stage (default cuda; cpu only to test
 #                     this script without a GPU: no native runs, no kernels, the report says so)
@@ -593,7 +593,7 @@ stage_frameworks() {
 # ---- fw-bench: PyTorch models, native vs through vgpu (issue 15) --------------------------
 # frameworks/bench_torch.py (ResNet-50 bf16 inference, GPT-2 greedy decoding, a ResNet-50
 # training step) runs on NVIDIA's driver and through vgpu's libcuda.so.1, alternating,
-# VGPU_FW_BENCH_RUNS times each (default 2; a fresh vgpud for each vgpu run); fw-bench.log has
+# VGPU_FW_BENCH_RUNS times each (default 3; a fresh vgpud for each vgpu run); fw-bench.log has
 # the table of medians, fw-bench.json the figures and ratios (vgpu / native, rates: higher is
 # better). GPT-2's greedy tokens must be the same both ways.
 stage_fw-bench() {
@@ -606,7 +606,7 @@ stage_fw-bench() {
     record fw-bench SKIP $((SECONDS - t0)) "SKIPPED: $py cannot import torch, torchvision and transformers ($(tail -n 1 "$dir/import" | cut -c1-120))"
     return
   fi
-  for r in $(seq 1 "${VGPU_FW_BENCH_RUNS:-2}"); do
+  for r in $(seq 1 "${VGPU_FW_BENCH_RUNS:-3}"); do
     fw_run native "$dir" "$dir/native-$r.txt" "$here/frameworks/bench_torch.py"
     start_cuda_vgpud "$dir" "$out/fw-bench-vgpud-$r.log" ""
     vpid=$!

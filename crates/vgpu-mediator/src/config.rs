@@ -323,11 +323,14 @@ fn default_max_streams() -> u32 {
 fn default_max_events() -> u32 {
     vgpu_abi::cmd::MAX_EVENTS
 }
+// PyTorch training ResNet-50 (cuDNN, cuBLAS, PyTorch's own kernels, each library's kernels
+// loaded as they are first used) loads about 120 modules; 64 refused its bf16 GEMMs (H200,
+// 2026-11-30). A limit that bounds a VM's host-side driver state, well above any framework.
 fn default_max_modules() -> u32 {
-    64
+    4096
 }
 fn default_max_module_bytes() -> ByteSize {
-    ByteSize(256 << 20)
+    ByteSize(4 << 30)
 }
 fn default_max_kernel_ms() -> u64 {
     10_000

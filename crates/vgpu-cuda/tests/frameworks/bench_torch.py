@@ -65,7 +65,7 @@ def resnet50():
         with torch.no_grad():
             model(x)
 
-    metric("resnet50_infer_bf16_b64", 64, timed(step, 5, 30), "images/s")
+    metric("resnet50_infer_bf16_b64", 64, timed(step, 10, 50), "images/s")
 
 
 def gpt2():
@@ -81,7 +81,7 @@ def gpt2():
             past = out.past_key_values
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             got = []
-            for _ in range(64):
+            for _ in range(128):
                 t = time.perf_counter()
                 out = model(nxt, past_key_values=past, use_cache=True)
                 past = out.past_key_values
@@ -113,7 +113,7 @@ def train():
         loss.backward()
         opt.step()
 
-    metric("resnet50_train_step_b32_bf16", 1, timed(step, 5, 20), "steps/s")
+    metric("resnet50_train_step_b32_bf16", 1, timed(step, 5, 30), "steps/s")
 
 
 BENCHES = {"resnet50": resnet50, "gpt2": gpt2, "train": train}
