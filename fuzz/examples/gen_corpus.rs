@@ -182,6 +182,16 @@ fn commands() -> Vec<(&'static str, Command)> {
                 prot: vgpu_abi::cmd::PROT_READWRITE,
             },
         ),
+        (
+            "tensor_map_encode",
+            Command::TensorMapEncode { staging_offset: 0 },
+        ),
+        ("stream_begin_capture", Command::StreamBeginCapture),
+        ("stream_end_capture", Command::StreamEndCapture),
+        ("graph_instantiate", Command::GraphInstantiate { graph: 1 }),
+        ("graph_launch", Command::GraphLaunch { exec: 2 }),
+        ("graph_exec_destroy", Command::GraphExecDestroy { exec: 2 }),
+        ("graph_destroy", Command::GraphDestroy { graph: 1 }),
     ]
 }
 

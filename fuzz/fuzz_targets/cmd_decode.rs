@@ -116,6 +116,9 @@ fn check_accepted(cmd: &Command, staging: u64) {
         Command::MemSetAccess { ptr, size, prot } => {
             assert!(ptr.checked_add(size).is_some() && prot == vgpu_abi::cmd::PROT_READWRITE)
         }
+        Command::TensorMapEncode { staging_offset } => {
+            assert!(inside(staging_offset, vgpu_abi::tensormap::STAGING_BYTES))
+        }
         Command::Nop
         | Command::GetInfo
         | Command::MemGranularity
