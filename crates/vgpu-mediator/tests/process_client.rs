@@ -270,3 +270,47 @@ fn idle_vgpud_burns_no_cpu() {
     drop(dev);
     d.stop();
 }
+
+/// A wait with no time limit (vgpu's libcuda waits as NVIDIA's driver does) goes on while
+/// vgpud is only slow (here stopped), and ends with `Stopped` once vgpud is gone.
+#[test]
+fn a_wait_without_limit_ends_when_vgpud_is_gone() {
+    let mut d = start(&[Vm::new("gone", 1)]);
+    let mut dev = Device::connect(&d.socket("gone")).unwrap();
+    dev.set_timeout(Duration::MAX);
+    dev.nop().unwrap();
+    signal(&d.child, rustix::process::Signal::STOP);
+    // The signal takes effect asynchronously: the nop must be sent once every thread of
+    // vgpud is stopped.
+    let tasks = format!("/proc/{}/task", d.child.id());
+    let stopped = || {
+        std::fs::read_dir(&tasks).unwrap().all(|t| {
+            std::fs::read_to_string(t.unwrap().path().join("stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                == Some(true)
+        })
+    };
+    let t0 = Instant::now();
+    while !stopped() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "vgpud did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(dev.nop());
+    });
+    // Past the second after which a wait looks at the socket: vgpud is there, the wait goes on.
+    if let Ok(r) = rx.recv_timeout(Duration::from_millis(2500)) {
+        panic!("the wait ended while vgpud was only stopped: {r:?}");
+    }
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    let t0 = Instant::now();
+    let got = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the wait did not end after vgpud was killed");
+    assert!(matches!(got, Err(Error::Stopped)), "{got:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    waiter.join().unwrap();
+}

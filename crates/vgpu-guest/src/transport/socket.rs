@@ -176,8 +176,9 @@ pub fn read_setup(sock: &UnixStream) -> Result<Setup, Error> {
 #[derive(Debug)]
 pub struct SocketTransport {
     path: PathBuf,
-    /// Kept open for the transport's lifetime: closing it disconnects from vgpud.
-    _sock: UnixStream,
+    /// Kept open for the transport's lifetime: closing it disconnects from vgpud (and vgpud
+    /// closing it means vgpud is gone, [`Transport::peer_alive`]).
+    sock: UnixStream,
     /// The shared memory's fd, to map it again ([`Transport::map_again_at`]).
     shm_file: File,
     shm: SharedMapping,
@@ -219,7 +220,7 @@ impl SocketTransport {
         let irq = s.own.swap_remove(0);
         let t = Self {
             path: path.to_path_buf(),
-            _sock: sock,
+            sock,
             shm_file: file,
             shm: SharedMapping::new(shm, len),
             own_id: s.own_id,
@@ -275,7 +276,7 @@ impl Transport for SocketTransport {
 
     fn peer_alive(&self) -> bool {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        let mut fds = [PollFd::new(&self._sock, PollFlags::RDHUP)];
+        let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP)];
         // Zero timeout: only asks. vgpud never writes on the socket after the set-up, so
         // RDHUP/HUP (or an error) can only mean it closed its end.
         match poll(
