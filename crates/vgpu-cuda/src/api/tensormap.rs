@@ -91,6 +91,7 @@ unsafe fn put_map(p: *mut c_void, map: &Map) {
 
 /// The fields both encoders share.
 struct Common {
+    tensor_map: *mut c_void,
     data_type: c_uint,
     rank: c_uint,
     global_address: *mut c_void,
@@ -110,7 +111,7 @@ impl Common {
     /// The arrays are NULL or valid for reads of their entries for `rank`.
     unsafe fn request(&self, kind: u32, min_rank: usize) -> Result<TensorMapRequest, CUresult> {
         let rank = self.rank as usize;
-        if !(min_rank..=MAX_RANK).contains(&rank) {
+        if self.tensor_map.is_null() || !(min_rank..=MAX_RANK).contains(&rank) {
             return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
         let mut r = TensorMapRequest {
@@ -140,6 +141,17 @@ impl Common {
         }
         Ok(r)
     }
+
+    /// Encodes `req` (this call's request, completed) into the program's `CUtensorMap`.
+    ///
+    /// # Safety
+    /// `tensor_map` is 128 writable bytes (checked non-NULL by [`Self::request`]).
+    unsafe fn encode_into(&self, req: &TensorMapRequest) -> Result<CUresult, CUresult> {
+        let map = encode(req)?;
+        // SAFETY: the caller's promise.
+        unsafe { put_map(self.tensor_map, &map) };
+        Ok(CUresult::CUDA_SUCCESS)
+    }
 }
 
 /// `cuTensorMapEncodeTiled`.
@@ -164,10 +176,8 @@ pub unsafe extern "C" fn cuTensorMapEncodeTiled(
     oob_fill: c_uint,
 ) -> CUresult {
     run("cuTensorMapEncodeTiled", || {
-        if tensor_map.is_null() {
-            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
-        }
         let c = Common {
+            tensor_map,
             data_type,
             rank,
             global_address,
@@ -183,10 +193,8 @@ pub unsafe extern "C" fn cuTensorMapEncodeTiled(
         let mut req = unsafe { c.request(KIND_TILED, 1)? };
         // SAFETY: as above.
         unsafe { read_array(box_dim, rank as usize, &mut req.box_dim)? };
-        let map = encode(&req)?;
         // SAFETY: the caller's CUtensorMap is 128 writable bytes.
-        unsafe { put_map(tensor_map, &map) };
-        Ok(CUresult::CUDA_SUCCESS)
+        unsafe { c.encode_into(&req) }
     })
 }
 
@@ -214,10 +222,8 @@ pub unsafe extern "C" fn cuTensorMapEncodeIm2col(
     oob_fill: c_uint,
 ) -> CUresult {
     run("cuTensorMapEncodeIm2col", || {
-        if tensor_map.is_null() {
-            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
-        }
         let c = Common {
+            tensor_map,
             data_type,
             rank,
             global_address,
@@ -239,10 +245,8 @@ pub unsafe extern "C" fn cuTensorMapEncodeIm2col(
             read_array(lower_corner, corners, &mut req.lower_corner)?;
             read_array(upper_corner, corners, &mut req.upper_corner)?;
         }
-        let map = encode(&req)?;
         // SAFETY: the caller's CUtensorMap is 128 writable bytes.
-        unsafe { put_map(tensor_map, &map) };
-        Ok(CUresult::CUDA_SUCCESS)
+        unsafe { c.encode_into(&req) }
     })
 }
 

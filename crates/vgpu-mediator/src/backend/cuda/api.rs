@@ -104,17 +104,24 @@ pub fn device_attribute(d: CUdevice, a: CUdevice_attribute) -> CuResult<i32> {
     Ok(v)
 }
 
+/// A driver entry point by its C name, typed `F`: for the prototypes whose enums the binding's
+/// Rust enums cannot carry (a value an enum does not declare may not be held by it), called
+/// with raw integers instead.
+///
+/// # Safety
+/// `F` is the symbol's C prototype; the driver library is loaded (a device exists).
+unsafe fn raw_entry<F: Copy>(name: &[u8]) -> CuResult<F> {
+    // SAFETY: the caller names the symbol's prototype.
+    let f = unsafe { sys::culib().get::<F>(name) };
+    f.map(|f| *f).map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)
+}
+
 /// A device attribute by its number, for every attribute the driver defines, including those
 /// the Rust enum of this binding lacks (an enum may not hold a value it does not declare).
 pub fn device_attribute_raw(d: CUdevice, a: i32) -> CuResult<i32> {
     type GetAttribute = unsafe extern "C" fn(*mut i32, i32, CUdevice) -> CUresult;
-    // SAFETY: the driver library is loaded by the time a device exists; the symbol's C type
-    // takes the attribute as a 32-bit enum, passed exactly as an i32.
-    let f: GetAttribute = unsafe {
-        *sys::culib()
-            .get::<GetAttribute>(b"cuDeviceGetAttribute\0")
-            .map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?
-    };
+    // SAFETY: the symbol's C type takes the attribute as a 32-bit enum, passed as an i32.
+    let f: GetAttribute = unsafe { raw_entry(b"cuDeviceGetAttribute\0")? };
     let mut v = 0i32;
     // SAFETY: `v` is a valid out-pointer; an unknown attribute is an error, not UB.
     check(unsafe { f(&mut v, a, d) })?;
@@ -166,13 +173,8 @@ pub fn tensor_map_encode(
     let addr = r.global_address as *mut std::ffi::c_void;
     let res = match r.kind {
         KIND_TILED => {
-            // SAFETY: the driver library is loaded by the time a context exists; the symbol's
-            // C type takes its enums as 32-bit values, passed exactly as u32.
-            let f: Tiled = unsafe {
-                *sys::culib()
-                    .get::<Tiled>(b"cuTensorMapEncodeTiled\0")
-                    .map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?
-            };
+            // SAFETY: the symbol's C type takes its enums as 32-bit values, passed as u32.
+            let f: Tiled = unsafe { raw_entry(b"cuTensorMapEncodeTiled\0")? };
             // SAFETY: `map` is a valid, aligned out-pointer; the arrays hold MAX_RANK entries,
             // at least the `rank` the driver reads (it refuses a larger rank); the global
             // address is only encoded, never dereferenced on the host.
@@ -195,11 +197,7 @@ pub fn tensor_map_encode(
         }
         KIND_IM2COL => {
             // SAFETY: as for the tiled encoder.
-            let f: Im2col = unsafe {
-                *sys::culib()
-                    .get::<Im2col>(b"cuTensorMapEncodeIm2col\0")
-                    .map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?
-            };
+            let f: Im2col = unsafe { raw_entry(b"cuTensorMapEncodeIm2col\0")? };
             // SAFETY: as for the tiled encoder; the corners hold MAX_RANK - 2 entries, the most
             // the driver reads (rank - 2).
             unsafe {
@@ -236,13 +234,8 @@ pub fn tensor_map_encode(
 /// enum declares).
 pub fn func_attribute(f: CUfunction, a: i32) -> CuResult<i32> {
     type GetAttribute = unsafe extern "C" fn(*mut i32, i32, CUfunction) -> CUresult;
-    // SAFETY: the driver library is loaded by the time a function exists; the symbol's C type
-    // takes the attribute as a 32-bit enum, passed exactly as an i32.
-    let get: GetAttribute = unsafe {
-        *sys::culib()
-            .get::<GetAttribute>(b"cuFuncGetAttribute\0")
-            .map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?
-    };
+    // SAFETY: the symbol's C type takes the attribute as a 32-bit enum, passed as an i32.
+    let get: GetAttribute = unsafe { raw_entry(b"cuFuncGetAttribute\0")? };
     let mut v = 0i32;
     // SAFETY: `v` is a valid out-pointer; an unknown attribute or function is an error.
     check(unsafe { get(&mut v, a, f) })?;
@@ -253,11 +246,7 @@ pub fn func_attribute(f: CUfunction, a: i32) -> CuResult<i32> {
 pub fn func_set_attribute(f: CUfunction, a: i32, v: i32) -> CuResult<()> {
     type SetAttribute = unsafe extern "C" fn(CUfunction, i32, i32) -> CUresult;
     // SAFETY: as in `func_attribute`.
-    let set: SetAttribute = unsafe {
-        *sys::culib()
-            .get::<SetAttribute>(b"cuFuncSetAttribute\0")
-            .map_err(|_| CUresult::CUDA_ERROR_NOT_FOUND)?
-    };
+    let set: SetAttribute = unsafe { raw_entry(b"cuFuncSetAttribute\0")? };
     // SAFETY: plain values; an unknown attribute or a bad value is an error.
     check(unsafe { set(f, a, v) })
 }
