@@ -47,9 +47,10 @@ pub fn cluster(grid: [u32; 3], cluster: [u32; 3]) -> Result<(), Status> {
     if cluster == [0; 3] {
         return Ok(());
     }
-    let blocks: u64 = cluster.iter().map(|&d| d as u64).product();
+    // As in `dims`: in u128 the product of three u32 cannot wrap.
+    let blocks: u128 = cluster.iter().map(|&d| d as u128).product();
     if cluster.contains(&0)
-        || blocks > MAX_CLUSTER_BLOCKS as u64
+        || blocks > MAX_CLUSTER_BLOCKS as u128
         || grid.iter().zip(cluster).any(|(&g, c)| g % c != 0)
     {
         return Err(Status::InvalidArgument);

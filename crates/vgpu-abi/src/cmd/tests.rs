@@ -589,6 +589,11 @@ fn cluster_shapes() {
         cluster([64, 1, 1], [64, 1, 1]),
         Err(Status::InvalidArgument)
     );
+    // A block count past 2^64 (in u64 it overflowed; found by `cargo xtask fuzz` in CI).
+    assert_eq!(
+        cluster([u32::MAX; 3], [u32::MAX; 3]),
+        Err(Status::InvalidArgument)
+    );
 }
 
 /// The virtual memory management commands (1.6): their checks, classes and effects.
