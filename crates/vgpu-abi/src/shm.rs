@@ -180,6 +180,22 @@ impl ShmView {
         }
     }
 
+    /// Copies `dst.len()` bytes out of shared memory like [`ShmView::read_bytes`], with stores
+    /// that bypass the CPU caches where the CPU has them (x86-64). For a destination larger
+    /// than the caches (a device-to-host copy of many megabytes staged in chunks) this saves
+    /// the read of each destination line before its write: a third of the memory traffic.
+    /// The stores are fenced before this returns.
+    pub fn read_bytes_streaming(&self, off: usize, dst: &mut [u8]) {
+        self.check(off, dst.len(), 1);
+        #[cfg(loom)]
+        if let Some(m) = self.model() {
+            return m.read_bytes(off, dst);
+        }
+        // SAFETY: the source range is inside the mapping (checked); `dst` is private memory
+        // that cannot overlap it, valid for `dst.len()` bytes of writes.
+        unsafe { stream_copy(self.base.as_ptr().add(off), dst.as_mut_ptr(), dst.len()) }
+    }
+
     /// Copies `src` into shared memory.
     #[inline]
     pub fn write_bytes(&self, off: usize, src: &[u8]) {
@@ -498,6 +514,56 @@ pub mod model {
     }
 }
 
+/// Copies `len` bytes from `src` to `dst` with non-temporal stores (SSE2, part of every
+/// x86-64 CPU): 16-byte aligned stores in 64-byte groups, the unaligned head and tail copied
+/// normally, then a store fence so that the bytes are ordered before any later store (a
+/// release that publishes them).
+///
+/// # Safety
+/// `src` is valid for `len` bytes of reads, `dst` for `len` bytes of writes, and they do not
+/// overlap.
+#[cfg(target_arch = "x86_64")]
+unsafe fn stream_copy(src: *const u8, dst: *mut u8, len: usize) {
+    use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+    let head = dst.align_offset(16).min(len);
+    // SAFETY: both ranges valid for `len >= head` bytes and disjoint (the caller's promise).
+    unsafe { core::ptr::copy_nonoverlapping(src, dst, head) };
+    let mut i = head;
+    while i + 64 <= len {
+        // SAFETY: `[i, i + 64)` lies inside both ranges; `dst + i` is 16-byte aligned (`head`
+        // aligned it and `i` moves in multiples of 16); unaligned loads need no alignment.
+        unsafe {
+            let s = src.add(i).cast::<__m128i>();
+            let d = dst.add(i).cast::<__m128i>();
+            let (a, b, c, e) = (
+                _mm_loadu_si128(s),
+                _mm_loadu_si128(s.add(1)),
+                _mm_loadu_si128(s.add(2)),
+                _mm_loadu_si128(s.add(3)),
+            );
+            _mm_stream_si128(d, a);
+            _mm_stream_si128(d.add(1), b);
+            _mm_stream_si128(d.add(2), c);
+            _mm_stream_si128(d.add(3), e);
+        }
+        i += 64;
+    }
+    // SAFETY: the tail `[i, len)` lies inside both ranges.
+    unsafe { core::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i) };
+    // SAFETY: a fence has no preconditions (SSE, part of x86-64).
+    unsafe { _mm_sfence() };
+}
+
+/// Elsewhere a plain copy.
+///
+/// # Safety
+/// As the x86-64 version.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn stream_copy(src: *const u8, dst: *mut u8, len: usize) {
+    // SAFETY: the caller's promise.
+    unsafe { core::ptr::copy_nonoverlapping(src, dst, len) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,6 +590,39 @@ mod tests {
             assert_eq!(v.fetch_or_u32(8, 8), 7);
             assert_eq!(v.fetch_and_u32(8, !1), 15);
             assert_eq!(v.load_u32(8), 14);
+        });
+    }
+
+    /// Every offset and length, aligned or not, gives the bytes a plain copy gives.
+    #[test]
+    fn streaming_reads_copy_exactly() {
+        with_view(|v| {
+            let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + i / 251) as u8).collect();
+            v.write_bytes(0, &pattern);
+            for off in [0, 1, 15, 16, 17, 63, 64, 100] {
+                for len in [0, 1, 15, 16, 63, 64, 65, 127, 128, 200, 1000, 3996] {
+                    for dst_skew in [0, 1, 8, 15] {
+                        let mut out = vec![0xAAu8; len + 16];
+                        v.read_bytes_streaming(off, &mut out[dst_skew..dst_skew + len]);
+                        assert_eq!(
+                            &out[dst_skew..dst_skew + len],
+                            &pattern[off..off + len],
+                            "off {off} len {len} skew {dst_skew}"
+                        );
+                        assert!(out[..dst_skew].iter().all(|&b| b == 0xAA), "before");
+                        assert!(out[dst_skew + len..].iter().all(|&b| b == 0xAA), "after");
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn streaming_read_out_of_range_panics() {
+        with_view(|v| {
+            let mut b = [0u8; 32];
+            v.read_bytes_streaming(4080, &mut b);
         });
     }
 

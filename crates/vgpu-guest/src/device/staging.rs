@@ -17,6 +17,12 @@ pub const MAX_COPY_CHUNK: u64 = 2 << 20;
 /// staging, the device moves the others.
 const DEPTH: usize = 4;
 
+/// Device-to-host copies of at least this many bytes write the caller's memory with stores
+/// that bypass the caches ([`vgpu_abi::ShmView::read_bytes_streaming`]): a destination this
+/// large does not stay in them anyway, and a plain store first reads each line it writes.
+/// Smaller copies keep the bytes in the caches for the caller, who usually reads them next.
+const STREAM_FROM: usize = 8 << 20;
+
 /// Size of a copy chunk for `room` bytes of staging: a quarter of it, so that [`DEPTH`]
 /// chunks are in flight without overlapping, and at most [`MAX_COPY_CHUNK`].
 fn chunk_size(room: u64) -> u64 {
@@ -233,8 +239,12 @@ impl Device {
                 return self.finish(&mut inflight, Opcode::CopyD2H, Some(e));
             }
             let soff = self.layout.staging_offset as usize + (i % DEPTH) * chunk;
-            self.view
-                .read_bytes(soff, &mut out[i * chunk..i * chunk + len_of(i)]);
+            let to = &mut out[i * chunk..i * chunk + len_of(i)];
+            if total >= STREAM_FROM {
+                self.view.read_bytes_streaming(soff, to);
+            } else {
+                self.view.read_bytes(soff, to);
+            }
             if i + DEPTH < n {
                 match issue(i + DEPTH) {
                     Ok(t) => inflight.push_back(t),
