@@ -73,10 +73,6 @@ pub const UNSUPPORTED: &[(A, &str)] = &[
         "cuImportExternalSemaphore",
     ),
     (
-        A::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED,
-        "cuMemAllocAsync, cuMemPoolCreate",
-    ),
-    (
         A::CU_DEVICE_ATTRIBUTE_MEMPOOL_SUPPORTED_HANDLE_TYPES,
         "cuMemPoolCreate",
     ),
@@ -126,6 +122,10 @@ pub const UNSUPPORTED: &[(A, &str)] = &[
 /// area into its context (`cuMemHostGetDevicePointer` on page-locked memory), not from here.
 pub const CAN_MAP_HOST_MEMORY: usize = A::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY as usize;
 
+/// `CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED`: answered 1, whatever the host's GPU says:
+/// stream-ordered allocation and pools are this library's own ([`crate::api::mempool`]).
+pub const MEMORY_POOLS: usize = A::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED as usize;
+
 /// `CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED`: answered 1 only where the host's
 /// GPU supports it and vgpud offers the commands (ABI 1.6: `cuMemAddressReserve`,
 /// `cuMemCreate`, `cuMemMap`, `cuMemSetAccess`, …), else 0: XLA then refuses to start,
@@ -145,9 +145,12 @@ mod tests {
     #[test]
     fn the_allocator_choices_are_refused_and_the_limits_kept() {
         // CUDA 13.0's numbers (cuda.h): what frameworks read to pick an allocator.
-        for n in [83, 89, 115] {
+        for n in [83, 89] {
             assert!(unsupported(n), "attribute {n}");
         }
+        // Memory pools are offered (this library's own: `api::mempool`).
+        assert!(!unsupported(115));
+        assert_eq!(MEMORY_POOLS, 115);
         // Virtual memory management is offered (where vgpud has it: `api::device`), its
         // shareable handles are not.
         assert!(!unsupported(102));

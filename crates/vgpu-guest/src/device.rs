@@ -38,6 +38,7 @@ mod staging;
 mod tensormap;
 mod vmm;
 
+pub use fence::StreamMark;
 pub use regs::{device_info_page, DeviceInfo};
 pub use staging::MAX_COPY_CHUNK;
 

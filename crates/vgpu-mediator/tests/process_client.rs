@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use vgpu_abi::cmd::{Builtin, Command, LaunchBody, Opcode, Sqe};
 use vgpu_abi::{DeviceStatus, Status};
 use vgpu_guest::{Device, Error};
+use zerocopy::IntoBytes;
 
 fn status_of(e: Error) -> Status {
     match e {
@@ -313,4 +314,50 @@ fn a_wait_without_limit_ends_when_vgpud_is_gone() {
     assert!(matches!(got, Err(Error::Stopped)), "{got:?}");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     waiter.join().unwrap();
+}
+
+/// A stream mark (a fence queued without waiting) passes once the work queued before it on its
+/// stream is done, and only then; a mark on an idle stream passes at once.
+#[test]
+fn a_stream_mark_passes_when_the_work_before_it_is_done() {
+    let d = start(&[Vm::new("marks", 3)]);
+    let dev = Device::connect(&d.socket("marks")).unwrap();
+    assert!(dev.takes_fences(), "the cpu backend takes fences");
+    // 0.8 s of device work on stream 1 (the cpu backend's longest kernel is 1 s), then its
+    // mark: the check right after cannot see it passed unless this thread stalls that long.
+    let p = vgpu_abi::cmd::BusyParams {
+        duration_us: 800_000,
+        _pad: 0,
+    };
+    let busy = LaunchBody::new(Builtin::Busy.handle(), [1; 3], [1; 3], p.as_bytes()).unwrap();
+    let t0 = Instant::now();
+    let running = dev.stream(1).launch_body(busy).unwrap();
+    let behind = dev
+        .mark_stream(1)
+        .unwrap()
+        .expect("stream 1 has a fence word");
+    let idle = dev
+        .mark_stream(2)
+        .unwrap()
+        .expect("stream 2 has a fence word");
+    assert!(!dev.passed(&behind), "passed while the busy kernel runs");
+    let until = |m, what: &str| {
+        while !dev.passed(m) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{what} never passed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    until(&idle, "the idle stream's mark");
+    until(&behind, "the busy stream's mark");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(790),
+        "passed after {:?}, before the kernel's 0.8 s",
+        t0.elapsed()
+    );
+    running.wait().unwrap();
+    drop(dev);
+    d.stop();
 }

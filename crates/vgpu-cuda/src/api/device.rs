@@ -102,6 +102,9 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
             0
         } else if a == crate::features::CAN_MAP_HOST_MEMORY {
             i32::from(v != 0 && crate::pinned::device_address_of_heap().is_some())
+        } else if a == crate::features::MEMORY_POOLS {
+            // Pools are this library's own, on any device vgpud serves.
+            1
         } else if a == crate::features::VIRTUAL_MEMORY_MANAGEMENT {
             // The host GPU's answer, if vgpud offers the commands.
             i32::from(v != 0 && super::vmm::supported())

@@ -90,7 +90,7 @@ fn dev_err(e: vgpu_guest::Error) -> CUresult {
 }
 
 /// Allocates `bytes` (> 0) of device memory and records the allocation.
-fn alloc(d: &Driver, bytes: u64) -> Result<u64, CUresult> {
+pub(crate) fn alloc(d: &Driver, bytes: u64) -> Result<u64, CUresult> {
     let p = d.dev.alloc(bytes).map_err(dev_err)?;
     ALLOCATIONS
         .lock()
@@ -179,13 +179,31 @@ pub extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         if dptr == 0 {
             return Ok(CUresult::CUDA_SUCCESS);
         }
-        d.dev.free(dptr).map_err(dev_err)?;
-        ALLOCATIONS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&dptr);
+        if super::mempool::owns(dptr) {
+            super::mempool::free_now(d, dptr)?;
+        } else {
+            release(d, dptr)?;
+        }
         Ok(CUresult::CUDA_SUCCESS)
     })
+}
+
+/// Frees allocation `p` (vgpud waits for the VM's work on the device first) and forgets it.
+pub(crate) fn release(d: &Driver, p: u64) -> Result<(), CUresult> {
+    d.dev.free(p).map_err(dev_err)?;
+    ALLOCATIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&p);
+    Ok(())
+}
+
+/// Whether `p` is the start of an allocation of `cuMemAlloc` (or a pool's).
+pub(crate) fn allocation_base(p: u64) -> bool {
+    ALLOCATIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(&p)
 }
 
 /// `cuMemGetInfo_v2`: free and total memory of the VM's quota.

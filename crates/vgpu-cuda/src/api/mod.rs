@@ -18,6 +18,7 @@ pub mod host_memory;
 pub mod init;
 pub mod launch;
 pub mod memory;
+pub mod mempool;
 pub mod memset2d;
 pub mod module;
 pub mod occupancy;

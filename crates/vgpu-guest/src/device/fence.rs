@@ -78,7 +78,41 @@ impl Fences {
     }
 }
 
+/// A point in one stream's work: a fence queued there ([`Device::mark_stream`]). Whether the
+/// work queued before it has completed is one read of its word ([`Device::passed`]), with no
+/// round trip to vgpud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamMark {
+    /// BAR2 offset of the stream's fence word.
+    at: usize,
+    /// The value the fence writes.
+    value: u32,
+}
+
 impl Device {
+    /// Queues a fence on `stream` (without waiting for anything) and returns its mark; `None`
+    /// where the device takes no fences or the stream id has no word.
+    pub fn mark_stream(&self, stream: u32) -> Result<Option<StreamMark>, Error> {
+        let Some((staging_offset, at, value)) = self.fences.as_ref().and_then(|f| f.next(stream))
+        else {
+            return Ok(None);
+        };
+        self.start_unawaited(
+            Command::Fence {
+                staging_offset,
+                value,
+            },
+            stream,
+        )?;
+        Ok(Some(StreamMark { at, value }))
+    }
+
+    /// Whether the work queued on the mark's stream before it has completed. False for as long
+    /// as the fence is not written, which is for good when vgpud skipped it after a failure.
+    pub fn passed(&self, m: &StreamMark) -> bool {
+        reached(self.view.load_u32(m.at), m.value)
+    }
+
     /// Waits until everything submitted on `stream` so far has completed, through a fence
     /// where the device takes them. Two threads synchronising one stream at once may see
     /// their fences written out of order; a word that went past a waiter's value still means
