@@ -392,6 +392,10 @@ stage_cuda-bench() {
     bench_medians "$json" "vgpud ${line:-defaults}" "$dir"/native-*.txt $runs >>"$log"
   done
   echo "ratio = vgpu / native (p50); latencies (us): lower is better, rates: higher" >>"$log"
+  # The guest's last step of a pageable device-to-host copy on this host's CPU: plain copies
+  # out of staging vs the streaming stores vgpu's libcuda uses from 8 MiB on (no GPU involved).
+  "$here/bin/vgpu-bench" copy-out --json "$out/copy-out.json" >>"$log" 2>&1 ||
+    echo "vgpu-bench copy-out failed" >>"$log"
   if [ -n "$failed" ]; then
     record cuda-bench FAIL $((SECONDS - t0)) "vgpu run(s) failed:$failed; see $(basename "$log")"
     return

@@ -1,6 +1,7 @@
 //! `vgpu-bench`: benchmarks with their baselines measured side by side in one run.
 
 mod channel;
+mod copyout;
 mod gpu;
 mod multigpu;
 mod pingpong;
@@ -39,6 +40,8 @@ enum Cmd {
         #[arg(long, default_value_t = 64 << 20)]
         copy_bytes: usize,
     },
+    /// A staged device-to-host copy's last step: plain copies vs streaming stores, one run.
+    CopyOut(copyout::Opts),
     /// vgpu (process client, vgpud cuda backend) vs native CUDA on the same GPU (exit 2: no GPU).
     Gpu(gpu::Opts),
     /// The scheduler: priority latency, fair shares between pools, idle hand-over (cpu backend).
@@ -75,6 +78,14 @@ fn main() -> Result<()> {
             })?;
             if let Some(p) = json {
                 std::fs::write(&p, serde_json::to_string_pretty(&v)? + "\n")?;
+                println!("wrote {}", p.display());
+            }
+            Ok(())
+        }
+        Cmd::CopyOut(o) => {
+            let v = copyout::run(&o)?;
+            if let Some(p) = &o.json {
+                std::fs::write(p, serde_json::to_string_pretty(&v)? + "\n")?;
                 println!("wrote {}", p.display());
             }
             Ok(())
