@@ -182,8 +182,8 @@ fn fault_status(r: CUresult) -> Option<Status> {
 #[derive(Debug, Clone)]
 struct Func {
     f: CUfunction,
-    /// `(offset, size)` per parameter.
-    params: Vec<(usize, usize)>,
+    /// `(offset, size)` per parameter (shared: a launch takes its own handle to it).
+    params: Arc<[(usize, usize)]>,
     /// Packed parameter bytes the launch must carry.
     params_end: usize,
     /// Built-ins must get exactly their packed struct's size (as on the cpu backend).
@@ -195,7 +195,7 @@ impl Func {
         let params_end = params.iter().map(|&(o, s)| o + s).max().unwrap_or(0);
         Self {
             f,
-            params,
+            params: params.into(),
             params_end,
             exact_len,
         }
@@ -784,18 +784,20 @@ impl CudaBackend {
         if len == 0 {
             return Ok(Issued::DONE);
         }
-        if self.ctx(vm)?.capture_of(at.stream).is_some() {
+        let timed = self.accounting && self.shared;
+        // The VM's context is made current once, here: nothing below changes it.
+        let c = self.ctx(vm)?;
+        if c.capture_of(at.stream).is_some() {
             // Captured: it runs (and moves its bytes) when the graph does.
-            let s = self.ctx(vm)?.stream(at.stream)?;
+            let s = c.stream(at.stream)?;
             copy(s).map_err(status_of)?;
             return Ok(Issued::DONE);
         }
-        if self.accounting && self.shared {
+        if timed {
             return self.timed(at, |s| copy(s).map_err(status_of));
         }
         // Unaccounted: the copy still completes only when it is done (the guest reads or reuses
         // staging after its completion), but one end event is enough.
-        let c = self.ctx(vm)?;
         let s = c.stream(at.stream)?;
         copy(s).map_err(status_of)?;
         let end = c.record_untimed(s)?;
@@ -810,13 +812,14 @@ impl CudaBackend {
         at: VmStream,
         work: impl FnOnce(CUstream) -> Result<(), Status>,
     ) -> Result<Issued, Status> {
-        let vm = at.vm;
+        let timed = self.accounting && self.shared;
+        // The VM's context is made current once, here (one driver call per command): nothing
+        // below changes it.
+        let c = self.ctx(at.vm)?;
         // Captured work is not timed: it runs when the graph does.
-        let capturing = self.ctx(vm)?.capture_of(at.stream).is_some();
-        if self.accounting && self.shared && !capturing {
+        if timed && c.capture_of(at.stream).is_none() {
             return self.timed(at, work);
         }
-        let c = self.ctx(vm)?;
         let s = c.stream(at.stream)?;
         work(s)?;
         Ok(Issued::DONE)
@@ -880,7 +883,8 @@ impl CudaBackend {
         mut bytes: Vec<u8>,
         given: usize,
     ) -> Result<Issued, Status> {
-        let c = self.ctx(at.vm)?;
+        // A lookup only: `device_work` makes the VM's context current before the launch.
+        let c = self.ctxs.get(&at.vm).ok_or(Status::Internal)?;
         let func = match c.builtins.get(&func) {
             Some(f) => f.clone(),
             None => match c.functions.get(&func) {
@@ -1260,8 +1264,11 @@ impl Handler for CudaBackend {
         cluster_y: u32,
         cluster_z: u32,
     ) -> Result<Issued, Status> {
+        // Reading staging needs no current context (`device_work` makes it current).
         let bytes = self
-            .ctx(at.vm)?
+            .ctxs
+            .get(&at.vm)
+            .ok_or(Status::Internal)?
             .staging
             .read(staging_offset, params_len as u64)?;
         let given = bytes.len();
