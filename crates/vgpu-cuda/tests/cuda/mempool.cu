@@ -147,6 +147,23 @@ int main() {
     CHECK(attr(pool, cudaMemPoolAttrUsedMemHigh) == 0);
     OK(cudaMemPoolDestroy(pool));
 
+    // Once the device is full, memory freed to the pool serves a request of another size.
+    std::vector<void*> big;
+    for (int i = 0; i < 20000; i++) {
+        void* p = nullptr;
+        if (cudaMallocAsync(&p, 32 << 20, s1) != cudaSuccess) break;
+        big.push_back(p);
+    }
+    cudaGetLastError();
+    CHECK(big.size() >= 2);
+    for (void* p : big) OK(cudaFreeAsync(p, s1));
+    OK(cudaStreamSynchronize(s1));
+    void* other = nullptr;
+    OK(cudaMallocAsync(&other, 48 << 20, s2));
+    CHECK(filled(other, 48 << 20, 0x44, s2));
+    OK(cudaFreeAsync(other, s2));
+    OK(cudaStreamSynchronize(s2));
+
     // cudaFree of memory from cudaMallocAsync, once its work is done.
     void* f = nullptr;
     OK(cudaMallocAsync(&f, 1 << 20, s1));
