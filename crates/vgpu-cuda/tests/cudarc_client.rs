@@ -269,4 +269,83 @@ fn cudarc_child() {
             .unwrap(),
         (16 * sms, 128)
     );
+
+    pools(stream.cu_stream());
+}
+
+/// Memory pools through the driver API: what the CUDA C++ program (`cuda/mempool.cu`, which
+/// also runs on NVIDIA's driver) leaves out: double frees refused, a pool's own size limit,
+/// access for the pool's device.
+fn pools(s: sys::CUstream) {
+    use std::ptr;
+    let ok = sys::CUresult::CUDA_SUCCESS;
+    let invalid = sys::CUresult::CUDA_ERROR_INVALID_VALUE;
+    let mut p = 0;
+    // SAFETY: every call below gets valid out-pointers, a live stream and pools this function
+    // made; the zeroed structs are plain C data.
+    unsafe {
+        assert_eq!(sys::cuMemAllocAsync(&mut p, 4000, s), ok);
+        assert_eq!(sys::cuMemFreeAsync(p, s), ok);
+        // Freed to the pool already: a second free of either kind is refused, and the block
+        // still serves the next allocation of its size.
+        assert_eq!(sys::cuMemFreeAsync(p, s), invalid);
+        assert_eq!(sys::cuMemFree_v2(p), invalid);
+        let mut q = 0;
+        assert_eq!(sys::cuMemAllocAsync(&mut q, 4000, s), ok);
+        assert_eq!(q, p, "the block freed on this stream is used again");
+        assert_eq!(sys::cuMemFree_v2(q), ok);
+        assert_eq!(sys::cuMemFree_v2(q), invalid);
+        assert_eq!(sys::cuMemFreeAsync(0, s), invalid);
+
+        // A pool of at most 4 MiB: two 2 MiB blocks fit, a third does not until one is freed.
+        let mut props: sys::CUmemPoolProps = std::mem::zeroed();
+        props.allocType = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+        props.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+        props.location.id = 0;
+        props.maxSize = 4 << 20;
+        let mut pool = ptr::null_mut();
+        assert_eq!(sys::cuMemPoolCreate(&mut pool, &props), ok);
+        let (mut a, mut b, mut c) = (0, 0, 0);
+        assert_eq!(sys::cuMemAllocFromPoolAsync(&mut a, 2 << 20, pool, s), ok);
+        assert_eq!(sys::cuMemAllocFromPoolAsync(&mut b, 2 << 20, pool, s), ok);
+        assert_eq!(
+            sys::cuMemAllocFromPoolAsync(&mut c, 2 << 20, pool, s),
+            sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY
+        );
+        assert_eq!(sys::cuMemFreeAsync(a, s), ok);
+        assert_eq!(sys::cuMemAllocFromPoolAsync(&mut c, 2 << 20, pool, s), ok);
+        assert_eq!(c, a);
+        // A block of another class needs the room of the free ones: none is free.
+        let mut d = 0;
+        assert_eq!(
+            sys::cuMemAllocFromPoolAsync(&mut d, 1 << 20, pool, s),
+            sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY
+        );
+
+        // The pool's device has read-write access; other devices do not exist.
+        let mut access: sys::CUmemAccessDesc = std::mem::zeroed();
+        access.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+        access.location.id = 0;
+        access.flags = sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+        assert_eq!(sys::cuMemPoolSetAccess(pool, &access, 1), ok);
+        access.location.id = 1;
+        assert_eq!(
+            sys::cuMemPoolSetAccess(pool, &access, 1),
+            sys::CUresult::CUDA_ERROR_INVALID_DEVICE
+        );
+        // Host memory pools are not offered.
+        props.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST;
+        let mut host_pool = ptr::null_mut();
+        assert_eq!(
+            sys::cuMemPoolCreate(&mut host_pool, &props),
+            sys::CUresult::CUDA_ERROR_NOT_SUPPORTED
+        );
+
+        // Destroyed with blocks still allocated: they go back to vgpud when freed.
+        assert_eq!(sys::cuMemPoolDestroy(pool), ok);
+        assert_eq!(sys::cuMemFreeAsync(b, s), ok);
+        assert_eq!(sys::cuMemFreeAsync(c, s), ok);
+        assert_eq!(sys::cuMemPoolDestroy(pool), invalid);
+        assert_eq!(sys::cuStreamSynchronize(s), ok);
+    }
 }

@@ -89,9 +89,17 @@ fn dev_err(e: vgpu_guest::Error) -> CUresult {
     driver::error_of(&e)
 }
 
-/// Allocates `bytes` (> 0) of device memory and records the allocation.
+/// Allocates `bytes` (> 0) of device memory and records the allocation. When the VM's memory
+/// is full, the blocks memory pools keep for reuse go back to vgpud first and the allocation
+/// is tried once more (NVIDIA's pools give unused memory back at each synchronisation; these
+/// keep it until it is needed).
 pub(crate) fn alloc(d: &Driver, bytes: u64) -> Result<u64, CUresult> {
-    let p = d.dev.alloc(bytes).map_err(dev_err)?;
+    let p = match d.dev.alloc(bytes).map_err(dev_err) {
+        Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY) if super::mempool::release_idle(d) => {
+            d.dev.alloc(bytes).map_err(dev_err)?
+        }
+        r => r?,
+    };
     ALLOCATIONS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -179,10 +187,10 @@ pub extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
         if dptr == 0 {
             return Ok(CUresult::CUDA_SUCCESS);
         }
-        if super::mempool::owns(dptr) {
-            super::mempool::free_now(d, dptr)?;
-        } else {
-            release(d, dptr)?;
+        match super::mempool::take_for_free(dptr) {
+            // Freed to its pool already.
+            super::mempool::Owner::Idle => return Err(CUresult::CUDA_ERROR_INVALID_VALUE),
+            super::mempool::Owner::Taken | super::mempool::Owner::None => release(d, dptr)?,
         }
         Ok(CUresult::CUDA_SUCCESS)
     })

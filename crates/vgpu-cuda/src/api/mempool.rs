@@ -19,8 +19,10 @@
 //! What differs from NVIDIA's driver, and why: freed blocks stay in their pool whatever the
 //! release threshold (CUDA gives memory above it back at each synchronisation; here that would
 //! cost a round trip per block on a path programs use for speed). A pool gives its blocks back
-//! to vgpud on `cuMemPoolTrimTo`, when it is destroyed, and when an allocation finds the VM's
-//! memory full: then every pool's free blocks go back and the allocation is tried once more.
+//! to vgpud on `cuMemPoolTrimTo`, when it is destroyed, and when any allocation of this library
+//! (`cuMemAlloc` too, [`memory::alloc`]) finds the VM's memory full: then every pool's free
+//! blocks go back and the allocation is tried once more. A second free of a block is refused
+//! (`CUDA_ERROR_INVALID_VALUE`).
 //! Allocation and free during stream capture answer `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`
 //! (the capture happens on the host, which would not see the guest's pool). Pools of host
 //! memory and shareable pool handles answer `CUDA_ERROR_NOT_SUPPORTED`.
@@ -115,6 +117,18 @@ struct Freed {
     stream: u32,
     /// The fence queued there at the free, when the device takes fences.
     mark: Option<StreamMark>,
+    /// The mark was seen passed (remembered: a fence word's values wrap after 2^31 more).
+    done: bool,
+}
+
+impl Freed {
+    /// Whether the freeing stream's work up to the free is known to be done.
+    fn settled(&mut self, d: &Driver) -> bool {
+        if !self.done {
+            self.done = self.mark.is_some_and(|m| d.dev.passed(&m));
+        }
+        self.done
+    }
 }
 
 /// One pool.
@@ -154,22 +168,31 @@ impl Pool {
         self.used_high = self.used_high.max(self.used);
     }
 
-    fn grow(&mut self, size: u64) {
+    /// Counts `size` more bytes reserved (before the allocation is made, so that two threads
+    /// cannot both pass the pool's limit).
+    fn reserve(&mut self, size: u64) {
         self.reserved += size;
         self.reserved_high = self.reserved_high.max(self.reserved);
-        self.take(size);
     }
 
-    /// Takes out the free blocks that may go back to vgpud without waiting (their free is
-    /// done, or nothing says when it is: vgpud's free waits for the VM's work) until at most
-    /// `keep` bytes stay reserved.
+    /// Takes out every free block.
+    fn drain(&mut self) -> Vec<Freed> {
+        for f in &self.free {
+            self.reserved -= f.size;
+        }
+        std::mem::take(&mut self.free)
+    }
+
+    /// Takes out free blocks whose free is done on its stream (or that no fence marks: vgpud's
+    /// free waits for the VM's work, so no release below makes the caller wait for the device)
+    /// until at most `keep` bytes stay reserved.
     fn trim(&mut self, d: &Driver, keep: u64) -> Vec<Freed> {
         let mut out = Vec::new();
         let mut i = 0;
         while self.reserved > keep && i < self.free.len() {
-            let f = self.free[i];
-            if f.mark.is_none_or(|m| d.dev.passed(&m)) {
-                self.free.swap_remove(i);
+            let f = &mut self.free[i];
+            if f.mark.is_none() || f.settled(d) {
+                let f = self.free.swap_remove(i);
                 self.reserved -= f.size;
                 out.push(f);
             } else {
@@ -248,23 +271,58 @@ fn release(d: &Driver, blocks: Vec<Freed>) -> Result<(), CUresult> {
     out
 }
 
-/// Whether `p` is an allocation a pool handed out and not freed yet.
-pub(crate) fn owns(p: u64) -> bool {
-    state().as_ref().is_some_and(|s| s.live.contains_key(&p))
+impl State {
+    /// Whether `p` is a block waiting in a pool (freed, not handed out).
+    fn idle(&self, p: u64) -> bool {
+        self.pools
+            .values()
+            .any(|pool| pool.free.iter().any(|f| f.ptr == p))
+    }
 }
 
-/// `cuMemFree` of a pool allocation: it leaves its pool's count and goes back to vgpud (whose
-/// free waits for the VM's work, as `cuMemFree` does).
-pub(crate) fn free_now(d: &Driver, p: u64) -> Result<(), CUresult> {
+/// What `cuMemFree` of `p` is, as far as pools know.
+pub(crate) enum Owner {
+    /// Not pool memory.
+    None,
+    /// A pool allocation: it has left its pool (counts included) and goes back to vgpud.
+    Taken,
+    /// A block already freed to its pool: freeing it again is an error.
+    Idle,
+}
+
+/// Takes `p` out of its pool if it is a live pool allocation (one step under the lock, so
+/// that two frees of it cannot both take it).
+pub(crate) fn take_for_free(p: u64) -> Owner {
     with_state(|s| {
         if let Some((h, size)) = s.live.remove(&p) {
             if let Some(pool) = s.pools.get_mut(&h) {
                 pool.used -= size;
                 pool.reserved -= size;
             }
+            Owner::Taken
+        } else if s.idle(p) {
+            Owner::Idle
+        } else {
+            Owner::None
         }
+    })
+}
+
+/// Gives every pool's free blocks back to vgpud, whatever their marks (vgpud's free waits for
+/// the VM's work): what an allocation that found the VM's memory full does before it tries
+/// again. Whether any block went back.
+pub(crate) fn release_idle(d: &Driver) -> bool {
+    let all = with_state(|st| {
+        st.pools
+            .values_mut()
+            .flat_map(Pool::drain)
+            .collect::<Vec<_>>()
     });
-    memory::release(d, p)
+    let any = !all.is_empty();
+    // A block vgpud refuses to free is gone from the pool either way: nothing is to be gained
+    // from keeping it.
+    let _ = release(d, all);
+    any
 }
 
 /// Allocates `size` bytes for work on stream `s` from `pool` (the device's current pool when
@@ -286,16 +344,17 @@ unsafe fn alloc_async(
     let sid = resolve(s, pt)?;
     super::graph::refuse_if_capturing(sid)?;
     let class = class_of(size as u64).ok_or(CUresult::CUDA_ERROR_OUT_OF_MEMORY)?;
-    let (h, over, surplus) = with_state(|st| -> Result<_, CUresult> {
+    let (h, reused, surplus) = with_state(|st| -> Result<_, CUresult> {
         let h = match pool {
             Some(p) => st.pool(p)?.0,
             None => st.current_pool(),
         };
         let pool = st.pools.get_mut(&h).expect("checked");
-        let reusable = |f: &Freed| {
-            f.size == class && (f.stream == sid || f.mark.is_some_and(|m| d.dev.passed(&m)))
-        };
-        if let Some(i) = pool.free.iter().position(reusable) {
+        let reusable = pool
+            .free
+            .iter_mut()
+            .position(|f| f.size == class && (f.stream == sid || f.settled(d)));
+        if let Some(i) = reusable {
             let f = pool.free.swap_remove(i);
             pool.take(class);
             st.live.insert(f.ptr, (h, class));
@@ -313,43 +372,45 @@ unsafe fn alloc_async(
                 return Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
             }
         }
+        // Counted before the allocation is made: a second thread sees the pool's limit taken.
+        pool.reserve(class);
         Ok((h, None, surplus))
     })?;
-    release(d, surplus)?;
-    let p = match over {
-        Some(p) => p,
-        None => {
-            let p = match memory::alloc(d, class) {
-                Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY) => {
-                    // The VM's memory is full: every pool's free blocks go back, then once more.
-                    let all = with_state(|st| {
-                        st.pools
-                            .values_mut()
-                            .flat_map(|p| p.trim(d, 0))
-                            .collect::<Vec<_>>()
-                    });
-                    if all.is_empty() {
-                        return Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY);
-                    }
-                    release(d, all)?;
-                    memory::alloc(d, class)?
+    if let Some(p) = reused {
+        // SAFETY: non-NULL (checked), valid for a write (the caller's promise).
+        return Ok(unsafe { put(dptr, p) });
+    }
+    let made = release(d, surplus).and_then(|()| memory::alloc(d, class));
+    let p = with_state(|st| {
+        let p = match made {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(pool) = st.pools.get_mut(&h) {
+                    pool.reserved -= class;
                 }
-                r => r?,
-            };
-            let kept = with_state(|st| match st.pools.get_mut(&h) {
-                Some(pool) => {
-                    pool.grow(class);
-                    st.live.insert(p, (h, class));
-                    true
-                }
-                None => false,
-            });
-            if !kept {
-                // The pool was destroyed meanwhile.
-                memory::release(d, p)?;
-                return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
+                return Err(e);
             }
-            p
+        };
+        // The pool may have been destroyed meanwhile: an explicit one's allocation fails, the
+        // current pool's is counted in the default pool, where cuMemAllocAsync now takes from.
+        let h = match (st.pools.contains_key(&h), pool) {
+            (true, _) => h,
+            (false, None) => {
+                let h = st.default_pool();
+                st.pools.get_mut(&h).expect("made").reserve(class);
+                h
+            }
+            (false, Some(_)) => return Ok(Err(p)),
+        };
+        st.pools.get_mut(&h).expect("present").take(class);
+        st.live.insert(p, (h, class));
+        Ok(Ok(p))
+    })?;
+    let p = match p {
+        Ok(p) => p,
+        Err(orphan) => {
+            memory::release(d, orphan)?;
+            return Err(CUresult::CUDA_ERROR_INVALID_VALUE);
         }
     };
     // SAFETY: non-NULL (checked), valid for a write (the caller's promise).
@@ -365,7 +426,13 @@ fn free_async(p: CUdeviceptr, s: CUstream, pt: bool) -> Result<CUresult, CUresul
     }
     let sid = resolve(s, pt)?;
     super::graph::refuse_if_capturing(sid)?;
-    let Some((h, size)) = with_state(|st| st.live.get(&p).copied()) else {
+    let Some((h, size)) = with_state(|st| match st.live.get(&p) {
+        Some(&entry) => Ok(Some(entry)),
+        // Freed to its pool already.
+        None if st.idle(p) => Err(CUresult::CUDA_ERROR_INVALID_VALUE),
+        None => Ok(None),
+    })?
+    else {
         if memory::allocation_base(p) {
             memory::release(d, p)?;
             return Ok(CUresult::CUDA_SUCCESS);
@@ -393,6 +460,7 @@ fn free_async(p: CUdeviceptr, s: CUstream, pt: bool) -> Result<CUresult, CUresul
                     size,
                     stream: sid,
                     mark,
+                    done: false,
                 });
                 Ok(false)
             }
@@ -488,8 +556,9 @@ unsafe fn check_location(loc: *const RawLocation, alloc_type: c_uint) -> Result<
         (LOCATION_DEVICE, TYPE_PINNED) if l.id == 0 => Ok(()),
         (LOCATION_DEVICE, TYPE_PINNED) => Err(CUresult::CUDA_ERROR_INVALID_DEVICE),
         (LOCATION_DEVICE, _) => Err(CUresult::CUDA_ERROR_INVALID_VALUE),
-        // Host memory pools.
-        _ => Err(CUresult::CUDA_ERROR_NOT_SUPPORTED),
+        // Host memory pools (`CU_MEM_LOCATION_TYPE_HOST`, `_HOST_NUMA`, `_HOST_NUMA_CURRENT`).
+        (2..=4, _) => Err(CUresult::CUDA_ERROR_NOT_SUPPORTED),
+        _ => Err(CUresult::CUDA_ERROR_INVALID_VALUE),
     }
 }
 

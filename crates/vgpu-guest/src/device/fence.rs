@@ -108,7 +108,10 @@ impl Device {
     }
 
     /// Whether the work queued on the mark's stream before it has completed. False for as long
-    /// as the fence is not written, which is for good when vgpud skipped it after a failure.
+    /// as the word has not reached the mark's value: when vgpud skipped the fence after a
+    /// failure, until a later fence on the stream is written. A mark 2^31 fences old reads as
+    /// not reached again (the values wrap): a caller that keeps marks remembers one it saw
+    /// passed.
     pub fn passed(&self, m: &StreamMark) -> bool {
         reached(self.view.load_u32(m.at), m.value)
     }
