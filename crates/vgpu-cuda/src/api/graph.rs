@@ -82,6 +82,17 @@ thread_local! {
     static THREAD_MODE: Cell<u32> = const { Cell::new(MODE_GLOBAL) };
 }
 
+impl State {
+    /// Invalidates capture `cap` (while it is in progress) and answers `err`: what an
+    /// operation the capture forbids gets.
+    fn refuse(&mut self, cap: u64, err: CUresult) -> Result<(), CUresult> {
+        if let Some(c) = self.captures.get_mut(&cap) {
+            c.invalid = true;
+        }
+        Err(err)
+    }
+}
+
 fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
     let mut g = STATE.lock().unwrap_or_else(|e| e.into_inner());
     f(g.get_or_insert_with(State::default))
@@ -106,12 +117,7 @@ pub(crate) fn refuse_if_capturing(id: u32) -> Result<(), CUresult> {
         return Ok(());
     }
     with_state(|s| match s.streams.get(&id) {
-        Some(cap) => {
-            if let Some(c) = s.captures.get_mut(cap) {
-                c.invalid = true;
-            }
-            Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)
-        }
+        Some(&cap) => s.refuse(cap, CUresult::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED),
         None => Ok(()),
     })
 }
@@ -190,12 +196,7 @@ pub(crate) fn refuse_captured_event(event: u32) -> Result<(), CUresult> {
         return Ok(());
     }
     with_state(|s| match s.events.get(&event) {
-        Some(cap) => {
-            if let Some(c) = s.captures.get_mut(cap) {
-                c.invalid = true;
-            }
-            Err(CUresult::CUDA_ERROR_CAPTURED_EVENT)
-        }
+        Some(&cap) => s.refuse(cap, CUresult::CUDA_ERROR_CAPTURED_EVENT),
         None => Ok(()),
     })
 }
@@ -217,12 +218,7 @@ pub(crate) fn before_wait(event: u32, id: u32, was_recorded: bool) -> Result<(),
             }
             (Some(mine), Some(cap)) if mine == cap => Ok(()),
             (Some(_), None) if !was_recorded => Ok(()),
-            (Some(mine), _) => {
-                if let Some(c) = s.captures.get_mut(&mine) {
-                    c.invalid = true;
-                }
-                Err(CUresult::CUDA_ERROR_STREAM_CAPTURE_ISOLATION)
-            }
+            (Some(mine), _) => s.refuse(mine, CUresult::CUDA_ERROR_STREAM_CAPTURE_ISOLATION),
             (None, None) => Ok(()),
         }
     })

@@ -293,19 +293,22 @@ pub(crate) enum Owner {
 /// Takes `p` out of its pool if it is a live pool allocation (one step under the lock, so
 /// that two frees of it cannot both take it).
 pub(crate) fn take_for_free(p: u64) -> Owner {
-    with_state(|s| {
-        if let Some((h, size)) = s.live.remove(&p) {
-            if let Some(pool) = s.pools.get_mut(&h) {
-                pool.used -= size;
-                pool.reserved -= size;
-            }
-            Owner::Taken
-        } else if s.idle(p) {
-            Owner::Idle
-        } else {
-            Owner::None
+    // Every `cuMemFree` asks: a process that never used a pool has no state to look at.
+    let mut g = state();
+    let Some(s) = g.as_mut() else {
+        return Owner::None;
+    };
+    if let Some((h, size)) = s.live.remove(&p) {
+        if let Some(pool) = s.pools.get_mut(&h) {
+            pool.used -= size;
+            pool.reserved -= size;
         }
-    })
+        Owner::Taken
+    } else if s.idle(p) {
+        Owner::Idle
+    } else {
+        Owner::None
+    }
 }
 
 /// Gives every pool's free blocks back to vgpud, whatever their marks (vgpud's free waits for
@@ -562,6 +565,25 @@ unsafe fn check_location(loc: *const RawLocation, alloc_type: c_uint) -> Result<
     }
 }
 
+/// Writes the handle of the pool `pick` chooses to `out`.
+///
+/// # Safety
+/// `out` is NULL or valid for a write.
+unsafe fn put_pool(out: *mut CUmemoryPool, pick: fn(&mut State) -> usize) -> CUresult {
+    let h = with_state(pick);
+    // SAFETY: forwarded from the caller.
+    unsafe { put(out, h as CUmemoryPool) }
+}
+
+/// Makes `pool` the one `cuMemAllocAsync` takes from.
+fn set_current(pool: CUmemoryPool) -> Result<CUresult, CUresult> {
+    with_state(|st| {
+        let (h, _) = st.pool(pool)?;
+        st.current = Some(h);
+        Ok(CUresult::CUDA_SUCCESS)
+    })
+}
+
 /// `cuDeviceGetDefaultMemPool`.
 ///
 /// # Safety
@@ -573,9 +595,8 @@ pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(
 ) -> CUresult {
     run("cuDeviceGetDefaultMemPool", || {
         check_device(dev)?;
-        let h = with_state(State::default_pool);
         // SAFETY: forwarded from the caller.
-        Ok(unsafe { put(out, h as CUmemoryPool) })
+        Ok(unsafe { put_pool(out, State::default_pool) })
     })
 }
 
@@ -587,9 +608,8 @@ pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(
 pub unsafe extern "C" fn cuDeviceGetMemPool(out: *mut CUmemoryPool, dev: CUdevice) -> CUresult {
     run("cuDeviceGetMemPool", || {
         check_device(dev)?;
-        let h = with_state(State::current_pool);
         // SAFETY: forwarded from the caller.
-        Ok(unsafe { put(out, h as CUmemoryPool) })
+        Ok(unsafe { put_pool(out, State::current_pool) })
     })
 }
 
@@ -598,11 +618,7 @@ pub unsafe extern "C" fn cuDeviceGetMemPool(out: *mut CUmemoryPool, dev: CUdevic
 pub extern "C" fn cuDeviceSetMemPool(dev: CUdevice, pool: CUmemoryPool) -> CUresult {
     run("cuDeviceSetMemPool", || {
         check_device(dev)?;
-        with_state(|st| {
-            let (h, _) = st.pool(pool)?;
-            st.current = Some(h);
-            Ok(CUresult::CUDA_SUCCESS)
-        })
+        set_current(pool)
     })
 }
 
@@ -619,9 +635,8 @@ pub unsafe extern "C" fn cuMemGetDefaultMemPool(
     run("cuMemGetDefaultMemPool", || {
         // SAFETY: forwarded from the caller.
         unsafe { check_location(loc, alloc_type) }?;
-        let h = with_state(State::default_pool);
         // SAFETY: forwarded from the caller.
-        Ok(unsafe { put(out, h as CUmemoryPool) })
+        Ok(unsafe { put_pool(out, State::default_pool) })
     })
 }
 
@@ -638,9 +653,8 @@ pub unsafe extern "C" fn cuMemGetMemPool(
     run("cuMemGetMemPool", || {
         // SAFETY: forwarded from the caller.
         unsafe { check_location(loc, alloc_type) }?;
-        let h = with_state(State::current_pool);
         // SAFETY: forwarded from the caller.
-        Ok(unsafe { put(out, h as CUmemoryPool) })
+        Ok(unsafe { put_pool(out, State::current_pool) })
     })
 }
 
@@ -657,11 +671,7 @@ pub unsafe extern "C" fn cuMemSetMemPool(
     run("cuMemSetMemPool", || {
         // SAFETY: forwarded from the caller.
         unsafe { check_location(loc, alloc_type) }?;
-        with_state(|st| {
-            let (h, _) = st.pool(pool)?;
-            st.current = Some(h);
-            Ok(CUresult::CUDA_SUCCESS)
-        })
+        set_current(pool)
     })
 }
 

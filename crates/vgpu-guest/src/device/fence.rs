@@ -123,19 +123,11 @@ impl Device {
     /// did not reach it leaves the waiter to its completion.
     pub(crate) fn synchronize_stream(&self, stream: u32) -> Result<(), Error> {
         let sync = Command::Synchronize { all_streams: false };
-        let Some((staging_offset, at, value)) = self.fences.as_ref().and_then(|f| f.next(stream))
-        else {
+        let Some(m) = self.mark_stream(stream)? else {
             return self.exec_on(sync, stream).map(drop);
         };
-        self.start_unawaited(
-            Command::Fence {
-                staging_offset,
-                value,
-            },
-            stream,
-        )?;
         let tag = self.start_on(sync, stream)?;
-        match self.wait_or_fence(tag, Opcode::Synchronize as u16, (at, value))? {
+        match self.wait_or_fence(tag, Opcode::Synchronize as u16, (m.at, m.value))? {
             Some(c) => check(Opcode::Synchronize, c).map(drop),
             None => Ok(()),
         }
